@@ -1,0 +1,22 @@
+namespace Rinna.Net.Hub;
+
+/// <summary>
+/// Where and how <c>FromPretrainedAsync</c> finds a model: the options huggingface_hub's <c>from_pretrained</c> takes.
+/// </summary>
+public class HubOptions
+{
+    /// <summary>Branch, tag, commit hash or <c>refs/pr/N</c>; <c>null</c> means <c>main</c>.</summary>
+    public string? Revision { get; set; }
+
+    /// <summary>Hub cache directory; <c>null</c> means <c>HF_HUB_CACHE</c>, then <c>HF_HOME/hub</c>, then <c>~/.cache/huggingface/hub</c>.</summary>
+    public string? CacheDir { get; set; }
+
+    /// <summary>Never touch the network; use only what the cache holds (also forced by <c>HF_HUB_OFFLINE=1</c>).</summary>
+    public bool LocalFilesOnly { get; set; }
+
+    /// <summary>Access token for gated or private repositories; <c>null</c> means <c>HF_TOKEN</c>.</summary>
+    public string? Token { get; set; }
+
+    /// <summary>Hub endpoint; <c>null</c> means <c>HF_ENDPOINT</c>, then <c>https://huggingface.co</c>.</summary>
+    public string? Endpoint { get; set; }
+}
