@@ -1,0 +1,270 @@
+using System.IO.MemoryMappedFiles;
+using System.Text;
+using System.Text.Json;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Checkpoint;
+
+/// <summary>Where one tensor lives in a checkpoint file, as its header describes it.</summary>
+/// <param name="Name">The state-dict name.</param>
+/// <param name="DType">The stored element type.</param>
+/// <param name="Shape">The shape (empty for a zero-dimensional tensor).</param>
+/// <param name="ByteLength">Bytes of stored data.</param>
+public sealed record TensorEntry(string Name, ScalarType DType, long[] Shape, long ByteLength)
+{
+    /// <summary>The number of elements (1 for a zero-dimensional tensor).</summary>
+    public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
+}
+
+/// <summary>
+/// A <c>.safetensors</c> file read against the format specification: the header is parsed and validated
+/// (length bounds, dtypes, shape × element size == byte range, ranges inside the file and non-overlapping)
+/// before any tensor is touched, and tensor data is copied straight from a memory-mapped view into tensor storage.
+/// </summary>
+public sealed class SafetensorsFile : IDisposable
+{
+    /// <summary>Largest header accepted (the reference implementation uses the same bound).</summary>
+    public const long MaxHeaderBytes = 100_000_000;
+
+    private readonly MemoryMappedFile map;
+    private readonly MemoryMappedViewAccessor view;
+    private readonly Dictionary<string, (TensorEntry Entry, long Offset)> tensors;
+    private bool disposed;
+
+    private SafetensorsFile(string path, MemoryMappedFile map, MemoryMappedViewAccessor view,
+        Dictionary<string, (TensorEntry, long)> tensors, IReadOnlyDictionary<string, string> metadata)
+    {
+        Path = path;
+        this.map = map;
+        this.view = view;
+        this.tensors = tensors;
+        Metadata = metadata;
+    }
+
+    /// <summary>The file's path.</summary>
+    public string Path { get; }
+
+    /// <summary>The free-form <c>__metadata__</c> strings of the header.</summary>
+    public IReadOnlyDictionary<string, string> Metadata { get; }
+
+    /// <summary>The tensors the header declares, by name.</summary>
+    public IEnumerable<TensorEntry> Entries => tensors.Values.Select(t => t.Entry);
+
+    /// <summary>Whether the header declares a tensor of this name.</summary>
+    public bool Contains(string name) => tensors.ContainsKey(name);
+
+    /// <summary>The header entry of a tensor.</summary>
+    /// <exception cref="CheckpointException">No tensor of this name.</exception>
+    public TensorEntry this[string name] => Find(name).Entry;
+
+    /// <summary>Opens and validates a safetensors file.</summary>
+    /// <exception cref="CheckpointException">The file is missing, truncated, a Git LFS pointer, or its header is invalid.</exception>
+    public static SafetensorsFile Open(string path)
+    {
+        FileStream stream;
+        try
+        {
+            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new CheckpointException(path, $"cannot open the file ({ex.Message}).", ex);
+        }
+
+        MemoryMappedFile? map = null;
+        try
+        {
+            long length = stream.Length;
+            var (headerLength, header) = ReadHeader(stream, path, length);
+            long dataStart = 8 + headerLength;
+            var (tensors, metadata) = ParseHeader(header, path, length - dataStart, dataStart);
+            map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
+            var view = map.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
+            return new SafetensorsFile(path, map, view, tensors, metadata);
+        }
+        catch
+        {
+            if (map is not null) map.Dispose(); else stream.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Reads a tensor into a new CPU tensor, converted to <paramref name="dtype"/> when given. Only this tensor's bytes are
+    /// touched; a dtype conversion holds the stored and the converted copy of this one tensor at once, never more.
+    /// </summary>
+    /// <exception cref="CheckpointException">No tensor of this name, or its stored type cannot be converted.</exception>
+    public Tensor ReadTensor(string name, ScalarType? dtype = null)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        var (entry, offset) = Find(name);
+        var stored = empty(entry.Shape, entry.DType);
+        try
+        {
+            CopyInto(stored, offset, entry.ByteLength, chunkBytes: int.MaxValue & ~4095);
+            if (dtype is null || dtype == entry.DType) return stored;
+            if (!IsFloatingPoint(entry.DType) || !IsFloatingPoint(dtype.Value))
+                throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {dtype}.");
+            var converted = stored.to(dtype.Value);
+            stored.Dispose();
+            return converted;
+        }
+        catch
+        {
+            stored.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Copies a byte range of the mapped file into a contiguous CPU tensor, in chunks a <see cref="Span{T}"/> can address.</summary>
+    internal unsafe void CopyInto(Tensor destination, long fileOffset, long byteLength, int chunkBytes)
+    {
+        if (byteLength == 0) return;
+        long elementSize = destination.ElementSize;
+        using var flat = destination.view(-1);
+        long elementsPerChunk = Math.Max(1, chunkBytes / elementSize);
+        byte* basePointer = null;
+        view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePointer);
+        try
+        {
+            basePointer += view.PointerOffset;
+            for (long first = 0; first * elementSize < byteLength; first += elementsPerChunk)
+            {
+                long count = Math.Min(elementsPerChunk, byteLength / elementSize - first);
+                using var chunk = flat.narrow(0, first, count);
+                var source = new ReadOnlySpan<byte>(basePointer + fileOffset + first * elementSize, checked((int)(count * elementSize)));
+                source.CopyTo(chunk.bytes);
+            }
+        }
+        finally
+        {
+            view.SafeMemoryMappedViewHandle.ReleasePointer();
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (disposed) return;
+        disposed = true;
+        view.Dispose();
+        map.Dispose();
+    }
+
+    private (TensorEntry Entry, long Offset) Find(string name) =>
+        tensors.TryGetValue(name, out var found) ? found : throw new CheckpointException(Path, $"no tensor named '{name}'.");
+
+    private static bool IsFloatingPoint(ScalarType t) => t is ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64;
+
+    private static (long Length, byte[] Header) ReadHeader(FileStream stream, string path, long fileLength)
+    {
+        Span<byte> prefix = stackalloc byte[8];
+        if (fileLength < 8 || stream.ReadAtLeast(prefix, 8, throwOnEndOfStream: false) < 8)
+            throw new CheckpointException(path, $"truncated: the file has {fileLength} bytes, fewer than the 8-byte header length.");
+        if (prefix.SequenceEqual("version "u8))
+            throw new CheckpointException(path, "this is a Git LFS pointer file, not the weights. Fetch the real file (git lfs pull) or download the model.");
+        long headerLength = BitConverter.ToInt64(prefix);
+        if (headerLength <= 0 || headerLength > MaxHeaderBytes || headerLength > fileLength - 8)
+            throw new CheckpointException(path,
+                $"invalid header length {headerLength} (file has {fileLength} bytes; the header must fit and be at most {MaxHeaderBytes} bytes).");
+        var header = new byte[headerLength];
+        stream.ReadExactly(header);
+        return (headerLength, header);
+    }
+
+    private static (Dictionary<string, (TensorEntry, long)>, IReadOnlyDictionary<string, string>) ParseHeader(
+        byte[] header, string path, long dataLength, long dataStart)
+    {
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(header.AsMemory().TrimEnd((byte)' '), new JsonDocumentOptions { MaxDepth = 8 });
+        }
+        catch (JsonException ex)
+        {
+            throw new CheckpointException(path, $"the header is not valid JSON ({ex.Message}).", ex);
+        }
+
+        using (document)
+        {
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+                throw new CheckpointException(path, "the header must be a JSON object.");
+            var tensors = new Dictionary<string, (TensorEntry, long)>(StringComparer.Ordinal);
+            var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+            var ranges = new List<(long Begin, long End, string Name)>();
+            foreach (var property in document.RootElement.EnumerateObject())
+            {
+                if (property.Name == "__metadata__")
+                {
+                    if (property.Value.ValueKind != JsonValueKind.Object)
+                        throw new CheckpointException(path, "'__metadata__' must be an object of strings.");
+                    foreach (var item in property.Value.EnumerateObject())
+                        metadata[item.Name] = item.Value.ValueKind == JsonValueKind.String
+                            ? item.Value.GetString()!
+                            : throw new CheckpointException(path, $"'__metadata__.{item.Name}' must be a string.");
+                    continue;
+                }
+                if (tensors.ContainsKey(property.Name))
+                    throw new CheckpointException(path, $"tensor '{property.Name}' is declared twice.");
+                var (entry, begin, end) = ParseEntry(property, path);
+                if (end > dataLength)
+                    throw new CheckpointException(path,
+                        $"tensor '{entry.Name}' ends at byte {end} of the data section, past its end ({dataLength} bytes): the file is truncated or corrupt.");
+                tensors.Add(entry.Name, (entry, dataStart + begin));
+                ranges.Add((begin, end, entry.Name));
+            }
+            ranges.Sort((a, b) => a.Begin != b.Begin ? a.Begin.CompareTo(b.Begin) : a.End.CompareTo(b.End));
+            for (int i = 1; i < ranges.Count; i++)
+                if (ranges[i].Begin < ranges[i - 1].End)
+                    throw new CheckpointException(path, $"tensors '{ranges[i - 1].Name}' and '{ranges[i].Name}' overlap.");
+            return (tensors, metadata);
+        }
+    }
+
+    private static (TensorEntry Entry, long Begin, long End) ParseEntry(JsonProperty property, string path)
+    {
+        var name = property.Name;
+        var value = property.Value;
+        CheckpointException Bad(string what) => new(path, $"tensor '{name}': {what}");
+        if (value.ValueKind != JsonValueKind.Object) throw Bad("entry must be an object with dtype, shape and data_offsets.");
+        if (!value.TryGetProperty("dtype", out var dtypeElement) || dtypeElement.ValueKind != JsonValueKind.String)
+            throw Bad("missing 'dtype'.");
+        var dtypeName = dtypeElement.GetString()!;
+        var (dtype, elementSize) = ParseDType(dtypeName) ?? throw Bad($"unsupported dtype '{dtypeName}'.");
+        if (!value.TryGetProperty("shape", out var shapeElement) || shapeElement.ValueKind != JsonValueKind.Array)
+            throw Bad("missing 'shape'.");
+        var shape = new long[shapeElement.GetArrayLength()];
+        long elements = 1;
+        int index = 0;
+        foreach (var dim in shapeElement.EnumerateArray())
+        {
+            if (dim.ValueKind != JsonValueKind.Number || !dim.TryGetInt64(out var size) || size < 0)
+                throw Bad($"shape entry {dim.GetRawText()} is not a non-negative integer.");
+            shape[index++] = size;
+            elements = size == 0 ? 0 : (elements > long.MaxValue / size ? throw Bad("shape is too large.") : elements * size);
+        }
+        if (!value.TryGetProperty("data_offsets", out var offsets) || offsets.ValueKind != JsonValueKind.Array || offsets.GetArrayLength() != 2)
+            throw Bad("'data_offsets' must be [begin, end].");
+        if (!offsets[0].TryGetInt64(out var begin) || !offsets[1].TryGetInt64(out var end) || begin < 0 || end < begin)
+            throw Bad($"invalid data_offsets {offsets.GetRawText()}.");
+        if (elements > long.MaxValue / elementSize || elements * elementSize != end - begin)
+            throw Bad($"shape [{string.Join(", ", shape)}] of {dtypeName} needs {elements * elementSize} bytes but data_offsets give {end - begin}.");
+        return (new TensorEntry(name, dtype, shape, end - begin), begin, end);
+    }
+
+    private static (ScalarType, int)? ParseDType(string name) => name switch
+    {
+        "F64" => (ScalarType.Float64, 8),
+        "F32" => (ScalarType.Float32, 4),
+        "F16" => (ScalarType.Float16, 2),
+        "BF16" => (ScalarType.BFloat16, 2),
+        "I64" => (ScalarType.Int64, 8),
+        "I32" => (ScalarType.Int32, 4),
+        "I16" => (ScalarType.Int16, 2),
+        "I8" => (ScalarType.Int8, 1),
+        "U8" => (ScalarType.Byte, 1),
+        "BOOL" => (ScalarType.Bool, 1),
+        _ => null,
+    };
+}
