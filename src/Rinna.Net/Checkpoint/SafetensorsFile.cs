@@ -95,14 +95,16 @@ public sealed class SafetensorsFile : IDisposable
     /// touched; a dtype conversion holds the stored and the converted copy of this one tensor at once, never more.
     /// </summary>
     /// <exception cref="CheckpointException">No tensor of this name, or its stored type cannot be converted.</exception>
-    public Tensor ReadTensor(string name, ScalarType? dtype = null)
+    public Tensor ReadTensor(string name, ScalarType? dtype = null) => ReadTensor(name, dtype, int.MaxValue & ~4095);
+
+    internal Tensor ReadTensor(string name, ScalarType? dtype, int chunkBytes)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         var (entry, offset) = Find(name);
         var stored = empty(entry.Shape, entry.DType);
         try
         {
-            CopyInto(stored, offset, entry.ByteLength, chunkBytes: int.MaxValue & ~4095);
+            CopyInto(stored, offset, entry.ByteLength, chunkBytes);
             if (dtype is null || dtype == entry.DType) return stored;
             if (!IsFloatingPoint(entry.DType) || !IsFloatingPoint(dtype.Value))
                 throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {dtype}.");
@@ -118,7 +120,7 @@ public sealed class SafetensorsFile : IDisposable
     }
 
     /// <summary>Copies a byte range of the mapped file into a contiguous CPU tensor, in chunks a <see cref="Span{T}"/> can address.</summary>
-    internal unsafe void CopyInto(Tensor destination, long fileOffset, long byteLength, int chunkBytes)
+    private unsafe void CopyInto(Tensor destination, long fileOffset, long byteLength, int chunkBytes)
     {
         if (byteLength == 0) return;
         long elementSize = destination.ElementSize;
