@@ -137,6 +137,39 @@ public sealed record GptNeoXConfig
         return config;
     }
 
+    /// <summary>Writes the configuration as Hugging Face's <c>config.json</c> (every field, snake_case keys).</summary>
+    public string ToJson()
+    {
+        var root = new JsonObject
+        {
+            ["architectures"] = new JsonArray("GPTNeoXForCausalLM"),
+            ["model_type"] = ModelType,
+            ["vocab_size"] = VocabSize,
+            ["hidden_size"] = HiddenSize,
+            ["num_hidden_layers"] = NumHiddenLayers,
+            ["num_attention_heads"] = NumAttentionHeads,
+            ["intermediate_size"] = IntermediateSize,
+            ["hidden_act"] = HiddenAct,
+            ["rotary_pct"] = RotaryPct,
+            ["rotary_emb_base"] = RotaryEmbBase,
+            ["attention_dropout"] = AttentionDropout,
+            ["hidden_dropout"] = HiddenDropout,
+            ["classifier_dropout"] = ClassifierDropout,
+            ["max_position_embeddings"] = MaxPositionEmbeddings,
+            ["initializer_range"] = InitializerRange,
+            ["layer_norm_eps"] = LayerNormEps,
+            ["use_cache"] = UseCache,
+            ["bos_token_id"] = BosTokenId,
+            ["eos_token_id"] = EosTokenId,
+            ["tie_word_embeddings"] = TieWordEmbeddings,
+            ["use_parallel_residual"] = UseParallelResidual,
+            ["rope_scaling"] = RopeScaling is null ? null : new JsonObject { ["type"] = RopeScaling.Type, ["factor"] = RopeScaling.Factor },
+            ["attention_bias"] = AttentionBias,
+            ["torch_dtype"] = TorchDtype,
+        };
+        return root.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
+
     /// <summary>Checks every value the model depends on.</summary>
     /// <param name="sourceName">Named in error messages.</param>
     /// <exception cref="ModelConfigException">A field holds an invalid value; the message names the field and the value.</exception>

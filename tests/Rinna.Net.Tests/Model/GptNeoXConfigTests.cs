@@ -71,3 +71,17 @@ public class GptNeoXConfigTests
         Assert.Contains("/nonexistent/config.json", ex.Message);
     }
 }
+
+public class GptNeoXConfigRoundTripTests
+{
+    [Theory]
+    [InlineData("tiny-neox-rinna")]
+    [InlineData("tiny-neox-pythia")]
+    public void ToJsonReadsBackEqual(string fixture)
+    {
+        var config = GptNeoXConfig.FromFile(Path.Combine(Fixtures.Model(fixture), "config.json"));
+        Assert.Equal(config, GptNeoXConfig.FromJson(config.ToJson()));
+        var scaled = config with { RopeScaling = new RopeScaling("dynamic", 2.0) };
+        Assert.Equal(scaled, GptNeoXConfig.FromJson(scaled.ToJson()));
+    }
+}
