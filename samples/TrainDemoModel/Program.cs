@@ -1,0 +1,126 @@
+// Trains the demo model that ships in samples/models/rinna-demo: a SentencePiece Unigram tokenizer in rinna's bilingual
+// layout and a small GPT-NeoX in rinna's architecture, on the public-domain corpus in ../shared/corpus.
+//
+//   dotnet run -c Release --project samples/TrainDemoModel -- train [--steps 900] [--max-minutes 35] [--seed 20260127] [--out DIR]
+//   dotnet run -c Release --project samples/TrainDemoModel -- report [--out DIR]   (samples, TRAINING.md, loss.png)
+using System.Diagnostics;
+using System.Globalization;
+using Rinna.Net.Model;
+using Rinna.Net.Tokenization.Training;
+using TorchSharp;
+using TrainDemoModel;
+using static TorchSharp.torch;
+
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+
+var arguments = args.Skip(1).Chunk(2).Where(p => p.Length == 2).ToDictionary(p => p[0].TrimStart('-'), p => p[1]);
+string Option(string name, string fallback) => arguments.GetValueOrDefault(name, fallback);
+var settings = new TrainingSettings
+{
+    Seed = long.Parse(Option("seed", "20260127")),
+    Steps = int.Parse(Option("steps", "900")),
+    MaxMinutes = double.Parse(Option("max-minutes", "Infinity")),
+    Threads = int.Parse(Option("threads", "2")),
+    OutputDirectory = Path.GetFullPath(Option("out", Path.Combine("samples", "models", "rinna-demo"))),
+    CorpusDirectory = arguments.TryGetValue("corpus", out var corpus) ? Path.GetFullPath(corpus) : Corpus.Locate(),
+};
+
+switch (args.FirstOrDefault())
+{
+    case "train":
+        Train(settings);
+        await Report.WriteAsync(settings);
+        break;
+    case "report":
+        await Report.WriteAsync(settings);
+        break;
+    default:
+        Console.Error.WriteLine("usage: TrainDemoModel train|report [--steps N] [--seed N] [--threads N] [--out DIR] [--corpus DIR]");
+        return 2;
+}
+return 0;
+
+static void Train(TrainingSettings settings)
+{
+    var clock = Stopwatch.StartNew();
+    torch.set_num_threads(settings.Threads);
+    torch.manual_seed(settings.Seed);
+    Directory.CreateDirectory(settings.OutputDirectory);
+    var log = new StreamWriter(Path.Combine(settings.OutputDirectory, "training.log"), append: false) { AutoFlush = true };
+    void Log(string line)
+    {
+        var stamped = $"[{clock.Elapsed:hh\\:mm\\:ss}] {line}";
+        Console.WriteLine(stamped);
+        log.WriteLine(stamped);
+    }
+
+    var corpus = Corpus.Load(settings.CorpusDirectory);
+    Log($"corpus: {corpus.JapaneseBooks.Count} Japanese books, {corpus.EnglishBooks.Count} English books, {corpus.Dialogues.Count} dialogues");
+
+    var tokenizer = UnigramTrainer.Train(corpus.Sentences(), new UnigramTrainerOptions { VocabSize = settings.VocabSize, CharacterCoverage = settings.CharacterCoverage, NumThreads = settings.Threads },
+        new Progress<string>(line => Log("tokenizer: " + line)));
+    tokenizer.Save(settings.OutputDirectory);
+    Log($"tokenizer: {tokenizer.Pieces.Count} pieces written ({clock.Elapsed.TotalSeconds:F0} s)");
+
+    int mismatches = corpus.Sentences().Count(sentence => tokenizer.Decode(tokenizer.Encode(sentence)) != sentence);
+    var example = tokenizer.Encode(corpus.Dialogues[0]);
+    Log($"tokenizer: {mismatches} sentences fail to round-trip; first dialogue = {string.Join(" | ", example.Select(id => tokenizer.Pieces[id].Piece.Replace("\n", "\\n")))}");
+
+    var data = TrainingData.Build(corpus, tokenizer, settings.Seed);
+    Log($"tokens: Japanese {data.Japanese.Length}, English {data.English.Length}, dialogues {data.DialogueTokenCount} in {corpus.Dialogues.Count}");
+
+    var config = settings.ModelConfig(tokenizer.Pieces.Count);
+    using var model = GptNeoXForCausalLM.CreateRandom(config, settings.Seed);
+    model.train();
+    var parameters = model.parameters().ToList();
+    Log($"model: {parameters.Sum(p => p.numel())} parameters, {config.NumHiddenLayers} layers, hidden {config.HiddenSize}, vocab {config.VocabSize}");
+
+    using var optimizer = torch.optim.AdamW(parameters, settings.PeakLearningRate, 0.9, 0.95, 1e-8, settings.WeightDecay);
+    using var lossLog = new StreamWriter(Path.Combine(settings.OutputDirectory, "loss.csv"), append: false) { AutoFlush = true };
+    lossLog.WriteLine("step,tokens,loss,learning_rate,seconds");
+    var random = new Random((int)settings.Seed);
+    long tokensSeen = 0;
+    double smoothed = double.NaN;
+    var trainingClock = Stopwatch.StartNew();
+    int stepsDone = 0;
+    for (int step = 1; step <= settings.Steps; step++)
+    {
+        double learningRate = settings.LearningRate(step);
+        foreach (var group in optimizer.ParamGroups) group.LearningRate = learningRate;
+        float loss;
+        using (var scope = NewDisposeScope())
+        {
+            var batch = data.SampleBatch(random, settings.BatchSize, settings.SequenceLength);
+            var input = batch.narrow(1, 0, settings.SequenceLength);
+            var target = batch.narrow(1, 1, settings.SequenceLength);
+            var output = model.Forward(input);
+            var lossTensor = nn.functional.cross_entropy(output.Logits.reshape(-1, config.VocabSize), target.reshape(-1));
+            optimizer.zero_grad();
+            lossTensor.backward();
+            nn.utils.clip_grad_norm_(parameters, 1.0);
+            optimizer.step();
+            loss = lossTensor.item<float>();
+        }
+        tokensSeen += settings.BatchSize * settings.SequenceLength;
+        stepsDone = step;
+        bool outOfTime = trainingClock.Elapsed.TotalMinutes >= settings.MaxMinutes;
+        smoothed = double.IsNaN(smoothed) ? loss : 0.95 * smoothed + 0.05 * loss;
+        lossLog.WriteLine($"{step},{tokensSeen},{loss:F4},{learningRate:G4},{clock.Elapsed.TotalSeconds:F1}");
+        if (step % 25 == 0) Log($"step {step}/{settings.Steps} loss {loss:F3} (smoothed {smoothed:F3}) lr {learningRate:G3} tokens {tokensSeen}");
+        if (step % settings.CheckpointEvery == 0 || step == settings.Steps || outOfTime)
+        {
+            model.SavePretrained(settings.OutputDirectory, ScalarType.Float16);
+            Log($"checkpoint at step {step} saved");
+        }
+        if (outOfTime)
+        {
+            Log($"stopping at step {step}: the {settings.MaxMinutes}-minute budget is spent");
+            break;
+        }
+    }
+    File.WriteAllText(Path.Combine(settings.OutputDirectory, "training-summary.json"),
+        System.Text.Json.JsonSerializer.Serialize(new TrainingSummary(stepsDone, settings.Steps, tokensSeen, smoothed, clock.Elapsed.TotalSeconds,
+            parameters.Sum(p => p.numel()))));
+    Log($"done: {stepsDone} of {settings.Steps} steps, {tokensSeen} tokens, smoothed loss {smoothed:F3}, {clock.Elapsed}");
+}

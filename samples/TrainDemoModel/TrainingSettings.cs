@@ -1,0 +1,59 @@
+using Rinna.Net.Model;
+
+namespace TrainDemoModel;
+
+/// <summary>Every knob of the demo training run; the defaults made the shipped model.</summary>
+internal sealed record TrainingSettings
+{
+    public long Seed { get; init; }
+    public int Steps { get; init; }
+    public int Threads { get; init; }
+    public required string OutputDirectory { get; init; }
+    public required string CorpusDirectory { get; init; }
+
+    public int VocabSize { get; init; } = 4096;
+    public int BatchSize { get; init; } = 8;
+    public int SequenceLength { get; init; } = 128;
+    public double PeakLearningRate { get; init; } = 3e-3;
+    public double MinimumLearningRate { get; init; } = 3e-4;
+    public int WarmupSteps { get; init; } = 60;
+    public double WeightDecay { get; init; } = 0.01;
+    public int CheckpointEvery { get; init; } = 100;
+    public double CharacterCoverage { get; init; } = 0.995;
+
+    /// <summary>Wall-clock budget: training stops (and saves) after this, so a run on a busy machine still ends in time.</summary>
+    public double MaxMinutes { get; init; } = double.PositiveInfinity;
+
+    /// <summary>rinna's bilingual-gpt-neox-4b architecture (sequential residual, full rotary, GELU, untied head), scaled down.</summary>
+    public GptNeoXConfig ModelConfig(int vocabSize) => new()
+    {
+        VocabSize = vocabSize,
+        HiddenSize = 128,
+        NumHiddenLayers = 4,
+        NumAttentionHeads = 4,
+        IntermediateSize = 512,
+        HiddenAct = "gelu",
+        RotaryPct = 1.0,
+        RotaryEmbBase = 10000,
+        MaxPositionEmbeddings = 256,
+        InitializerRange = 0.02,
+        LayerNormEps = 1e-5,
+        UseCache = true,
+        BosTokenId = 2,
+        EosTokenId = 3,
+        TieWordEmbeddings = false,
+        UseParallelResidual = false,
+        AttentionBias = true,
+    };
+
+    /// <summary>Linear warm-up, then cosine decay to the minimum.</summary>
+    public double LearningRate(int step)
+    {
+        if (step <= WarmupSteps) return PeakLearningRate * step / WarmupSteps;
+        double progress = (double)(step - WarmupSteps) / Math.Max(1, Steps - WarmupSteps);
+        return MinimumLearningRate + 0.5 * (PeakLearningRate - MinimumLearningRate) * (1 + Math.Cos(Math.PI * progress));
+    }
+}
+
+/// <summary>What the training run measured, for TRAINING.md.</summary>
+internal sealed record TrainingSummary(int Steps, int PlannedSteps, long TokensSeen, double FinalLoss, double Seconds, long Parameters);
