@@ -65,7 +65,9 @@ public static class UnigramTrainer
     /// <param name="options">Settings; <c>null</c> for the defaults.</param>
     /// <param name="progress">Receives a line per training round.</param>
     /// <param name="cancellationToken">Checked between EM steps.</param>
-    /// <exception cref="ArgumentException">The text has no trainable characters.</exception>
+    /// <exception cref="ArgumentException">
+    /// The text has no trainable characters, or the characters the coverage requires do not fit in the vocabulary.
+    /// </exception>
     public static UnigramModel Train(IEnumerable<string> sentences, UnigramTrainerOptions? options = null,
         IProgress<string>? progress = null, CancellationToken cancellationToken = default)
     {
@@ -88,6 +90,10 @@ public static class UnigramTrainer
         progress?.Report($"{segments.Count} distinct segments, {characterCounts.Count} distinct characters, {required.Count} kept as pieces");
 
         int normalTarget = options.VocabSize - FixedPieceCount;
+        if (required.Count > normalTarget)
+            throw new ArgumentException(
+                $"the vocabulary has room for {normalTarget} trained pieces but character coverage {options.CharacterCoverage} needs {required.Count} " +
+                "single characters; increase VocabSize or decrease CharacterCoverage.", nameof(options));
         var (pieces, scores) = Seed(segments, required, characterCounts, options);
         progress?.Report($"seed vocabulary: {pieces.Count} pieces");
 
@@ -103,7 +109,10 @@ public static class UnigramTrainer
             }
             if (pieces.Count <= desired) break;
             cancellationToken.ThrowIfCancellationRequested();
+            int before = pieces.Count;
             (pieces, scores) = Prune(pieces, scores, segments, desired, options.ShrinkingFactor);
+            // Only unprunable single characters are left: the final selection takes the best of them.
+            if (pieces.Count == before) break;
         }
         return Finalize(pieces, scores, required, normalTarget, options);
     }
