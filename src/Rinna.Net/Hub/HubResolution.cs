@@ -124,9 +124,10 @@ internal sealed class HubResolution
 
         if (_settings.Offline) return FromCache(fileName, required, cause: null);
 
+        // A commit never changes, so what the cache knows about it (the file, or that it does not exist) needs no request.
         var revision = _commit ?? _settings.Revision;
-        if (HubNames.IsCommitHash(revision) && File.Exists(_cache.SnapshotPath(revision, fileName)))
-            return CacheHit(revision, fileName);
+        if (HubNames.IsCommitHash(revision) && (File.Exists(_cache.SnapshotPath(revision, fileName)) || _cache.IsKnownMissing(revision, fileName)))
+            return FromCache(fileName, required, cause: null);
         if (_networkFailure is not null) return FromCache(fileName, required, _networkFailure);
 
         FileMetadata? metadata;
@@ -141,7 +142,11 @@ internal sealed class HubResolution
             return FromCache(fileName, required, ex);
         }
 
-        if (metadata is null) return null; // an optional file the repository does not have (recorded in .no_exist)
+        if (metadata is null)
+        {
+            if (required) throw Error(fileName, 404, "the file does not exist in the repository at this revision (HTTP 404).");
+            return null; // recorded in .no_exist
+        }
         PinCommit(metadata.Commit, fileName);
 
         var blob = _cache.BlobPath(metadata.Etag);
