@@ -25,9 +25,8 @@ internal sealed class HubFileLock : IDisposable
             {
                 return new HubFileLock(new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None));
             }
-            catch (IOException) when (File.Exists(path))
+            catch (IOException ex) when (IsHeldByAnother(ex))
             {
-                // The lock file exists and could not be opened exclusively: another process or thread holds it.
                 if (!waiting) logger.LogInformation("Waiting for another download of {File} to finish (lock {LockPath})", fileName, path);
                 waiting = true;
             }
@@ -36,4 +35,8 @@ internal sealed class HubFileLock : IDisposable
     }
 
     public void Dispose() => _handle.Dispose();
+
+    /// <summary>EWOULDBLOCK from <c>flock</c> (Linux 11, macOS 35), or a Windows sharing or lock violation.</summary>
+    private static bool IsHeldByAnother(IOException exception) =>
+        exception.HResult is 11 or 35 or unchecked((int)0x80070020) or unchecked((int)0x80070021);
 }

@@ -276,13 +276,15 @@ internal sealed class HubResolution
         var started = Stopwatch.StartNew();
         _logger.LogInformation("Downloading {File} of {RepoId} ({Size} bytes) from {Host}", fileName, _repoId, metadata.Size, metadata.Location.Host);
 
-        var sha256 = await WithRetriesAsync(fileName, () => DownloadAttemptAsync(fileName, metadata, incomplete)).ConfigureAwait(false);
+        using var sha256 = new RunningSha256();
+        await WithRetriesAsync(fileName, () => DownloadAttemptAsync(fileName, metadata, incomplete, sha256)).ConfigureAwait(false);
 
-        if (HubNames.IsSha256(metadata.Etag) && sha256 != metadata.Etag)
+        var actual = sha256.Finish();
+        if (HubNames.IsSha256(metadata.Etag) && actual != metadata.Etag)
         {
             File.Delete(incomplete);
             throw Error(fileName, null,
-                $"the downloaded file is corrupt: its sha256 is {sha256}, the hub announced {metadata.Etag}. The partial file was deleted; try again.");
+                $"the downloaded file is corrupt: its sha256 is {actual}, the hub announced {metadata.Etag}. The partial file was deleted; try again.");
         }
         File.Move(incomplete, _cache.BlobPath(metadata.Etag), overwrite: true);
         _filesDownloaded++;
@@ -290,12 +292,12 @@ internal sealed class HubResolution
         _logger.LogInformation("Downloaded {File} of {RepoId}: {Size} bytes in {Seconds:0.0} s", fileName, _repoId, metadata.Size, started.Elapsed.TotalSeconds);
     }
 
-    /// <summary>One GET from where the <c>.incomplete</c> file ends; returns the sha256 of the whole file once it has the announced size.</summary>
-    private async Task<string> DownloadAttemptAsync(string fileName, FileMetadata metadata, string incomplete)
+    /// <summary>One GET from where the <c>.incomplete</c> file ends; succeeds once the file has the announced size and is fully hashed.</summary>
+    private async Task<bool> DownloadAttemptAsync(string fileName, FileMetadata metadata, string incomplete, RunningSha256 sha256)
     {
         await using var file = new FileStream(incomplete, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read, 1, FileOptions.Asynchronous);
-        if (file.Length > metadata.Size) file.SetLength(0);
-        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        if (file.Length > metadata.Size) Truncate(file, sha256);
+        await sha256.CatchUpAsync(file, _cancellationToken).ConfigureAwait(false);
 
         if (file.Length < metadata.Size)
         {
@@ -303,12 +305,12 @@ internal sealed class HubResolution
             if (response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable || (response.StatusCode == HttpStatusCode.OK && file.Length > 0))
             {
                 _logger.LogInformation("The server did not resume {File} at byte {Offset} (HTTP {Status}); starting over", fileName, file.Length, (int)response.StatusCode);
-                file.SetLength(0);
+                Truncate(file, sha256);
                 if (response.StatusCode != HttpStatusCode.OK) throw new HubTransientFailure(null, "the server refused to resume the download");
             }
             else if (response.StatusCode == HttpStatusCode.PartialContent && response.Content.Headers.ContentRange?.From != file.Length)
             {
-                file.SetLength(0);
+                Truncate(file, sha256);
                 throw new HubTransientFailure(null, "the server resumed the download at the wrong offset");
             }
             else if (!response.IsSuccessStatusCode)
@@ -316,44 +318,28 @@ internal sealed class HubResolution
                 throw ErrorFromResponse(response, fileName);
             }
 
-            await HashAsync(file, hash).ConfigureAwait(false);
             var body = await response.Content.ReadAsStreamAsync(_cancellationToken).ConfigureAwait(false);
-            await CopyBodyAsync(body, file, hash, fileName, metadata.Size).ConfigureAwait(false);
+            await CopyBodyAsync(body, file, sha256, fileName, metadata.Size).ConfigureAwait(false);
             await file.FlushAsync(CancellationToken.None).ConfigureAwait(false);
-        }
-        else
-        {
-            await HashAsync(file, hash).ConfigureAwait(false);
         }
 
         if (file.Length < metadata.Size)
             throw new HubTransientFailure(null, $"the connection ended after {file.Length} of {metadata.Size} bytes");
         if (file.Length > metadata.Size)
         {
-            file.SetLength(0);
-            throw Error(fileName, null, $"the server sent more than the announced {metadata.Size} bytes; the partial file was deleted.");
+            Truncate(file, sha256);
+            throw Error(fileName, null, $"the server sent more than the announced {metadata.Size} bytes; the partial file was discarded.");
         }
-        return Convert.ToHexStringLower(hash.GetHashAndReset());
+        return true;
     }
 
-    /// <summary>Feeds what is already on disk to the hash, so a resumed download is still verified as a whole.</summary>
-    private async Task HashAsync(FileStream file, IncrementalHash hash)
+    private static void Truncate(FileStream file, RunningSha256 sha256)
     {
-        var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
-        try
-        {
-            file.Position = 0;
-            int read;
-            while ((read = await file.ReadAsync(buffer, _cancellationToken).ConfigureAwait(false)) > 0)
-                hash.AppendData(buffer, 0, read);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buffer);
-        }
+        file.SetLength(0);
+        sha256.Reset();
     }
 
-    private async Task CopyBodyAsync(Stream body, FileStream file, IncrementalHash hash, string fileName, long totalBytes)
+    private async Task CopyBodyAsync(Stream body, FileStream file, RunningSha256 sha256, string fileName, long totalBytes)
     {
         var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
         using var idle = CancellationTokenSource.CreateLinkedTokenSource(_cancellationToken);
@@ -361,6 +347,7 @@ internal sealed class HubResolution
         var lastReport = TimeSpan.Zero;
         long received = 0;
         var offset = file.Length;
+        file.Seek(0, SeekOrigin.End);
         try
         {
             while (true)
@@ -383,7 +370,7 @@ internal sealed class HubResolution
 
                 // Written whatever the token says: the file must end exactly where the hashed bytes end to stay resumable.
                 await file.WriteAsync(buffer.AsMemory(0, read), CancellationToken.None).ConfigureAwait(false);
-                hash.AppendData(buffer, 0, read);
+                sha256.Append(buffer.AsSpan(0, read));
                 received += read;
                 if (clock.Elapsed - lastReport >= ProgressInterval)
                 {
@@ -397,6 +384,50 @@ internal sealed class HubResolution
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
+    }
+
+    /// <summary>
+    /// The sha256 of the <c>.incomplete</c> file as it grows, kept across retries so a resumed multi-gigabyte download is hashed
+    /// once: what an earlier process left is read back, everything received is hashed as it is written.
+    /// </summary>
+    private sealed class RunningSha256 : IDisposable
+    {
+        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        private long _hashedBytes;
+
+        public void Append(ReadOnlySpan<byte> data)
+        {
+            _hash.AppendData(data);
+            _hashedBytes += data.Length;
+        }
+
+        public void Reset()
+        {
+            _hash.GetHashAndReset();
+            _hashedBytes = 0;
+        }
+
+        /// <summary>Hashes the part of the file not hashed yet; starts over if the file shrank underneath.</summary>
+        public async Task CatchUpAsync(FileStream file, CancellationToken cancellationToken)
+        {
+            if (file.Length < _hashedBytes) Reset();
+            var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
+            try
+            {
+                file.Position = _hashedBytes;
+                int read;
+                while ((read = await file.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                    Append(buffer.AsSpan(0, read));
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        public string Finish() => Convert.ToHexStringLower(_hash.GetHashAndReset());
+
+        public void Dispose() => _hash.Dispose();
     }
 
     private void Report(string fileName, long onDisk, long totalBytes, long received, TimeSpan elapsed) =>

@@ -68,6 +68,9 @@ internal sealed class FakeHub : IAsyncDisposable
 
     public TaskCompletionSource Stalled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
+    /// <summary>The CDN answers every GET with the whole file (200), as a server without Range support does.</summary>
+    public bool IgnoreRange { get; set; }
+
     public FakeRepo AddRepo(string repoId, params string[] sourceDirectories)
     {
         var repo = new FakeRepo(repoId);
@@ -144,7 +147,7 @@ internal sealed class FakeHub : IAsyncDisposable
             content[content.Length / 2] ^= 0xFF;
         }
         long start = 0;
-        if (context.Request.Headers.Range.ToString() is { Length: > 0 } range)
+        if (!IgnoreRange && context.Request.Headers.Range.ToString() is { Length: > 0 } range)
         {
             start = long.Parse(range["bytes=".Length..].TrimEnd('-'));
             context.Response.StatusCode = 206;

@@ -140,6 +140,23 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     }
 
     [Fact]
+    public async Task ServerWithoutRangeSupportRestartsTheFileFromScratch()
+    {
+        var repo = AddTinyRinna();
+        var weights = repo.Files["model.safetensors"];
+        var incomplete = _sandbox.BlobPath(RepoId, weights.Etag) + ".incomplete";
+        Directory.CreateDirectory(Path.GetDirectoryName(incomplete)!);
+        File.WriteAllBytes(incomplete, new byte[1000]); // a stale prefix that must not survive
+        _hub.IgnoreRange = true;
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        Assert.Equal(weights.Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+        Assert.Contains(_hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=1000-");
+    }
+
+    [Fact]
     public async Task CorruptBodyIsRejectedAndNothingEntersTheSnapshot()
     {
         var repo = AddTinyRinna();
