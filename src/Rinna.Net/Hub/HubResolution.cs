@@ -259,9 +259,9 @@ internal sealed class HubResolution
             throw Error(fileName, (int)response.StatusCode,
                 $"the hub's answer lacks {(commit is null ? "X-Repo-Commit" : etag is null ? "ETag" : "the file size")}; is the endpoint '{_settings.Endpoint}' a Hugging Face hub?");
         if (!HubNames.IsCommitHash(commit))
-            throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed commit '{Truncate(commit)}'.");
+            throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed commit '{Shorten(commit)}'.");
         if (!HubNames.IsValidEtag(etag))
-            throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed etag '{Truncate(etag)}'.");
+            throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed etag '{Shorten(etag)}'.");
         return new FileMetadata(commit, etag, size.Value, location);
     }
 
@@ -525,5 +525,5 @@ internal sealed class HubResolution
         return etag.Trim('"') is { Length: > 0 } plain ? plain : null;
     }
 
-    private static string Truncate(string value) => value.Length <= 80 ? value : value[..80] + "…";
+    private static string Shorten(string value) => value.Length <= 80 ? value : value[..80] + "…";
 }
