@@ -58,6 +58,9 @@ internal sealed class FakeHub : IAsyncDisposable
 
     public long DropAfterBytes { get; set; }
 
+    /// <summary>Awaited between sending the bytes and cutting the connection, so a test can wait until the client has them.</summary>
+    public Func<Task>? BeforeDrop { get; set; }
+
     /// <summary>Every CDN GET of this file has one byte flipped, keeping the size.</summary>
     public string? CorruptFile { get; set; }
 
@@ -159,7 +162,7 @@ internal sealed class FakeHub : IAsyncDisposable
         {
             await context.Response.Body.WriteAsync(content.AsMemory(0, (int)DropAfterBytes));
             await context.Response.Body.FlushAsync();
-            await Task.Delay(100);
+            if (BeforeDrop is { } beforeDrop) await beforeDrop();
             context.Abort();
             return;
         }
