@@ -59,7 +59,7 @@ internal sealed class FakeHub : IAsyncDisposable
     public long DropAfterBytes { get; set; }
 
     /// <summary>Awaited between sending the bytes and cutting the connection, so a test can wait until the client has them.</summary>
-    public Func<Task>? BeforeDrop { get; set; }
+    public Func<HttpContext, Task>? BeforeDrop { get; set; }
 
     /// <summary>Every CDN GET of this file has one byte flipped, keeping the size.</summary>
     public string? CorruptFile { get; set; }
@@ -162,7 +162,7 @@ internal sealed class FakeHub : IAsyncDisposable
         {
             await context.Response.Body.WriteAsync(content.AsMemory(0, (int)DropAfterBytes));
             await context.Response.Body.FlushAsync();
-            if (BeforeDrop is { } beforeDrop) await beforeDrop();
+            if (BeforeDrop is { } beforeDrop) await beforeDrop(context);
             context.Abort();
             return;
         }

@@ -137,7 +137,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         _hub.DropFile = "model.safetensors";
         _hub.DropAfterBytes = 300_000;
         var incomplete = _sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag) + ".incomplete";
-        _hub.BeforeDrop = () => WaitUntilAsync(() => File.Exists(incomplete) && new FileInfo(incomplete).Length == 300_000);
+        _hub.BeforeDrop = _ => WaitUntilAsync(() => File.Exists(incomplete) && new FileInfo(incomplete).Length == 300_000);
         using var client = _sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
@@ -148,6 +148,45 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Null(cdnGets[0].Range);
         Assert.Equal("bytes=300000-", cdnGets[1].Range);
         Assert.False(File.Exists(incomplete));
+    }
+
+    [Fact]
+    public async Task StalledTransfersTimeOutAndResume()
+    {
+        var repo = AddTinyRinna();
+        _sandbox.Environment["HF_HUB_ETAG_TIMEOUT"] = "0.3";
+        _sandbox.Environment["HF_HUB_DOWNLOAD_TIMEOUT"] = "0.3";
+        var firstHead = 0;
+        _hub.Intercept = async context =>
+        {
+            if (context.Request.Method != "HEAD" || Interlocked.Exchange(ref firstHead, 1) == 1) return false;
+            await Task.Delay(Timeout.Infinite, context.RequestAborted).ContinueWith(_ => { });
+            return true;
+        };
+        _hub.DropFile = "model.safetensors";
+        _hub.DropAfterBytes = 200_000;
+        _hub.BeforeDrop = context => Task.Delay(Timeout.Infinite, context.RequestAborted).ContinueWith(_ => { });
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+        Assert.Contains(_hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=200000-");
+        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("did not answer within 0.3 s"));
+        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("no data for 0.3 s"));
+    }
+
+    [Fact]
+    public async Task UnreachableHubWithoutACacheNamesTheHost()
+    {
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() =>
+            client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { Endpoint = "http://127.0.0.1:9" }));
+
+        Assert.Null(error.StatusCode);
+        Assert.Contains("could not reach 127.0.0.1", error.Message);
+        Assert.Contains($"after {HubSandbox.FastRetries.MaxAttempts} attempts", error.Message);
     }
 
     [Fact]
