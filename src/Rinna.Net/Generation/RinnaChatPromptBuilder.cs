@@ -110,10 +110,46 @@ public sealed class RinnaChatPromptBuilder
         return Format == RinnaChatFormat.JapaneseNewlineTag ? output.Replace(NewlineTag, "\n", StringComparison.Ordinal) : output;
     }
 
+    /// <summary>
+    /// A streaming version of <see cref="PostProcess"/>: feed it the output pieces in order and it returns the same text
+    /// <see cref="PostProcess"/> gives for the whole output, holding back a trailing <c>"&lt;"</c> or <c>"&lt;N"</c>
+    /// until the next piece shows whether it starts a <c>"&lt;NL&gt;"</c>.
+    /// </summary>
+    public RinnaChatOutputStream CreateOutputStream() => new(this);
+
     private static string Label(RinnaSpeaker speaker) => speaker == RinnaSpeaker.User ? UserLabel : SystemLabel;
 
     // The 3.6b tokenizer normalizes "\n" to a space, so the card writes newlines as "<NL>"; "\r\n" and "\r" count as one newline.
     private string EncodeNewlines(string text) => Format == RinnaChatFormat.JapaneseNewlineTag
         ? text.Replace("\r\n", NewlineTag, StringComparison.Ordinal).Replace('\r', '\n').Replace("\n", NewlineTag, StringComparison.Ordinal)
         : text;
+}
+
+/// <summary>Post-processes a streamed reply piece by piece; see <see cref="RinnaChatPromptBuilder.CreateOutputStream"/>. Not thread-safe.</summary>
+public sealed class RinnaChatOutputStream
+{
+    private readonly RinnaChatPromptBuilder _builder;
+    private string _held = "";
+
+    internal RinnaChatOutputStream(RinnaChatPromptBuilder builder) => _builder = builder;
+
+    /// <summary>Adds the next piece of output and returns the text that is final.</summary>
+    public string Push(string piece)
+    {
+        ArgumentNullException.ThrowIfNull(piece);
+        if (_builder.Format != RinnaChatFormat.JapaneseNewlineTag) return piece;
+        var text = _builder.PostProcess(_held + piece);
+        var hold = "<NL".Length;
+        while (hold > 0 && !text.EndsWith("<NL"[..hold], StringComparison.Ordinal)) hold--;
+        _held = text[^hold..];
+        return text[..^hold];
+    }
+
+    /// <summary>Ends the output: returns the text still held back.</summary>
+    public string Flush()
+    {
+        var held = _held;
+        _held = "";
+        return held;
+    }
 }

@@ -91,3 +91,32 @@ public class RinnaChatPromptBuilderTests
         Assert.Throws<ArgumentException>(() => builder.BuildPrompt([new(RinnaSpeaker.User, null!)]));
     }
 }
+
+public class RinnaChatOutputStreamTests
+{
+    [Theory]
+    [InlineData(RinnaChatFormat.JapaneseNewlineTag)]
+    [InlineData(RinnaChatFormat.Bilingual)]
+    public void StreamingGivesThePostProcessedTextHoweverTheOutputIsSplit(RinnaChatFormat format)
+    {
+        var builder = new RinnaChatPromptBuilder(format);
+        const string output = "はい。<NL>1. <N<NL><NL>x<NL";
+        for (var first = 0; first <= output.Length; first++)
+            for (var second = first; second <= output.Length; second++)
+            {
+                var stream = builder.CreateOutputStream();
+                var text = stream.Push(output[..first]) + stream.Push(output[first..second]) + stream.Push(output[second..]) + stream.Flush();
+                Assert.Equal(builder.PostProcess(output), text);
+            }
+    }
+
+    [Fact]
+    public void APartialTagIsHeldUntilDecided()
+    {
+        var stream = new RinnaChatPromptBuilder(RinnaChatFormat.JapaneseNewlineTag).CreateOutputStream();
+        Assert.Equal("a", stream.Push("a<N"));
+        Assert.Equal("\nb", stream.Push("L>b"));
+        Assert.Equal("", stream.Push("<"));
+        Assert.Equal("<", stream.Flush());
+    }
+}
