@@ -29,4 +29,32 @@ public class HubOptions
 
     /// <summary>Hub endpoint; <c>null</c> means <c>HF_ENDPOINT</c>, then <c>https://huggingface.co</c>.</summary>
     public string? Endpoint { get; set; }
+
+    /// <summary>Reports download progress (file, bytes, total, rate) while files are fetched from the hub.</summary>
+    public IProgress<DownloadProgress>? DownloadProgress { get; set; }
+
+    /// <summary>
+    /// The client that talks to the hub; <c>null</c> creates one per call. Pass one to share connections between loads or
+    /// to route requests through your own <see cref="HttpMessageHandler"/> (proxy, test server).
+    /// </summary>
+    public HubClient? HubClient { get; set; }
+
+    /// <summary>Where log messages go (what was resolved from where, dtype decisions); <c>null</c> logs nothing.</summary>
+    public Microsoft.Extensions.Logging.ILoggerFactory? LoggerFactory { get; set; }
+
+    /// <summary>Resolves <paramref name="modelIdOrPath"/> to a local directory holding <paramref name="files"/>, downloading what is missing.</summary>
+    internal async Task<string> ResolveAsync(string modelIdOrPath, HubFileSet files, CancellationToken cancellationToken)
+    {
+        if (Directory.Exists(modelIdOrPath)) return Path.GetFullPath(modelIdOrPath);
+        var logger = LoggerFactory?.CreateLogger("Rinna.Net.Hub");
+        var client = HubClient ?? new HubClient(logger);
+        try
+        {
+            return await client.ResolveAsync(modelIdOrPath, files, this, DownloadProgress, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (HubClient is null) client.Dispose();
+        }
+    }
 }
