@@ -25,14 +25,20 @@ internal static class TokenizerLoader
         var sentencePieceFile = SentencePieceFiles.Select(f => Path.Combine(directory, f)).FirstOrDefault(File.Exists);
         var tokenizerJson = Path.Combine(directory, TokenizerJsonFile);
 
-        if (options.UseFast && File.Exists(tokenizerJson))
-            throw new TokenizerException(tokenizerJson, null,
-                "fast tokenizers (tokenizer.json) are not supported yet; pass UseFast = false to use the SentencePiece model");
         if (sentencePieceFile is null)
-            throw new TokenizerException(directory, null,
-                $"no SentencePiece model ({string.Join(" or ", SentencePieceFiles)}) found; Rinna.Net loads SentencePiece tokenizers (T5Tokenizer, LlamaTokenizer)");
+            throw new TokenizerException(directory, null, File.Exists(tokenizerJson)
+                ? $"only a {TokenizerJsonFile} (fast tokenizer) was found; Rinna.Net supports SentencePiece tokenizers ({string.Join(" or ", SentencePieceFiles)} with T5Tokenizer or LlamaTokenizer semantics), not fast/byte-level BPE tokenizers such as GPT-NeoX's"
+                : $"no tokenizer found: neither {string.Join(" nor ", SentencePieceFiles)} exists");
         if (options.UseFast)
-            logger.LogWarning("{Directory} has no tokenizer.json; using the slow SentencePiece tokenizer (as use_fast=False).", directory);
+        {
+            // transformers falls back to the slow class when no fast tokenizer can be built; this library never builds
+            // one, and for rinna's models the fast conversion would be wrong anyway (it collapses whitespace runs).
+            logger.LogWarning(
+                File.Exists(tokenizerJson)
+                    ? "{Directory}: tokenizer.json is not supported; using the slow SentencePiece tokenizer (as use_fast=False)."
+                    : "{Directory}: no tokenizer.json; using the slow SentencePiece tokenizer (as use_fast=False).",
+                directory);
+        }
 
         var tokenizer = LoadSentencePiece(sentencePieceFile, config, specialTokensMap, logger);
         ApplyCommonSettings(tokenizer, config, options);

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using Rinna.Net.Tokenization;
 
 namespace Rinna.Net.Tests.Tokenization;
@@ -33,6 +34,30 @@ public sealed class TokenizerBadInputTests : IDisposable
         var missing = Path.Combine(directory, "no-such-model");
         var e = await Assert.ThrowsAsync<TokenizerException>(() => AutoTokenizer.FromPretrainedAsync(missing, Slow));
         Assert.Contains(missing, e.Message);
+    }
+
+    [Fact]
+    public void FastTokenizerOnlyDirectoryIsRejectedSayingWhatIsSupported()
+    {
+        File.Delete(ModelFile);
+        File.WriteAllText(Path.Combine(directory, "tokenizer.json"), "{\"model\": {\"type\": \"BPE\"}}");
+        var e = Assert.Throws<TokenizerException>(() => AutoTokenizer.FromDirectory(directory));
+        Assert.Contains("tokenizer.json", e.Message);
+        Assert.Contains("SentencePiece", e.Message);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void UseFastFallsBackToTheSlowTokenizerWithAWarning(bool withTokenizerJson)
+    {
+        if (withTokenizerJson) File.WriteAllText(Path.Combine(directory, "tokenizer.json"), "{}");
+        var logs = new CollectingLoggerFactory();
+        var tokenizer = AutoTokenizer.FromDirectory(directory, new TokenizerOptions { LoggerFactory = logs });
+        Assert.IsType<T5Tokenizer>(tokenizer);
+        Assert.Contains(logs.Messages, m => m.Level == LogLevel.Warning && m.Text.Contains("slow SentencePiece tokenizer"));
+        AutoTokenizer.FromDirectory(directory, new TokenizerOptions { UseFast = false, LoggerFactory = logs = new CollectingLoggerFactory() });
+        Assert.Empty(logs.Messages);
     }
 
     [Fact]
@@ -134,4 +159,22 @@ public sealed class TokenizerBadInputTests : IDisposable
         Assert.Contains(from, text);
         File.WriteAllText(ConfigFile, text.Replace(from, to));
     }
+}
+
+internal sealed class CollectingLoggerFactory : ILoggerFactory, ILogger
+{
+    public List<(LogLevel Level, string Text)> Messages { get; } = [];
+
+    public ILogger CreateLogger(string categoryName) => this;
+
+    public void AddProvider(ILoggerProvider provider) { }
+
+    public void Dispose() { }
+
+    public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+
+    public bool IsEnabled(LogLevel logLevel) => true;
+
+    public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+        Messages.Add((logLevel, formatter(state, exception)));
 }
