@@ -33,12 +33,11 @@ internal sealed class SentencePieceStreamingDecoder : StreamingDecoder
     {
         tokenizer.ValidateId(id);
         if (skipSpecialTokens && tokenizer.IsSpecialId(id)) return "";
-        var token = tokenizer.IdToToken(id);
-        if (tokenIndex == 0) token = rules.StripFirstToken(token);
         var index = tokenIndex++;
+        var (pieceId, token, isSpecial) = tokenizer.ResolveToken(id, index);
         var output = new StringBuilder();
 
-        if (tokenizer.IsSpecialToken(token))
+        if (isSpecial)
         {
             var spaceBefore = !previousWasSpecial && (rules.SpaceBeforeLeadingSpecial || index != 0);
             var heldText = CloseRun();
@@ -60,7 +59,7 @@ internal sealed class SentencePieceStreamingDecoder : StreamingDecoder
             emittedFromRun = 0;
         }
 
-        run.Append(token);
+        run.Append(pieceId, token);
         previousWasSpecial = false;
         if (!runHeld) PushRunProgress(output);
         return output.ToString();

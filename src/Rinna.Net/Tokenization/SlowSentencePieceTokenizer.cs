@@ -87,30 +87,51 @@ public abstract class SlowSentencePieceTokenizer : PreTrainedTokenizer
     /// <inheritdoc/>
     public override string Decode(IEnumerable<int> ids, bool skipSpecialTokens = false)
     {
-        var tokens = ConvertIdsToTokens(ids, skipSpecialTokens);
-        if (tokens.Length == 0) return "";
-        tokens[0] = Rules.StripFirstToken(tokens[0]);
-
+        ArgumentNullException.ThrowIfNull(ids);
         var text = new System.Text.StringBuilder();
-        var run = new List<string>();
+        var runText = new System.Text.StringBuilder();
+        PieceRunDecoder? run = null;
         var previousWasSpecial = false;
-        for (var i = 0; i < tokens.Length; i++)
+        var index = 0;
+        foreach (var rawId in ids)
         {
-            if (!Special.IsSpecialContent(tokens[i]))
+            ValidateId(rawId);
+            if (skipSpecialTokens && IsSpecialId(rawId)) continue;
+            var position = index++;
+            var (id, token, isSpecial) = ResolveToken(rawId, position);
+            if (!isSpecial)
             {
-                run.Add(tokens[i]);
+                run ??= new PieceRunDecoder(Model, runText);
+                run.Append(id, token);
                 previousWasSpecial = false;
                 continue;
             }
 
-            if (!previousWasSpecial && (Rules.SpaceBeforeLeadingSpecial || i != 0)) text.Append(' ');
-            text.Append(PieceRunDecoder.DecodePieces(Model, run)).Append(tokens[i]);
-            run.Clear();
+            // transformers inserts the space before the run of ordinary tokens that precedes the special token.
+            run?.Finish();
+            if (!previousWasSpecial && (Rules.SpaceBeforeLeadingSpecial || position != 0)) text.Append(' ');
+            text.Append(runText).Append(token);
+            runText.Clear();
+            run = null;
             previousWasSpecial = true;
         }
 
-        text.Append(PieceRunDecoder.DecodePieces(Model, run));
+        run?.Finish();
+        text.Append(runText);
         return Rules.Finish(text.ToString());
+    }
+
+    /// <summary>
+    /// The token of the <paramref name="index"/>-th kept id as <c>convert_tokens_to_string</c> sees it: the first
+    /// token loses its leading U+2581 first, after which SentencePiece looks the shortened text up again.
+    /// </summary>
+    internal (int Id, string Token, bool IsSpecial) ResolveToken(int id, int index)
+    {
+        var token = IdToToken(id);
+        if (index != 0) return (id, token, IsSpecialId(id));
+        var stripped = Rules.StripFirstToken(token);
+        if (stripped == token) return (id, token, IsSpecialId(id));
+        return (Model.PieceToId(stripped), stripped, IsSpecialToken(stripped));
     }
 
     /// <inheritdoc/>

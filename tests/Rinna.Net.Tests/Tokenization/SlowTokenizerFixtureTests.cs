@@ -1,7 +1,6 @@
 using System.Text;
 using System.Text.Json;
 using Rinna.Net.Tokenization;
-using Rinna.Net.Tokenization.SentencePiece;
 using static Rinna.Net.Tests.Tokenization.TokenizerFixtureCases;
 
 namespace Rinna.Net.Tests.Tokenization;
@@ -72,7 +71,7 @@ public class SlowTokenizerFixtureTests
     }
 
     private static string DecodeWithSentencePiece(SlowSentencePieceTokenizer tokenizer, IEnumerable<int> ids) =>
-        PieceRunDecoder.DecodePieces(tokenizer.Model, ids.Select(tokenizer.Model.IdToPiece));
+        tokenizer.Model.Decode(ids);
 
     /// <summary>Decode and the streaming decoder both give <paramref name="expected"/>; no streamed chunk splits a character.</summary>
     private static void AssertDecodes(PreTrainedTokenizer tokenizer, int[] ids, bool skipSpecialTokens, string expected)

@@ -1,18 +1,25 @@
+using System.Numerics;
+
 namespace Rinna.Net.Tokenization.SentencePiece;
 
 /// <summary>A trie over UTF-8 byte strings mapping each key to a non-negative value (a piece id).</summary>
 /// <remarks>
-/// Segmentation walks it one byte at a time from every start position, so the cost of encoding is linear in the
-/// text length times the longest piece; the root's 256 children sit in an array because every walk starts there.
+/// Segmentation walks it one byte at a time from every start position, so <see cref="Step"/> is the hot path of
+/// encoding: the root's 256 children sit in an array (every walk starts there) and the other edges in an
+/// open-addressing hash table keyed by (node, byte), which is several times faster than a general dictionary.
 /// </remarks>
 internal sealed class ByteTrie
 {
-    private const int NoNode = -1;
-    private readonly int[] rootChildren = Enumerable.Repeat(NoNode, 256).ToArray();
-    private readonly Dictionary<long, int> edges = [];
-    private readonly List<int> values = [NoNode];
-
     public const int Root = 0;
+    private const int NoNode = -1;
+    private const long EmptySlot = -1;
+
+    private readonly int[] rootChildren = Enumerable.Repeat(NoNode, 256).ToArray();
+    private readonly List<int> values = [NoNode];
+    private long[] edgeKeys = [EmptySlot, EmptySlot];
+    private int[] edgeTargets = new int[2];
+    private int edgeCount;
+    private int shift = 63;
 
     /// <summary>Adds a key; returns false (and changes nothing) when the key is already present.</summary>
     public bool TryAdd(ReadOnlySpan<byte> key, int value)
@@ -26,7 +33,7 @@ internal sealed class ByteTrie
                 child = values.Count;
                 values.Add(NoNode);
                 if (node == Root) rootChildren[b] = child;
-                else edges.Add(EdgeKey(node, b), child);
+                else AddEdge(EdgeKey(node, b), child);
             }
 
             node = child;
@@ -41,7 +48,14 @@ internal sealed class ByteTrie
     public int Step(int node, byte b)
     {
         if (node == Root) return rootChildren[b];
-        return edges.TryGetValue(EdgeKey(node, b), out var child) ? child : NoNode;
+        var key = EdgeKey(node, b);
+        var mask = edgeKeys.Length - 1;
+        for (var slot = Slot(key); ; slot = (slot + 1) & mask)
+        {
+            var found = edgeKeys[slot];
+            if (found == key) return edgeTargets[slot];
+            if (found == EmptySlot) return NoNode;
+        }
     }
 
     /// <summary>The value stored at <paramref name="node"/>, or -1 when no key ends there.</summary>
@@ -74,6 +88,36 @@ internal sealed class ByteTrie
 
         return longest;
     }
+
+    private void AddEdge(long key, int target)
+    {
+        // Keep the table at most half full so probe sequences stay short.
+        if ((edgeCount + 1) * 2 > edgeKeys.Length) Grow();
+        Insert(key, target);
+        edgeCount++;
+    }
+
+    private void Grow()
+    {
+        var (oldKeys, oldTargets) = (edgeKeys, edgeTargets);
+        edgeKeys = new long[oldKeys.Length * 2];
+        Array.Fill(edgeKeys, EmptySlot);
+        edgeTargets = new int[edgeKeys.Length];
+        shift = 64 - BitOperations.Log2((uint)edgeKeys.Length);
+        for (var i = 0; i < oldKeys.Length; i++)
+            if (oldKeys[i] != EmptySlot) Insert(oldKeys[i], oldTargets[i]);
+    }
+
+    private void Insert(long key, int target)
+    {
+        var mask = edgeKeys.Length - 1;
+        var slot = Slot(key);
+        while (edgeKeys[slot] != EmptySlot) slot = (slot + 1) & mask;
+        edgeKeys[slot] = key;
+        edgeTargets[slot] = target;
+    }
+
+    private int Slot(long key) => (int)((ulong)(key * unchecked((long)0x9E3779B97F4A7C15)) >> shift);
 
     private static long EdgeKey(int node, byte b) => ((long)node << 8) | b;
 }

@@ -19,6 +19,7 @@ internal sealed class PieceRunDecoder
     private readonly SentencePieceModel model;
     private readonly bool consumesLeadingSpace;
     private readonly List<byte> pendingBytes = new(4);
+    private readonly int runStart;
     private bool atStart = true;
     private bool leadingSpaceConsumed;
 
@@ -30,22 +31,11 @@ internal sealed class PieceRunDecoder
         runStart = output.Length;
     }
 
-    private readonly int runStart;
-
     public StringBuilder Output { get; }
 
-    /// <summary>Decodes the pieces of one run at once (SentencePiece's <c>decode_pieces</c>).</summary>
-    public static string DecodePieces(SentencePieceModel model, IEnumerable<string> pieces)
+    /// <summary>Appends a piece whose id is known; <paramref name="piece"/> must be what <c>PieceToId</c> maps to <paramref name="id"/>.</summary>
+    public void Append(int id, string piece)
     {
-        var decoder = new PieceRunDecoder(model, new StringBuilder());
-        foreach (var piece in pieces) decoder.Append(piece);
-        decoder.Finish();
-        return decoder.Output.ToString();
-    }
-
-    public void Append(string piece)
-    {
-        var id = model.PieceToId(piece);
         if (model.TypeOf(id) == PieceType.Byte)
         {
             pendingBytes.Add(ByteValue(id));
@@ -73,14 +63,18 @@ internal sealed class PieceRunDecoder
             leadingSpaceConsumed = !model.Proto.Normalizer.RemoveExtraWhitespaces;
         }
 
-        foreach (var c in text) Output.Append(c == SpaceSymbol ? ' ' : c);
+        int space;
+        while ((space = text.IndexOf(SpaceSymbol)) >= 0)
+        {
+            Output.Append(text[..space]).Append(' ');
+            text = text[(space + 1)..];
+        }
+
+        Output.Append(text);
     }
 
     /// <summary>Ends the run: bytes still waiting for the rest of their character are decoded as they are.</summary>
     public void Finish() => DecodePendingBytes(runEnded: true);
-
-    /// <summary>True while bytes of an incomplete character are held back.</summary>
-    public bool HasPendingBytes => pendingBytes.Count > 0;
 
     private byte ByteValue(int id)
     {

@@ -142,6 +142,16 @@ internal sealed class SentencePieceModel
         AppendIds(bytes, segments, ids);
     }
 
+    /// <summary>SentencePiece's <c>decode(ids)</c>; the ids must be valid piece ids.</summary>
+    public string Decode(IEnumerable<int> ids)
+    {
+        var text = new StringBuilder();
+        var decoder = new PieceRunDecoder(this, text);
+        foreach (var id in ids) decoder.Append(id, pieces[id]);
+        decoder.Finish();
+        return text.ToString();
+    }
+
     /// <summary>Turns segments into ids, spelling unknown segments as byte pieces when the model has byte fallback.</summary>
     private void AppendIds(ReadOnlySpan<byte> normalized, List<(int Start, int End, int Id)> segments, List<int> ids)
     {
