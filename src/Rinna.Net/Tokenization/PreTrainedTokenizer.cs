@@ -98,7 +98,6 @@ public abstract class PreTrainedTokenizer
     public abstract string[] ConvertIdsToTokens(IEnumerable<int> ids, bool skipSpecialTokens = false);
 
     /// <summary>Maps token strings to ids (<c>convert_tokens_to_ids</c>); unknown strings map to <see cref="UnkTokenId"/>.</summary>
-    /// <exception cref="TokenizerException">A token is unknown and the tokenizer has no unknown token.</exception>
     public abstract int[] ConvertTokensToIds(IEnumerable<string> tokens);
 
     /// <summary>Creates an incremental decoder for streaming generation.</summary>
