@@ -12,8 +12,13 @@ namespace Rinna.Net.Tokenization.SentencePiece;
 /// Microsoft.ML.Tokenizers 2.0.1 cannot serve rinna's models as-is (byte-fallback ids of Unigram models are off by
 /// 255, user-defined symbols are normalized away, deleted control characters survive, BPE ties on whitespace runs
 /// break differently, and one long string encodes in super-linear time). Its fixes would need private reflection,
-/// so the segmentation is implemented here from the model's pieces; both algorithms run in time linear in the
-/// text length (BPE: n log n), so long inputs need no chunking.
+/// so the segmentation is implemented here from the model's pieces.
+/// <para>
+/// Long inputs are not chunked: both algorithms already run in linear time (BPE: n log n), and chunking could not be
+/// exact anyway. SentencePiece accumulates Viterbi path scores in 32-bit floats over the whole string, so on long
+/// texts rounding decides near-ties; restarting the sum at a chunk boundary (even at a user-defined <c>\n</c> that
+/// every path passes through) would round differently and could change ids.
+/// </para>
 /// </remarks>
 internal sealed class SentencePieceModel
 {
@@ -180,16 +185,32 @@ internal sealed class SentencePieceModel
     private List<(int Start, int End, int Id)> SegmentUnigram(ReadOnlySpan<byte> text)
     {
         var size = text.Length;
-        var bestScore = new float[size + 1];
-        var bestStart = new int[size + 1];
-        var bestId = new int[size + 1];
-        Array.Fill(bestStart, -1);
-        var unknownScore = minScore - UnknownPenalty;
+        // One record per end position, rented: long documents would otherwise allocate (and zero) three large arrays per call.
+        var best = ArrayPool<BestPathNode>.Shared.Rent(size + 1);
+        try
+        {
+            Array.Fill(best, new BestPathNode(0f, -1, -1), 0, size + 1);
+            best[0] = new BestPathNode(0f, 0, -1);
+            FillBestPaths(text, best);
+            var segments = new List<(int, int, int)>();
+            for (var end = size; end > 0; end = best[end].Start) segments.Add((best[end].Start, end, best[end].Id));
+            segments.Reverse();
+            return segments;
+        }
+        finally
+        {
+            ArrayPool<BestPathNode>.Shared.Return(best);
+        }
+    }
 
+    private void FillBestPaths(ReadOnlySpan<byte> text, BestPathNode[] best)
+    {
+        var size = text.Length;
+        var unknownScore = minScore - UnknownPenalty;
         var startsAt = 0;
         while (startsAt < size)
         {
-            var scoreTillHere = bestScore[startsAt];
+            var scoreTillHere = best[startsAt].Score;
             var charLength = Math.Min(Utf8Char.LengthFromLeadByte(text[startsAt]), size - startsAt);
             var hasSingleCharPiece = false;
             var node = ByteTrie.Root;
@@ -201,26 +222,17 @@ internal sealed class SentencePieceModel
                 var id = segmentationTrie.ValueAt(node);
                 if (id < 0 || types[id] == PieceType.Unused) continue;
                 var length = keyPos - startsAt;
-                bool better;
-                float candidate;
+                ref var target = ref best[keyPos];
                 if (types[id] == PieceType.UserDefined)
                 {
                     // SentencePiece computes the user-defined bonus in double: length * max_score - 0.1.
                     var wide = (double)(length * maxScore) - 0.1 + scoreTillHere;
-                    candidate = (float)wide;
-                    better = bestStart[keyPos] == -1 || wide > bestScore[keyPos];
+                    if (target.Start == -1 || wide > target.Score) target = new BestPathNode((float)wide, startsAt, id);
                 }
                 else
                 {
-                    candidate = scores[id] + scoreTillHere;
-                    better = bestStart[keyPos] == -1 || candidate > bestScore[keyPos];
-                }
-
-                if (better)
-                {
-                    bestScore[keyPos] = candidate;
-                    bestStart[keyPos] = startsAt;
-                    bestId[keyPos] = id;
+                    var candidate = scores[id] + scoreTillHere;
+                    if (target.Start == -1 || candidate > target.Score) target = new BestPathNode(candidate, startsAt, id);
                 }
 
                 if (length == charLength) hasSingleCharPiece = true;
@@ -228,24 +240,17 @@ internal sealed class SentencePieceModel
 
             if (!hasSingleCharPiece)
             {
-                var end = startsAt + charLength;
+                ref var target = ref best[startsAt + charLength];
                 var candidate = unknownScore + scoreTillHere;
-                if (bestStart[end] == -1 || candidate > bestScore[end])
-                {
-                    bestScore[end] = candidate;
-                    bestStart[end] = startsAt;
-                    bestId[end] = UnknownId;
-                }
+                if (target.Start == -1 || candidate > target.Score) target = new BestPathNode(candidate, startsAt, UnknownId);
             }
 
             startsAt += charLength;
         }
-
-        var segments = new List<(int, int, int)>();
-        for (var end = size; end > 0; end = bestStart[end]) segments.Add((bestStart[end], end, bestId[end]));
-        segments.Reverse();
-        return segments;
     }
+
+    /// <summary>Best path ending at a position: its score, where its last piece starts, and that piece.</summary>
+    private readonly record struct BestPathNode(float Score, int Start, int Id);
 
     /// <summary>Greedy highest-score merging, mirroring <c>bpe::Model::Encode</c> (ties: leftmost pair first).</summary>
     private List<(int Start, int End, int Id)> SegmentBpe(ReadOnlySpan<byte> text)
