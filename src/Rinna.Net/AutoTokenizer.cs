@@ -13,12 +13,12 @@ public static class AutoTokenizer
     /// <param name="options">Loading options; rinna's models need <see cref="TokenizerOptions.UseFast"/> = <c>false</c> in Hugging Face, and load either way here.</param>
     /// <param name="cancellationToken">Cancels the load.</param>
     /// <exception cref="TokenizerException">The directory does not exist, or a tokenizer file is missing, corrupt or inconsistent.</exception>
-    public static Task<PreTrainedTokenizer> FromPretrainedAsync(string modelIdOrPath, TokenizerOptions? options = null, CancellationToken cancellationToken = default)
+    public static async Task<PreTrainedTokenizer> FromPretrainedAsync(string modelIdOrPath, TokenizerOptions? options = null, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(modelIdOrPath);
         if (!Directory.Exists(modelIdOrPath))
             throw new TokenizerException(modelIdOrPath, null, "no such directory; loading by Hub model id is not available yet, pass a local tokenizer directory");
-        return Task.Run(() => FromDirectory(modelIdOrPath, options, cancellationToken), cancellationToken);
+        return await Task.Run(() => FromDirectory(modelIdOrPath, options, cancellationToken), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Loads the tokenizer from a local Hugging Face tokenizer directory.</summary>
