@@ -28,6 +28,18 @@ public class TokenizerBehaviourTests
     }
 
     [Fact]
+    public void OptionsOverrideTheConfiguredPaddingSideAndMaxLength()
+    {
+        var directory = Fixtures.Tokenizer("llama-style-bpe");
+        var configured = AutoTokenizer.FromDirectory(directory, new TokenizerOptions { UseFast = false });
+        Assert.Equal((PaddingSide.Right, 4096), (configured.PaddingSide, configured.ModelMaxLength));
+        Assert.Equal(int.MaxValue, Tokenizer("bilingual-lookalike").ModelMaxLength);
+
+        var overridden = AutoTokenizer.FromDirectory(directory, new TokenizerOptions { UseFast = false, PaddingSide = PaddingSide.Left, ModelMaxLength = 128 });
+        Assert.Equal((PaddingSide.Left, 128), (overridden.PaddingSide, overridden.ModelMaxLength));
+    }
+
+    [Fact]
     public void BatchEncodePadsOnTheRequestedSideWithMasks()
     {
         var tokenizer = Tokenizer("bilingual-lookalike");
