@@ -1,4 +1,3 @@
-using Microsoft.Extensions.Logging;
 using Rinna.Net.Hub;
 
 namespace Rinna.Net.Tokenization;
@@ -28,7 +27,4 @@ public class TokenizerOptions : HubOptions
 
     /// <summary>Overrides <c>model_max_length</c> of <c>tokenizer_config.json</c>.</summary>
     public int? ModelMaxLength { get; set; }
-
-    /// <summary>Receives warnings such as the <see cref="UseFast"/> fallback; <c>null</c> logs nothing.</summary>
-    public ILoggerFactory? LoggerFactory { get; set; }
 }
