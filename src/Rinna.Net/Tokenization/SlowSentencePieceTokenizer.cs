@@ -35,9 +35,9 @@ public abstract class SlowSentencePieceTokenizer : PreTrainedTokenizer
         ArgumentNullException.ThrowIfNull(text);
         var tokens = new List<string>();
         var ids = new List<int>();
-        foreach (var (chunk, isSpecial) in Special.Split(text))
+        foreach (var (chunk, specialId) in Special.Split(text))
         {
-            if (isSpecial)
+            if (specialId is not null)
             {
                 tokens.Add(chunk);
                 continue;
@@ -75,9 +75,9 @@ public abstract class SlowSentencePieceTokenizer : PreTrainedTokenizer
     private List<int> EncodeWithoutSpecialTokens(string text)
     {
         var ids = new List<int>();
-        foreach (var (chunk, isSpecial) in Special.Split(text))
+        foreach (var (chunk, specialId) in Special.Split(text))
         {
-            if (isSpecial) ids.Add(Special.TryGetId(chunk, out var id) ? id : throw new InvalidOperationException("split returned a non-special chunk"));
+            if (specialId is { } id) ids.Add(id);
             else Model.Encode(chunk, ids);
         }
 

@@ -75,9 +75,9 @@ internal sealed class SpecialTokens
 
     /// <summary>
     /// Splits <paramref name="text"/> at special-token contents (leftmost, longest match, no whitespace stripping);
-    /// yields each piece with whether it is a special token. Empty pieces are skipped.
+    /// yields each piece with its id when it is a special token. Empty pieces are skipped.
     /// </summary>
-    public IEnumerable<(string Text, bool IsSpecial)> Split(string text)
+    public IEnumerable<(string Text, int? SpecialId)> Split(string text)
     {
         var chunkStart = 0;
         var position = 0;
@@ -85,18 +85,18 @@ internal sealed class SpecialTokens
         {
             var next = firstChars.Length == 0 ? -1 : text.IndexOfAny(firstChars, position);
             if (next < 0) break;
-            var match = ContentsLongestFirst.FirstOrDefault(c => string.CompareOrdinal(text, next, c, 0, c.Length) == 0 && next + c.Length <= text.Length);
+            var match = ContentsLongestFirst.FirstOrDefault(c => next + c.Length <= text.Length && string.CompareOrdinal(text, next, c, 0, c.Length) == 0);
             if (match is null)
             {
                 position = next + 1;
                 continue;
             }
 
-            if (next > chunkStart) yield return (text[chunkStart..next], false);
-            yield return (match, true);
+            if (next > chunkStart) yield return (text[chunkStart..next], null);
+            yield return (match, idsByContent[match]);
             position = chunkStart = next + match.Length;
         }
 
-        if (chunkStart < text.Length) yield return (text[chunkStart..], false);
+        if (chunkStart < text.Length) yield return (text[chunkStart..], null);
     }
 }
