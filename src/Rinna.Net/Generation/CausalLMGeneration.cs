@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Rinna.Net.Model;
+using Rinna.Net.Tokenization;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Generation;
@@ -39,13 +40,16 @@ public static class CausalLMGeneration
     /// <param name="inputIds">Prompt ids <c>[batch, seq]</c> (int64, left-padded).</param>
     /// <param name="config">Decoding settings; <c>null</c> means <see cref="GenerationConfig(GptNeoXForCausalLM)"/>.</param>
     /// <param name="attentionMask">1 for tokens, 0 for left padding; <c>null</c> means no padding.</param>
-    /// <param name="decode">Decodes generated ids (special tokens skipped); needed for stop strings and for the rows' text.</param>
+    /// <param name="tokenizer">
+    /// The model's tokenizer (HF's <c>tokenizer=</c> argument): needed for stop strings, and gives each row's text. Ids the
+    /// tokenizer cannot decode (output rows beyond its vocabulary) are then never generated.
+    /// </param>
     /// <param name="onStep">Called after every step on the generating thread (streaming).</param>
     /// <param name="cancellationToken">Checked before every step; unfinished rows then report <see cref="FinishReason.Cancelled"/>.</param>
     /// <returns>HF's <c>[batch, prompt + new]</c> sequences (dispose the tensor) and, per row, the new ids, text and finish reason.</returns>
     /// <exception cref="ArgumentException">Invalid prompt, mask or settings, or a prompt that does not fit the model.</exception>
     public static GenerationOutput Generate(this GptNeoXForCausalLM model, Tensor inputIds, GenerationConfig? config = null,
-        Tensor? attentionMask = null, Func<int[], string>? decode = null, Action<GenerationTracker>? onStep = null,
+        Tensor? attentionMask = null, PreTrainedTokenizer? tokenizer = null, Action<GenerationTracker>? onStep = null,
         CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -77,7 +81,9 @@ public static class CausalLMGeneration
                 positions = positions.narrow(1, positions.shape[1] - fed.shape[1], fed.shape[1]);
                 using var output = model.Forward(fed, mask, positions, cache, useCache: true, lastPositionOnly: true);
                 return output.Logits.select(1, 0).clone();
-            }, config, decode, onStep, cancellationToken: cancellationToken);
+            }, config, tokenizer is null ? null : () => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), onStep,
+                tokenizer is not null && tokenizer.Count < model.Config.VocabSize ? [new VocabularyLimitLogitsProcessor(tokenizer.Count)] : null,
+                cancellationToken);
         }
         finally
         {

@@ -1,3 +1,5 @@
+using Rinna.Net.Tokenization;
+
 namespace Rinna.Net.Generation;
 
 /// <summary>
@@ -5,21 +7,27 @@ namespace Rinna.Net.Generation;
 /// re-decodes the sequence and yields what was added. A trailing U+FFFD is held back, because with byte-fallback
 /// vocabularies it usually means a character whose remaining UTF-8 bytes are still to come.
 /// </summary>
-internal sealed class DecodedTextStream(Func<int[], string> decode)
+internal sealed class DecodedTextStream(Func<int[], string> decode) : StreamingDecoder
 {
     private const char ReplacementCharacter = '\uFFFD';
     private readonly List<int> _ids = [];
     private string _emitted = "";
 
     /// <summary>Adds a token and returns the new text it completes (often empty).</summary>
-    public string Append(int tokenId)
+    public override string Append(int tokenId)
     {
         _ids.Add(tokenId);
         return Release(Decode().TrimEnd(ReplacementCharacter));
     }
 
-    /// <summary>Returns the text not yet released, replacement characters included: the sequence is complete.</summary>
-    public string Flush() => Release(Decode());
+    /// <summary>Returns the text not yet released, replacement characters included, and starts a new sequence.</summary>
+    public override string Flush()
+    {
+        var rest = Release(Decode());
+        _ids.Clear();
+        _emitted = "";
+        return rest;
+    }
 
     private string Decode() => decode(_ids.ToArray()) ?? throw new InvalidOperationException("The decode function returned null.");
 

@@ -1,3 +1,4 @@
+using Rinna.Net.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -27,7 +28,7 @@ public static class GenerationLoop
     /// valid only during the call (copy them to keep them).
     /// </param>
     /// <param name="config">The generation settings (validated).</param>
-    /// <param name="decode">Decodes one row's generated ids (special tokens skipped): needed for stop strings and text.</param>
+    /// <param name="createDecoder">Creates one incremental decoder per row (special tokens skipped): needed for stop strings and text.</param>
     /// <param name="onStep">
     /// Called after each step with the tracker, e.g. to stream <see cref="GenerationTracker.TakeText"/>; runs on the
     /// generating thread, between steps.
@@ -42,7 +43,7 @@ public static class GenerationLoop
         Tensor inputIds,
         Func<Tensor, Tensor> nextTokenLogits,
         GenerationConfig config,
-        Func<int[], string>? decode = null,
+        Func<StreamingDecoder>? createDecoder = null,
         Action<GenerationTracker>? onStep = null,
         IEnumerable<ILogitsProcessor>? logitsProcessors = null,
         CancellationToken cancellationToken = default)
@@ -57,7 +58,7 @@ public static class GenerationLoop
 
         var batchSize = (int)inputIds.shape[0];
         var promptLength = (int)inputIds.shape[1];
-        var tracker = new GenerationTracker(config, batchSize, promptLength, decode);
+        var tracker = new GenerationTracker(config, batchSize, promptLength, createDecoder);
         var pipeline = LogitsProcessorList.Create(config, promptLength, logitsProcessors);
         using var sampler = TokenSampler.Create(config, inputIds.device);
 

@@ -1,4 +1,5 @@
 using System.Text;
+using Rinna.Net.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -19,26 +20,44 @@ public sealed class GenerationTracker
     private readonly HashSet<int> _eosTokenIds;
     private readonly Row[] _rows;
 
-    /// <summary>Creates the tracker for one generation.</summary>
+    /// <summary>Creates the tracker for one generation, decoding each row with a whole-sequence decode function.</summary>
     /// <param name="config">The generation settings (validated here).</param>
     /// <param name="batchSize">Number of rows.</param>
     /// <param name="promptLength">Width of the prompt batch (left padding included).</param>
     /// <param name="decode">
     /// Decodes generated ids of one row to text (special tokens skipped); required for stop strings, and gives
-    /// <see cref="TakeText"/> and <see cref="GeneratedSequence.Text"/>.
+    /// <see cref="TakeText"/> and <see cref="GeneratedSequence.Text"/>. Each step re-decodes the row; prefer the
+    /// tokenizer's incremental decoder (the other constructor) for long outputs.
     /// </param>
     /// <exception cref="ArgumentException">
     /// The configuration is invalid; stop strings are set without <paramref name="decode"/>; or rows of a batch can
     /// finish early (end-of-sequence ids or stop strings) but there is no pad id to fill them with.
     /// </exception>
     public GenerationTracker(GenerationConfig config, int batchSize, int promptLength, Func<int[], string>? decode = null)
+        : this(config, batchSize, promptLength, decode is null ? null : () => new DecodedTextStream(decode))
+    {
+    }
+
+    /// <summary>Creates the tracker for one generation.</summary>
+    /// <param name="config">The generation settings (validated here).</param>
+    /// <param name="batchSize">Number of rows.</param>
+    /// <param name="promptLength">Width of the prompt batch (left padding included).</param>
+    /// <param name="createDecoder">
+    /// Creates one incremental decoder per row (e.g. <c>() => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true)</c>);
+    /// required for stop strings, and gives <see cref="TakeText"/> and <see cref="GeneratedSequence.Text"/>.
+    /// </param>
+    /// <exception cref="ArgumentException">
+    /// The configuration is invalid; stop strings are set without <paramref name="createDecoder"/>; or rows of a batch can
+    /// finish early (end-of-sequence ids or stop strings) but there is no pad id to fill them with.
+    /// </exception>
+    public GenerationTracker(GenerationConfig config, int batchSize, int promptLength, Func<StreamingDecoder>? createDecoder)
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
         ArgumentOutOfRangeException.ThrowIfNegative(promptLength);
         config.Validate();
-        if (config.StopStrings is not null && decode is null)
-            throw new ArgumentException("Stop strings need a decode function to find them in the generated text.", nameof(decode));
+        if (config.StopStrings is not null && createDecoder is null)
+            throw new ArgumentException("Stop strings need a decoder to find them in the generated text.", nameof(createDecoder));
 
         PadTokenId = config.ResolvePadTokenId();
         var rowsCanFinishEarly = config.EosTokenId is not null || config.StopStrings is not null;
@@ -50,7 +69,7 @@ public sealed class GenerationTracker
         PromptLength = promptLength;
         MaxNewTokens = config.ResolveMaxNewTokens(promptLength);
         _eosTokenIds = config.EosTokenId?.ToHashSet() ?? [];
-        _rows = Enumerable.Range(0, batchSize).Select(_ => new Row(decode, config.StopStrings)).ToArray();
+        _rows = Enumerable.Range(0, batchSize).Select(_ => new Row(createDecoder?.Invoke(), config.StopStrings)).ToArray();
     }
 
     /// <summary>Number of rows.</summary>
@@ -144,10 +163,10 @@ public sealed class GenerationTracker
         return _rows.Select(r => r.ToSequence()).ToArray();
     }
 
-    private sealed class Row(Func<int[], string>? decode, IReadOnlyList<string>? stopStrings)
+    private sealed class Row(StreamingDecoder? stream, IReadOnlyList<string>? stopStrings)
     {
         private readonly List<int> _tokens = [];
-        private readonly DecodedTextStream? _stream = decode is null ? null : new DecodedTextStream(decode);
+        private readonly StreamingDecoder? _stream = stream;
         private readonly StopStringMatcher? _matcher = stopStrings is null ? null : new StopStringMatcher(stopStrings);
         private readonly StringBuilder _text = new();
         private int _taken;

@@ -216,3 +216,31 @@ public sealed class LogitNormalization : ILogitsProcessor
         return scores.log_softmax(-1);
     }
 }
+
+/// <summary>
+/// Forbids ids at or above <c>limit</c>: the rows a model's output matrix has beyond its tokenizer's vocabulary
+/// (embedding matrices are often padded to a multiple of 64 or 128). Those ids cannot be decoded, so they are never
+/// chosen; Hugging Face would fail to decode them.
+/// </summary>
+public sealed class VocabularyLimitLogitsProcessor : ILogitsProcessor
+{
+    private readonly long limit;
+
+    /// <summary>Creates the processor.</summary>
+    /// <param name="limit">The first id that may not be generated (the tokenizer's size).</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="limit"/> is not positive.</exception>
+    public VocabularyLimitLogitsProcessor(long limit)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(limit);
+        this.limit = limit;
+    }
+
+    /// <inheritdoc />
+    public Tensor Process(Tensor inputIds, Tensor scores)
+    {
+        LogitsProcessing.CheckShapes(inputIds, scores);
+        var processed = scores.clone();
+        if (scores.shape[1] > limit) processed.narrow(1, limit, scores.shape[1] - limit).fill_(float.NegativeInfinity);
+        return processed;
+    }
+}
