@@ -233,4 +233,43 @@ public class Int8LinearTests
         Assert.Contains("6", wrongWidth.Message);
         Assert.Throws<ArgumentException>(() => layer.forward(ones(2, 6, dtype: ScalarType.Int32)));
     }
+
+    [Fact]
+    public async Task ScriptArgumentsSurviveGarbageCollectionDuringTheCall()
+    {
+        // TorchSharp's invoke() passes a double as the handle of a temporary Scalar; a collection at the wrong moment
+        // freed it and the call read garbage ("Expected false to be true" in Scalar::toLong). Force collections throughout.
+        using var stop = new CancellationTokenSource();
+        var collector = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+            }
+        });
+        try
+        {
+            RepeatForwardAndCompare(4_000);
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await collector;
+        }
+    }
+
+    private static void RepeatForwardAndCompare(int times)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(12);
+        using var layer = new Int8Linear(randn(8, 16, generator: gen));
+        var x = randn(2, 16, generator: gen);
+        var expected = layer.forward(x);
+        for (var i = 0; i < times; i++)
+        {
+            using var step = NewDisposeScope();
+            Assert.True(layer.forward(x).eq(expected).all().item<bool>(), $"call {i}");
+        }
+    }
 }

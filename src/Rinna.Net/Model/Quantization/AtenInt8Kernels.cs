@@ -79,7 +79,10 @@ internal static class AtenInt8Kernels
     internal static Tensor ScriptLinear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
     {
         var unit = Compiled.Value.Unit ?? throw new InvalidOperationException($"TorchScript int8 kernels are unavailable: {ScriptFailure}");
-        return unit.invoke<Tensor>(LinearFunction, x, weight, weightScale, bias!, threshold);
+        // invoke() converts a double argument into a temporary Scalar and passes only its handle, so the GC may free it
+        // before the native call reads it; a Scalar held here stays alive for the call.
+        using var thresholdScalar = threshold.ToScalar();
+        return unit.invoke<Tensor>(LinearFunction, x, weight, weightScale, bias!, thresholdScalar);
     }
 
     /// <summary>The same arithmetic as <see cref="Script"/> in plain TorchSharp ops, with the integer product done in float32 blocks.</summary>
