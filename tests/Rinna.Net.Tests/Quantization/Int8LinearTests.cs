@@ -211,6 +211,24 @@ public class Int8LinearTests
     }
 
     [Fact]
+    public void DeviceMovesKeepOneCopyOfEachBufferAndTheirDtypes()
+    {
+        using var scope = NewDisposeScope();
+        using var layer = new Int8Linear(randn(8, 16), randn(8));
+
+        layer.to(new Device(DeviceType.META));
+
+        var buffers = layer.named_buffers().ToDictionary(b => b.name, b => b.buffer);
+        Assert.Equal(["weight", "weight_scale", "bias"], buffers.Keys);
+        Assert.All(buffers.Values, b => Assert.Equal(DeviceType.META, b.device_type));
+        Assert.Same(buffers["weight"], layer.Weight);
+        Assert.Same(buffers["weight_scale"], layer.WeightScale);
+        Assert.Same(buffers["bias"], layer.Bias);
+        Assert.Equal(ScalarType.Int8, layer.Weight.dtype);
+        Assert.Equal(ScalarType.Float32, layer.WeightScale.dtype);
+    }
+
+    [Fact]
     public void EmptyBatchGivesEmptyOutput()
     {
         using var scope = NewDisposeScope();

@@ -1,4 +1,5 @@
 using TorchSharp;
+using TorchSharp.Utils;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Model.Quantization;
@@ -20,8 +21,15 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
     /// <summary>Float elements converted at once while quantizing: 4 MiB of float32 per block bounds the loading peak.</summary>
     private const long QuantizeBlockElements = 1 << 20;
 
+    private const string WeightScaleName = "weight_scale";
+
+    // TorchSharp's Module.to() moves tensor fields by reflection and re-registers them under their component name, so
+    // each field carries the name of its buffer; otherwise the buffer would be moved a second time under its own name.
     private Tensor weight;
+
+    [ComponentName(Name = WeightScaleName)]
     private Tensor weightScale;
+
     private Tensor? bias;
 
     /// <summary>Quantizes a float weight (and takes an optional bias) into a new int8 layer.</summary>
@@ -50,7 +58,7 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
         (this.weight, weightScale) = QuantizeRows(weight, device);
         this.bias = bias?.to(ScalarType.Float32, device, copy: true).DetachFromDisposeScope();
         register_buffer(nameof(weight), this.weight);
-        register_buffer("weight_scale", weightScale);
+        register_buffer(WeightScaleName, weightScale);
         if (this.bias is not null) register_buffer(nameof(bias), this.bias);
     }
 
@@ -98,17 +106,6 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
     /// <summary>Moves the buffers to <paramref name="device"/>; the storage dtypes stay as they are.</summary>
     protected override nn.Module _to(Device device, ScalarType dtype, bool non_blocking)
         => _to(device.type, device.index, non_blocking);
-
-    /// <summary>Moves the buffers to the device and keeps the properties pointing at the moved tensors.</summary>
-    protected override nn.Module _to(DeviceType deviceType, int deviceIndex, bool non_blocking)
-    {
-        base._to(deviceType, deviceIndex, non_blocking);
-        var buffers = named_buffers(recurse: false).ToDictionary(b => b.name, b => b.buffer);
-        weight = buffers[nameof(weight)];
-        weightScale = buffers["weight_scale"];
-        if (bias is not null) bias = buffers[nameof(bias)];
-        return this;
-    }
 
     /// <summary>Per-row absmax quantization, one block of rows at a time so that only a block is ever in float32.</summary>
     private static (Tensor Quantized, Tensor Scale) QuantizeRows(Tensor weight, Device device)
