@@ -163,6 +163,9 @@ public class Int8LinearTests
 
         var storedBytes = layer.buffers().Concat(layer.parameters()).Sum(t => t.ElementSize * t.numel());
         var bytesPerWeight = (double)storedBytes / weight.numel();
+        Assert.Equal(Int8Linear.StorageBytes(256, 512, hasBias: true), storedBytes);
+        using var withoutBias = new Int8Linear(weight);
+        Assert.Equal(Int8Linear.StorageBytes(256, 512, hasBias: false), withoutBias.buffers().Sum(t => t.ElementSize * t.numel()));
         Assert.InRange(bytesPerWeight, 1.0, 1.1);
         Assert.Empty(layer.parameters());
         Assert.DoesNotContain(layer.buffers(), t => t.is_floating_point() && t.numel() == weight.numel());

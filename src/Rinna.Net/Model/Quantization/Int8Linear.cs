@@ -80,6 +80,20 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
     /// <summary>The bias <c>[out_features]</c> as float32, or <c>null</c>.</summary>
     public Tensor? Bias => bias;
 
+    /// <summary>
+    /// The bytes an <see cref="Int8Linear"/> of this shape holds: one per weight element plus a float32 scale (and a
+    /// float32 bias) per output row. Use it to size modules for a device map before anything is loaded.
+    /// </summary>
+    /// <param name="outFeatures">Output features (weight rows).</param>
+    /// <param name="inFeatures">Input features (weight columns).</param>
+    /// <param name="hasBias">Whether the layer has a bias.</param>
+    public static long StorageBytes(long outFeatures, long inFeatures, bool hasBias)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(outFeatures);
+        ArgumentOutOfRangeException.ThrowIfNegative(inFeatures);
+        return outFeatures * inFeatures + outFeatures * sizeof(float) * (hasBias ? 2 : 1);
+    }
+
     /// <summary>Computes <c>input · Wᵀ + bias</c> with int8 arithmetic.</summary>
     /// <param name="input">Activations <c>[..., in_features]</c> in a floating dtype (float32 or bfloat16 in practice), on the layer's device.</param>
     /// <returns><c>[..., out_features]</c> in the input's dtype.</returns>
