@@ -134,12 +134,13 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
             {
                 using var scope = NewDisposeScope();
                 var rows = Math.Min(rowsPerBlock, outFeatures - row);
-                var block = weight.narrow(0, row, rows).to(ScalarType.Float32, device);
-                var rowScale = block.abs().amax([1]).div_(127.0);
-                // A zero row keeps scale 0 (it dequantizes to zeros); the clamp only avoids 0/0 in the division.
-                var codes = block.div(rowScale.clamp_min(1e-30).unsqueeze(1)).round_().to(ScalarType.Int8);
-                quantized.narrow(0, row, rows).copy_(codes);
+                // A private float32 copy (even of a float32 weight) so the block can be scaled in place.
+                var block = weight.narrow(0, row, rows).to(ScalarType.Float32, device, copy: true);
+                var rowScale = linalg.vector_norm(block, double.PositiveInfinity, [1]).div_(127.0);
                 scale.narrow(0, row, rows).copy_(rowScale);
+                // A zero row keeps scale 0 (it dequantizes to zeros); the clamp only avoids 0/0 in the division.
+                block.div_(rowScale.clamp_min_(1e-30).unsqueeze(1)).round_();
+                quantized.narrow(0, row, rows).copy_(block);
             }
         }
         return (quantized, scale);
