@@ -12,7 +12,8 @@ namespace Rinna.Net.Model.Quantization;
 /// <remarks>
 /// The float weight is quantized block by block when the layer is built and is not kept: the layer holds about one
 /// byte per weight element (plus 4 bytes per output row for the scale and the bias). On CPU the product runs on ATen's
-/// int8 GEMM, which for one token streams the weight about three times faster than a bfloat16 <c>linear</c>.
+/// int8 GEMM: for one token a layer takes 2.5–3× less time than a bfloat16 <c>linear</c> of the same shape (it streams
+/// half the bytes, faster), and for a 128-token prompt about half the time.
 /// Converting the module with <c>to(ScalarType)</c> changes nothing, because its storage dtypes are fixed; moving it to
 /// another device moves every buffer.
 /// </remarks>
