@@ -1,4 +1,6 @@
 using Rinna.Net.Model.DeviceMap;
+using Rinna.Net.Native;
+using TorchSharp;
 
 namespace Rinna.Net.Tests.DeviceMap;
 
@@ -207,5 +209,16 @@ public class DeviceMapPlannerTests
         Assert.Throws<ArgumentException>(() => DeviceMapPlanner.Plan("auto", [], Gpus(0)));
         Assert.Throws<ArgumentException>(() => DeviceMapPlanner.Plan("auto", [new("a", 1), new("a", 2)], Gpus(0)));
         Assert.Throws<ArgumentException>(() => DeviceMapPlanner.Plan("auto", [new("a", -1)], Gpus(0)));
+    }
+
+    [Fact]
+    public void DetectedDevicesListGpusThenTheCpuAndPlanOnThisMachine()
+    {
+        TorchSharpNativeLoader.EnsureInstalled();
+        var devices = ComputeDevice.DetectAvailable();
+        var gpus = torch.cuda.is_available() ? torch.cuda.device_count() : 0;
+        Assert.Equal([.. Enumerable.Range(0, gpus).Select(i => $"cuda:{i}"), "cpu"], devices.Select(d => d.Name));
+        var plan = DeviceMapPlanner.Plan("auto", Model(), devices);
+        Assert.Equal(gpus == 0 ? "cpu" : "cuda:0", plan["gpt_neox.embed_in"]);
     }
 }
