@@ -53,6 +53,9 @@ public class Int8LinearTests
         Assert.Equal(new long[] { m, n }, actual.shape);
         Assert.True(Int8Reference.MaxAbs(actual - expected) <= 1e-5 * Math.Max(1e-3, Int8Reference.MaxAbs(expected)),
             $"max error {Int8Reference.MaxAbs(actual - expected)} against max {Int8Reference.MaxAbs(expected)}");
+        var fallback = AtenInt8Kernels.FallbackLinear(x, layer.Weight, layer.WeightScale, null, threshold: 0);
+        Assert.True(Int8Reference.MaxAbs(fallback - expected) <= 1e-5 * Math.Max(1e-3, Int8Reference.MaxAbs(expected)),
+            $"fallback max error {Int8Reference.MaxAbs(fallback - expected)} against max {Int8Reference.MaxAbs(expected)}");
     }
 
     [Theory]
