@@ -8,18 +8,22 @@ public static class AutoModelForCausalLM
     /// <summary>
     /// Loads a GPT-NeoX causal language model: HF's <c>AutoModelForCausalLM.from_pretrained(model_id_or_path, ...)</c>.
     /// </summary>
-    /// <param name="modelIdOrPath">A directory holding <c>config.json</c> and the weights.</param>
-    /// <param name="options">dtype, progress and logging options; <c>null</c> for defaults (float32).</param>
-    /// <param name="cancellationToken">Stops loading between tensors.</param>
+    /// <param name="modelIdOrPath">
+    /// A directory holding <c>config.json</c> and the weights, or a Hugging Face model id such as
+    /// <c>rinna/bilingual-gpt-neox-4b-instruction-ppo</c>, downloaded into (or found in) the same cache Python uses.
+    /// </param>
+    /// <param name="options">Hub, dtype, progress and logging options; <c>null</c> for defaults (float32, revision main).</param>
+    /// <param name="cancellationToken">Stops a download mid-file (it stays resumable) or loading between tensors.</param>
     /// <exception cref="ModelConfigException"><c>config.json</c> is missing or invalid.</exception>
     /// <exception cref="CheckpointException">The weights are missing, corrupt or do not match the config.</exception>
-    public static Task<GptNeoXForCausalLM> FromPretrainedAsync(string modelIdOrPath, ModelLoadOptions? options = null,
+    /// <exception cref="Hub.HubException">The model id cannot be resolved or downloaded (or is not cached when offline).</exception>
+    /// <exception cref="ArgumentException"><paramref name="modelIdOrPath"/> is neither a directory nor a valid model id.</exception>
+    public static async Task<GptNeoXForCausalLM> FromPretrainedAsync(string modelIdOrPath, ModelLoadOptions? options = null,
         CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(modelIdOrPath);
         options ??= new ModelLoadOptions();
-        if (!Directory.Exists(modelIdOrPath))
-            throw new DirectoryNotFoundException($"model directory '{modelIdOrPath}' does not exist.");
-        return Task.Run(() => GptNeoXLoader.Load(modelIdOrPath, options, cancellationToken), cancellationToken);
+        var directory = await options.ResolveAsync(modelIdOrPath, Hub.HubFileSet.Model, cancellationToken).ConfigureAwait(false);
+        return await Task.Run(() => GptNeoXLoader.Load(directory, options, cancellationToken), cancellationToken).ConfigureAwait(false);
     }
 }

@@ -1,4 +1,3 @@
-using Microsoft.Extensions.Logging;
 using Rinna.Net.Hub;
 
 namespace Rinna.Net;
@@ -30,7 +29,4 @@ public class ModelLoadOptions : HubOptions
 
     /// <summary>Reports loading progress tensor by tensor.</summary>
     public IProgress<LoadProgress>? LoadProgress { get; set; }
-
-    /// <summary>Where log messages go; <c>null</c> logs nothing.</summary>
-    public ILoggerFactory? LoggerFactory { get; set; }
 }

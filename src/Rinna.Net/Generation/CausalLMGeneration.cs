@@ -1,102 +1,93 @@
+using System.Runtime.CompilerServices;
 using Rinna.Net.Model;
+using Rinna.Net.Tokenization;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Generation;
 
-/// <summary>Why a sequence stopped growing.</summary>
-public enum FinishReason
-{
-    /// <summary>It reached the maximum number of tokens.</summary>
-    Length,
-    /// <summary>It produced an end-of-sequence token.</summary>
-    EndOfSequence,
-}
-
-/// <summary>The result of <see cref="CausalLMGeneration.Generate"/>.</summary>
-/// <param name="Sequences">Prompt and new tokens per row, <c>[batch, prompt + new]</c>, as HF's <c>generate</c> returns; finished rows are filled with the pad id.</param>
-/// <param name="FinishReasons">Why each row stopped.</param>
-public sealed record GenerateOutput(long[][] Sequences, IReadOnlyList<FinishReason> FinishReasons)
-{
-    /// <summary>Only the generated part of each row (what follows the prompt).</summary>
-    public long[][] NewTokens(int promptLength) => Sequences.Select(s => s[promptLength..]).ToArray();
-}
-
-/// <summary><c>model.generate(...)</c> for causal language models.</summary>
+/// <summary><c>model.generate(...)</c> and <c>model.generation_config</c> for causal language models.</summary>
 public static class CausalLMGeneration
 {
+    private static readonly ConditionalWeakTable<GptNeoXForCausalLM, GenerationConfig> Defaults = new();
+
     /// <summary>
-    /// Continues each row of <paramref name="inputIds"/>: HF's <c>model.generate(input_ids, attention_mask=..., ...)</c>.
-    /// Left-padded batches need <paramref name="attentionMask"/> (0 on pads); each row then matches its unpadded run.
+    /// The model's default generation settings (HF's <c>model.generation_config</c>): its <c>generation_config.json</c>
+    /// when it has one, otherwise the bos/eos ids of its <c>config.json</c> with HF's defaults for everything else.
+    /// Override per call with <c>with</c>: <c>model.GenerationConfig() with { MaxNewTokens = 128, DoSample = true }</c>.
+    /// </summary>
+    /// <exception cref="ModelConfigException"><c>generation_config.json</c> exists but is invalid.</exception>
+    public static GenerationConfig GenerationConfig(this GptNeoXForCausalLM model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return Defaults.GetValue(model, m =>
+        {
+            var file = m.SourceDirectory is null ? null : Path.Combine(m.SourceDirectory, "generation_config.json");
+            if (file is not null && File.Exists(file)) return Generation.GenerationConfig.FromFile(file);
+            return new GenerationConfig
+            {
+                BosTokenId = m.Config.BosTokenId,
+                EosTokenId = m.Config.EosTokenId is int eos ? [eos] : null,
+            };
+        });
+    }
+
+    /// <summary>
+    /// Continues each row of <paramref name="inputIds"/>: HF's <c>model.generate(input_ids, attention_mask=..., ...)</c>
+    /// with greedy or multinomial decoding and HF's logits processors. Left-padded batches need
+    /// <paramref name="attentionMask"/> (0 on pads); each row then matches its unpadded run.
     /// </summary>
     /// <param name="model">The model.</param>
-    /// <param name="inputIds">Prompt ids <c>[batch, seq]</c> (int64).</param>
-    /// <param name="config">Decoding settings; <c>null</c> means greedy with HF's defaults.</param>
+    /// <param name="inputIds">Prompt ids <c>[batch, seq]</c> (int64, left-padded).</param>
+    /// <param name="config">Decoding settings; <c>null</c> means <see cref="GenerationConfig(GptNeoXForCausalLM)"/>.</param>
     /// <param name="attentionMask">1 for tokens, 0 for left padding; <c>null</c> means no padding.</param>
-    /// <param name="cancellationToken">Checked before every step.</param>
-    public static GenerateOutput Generate(this GptNeoXForCausalLM model, Tensor inputIds, GenerationConfig? config = null,
-        Tensor? attentionMask = null, CancellationToken cancellationToken = default)
+    /// <param name="tokenizer">
+    /// The model's tokenizer (HF's <c>tokenizer=</c> argument): needed for stop strings, and gives each row's text. Ids the
+    /// tokenizer cannot decode (output rows beyond its vocabulary) are then never generated.
+    /// </param>
+    /// <param name="onStep">Called after every step on the generating thread (streaming).</param>
+    /// <param name="cancellationToken">Checked before every step; unfinished rows then report <see cref="FinishReason.Cancelled"/>.</param>
+    /// <returns>HF's <c>[batch, prompt + new]</c> sequences (dispose the tensor) and, per row, the new ids, text and finish reason.</returns>
+    /// <exception cref="ArgumentException">Invalid prompt, mask or settings, or a prompt that does not fit the model.</exception>
+    public static GenerationOutput Generate(this GptNeoXForCausalLM model, Tensor inputIds, GenerationConfig? config = null,
+        Tensor? attentionMask = null, PreTrainedTokenizer? tokenizer = null, Action<GenerationTracker>? onStep = null,
+        CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(inputIds);
-        config ??= new GenerationConfig();
+        config ??= model.GenerationConfig();
+        config.Validate();
         if (inputIds.dim() != 2 || inputIds.shape[1] == 0)
             throw new ArgumentException($"input ids must be [batch, seq] with seq > 0; got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
-        int batch = (int)inputIds.shape[0], promptLength = (int)inputIds.shape[1];
-        int maxNew = config.MaxNewTokens ?? config.MaxLength - promptLength;
-        if (maxNew <= 0)
-            throw new ArgumentException($"nothing to generate: the prompt has {promptLength} tokens and max_length is {config.MaxLength}; set MaxNewTokens.", nameof(config));
-        var eos = config.EosTokenId ?? [];
-        long pad = config.PadTokenId ?? (eos.Count > 0 ? eos[0] : 0);
+        int promptLength = (int)inputIds.shape[1];
+        int total = promptLength + config.ResolveMaxNewTokens(promptLength);
 
-        var rows = Enumerable.Range(0, batch).Select(_ => new List<long>(promptLength + maxNew)).ToArray();
-        Tensor prompt, mask;
-        using (NewDisposeScope())
-        {
-            prompt = inputIds.to(ScalarType.Int64).cpu().clone().MoveToOuterDisposeScope();
-            mask = (attentionMask ?? ones_like(prompt)).to(ScalarType.Int64).cpu().clone().MoveToOuterDisposeScope();
-        }
-        var promptIds = prompt.data<long>().ToArray();
-        for (int r = 0; r < batch; r++) rows[r].AddRange(promptIds.AsSpan(r * promptLength, promptLength));
-        var reasons = Enumerable.Repeat(FinishReason.Length, batch).ToArray();
-        var finished = new bool[batch];
-
-        using var grad = no_grad();
-        using var cache = new KeyValueCache(model.Config.NumHiddenLayers, promptLength + maxNew);
-        var next = prompt;
+        using var ids = inputIds.to(ScalarType.Int64).cpu();
+        using var cache = new KeyValueCache(model.Config.NumHiddenLayers, total);
+        var mask = (attentionMask ?? ones_like(ids)).to(ScalarType.Int64).cpu().clone().DetachFromDisposeScope();
+        if (!mask.shape.SequenceEqual(ids.shape))
+            throw new ArgumentException($"attention mask must match the prompt's shape [{string.Join(", ", ids.shape)}].", nameof(attentionMask));
         try
         {
-            for (int step = 0; step < maxNew && !finished.All(f => f); step++)
+            return GenerationLoop.Run(ids, fed =>
             {
-                cancellationToken.ThrowIfCancellationRequested();
-                using var scope = NewDisposeScope();
+                if (cache.Length > 0)
+                {
+                    var grown = cat([mask, ones(mask.shape[0], 1, ScalarType.Int64)], 1).DetachFromDisposeScope();
+                    mask.Dispose();
+                    mask = grown;
+                }
                 // HF's prepare_inputs_for_generation: positions count real tokens only; pads get position 1.
                 var positions = mask.cumsum(-1).sub_(1).masked_fill_(mask.eq(0), 1);
-                positions = positions.narrow(1, positions.shape[1] - next.shape[1], next.shape[1]);
-                using var output = model.Forward(next, mask, positions, cache, useCache: true, lastPositionOnly: true);
-                var chosen = output.Logits.select(1, 0).argmax(-1).cpu().data<long>().ToArray();
-                for (int r = 0; r < batch; r++)
-                {
-                    long token = finished[r] ? pad : chosen[r];
-                    rows[r].Add(token);
-                    if (!finished[r] && eos.Contains((int)token))
-                    {
-                        finished[r] = true;
-                        reasons[r] = FinishReason.EndOfSequence;
-                    }
-                }
-                var newIds = tensor(chosen.Select((t, r) => rows[r][^1]).ToArray(), ScalarType.Int64).view(batch, 1);
-                var newMask = cat([mask, ones(batch, 1, ScalarType.Int64)], 1);
-                mask.Dispose();
-                next.Dispose();
-                next = newIds.DetachFromDisposeScope();
-                mask = newMask.DetachFromDisposeScope();
-            }
+                positions = positions.narrow(1, positions.shape[1] - fed.shape[1], fed.shape[1]);
+                using var output = model.Forward(fed, mask, positions, cache, useCache: true, lastPositionOnly: true);
+                return output.Logits.select(1, 0).clone();
+            }, config, tokenizer is null ? null : () => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), onStep,
+                tokenizer is not null && tokenizer.Count < model.Config.VocabSize ? [new VocabularyLimitLogitsProcessor(tokenizer.Count)] : null,
+                cancellationToken);
         }
         finally
         {
             mask.Dispose();
-            next.Dispose();
         }
-        return new GenerateOutput(rows.Select(r => r.ToArray()).ToArray(), reasons);
     }
 }

@@ -68,6 +68,9 @@ public sealed class GptNeoXForCausalLM : nn.Module
     /// <summary>The architecture.</summary>
     public GptNeoXConfig Config { get; }
 
+    /// <summary>The directory the model was loaded from (where <c>generation_config.json</c> may live), or <c>null</c> for a model built in code.</summary>
+    public string? SourceDirectory { get; internal set; }
+
     /// <summary>The element type the weights compute in (float32 or bfloat16 on CPU, also float16 on GPUs).</summary>
     public ScalarType ComputeDType { get; }
 

@@ -30,7 +30,7 @@ internal static class GptNeoXLoader
             options.LoadProgress?.Report(new LoadProgress(++loaded, expected.Count, name));
             return tensor;
         });
-        var model = new GptNeoXForCausalLM(config, source);
+        var model = new GptNeoXForCausalLM(config, source) { SourceDirectory = Path.GetFullPath(directory) };
         model.eval();
         return model;
     }

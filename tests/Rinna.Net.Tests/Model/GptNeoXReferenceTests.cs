@@ -83,8 +83,10 @@ public class GptNeoXReferenceTests
             var expected = ReferenceModel.Ids(greedy.GetProperty("new_tokens"));
             using var ids = tensor(prompt, ScalarType.Int64).unsqueeze(0);
             var result = model.Generate(ids, new GenerationConfig { MaxNewTokens = expected.Length, PadTokenId = 0 });
-            Assert.Equal(expected, result.NewTokens(prompt.Length)[0]);
-            Assert.Equal(FinishReason.Length, result.FinishReasons[0]);
+            using var sequences = result.Sequences;
+            Assert.Equal(expected, result.Rows[0].TokenIds.Select(t => (long)t));
+            Assert.Equal(prompt.Concat(expected), sequences[0].data<long>().ToArray());
+            Assert.Equal(FinishReason.Length, result.Rows[0].FinishReason);
         }
     }
 
@@ -124,8 +126,9 @@ public class GptNeoXReferenceTests
             TensorAssert.Close(reference.Tensor("batch.first_step_logits"), first.Logits.select(1, 0), LogitsAtol, LogitsRtol, "first step");
 
         var result = model.Generate(ids, new GenerationConfig { MaxNewTokens = batch.GetProperty("max_new_tokens").GetInt32(), PadTokenId = 0 }, mask);
+        result.Sequences.Dispose();
         var expected = batch.GetProperty("new_tokens").EnumerateArray().Select(ReferenceModel.Ids).ToArray();
-        Assert.Equal(expected, result.NewTokens((int)ids.shape[1]));
+        Assert.Equal(expected, result.Rows.Select(r => r.TokenIds.Select(t => (long)t).ToArray()).ToArray());
     }
 
     [Theory]
@@ -184,8 +187,9 @@ public class GptNeoXReferenceTests
             int reliable = Array.FindIndex(gaps, g => g < 1.0);
             if (reliable < 0) reliable = expected.Length;
             using var ids = tensor(prompt, ScalarType.Int64).unsqueeze(0);
-            var produced = model.Generate(ids, new GenerationConfig { MaxNewTokens = expected.Length }).NewTokens(prompt.Length)[0];
-            Assert.Equal(expected[..reliable], produced[..reliable]);
+            var result = model.Generate(ids, new GenerationConfig { MaxNewTokens = expected.Length });
+            result.Sequences.Dispose();
+            Assert.Equal(expected[..reliable], result.Rows[0].TokenIds.Select(t => (long)t).ToArray()[..reliable]);
         }
     }
 }

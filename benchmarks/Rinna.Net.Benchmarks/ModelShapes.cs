@@ -1,0 +1,36 @@
+using Rinna.Net.Model;
+
+namespace Rinna.Net.Benchmarks;
+
+/// <summary>The architectures the benchmarks measure, with random weights (speed does not depend on the values).</summary>
+public static class ModelShapes
+{
+    public static GptNeoXConfig Get(string name) => name switch
+    {
+        // EleutherAI/pythia-160m: parallel residual, 25 % rotary.
+        "pythia-160m" => new GptNeoXConfig
+        {
+            VocabSize = 50304, HiddenSize = 768, NumHiddenLayers = 12, NumAttentionHeads = 12, IntermediateSize = 3072,
+            RotaryPct = 0.25, UseParallelResidual = true, MaxPositionEmbeddings = 2048, BosTokenId = 0, EosTokenId = 0,
+        },
+        // rinna/bilingual-gpt-neox-4b: sequential residual, full rotary, 65,536-token vocabulary.
+        "rinna-4b" => Rinna4B(36),
+        // The same layers, 4 of them: per-layer costs are identical, so short runs extrapolate (×9 layers).
+        "rinna-4b-L4" => Rinna4B(4),
+        _ => throw new ArgumentException($"unknown shape '{name}'", nameof(name)),
+    };
+
+    private static GptNeoXConfig Rinna4B(int layers) => new()
+    {
+        VocabSize = 65536, HiddenSize = 2816, NumHiddenLayers = layers, NumAttentionHeads = 22, IntermediateSize = 11264,
+        RotaryPct = 1.0, UseParallelResidual = false, MaxPositionEmbeddings = 2048, BosTokenId = 2, EosTokenId = 3,
+    };
+
+    /// <summary>Weight bytes one decode step streams from memory: every matrix except the embedding (one row of it is read).</summary>
+    public static double DecodeBytesPerToken(GptNeoXConfig c, double bytesPerWeight)
+    {
+        double h = c.HiddenSize, i = c.IntermediateSize;
+        double perLayer = 3 * h * h + h * h + 2 * h * i;
+        return (c.NumHiddenLayers * perLayer + c.VocabSize * h) * bytesPerWeight;
+    }
+}

@@ -1,0 +1,29 @@
+using System.Globalization;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Exporters;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+using Rinna.Net.Benchmarks;
+
+// Usage: dotnet run -c Release --project benchmarks/Rinna.Net.Benchmarks -- [--short] [BenchmarkDotNet args, e.g. --filter '*Generation*']
+// --short: rinna-4b measured with 4 of its 36 layers and few iterations, so the whole suite takes minutes.
+// Benchmark on an idle machine: with 2 cores, any other CPU load slows libtorch's threads 4-6x. The load is recorded.
+var isShort = args.Contains("--short");
+args = args.Where(a => a != "--short").ToArray();
+if (isShort) Environment.SetEnvironmentVariable(BenchmarkSettings.ShortVariable, "1");
+File.Delete(PeakMemory.File);
+
+var job = isShort
+    ? Job.Default.WithLaunchCount(1).WithWarmupCount(1).WithIterationCount(3)
+    : Job.Default.WithLaunchCount(1).WithWarmupCount(2).WithIterationCount(5);
+var config = DefaultConfig.Instance
+    .AddJob(job.WithEnvironmentVariable(BenchmarkSettings.ShortVariable, isShort ? "1" : "0"))
+    .AddColumn(new TokensPerSecondColumn())
+    .AddExporter(MarkdownExporter.GitHub)
+    .WithOptions(ConfigOptions.JoinSummary);
+
+var loadBefore = File.ReadAllText("/proc/loadavg");
+var summaries = BenchmarkSwitcher.FromAssembly(typeof(ModelShapes).Assembly).Run(args, config);
+var loadAfter = File.ReadAllText("/proc/loadavg");
+Report.Write(summaries.ToList(), isShort, loadBefore, loadAfter);

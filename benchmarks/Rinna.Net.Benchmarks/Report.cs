@@ -1,0 +1,58 @@
+using System.Globalization;
+using System.Text;
+using BenchmarkDotNet.Reports;
+
+namespace Rinna.Net.Benchmarks;
+
+/// <summary>Turns the run into the markdown the README quotes: throughput, roofline, peak memory, machine load.</summary>
+public static class Report
+{
+    public static void Write(IReadOnlyList<Summary> summaries, bool isShort, string loadBefore, string loadAfter)
+    {
+        var reports = summaries.SelectMany(s => s.Reports).Where(r => r.ResultStatistics is not null).ToList();
+        if (reports.Count == 0) return;
+        var inv = CultureInfo.InvariantCulture;
+        var md = new StringBuilder();
+        md.AppendLine($"# Rinna.Net benchmark results ({(isShort ? "short" : "full")} run, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+        md.AppendLine();
+        md.AppendLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}; load average before `{loadBefore.Trim()}`, after `{loadAfter.Trim()}`.");
+        md.AppendLine();
+
+        double? bandwidth = reports.FirstOrDefault(r => r.BenchmarkCase.Descriptor.WorkloadMethod.Name == "ReadOneGiB")?.ResultStatistics is { } bw
+            ? MemoryBandwidthBenchmarks.Bytes / bw.Mean : null; // bytes per ns == GB/s
+        if (bandwidth is { } gbps) md.AppendLine($"Measured read bandwidth (libtorch sum, 2 threads): **{gbps:F1} GB/s**.").AppendLine();
+
+        md.AppendLine("| benchmark | shape | dtype | tokens/s | decode roofline tokens/s | % of roofline |");
+        md.AppendLine("| --- | --- | --- | --- | --- | --- |");
+        foreach (var r in reports.Where(r => r.BenchmarkCase.Descriptor.WorkloadMethod.Name.Contains("Token")))
+        {
+            var method = r.BenchmarkCase.Descriptor.WorkloadMethod.Name;
+            var p = r.BenchmarkCase.Parameters;
+            var shape = (string)p["Shape"];
+            var dtype = (string)p["DType"];
+            double tokensPerSecond = 1e9 / r.ResultStatistics!.Mean;
+            string roofline = "", percent = "";
+            if (method == "DecodeToken" && bandwidth is { } b)
+            {
+                double bytesPerWeight = dtype switch { "Float32" => 4, "Int8" => 1, _ => 2 };
+                double limit = b * 1e9 / ModelShapes.DecodeBytesPerToken(ModelShapes.Get(shape), bytesPerWeight);
+                roofline = limit.ToString("F2", inv);
+                percent = (100 * tokensPerSecond / limit).ToString("F0", inv) + " %";
+            }
+            md.AppendLine($"| {method} | {shape} | {dtype} | {tokensPerSecond.ToString("F2", inv)} | {roofline} | {percent} |");
+        }
+        if (File.Exists(PeakMemory.File))
+        {
+            md.AppendLine().AppendLine("| process | peak RSS (MB) |").AppendLine("| --- | --- |");
+            foreach (var line in File.ReadLines(PeakMemory.File).Distinct())
+            {
+                var parts = line.Split('\t');
+                md.AppendLine($"| {parts[0]} | {long.Parse(parts[1], inv) / 1e6:F0} |");
+            }
+        }
+        var path = Path.Combine("BenchmarkDotNet.Artifacts", "results", "rinna-summary.md");
+        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+        File.WriteAllText(path, md.ToString());
+        Console.WriteLine(md.ToString());
+    }
+}

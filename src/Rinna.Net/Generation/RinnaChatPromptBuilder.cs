@@ -1,0 +1,155 @@
+namespace Rinna.Net.Generation;
+
+/// <summary>The conversation formats of rinna's instruction-tuned models (from their model cards).</summary>
+public enum RinnaChatFormat
+{
+    /// <summary>
+    /// <c>rinna/bilingual-gpt-neox-4b-instruction-sft</c> / <c>-ppo</c>: utterances <c>"ユーザー: …"</c> and
+    /// <c>"システム: …"</c> joined by <c>"\n"</c>, the prompt ending with <c>"\nシステム: "</c>.
+    /// </summary>
+    Bilingual,
+
+    /// <summary>
+    /// <c>rinna/japanese-gpt-neox-3.6b-instruction-sft</c> / <c>-sft-v2</c> / <c>-ppo</c>: the same utterances joined by
+    /// <c>"&lt;NL&gt;"</c>, newlines inside utterances written as <c>"&lt;NL&gt;"</c> (the tokenizer cannot encode
+    /// <c>"\n"</c>), and <c>"&lt;NL&gt;"</c> in the output turned back into <c>"\n"</c>.
+    /// </summary>
+    JapaneseNewlineTag,
+}
+
+/// <summary>Who speaks an utterance in a rinna conversation.</summary>
+public enum RinnaSpeaker
+{
+    /// <summary>The person: <c>ユーザー</c>.</summary>
+    User,
+
+    /// <summary>The model: <c>システム</c> (the assistant, not a system prompt).</summary>
+    System,
+}
+
+/// <summary>One utterance of a rinna conversation.</summary>
+/// <param name="Speaker">Who says it.</param>
+/// <param name="Text">What is said.</param>
+public readonly record struct RinnaChatTurn(RinnaSpeaker Speaker, string Text);
+
+/// <summary>
+/// Builds the prompt text of rinna's instruction models from a conversation, exactly as the model cards do, and turns
+/// the model's output back into plain text.
+/// </summary>
+public sealed class RinnaChatPromptBuilder
+{
+    private const string UserLabel = "ユーザー";
+    private const string SystemLabel = "システム";
+    private const string NewlineTag = "<NL>";
+
+    /// <summary>Creates a builder for <paramref name="format"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="format"/> is not a defined format.</exception>
+    public RinnaChatPromptBuilder(RinnaChatFormat format)
+    {
+        if (!Enum.IsDefined(format)) throw new ArgumentOutOfRangeException(nameof(format), format, "Unknown rinna chat format.");
+        Format = format;
+    }
+
+    /// <summary>The format this builder writes.</summary>
+    public RinnaChatFormat Format { get; }
+
+    /// <summary>The text between utterances: <c>"\n"</c> or <c>"&lt;NL&gt;"</c>.</summary>
+    public string Separator => Format == RinnaChatFormat.Bilingual ? "\n" : NewlineTag;
+
+    /// <summary>
+    /// The chat format of a rinna model id (<c>rinna/japanese-gpt-neox-3.6b-instruction-ppo</c>), or a local folder or
+    /// <c>_name_or_path</c> ending in one; <c>null</c> for base models and anything that is not a rinna instruction model.
+    /// </summary>
+    public static RinnaChatFormat? DetectFormat(string? modelId)
+    {
+        if (string.IsNullOrWhiteSpace(modelId)) return null;
+        var name = modelId.Replace('\\', '/').TrimEnd('/').Split('/')[^1].ToLowerInvariant();
+        if (!name.Contains("-instruction")) return null;
+        if (name.StartsWith("bilingual-gpt-neox", StringComparison.Ordinal)) return RinnaChatFormat.Bilingual;
+        if (name.StartsWith("japanese-gpt-neox-3.6b", StringComparison.Ordinal)) return RinnaChatFormat.JapaneseNewlineTag;
+        return null;
+    }
+
+    /// <summary>A builder for <paramref name="modelId"/>'s format, or for <paramref name="formatOverride"/> when given.</summary>
+    /// <exception cref="ArgumentException">No override is given and the model id is not a known rinna instruction model.</exception>
+    public static RinnaChatPromptBuilder ForModel(string? modelId, RinnaChatFormat? formatOverride = null)
+    {
+        var format = formatOverride ?? DetectFormat(modelId)
+            ?? throw new ArgumentException(
+                $"'{modelId}' is not a known rinna instruction model, so its chat format is unknown; pass the format explicitly.",
+                nameof(modelId));
+        return new RinnaChatPromptBuilder(format);
+    }
+
+    /// <summary>
+    /// The prompt for the model's next reply: every turn as <c>"ユーザー: text"</c> or <c>"システム: text"</c>, joined by
+    /// <see cref="Separator"/>, then <see cref="Separator"/> and <c>"システム: "</c>. Encode it without special tokens.
+    /// </summary>
+    /// <param name="turns">The conversation so far; must end with the user's turn.</param>
+    /// <exception cref="ArgumentException">The conversation is empty, does not end with the user, or a text is null.</exception>
+    public string BuildPrompt(IEnumerable<RinnaChatTurn> turns)
+    {
+        ArgumentNullException.ThrowIfNull(turns);
+        var all = turns.ToArray();
+        if (all.Length == 0) throw new ArgumentException("The conversation is empty.", nameof(turns));
+        if (all[^1].Speaker != RinnaSpeaker.User)
+            throw new ArgumentException("The conversation must end with the user's turn: the prompt asks for the model's reply.", nameof(turns));
+        var utterances = all.Select(turn =>
+        {
+            if (turn.Text is null) throw new ArgumentException("A turn has no text.", nameof(turns));
+            if (!Enum.IsDefined(turn.Speaker)) throw new ArgumentException($"Unknown speaker {turn.Speaker}.", nameof(turns));
+            return $"{Label(turn.Speaker)}: {EncodeNewlines(turn.Text)}";
+        });
+        return string.Join(Separator, utterances) + Separator + SystemLabel + ": ";
+    }
+
+    /// <summary>The model's output as plain text: <c>"&lt;NL&gt;"</c> becomes <c>"\n"</c> in <see cref="RinnaChatFormat.JapaneseNewlineTag"/>; unchanged otherwise.</summary>
+    public string PostProcess(string output)
+    {
+        ArgumentNullException.ThrowIfNull(output);
+        return Format == RinnaChatFormat.JapaneseNewlineTag ? output.Replace(NewlineTag, "\n", StringComparison.Ordinal) : output;
+    }
+
+    /// <summary>
+    /// A streaming version of <see cref="PostProcess"/>: feed it the output pieces in order and it returns the same text
+    /// <see cref="PostProcess"/> gives for the whole output, holding back a trailing <c>"&lt;"</c> or <c>"&lt;N"</c>
+    /// until the next piece shows whether it starts a <c>"&lt;NL&gt;"</c>.
+    /// </summary>
+    public RinnaChatOutputStream CreateOutputStream() => new(this);
+
+    private static string Label(RinnaSpeaker speaker) => speaker == RinnaSpeaker.User ? UserLabel : SystemLabel;
+
+    // The 3.6b tokenizer normalizes "\n" to a space, so the card writes newlines as "<NL>"; "\r\n" and "\r" count as one newline.
+    private string EncodeNewlines(string text) => Format == RinnaChatFormat.JapaneseNewlineTag
+        ? text.Replace("\r\n", NewlineTag, StringComparison.Ordinal).Replace('\r', '\n').Replace("\n", NewlineTag, StringComparison.Ordinal)
+        : text;
+}
+
+/// <summary>Post-processes a streamed reply piece by piece; see <see cref="RinnaChatPromptBuilder.CreateOutputStream"/>. Not thread-safe.</summary>
+public sealed class RinnaChatOutputStream
+{
+    private readonly RinnaChatPromptBuilder _builder;
+    private string _held = "";
+
+    internal RinnaChatOutputStream(RinnaChatPromptBuilder builder) => _builder = builder;
+
+    /// <summary>Adds the next piece of output and returns the text that is final.</summary>
+    public string Push(string piece)
+    {
+        ArgumentNullException.ThrowIfNull(piece);
+        if (_builder.Format != RinnaChatFormat.JapaneseNewlineTag) return piece;
+        var text = _builder.PostProcess(_held + piece);
+        var hold = "<NL".Length;
+        while (hold > 0 && !text.EndsWith("<NL"[..hold], StringComparison.Ordinal)) hold--;
+        _held = text[^hold..];
+        return text[..^hold];
+    }
+
+    /// <summary>Ends the output: returns the text still held back.</summary>
+    public string Flush()
+    {
+        var held = _held;
+        _held = "";
+        return held;
+    }
+}

@@ -1,0 +1,62 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Generation;
+
+/// <summary>
+/// Picks the next token of every row from processed scores: the most likely one (greedy, <c>argmax</c>) or a draw from
+/// <c>softmax(scores)</c> (<c>multinomial</c>) with its own random generator, so a seed reproduces a run and concurrent
+/// generations do not share random state.
+/// </summary>
+public sealed class TokenSampler : IDisposable
+{
+    private readonly Generator? _generator;
+    private bool _disposed;
+
+    /// <summary>Creates a sampler.</summary>
+    /// <param name="doSample"><c>true</c> to draw from the distribution, <c>false</c> for greedy decoding.</param>
+    /// <param name="seed">Seed of the random generator; <c>null</c> draws one. Ignored for greedy decoding.</param>
+    /// <param name="device">Device of the scores that will be sampled (the generator must live there); <c>null</c> means CPU.</param>
+    public TokenSampler(bool doSample, long? seed = null, Device? device = null)
+    {
+        DoSample = doSample;
+        if (!doSample) return;
+        Seed = seed ?? Random.Shared.NextInt64();
+        _generator = new Generator(unchecked((ulong)Seed.Value), device ?? CPU);
+    }
+
+    /// <summary>A sampler for <paramref name="config"/>'s <see cref="GenerationConfig.DoSample"/> and <see cref="GenerationConfig.Seed"/>.</summary>
+    public static TokenSampler Create(GenerationConfig config, Device? device = null)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return new TokenSampler(config.DoSample, config.Seed, device);
+    }
+
+    /// <summary>Whether tokens are drawn at random (otherwise greedy).</summary>
+    public bool DoSample { get; }
+
+    /// <summary>The seed in use when sampling (the given one or the one drawn), else <c>null</c>.</summary>
+    public long? Seed { get; }
+
+    /// <summary>Picks one token per row.</summary>
+    /// <param name="scores">Processed scores <c>[batch, vocab]</c> (forbidden tokens at <c>-inf</c>).</param>
+    /// <returns>The chosen ids, <c>[batch]</c>, int64, on the device of <paramref name="scores"/>.</returns>
+    /// <exception cref="ObjectDisposedException">The sampler was disposed.</exception>
+    public Tensor Next(Tensor scores)
+    {
+        ArgumentNullException.ThrowIfNull(scores);
+        if (scores.dim() != 2)
+            throw new ArgumentException($"scores must be [batch, vocab], got [{string.Join(", ", scores.shape)}].", nameof(scores));
+        if (!DoSample) return scores.argmax(-1);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var probs = scores.softmax(-1);
+        return probs.multinomial(1, replacement: false, generator: _generator).squeeze(1);
+    }
+
+    /// <summary>Releases the random generator.</summary>
+    public void Dispose()
+    {
+        _disposed = true;
+        _generator?.Dispose();
+    }
+}

@@ -1,0 +1,529 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Net;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+
+namespace Rinna.Net.Hub;
+
+/// <summary>
+/// One <see cref="HubClient.ResolveAsync"/> call: resolves the revision to a commit once, then brings every requested file of
+/// that commit into the snapshot, from the cache, the network, or (offline or when the hub is unreachable) the cache only.
+/// </summary>
+internal sealed class HubResolution
+{
+    private const string SafetensorsFile = "model.safetensors";
+    private const string SafetensorsIndexFile = "model.safetensors.index.json";
+    private const string PytorchFile = "pytorch_model.bin";
+    private static readonly string[] TokenizerFiles = ["tokenizer_config.json", "special_tokens_map.json", "spiece.model", "tokenizer.json"];
+    private static readonly string[] TokenizerModelFiles = ["spiece.model", "tokenizer.json"];
+    private static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(200);
+    private const int MaxRedirects = 10;
+
+    private readonly HubClient _client;
+    private readonly ILogger _logger;
+    private readonly string _repoId;
+    private readonly HubSettings _settings;
+    private readonly HubRepoCache _cache;
+    private readonly IProgress<DownloadProgress>? _progress;
+    private readonly CancellationToken _cancellationToken;
+
+    /// <summary>The commit every file is taken from, fixed by the first answer (or the cache) so that all files match.</summary>
+    private string? _commit;
+
+    /// <summary>Set once the hub proved unreachable; later files then come from the cache without waiting on the network again.</summary>
+    private HubException? _networkFailure;
+
+    private int _filesFromCache;
+    private int _filesDownloaded;
+    private long _bytesDownloaded;
+
+    public HubResolution(HubClient client, string repoId, HubSettings settings, IProgress<DownloadProgress>? progress, CancellationToken cancellationToken)
+    {
+        _client = client;
+        _logger = client.Logger;
+        _repoId = repoId;
+        _settings = settings;
+        _cache = new HubRepoCache(settings.CacheDir, repoId, _logger);
+        _progress = progress;
+        _cancellationToken = cancellationToken;
+    }
+
+    public async Task<string> RunAsync(HubFileSet files)
+    {
+        if (files.HasFlag(HubFileSet.Model)) await ResolveModelFilesAsync().ConfigureAwait(false);
+        if (files.HasFlag(HubFileSet.Tokenizer)) await ResolveTokenizerFilesAsync().ConfigureAwait(false);
+
+        var snapshot = _cache.SnapshotDir(_commit!);
+        _logger.LogInformation(
+            "Resolved {RepoId} at {Revision} (commit {Commit}) to {Snapshot}: {Cached} file(s) from the cache, {Downloaded} downloaded ({Bytes} bytes)",
+            _repoId, _settings.Revision, _commit, snapshot, _filesFromCache, _filesDownloaded, _bytesDownloaded);
+        return snapshot;
+    }
+
+    private async Task ResolveModelFilesAsync()
+    {
+        await GetFileAsync("config.json", required: true).ConfigureAwait(false);
+        await GetFileAsync("generation_config.json", required: false).ConfigureAwait(false);
+        if (await GetFileAsync(SafetensorsFile, required: false).ConfigureAwait(false) is not null) return;
+
+        if (await GetFileAsync(SafetensorsIndexFile, required: false).ConfigureAwait(false) is { } index)
+        {
+            foreach (var shard in ReadShardNames(index))
+                await GetFileAsync(shard, required: true).ConfigureAwait(false);
+            return;
+        }
+        if (await GetFileAsync(PytorchFile, required: false).ConfigureAwait(false) is null)
+            throw Error(null, 404,
+                $"the repository has no weights: none of {SafetensorsFile}, {SafetensorsIndexFile} or {PytorchFile} exists"
+                + (_settings.Offline ? " in the cache (offline)" : "") + ".");
+    }
+
+    private async Task ResolveTokenizerFilesAsync()
+    {
+        var found = new List<string>();
+        foreach (var file in TokenizerFiles)
+            if (await GetFileAsync(file, required: false).ConfigureAwait(false) is not null) found.Add(file);
+        if (!found.Intersect(TokenizerModelFiles).Any())
+            throw Error(null, 404,
+                $"no tokenizer: neither {string.Join(" nor ", TokenizerModelFiles)} exists" + (_settings.Offline ? " in the cache (offline)" : "") + ".");
+    }
+
+    private IEnumerable<string> ReadShardNames(string indexPath)
+    {
+        try
+        {
+            using var document = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            if (!document.RootElement.TryGetProperty("weight_map", out var weightMap) || weightMap.ValueKind != JsonValueKind.Object)
+                throw Error(SafetensorsIndexFile, null, "the shard index has no 'weight_map' object.");
+            var shards = new List<string>();
+            foreach (var entry in weightMap.EnumerateObject())
+            {
+                if (entry.Value.ValueKind != JsonValueKind.String)
+                    throw Error(SafetensorsIndexFile, null, $"'weight_map' entry '{entry.Name}' is not a file name.");
+                var shard = entry.Value.GetString()!;
+                if (!shards.Contains(shard)) shards.Add(shard);
+            }
+            if (shards.Count == 0) throw Error(SafetensorsIndexFile, null, "'weight_map' names no shard.");
+            return shards;
+        }
+        catch (JsonException ex)
+        {
+            throw Error(SafetensorsIndexFile, null, $"the shard index is not valid JSON: {ex.Message}", ex);
+        }
+    }
+
+    /// <summary>Brings one file into the snapshot and returns its path, or <c>null</c> when an optional file does not exist.</summary>
+    private async Task<string?> GetFileAsync(string fileName, bool required)
+    {
+        _cancellationToken.ThrowIfCancellationRequested();
+        if (!HubNames.IsValidFileName(fileName))
+            throw Error(fileName, null,
+                "unsafe file name: only relative paths of letters, digits and '._+-' segments are accepted, without '..', backslashes or a leading '/'.");
+
+        if (_settings.Offline) return FromCache(fileName, required, cause: null);
+
+        // A commit never changes, so what the cache knows about it (the file, or that it does not exist) needs no request.
+        var revision = _commit ?? _settings.Revision;
+        if (HubNames.IsCommitHash(revision) && (File.Exists(_cache.SnapshotPath(revision, fileName)) || _cache.IsKnownMissing(revision, fileName)))
+            return FromCache(fileName, required, cause: null);
+        if (_networkFailure is not null) return FromCache(fileName, required, _networkFailure);
+
+        FileMetadata? metadata;
+        try
+        {
+            metadata = await WithRetriesAsync(fileName, () => FetchMetadataAsync(revision, fileName)).ConfigureAwait(false);
+        }
+        catch (HubException ex) when (ex.IsTransient)
+        {
+            _networkFailure = ex;
+            _logger.LogWarning("Hub unreachable for {RepoId} ({Reason}); trying the cache", _repoId, ex.Message);
+            return FromCache(fileName, required, ex);
+        }
+
+        if (metadata is null)
+        {
+            if (required) throw Error(fileName, 404, "the file does not exist in the repository at this revision (HTTP 404).");
+            return null; // recorded in .no_exist
+        }
+        PinCommit(metadata.Commit, fileName);
+
+        var blob = _cache.BlobPath(metadata.Etag);
+        if (File.Exists(blob))
+        {
+            _cache.LinkSnapshot(metadata.Commit, fileName, metadata.Etag);
+            return CacheHit(metadata.Commit, fileName);
+        }
+
+        using (await HubFileLock.AcquireAsync(_cache.LockPath(metadata.Etag), fileName, _logger, _cancellationToken).ConfigureAwait(false))
+        {
+            if (File.Exists(blob))
+                _logger.LogInformation("{File} of {RepoId} was downloaded meanwhile by another process", fileName, _repoId);
+            else
+                await DownloadBlobAsync(fileName, metadata).ConfigureAwait(false);
+        }
+        return _cache.LinkSnapshot(metadata.Commit, fileName, metadata.Etag);
+    }
+
+    private string CacheHit(string commit, string fileName)
+    {
+        _commit ??= commit;
+        _filesFromCache++;
+        _logger.LogDebug("{File} of {RepoId} found in the cache (commit {Commit})", fileName, _repoId, commit);
+        return _cache.SnapshotPath(commit, fileName);
+    }
+
+    /// <summary>The cache lookup of huggingface_hub's <c>try_to_load_from_cache</c>: ref → commit → snapshot file or <c>.no_exist</c> marker.</summary>
+    private string? FromCache(string fileName, bool required, HubException? cause)
+    {
+        var commit = _commit ?? _cache.FindCommit(_settings.Revision);
+        if (commit is null)
+            throw cause ?? Error(null, null,
+                $"nothing of this revision is in the cache '{_settings.CacheDir}', and downloading is disabled (HubOptions.LocalFilesOnly or HF_HUB_OFFLINE). "
+                + "Download it once online.");
+        _commit = commit;
+
+        if (File.Exists(_cache.SnapshotPath(commit, fileName))) return CacheHit(commit, fileName);
+        if (_cache.IsKnownMissing(commit, fileName))
+        {
+            if (required) throw Error(fileName, 404, $"the file does not exist in the repository at commit {commit} (cached answer of the hub).");
+            return null;
+        }
+        if (!required)
+        {
+            _logger.LogDebug("Optional {File} of {RepoId} is not in the cache; going on without it", fileName, _repoId);
+            return null;
+        }
+        throw cause ?? Error(fileName, null,
+            $"the file is not in the cache '{_settings.CacheDir}' (commit {commit}), and downloading is disabled (HubOptions.LocalFilesOnly or HF_HUB_OFFLINE).");
+    }
+
+    private void PinCommit(string commit, string fileName)
+    {
+        if (_commit is null)
+        {
+            _commit = commit;
+            _cache.WriteRef(_settings.Revision, commit);
+        }
+        else if (_commit != commit)
+        {
+            throw Error(fileName, null, $"the hub answered with commit {commit} after {_commit}; the revision moved during the download. Try again.");
+        }
+    }
+
+    private sealed record FileMetadata(string Commit, string Etag, long Size, Uri Location);
+
+    /// <summary>
+    /// HEAD on the resolve URL. Relative redirects (a renamed repository) are followed; an absolute one points at the CDN, and its
+    /// response already carries the metadata. Returns <c>null</c> for an optional file the repository does not have.
+    /// </summary>
+    private async Task<FileMetadata?> FetchMetadataAsync(string revision, string fileName)
+    {
+        var uri = HubNames.ResolveUrl(_settings.Endpoint, _repoId, revision, fileName);
+        for (var hop = 0; hop <= MaxRedirects; hop++)
+        {
+            using var response = await _client.SendAsync(HttpMethod.Head, uri, _settings, 0, _settings.MetadataTimeout, _cancellationToken).ConfigureAwait(false);
+            var location = response.Headers.Location;
+            if (IsRedirect(response.StatusCode) && location is not null && !location.IsAbsoluteUri)
+            {
+                uri = new Uri(uri, location);
+                continue;
+            }
+            if (IsRedirect(response.StatusCode) || response.IsSuccessStatusCode)
+                return ReadMetadata(response, fileName, location is { IsAbsoluteUri: true } ? location : uri);
+
+            var commit = Header(response, "X-Repo-Commit");
+            if (IsEntryNotFound(response, commit))
+            {
+                if (commit is not null && HubNames.IsCommitHash(commit))
+                {
+                    PinCommit(commit, fileName);
+                    _cache.MarkMissing(commit, fileName);
+                }
+                _logger.LogDebug("{File} does not exist in {RepoId} at {Revision}", fileName, _repoId, revision);
+                return null;
+            }
+            throw ErrorFromResponse(response, fileName);
+        }
+        throw Error(fileName, null, $"more than {MaxRedirects} redirects.");
+    }
+
+    private FileMetadata ReadMetadata(HttpResponseMessage response, string fileName, Uri location)
+    {
+        var commit = Header(response, "X-Repo-Commit");
+        var etag = NormalizeEtag(Header(response, "X-Linked-Etag") ?? response.Headers.ETag?.ToString());
+        var sizeText = Header(response, "X-Linked-Size");
+        long? size = sizeText is not null && long.TryParse(sizeText, out var linked) ? linked : response.Content.Headers.ContentLength;
+        if (commit is null || etag is null || size is null)
+            throw Error(fileName, (int)response.StatusCode,
+                $"the hub's answer lacks {(commit is null ? "X-Repo-Commit" : etag is null ? "ETag" : "the file size")}; is the endpoint '{_settings.Endpoint}' a Hugging Face hub?");
+        if (!HubNames.IsCommitHash(commit))
+            throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed commit '{Shorten(commit)}'.");
+        if (!HubNames.IsValidEtag(etag))
+            throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed etag '{Shorten(etag)}'.");
+        return new FileMetadata(commit, etag, size.Value, location);
+    }
+
+    /// <summary>
+    /// Downloads into <c>blobs/&lt;etag&gt;.incomplete</c>, resuming with <c>Range</c> from what an earlier attempt left, checks size
+    /// and (LFS) sha256, and only then moves the file to <c>blobs/&lt;etag&gt;</c>. The caller holds the file's lock.
+    /// </summary>
+    private async Task DownloadBlobAsync(string fileName, FileMetadata metadata)
+    {
+        var incomplete = _cache.IncompletePath(metadata.Etag);
+        Directory.CreateDirectory(Path.GetDirectoryName(incomplete)!);
+        var started = Stopwatch.StartNew();
+        _logger.LogInformation("Downloading {File} of {RepoId} ({Size} bytes) from {Host}", fileName, _repoId, metadata.Size, metadata.Location.Host);
+
+        using var sha256 = new RunningSha256();
+        await WithRetriesAsync(fileName, () => DownloadAttemptAsync(fileName, metadata, incomplete, sha256)).ConfigureAwait(false);
+
+        var actual = sha256.Finish();
+        if (HubNames.IsSha256(metadata.Etag) && actual != metadata.Etag)
+        {
+            File.Delete(incomplete);
+            throw Error(fileName, null,
+                $"the downloaded file is corrupt: its sha256 is {actual}, the hub announced {metadata.Etag}. The partial file was deleted; try again.");
+        }
+        File.Move(incomplete, _cache.BlobPath(metadata.Etag), overwrite: true);
+        _filesDownloaded++;
+        _bytesDownloaded += metadata.Size;
+        _logger.LogInformation("Downloaded {File} of {RepoId}: {Size} bytes in {Seconds:0.0} s", fileName, _repoId, metadata.Size, started.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>One GET from where the <c>.incomplete</c> file ends; succeeds once the file has the announced size and is fully hashed.</summary>
+    private async Task<bool> DownloadAttemptAsync(string fileName, FileMetadata metadata, string incomplete, RunningSha256 sha256)
+    {
+        await using var file = new FileStream(incomplete, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read, 1, FileOptions.Asynchronous);
+        if (file.Length > metadata.Size) Truncate(file, sha256);
+        await sha256.CatchUpAsync(file, _cancellationToken).ConfigureAwait(false);
+
+        if (file.Length < metadata.Size)
+        {
+            using var response = await GetFollowingRedirectsAsync(fileName, metadata.Location, file.Length).ConfigureAwait(false);
+            if (response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable || (response.StatusCode == HttpStatusCode.OK && file.Length > 0))
+            {
+                _logger.LogInformation("The server did not resume {File} at byte {Offset} (HTTP {Status}); starting over", fileName, file.Length, (int)response.StatusCode);
+                Truncate(file, sha256);
+                if (response.StatusCode != HttpStatusCode.OK) throw new HubTransientFailure(null, "the server refused to resume the download");
+            }
+            else if (response.StatusCode == HttpStatusCode.PartialContent && response.Content.Headers.ContentRange?.From != file.Length)
+            {
+                Truncate(file, sha256);
+                throw new HubTransientFailure(null, "the server resumed the download at the wrong offset");
+            }
+            else if (!response.IsSuccessStatusCode)
+            {
+                throw ErrorFromResponse(response, fileName);
+            }
+
+            var body = await response.Content.ReadAsStreamAsync(_cancellationToken).ConfigureAwait(false);
+            await CopyBodyAsync(body, file, sha256, fileName, metadata.Size).ConfigureAwait(false);
+            await file.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+
+        if (file.Length < metadata.Size)
+            throw new HubTransientFailure(null, $"the connection ended after {file.Length} of {metadata.Size} bytes");
+        if (file.Length > metadata.Size)
+        {
+            Truncate(file, sha256);
+            throw Error(fileName, null, $"the server sent more than the announced {metadata.Size} bytes; the partial file was discarded.");
+        }
+        return true;
+    }
+
+    private static void Truncate(FileStream file, RunningSha256 sha256)
+    {
+        file.SetLength(0);
+        sha256.Reset();
+    }
+
+    private async Task CopyBodyAsync(Stream body, FileStream file, RunningSha256 sha256, string fileName, long totalBytes)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
+        using var idle = CancellationTokenSource.CreateLinkedTokenSource(_cancellationToken);
+        var clock = Stopwatch.StartNew();
+        var lastReport = TimeSpan.Zero;
+        long received = 0;
+        var offset = file.Length;
+        file.Seek(0, SeekOrigin.End);
+        try
+        {
+            while (true)
+            {
+                idle.CancelAfter(_settings.ReadTimeout);
+                int read;
+                try
+                {
+                    read = await body.ReadAsync(buffer, idle.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException ex) when (!_cancellationToken.IsCancellationRequested)
+                {
+                    throw new HubTransientFailure(null, $"no data for {_settings.ReadTimeout.TotalSeconds:0.#} s", ex);
+                }
+                catch (Exception ex) when (ex is IOException or HttpRequestException)
+                {
+                    throw new HubTransientFailure(null, $"the connection was lost: {ex.Message}", ex);
+                }
+                if (read == 0) break;
+
+                // Written whatever the token says: the file must end exactly where the hashed bytes end to stay resumable.
+                await file.WriteAsync(buffer.AsMemory(0, read), CancellationToken.None).ConfigureAwait(false);
+                sha256.Append(buffer.AsSpan(0, read));
+                received += read;
+                if (clock.Elapsed - lastReport >= ProgressInterval)
+                {
+                    lastReport = clock.Elapsed;
+                    Report(fileName, offset + received, totalBytes, received, clock.Elapsed);
+                }
+            }
+            Report(fileName, offset + received, totalBytes, received, clock.Elapsed);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>
+    /// The sha256 of the <c>.incomplete</c> file as it grows, kept across retries so a resumed multi-gigabyte download is hashed
+    /// once: what an earlier process left is read back, everything received is hashed as it is written.
+    /// </summary>
+    private sealed class RunningSha256 : IDisposable
+    {
+        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        private long _hashedBytes;
+
+        public void Append(ReadOnlySpan<byte> data)
+        {
+            _hash.AppendData(data);
+            _hashedBytes += data.Length;
+        }
+
+        public void Reset()
+        {
+            _hash.GetHashAndReset();
+            _hashedBytes = 0;
+        }
+
+        /// <summary>Hashes the part of the file not hashed yet; starts over if the file shrank underneath.</summary>
+        public async Task CatchUpAsync(FileStream file, CancellationToken cancellationToken)
+        {
+            if (file.Length < _hashedBytes) Reset();
+            var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
+            try
+            {
+                file.Position = _hashedBytes;
+                int read;
+                while ((read = await file.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+                    Append(buffer.AsSpan(0, read));
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+
+        public string Finish() => Convert.ToHexStringLower(_hash.GetHashAndReset());
+
+        public void Dispose() => _hash.Dispose();
+    }
+
+    private void Report(string fileName, long onDisk, long totalBytes, long received, TimeSpan elapsed) =>
+        _progress?.Report(new DownloadProgress(fileName, onDisk, totalBytes, elapsed > TimeSpan.Zero ? received / elapsed.TotalSeconds : 0));
+
+    /// <summary>GET that follows redirects itself, so the token (sent only to the endpoint's origin) never leaks to the CDN.</summary>
+    private async Task<HttpResponseMessage> GetFollowingRedirectsAsync(string fileName, Uri uri, long rangeStart)
+    {
+        for (var hop = 0; hop <= MaxRedirects; hop++)
+        {
+            var response = await _client.SendAsync(HttpMethod.Get, uri, _settings, rangeStart, _settings.ReadTimeout, _cancellationToken).ConfigureAwait(false);
+            if (!IsRedirect(response.StatusCode) || response.Headers.Location is not { } location) return response;
+            response.Dispose();
+            uri = new Uri(uri, location);
+        }
+        throw Error(fileName, null, $"more than {MaxRedirects} redirects.");
+    }
+
+    private async Task<T> WithRetriesAsync<T>(string fileName, Func<Task<T>> attempt)
+    {
+        var policy = _client.RetryPolicy;
+        for (var number = 1; ; number++)
+        {
+            try
+            {
+                return await attempt().ConfigureAwait(false);
+            }
+            catch (HubTransientFailure failure) when (number < policy.MaxAttempts)
+            {
+                var delay = policy.DelayBefore(number, failure.RetryAfter);
+                _logger.LogWarning("{File} of {RepoId}: {Reason}; retry {Retry} of {Retries} in {Delay:0.##} s",
+                    fileName, _repoId, failure.Message, number, policy.MaxAttempts - 1, delay.TotalSeconds);
+                await Task.Delay(delay, _cancellationToken).ConfigureAwait(false);
+            }
+            catch (HubTransientFailure failure)
+            {
+                var message = failure.StatusCode switch
+                {
+                    429 => $"rate limited by the hub (HTTP 429) after {number} attempts; wait a while, or pass a token (HubOptions.Token or HF_TOKEN) for a higher limit.",
+                    { } status => $"the hub answered HTTP {status} after {number} attempts; try again later.",
+                    null => $"{failure.Message} (after {number} attempts).",
+                };
+                throw new HubException(_repoId, _settings.Revision, fileName, failure.StatusCode, Scrub(message), failure.InnerException) { IsTransient = true };
+            }
+        }
+    }
+
+    private static bool IsEntryNotFound(HttpResponseMessage response, string? commit) =>
+        response.StatusCode == HttpStatusCode.NotFound
+        && (Header(response, "X-Error-Code") == "EntryNotFound" || (Header(response, "X-Error-Code") is null && commit is not null));
+
+    /// <summary>Turns a failed response into a retryable failure (429, 5xx) or a <see cref="HubException"/> that says what to do.</summary>
+    private Exception ErrorFromResponse(HttpResponseMessage response, string fileName)
+    {
+        var status = (int)response.StatusCode;
+        if (status == 429 || status >= 500)
+            return new HubTransientFailure(status, $"HTTP {status}", retryAfter: response.Headers.RetryAfter?.Delta);
+
+        var code = Header(response, "X-Error-Code");
+        var serverMessage = Header(response, "X-Error-Message") is { } text ? $" The hub says: {Scrub(text)}" : "";
+        var tokenHint = _settings.Token is null
+            ? "pass a token with access (HubOptions.Token or HF_TOKEN)"
+            : "check that the token (HubOptions.Token or HF_TOKEN) is valid and has access";
+        var message = (status, code) switch
+        {
+            (_, "GatedRepo") => $"the repository is gated (HTTP {status}): accept its conditions on the model page, then {tokenHint}.",
+            (_, "RepoNotFound") or (401, _) =>
+                $"repository not found or not accessible (HTTP {status}). Check the model id; if the repository is private or gated, {tokenHint}.",
+            (403, _) => $"access denied (HTTP 403); {tokenHint}.",
+            (_, "RevisionNotFound") => $"revision not found (HTTP {status}): no branch, tag or commit of that name.",
+            (404, "EntryNotFound") => "the file does not exist in the repository at this revision (HTTP 404).",
+            (404, _) => "not found (HTTP 404): the repository, the revision or the file does not exist.",
+            _ => $"the hub answered HTTP {status}.",
+        };
+        return Error(fileName, status, message + serverMessage);
+    }
+
+    private HubException Error(string? fileName, int? statusCode, string message, Exception? innerException = null) =>
+        new(_repoId, _settings.Revision, fileName, statusCode, Scrub(message), innerException);
+
+    /// <summary>Removes the token from any text that may reach an exception message or a log.</summary>
+    private string Scrub(string text) =>
+        _settings.Token is { Length: > 0 } token ? text.Replace(token, "***", StringComparison.Ordinal) : text;
+
+    private static bool IsRedirect(HttpStatusCode status) => (int)status is >= 300 and < 400;
+
+    private static string? Header(HttpResponseMessage response, string name) =>
+        response.Headers.TryGetValues(name, out var values) ? values.FirstOrDefault() : null;
+
+    /// <summary>huggingface_hub's etag normalization: drop the weak marker and the quotes.</summary>
+    private static string? NormalizeEtag(string? etag)
+    {
+        if (etag is null) return null;
+        if (etag.StartsWith("W/", StringComparison.Ordinal)) etag = etag[2..];
+        return etag.Trim('"') is { Length: > 0 } plain ? plain : null;
+    }
+
+    private static string Shorten(string value) => value.Length <= 80 ? value : value[..80] + "…";
+}

@@ -1,0 +1,166 @@
+using System.Runtime.CompilerServices;
+using Microsoft.Extensions.AI;
+using Rinna.Net.Generation;
+using GenFinishReason = Rinna.Net.Generation.FinishReason;
+
+namespace Rinna.Net.Integration;
+
+/// <summary>
+/// <see cref="IChatClient"/> over a rinna model: the conversation becomes rinna's <c>ユーザー: … / システム: …</c> prompt,
+/// <see cref="ChatOptions"/> become Hugging Face generation settings, and the reply is decoded (streamed piece by piece
+/// on request). Requests on one model are served one at a time.
+/// </summary>
+/// <remarks>
+/// Mapped: <see cref="ChatOptions.Temperature"/> (0 means greedy), <see cref="ChatOptions.TopP"/>, <see cref="ChatOptions.TopK"/>,
+/// <see cref="ChatOptions.MaxOutputTokens"/>, <see cref="ChatOptions.StopSequences"/>, <see cref="ChatOptions.Seed"/>,
+/// <see cref="ChatOptions.Instructions"/> and system messages (rinna's models have no system role: the text is put before the
+/// first user utterance), and <see cref="ChatOptions.AdditionalProperties"/> <c>repetition_penalty</c> / <c>do_sample</c>.
+/// Rejected with <see cref="NotSupportedException"/>: a non-zero <see cref="ChatOptions.FrequencyPenalty"/> or
+/// <see cref="ChatOptions.PresencePenalty"/> (HF's repetition penalty is multiplicative, not OpenAI's additive one: pass
+/// <c>repetition_penalty</c> instead), tools, a JSON response format, and non-text message contents.
+/// </remarks>
+public sealed class RinnaChatClient : IChatClient
+{
+    private readonly RinnaModelHost host;
+
+    /// <summary>Creates a client over a model host (what <c>AddRinna</c> registers).</summary>
+    public RinnaChatClient(RinnaModelHost host)
+    {
+        this.host = host ?? throw new ArgumentNullException(nameof(host));
+        Metadata = new ChatClientMetadata("rinna", null, host.Options.ModelId);
+    }
+
+    /// <summary>Provider name and model id.</summary>
+    public ChatClientMetadata Metadata { get; }
+
+    /// <inheritdoc />
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
+        CancellationToken cancellationToken = default)
+    {
+        var (prompt, config) = await PrepareAsync(messages, options, cancellationToken).ConfigureAwait(false);
+        var result = await host.RunExclusiveAsync((model, tokenizer) =>
+            model.GenerateText(tokenizer, prompt, config, cancellationToken), cancellationToken).ConfigureAwait(false);
+        if (result.FinishReason == GenFinishReason.Cancelled) throw new OperationCanceledException(cancellationToken);
+        return new ChatResponse(new ChatMessage(ChatRole.Assistant, host.PromptBuilder.PostProcess(result.Text)))
+        {
+            ModelId = host.Options.ModelId,
+            CreatedAt = DateTimeOffset.UtcNow,
+            FinishReason = MapFinishReason(result.FinishReason),
+            Usage = new UsageDetails
+            {
+                InputTokenCount = result.PromptTokens,
+                OutputTokenCount = result.TokenIds.Count,
+                TotalTokenCount = result.PromptTokens + result.TokenIds.Count,
+            },
+        };
+    }
+
+    /// <inheritdoc />
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages,
+        ChatOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var (prompt, config) = await PrepareAsync(messages, options, cancellationToken).ConfigureAwait(false);
+        var (model, tokenizer) = await host.GetAsync(cancellationToken).ConfigureAwait(false);
+        var responseId = Guid.NewGuid().ToString("N");
+        using (await host.AcquireAsync(cancellationToken).ConfigureAwait(false))
+        {
+            var output = host.PromptBuilder.CreateOutputStream();
+            GeneratedText? result = null;
+            await foreach (var piece in TextGeneration.StreamAsync(model, tokenizer, prompt, config, r => result = r, cancellationToken).ConfigureAwait(false))
+            {
+                var text = output.Push(piece);
+                if (text.Length > 0) yield return Update(text, responseId, null);
+            }
+            yield return Update(output.Flush(), responseId, MapFinishReason(result!.FinishReason));
+        }
+    }
+
+    /// <inheritdoc />
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(serviceType);
+        if (serviceKey is not null) return null;
+        if (serviceType == typeof(ChatClientMetadata)) return Metadata;
+        if (serviceType.IsInstanceOfType(this)) return this;
+        if (serviceType == typeof(RinnaModelHost)) return host;
+        return null;
+    }
+
+    /// <summary>Nothing to release: the model belongs to the <see cref="RinnaModelHost"/>.</summary>
+    public void Dispose()
+    {
+    }
+
+    private ChatResponseUpdate Update(string text, string responseId, ChatFinishReason? finish) => new(ChatRole.Assistant, text)
+    {
+        ResponseId = responseId,
+        MessageId = responseId,
+        ModelId = host.Options.ModelId,
+        FinishReason = finish,
+        CreatedAt = DateTimeOffset.UtcNow,
+    };
+
+    internal async Task<(string Prompt, GenerationConfig Config)> PrepareAsync(IEnumerable<ChatMessage> messages, ChatOptions? options,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var turns = new List<RinnaChatTurn>();
+        var instructions = new List<string>();
+        if (!string.IsNullOrWhiteSpace(options?.Instructions)) instructions.Add(options.Instructions);
+        foreach (var message in messages)
+        {
+            if (message.Contents.Any(c => c is not TextContent))
+                throw new NotSupportedException($"Only text messages are supported; a {message.Role} message contains {message.Contents.First(c => c is not TextContent).GetType().Name}.");
+            if (message.Role == ChatRole.System) instructions.Add(message.Text);
+            else if (message.Role == ChatRole.User) turns.Add(new RinnaChatTurn(RinnaSpeaker.User, message.Text));
+            else if (message.Role == ChatRole.Assistant) turns.Add(new RinnaChatTurn(RinnaSpeaker.System, message.Text));
+            else throw new NotSupportedException($"rinna's conversation format has no '{message.Role}' role.");
+        }
+        var firstUser = turns.FindIndex(t => t.Speaker == RinnaSpeaker.User);
+        if (instructions.Count > 0 && firstUser >= 0)
+            turns[firstUser] = turns[firstUser] with { Text = string.Join("\n", instructions.Append(turns[firstUser].Text)) };
+        var prompt = host.PromptBuilder.BuildPrompt(turns);
+        var (_, tokenizer) = await host.GetAsync(cancellationToken).ConfigureAwait(false);
+        return (prompt, ToGenerationConfig(options, tokenizer.EosTokenId, tokenizer.PadTokenId));
+    }
+
+    internal GenerationConfig ToGenerationConfig(ChatOptions? options, int? eosTokenId, int? padTokenId)
+    {
+        var defaults = host.Options;
+        if (options?.FrequencyPenalty is { } frequency && frequency != 0)
+            throw new NotSupportedException("FrequencyPenalty is not supported (rinna uses HF's multiplicative repetition penalty): set AdditionalProperties[\"repetition_penalty\"] instead.");
+        if (options?.PresencePenalty is { } presence && presence != 0)
+            throw new NotSupportedException("PresencePenalty is not supported: set AdditionalProperties[\"repetition_penalty\"] instead.");
+        if (options?.Tools is { Count: > 0 }) throw new NotSupportedException("rinna's models do not call tools.");
+        if (options?.ResponseFormat is ChatResponseFormatJson) throw new NotSupportedException("JSON response formats are not supported.");
+
+        double repetitionPenalty = defaults.RepetitionPenalty;
+        bool doSample = defaults.DoSample;
+        if (options?.AdditionalProperties is { } extra)
+        {
+            if (extra.TryGetValue("repetition_penalty", out var penalty)) repetitionPenalty = Convert.ToDouble(penalty, System.Globalization.CultureInfo.InvariantCulture);
+            if (extra.TryGetValue("do_sample", out var sample)) doSample = Convert.ToBoolean(sample, System.Globalization.CultureInfo.InvariantCulture);
+        }
+        double temperature = options?.Temperature ?? defaults.Temperature;
+        // OpenAI's semantics: a positive temperature asks for sampling, 0 for a deterministic (greedy) answer.
+        if (options?.Temperature is { } requested) doSample = requested > 0;
+        var config = new GenerationConfig
+        {
+            DoSample = doSample,
+            Temperature = doSample ? temperature : 1.0,
+            TopP = options?.TopP ?? defaults.TopP,
+            TopK = options?.TopK ?? 50,
+            MaxNewTokens = options?.MaxOutputTokens ?? defaults.MaxNewTokens,
+            RepetitionPenalty = repetitionPenalty,
+            StopStrings = options?.StopSequences is { Count: > 0 } stops ? stops.ToArray() : null,
+            Seed = options?.Seed,
+            EosTokenId = eosTokenId is int eos ? [eos] : null,
+            PadTokenId = padTokenId,
+        };
+        config.Validate();
+        return config;
+    }
+
+    private static ChatFinishReason MapFinishReason(GenFinishReason reason) =>
+        reason == GenFinishReason.Length ? ChatFinishReason.Length : ChatFinishReason.Stop;
+}

@@ -1,0 +1,142 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Model.Quantization;
+
+/// <summary>
+/// The LLM.int8() matrix product: the one place that reaches ATen's <c>torch._int_mm</c> (int8 × int8 → int32, oneDNN
+/// on CPU, cuBLASLt on CUDA), which TorchSharp does not expose, through a TorchScript compilation unit.
+/// </summary>
+/// <remarks>
+/// Why TorchScript: on the reference CPU <c>_int_mm</c> streams the int8 weight at 27–39 GB/s for one token, against
+/// about 20 GB/s for a bfloat16 GEMV of twice the bytes (research/torchsharp-spike.md §4), and an invoke costs about
+/// 3 µs. The whole forward runs in one script function so that a decode step pays that overhead once per layer.
+/// A TorchScript compile error aborts the process, so <see cref="Script"/> is a tested constant compiled once per
+/// process. When TorchScript cannot be used at all, or a CUDA shape breaks cuBLASLt's int8 rules, the same arithmetic
+/// runs in plain TorchSharp (<see cref="FallbackLinear"/>), which converts the int8 weight to float one block at a time.
+/// </remarks>
+internal static class AtenInt8Kernels
+{
+    /// <summary>The name of the script function that computes the whole layer.</summary>
+    private const string LinearFunction = "int8_linear";
+
+    /// <summary>
+    /// <c>int8_linear(x [M,K] float, weight [N,K] int8, weight_scale [N] f32, bias [N] f32?, threshold) -> [M,N] x.dtype</c>.
+    /// The native script resolver knows no dtype constants, hence <c>dtype=1</c> for int8. cuBLASLt's int8 GEMM needs
+    /// more than 16 rows, so CUDA inputs are padded with zero rows and the result cut back. The outlier search runs
+    /// only when some element exceeds the threshold, which keeps the common decode step to about 15 small ops.
+    /// </summary>
+    internal const string Script = """
+        def int8_linear(x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Optional[Tensor], threshold: float) -> Tensor:
+            xf = x.float()
+            magnitude = xf.abs()
+            row_max = magnitude.amax(1, True)
+            outlier_product: Optional[Tensor] = None
+            if threshold > 0.0 and bool(row_max.max() > threshold):
+                outlier_cols = (magnitude.amax(0) > threshold).nonzero().squeeze(1)
+                dequantized_cols = weight.index_select(1, outlier_cols).float().mul_(weight_scale.unsqueeze(1))
+                outlier_product = xf.index_select(1, outlier_cols).matmul(dequantized_cols.t())
+                xf = xf.index_fill(1, outlier_cols, 0.0)
+                row_max = xf.abs().amax(1, True)
+            x_scale = row_max.clamp_min_(1e-30).div_(127.0)
+            xq = xf.div(x_scale).round_().to(dtype=1)
+            rows = xq.size(0)
+            if xq.is_cuda and rows <= 16:
+                xq = torch.constant_pad_nd(xq, [0, 0, 0, 17 - rows], 0)
+            acc = torch._int_mm(xq, weight.t())
+            if acc.size(0) != rows:
+                acc = acc.narrow(0, 0, rows)
+            y = acc * (x_scale * weight_scale)
+            if outlier_product is not None:
+                y = y.add_(outlier_product)
+            if bias is not None:
+                y = y.add_(bias)
+            return y.to(dtype=x.dtype)
+
+        """;
+
+    /// <summary>Elements of the int8 weight converted to float at once by the fallback: 4 MiB of float32.</summary>
+    private const long FallbackBlockElements = 1 << 20;
+
+    private static readonly Lazy<(jit.CompilationUnit? Unit, string? Failure)> Compiled = new(Compile, LazyThreadSafetyMode.ExecutionAndPublication);
+
+    /// <summary>Whether the TorchScript path is usable in this process.</summary>
+    internal static bool IsScriptAvailable => Compiled.Value.Unit is not null;
+
+    /// <summary>Why the TorchScript path is unusable, or <c>null</c> when it works.</summary>
+    internal static string? ScriptFailure => Compiled.Value.Failure;
+
+    /// <summary>Computes <c>x · dequant(weight)ᵀ + bias</c> with LLM.int8() arithmetic, on the fastest path the shape allows.</summary>
+    /// <param name="x">Activations <c>[M,K]</c> in a floating dtype; the result has the same dtype.</param>
+    /// <param name="weight">Quantized weight <c>[N,K]</c>, int8, row-major.</param>
+    /// <param name="weightScale">Per-row dequantization scale <c>[N]</c>, float32.</param>
+    /// <param name="bias">Optional bias <c>[N]</c>, float32.</param>
+    /// <param name="threshold">Outlier threshold; zero or less means pure int8.</param>
+    internal static Tensor Linear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
+        => IsScriptAvailable && IntMmAccepts(weight)
+            ? ScriptLinear(x, weight, weightScale, bias, threshold)
+            : FallbackLinear(x, weight, weightScale, bias, threshold);
+
+    /// <summary>The TorchScript path; throws when it is unavailable.</summary>
+    internal static Tensor ScriptLinear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
+    {
+        var unit = Compiled.Value.Unit ?? throw new InvalidOperationException($"TorchScript int8 kernels are unavailable: {ScriptFailure}");
+        // invoke() converts a double argument into a temporary Scalar and passes only its handle, so the GC may free it
+        // before the native call reads it; a Scalar held here stays alive for the call.
+        using var thresholdScalar = threshold.ToScalar();
+        return unit.invoke<Tensor>(LinearFunction, x, weight, weightScale, bias!, thresholdScalar);
+    }
+
+    /// <summary>The same arithmetic as <see cref="Script"/> in plain TorchSharp ops, with the integer product done in float32 blocks.</summary>
+    internal static Tensor FallbackLinear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
+    {
+        using var scope = NewDisposeScope();
+        var xf = x.to(ScalarType.Float32);
+        var magnitude = xf.abs();
+        var rowMax = magnitude.amax([1], keepdim: true);
+        Tensor? outlierProduct = null;
+        if (threshold > 0.0 && rowMax.max().item<float>() > threshold)
+        {
+            var outlierCols = magnitude.amax([0]).gt(threshold).nonzero().squeeze(1);
+            var dequantizedCols = weight.index_select(1, outlierCols).to(ScalarType.Float32).mul_(weightScale.unsqueeze(1));
+            outlierProduct = xf.index_select(1, outlierCols).matmul(dequantizedCols.t());
+            xf = xf.index_fill(1, outlierCols, 0.0);
+            rowMax = xf.abs().amax([1], keepdim: true);
+        }
+        var xScale = rowMax.clamp_min_(1e-30).div_(127.0);
+        var xq = xf.div(xScale).round_();
+
+        var outFeatures = weight.shape[0];
+        var acc = empty(xq.shape[0], outFeatures, dtype: ScalarType.Float32, device: x.device);
+        var rowsPerBlock = Math.Max(1, FallbackBlockElements / Math.Max(1, weight.shape[1]));
+        for (long row = 0; row < outFeatures; row += rowsPerBlock)
+        {
+            using var blockScope = NewDisposeScope();
+            var rows = Math.Min(rowsPerBlock, outFeatures - row);
+            // Integers up to 127 are exact in float32; sums stay exact up to K ≈ 1000 and within 1e-7 relative beyond.
+            acc.narrow(1, row, rows).copy_(xq.matmul(weight.narrow(0, row, rows).to(ScalarType.Float32).t()));
+        }
+
+        var y = acc.mul_(xScale * weightScale);
+        if (outlierProduct is not null) y.add_(outlierProduct);
+        if (bias is not null) y.add_(bias);
+        return y.to(x.dtype).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>cuBLASLt's int8 GEMM wants K and N multiples of 8; the CPU kernel takes any shape.</summary>
+    private static bool IntMmAccepts(Tensor weight)
+        => weight.device_type != DeviceType.CUDA || (weight.shape[0] % 8 == 0 && weight.shape[1] % 8 == 0);
+
+    private static (jit.CompilationUnit?, string?) Compile()
+    {
+        try
+        {
+            return (jit.compile(Script), null);
+        }
+        catch (Exception ex) when (ex is ExternalException or DllNotFoundException or EntryPointNotFoundException or NotSupportedException)
+        {
+            return (null, ex.Message);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Rinna.Net.Tokenization.SentencePiece;
+
+namespace Rinna.Net.Tokenization;
+
+/// <summary>Builds a tokenizer from a Hugging Face tokenizer directory on disk.</summary>
+internal static class TokenizerLoader
+{
+    private const string TokenizerConfigFile = "tokenizer_config.json";
+    private const string SpecialTokensMapFile = "special_tokens_map.json";
+    private const string TokenizerJsonFile = "tokenizer.json";
+    private static readonly string[] SentencePieceFiles = ["spiece.model", "tokenizer.model"];
+
+    public static PreTrainedTokenizer Load(string directory, TokenizerOptions options, CancellationToken cancellationToken)
+    {
+        if (!Directory.Exists(directory))
+            throw new TokenizerException(directory, null, "tokenizer directory not found");
+        var logger = (options.LoggerFactory ?? NullLoggerFactory.Instance).CreateLogger(typeof(AutoTokenizer).FullName!);
+        cancellationToken.ThrowIfCancellationRequested();
+
+        var config = ReadJsonObject(Path.Combine(directory, TokenizerConfigFile));
+        var specialTokensMap = ReadJsonObject(Path.Combine(directory, SpecialTokensMapFile));
+        var sentencePieceFile = SentencePieceFiles.Select(f => Path.Combine(directory, f)).FirstOrDefault(File.Exists);
+        var tokenizerJson = Path.Combine(directory, TokenizerJsonFile);
+
+        if (sentencePieceFile is null)
+            throw new TokenizerException(directory, null, File.Exists(tokenizerJson)
+                ? $"only a {TokenizerJsonFile} (fast tokenizer) was found; Rinna.Net supports SentencePiece tokenizers ({string.Join(" or ", SentencePieceFiles)} with T5Tokenizer or LlamaTokenizer semantics), not fast/byte-level BPE tokenizers such as GPT-NeoX's"
+                : $"no tokenizer found: neither {string.Join(" nor ", SentencePieceFiles)} exists");
+        if (options.UseFast)
+        {
+            // transformers falls back to the slow class when no fast tokenizer can be built; this library never builds
+            // one, and for rinna's models the fast conversion would be wrong anyway (it collapses whitespace runs).
+            logger.LogWarning(
+                File.Exists(tokenizerJson)
+                    ? "{Directory}: tokenizer.json is not supported; using the slow SentencePiece tokenizer (as use_fast=False)."
+                    : "{Directory}: no tokenizer.json; using the slow SentencePiece tokenizer (as use_fast=False).",
+                directory);
+        }
+
+        var tokenizer = LoadSentencePiece(sentencePieceFile, config, specialTokensMap, logger);
+        ApplyCommonSettings(tokenizer, config, options);
+        return tokenizer;
+    }
+
+    private static SlowSentencePieceTokenizer LoadSentencePiece(string modelFile, JsonFile? config, JsonFile? specialTokensMap, ILogger logger)
+    {
+        var className = config?.GetString("tokenizer_class")
+            ?? throw new TokenizerException(Path.Combine(Path.GetDirectoryName(modelFile)!, TokenizerConfigFile), "tokenizer_class",
+                "missing; cannot tell whether the SentencePiece model is used as T5Tokenizer or LlamaTokenizer");
+        var isT5 = className is "T5Tokenizer" or "T5TokenizerFast";
+        var isLlama = className is "LlamaTokenizer" or "LlamaTokenizerFast";
+        if (!isT5 && !isLlama)
+            throw new TokenizerException(config.Path, "tokenizer_class", $"'{className}' is not supported with a SentencePiece model (supported: T5Tokenizer, LlamaTokenizer)");
+        if (config.GetBool("legacy") == false)
+            throw new TokenizerException(config.Path, "legacy", "legacy=false tokenization is not supported; only the legacy behaviour rinna's models use");
+        if (isT5 && config.GetInt("extra_ids") is > 0 and var extraIds)
+            throw new TokenizerException(config.Path, "extra_ids", $"{extraIds} T5 sentinel tokens (<extra_id_N>) are not supported");
+
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(modelFile);
+        }
+        catch (IOException e)
+        {
+            throw new TokenizerException(modelFile, null, $"cannot read the SentencePiece model: {e.Message}", e);
+        }
+
+        var model = SentencePieceModel.Load(bytes, modelFile);
+        var special = ResolveSpecialTokens(model, config, specialTokensMap, logger);
+        var cleanUp = config.GetBool("clean_up_tokenization_spaces") ?? isT5;
+        return isT5
+            ? new T5Tokenizer(model, special, cleanUp)
+            : new LlamaTokenizer(model, special, cleanUp, config.GetBool("add_bos_token") ?? true, config.GetBool("add_eos_token") ?? false);
+    }
+
+    private static SpecialTokens ResolveSpecialTokens(SentencePieceModel model, JsonFile config, JsonFile? specialTokensMap, ILogger logger)
+    {
+        var contents = new string?[SpecialTokens.AttributeNames.Length];
+        for (var i = 0; i < contents.Length; i++)
+        {
+            var name = SpecialTokens.AttributeNames[i];
+            var fromConfig = config.GetTokenContent(name);
+            var fromMap = specialTokensMap?.GetTokenContent(name);
+            if (fromConfig is not null && fromMap is not null && fromConfig != fromMap)
+                throw new TokenizerException(config.Path, name,
+                    $"'{fromConfig}' disagrees with '{fromMap}' in {SpecialTokensMapFile}");
+            contents[i] = fromMap ?? fromConfig;
+        }
+
+        var additional = (specialTokensMap?.GetTokenList("additional_special_tokens") ?? [])
+            .Concat(config.GetTokenList("additional_special_tokens") ?? [])
+            .Distinct(StringComparer.Ordinal)
+            .ToList();
+
+        var fixedIds = config.GetAddedTokensDecoder();
+        int? ResolveId(string content)
+        {
+            var vocabularyId = model.TryGetId(content, out var id) ? id : (int?)null;
+            if (fixedIds.TryGetValue(content, out var fixedId))
+            {
+                if (vocabularyId is { } v && v != fixedId)
+                    throw new TokenizerException(config.Path, "added_tokens_decoder",
+                        $"'{content}' has id {fixedId} but the SentencePiece model has it at id {v}");
+                return fixedId;
+            }
+
+            if (vocabularyId is null)
+                logger.LogWarning("Special token '{Token}' is not in the SentencePiece vocabulary; it gets an id after the vocabulary, as Hugging Face does.", content);
+            return vocabularyId;
+        }
+
+        return new SpecialTokens(contents, additional, ResolveId, model.PieceCount);
+    }
+
+    private static void ApplyCommonSettings(PreTrainedTokenizer tokenizer, JsonFile? config, TokenizerOptions options)
+    {
+        var side = config?.GetString("padding_side");
+        tokenizer.PaddingSide = options.PaddingSide ?? side switch
+        {
+            null or "right" => PaddingSide.Right,
+            "left" => PaddingSide.Left,
+            _ => throw new TokenizerException(config!.Path, "padding_side", $"'{side}' is neither 'left' nor 'right'"),
+        };
+
+        var maxLength = options.ModelMaxLength ?? config?.GetLong("model_max_length") switch
+        {
+            null => null,
+            <= 0 and var bad => throw new TokenizerException(config!.Path, "model_max_length", $"{bad} is not a positive length"),
+            var value => (int?)Math.Min(value.Value, int.MaxValue),
+        };
+        if (maxLength is { } length) tokenizer.ModelMaxLength = length;
+    }
+
+    private static JsonFile? ReadJsonObject(string path)
+    {
+        if (!File.Exists(path)) return null;
+        try
+        {
+            using var stream = File.OpenRead(path);
+            using var document = JsonDocument.Parse(stream);
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+                throw new TokenizerException(path, null, $"expected a JSON object, found {document.RootElement.ValueKind}");
+            return new JsonFile(path, document.RootElement.Clone());
+        }
+        catch (JsonException e)
+        {
+            throw new TokenizerException(path, null, $"invalid JSON: {e.Message}", e);
+        }
+        catch (IOException e)
+        {
+            throw new TokenizerException(path, null, $"cannot read: {e.Message}", e);
+        }
+    }
+
+    /// <summary>Typed access to a JSON configuration file with errors that name the file and field.</summary>
+    private sealed record JsonFile(string Path, JsonElement Root)
+    {
+        public string? GetString(string field) => Get(field) switch
+        {
+            null => null,
+            { ValueKind: JsonValueKind.String } value => value.GetString(),
+            var value => throw WrongType(field, "a string", value.Value),
+        };
+
+        public bool? GetBool(string field) => Get(field) switch
+        {
+            null => null,
+            { ValueKind: JsonValueKind.True } => true,
+            { ValueKind: JsonValueKind.False } => false,
+            var value => throw WrongType(field, "true or false", value.Value),
+        };
+
+        public long? GetLong(string field) => Get(field) switch
+        {
+            null => null,
+            { ValueKind: JsonValueKind.Number } value when value.TryGetInt64(out var n) => n,
+            // Hugging Face writes 1e30 (VERY_LARGE_INTEGER) for "no limit".
+            { ValueKind: JsonValueKind.Number } value when value.TryGetDouble(out var d) && d >= long.MaxValue => long.MaxValue,
+            var value => throw WrongType(field, "an integer", value.Value),
+        };
+
+        public int? GetInt(string field) => GetLong(field) is { } n
+            ? n is >= int.MinValue and <= int.MaxValue ? (int)n : throw new TokenizerException(Path, field, $"{n} is out of range")
+            : null;
+
+        /// <summary>A special token given as a string or as an AddedToken object <c>{"content": ...}</c>.</summary>
+        public string? GetTokenContent(string field) => Get(field) is { } value ? TokenContent(field, value) : null;
+
+        public IReadOnlyList<string>? GetTokenList(string field) => Get(field) switch
+        {
+            null => null,
+            { ValueKind: JsonValueKind.Array } value => value.EnumerateArray().Select(v => TokenContent(field, v)).ToList(),
+            var value => throw WrongType(field, "a list of tokens", value.Value),
+        };
+
+        /// <summary><c>added_tokens_decoder</c> (transformers ≥ 4.34): content → id; only special tokens are supported.</summary>
+        public IReadOnlyDictionary<string, int> GetAddedTokensDecoder()
+        {
+            const string field = "added_tokens_decoder";
+            var result = new Dictionary<string, int>(StringComparer.Ordinal);
+            if (Get(field) is not { } value) return result;
+            if (value.ValueKind != JsonValueKind.Object) throw WrongType(field, "an object", value);
+            foreach (var entry in value.EnumerateObject())
+            {
+                if (!int.TryParse(entry.Name, out var id) || id < 0)
+                    throw new TokenizerException(Path, field, $"key '{entry.Name}' is not a token id");
+                var content = TokenContent(field, entry.Value);
+                if (entry.Value.ValueKind == JsonValueKind.Object
+                    && entry.Value.TryGetProperty("special", out var special) && special.ValueKind == JsonValueKind.False)
+                    throw new TokenizerException(Path, field, $"non-special added token '{content}' (id {id}) is not supported");
+                result[content] = id;
+            }
+
+            return result;
+        }
+
+        private JsonElement? Get(string field) =>
+            Root.TryGetProperty(field, out var value) && value.ValueKind != JsonValueKind.Null ? value : null;
+
+        private string TokenContent(string field, JsonElement value)
+        {
+            var content = value.ValueKind switch
+            {
+                JsonValueKind.String => value.GetString(),
+                JsonValueKind.Object when value.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => c.GetString(),
+                _ => throw WrongType(field, "a token string or {\"content\": ...}", value),
+            };
+            return string.IsNullOrEmpty(content) ? throw new TokenizerException(Path, field, "token is empty") : content;
+        }
+
+        private TokenizerException WrongType(string field, string expected, JsonElement value) =>
+            new(Path, field, $"expected {expected}, found {value.GetRawText()}");
+    }
+}

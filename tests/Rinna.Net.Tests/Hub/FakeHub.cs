@@ -1,0 +1,228 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace Rinna.Net.Tests.Hub;
+
+/// <summary>
+/// A Hugging Face hub on 127.0.0.1 speaking the resolve protocol huggingface_hub relies on: HEAD/GET
+/// <c>/{org}/{name}/resolve/{revision}/{file}</c> with <c>X-Repo-Commit</c> and a git-sha1 <c>ETag</c> for small files, a 302 to
+/// a CDN at <c>localhost</c> (another host name, same listener) with <c>X-Linked-Etag</c> = sha256 and <c>X-Linked-Size</c>
+/// for LFS files, <c>X-Error-Code</c> on errors, and <c>Range</c> on the CDN. Faults are injected per test.
+/// </summary>
+internal sealed class FakeHub : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly ConcurrentDictionary<string, FakeRepo> _repos = new();
+    private readonly ConcurrentDictionary<string, int> _cdnGets = new();
+    private readonly ConcurrentDictionary<string, bool> _droppedOnce = new();
+
+    private FakeHub(WebApplication app) => _app = app;
+
+    public static async Task<FakeHub> StartAsync()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseKestrel(options => options.Listen(IPAddress.Loopback, 0));
+        var app = builder.Build();
+        var hub = new FakeHub(app);
+        app.Run(hub.HandleAsync);
+        await app.StartAsync();
+        var address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Single());
+        hub.Port = address.Port;
+        return hub;
+    }
+
+    public int Port { get; private set; }
+
+    /// <summary>The hub's own origin: the only one that may see the token.</summary>
+    public string Endpoint => $"http://127.0.0.1:{Port}";
+
+    /// <summary>Every request as the server saw it.</summary>
+    public ConcurrentQueue<RecordedRequest> Requests { get; } = new();
+
+    /// <summary>Runs before the protocol; returns <c>true</c> when it has answered the request itself.</summary>
+    public Func<HttpContext, Task<bool>>? Intercept { get; set; }
+
+    /// <summary>The first CDN GET of this file (without Range) sends <see cref="DropAfterBytes"/> bytes, then the connection is cut.</summary>
+    public string? DropFile { get; set; }
+
+    public long DropAfterBytes { get; set; }
+
+    /// <summary>Awaited between sending the bytes and cutting the connection, so a test can wait until the client has them.</summary>
+    public Func<HttpContext, Task>? BeforeDrop { get; set; }
+
+    /// <summary>Every CDN GET of this file has one byte flipped, keeping the size.</summary>
+    public string? CorruptFile { get; set; }
+
+    /// <summary>CDN GETs of this file send <see cref="StallAfterBytes"/> bytes, signal <see cref="Stalled"/>, then wait until the client gives up.</summary>
+    public string? StallFile { get; set; }
+
+    public long StallAfterBytes { get; set; }
+
+    public TaskCompletionSource Stalled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>The CDN answers every GET with the whole file (200), as a server without Range support does.</summary>
+    public bool IgnoreRange { get; set; }
+
+    public FakeRepo AddRepo(string repoId, params string[] sourceDirectories)
+    {
+        var repo = new FakeRepo(repoId);
+        foreach (var directory in sourceDirectories)
+            foreach (var path in Directory.GetFiles(directory).Where(p => !System.IO.Path.GetFileName(p).StartsWith("expected", StringComparison.Ordinal)
+                         && System.IO.Path.GetExtension(p) is not (".jsonl" or ".md")))
+                repo.Files[System.IO.Path.GetFileName(path)] = FakeFile.Create(System.IO.Path.GetFileName(path), File.ReadAllBytes(path));
+        _repos[repoId] = repo;
+        return repo;
+    }
+
+    public int CdnGets(string fileName) => _cdnGets.GetValueOrDefault(fileName);
+
+    public async ValueTask DisposeAsync() => await _app.DisposeAsync();
+
+    private async Task HandleAsync(HttpContext context)
+    {
+        var rawTarget = context.Features.Get<IHttpRequestFeature>()!.RawTarget;
+        Requests.Enqueue(new RecordedRequest(
+            context.Request.Method, context.Request.Host.Host, rawTarget,
+            context.Request.Headers.Authorization.ToString() is { Length: > 0 } auth ? auth : null,
+            context.Request.Headers.Range.ToString() is { Length: > 0 } range ? range : null));
+
+        if (Intercept is { } intercept && await intercept(context)) return;
+
+        var segments = rawTarget.Split('?')[0].Split('/', StringSplitOptions.RemoveEmptyEntries).Select(Uri.UnescapeDataString).ToArray();
+        if (segments is ["cdn", var sha256]) await ServeCdnAsync(context, sha256);
+        else if (segments.Length >= 5 && segments[2] == "resolve") await ServeResolveAsync(context, $"{segments[0]}/{segments[1]}", segments[3], string.Join('/', segments[4..]));
+        else context.Response.StatusCode = 404;
+    }
+
+    private Task ServeResolveAsync(HttpContext context, string repoId, string revision, string fileName)
+    {
+        var response = context.Response;
+        if (!_repos.TryGetValue(repoId, out var repo))
+            return Fail(response, 401, "RepoNotFound", "Repository not found");
+        if (repo.RequiredToken is { } token && context.Request.Headers.Authorization != $"Bearer {token}")
+            return Fail(response, 401, "GatedRepo", $"Access to model {repoId} is restricted. You must be authenticated to access it.");
+        if (!repo.Revisions.TryGetValue(revision, out var commit))
+            return Fail(response, 404, "RevisionNotFound", $"Invalid rev id: {revision}");
+
+        response.Headers["X-Repo-Commit"] = repo.CommitHeader ?? commit;
+        if (!repo.Files.TryGetValue(fileName, out var file))
+            return Fail(response, 404, "EntryNotFound", $"{fileName} does not exist on \"{revision}\"");
+
+        if (file.IsLfs)
+        {
+            response.StatusCode = 302;
+            response.Headers.Location = $"http://localhost:{Port}/cdn/{file.Sha256}?X-Amz-Signature=signed";
+            response.Headers["X-Linked-Etag"] = $"\"{file.Sha256}\"";
+            response.Headers["X-Linked-Size"] = file.Content.Length.ToString();
+            response.Headers.ETag = $"\"{file.GitSha1}\"";
+            return Task.CompletedTask;
+        }
+        response.Headers.ETag = $"\"{file.GitSha1}\"";
+        response.ContentLength = file.Content.Length;
+        return context.Request.Method == "HEAD" ? Task.CompletedTask : response.Body.WriteAsync(file.Content).AsTask();
+    }
+
+    private async Task ServeCdnAsync(HttpContext context, string sha256)
+    {
+        var file = _repos.Values.SelectMany(r => r.Files.Values).FirstOrDefault(f => f.Sha256 == sha256);
+        if (file is null)
+        {
+            context.Response.StatusCode = 404;
+            return;
+        }
+        _cdnGets.AddOrUpdate(file.Name, 1, (_, n) => n + 1);
+
+        var content = file.Content;
+        if (file.Name == CorruptFile)
+        {
+            content = (byte[])content.Clone();
+            content[content.Length / 2] ^= 0xFF;
+        }
+        long start = 0;
+        if (!IgnoreRange && context.Request.Headers.Range.ToString() is { Length: > 0 } range)
+        {
+            start = long.Parse(range["bytes=".Length..].TrimEnd('-'));
+            context.Response.StatusCode = 206;
+            context.Response.Headers.ContentRange = $"bytes {start}-{content.Length - 1}/{content.Length}";
+        }
+        context.Response.ContentLength = content.Length - start;
+
+        if (file.Name == DropFile && start == 0 && _droppedOnce.TryAdd(file.Name, true))
+        {
+            await context.Response.Body.WriteAsync(content.AsMemory(0, (int)DropAfterBytes));
+            await context.Response.Body.FlushAsync();
+            if (BeforeDrop is { } beforeDrop) await beforeDrop(context);
+            context.Abort();
+            return;
+        }
+        if (file.Name == StallFile)
+        {
+            await context.Response.Body.WriteAsync(content.AsMemory((int)start, (int)(StallAfterBytes - start)));
+            await context.Response.Body.FlushAsync();
+            Stalled.TrySetResult();
+            try
+            {
+                await Task.Delay(Timeout.Infinite, context.RequestAborted);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            return;
+        }
+        await context.Response.Body.WriteAsync(content.AsMemory((int)start));
+    }
+
+    private static Task Fail(HttpResponse response, int status, string errorCode, string message)
+    {
+        response.StatusCode = status;
+        response.Headers["X-Error-Code"] = errorCode;
+        response.Headers["X-Error-Message"] = message;
+        return Task.CompletedTask;
+    }
+}
+
+internal sealed record RecordedRequest(string Method, string Host, string Target, string? Authorization, string? Range);
+
+internal sealed class FakeRepo(string repoId)
+{
+    public const string MainCommit = "5f3a0c1e9b7d24681357902468ace13579bdf024";
+
+    public string RepoId { get; } = repoId;
+
+    public ConcurrentDictionary<string, FakeFile> Files { get; } = new();
+
+    /// <summary>Branches, tags and PR refs, each naming a commit; a commit also resolves to itself.</summary>
+    public ConcurrentDictionary<string, string> Revisions { get; } = new(new Dictionary<string, string> { ["main"] = MainCommit, [MainCommit] = MainCommit });
+
+    /// <summary>When set, requests without <c>Authorization: Bearer &lt;token&gt;</c> get 401 GatedRepo.</summary>
+    public string? RequiredToken { get; set; }
+
+    /// <summary>When set, sent as <c>X-Repo-Commit</c> instead of the real commit (a misbehaving server).</summary>
+    public string? CommitHeader { get; set; }
+
+    public void Put(string name, string content) => Files[name] = FakeFile.Create(name, Encoding.UTF8.GetBytes(content));
+}
+
+internal sealed record FakeFile(string Name, byte[] Content, bool IsLfs, string Sha256, string GitSha1)
+{
+    public static FakeFile Create(string name, byte[] content) => new(
+        name,
+        content,
+        System.IO.Path.GetExtension(name) is ".safetensors" or ".bin" or ".model",
+        Convert.ToHexStringLower(SHA256.HashData(content)),
+        Convert.ToHexStringLower(SHA1.HashData([.. Encoding.ASCII.GetBytes($"blob {content.Length}\0"), .. content])));
+
+    /// <summary>The etag huggingface_hub names the blob after: sha256 for LFS files, the git blob sha1 otherwise.</summary>
+    public string Etag => IsLfs ? Sha256 : GitSha1;
+}

@@ -1,0 +1,510 @@
+using Rinna.Net.Hub;
+
+namespace Rinna.Net.Tests.Hub;
+
+/// <summary>Online resolution against <see cref="FakeHub"/>: what lands in the cache, and how faults are survived or reported.</summary>
+public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
+{
+    private const string RepoId = "rinna/tiny-neox";
+    private readonly HubSandbox _sandbox = new();
+    private FakeHub _hub = null!;
+
+    public async Task InitializeAsync() => _hub = await FakeHub.StartAsync();
+
+    public async Task DisposeAsync() => await _hub.DisposeAsync();
+
+    public void Dispose() => _sandbox.Dispose();
+
+    private HubOptions Online(string? token = null, string? revision = null) => new() { Endpoint = _hub.Endpoint, Token = token, Revision = revision };
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "Timed out waiting for the download to reach the expected point.");
+            await Task.Delay(10);
+        }
+    }
+
+    private FakeRepo AddTinyRinna() => _hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna"), Fixtures.Tokenizer("bilingual-lookalike"));
+
+    [Fact]
+    public async Task FreshDownloadLaysOutTheCacheLikeHuggingfaceHub()
+    {
+        var repo = AddTinyRinna();
+        using var client = _sandbox.CreateClient();
+        var progress = new RecordingProgress();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, Online(), progress);
+
+        Assert.Equal(_sandbox.SnapshotDir(RepoId), directory);
+        Assert.Equal(FakeRepo.MainCommit, File.ReadAllText(Path.Combine(_sandbox.RepoDir(RepoId), "refs", "main")));
+        string[] expected = ["config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json", "special_tokens_map.json", "spiece.model"];
+        Assert.Equal(expected.Order(), Directory.GetFileSystemEntries(directory).Select(Path.GetFileName).Order());
+        foreach (var name in expected)
+        {
+            var pointer = new FileInfo(Path.Combine(directory, name));
+            Assert.Equal($"../../blobs/{repo.Files[name].Etag}", pointer.LinkTarget);
+            Assert.Equal(repo.Files[name].Content, File.ReadAllBytes(pointer.FullName));
+        }
+        Assert.Equal(expected.Select(n => repo.Files[n].Etag).Order(), Directory.GetFiles(Path.Combine(_sandbox.RepoDir(RepoId), "blobs")).Select(Path.GetFileName).Order());
+        Assert.True(File.Exists(Path.Combine(_sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit, "tokenizer.json")));
+        Assert.True(File.Exists(Path.Combine(_sandbox.CacheDir, ".locks", "models--rinna--tiny-neox", repo.Files["model.safetensors"].Etag + ".lock")));
+
+        var last = progress.Reports.Last(r => r.File == "model.safetensors");
+        Assert.Equal(repo.Files["model.safetensors"].Content.Length, last.BytesDownloaded);
+        Assert.Equal(last.BytesDownloaded, last.TotalBytes);
+        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("Downloaded model.safetensors"));
+    }
+
+    [Fact]
+    public async Task SecondResolutionDownloadsNothingAndOfflineModesReuseTheCache()
+    {
+        AddTinyRinna();
+        using var client = _sandbox.CreateClient();
+        var first = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, Online());
+        var requestsAfterDownload = _hub.Requests.Count;
+
+        var again = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, Online());
+        var newRequests = _hub.Requests.Skip(requestsAfterDownload).ToList();
+        Assert.Equal(first, again);
+        Assert.All(newRequests, r => Assert.Equal("HEAD", r.Method));
+        Assert.Single(newRequests); // the revision is pinned to the commit once; the rest is a commit-hash cache hit
+        requestsAfterDownload = _hub.Requests.Count;
+
+        var localOnly = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, new HubOptions { Endpoint = _hub.Endpoint, LocalFilesOnly = true });
+        _sandbox.Environment["HF_HUB_OFFLINE"] = "1";
+        var offline = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, Online());
+        Assert.Equal(first, localOnly);
+        Assert.Equal(first, offline);
+        Assert.Equal(requestsAfterDownload, _hub.Requests.Count);
+    }
+
+    [Fact]
+    public async Task ShardedCheckpointBringsEveryShardTheIndexNames()
+    {
+        var repo = _hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-pythia"));
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        foreach (var name in new[] { "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors" })
+            Assert.Equal(repo.Files[name].Content, File.ReadAllBytes(Path.Combine(directory, name)));
+        Assert.True(File.Exists(Path.Combine(_sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit, "model.safetensors")));
+        Assert.False(File.Exists(Path.Combine(directory, "pytorch_model.bin")));
+    }
+
+    [Fact]
+    public async Task PytorchBinIsTheFallbackWhenTheRevisionHasNoSafetensors()
+    {
+        var repo = _hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna-bin"));
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        Assert.Equal(repo.Files["pytorch_model.bin"].Content, File.ReadAllBytes(Path.Combine(directory, "pytorch_model.bin")));
+        var noExist = Path.Combine(_sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit);
+        Assert.True(File.Exists(Path.Combine(noExist, "model.safetensors")));
+        Assert.True(File.Exists(Path.Combine(noExist, "model.safetensors.index.json")));
+
+        // Offline, the cached 404s steer the lookup to the .bin just as online.
+        var offline = await client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true });
+        Assert.Equal(directory, offline);
+    }
+
+    [Fact]
+    public async Task PullRequestRevisionIsEscapedInTheUrlAndCachedUnderRefsRefsPr()
+    {
+        const string prCommit = "aaaabbbbccccddddeeeeffff0000111122223333";
+        var repo = AddTinyRinna();
+        repo.Revisions["refs/pr/1"] = prCommit;
+        repo.Revisions[prCommit] = prCommit;
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online(revision: "refs/pr/1"));
+
+        Assert.Equal(_sandbox.SnapshotDir(RepoId, prCommit), directory);
+        Assert.Equal(prCommit, File.ReadAllText(Path.Combine(_sandbox.RepoDir(RepoId), "refs", "refs", "pr", "1")));
+        Assert.Contains(_hub.Requests, r => r.Target == $"/{RepoId}/resolve/refs%2Fpr%2F1/config.json");
+        Assert.Equal(directory, await client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { Revision = "refs/pr/1", LocalFilesOnly = true }));
+    }
+
+    [Fact]
+    public async Task DroppedConnectionResumesWithRangeAndTheResultIsVerified()
+    {
+        var repo = AddTinyRinna();
+        _hub.DropFile = "model.safetensors";
+        _hub.DropAfterBytes = 300_000;
+        var incomplete = _sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag) + ".incomplete";
+        _hub.BeforeDrop = _ => WaitUntilAsync(() => File.Exists(incomplete) && new FileInfo(incomplete).Length == 300_000);
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+        var cdnGets = _hub.Requests.Where(r => r is { Host: "localhost", Method: "GET" }).ToList();
+        Assert.Equal(2, cdnGets.Count);
+        Assert.Null(cdnGets[0].Range);
+        Assert.Equal("bytes=300000-", cdnGets[1].Range);
+        Assert.False(File.Exists(incomplete));
+    }
+
+    [Fact]
+    public async Task StalledTransfersTimeOutAndResume()
+    {
+        var repo = AddTinyRinna();
+        _sandbox.Environment["HF_HUB_ETAG_TIMEOUT"] = "0.3";
+        _sandbox.Environment["HF_HUB_DOWNLOAD_TIMEOUT"] = "0.3";
+        var firstHead = 0;
+        _hub.Intercept = async context =>
+        {
+            if (context.Request.Method != "HEAD" || Interlocked.Exchange(ref firstHead, 1) == 1) return false;
+            await Task.Delay(Timeout.Infinite, context.RequestAborted).ContinueWith(_ => { });
+            return true;
+        };
+        _hub.DropFile = "model.safetensors";
+        _hub.DropAfterBytes = 200_000;
+        _hub.BeforeDrop = context => Task.Delay(Timeout.Infinite, context.RequestAborted).ContinueWith(_ => { });
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+        Assert.Contains(_hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=200000-");
+        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("did not answer within 0.3 s"));
+        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("no data for 0.3 s"));
+    }
+
+    [Fact]
+    public async Task UnreachableHubWithoutACacheNamesTheHost()
+    {
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() =>
+            client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { Endpoint = "http://127.0.0.1:9" }));
+
+        Assert.Null(error.StatusCode);
+        Assert.Contains("could not reach 127.0.0.1", error.Message);
+        Assert.Contains($"after {HubSandbox.FastRetries.MaxAttempts} attempts", error.Message);
+    }
+
+    [Fact]
+    public async Task ServerWithoutRangeSupportRestartsTheFileFromScratch()
+    {
+        var repo = AddTinyRinna();
+        var weights = repo.Files["model.safetensors"];
+        var incomplete = _sandbox.BlobPath(RepoId, weights.Etag) + ".incomplete";
+        Directory.CreateDirectory(Path.GetDirectoryName(incomplete)!);
+        File.WriteAllBytes(incomplete, new byte[1000]); // a stale prefix that must not survive
+        _hub.IgnoreRange = true;
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        Assert.Equal(weights.Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+        Assert.Contains(_hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=1000-");
+    }
+
+    [Fact]
+    public async Task CorruptBodyIsRejectedAndNothingEntersTheSnapshot()
+    {
+        var repo = AddTinyRinna();
+        _hub.CorruptFile = "model.safetensors";
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+
+        Assert.Equal("model.safetensors", error.FileName);
+        Assert.Contains("sha256", error.Message);
+        Assert.Contains(RepoId, error.Message);
+        var blob = _sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag);
+        Assert.False(File.Exists(blob));
+        Assert.False(File.Exists(blob + ".incomplete"));
+        Assert.False(File.Exists(Path.Combine(_sandbox.SnapshotDir(RepoId), "model.safetensors")));
+    }
+
+    [Fact]
+    public async Task TokenGoesToTheHubButNeverToTheRedirectHost()
+    {
+        const string token = "hf_ThisIsASecretToken1234567890";
+        AddTinyRinna().RequiredToken = token;
+        using var client = _sandbox.CreateClient();
+
+        await client.ResolveAsync(RepoId, HubFileSet.Model, Online(token: token));
+
+        Assert.Contains(_hub.Requests, r => r.Host == "localhost");
+        Assert.All(_hub.Requests.Where(r => r.Host == "127.0.0.1"), r => Assert.Equal($"Bearer {token}", r.Authorization));
+        Assert.All(_hub.Requests.Where(r => r.Host == "localhost"), r => Assert.Null(r.Authorization));
+        Assert.DoesNotContain(_sandbox.Logger.Lines, line => line.Contains(token));
+    }
+
+    [Fact]
+    public async Task TokenAndEndpointComeFromTheEnvironmentWhenOptionsAreUnset()
+    {
+        const string token = "hf_FromTheEnvironment0987654321";
+        AddTinyRinna().RequiredToken = token;
+        _sandbox.Environment["HF_TOKEN"] = token;
+        _sandbox.Environment["HF_ENDPOINT"] = _hub.Endpoint;
+        using var client = _sandbox.CreateClient();
+
+        Assert.Equal(_sandbox.SnapshotDir(RepoId), await client.ResolveAsync(RepoId, HubFileSet.Model));
+        Assert.All(_hub.Requests.Where(r => r.Host == "localhost"), r => Assert.Null(r.Authorization));
+    }
+
+    [Fact]
+    public async Task GatedRepositoryWithoutTokenAsksForOne()
+    {
+        AddTinyRinna().RequiredToken = "hf_right";
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+
+        Assert.Equal(401, error.StatusCode);
+        Assert.Equal((RepoId, "main", "config.json"), (error.RepoId, error.Revision, error.FileName));
+        Assert.Contains("gated", error.Message);
+        Assert.Contains("HF_TOKEN", error.Message);
+        Assert.Contains($"'{RepoId}' at revision 'main', file 'config.json'", error.Message);
+    }
+
+    [Fact]
+    public async Task RejectedTokenNeverAppearsInTheExceptionOrTheLogs()
+    {
+        const string wrongToken = "hf_WrongSecretValue5555555555";
+        AddTinyRinna().RequiredToken = "hf_right";
+        // A careless server that echoes the token back must not get it into our message either.
+        _hub.Intercept = async context =>
+        {
+            if (context.Request.Host.Host != "127.0.0.1") return false;
+            context.Response.StatusCode = 401;
+            context.Response.Headers["X-Error-Message"] = $"Invalid token {context.Request.Headers.Authorization}";
+            await Task.CompletedTask;
+            return true;
+        };
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online(token: wrongToken)));
+
+        Assert.Equal(401, error.StatusCode);
+        Assert.Contains("token", error.Message);
+        Assert.DoesNotContain(wrongToken, error.ToString());
+        Assert.DoesNotContain(_sandbox.Logger.Lines, line => line.Contains(wrongToken));
+    }
+
+    [Fact]
+    public async Task UnknownRepositoryIsReportedWithItsId()
+    {
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync("rinna/does-not-exist", HubFileSet.Model, Online()));
+
+        Assert.Equal(401, error.StatusCode);
+        Assert.Contains("'rinna/does-not-exist'", error.Message);
+        Assert.Contains("repository not found", error.Message);
+    }
+
+    [Fact]
+    public async Task UnknownRevisionIsReportedAsSuch()
+    {
+        AddTinyRinna();
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online(revision: "v9.9")));
+
+        Assert.Equal(404, error.StatusCode);
+        Assert.Equal("v9.9", error.Revision);
+        Assert.Contains("revision not found", error.Message);
+        Assert.Contains("'v9.9'", error.Message);
+    }
+
+    [Fact]
+    public async Task MissingRequiredFileIsA404NamingTheFile()
+    {
+        var repo = AddTinyRinna();
+        repo.Files.TryRemove("config.json", out _);
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+
+        Assert.Equal(404, error.StatusCode);
+        Assert.Equal("config.json", error.FileName);
+        Assert.Contains("does not exist", error.Message);
+    }
+
+    [Fact]
+    public async Task RepositoryWithoutWeightsOrTokenizerSaysSo()
+    {
+        var repo = _hub.AddRepo(RepoId);
+        repo.Put("config.json", "{}");
+        repo.Put("tokenizer_config.json", "{}");
+        using var client = _sandbox.CreateClient();
+
+        var weights = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+        var tokenizer = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Tokenizer, Online()));
+
+        Assert.Contains("pytorch_model.bin", weights.Message);
+        Assert.Contains("spiece.model", tokenizer.Message);
+    }
+
+    [Fact]
+    public async Task RateLimitIsRetriedThenReported()
+    {
+        AddTinyRinna();
+        _hub.Intercept = context =>
+        {
+            context.Response.StatusCode = 429;
+            return Task.FromResult(true);
+        };
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+
+        Assert.Equal(429, error.StatusCode);
+        Assert.Contains("rate limited", error.Message);
+        Assert.Equal(HubSandbox.FastRetries.MaxAttempts, _hub.Requests.Count);
+    }
+
+    [Fact]
+    public async Task ServerErrorsAreRetriedWithBackoff()
+    {
+        var repo = AddTinyRinna();
+        var failures = 0;
+        _hub.Intercept = context =>
+        {
+            if (Interlocked.Increment(ref failures) > 2) return Task.FromResult(false);
+            context.Response.StatusCode = 503;
+            return Task.FromResult(true);
+        };
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        Assert.Equal(repo.Files["config.json"].Content, File.ReadAllBytes(Path.Combine(directory, "config.json")));
+        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("HTTP 503") && line.Contains("retry 1"));
+    }
+
+    [Fact]
+    public async Task UnreachableHubFallsBackToTheCache()
+    {
+        AddTinyRinna();
+        using var client = _sandbox.CreateClient();
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+        _hub.Intercept = context =>
+        {
+            context.Response.StatusCode = 502;
+            return Task.FromResult(true);
+        };
+        var requestsBefore = _hub.Requests.Count;
+
+        Assert.Equal(directory, await client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+        Assert.Equal(HubSandbox.FastRetries.MaxAttempts, _hub.Requests.Count - requestsBefore); // one file's retries, then the cache only
+    }
+
+    [Fact]
+    public async Task CancellationMidFileLeavesAResumableIncompleteFile()
+    {
+        var repo = AddTinyRinna();
+        var size = repo.Files["model.safetensors"].Content.Length;
+        _hub.StallFile = "model.safetensors";
+        _hub.StallAfterBytes = 400_000;
+        using var client = _sandbox.CreateClient();
+        using var cancellation = new CancellationTokenSource();
+        var incomplete = _sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag) + ".incomplete";
+
+        var resolving = client.ResolveAsync(RepoId, HubFileSet.Model, Online(), cancellationToken: cancellation.Token);
+        await _hub.Stalled.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        await WaitUntilAsync(() => File.Exists(incomplete) && new FileInfo(incomplete).Length == 400_000);
+        cancellation.Cancel();
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => resolving);
+        Assert.Equal(400_000, new FileInfo(incomplete).Length);
+        Assert.False(File.Exists(Path.Combine(_sandbox.SnapshotDir(RepoId), "model.safetensors")));
+
+        _hub.StallFile = null;
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+
+        Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+        Assert.Contains(_hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=400000-");
+        Assert.True(size > 400_000);
+    }
+
+    [Fact]
+    public async Task ConcurrentDownloadsOfOneFileProduceOneGoodBlob()
+    {
+        var repo = AddTinyRinna();
+        using var first = _sandbox.CreateClient();
+        using var second = _sandbox.CreateClient();
+
+        var results = await Task.WhenAll(
+            first.ResolveAsync(RepoId, HubFileSet.Model, Online()),
+            second.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+
+        Assert.Equal(results[0], results[1]);
+        Assert.Equal(1, _hub.CdnGets("model.safetensors"));
+        Assert.Equal(1, _hub.Requests.Count(r => r.Method == "GET" && r.Target.EndsWith("/config.json", StringComparison.Ordinal)));
+        Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(results[0], "model.safetensors")));
+        Assert.Empty(Directory.GetFiles(Path.Combine(_sandbox.RepoDir(RepoId), "blobs"), "*.incomplete"));
+    }
+
+    [Fact]
+    public async Task DownloadWaitsForTheLockHolderAndUsesTheBlobItWrote()
+    {
+        var repo = AddTinyRinna();
+        var weights = repo.Files["model.safetensors"];
+        var lockPath = Path.Combine(_sandbox.CacheDir, ".locks", "models--rinna--tiny-neox", weights.Etag + ".lock");
+        Directory.CreateDirectory(Path.GetDirectoryName(lockPath)!);
+        using var client = _sandbox.CreateClient();
+
+        Task<string> resolving;
+        // Another process holds the lock (an exclusive flock, as Python's filelock takes) while it downloads the blob.
+        using (new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None))
+        {
+            resolving = client.ResolveAsync(RepoId, HubFileSet.Model, Online());
+            await WaitUntilAsync(() => _sandbox.Logger.Lines.Any(l => l.Contains("Waiting for another download of model.safetensors")));
+            Assert.False(resolving.IsCompleted);
+            Directory.CreateDirectory(Path.GetDirectoryName(_sandbox.BlobPath(RepoId, weights.Etag))!);
+            File.WriteAllBytes(_sandbox.BlobPath(RepoId, weights.Etag), weights.Content);
+        }
+        var directory = await resolving;
+
+        Assert.Equal(0, _hub.CdnGets("model.safetensors"));
+        Assert.Equal(weights.Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+    }
+
+    [Theory]
+    [InlineData("../../../escaped.safetensors")]
+    [InlineData("/tmp/absolute.safetensors")]
+    [InlineData("shards/../../escaped.safetensors")]
+    [InlineData("..\\escaped.safetensors")]
+    [InlineData("C:/escaped.safetensors")]
+    [InlineData("shard\u0000.safetensors")]
+    [InlineData("")]
+    public async Task PathTraversalInTheShardIndexIsRejected(string shardName)
+    {
+        var repo = _hub.AddRepo(RepoId);
+        repo.Put("config.json", "{}");
+        repo.Put("model.safetensors.index.json",
+            System.Text.Json.JsonSerializer.Serialize(new { metadata = new { }, weight_map = new Dictionary<string, string> { ["gpt_neox.embed_in.weight"] = shardName } }));
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+
+        Assert.Contains("unsafe file name", error.Message);
+        Assert.Equal(shardName, error.FileName);
+        Assert.DoesNotContain(_hub.Requests, r => r.Target.Contains("escaped", StringComparison.Ordinal));
+        Assert.Empty(Directory.GetFiles(_sandbox.Root, "escaped*", SearchOption.AllDirectories));
+        Assert.Empty(Directory.GetFiles("/tmp", "absolute.safetensors"));
+    }
+
+    [Fact]
+    public async Task MalformedCommitFromTheServerNeverBecomesAPath()
+    {
+        AddTinyRinna().CommitHeader = "../../../outside";
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
+
+        Assert.Contains("malformed commit", error.Message);
+        Assert.False(Directory.Exists(Path.Combine(_sandbox.Root, "outside")));
+    }
+}

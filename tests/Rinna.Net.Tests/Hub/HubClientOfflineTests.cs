@@ -1,0 +1,244 @@
+using System.Security.Cryptography;
+using System.Text;
+using Rinna.Net.Hub;
+
+namespace Rinna.Net.Tests.Hub;
+
+/// <summary>Resolution without a network: caches written by Python's huggingface_hub, offline switches, local directories.</summary>
+public sealed class HubClientOfflineTests : IDisposable
+{
+    private const string RepoId = "rinna/japanese-gpt-neox-3.6b";
+    private const string Commit = "1c9c3a4bd0e1f2a3b4c5d6e7f8091a2b3c4d5e6f";
+
+    /// <summary>Nothing listens here, so any attempt to go online fails instead of reaching the internet.</summary>
+    private const string DeadEndpoint = "http://127.0.0.1:9";
+
+    private readonly HubSandbox _sandbox = new();
+
+    public void Dispose() => _sandbox.Dispose();
+
+    /// <summary>
+    /// Writes a cache entry the way huggingface_hub 0.2x writes it: blobs named by git sha1 (small files) or sha256 (LFS),
+    /// snapshot entries as relative symlinks <c>../../blobs/&lt;etag&gt;</c>, <c>refs/&lt;revision&gt;</c> holding the commit without
+    /// a newline, and an empty <c>.no_exist</c> marker for a file the hub answered 404 for.
+    /// </summary>
+    private string WritePythonCache(string revisionRef = "main")
+    {
+        var repoDir = _sandbox.RepoDir(RepoId);
+        var snapshot = Path.Combine(repoDir, "snapshots", Commit);
+        Directory.CreateDirectory(Path.Combine(repoDir, "blobs"));
+        Directory.CreateDirectory(snapshot);
+        var model = Fixtures.Model("tiny-neox-rinna");
+        var tokenizer = Fixtures.Tokenizer("ja-3.6b-lookalike");
+        foreach (var source in new[]
+                 {
+                     Path.Combine(model, "config.json"), Path.Combine(model, "model.safetensors"),
+                     Path.Combine(tokenizer, "spiece.model"), Path.Combine(tokenizer, "tokenizer_config.json"),
+                 })
+        {
+            var content = File.ReadAllBytes(source);
+            var name = Path.GetFileName(source);
+            var etag = FakeFile.Create(name, content).Etag;
+            File.WriteAllBytes(Path.Combine(repoDir, "blobs", etag), content);
+            File.CreateSymbolicLink(Path.Combine(snapshot, name), $"../../blobs/{etag}");
+        }
+        var refPath = Path.Combine(repoDir, "refs", revisionRef);
+        Directory.CreateDirectory(Path.GetDirectoryName(refPath)!);
+        File.WriteAllText(refPath, Commit);
+        var noExist = Path.Combine(repoDir, ".no_exist", Commit);
+        Directory.CreateDirectory(noExist);
+        File.WriteAllBytes(Path.Combine(noExist, "generation_config.json"), []);
+        return snapshot;
+    }
+
+    [Fact]
+    public async Task SnapshotWrittenByPythonIsFoundWithLocalFilesOnly()
+    {
+        var snapshot = WritePythonCache();
+        using var client = _sandbox.CreateClient();
+
+        var directory = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer,
+            new HubOptions { LocalFilesOnly = true, Endpoint = DeadEndpoint });
+
+        Assert.Equal(snapshot, directory);
+        Assert.Equal(File.ReadAllBytes(Fixtures.Path("fixtures", "models", "tiny-neox-rinna", "model.safetensors")),
+            File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
+    }
+
+    [Fact]
+    public async Task HfHubOfflineAndHfHomeFindThePythonCache()
+    {
+        _sandbox.Environment.Remove("HF_HUB_CACHE");
+        _sandbox.Environment["HF_HOME"] = Path.Combine(_sandbox.Root);
+        _sandbox.Environment["HF_HUB_OFFLINE"] = "1";
+        _sandbox.Environment["HF_ENDPOINT"] = DeadEndpoint;
+        var snapshot = WritePythonCache();
+        using var client = _sandbox.CreateClient();
+
+        Assert.Equal(snapshot, await client.ResolveAsync(RepoId, HubFileSet.Model));
+    }
+
+    [Fact]
+    public async Task TagsPullRequestRefsAndCommitHashesResolveOffline()
+    {
+        var snapshot = WritePythonCache("refs/pr/1");
+        using var client = _sandbox.CreateClient();
+
+        Assert.Equal(snapshot, await client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true, Revision = "refs/pr/1" }));
+        Assert.Equal(snapshot, await client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true, Revision = Commit }));
+        var error = await Assert.ThrowsAsync<HubException>(() =>
+            client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true, Revision = "main" }));
+        Assert.Contains("'main'", error.Message);
+    }
+
+    [Fact]
+    public async Task LocalFilesOnlyWithoutACacheFailsClearlyWithoutNetwork()
+    {
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() =>
+            client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true, Endpoint = DeadEndpoint }));
+
+        Assert.Null(error.StatusCode);
+        Assert.Equal(RepoId, error.RepoId);
+        Assert.Contains("LocalFilesOnly", error.Message);
+        Assert.Contains("HF_HUB_OFFLINE", error.Message);
+        Assert.Contains(_sandbox.CacheDir, error.Message);
+    }
+
+    [Fact]
+    public async Task OfflineWithAPartialCacheNamesTheMissingFile()
+    {
+        var snapshot = WritePythonCache();
+        File.Delete(Path.Combine(snapshot, "model.safetensors"));
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<HubException>(() =>
+            client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true }));
+
+        Assert.Contains("no weights", error.Message);
+        Assert.Contains("offline", error.Message);
+    }
+
+    [Fact]
+    public async Task ExistingDirectoryIsUsedAsIs()
+    {
+        using var client = _sandbox.CreateClient();
+        var model = Fixtures.Model("tiny-neox-rinna");
+
+        Assert.Equal(Path.GetFullPath(model), await client.ResolveAsync(model, HubFileSet.Model, new HubOptions { Endpoint = DeadEndpoint }));
+    }
+
+    [Theory]
+    [InlineData("./no/such/directory")]
+    [InlineData("org/name/extra")]
+    [InlineData("org--x/name")]
+    [InlineData("org/../name")]
+    [InlineData("C:\\models\\x")]
+    public async Task NeitherDirectoryNorModelIdIsAnArgumentError(string modelIdOrPath)
+    {
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<ArgumentException>(() => client.ResolveAsync(modelIdOrPath, HubFileSet.Model));
+
+        Assert.Contains(modelIdOrPath, error.Message);
+    }
+
+    [Theory]
+    [InlineData("../../etc")]
+    [InlineData("/main")]
+    [InlineData("refs/../../x")]
+    [InlineData("main\\x")]
+    [InlineData("refs//pr")]
+    public async Task RevisionsThatCouldLeaveTheCacheAreRejected(string revision)
+    {
+        using var client = _sandbox.CreateClient();
+
+        var error = await Assert.ThrowsAsync<ArgumentException>(() =>
+            client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { Revision = revision, LocalFilesOnly = true }));
+
+        Assert.Contains(revision, error.Message);
+    }
+
+    [Fact]
+    public void HandlerThatFollowsRedirectsIsRefused()
+    {
+        using var handler = new SocketsHttpHandler();
+        Assert.Throws<ArgumentException>(() => new HubClient(handler));
+    }
+}
+
+/// <summary>The option → environment → default chain of huggingface_hub's constants.</summary>
+public sealed class HubSettingsTests
+{
+    private static HubSettings Resolve(Dictionary<string, string> environment, HubOptions? options = null) =>
+        HubSettings.Resolve(options, name => environment.GetValueOrDefault(name));
+
+    [Fact]
+    public void DefaultsMatchHuggingfaceHub()
+    {
+        var settings = Resolve(new() { ["HOME"] = "/home/u" });
+
+        Assert.Equal("/home/u/.cache/huggingface/hub", settings.CacheDir);
+        Assert.Equal("https://huggingface.co", settings.Endpoint);
+        Assert.Equal("main", settings.Revision);
+        Assert.Null(settings.Token);
+        Assert.False(settings.Offline);
+        Assert.Equal(TimeSpan.FromSeconds(10), settings.MetadataTimeout);
+    }
+
+    [Fact]
+    public void CacheDirectoryPrecedence()
+    {
+        Assert.Equal("/x/huggingface/hub", Resolve(new() { ["HOME"] = "/h", ["XDG_CACHE_HOME"] = "/x" }).CacheDir);
+        Assert.Equal("/hf/hub", Resolve(new() { ["HOME"] = "/h", ["XDG_CACHE_HOME"] = "/x", ["HF_HOME"] = "/hf" }).CacheDir);
+        Assert.Equal("/legacy", Resolve(new() { ["HOME"] = "/h", ["HF_HOME"] = "/hf", ["HUGGINGFACE_HUB_CACHE"] = "/legacy" }).CacheDir);
+        Assert.Equal("/cache", Resolve(new() { ["HOME"] = "/h", ["HUGGINGFACE_HUB_CACHE"] = "/legacy", ["HF_HUB_CACHE"] = "/cache" }).CacheDir);
+        Assert.Equal("/h/mine", Resolve(new() { ["HOME"] = "/h", ["HF_HUB_CACHE"] = "/cache" }, new HubOptions { CacheDir = "~/mine" }).CacheDir);
+    }
+
+    [Fact]
+    public void TokenPrecedenceEndsWithTheStoredTokenFile()
+    {
+        var home = Directory.CreateTempSubdirectory("rinna-hub-token-");
+        try
+        {
+            File.WriteAllText(Path.Combine(home.FullName, "token"), "hf_stored\n");
+            var environment = new Dictionary<string, string> { ["HOME"] = "/h", ["HF_HOME"] = home.FullName };
+            Assert.Equal("hf_stored", Resolve(environment).Token);
+            environment["HUGGING_FACE_HUB_TOKEN"] = "hf_legacy";
+            Assert.Equal("hf_legacy", Resolve(environment).Token);
+            environment["HF_TOKEN"] = "hf_env";
+            Assert.Equal("hf_env", Resolve(environment).Token);
+            Assert.Equal("hf_option", Resolve(environment, new HubOptions { Token = "hf_option" }).Token);
+        }
+        finally
+        {
+            home.Delete(recursive: true);
+        }
+    }
+
+    [Theory]
+    [InlineData("1", true)]
+    [InlineData("true", true)]
+    [InlineData("YES", true)]
+    [InlineData("on", true)]
+    [InlineData("0", false)]
+    [InlineData("false", false)]
+    public void OfflineSwitchAcceptsHuggingfaceHubSpellings(string value, bool offline)
+    {
+        Assert.Equal(offline, Resolve(new() { ["HOME"] = "/h", ["HF_HUB_OFFLINE"] = value }).Offline);
+        Assert.Equal(offline, Resolve(new() { ["HOME"] = "/h", ["TRANSFORMERS_OFFLINE"] = value }).Offline);
+    }
+
+    [Fact]
+    public void EndpointAndTimeoutsFromTheEnvironment()
+    {
+        var settings = Resolve(new() { ["HOME"] = "/h", ["HF_ENDPOINT"] = "https://mirror.example/", ["HF_HUB_ETAG_TIMEOUT"] = "2.5", ["HF_HUB_DOWNLOAD_TIMEOUT"] = "30" });
+
+        Assert.Equal("https://mirror.example", settings.Endpoint);
+        Assert.Equal(TimeSpan.FromSeconds(2.5), settings.MetadataTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(30), settings.ReadTimeout);
+        Assert.Throws<ArgumentException>(() => Resolve(new() { ["HOME"] = "/h" }, new HubOptions { Endpoint = "ftp://x" }));
+    }
+}

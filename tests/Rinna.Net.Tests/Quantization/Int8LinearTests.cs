@@ -1,0 +1,299 @@
+using Rinna.Net.Model.Quantization;
+using Rinna.Net.Native;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Tests.Quantization;
+
+public class Int8LinearTests
+{
+    public Int8LinearTests() => TorchSharpNativeLoader.EnsureInstalled();
+
+    public static TheoryData<int, int, int> OddShapes => new()
+    {
+        // M, K, N: single token, sizes below and around AVX-512 widths (16/32/64 bytes), primes, K above 2^24/127².
+        { 1, 1, 1 }, { 1, 7, 5 }, { 3, 13, 9 }, { 1, 63, 65 }, { 5, 129, 31 }, { 17, 64, 24 }, { 2, 100, 67 }, { 1, 1031, 17 }, { 4, 1100, 33 },
+    };
+
+    [Theory]
+    [MemberData(nameof(OddShapes))]
+    public void WeightCodesAndScalesFollowPerRowAbsmax(int m, int k, int n)
+    {
+        using var scope = NewDisposeScope();
+        _ = m;
+        var gen = new Generator((ulong)(k * 1000 + n));
+        var weight = randn(n, k, generator: gen) * 0.05;
+        using var layer = new Int8Linear(weight);
+
+        var (codes, scale) = Int8Reference.QuantizeRows(weight);
+        Assert.Equal(ScalarType.Int8, layer.Weight.dtype);
+        Assert.Equal(ScalarType.Float32, layer.WeightScale.dtype);
+        Assert.Equal(0.0, Int8Reference.MaxAbs(layer.Weight.to(ScalarType.Float64) - codes));
+        Assert.Equal(0.0, Int8Reference.MaxAbs(layer.WeightScale.to(ScalarType.Float64) - scale.squeeze(1)));
+        Assert.Equal(127.0, Int8Reference.MaxAbs(layer.Weight.to(ScalarType.Float64)));
+        // Dequantization error of absmax rounding is at most half a step per element.
+        var error = (layer.Weight.to(ScalarType.Float64) * scale - weight.to(ScalarType.Float64)).abs();
+        Assert.True((error - scale / 2).max().item<double>() <= 1e-7);
+    }
+
+    [Theory]
+    [MemberData(nameof(OddShapes))]
+    public void PureInt8MatchesExactIntegerArithmetic(int m, int k, int n)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)(m * 7919 + k * 31 + n));
+        var weight = randn(n, k, generator: gen) * 0.05;
+        var x = randn(m, k, generator: gen);
+        using var layer = new Int8Linear(weight, threshold: 0);
+
+        var expected = Int8Reference.Linear(x, layer.Weight, layer.WeightScale, null, threshold: 0);
+        var actual = layer.forward(x);
+
+        Assert.Equal(ScalarType.Float32, actual.dtype);
+        Assert.Equal(new long[] { m, n }, actual.shape);
+        Assert.True(Int8Reference.MaxAbs(actual - expected) <= 1e-5 * Math.Max(1e-3, Int8Reference.MaxAbs(expected)),
+            $"max error {Int8Reference.MaxAbs(actual - expected)} against max {Int8Reference.MaxAbs(expected)}");
+        var fallback = AtenInt8Kernels.FallbackLinear(x, layer.Weight, layer.WeightScale, null, threshold: 0);
+        Assert.True(Int8Reference.MaxAbs(fallback - expected) <= 1e-5 * Math.Max(1e-3, Int8Reference.MaxAbs(expected)),
+            $"fallback max error {Int8Reference.MaxAbs(fallback - expected)} against max {Int8Reference.MaxAbs(expected)}");
+    }
+
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void StaysWithinOnePercentOfTheFloatProduct(ScalarType computeType)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(42);
+        var weight = (randn(192, 320, generator: gen) * 0.02).to(computeType);
+        var bias = (randn(192, generator: gen) * 0.1).to(computeType);
+        var x = randn(8, 320, generator: gen).to(computeType);
+        using var layer = new Int8Linear(weight, bias);
+
+        var actual = layer.forward(x);
+        var exact = nn.functional.linear(x.to(ScalarType.Float64), weight.to(ScalarType.Float64), bias.to(ScalarType.Float64));
+
+        Assert.Equal(computeType, actual.dtype);
+        // Gaussian rows of a few hundred elements have absmax ≈ 3σ, so each 8-bit rounding adds noise of
+        // (3σ/127)/√12 ≈ 0.7 % of σ; activations and weights together ≈ 1 %. Measured 9.3e-3 (float32), 9.5e-3 (bfloat16).
+        Assert.InRange(Int8Reference.RelativeL2(actual, exact), 5e-3, 1.2e-2);
+    }
+
+    [Fact]
+    public void BFloat16InputMatchesTheReferenceToOutputRounding()
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(5);
+        var weight = randn(48, 77, generator: gen).to(ScalarType.BFloat16);
+        var x = (randn(6, 77, generator: gen) * 2).to(ScalarType.BFloat16);
+        using var layer = new Int8Linear(weight);
+
+        var expected = Int8Reference.Linear(x, layer.Weight, layer.WeightScale, null, layer.Threshold);
+        var actual = layer.forward(x);
+
+        Assert.Equal(ScalarType.BFloat16, actual.dtype);
+        var allowed = expected.abs() * Math.Pow(2, -8) + 1e-6;
+        Assert.True((actual.to(ScalarType.Float64) - expected).abs().le(allowed).all().item<bool>());
+    }
+
+    [Fact]
+    public void OutlierColumnsAreComputedInFloat()
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(7);
+        var weight = randn(64, 1024, generator: gen) * 0.02;
+        var x = randn(12, 1024, generator: gen).clamp(-3, 3);
+        // Planted outlier features as LLM.int8() describes them: one feature large in every token, and one large in
+        // two tokens only (a column counts as outlier for the whole batch). Without decomposition each token's step
+        // becomes ~0.4 and the ordinary features drown; with it, what is left is the int8 weight error on the outlier
+        // columns, smaller by about sqrt(ordinary features) / (3 sqrt(outlier features)).
+        x[.., 17] = randn(12, generator: gen).sign() * (30 + 30 * rand(12, generator: gen));
+        x[3, 700] = tensor(45f);
+        x[8, 700] = tensor(-52f);
+        var exact = nn.functional.linear(x.to(ScalarType.Float64), weight.to(ScalarType.Float64));
+
+        using var decomposed = new Int8Linear(weight, threshold: 6.0);
+        using var pure = new Int8Linear(weight, threshold: 0);
+        var withDecomposition = decomposed.forward(x);
+        var withoutDecomposition = pure.forward(x);
+
+        var expected = Int8Reference.Linear(x, decomposed.Weight, decomposed.WeightScale, null, 6.0);
+        Assert.True(Int8Reference.MaxAbs(withDecomposition - expected) <= 1e-5 * Int8Reference.MaxAbs(expected));
+        var errorWith = Int8Reference.RelativeL2(withDecomposition, exact);
+        var errorWithout = Int8Reference.RelativeL2(withoutDecomposition, exact);
+        // Measured: 9.6e-3 with decomposition, 6.0e-2 without.
+        Assert.True(errorWith < 1.2e-2, $"with decomposition {errorWith}");
+        Assert.True(errorWithout > 4 * errorWith, $"without {errorWithout}, with {errorWith}");
+    }
+
+    [Fact]
+    public void NegativeThresholdMeansPureInt8()
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(8);
+        var weight = randn(16, 40, generator: gen);
+        var x = randn(3, 40, generator: gen) * 10;
+        using var negative = new Int8Linear(weight, threshold: -1);
+        using var zero = new Int8Linear(weight, threshold: 0);
+        using var decomposed = new Int8Linear(weight, threshold: 6);
+        Assert.True(negative.forward(x).eq(zero.forward(x)).all().item<bool>());
+        Assert.False(decomposed.forward(x).eq(zero.forward(x)).all().item<bool>());
+    }
+
+    [Fact]
+    public void BiasIsAddedInFloat()
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(9);
+        var weight = randn(20, 30, generator: gen);
+        var bias = randn(20, generator: gen).to(ScalarType.Float16);
+        var x = randn(2, 3, 30, generator: gen);
+        using var withBias = new Int8Linear(weight, bias);
+        using var withoutBias = new Int8Linear(weight);
+
+        var difference = withBias.forward(x) - withoutBias.forward(x);
+        Assert.Equal(new long[] { 2, 3, 20 }, difference.shape);
+        Assert.True(Int8Reference.MaxAbs(difference - bias.to(ScalarType.Float32)) <= 1e-5);
+        Assert.Equal(ScalarType.Float32, withBias.Bias!.dtype);
+    }
+
+    [Fact]
+    public void StoresAboutOneBytePerWeightAndNoFloatCopy()
+    {
+        using var scope = NewDisposeScope();
+        var weight = randn(256, 512, dtype: ScalarType.Float16);
+        using var layer = new Int8Linear(weight, randn(256, dtype: ScalarType.Float16));
+
+        var storedBytes = layer.buffers().Concat(layer.parameters()).Sum(t => t.ElementSize * t.numel());
+        var bytesPerWeight = (double)storedBytes / weight.numel();
+        Assert.Equal(Int8Linear.StorageBytes(256, 512, hasBias: true), storedBytes);
+        using var withoutBias = new Int8Linear(weight);
+        Assert.Equal(Int8Linear.StorageBytes(256, 512, hasBias: false), withoutBias.buffers().Sum(t => t.ElementSize * t.numel()));
+        Assert.InRange(bytesPerWeight, 1.0, 1.1);
+        Assert.Empty(layer.parameters());
+        Assert.DoesNotContain(layer.buffers(), t => t.is_floating_point() && t.numel() == weight.numel());
+    }
+
+    [Fact]
+    public void ScriptAndFallbackPathsAgree()
+    {
+        using var scope = NewDisposeScope();
+        Assert.True(AtenInt8Kernels.IsScriptAvailable, AtenInt8Kernels.ScriptFailure);
+        var gen = new Generator(10);
+        var weight = randn(45, 71, generator: gen);
+        var x = randn(9, 71, generator: gen);
+        x[4, 13] = tensor(30f);
+        using var layer = new Int8Linear(weight, randn(45, generator: gen));
+        foreach (var threshold in new[] { 0.0, 6.0 })
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                var input = x.to(dtype);
+                var script = AtenInt8Kernels.ScriptLinear(input, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+                var fallback = AtenInt8Kernels.FallbackLinear(input, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+                Assert.Equal(dtype, fallback.dtype);
+                var tolerance = dtype == ScalarType.Float32 ? 1e-5 : 1e-2;
+                Assert.True(Int8Reference.MaxAbs(script.to(ScalarType.Float32) - fallback.to(ScalarType.Float32)) <= tolerance * Int8Reference.MaxAbs(script),
+                    $"threshold {threshold}, {dtype}");
+            }
+    }
+
+    [Fact]
+    public void ModelDtypeConversionKeepsStorageAndResult()
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(11);
+        var weight = randn(24, 40, generator: gen);
+        var x = randn(2, 40, generator: gen);
+        using var layer = new Int8Linear(weight, randn(24, generator: gen));
+        var before = layer.forward(x);
+
+        layer.to(ScalarType.BFloat16);
+        layer.to(CPU);
+
+        Assert.Equal(ScalarType.Int8, layer.Weight.dtype);
+        Assert.Equal(ScalarType.Float32, layer.WeightScale.dtype);
+        Assert.Equal(ScalarType.Float32, layer.Bias!.dtype);
+        Assert.True(layer.forward(x).eq(before).all().item<bool>());
+    }
+
+    [Fact]
+    public void DeviceMovesKeepOneCopyOfEachBufferAndTheirDtypes()
+    {
+        using var scope = NewDisposeScope();
+        using var layer = new Int8Linear(randn(8, 16), randn(8));
+
+        layer.to(new Device(DeviceType.META));
+
+        var buffers = layer.named_buffers().ToDictionary(b => b.name, b => b.buffer);
+        Assert.Equal(["weight", "weight_scale", "bias"], buffers.Keys);
+        Assert.All(buffers.Values, b => Assert.Equal(DeviceType.META, b.device_type));
+        Assert.Same(buffers["weight"], layer.Weight);
+        Assert.Same(buffers["weight_scale"], layer.WeightScale);
+        Assert.Same(buffers["bias"], layer.Bias);
+        Assert.Equal(ScalarType.Int8, layer.Weight.dtype);
+        Assert.Equal(ScalarType.Float32, layer.WeightScale.dtype);
+    }
+
+    [Fact]
+    public void EmptyBatchGivesEmptyOutput()
+    {
+        using var scope = NewDisposeScope();
+        using var layer = new Int8Linear(randn(8, 16));
+        var output = layer.forward(zeros(1, 0, 16, dtype: ScalarType.BFloat16));
+        Assert.Equal(new long[] { 1, 0, 8 }, output.shape);
+        Assert.Equal(ScalarType.BFloat16, output.dtype);
+    }
+
+    [Fact]
+    public void RejectsBadWeightsAndInputs()
+    {
+        using var scope = NewDisposeScope();
+        Assert.Throws<ArgumentException>(() => new Int8Linear(randn(4)));
+        Assert.Throws<ArgumentException>(() => new Int8Linear(ones(4, 4, dtype: ScalarType.Int8)));
+        Assert.Throws<ArgumentException>(() => new Int8Linear(randn(4, 4), randn(5)));
+        Assert.Throws<ArgumentException>(() => new Int8Linear(randn(4, 4), threshold: double.NaN));
+        using var layer = new Int8Linear(randn(4, 6));
+        var wrongWidth = Assert.Throws<ArgumentException>(() => layer.forward(randn(2, 5)));
+        Assert.Contains("6", wrongWidth.Message);
+        Assert.Throws<ArgumentException>(() => layer.forward(ones(2, 6, dtype: ScalarType.Int32)));
+    }
+
+    [Fact]
+    public async Task ScriptArgumentsSurviveGarbageCollectionDuringTheCall()
+    {
+        // TorchSharp's invoke() passes a double as the handle of a temporary Scalar; a collection at the wrong moment
+        // freed it and the call read garbage ("Expected false to be true" in Scalar::toLong). Force collections throughout.
+        using var stop = new CancellationTokenSource();
+        var collector = Task.Run(() =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+            }
+        });
+        try
+        {
+            RepeatForwardAndCompare(4_000);
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await collector;
+        }
+    }
+
+    private static void RepeatForwardAndCompare(int times)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(12);
+        using var layer = new Int8Linear(randn(8, 16, generator: gen));
+        var x = randn(2, 16, generator: gen);
+        var expected = layer.forward(x);
+        for (var i = 0; i < times; i++)
+        {
+            using var step = NewDisposeScope();
+            Assert.True(layer.forward(x).eq(expected).all().item<bool>(), $"call {i}");
+        }
+    }
+}
