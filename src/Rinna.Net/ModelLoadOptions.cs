@@ -1,4 +1,6 @@
 using Rinna.Net.Hub;
+using Rinna.Net.Model.DeviceMap;
+using Rinna.Net.Model.Quantization;
 
 namespace Rinna.Net;
 
@@ -26,6 +28,26 @@ public class ModelLoadOptions : HubOptions
 {
     /// <summary>HF's <c>torch_dtype</c>. Default <see cref="TorchDtype.Float32"/>, as in transformers.</summary>
     public TorchDtype TorchDtype { get; set; } = TorchDtype.Float32;
+
+    /// <summary>
+    /// HF's <c>load_in_8bit</c>: quantize every linear layer except the output head to int8 while loading (LLM.int8():
+    /// per-row weight scales, per-token activation scales, outlier features above <see cref="Model.Quantization.QuantizationConfig.Int8Threshold"/>
+    /// kept in floating point). Shorthand for <see cref="QuantizationConfig"/> with <c>LoadIn8Bit</c> set.
+    /// </summary>
+    public bool LoadIn8Bit { get; set; }
+
+    /// <summary>HF's <c>quantization_config</c> (<c>BitsAndBytesConfig</c>): threshold and modules to skip.</summary>
+    public QuantizationConfig? QuantizationConfig { get; set; }
+
+    /// <summary>
+    /// HF's <c>device_map</c>: <c>"auto"</c>, <c>"balanced"</c>, <c>"sequential"</c>, <c>"cpu"</c>, a device such as
+    /// <c>"cuda:0"</c>, or an explicit map from module name (<c>gpt_neox.embed_in</c>, <c>gpt_neox.layers.N</c>,
+    /// <c>gpt_neox.final_layer_norm</c>, <c>embed_out</c>) to device. <c>null</c> puts everything on the cpu, as HF does.
+    /// </summary>
+    public DeviceMapSpec? DeviceMap { get; set; }
+
+    /// <summary>HF's <c>max_memory</c>: the most each device may hold for <see cref="DeviceMap"/> planning.</summary>
+    public MaxMemory? MaxMemory { get; set; }
 
     /// <summary>Reports loading progress tensor by tensor.</summary>
     public IProgress<LoadProgress>? LoadProgress { get; set; }

@@ -22,22 +22,24 @@ public sealed record TensorEntry(string Name, ScalarType DType, long[] Shape, lo
 /// (length bounds, dtypes, shape × element size == byte range, ranges inside the file and non-overlapping)
 /// before any tensor is touched, and tensor data is copied straight from a memory-mapped view into tensor storage.
 /// </summary>
+/// <remarks>
+/// Each tensor is read through its own short-lived view, so mapped file pages leave the process's resident set as soon
+/// as the tensor is copied: loading a checkpoint never holds the file and the model in memory at once.
+/// </remarks>
 public sealed class SafetensorsFile : IDisposable
 {
     /// <summary>Largest header accepted (the reference implementation uses the same bound).</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
     private readonly MemoryMappedFile map;
-    private readonly MemoryMappedViewAccessor view;
     private readonly Dictionary<string, (TensorEntry Entry, long Offset)> tensors;
     private bool disposed;
 
-    private SafetensorsFile(string path, MemoryMappedFile map, MemoryMappedViewAccessor view,
+    private SafetensorsFile(string path, MemoryMappedFile map,
         Dictionary<string, (TensorEntry, long)> tensors, IReadOnlyDictionary<string, string> metadata)
     {
         Path = path;
         this.map = map;
-        this.view = view;
         this.tensors = tensors;
         Metadata = metadata;
     }
@@ -80,8 +82,7 @@ public sealed class SafetensorsFile : IDisposable
             long dataStart = 8 + headerLength;
             var (tensors, metadata) = ParseHeader(header, path, length - dataStart, dataStart);
             map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
-            var view = map.CreateViewAccessor(0, length, MemoryMappedFileAccess.Read);
-            return new SafetensorsFile(path, map, view, tensors, metadata);
+            return new SafetensorsFile(path, map, tensors, metadata);
         }
         catch
         {
@@ -126,6 +127,7 @@ public sealed class SafetensorsFile : IDisposable
         long elementSize = destination.ElementSize;
         using var flat = destination.view(-1);
         long elementsPerChunk = Math.Max(1, chunkBytes / elementSize);
+        using var view = map.CreateViewAccessor(fileOffset, byteLength, MemoryMappedFileAccess.Read);
         byte* basePointer = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePointer);
         try
@@ -135,7 +137,7 @@ public sealed class SafetensorsFile : IDisposable
             {
                 long count = Math.Min(elementsPerChunk, byteLength / elementSize - first);
                 using var chunk = flat.narrow(0, first, count);
-                var source = new ReadOnlySpan<byte>(basePointer + fileOffset + first * elementSize, checked((int)(count * elementSize)));
+                var source = new ReadOnlySpan<byte>(basePointer + first * elementSize, checked((int)(count * elementSize)));
                 source.CopyTo(chunk.bytes);
             }
         }
@@ -150,7 +152,6 @@ public sealed class SafetensorsFile : IDisposable
     {
         if (disposed) return;
         disposed = true;
-        view.Dispose();
         map.Dispose();
     }
 

@@ -79,7 +79,10 @@ public sealed class GptNeoXForCausalLM : nn.Module
         .Append(new KeyValuePair<string, string>("embed_out", HeadDevice.ToString()))
         .ToDictionary(kv => kv.Key, kv => kv.Value);
 
-    internal Device HeadDevice { get; set; } = CPU;
+    private Device HeadDevice => embed_out is TiedLinear ? gpt_neox.EmbedIn.Weight.device : DeviceOf(embed_out);
+
+    private static Device DeviceOf(nn.Module module) =>
+        module.parameters().Select(p => p.device).Concat(module.buffers().Select(b => b.device)).FirstOrDefault() ?? CPU;
 
     /// <summary>Every parameter name and shape a checkpoint for <paramref name="config"/> must hold.</summary>
     public static IReadOnlyDictionary<string, long[]> ExpectedParameterShapes(GptNeoXConfig config)

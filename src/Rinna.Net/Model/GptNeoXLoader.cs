@@ -1,6 +1,9 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Rinna.Net.Checkpoint;
+using Rinna.Net.Model.DeviceMap;
+using Rinna.Net.Model.Quantization;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Model;
@@ -17,25 +20,92 @@ internal static class GptNeoXLoader
         var expected = GptNeoXForCausalLM.ExpectedParameterShapes(config);
         Validate(checkpoint, entries, expected, config);
 
+        var requested = options.QuantizationConfig ?? new QuantizationConfig();
+        var quantization = new QuantizationConfig
+        {
+            LoadIn8Bit = requested.LoadIn8Bit || options.LoadIn8Bit,
+            Int8Threshold = requested.Int8Threshold,
+            SkipModules = requested.SkipModules,
+        };
+        quantization.Validate();
+
         var stored = entries["gpt_neox.embed_in.weight"].DType;
-        var dtype = ResolveDType(options.TorchDtype, stored, logger);
-        logger.LogInformation("Loading {Layers}-layer GPT-NeoX from {Files} ({Format}, stored {Stored}) as {DType}",
-            config.NumHiddenLayers, string.Join(", ", checkpoint.Files), checkpoint.Format, stored, dtype);
+        var spec = options.DeviceMap ?? DeviceMapSpec.Cpu;
+        var probeDType = ResolveDType(options.TorchDtype, stored, onCpu: false, logger);
+        var plan = DeviceMapPlanner.Plan(spec, Footprints(config, probeDType, quantization), ComputeDevice.DetectAvailable(), options.MaxMemory);
+        var dtype = ResolveDType(options.TorchDtype, stored, onCpu: plan.Values.Contains("cpu"), logger);
+        logger.LogInformation("Loading {Layers}-layer GPT-NeoX from {Files} ({Format}, stored {Stored}) as {DType}{Int8}, device map {Map}",
+            config.NumHiddenLayers, string.Join(", ", checkpoint.Files), checkpoint.Format, stored, dtype,
+            quantization.LoadIn8Bit ? " with int8 linear layers" : "", spec);
 
         int loaded = 0;
         var source = new ParameterSource(dtype, (name, shape) =>
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var tensor = checkpoint.ReadTensor(name, dtype);
+            // Weights about to be quantized are read as stored, so they are rounded once (to int8), not twice.
+            var tensor = checkpoint.ReadTensor(name, IsQuantizedWeight(name, quantization) ? null : dtype);
+            var device = new Device(plan[ModuleOf(name)]);
+            if (device.type != TorchSharp.DeviceType.CPU)
+            {
+                var moved = tensor.to(device);
+                tensor.Dispose();
+                tensor = moved;
+            }
             options.LoadProgress?.Report(new LoadProgress(++loaded, expected.Count, name));
             return tensor;
-        });
+        }, (name, weight, bias) => CreateLinear(name, weight, bias, quantization));
         var model = new GptNeoXForCausalLM(config, source) { SourceDirectory = Path.GetFullPath(directory) };
         model.eval();
         return model;
     }
 
-    internal static ScalarType ResolveDType(TorchDtype requested, ScalarType stored, ILogger logger)
+    private static TorchSharp.torch.nn.Module<Tensor, Tensor> CreateLinear(string name, Parameter weight, Parameter? bias, QuantizationConfig quantization)
+    {
+        if (!quantization.LoadIn8Bit || !quantization.ShouldQuantize(name)) return new DenseLinear(weight, bias);
+        var layer = new Int8Linear(weight, bias, quantization.Int8Threshold);
+        weight.Dispose();
+        bias?.Dispose();
+        return layer;
+    }
+
+    private static bool IsQuantizedWeight(string name, QuantizationConfig quantization) =>
+        quantization.LoadIn8Bit && name.EndsWith(".weight", StringComparison.Ordinal)
+        && LinearModules.Any(m => name.EndsWith("." + m + ".weight", StringComparison.Ordinal) || name == m + ".weight")
+        && quantization.ShouldQuantize(name[..^".weight".Length]);
+
+    private static readonly string[] LinearModules = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "embed_out"];
+
+    /// <summary>The device-map unit a parameter belongs to (<c>gpt_neox.layers.3.mlp.dense_h_to_4h.weight</c> → <c>gpt_neox.layers.3</c>).</summary>
+    internal static string ModuleOf(string parameterName)
+    {
+        var parts = parameterName.Split('.');
+        return parts[0] == "gpt_neox" ? parts[1] == "layers" ? $"gpt_neox.layers.{parts[2]}" : $"gpt_neox.{parts[1]}" : parts[0];
+    }
+
+    /// <summary>Bytes each device-map unit will hold after dtype conversion and quantization.</summary>
+    internal static IReadOnlyList<ModuleFootprint> Footprints(GptNeoXConfig config, ScalarType dtype, QuantizationConfig quantization)
+    {
+        long element = dtype == ScalarType.Float32 ? 4 : 2, h = config.HiddenSize, i = config.IntermediateSize, v = config.VocabSize;
+        long Linear(string module, long output, long input, bool hasBias) =>
+            quantization.LoadIn8Bit && quantization.ShouldQuantize(module)
+                ? Int8Linear.StorageBytes(output, input, hasBias)
+                : (output * input + (hasBias ? output : 0)) * element;
+        var modules = new List<ModuleFootprint> { new("gpt_neox.embed_in", v * h * element) };
+        for (int layer = 0; layer < config.NumHiddenLayers; layer++)
+        {
+            var p = $"gpt_neox.layers.{layer}";
+            modules.Add(new(p, 4 * h * element
+                + Linear(p + ".attention.query_key_value", 3 * h, h, config.AttentionBias)
+                + Linear(p + ".attention.dense", h, h, config.AttentionBias)
+                + Linear(p + ".mlp.dense_h_to_4h", i, h, true)
+                + Linear(p + ".mlp.dense_4h_to_h", h, i, true)));
+        }
+        modules.Add(new("gpt_neox.final_layer_norm", 2 * h * element));
+        modules.Add(new("embed_out", config.TieWordEmbeddings ? 0 : Linear("embed_out", v, h, false)));
+        return modules;
+    }
+
+    internal static ScalarType ResolveDType(TorchDtype requested, ScalarType stored, bool onCpu, ILogger logger)
     {
         var dtype = requested switch
         {
@@ -45,7 +115,7 @@ internal static class GptNeoXLoader
             TorchDtype.BFloat16 => ScalarType.BFloat16,
             _ => throw new ArgumentOutOfRangeException(nameof(requested), requested, "unknown TorchDtype."),
         };
-        if (dtype == ScalarType.Float16)
+        if (dtype == ScalarType.Float16 && onCpu)
         {
             logger.LogWarning("float16 was requested; libtorch's CPU float16 matrix products are about 8x slower than bfloat16 for prompts, so the model computes in bfloat16");
             dtype = ScalarType.BFloat16;
