@@ -3,6 +3,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using Rinna.Net.Checkpoint;
 using Rinna.Net.Model.DeviceMap;
 using Rinna.Net.Model.Quantization;
+using Rinna.Net.Native;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -43,7 +44,9 @@ internal static class GptNeoXLoader
         {
             cancellationToken.ThrowIfCancellationRequested();
             // Weights about to be quantized are read as stored, so they are rounded once (to int8), not twice.
-            var tensor = checkpoint.ReadTensor(name, IsQuantizedWeight(name, quantization) ? null : dtype);
+            var targetDType = IsQuantizedWeight(name, quantization) ? (ScalarType?)null : dtype;
+            var tensor = checkpoint.ReadTensor(name, targetDType);
+            if (entries[name].DType != tensor.dtype) NativeHeap.Trim();
             var device = new Device(plan[ModuleOf(name)]);
             if (device.type != TorchSharp.DeviceType.CPU)
             {
@@ -65,6 +68,7 @@ internal static class GptNeoXLoader
         var layer = new Int8Linear(weight, bias, quantization.Int8Threshold);
         weight.Dispose();
         bias?.Dispose();
+        NativeHeap.Trim();
         return layer;
     }
 
