@@ -16,7 +16,7 @@ public class GenerationBenchmarks
     [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = "pythia-160m";
 
-    [Params("Float32", "BFloat16")]
+    [Params("Float32", "BFloat16", "Int8")]
     public string DType { get; set; } = "Float32";
 
     public static IEnumerable<string> Shapes => BenchmarkSettings.Short ? ["pythia-160m", "rinna-4b-L4"] : ["pythia-160m", "rinna-4b"];
@@ -25,9 +25,8 @@ public class GenerationBenchmarks
     public void Setup()
     {
         torch.set_num_threads(2);
-        var dtype = DType == "BFloat16" ? ScalarType.BFloat16 : ScalarType.Float32;
-        model = GptNeoXForCausalLM.CreateRandom(ModelShapes.Get(Shape), seed: 1234, dtype);
-        model.eval();
+        model = AutoModelForCausalLM.FromPretrainedAsync(BenchmarkCheckpoints.Ensure(Shape), BenchmarkCheckpoints.Options(DType))
+            .GetAwaiter().GetResult();
         var random = new Random(7);
         Tensor Ids(int n) => tensor(Enumerable.Range(0, n).Select(_ => (long)random.Next(4, model.Config.VocabSize)).ToArray()).unsqueeze(0);
         prompt128 = Ids(128);

@@ -26,11 +26,15 @@ public static class ModelShapes
         RotaryPct = 1.0, UseParallelResidual = false, MaxPositionEmbeddings = 2048, BosTokenId = 2, EosTokenId = 3,
     };
 
-    /// <summary>Weight bytes one decode step streams from memory: every matrix except the embedding (one row of it is read).</summary>
-    public static double DecodeBytesPerToken(GptNeoXConfig c, double bytesPerWeight)
+    /// <summary>
+    /// Weight bytes one decode step streams from memory: every layer matrix and the output head (the embedding is only
+    /// indexed). With int8 the layers take one byte per weight and the head keeps the compute dtype.
+    /// </summary>
+    public static double DecodeBytesPerToken(GptNeoXConfig c, string dtype)
     {
         double h = c.HiddenSize, i = c.IntermediateSize;
         double perLayer = 3 * h * h + h * h + 2 * h * i;
-        return (c.NumHiddenLayers * perLayer + c.VocabSize * h) * bytesPerWeight;
+        (double layerBytes, double headBytes) = dtype switch { "Float32" => (4.0, 4.0), "Int8" => (1.0, 2.0), _ => (2.0, 2.0) };
+        return c.NumHiddenLayers * perLayer * layerBytes + c.VocabSize * h * headBytes;
     }
 }

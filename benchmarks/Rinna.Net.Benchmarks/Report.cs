@@ -34,12 +34,18 @@ public static class Report
             string roofline = "", percent = "";
             if (method == "DecodeToken" && bandwidth is { } b)
             {
-                double bytesPerWeight = dtype switch { "Float32" => 4, "Int8" => 1, _ => 2 };
-                double limit = b * 1e9 / ModelShapes.DecodeBytesPerToken(ModelShapes.Get(shape), bytesPerWeight);
+                double limit = b * 1e9 / ModelShapes.DecodeBytesPerToken(ModelShapes.Get(shape), dtype);
                 roofline = limit.ToString("F2", inv);
                 percent = (100 * tokensPerSecond / limit).ToString("F0", inv) + " %";
             }
             md.AppendLine($"| {method} | {shape} | {dtype} | {tokensPerSecond.ToString("F2", inv)} | {roofline} | {percent} |");
+        }
+        var loads = reports.Where(r => r.BenchmarkCase.Descriptor.WorkloadMethod.Name == "Load").ToList();
+        if (loads.Count > 0)
+        {
+            md.AppendLine().AppendLine("| load (float16 checkpoint) | shape | dtype | seconds |").AppendLine("| --- | --- | --- | --- |");
+            foreach (var r in loads)
+                md.AppendLine($"| Load | {r.BenchmarkCase.Parameters["Shape"]} | {r.BenchmarkCase.Parameters["DType"]} | {(r.ResultStatistics!.Mean / 1e9).ToString("F2", inv)} |");
         }
         if (File.Exists(PeakMemory.File))
         {

@@ -1,0 +1,32 @@
+using Rinna.Net.Model;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Benchmarks;
+
+/// <summary>
+/// Deterministic random-weight checkpoints in Hugging Face layout (float16 safetensors, like rinna's published files),
+/// written once per shape under the temp directory and reused by every benchmark process.
+/// </summary>
+public static class BenchmarkCheckpoints
+{
+    public static string Directory(string shape) => Path.Combine(Path.GetTempPath(), "rinna-net-bench", shape);
+
+    public static string Ensure(string shape)
+    {
+        var directory = Directory(shape);
+        var done = Path.Combine(directory, ".complete");
+        if (File.Exists(done)) return directory;
+        using (var model = GptNeoXForCausalLM.CreateRandom(ModelShapes.Get(shape) with { TorchDtype = "float16" }, seed: 1234, ScalarType.Float16))
+            model.SavePretrained(directory);
+        File.WriteAllText(done, DateTime.UtcNow.ToString("O"));
+        return directory;
+    }
+
+    public static ModelLoadOptions Options(string dtype) => dtype switch
+    {
+        "Float32" => new ModelLoadOptions { TorchDtype = TorchDtype.Float32 },
+        "BFloat16" => new ModelLoadOptions { TorchDtype = TorchDtype.BFloat16 },
+        "Int8" => new ModelLoadOptions { TorchDtype = TorchDtype.BFloat16, LoadIn8Bit = true },
+        _ => throw new ArgumentException($"unknown dtype '{dtype}'", nameof(dtype)),
+    };
+}
