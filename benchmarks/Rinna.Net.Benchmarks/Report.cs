@@ -56,7 +56,6 @@ public static class Report
             }
         }
         var path = Path.Combine("BenchmarkDotNet.Artifacts", "results", "rinna-summary.md");
-        // (written next to BenchmarkDotNet's own markdown exports)
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         File.WriteAllText(path, md.ToString());
         Console.WriteLine(md.ToString());
