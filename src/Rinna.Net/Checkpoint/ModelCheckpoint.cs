@@ -116,6 +116,8 @@ public sealed class ModelCheckpoint : IDisposable
             if (document.RootElement.ValueKind != JsonValueKind.Object
                 || !document.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new CheckpointException(indexPath, "'weight_map' must be an object mapping tensor names to shard files.");
+            if (JsonStrings.FindUnreadable(map) is { } unreadable)
+                throw new CheckpointException(indexPath, $"{unreadable.Replace("$", "weight_map", StringComparison.Ordinal)} is not valid Unicode text.");
             var result = new List<(string, string)>();
             foreach (var entry in map.EnumerateObject())
             {

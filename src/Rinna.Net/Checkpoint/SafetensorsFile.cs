@@ -192,6 +192,8 @@ public sealed class SafetensorsFile : IDisposable
         {
             if (document.RootElement.ValueKind != JsonValueKind.Object)
                 throw new CheckpointException(path, "the header must be a JSON object.");
+            if (JsonStrings.FindUnreadable(document.RootElement) is { } unreadable)
+                throw new CheckpointException(path, $"the header's {unreadable} is not valid UTF-8 / Unicode text.");
             var tensors = new Dictionary<string, (TensorEntry, long)>(StringComparer.Ordinal);
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             var ranges = new List<(long Begin, long End, string Name)>();

@@ -247,6 +247,8 @@ public sealed record GenerationConfig
         {
             throw new ModelConfigException(sourceName, null, $"not valid JSON ({ex.Message}).", ex);
         }
+        if (JsonStrings.FindUnreadable(root) is { } unreadable)
+            throw new ModelConfigException(sourceName, null, $"{unreadable} is not valid Unicode text (an escaped lone surrogate).");
 
         var r = new FieldReader(root, sourceName);
         var d = new GenerationConfig();

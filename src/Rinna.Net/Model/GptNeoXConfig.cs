@@ -104,6 +104,8 @@ public sealed record GptNeoXConfig
         {
             throw new ModelConfigException(sourceName, null, $"not valid JSON ({ex.Message}).", ex);
         }
+        if (JsonStrings.FindUnreadable(root) is { } unreadable)
+            throw new ModelConfigException(sourceName, null, $"{unreadable} is not valid Unicode text (an escaped lone surrogate).");
 
         var reader = new JsonFieldReader(root, sourceName);
         var defaults = new GptNeoXConfig();
