@@ -97,7 +97,9 @@ public sealed record GptNeoXConfig
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64 }) as JsonObject
+            // Duplicate keys are refused: Python keeps the last one silently, and two readers disagreeing on a value is how
+            // a reviewed file ends up meaning something else.
+            root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64, AllowDuplicateProperties = false }) as JsonObject
                 ?? throw new ModelConfigException(sourceName, null, "the top level must be a JSON object.");
         }
         catch (JsonException ex)
