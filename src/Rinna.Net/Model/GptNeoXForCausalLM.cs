@@ -402,10 +402,15 @@ internal sealed class RotaryEmbedding
     /// <summary>cos and sin rows for each position id, <c>[batch, 1, seq, rotary_ndims]</c>, float32.</summary>
     public (Tensor Cos, Tensor Sin) Tables(Tensor positionIds, long totalLength)
     {
-        var (cos, sin) = EnsureTables(Math.Max(totalLength, positionIds.max().item<long>() + 1));
-        var flat = positionIds.to(cos.device).reshape(-1);
-        var shape = new long[] { positionIds.shape[0], 1, positionIds.shape[1], dim };
-        return (cos.index_select(0, flat).view(shape), sin.index_select(0, flat).view(shape));
+        long needed = Math.Max(totalLength, positionIds.max().item<long>() + 1);
+        // Rows are selected under the (reentrant) lock too: a thread needing other tables disposes these ones.
+        lock (gate)
+        {
+            var (cos, sin) = EnsureTables(needed);
+            var flat = positionIds.to(cos.device).reshape(-1);
+            var shape = new long[] { positionIds.shape[0], 1, positionIds.shape[1], dim };
+            return (cos.index_select(0, flat).view(shape), sin.index_select(0, flat).view(shape));
+        }
     }
 
     private (Tensor, Tensor) EnsureTables(long neededLength)
