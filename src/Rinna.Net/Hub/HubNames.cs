@@ -30,6 +30,9 @@ internal static partial class HubNames
     /// <summary>An LFS etag is the sha256 of the file's content, which makes the download verifiable.</summary>
     public static bool IsSha256(string etag) => Sha256Pattern().IsMatch(etag);
 
+    /// <summary>A plain (non-LFS) file's etag is its git blob sha1: <c>sha1("blob &lt;size&gt;\0" + content)</c>.</summary>
+    public static bool IsGitBlobSha1(string etag) => CommitHashPattern().IsMatch(etag);
+
     public static bool IsValidRepoId(string repoId) =>
         RepoIdPattern().IsMatch(repoId)
         && !repoId.Contains("--", StringComparison.Ordinal)
