@@ -153,7 +153,7 @@ internal sealed class PyTorchPickleFile : ITensorFile
     private sealed record TensorDescriptor(TensorEntry Entry, string StorageKey, long StorageOffset, long[] Stride)
     {
         public long RequiredStorageElements =>
-            Entry.ElementCount == 0 ? 0 : StorageOffset + 1 + Entry.Shape.Zip(Stride, (size, stride) => (size - 1) * stride).Sum();
+            Entry.ElementCount == 0 ? 0 : checked(StorageOffset + 1 + Entry.Shape.Zip(Stride, (size, stride) => checked((size - 1) * stride)).Sum());
     }
 
     private sealed record Global(string Name);
@@ -260,10 +260,19 @@ internal sealed class PyTorchPickleFile : ITensorFile
                     var shape = size.Select(s => s is long l && l >= 0 ? l : throw Fail("negative or non-integer tensor size.")).ToArray();
                     var strides = stride.Select(s => s is long l && l >= 0 ? l : throw Fail("negative or non-integer tensor stride.")).ToArray();
                     if (offset < 0) throw Fail("negative storage offset.");
-                    long elements = 1;
-                    foreach (var dim in shape) elements = checked(elements * dim);
-                    return new TensorDescriptor(new TensorEntry("", storage.DType, shape, checked(elements * ElementSize(storage.DType))),
-                        storage.Key, offset, strides);
+                    try
+                    {
+                        long elements = 1;
+                        foreach (var dim in shape) elements = checked(elements * dim);
+                        var descriptor = new TensorDescriptor(new TensorEntry("", storage.DType, shape, checked(elements * ElementSize(storage.DType))),
+                            storage.Key, offset, strides);
+                        _ = descriptor.RequiredStorageElements;
+                        return descriptor;
+                    }
+                    catch (OverflowException)
+                    {
+                        throw Fail($"tensor size [{string.Join(", ", shape)}], stride [{string.Join(", ", strides)}] at offset {offset} overflows a 64-bit extent.");
+                    }
                 default:
                     throw Fail($"cannot construct '{global.Name}'.");
             }
