@@ -98,6 +98,11 @@ internal sealed class PyTorchPickleFile : ITensorFile
         var descriptor = Find(name);
         var entryName = $"{root}/data/{descriptor.StorageKey}";
         var entry = archive.GetEntry(entryName) ?? throw new CheckpointException(Path, $"tensor '{name}': storage '{entryName}' is missing.");
+        // Deflate expands at most about 1032-fold, and torch.save stores entries uncompressed: a larger claimed size is a
+        // lie in the zip header, refused before the storage it claims is allocated.
+        if (entry.Length > entry.CompressedLength * 1032 + 1024)
+            throw new CheckpointException(Path,
+                $"tensor '{name}': storage '{entryName}' claims {entry.Length} bytes in {entry.CompressedLength} stored bytes; the archive is corrupt.");
         int elementSize = ElementSize(descriptor.Entry.DType);
         if (entry.Length % elementSize != 0 || entry.Length / elementSize < descriptor.RequiredStorageElements)
             throw new CheckpointException(Path,
@@ -111,7 +116,7 @@ internal sealed class PyTorchPickleFile : ITensorFile
             var result = dtype is null || dtype == descriptor.Entry.DType ? strided.contiguous().clone() : strided.to(dtype.Value).contiguous();
             return result;
         }
-        catch (InvalidDataException ex)
+        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
         {
             throw new CheckpointException(Path, $"tensor '{name}': corrupt storage ({ex.Message}).", ex);
         }
