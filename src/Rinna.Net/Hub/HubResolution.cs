@@ -126,7 +126,7 @@ internal sealed class HubResolution
 
         // A commit never changes, so what the cache knows about it (the file, or that it does not exist) needs no request.
         var revision = _commit ?? _settings.Revision;
-        if (HubNames.IsCommitHash(revision) && (File.Exists(_cache.SnapshotPath(revision, fileName)) || _cache.IsKnownMissing(revision, fileName)))
+        if (HubNames.IsCommitHash(revision) && (_cache.HasSnapshotFile(revision, fileName) || _cache.IsKnownMissing(revision, fileName)))
             return FromCache(fileName, required, cause: null);
         if (_networkFailure is not null) return FromCache(fileName, required, _networkFailure);
 
@@ -184,7 +184,7 @@ internal sealed class HubResolution
                 + "Download it once online.");
         _commit = commit;
 
-        if (File.Exists(_cache.SnapshotPath(commit, fileName))) return CacheHit(commit, fileName);
+        if (_cache.HasSnapshotFile(commit, fileName)) return CacheHit(commit, fileName);
         if (_cache.IsKnownMissing(commit, fileName))
         {
             if (required) throw Error(fileName, 404, $"the file does not exist in the repository at commit {commit} (cached answer of the hub).");
