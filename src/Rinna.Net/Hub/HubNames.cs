@@ -9,20 +9,20 @@ namespace Rinna.Net.Hub;
 /// </summary>
 internal static partial class HubNames
 {
-    [GeneratedRegex("^[0-9a-f]{40}$")]
+    [GeneratedRegex(@"^[0-9a-f]{40}\z")]
     private static partial Regex CommitHashPattern();
 
-    [GeneratedRegex("^[0-9a-f]{64}$")]
+    [GeneratedRegex(@"^[0-9a-f]{64}\z")]
     private static partial Regex Sha256Pattern();
 
     // huggingface_hub's validate_repo_id, restricted to ASCII: an optional namespace, then a name of at most 96 characters.
-    [GeneratedRegex(@"^([A-Za-z0-9_.\-]+/)?[A-Za-z0-9_.\-]{1,96}$")]
+    [GeneratedRegex(@"^([A-Za-z0-9_.\-]+/)?[A-Za-z0-9_.\-]{1,96}\z")]
     private static partial Regex RepoIdPattern();
 
-    [GeneratedRegex(@"^[A-Za-z0-9_.+\-]+$")]
+    [GeneratedRegex(@"^[A-Za-z0-9_.+\-]+\z")]
     private static partial Regex PathSegmentPattern();
 
-    [GeneratedRegex(@"^[A-Za-z0-9_\-]{1,128}$")]
+    [GeneratedRegex(@"^[A-Za-z0-9_\-]{1,128}\z")]
     private static partial Regex EtagPattern();
 
     public static bool IsCommitHash(string value) => CommitHashPattern().IsMatch(value);
