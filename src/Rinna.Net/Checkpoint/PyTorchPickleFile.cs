@@ -197,10 +197,10 @@ internal sealed class PyTorchPickleFile : ITensorFile
                     case (byte)'J': Push((long)BinaryPrimitives.ReadInt32LittleEndian(Take(4))); break; // BININT
                     case 0x8a: Push(ReadLong1()); break; // LONG1
                     case (byte)'G': Push(BinaryPrimitives.ReadDoubleBigEndian(Take(8))); break; // BINFLOAT
-                    case (byte)'X': Push(Encoding.UTF8.GetString(Take(checked((int)BinaryPrimitives.ReadUInt32LittleEndian(Take(4)))))); break;
+                    case (byte)'X': Push(Encoding.UTF8.GetString(TakeLengthPrefixed())); break; // BINUNICODE
                     case 0x8c: Push(Encoding.UTF8.GetString(Take(ReadByte()))); break; // SHORT_BINUNICODE
                     case (byte)'U': Push(Encoding.Latin1.GetString(Take(ReadByte()))); break; // SHORT_BINSTRING
-                    case (byte)'T': Push(Encoding.Latin1.GetString(Take(checked((int)BinaryPrimitives.ReadUInt32LittleEndian(Take(4)))))); break;
+                    case (byte)'T': Push(Encoding.Latin1.GetString(TakeLengthPrefixed())); break; // BINSTRING
                     case (byte)'q': memo[ReadByte()] = Peek(); break; // BINPUT
                     case (byte)'r': memo[BinaryPrimitives.ReadUInt32LittleEndian(Take(4))] = Peek(); break; // LONG_BINPUT
                     case 0x94: memo[memo.Count] = Peek(); break; // MEMOIZE
@@ -334,6 +334,13 @@ internal sealed class PyTorchPickleFile : ITensorFile
         }
 
         private void Skip(int count) => Take(count);
+
+        /// <summary>A 32-bit little-endian length, then that many bytes; a length beyond int (and so beyond the data) ends early.</summary>
+        private ReadOnlySpan<byte> TakeLengthPrefixed()
+        {
+            uint length = BinaryPrimitives.ReadUInt32LittleEndian(Take(4));
+            return Take(length > int.MaxValue ? -1 : (int)length);
+        }
 
         private string ReadLine()
         {
