@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.IO.Compression;
 using System.Text;
 using Rinna.Net.Checkpoint;
 using Rinna.Net.Generation;
@@ -121,6 +122,50 @@ public sealed class ParserFuzzTests(ITestOutputHelper output) : IDisposable
         {
             File.WriteAllBytes(Path.Combine(work.FullName, "spiece.model"), m.MutateBytes(model));
             Exercise(AutoTokenizer.FromDirectory(work.FullName));
+        });
+    }
+
+    [Fact]
+    public void PyTorchBinArchive()
+    {
+        // torch.save's zip: the pickle (the state dict's structure) is mutated and re-zipped with the real storages,
+        // and one input in four damages the archive's own headers and central directory instead.
+        var original = File.ReadAllBytes(Path.Combine(Fixtures.Model("tiny-neox-rinna-bin"), ModelCheckpoint.PyTorchBinName));
+        var entries = new List<(string Name, byte[] Data)>();
+        using (var zip = new ZipArchive(new MemoryStream(original), ZipArchiveMode.Read))
+            foreach (var entry in zip.Entries)
+            {
+                using var stream = entry.Open();
+                var data = new byte[entry.Length];
+                stream.ReadExactly(data);
+                entries.Add((entry.FullName, data));
+            }
+        var path = Path.Combine(work.FullName, ModelCheckpoint.PyTorchBinName);
+
+        FuzzRunner.Run("pytorch_model.bin", 1000, output, m =>
+        {
+            File.Delete(path);
+            if (m.Next(4) == 0)
+            {
+                var damaged = m.Next(2) == 0
+                    ? [.. m.MutateBytes(original[..4096]), .. original[4096..]]
+                    : original[..^4096].Concat(m.MutateBytes(original[^4096..])).ToArray();
+                File.WriteAllBytes(path, damaged);
+            }
+            else
+            {
+                using var zip = ZipFile.Open(path, ZipArchiveMode.Create);
+                foreach (var (name, data) in entries)
+                {
+                    using var stream = zip.CreateEntry(name, CompressionLevel.NoCompression).Open();
+                    stream.Write(name.EndsWith("/data.pkl", StringComparison.Ordinal) ? m.MutateBytes(data) : data);
+                }
+            }
+            using var checkpoint = ModelCheckpoint.Open(work.FullName);
+            foreach (var name in checkpoint.Entries.Keys)
+            {
+                using var tensor = checkpoint.ReadTensor(name);
+            }
         });
     }
 
