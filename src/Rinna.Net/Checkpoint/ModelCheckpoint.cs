@@ -116,6 +116,8 @@ public sealed class ModelCheckpoint : IDisposable
             if (document.RootElement.ValueKind != JsonValueKind.Object
                 || !document.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new CheckpointException(indexPath, "'weight_map' must be an object mapping tensor names to shard files.");
+            if (JsonStrings.FindUnreadable(map) is { } unreadable)
+                throw new CheckpointException(indexPath, $"{unreadable.Replace("$", "weight_map", StringComparison.Ordinal)} is not valid Unicode text.");
             var result = new List<(string, string)>();
             foreach (var entry in map.EnumerateObject())
             {
@@ -141,9 +143,10 @@ public sealed class ModelCheckpoint : IDisposable
     {
         bool suspicious = Path.IsPathRooted(shardName) || shardName.Contains('\\') || shardName.Contains('\0')
             || shardName.Split('/').Any(part => part is ".." or "." or "");
-        var full = Path.GetFullPath(Path.Combine(root, shardName));
         var rootWithSeparator = root.EndsWith(Path.DirectorySeparatorChar) ? root : root + Path.DirectorySeparatorChar;
-        if (suspicious || !full.StartsWith(rootWithSeparator, StringComparison.Ordinal))
+        // Checked before GetFullPath, which throws ArgumentException for a name holding NUL.
+        var full = suspicious ? null : Path.GetFullPath(Path.Combine(root, shardName));
+        if (full is null || !full.StartsWith(rootWithSeparator, StringComparison.Ordinal))
             throw new CheckpointException(indexPath, $"shard name '{shardName}' points outside the model directory; refusing to open it.");
         return full;
     }

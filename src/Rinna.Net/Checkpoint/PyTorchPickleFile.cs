@@ -98,6 +98,11 @@ internal sealed class PyTorchPickleFile : ITensorFile
         var descriptor = Find(name);
         var entryName = $"{root}/data/{descriptor.StorageKey}";
         var entry = archive.GetEntry(entryName) ?? throw new CheckpointException(Path, $"tensor '{name}': storage '{entryName}' is missing.");
+        // Deflate expands at most about 1032-fold, and torch.save stores entries uncompressed: a larger claimed size is a
+        // lie in the zip header, refused before the storage it claims is allocated.
+        if (entry.Length > entry.CompressedLength * 1032 + 1024)
+            throw new CheckpointException(Path,
+                $"tensor '{name}': storage '{entryName}' claims {entry.Length} bytes in {entry.CompressedLength} stored bytes; the archive is corrupt.");
         int elementSize = ElementSize(descriptor.Entry.DType);
         if (entry.Length % elementSize != 0 || entry.Length / elementSize < descriptor.RequiredStorageElements)
             throw new CheckpointException(Path,
@@ -111,7 +116,7 @@ internal sealed class PyTorchPickleFile : ITensorFile
             var result = dtype is null || dtype == descriptor.Entry.DType ? strided.contiguous().clone() : strided.to(dtype.Value).contiguous();
             return result;
         }
-        catch (InvalidDataException ex)
+        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
         {
             throw new CheckpointException(Path, $"tensor '{name}': corrupt storage ({ex.Message}).", ex);
         }
@@ -153,7 +158,7 @@ internal sealed class PyTorchPickleFile : ITensorFile
     private sealed record TensorDescriptor(TensorEntry Entry, string StorageKey, long StorageOffset, long[] Stride)
     {
         public long RequiredStorageElements =>
-            Entry.ElementCount == 0 ? 0 : StorageOffset + 1 + Entry.Shape.Zip(Stride, (size, stride) => (size - 1) * stride).Sum();
+            Entry.ElementCount == 0 ? 0 : checked(StorageOffset + 1 + Entry.Shape.Zip(Stride, (size, stride) => checked((size - 1) * stride)).Sum());
     }
 
     private sealed record Global(string Name);
@@ -192,10 +197,10 @@ internal sealed class PyTorchPickleFile : ITensorFile
                     case (byte)'J': Push((long)BinaryPrimitives.ReadInt32LittleEndian(Take(4))); break; // BININT
                     case 0x8a: Push(ReadLong1()); break; // LONG1
                     case (byte)'G': Push(BinaryPrimitives.ReadDoubleBigEndian(Take(8))); break; // BINFLOAT
-                    case (byte)'X': Push(Encoding.UTF8.GetString(Take(checked((int)BinaryPrimitives.ReadUInt32LittleEndian(Take(4)))))); break;
+                    case (byte)'X': Push(Encoding.UTF8.GetString(TakeLengthPrefixed())); break; // BINUNICODE
                     case 0x8c: Push(Encoding.UTF8.GetString(Take(ReadByte()))); break; // SHORT_BINUNICODE
                     case (byte)'U': Push(Encoding.Latin1.GetString(Take(ReadByte()))); break; // SHORT_BINSTRING
-                    case (byte)'T': Push(Encoding.Latin1.GetString(Take(checked((int)BinaryPrimitives.ReadUInt32LittleEndian(Take(4)))))); break;
+                    case (byte)'T': Push(Encoding.Latin1.GetString(TakeLengthPrefixed())); break; // BINSTRING
                     case (byte)'q': memo[ReadByte()] = Peek(); break; // BINPUT
                     case (byte)'r': memo[BinaryPrimitives.ReadUInt32LittleEndian(Take(4))] = Peek(); break; // LONG_BINPUT
                     case 0x94: memo[memo.Count] = Peek(); break; // MEMOIZE
@@ -260,10 +265,19 @@ internal sealed class PyTorchPickleFile : ITensorFile
                     var shape = size.Select(s => s is long l && l >= 0 ? l : throw Fail("negative or non-integer tensor size.")).ToArray();
                     var strides = stride.Select(s => s is long l && l >= 0 ? l : throw Fail("negative or non-integer tensor stride.")).ToArray();
                     if (offset < 0) throw Fail("negative storage offset.");
-                    long elements = 1;
-                    foreach (var dim in shape) elements = checked(elements * dim);
-                    return new TensorDescriptor(new TensorEntry("", storage.DType, shape, checked(elements * ElementSize(storage.DType))),
-                        storage.Key, offset, strides);
+                    try
+                    {
+                        long elements = 1;
+                        foreach (var dim in shape) elements = checked(elements * dim);
+                        var descriptor = new TensorDescriptor(new TensorEntry("", storage.DType, shape, checked(elements * ElementSize(storage.DType))),
+                            storage.Key, offset, strides);
+                        _ = descriptor.RequiredStorageElements;
+                        return descriptor;
+                    }
+                    catch (OverflowException)
+                    {
+                        throw Fail($"tensor size [{string.Join(", ", shape)}], stride [{string.Join(", ", strides)}] at offset {offset} overflows a 64-bit extent.");
+                    }
                 default:
                     throw Fail($"cannot construct '{global.Name}'.");
             }
@@ -320,6 +334,13 @@ internal sealed class PyTorchPickleFile : ITensorFile
         }
 
         private void Skip(int count) => Take(count);
+
+        /// <summary>A 32-bit little-endian length, then that many bytes; a length beyond int (and so beyond the data) ends early.</summary>
+        private ReadOnlySpan<byte> TakeLengthPrefixed()
+        {
+            uint length = BinaryPrimitives.ReadUInt32LittleEndian(Take(4));
+            return Take(length > int.MaxValue ? -1 : (int)length);
+        }
 
         private string ReadLine()
         {

@@ -193,6 +193,8 @@ public sealed class SafetensorsFile : IDisposable
         {
             if (document.RootElement.ValueKind != JsonValueKind.Object)
                 throw new CheckpointException(path, "the header must be a JSON object.");
+            if (JsonStrings.FindUnreadable(document.RootElement) is { } unreadable)
+                throw new CheckpointException(path, $"the header's {unreadable} is not valid UTF-8 / Unicode text.");
             var tensors = new Dictionary<string, (TensorEntry, long)>(StringComparer.Ordinal);
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
             var ranges = new List<(long Begin, long End, string Name)>();
@@ -249,7 +251,8 @@ public sealed class SafetensorsFile : IDisposable
         }
         if (!value.TryGetProperty("data_offsets", out var offsets) || offsets.ValueKind != JsonValueKind.Array || offsets.GetArrayLength() != 2)
             throw Bad("'data_offsets' must be [begin, end].");
-        if (!offsets[0].TryGetInt64(out var begin) || !offsets[1].TryGetInt64(out var end) || begin < 0 || end < begin)
+        if (offsets[0].ValueKind != JsonValueKind.Number || offsets[1].ValueKind != JsonValueKind.Number
+            || !offsets[0].TryGetInt64(out var begin) || !offsets[1].TryGetInt64(out var end) || begin < 0 || end < begin)
             throw Bad($"invalid data_offsets {offsets.GetRawText()}.");
         if (elements > long.MaxValue / elementSize || elements * elementSize != end - begin)
             throw Bad($"shape [{string.Join(", ", shape)}] of {dtypeName} needs {elements * elementSize} bytes but data_offsets give {end - begin}.");

@@ -240,13 +240,17 @@ public sealed record GenerationConfig
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64 }) as JsonObject
+            // Duplicate keys are refused: Python keeps the last one silently, and two readers disagreeing on a value is how
+            // a reviewed file ends up meaning something else.
+            root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64, AllowDuplicateProperties = false }) as JsonObject
                 ?? throw new ModelConfigException(sourceName, null, "the top level must be a JSON object.");
         }
         catch (JsonException ex)
         {
             throw new ModelConfigException(sourceName, null, $"not valid JSON ({ex.Message}).", ex);
         }
+        if (JsonStrings.FindUnreadable(root) is { } unreadable)
+            throw new ModelConfigException(sourceName, null, $"{unreadable} is not valid Unicode text (an escaped lone surrogate).");
 
         var r = new FieldReader(root, sourceName);
         var d = new GenerationConfig();

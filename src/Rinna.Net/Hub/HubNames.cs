@@ -9,26 +9,29 @@ namespace Rinna.Net.Hub;
 /// </summary>
 internal static partial class HubNames
 {
-    [GeneratedRegex("^[0-9a-f]{40}$")]
+    [GeneratedRegex(@"^[0-9a-f]{40}\z")]
     private static partial Regex CommitHashPattern();
 
-    [GeneratedRegex("^[0-9a-f]{64}$")]
+    [GeneratedRegex(@"^[0-9a-f]{64}\z")]
     private static partial Regex Sha256Pattern();
 
     // huggingface_hub's validate_repo_id, restricted to ASCII: an optional namespace, then a name of at most 96 characters.
-    [GeneratedRegex(@"^([A-Za-z0-9_.\-]+/)?[A-Za-z0-9_.\-]{1,96}$")]
+    [GeneratedRegex(@"^([A-Za-z0-9_.\-]+/)?[A-Za-z0-9_.\-]{1,96}\z")]
     private static partial Regex RepoIdPattern();
 
-    [GeneratedRegex(@"^[A-Za-z0-9_.+\-]+$")]
+    [GeneratedRegex(@"^[A-Za-z0-9_.+\-]+\z")]
     private static partial Regex PathSegmentPattern();
 
-    [GeneratedRegex(@"^[A-Za-z0-9_\-]{1,128}$")]
+    [GeneratedRegex(@"^[A-Za-z0-9_\-]{1,128}\z")]
     private static partial Regex EtagPattern();
 
     public static bool IsCommitHash(string value) => CommitHashPattern().IsMatch(value);
 
     /// <summary>An LFS etag is the sha256 of the file's content, which makes the download verifiable.</summary>
     public static bool IsSha256(string etag) => Sha256Pattern().IsMatch(etag);
+
+    /// <summary>A plain (non-LFS) file's etag is its git blob sha1: <c>sha1("blob &lt;size&gt;\0" + content)</c>.</summary>
+    public static bool IsGitBlobSha1(string etag) => CommitHashPattern().IsMatch(etag);
 
     public static bool IsValidRepoId(string repoId) =>
         RepoIdPattern().IsMatch(repoId)

@@ -25,6 +25,16 @@ internal sealed class HubRepoCache(string cacheDir, string repoId, ILogger logge
 
     public string SnapshotPath(string commit, string fileName) => Inside(SnapshotDir(commit), fileName);
 
+    /// <summary>
+    /// Whether the snapshot holds the file. A link whose blob was deleted does not count (as in huggingface_hub, which
+    /// follows links); <see cref="File.Exists"/> alone would say yes, since .NET reports a dangling symlink as existing.
+    /// </summary>
+    public bool HasSnapshotFile(string commit, string fileName)
+    {
+        var entry = new FileInfo(SnapshotPath(commit, fileName));
+        return entry.LinkTarget is null ? entry.Exists : entry.ResolveLinkTarget(returnFinalTarget: true) is { Exists: true };
+    }
+
     public string BlobPath(string etag) => Inside(RepoDir, "blobs", etag);
 
     public string IncompletePath(string etag) => BlobPath(etag) + ".incomplete";

@@ -126,7 +126,7 @@ internal sealed class HubResolution
 
         // A commit never changes, so what the cache knows about it (the file, or that it does not exist) needs no request.
         var revision = _commit ?? _settings.Revision;
-        if (HubNames.IsCommitHash(revision) && (File.Exists(_cache.SnapshotPath(revision, fileName)) || _cache.IsKnownMissing(revision, fileName)))
+        if (HubNames.IsCommitHash(revision) && (_cache.HasSnapshotFile(revision, fileName) || _cache.IsKnownMissing(revision, fileName)))
             return FromCache(fileName, required, cause: null);
         if (_networkFailure is not null) return FromCache(fileName, required, _networkFailure);
 
@@ -184,7 +184,7 @@ internal sealed class HubResolution
                 + "Download it once online.");
         _commit = commit;
 
-        if (File.Exists(_cache.SnapshotPath(commit, fileName))) return CacheHit(commit, fileName);
+        if (_cache.HasSnapshotFile(commit, fileName)) return CacheHit(commit, fileName);
         if (_cache.IsKnownMissing(commit, fileName))
         {
             if (required) throw Error(fileName, 404, $"the file does not exist in the repository at commit {commit} (cached answer of the hub).");
@@ -279,17 +279,41 @@ internal sealed class HubResolution
         using var sha256 = new RunningSha256();
         await WithRetriesAsync(fileName, () => DownloadAttemptAsync(fileName, metadata, incomplete, sha256)).ConfigureAwait(false);
 
-        var actual = sha256.Finish();
-        if (HubNames.IsSha256(metadata.Etag) && actual != metadata.Etag)
+        var (checksum, actual) = HubNames.IsSha256(metadata.Etag) ? ("sha256", sha256.Finish())
+            : HubNames.IsGitBlobSha1(metadata.Etag) ? ("git blob sha1", GitBlobSha1(incomplete))
+            : (null, null);
+        if (actual is not null && actual != metadata.Etag)
         {
             File.Delete(incomplete);
             throw Error(fileName, null,
-                $"the downloaded file is corrupt: its sha256 is {actual}, the hub announced {metadata.Etag}. The partial file was deleted; try again.");
+                $"the downloaded file is corrupt: its {checksum} is {actual}, the hub announced {metadata.Etag}. The partial file was deleted; try again.");
         }
         File.Move(incomplete, _cache.BlobPath(metadata.Etag), overwrite: true);
         _filesDownloaded++;
         _bytesDownloaded += metadata.Size;
         _logger.LogInformation("Downloaded {File} of {RepoId}: {Size} bytes in {Seconds:0.0} s", fileName, _repoId, metadata.Size, started.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>
+    /// The git object id of a file, which the hub sends as the etag of files not stored in LFS (configs, tokenizer JSON):
+    /// checking it catches a resumed download stitched onto bytes a crash damaged, which the size alone cannot.
+    /// </summary>
+    private static string GitBlobSha1(string path)
+    {
+        using var sha1 = IncrementalHash.CreateHash(HashAlgorithmName.SHA1);
+        using var file = File.OpenRead(path);
+        sha1.AppendData(System.Text.Encoding.ASCII.GetBytes($"blob {file.Length}\0"));
+        var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
+        try
+        {
+            int read;
+            while ((read = file.Read(buffer)) > 0) sha1.AppendData(buffer.AsSpan(0, read));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+        return Convert.ToHexStringLower(sha1.GetHashAndReset());
     }
 
     /// <summary>One GET from where the <c>.incomplete</c> file ends; succeeds once the file has the announced size and is fully hashed.</summary>

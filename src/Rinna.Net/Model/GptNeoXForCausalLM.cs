@@ -1,6 +1,7 @@
 // GPT-NeoX for causal language modelling, laid out like Hugging Face's models/gpt_neox/modeling_gpt_neox.py (v4.38)
 // so the two can be read side by side: rotary embedding → attention → MLP → layer → model → causal-LM head.
 // Module and parameter names equal HF's state-dict names, so checkpoints load by name.
+using System.Numerics;
 using Rinna.Net.Checkpoint;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -405,10 +406,15 @@ internal sealed class RotaryEmbedding
     /// <summary>cos and sin rows for each position id, <c>[batch, 1, seq, rotary_ndims]</c>, float32.</summary>
     public (Tensor Cos, Tensor Sin) Tables(Tensor positionIds, long totalLength)
     {
-        var (cos, sin) = EnsureTables(Math.Max(totalLength, positionIds.max().item<long>() + 1));
-        var flat = positionIds.to(cos.device).reshape(-1);
-        var shape = new long[] { positionIds.shape[0], 1, positionIds.shape[1], dim };
-        return (cos.index_select(0, flat).view(shape), sin.index_select(0, flat).view(shape));
+        long needed = Math.Max(totalLength, positionIds.max().item<long>() + 1);
+        // Rows are selected under the (reentrant) lock too: a thread needing other tables disposes these ones.
+        lock (gate)
+        {
+            var (cos, sin) = EnsureTables(needed);
+            var flat = positionIds.to(cos.device).reshape(-1);
+            var shape = new long[] { positionIds.shape[0], 1, positionIds.shape[1], dim };
+            return (cos.index_select(0, flat).view(shape), sin.index_select(0, flat).view(shape));
+        }
     }
 
     private (Tensor, Tensor) EnsureTables(long neededLength)
@@ -416,7 +422,9 @@ internal sealed class RotaryEmbedding
         lock (gate)
         {
             double rotaryBase = config.RotaryEmbBase;
-            long length = Math.Max(config.MaxPositionEmbeddings, neededLength);
+            // Sized by the positions actually used (doubling as they grow), not by max_position_embeddings: a config may
+            // claim billions of positions, and every row depends only on its own position, so the values are the same.
+            long length = Math.Max(256, (long)BitOperations.RoundUpToPowerOf2((ulong)neededLength));
             if (config.RopeScaling is { Type: "dynamic" } dynamic && neededLength > config.MaxPositionEmbeddings)
                 // NTK-aware growth of the base, recomputed for the current total length as HF does.
                 rotaryBase *= Math.Pow(dynamic.Factor * neededLength / config.MaxPositionEmbeddings - (dynamic.Factor - 1), dim / (dim - 2.0));

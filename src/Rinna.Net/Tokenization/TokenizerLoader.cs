@@ -144,6 +144,8 @@ internal static class TokenizerLoader
             using var document = JsonDocument.Parse(stream);
             if (document.RootElement.ValueKind != JsonValueKind.Object)
                 throw new TokenizerException(path, null, $"expected a JSON object, found {document.RootElement.ValueKind}");
+            if (JsonStrings.FindUnreadable(document.RootElement) is { } unreadable)
+                throw new TokenizerException(path, null, $"{unreadable} is not valid Unicode text (an escaped lone surrogate)");
             return new JsonFile(path, document.RootElement.Clone());
         }
         catch (JsonException e)
