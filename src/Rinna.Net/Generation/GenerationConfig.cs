@@ -213,19 +213,7 @@ public sealed record GenerationConfig
 
     /// <summary>Reads a model's <c>generation_config.json</c>.</summary>
     /// <exception cref="ModelConfigException">The file is missing, is not JSON, or a field has the wrong type or an invalid value.</exception>
-    public static GenerationConfig FromFile(string path)
-    {
-        string text;
-        try
-        {
-            text = File.ReadAllText(path);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new ModelConfigException(path, null, $"cannot read the file ({ex.Message}).", ex);
-        }
-        return FromJson(text, path);
-    }
+    public static GenerationConfig FromFile(string path) => FromJson(ConfigJson.ReadText(path), path);
 
     /// <summary>
     /// Parses the text of a <c>generation_config.json</c>. Unknown keys (<c>transformers_version</c>,
@@ -237,20 +225,7 @@ public sealed record GenerationConfig
     /// <exception cref="ModelConfigException">The text is not a JSON object, or a field has the wrong type or an invalid value.</exception>
     public static GenerationConfig FromJson(string json, string? sourceName = null)
     {
-        JsonObject root;
-        try
-        {
-            // Duplicate keys are refused: Python keeps the last one silently, and two readers disagreeing on a value is how
-            // a reviewed file ends up meaning something else.
-            root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64, AllowDuplicateProperties = false }) as JsonObject
-                ?? throw new ModelConfigException(sourceName, null, "the top level must be a JSON object.");
-        }
-        catch (JsonException ex)
-        {
-            throw new ModelConfigException(sourceName, null, $"not valid JSON ({ex.Message}).", ex);
-        }
-        if (JsonStrings.FindUnreadable(root) is { } unreadable)
-            throw new ModelConfigException(sourceName, null, $"{unreadable} is not valid Unicode text (an escaped lone surrogate).");
+        var root = ConfigJson.ParseObject(json, sourceName);
 
         var r = new FieldReader(root, sourceName);
         var d = new GenerationConfig();

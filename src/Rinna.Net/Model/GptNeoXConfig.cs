@@ -74,19 +74,7 @@ public sealed record GptNeoXConfig
 
     /// <summary>Reads and validates a <c>config.json</c> file.</summary>
     /// <exception cref="ModelConfigException">The file is missing, is not JSON, or holds an invalid value.</exception>
-    public static GptNeoXConfig FromFile(string path)
-    {
-        string text;
-        try
-        {
-            text = File.ReadAllText(path);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            throw new ModelConfigException(path, null, $"cannot read the file ({ex.Message}).", ex);
-        }
-        return FromJson(text, path);
-    }
+    public static GptNeoXConfig FromFile(string path) => FromJson(ConfigJson.ReadText(path), path);
 
     /// <summary>Parses and validates the text of a <c>config.json</c>.</summary>
     /// <param name="json">The JSON text.</param>
@@ -94,20 +82,7 @@ public sealed record GptNeoXConfig
     /// <exception cref="ModelConfigException">The text is not a JSON object or holds an invalid value.</exception>
     public static GptNeoXConfig FromJson(string json, string? sourceName = null)
     {
-        JsonObject root;
-        try
-        {
-            // Duplicate keys are refused: Python keeps the last one silently, and two readers disagreeing on a value is how
-            // a reviewed file ends up meaning something else.
-            root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64, AllowDuplicateProperties = false }) as JsonObject
-                ?? throw new ModelConfigException(sourceName, null, "the top level must be a JSON object.");
-        }
-        catch (JsonException ex)
-        {
-            throw new ModelConfigException(sourceName, null, $"not valid JSON ({ex.Message}).", ex);
-        }
-        if (JsonStrings.FindUnreadable(root) is { } unreadable)
-            throw new ModelConfigException(sourceName, null, $"{unreadable} is not valid Unicode text (an escaped lone surrogate).");
+        var root = ConfigJson.ParseObject(json, sourceName);
 
         var reader = new JsonFieldReader(root, sourceName);
         var defaults = new GptNeoXConfig();

@@ -1,3 +1,4 @@
+using Rinna.Net.Tokenization;
 using System.Text.Json;
 using Google.Protobuf;
 using Rinna.Net.Tokenization.Training;

@@ -1,16 +1,5 @@
 namespace Rinna.Net.Tokenization.SentencePiece;
 
-/// <summary>Piece types of <c>sentencepiece_model.proto</c> (<c>ModelProto.SentencePiece.Type</c>).</summary>
-internal enum PieceType
-{
-    Normal = 1,
-    Unknown = 2,
-    Control = 3,
-    UserDefined = 4,
-    Unused = 5,
-    Byte = 6,
-}
-
 /// <summary>Segmentation algorithms of <c>TrainerSpec.ModelType</c>.</summary>
 internal enum SentencePieceModelType
 {
@@ -20,7 +9,7 @@ internal enum SentencePieceModelType
     Char = 4,
 }
 
-internal readonly record struct ModelPiece(string Piece, float Score, PieceType Type);
+internal readonly record struct ModelPiece(string Piece, float Score, SentencePieceType Type);
 
 internal sealed record NormalizerSpec(
     string Name,
@@ -90,7 +79,7 @@ internal sealed record ModelProto(
     {
         string? piece = null;
         var score = 0f;
-        var type = PieceType.Normal;
+        var type = SentencePieceType.Normal;
         var reader = new ProtoWireReader(bytes);
         while (!reader.AtEnd)
         {
@@ -108,9 +97,9 @@ internal sealed record ModelProto(
                 case 3:
                     ProtoWireReader.Expect(wire, ProtoWireReader.WireVarint, "type");
                     var raw = reader.ReadInt32();
-                    if (raw is < (int)PieceType.Normal or > (int)PieceType.Byte)
+                    if (raw is < (int)SentencePieceType.Normal or > (int)SentencePieceType.Byte)
                         throw new FormatException($"piece {index} has unknown type {raw}");
-                    type = (PieceType)raw;
+                    type = (SentencePieceType)raw;
                     break;
                 default:
                     reader.Skip(wire);

@@ -36,7 +36,7 @@ internal sealed class PieceRunDecoder
     /// <summary>Appends a piece whose id is known; <paramref name="piece"/> must be what <c>PieceToId</c> maps to <paramref name="id"/>.</summary>
     public void Append(int id, string piece)
     {
-        if (model.TypeOf(id) == PieceType.Byte)
+        if (model.TypeOf(id) == SentencePieceType.Byte)
         {
             pendingBytes.Add(ByteValue(id));
             DecodePendingBytes(runEnded: false);
@@ -49,9 +49,9 @@ internal sealed class PieceRunDecoder
 
         switch (model.TypeOf(id))
         {
-            case PieceType.Control:
+            case SentencePieceType.Control:
                 return;
-            case PieceType.Unknown:
+            case SentencePieceType.Unknown:
                 Output.Append(model.IdToPiece(id) == piece ? model.Proto.UnknownSurface : piece);
                 return;
         }

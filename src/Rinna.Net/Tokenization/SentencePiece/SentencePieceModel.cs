@@ -26,7 +26,7 @@ internal sealed class SentencePieceModel
 
     private readonly string[] pieces;
     private readonly float[] scores;
-    private readonly PieceType[] types;
+    private readonly SentencePieceType[] types;
     private readonly Dictionary<string, int> idsByPiece;
     private readonly ByteTrie segmentationTrie = new();
     private readonly int[] byteIds = Enumerable.Repeat(-1, 256).ToArray();
@@ -41,7 +41,7 @@ internal sealed class SentencePieceModel
         var count = proto.Pieces.Count;
         pieces = new string[count];
         scores = new float[count];
-        types = new PieceType[count];
+        types = new SentencePieceType[count];
         idsByPiece = new Dictionary<string, int>(count, StringComparer.Ordinal);
         var userDefined = new ByteTrie();
         var hasUserDefined = false;
@@ -58,25 +58,25 @@ internal sealed class SentencePieceModel
 
             switch (type)
             {
-                case PieceType.Normal:
+                case SentencePieceType.Normal:
                     minScore = Math.Min(minScore, score);
                     maxScore = Math.Max(maxScore, score);
                     segmentationTrie.TryAdd(Encoding.UTF8.GetBytes(piece), id);
                     break;
-                case PieceType.UserDefined:
+                case SentencePieceType.UserDefined:
                     segmentationTrie.TryAdd(Encoding.UTF8.GetBytes(piece), id);
                     userDefined.TryAdd(Encoding.UTF8.GetBytes(piece), id);
                     hasUserDefined = true;
                     break;
-                case PieceType.Unused:
+                case SentencePieceType.Unused:
                     segmentationTrie.TryAdd(Encoding.UTF8.GetBytes(piece), id);
                     break;
-                case PieceType.Unknown:
+                case SentencePieceType.Unknown:
                     if (UnknownId >= 0)
                         throw new TokenizerException(source, "pieces", $"two UNKNOWN pieces (ids {UnknownId} and {id})");
                     UnknownId = id;
                     break;
-                case PieceType.Byte:
+                case SentencePieceType.Byte:
                     if (!proto.ByteFallback)
                         throw new TokenizerException(source, "pieces", $"BYTE piece '{piece}' (id {id}) in a model without trainer_spec.byte_fallback");
                     byteIds[ParseBytePiece(piece, source, id)] = id;
@@ -127,7 +127,7 @@ internal sealed class SentencePieceModel
 
     public string IdToPiece(int id) => pieces[id];
 
-    public PieceType TypeOf(int id) => types[id];
+    public SentencePieceType TypeOf(int id) => types[id];
 
     /// <summary>SentencePiece's <c>PieceToId</c>: the id of <paramref name="piece"/>, or the unknown id.</summary>
     public int PieceToId(string piece) => idsByPiece.TryGetValue(piece, out var id) ? id : UnknownId;
@@ -220,10 +220,10 @@ internal sealed class SentencePieceModel
                 if (node < 0) break;
                 keyPos++;
                 var id = segmentationTrie.ValueAt(node);
-                if (id < 0 || types[id] == PieceType.Unused) continue;
+                if (id < 0 || types[id] == SentencePieceType.Unused) continue;
                 var length = keyPos - startsAt;
                 ref var target = ref best[keyPos];
-                if (types[id] == PieceType.UserDefined)
+                if (types[id] == SentencePieceType.UserDefined)
                 {
                     // SentencePiece computes the user-defined bonus in double: length * max_score - 0.1.
                     var wide = (double)(length * maxScore) - 0.1 + scoreTillHere;
@@ -290,7 +290,7 @@ internal sealed class SentencePieceModel
             var id = segmentationTrie.Find(merged);
             if (id < 0) return;
             agenda.Enqueue((left, right, size), (scores[id], left));
-            if (types[id] == PieceType.Unused) unusedSplits[Encoding.UTF8.GetString(merged)] = lengths[left];
+            if (types[id] == SentencePieceType.Unused) unusedSplits[Encoding.UTF8.GetString(merged)] = lengths[left];
         }
 
         for (var i = 1; i < count; i++) MaybeAddPair(i - 1, i, text);
@@ -317,7 +317,7 @@ internal sealed class SentencePieceModel
     private void Resegment(ReadOnlySpan<byte> text, int start, int end, Dictionary<string, int> unusedSplits, List<(int, int, int)> output)
     {
         var id = segmentationTrie.Find(text[start..end]);
-        if (id >= 0 && types[id] == PieceType.Unused
+        if (id >= 0 && types[id] == SentencePieceType.Unused
             && unusedSplits.TryGetValue(Encoding.UTF8.GetString(text[start..end]), out var leftLength))
         {
             Resegment(text, start, start + leftLength, unusedSplits, output);

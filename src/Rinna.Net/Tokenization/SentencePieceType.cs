@@ -1,6 +1,6 @@
-namespace Rinna.Net.Tokenization.Training;
+namespace Rinna.Net.Tokenization;
 
-/// <summary>The kind of a vocabulary entry, with SentencePiece's <c>ModelProto.SentencePiece.Type</c> numbers.</summary>
+/// <summary>The kind of a vocabulary entry, with SentencePiece's <c>ModelProto.SentencePiece.Type</c> numbers (read and written).</summary>
 public enum SentencePieceType
 {
     /// <summary>An ordinary piece chosen by training.</summary>
