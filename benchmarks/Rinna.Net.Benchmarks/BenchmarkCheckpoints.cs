@@ -13,6 +13,7 @@ public static class BenchmarkCheckpoints
 
     public static string Ensure(string shape)
     {
+        if (shape == ModelShapes.Demo) return ModelShapes.DemoDirectory();
         var directory = Directory(shape);
         var done = Path.Combine(directory, ".complete");
         if (File.Exists(done)) return directory;

@@ -22,7 +22,7 @@ public class ChatBenchmarks
         torch.set_num_threads(2);
         services = new ServiceCollection().AddRinna(o =>
         {
-            o.ModelId = DemoModelDirectory();
+            o.ModelId = ModelShapes.DemoDirectory();
             o.TorchDtype = Enum.Parse<TorchDtype>(DType);
             o.DoSample = false;
             o.MaxNewTokens = AnswerTokens;
@@ -46,13 +46,4 @@ public class ChatBenchmarks
         return response.Text;
     }
 
-    private static string DemoModelDirectory()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            var candidate = Path.Combine(dir.FullName, "samples", "models", "rinna-demo");
-            if (Directory.Exists(candidate)) return candidate;
-        }
-        throw new DirectoryNotFoundException("samples/models/rinna-demo not found above " + AppContext.BaseDirectory);
-    }
 }

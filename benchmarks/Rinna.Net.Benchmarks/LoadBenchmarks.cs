@@ -14,7 +14,7 @@ public class LoadBenchmarks
     [Params("Float32", "BFloat16", "Int8")]
     public string DType { get; set; } = "BFloat16";
 
-    public static IEnumerable<string> Shapes => GenerationBenchmarks.Shapes;
+    public static IEnumerable<string> Shapes => GenerationBenchmarks.Shapes.Prepend(ModelShapes.Demo);
 
     [GlobalSetup]
     public void Setup()

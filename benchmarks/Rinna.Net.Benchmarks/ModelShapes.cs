@@ -5,8 +5,22 @@ namespace Rinna.Net.Benchmarks;
 /// <summary>The architectures the benchmarks measure, with random weights (speed does not depend on the values).</summary>
 public static class ModelShapes
 {
+    /// <summary>The trained demo model that ships in samples/models (its own weights, not random ones).</summary>
+    public const string Demo = "rinna-demo";
+
+    public static string DemoDirectory()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, "samples", "models", Demo);
+            if (System.IO.Directory.Exists(candidate)) return candidate;
+        }
+        throw new DirectoryNotFoundException($"samples/models/{Demo} not found above {AppContext.BaseDirectory}");
+    }
+
     public static GptNeoXConfig Get(string name) => name switch
     {
+        Demo => GptNeoXConfig.FromFile(Path.Combine(DemoDirectory(), "config.json")),
         // EleutherAI/pythia-160m: parallel residual, 25 % rotary.
         "pythia-160m" => new GptNeoXConfig
         {
