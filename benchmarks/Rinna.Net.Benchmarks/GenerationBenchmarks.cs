@@ -24,6 +24,7 @@ public class GenerationBenchmarks
     [GlobalSetup]
     public void Setup()
     {
+        Rinna.Net.Native.TorchSharpNativeLoader.EnsureInstalled(); // before the first torch call (Debian 12 libstdc++)
         torch.set_num_threads(2);
         model = AutoModelForCausalLM.FromPretrainedAsync(BenchmarkCheckpoints.Ensure(Shape), BenchmarkCheckpoints.Options(DType))
             .GetAwaiter().GetResult();

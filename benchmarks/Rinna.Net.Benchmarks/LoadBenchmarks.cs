@@ -19,6 +19,7 @@ public class LoadBenchmarks
     [GlobalSetup]
     public void Setup()
     {
+        Rinna.Net.Native.TorchSharpNativeLoader.EnsureInstalled(); // before the first torch call (Debian 12 libstdc++)
         torch.set_num_threads(2);
         directory = BenchmarkCheckpoints.Ensure(Shape);
     }

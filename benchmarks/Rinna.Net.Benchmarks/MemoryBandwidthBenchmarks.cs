@@ -13,6 +13,7 @@ public class MemoryBandwidthBenchmarks
     [GlobalSetup]
     public void Setup()
     {
+        Rinna.Net.Native.TorchSharpNativeLoader.EnsureInstalled(); // before the first torch call (Debian 12 libstdc++)
         torch.set_num_threads(2);
         buffer = ones(Bytes / 4, ScalarType.Float32);
     }

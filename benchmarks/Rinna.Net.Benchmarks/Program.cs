@@ -20,7 +20,6 @@ var job = isShort
 var config = DefaultConfig.Instance
     .AddJob(job.WithEnvironmentVariable(BenchmarkSettings.ShortVariable, isShort ? "1" : "0"))
     .AddColumn(new TokensPerSecondColumn())
-    .AddExporter(MarkdownExporter.GitHub)
     .WithOptions(ConfigOptions.JoinSummary);
 
 // Checkpoints are written before any measurement, so no benchmark process pays for (or counts the memory of) creating them.
