@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using Microsoft.ML.Tokenizers;
 using Rinna.Net;
 using Rinna.Net.Generation;
 using static TorchSharp.torch;
@@ -34,19 +33,18 @@ internal static class Report
         PngChart.WriteLossCurve(Path.Combine(directory, "loss.png"), points, "rinna-demo training loss (cross-entropy, nats per token)");
 
         var summary = JsonSerializer.Deserialize<TrainingSummary>(File.ReadAllText(Path.Combine(directory, "training-summary.json")))!;
-        using var stream = File.OpenRead(Path.Combine(directory, "spiece.model"));
-        var tokenizer = SentencePieceTokenizer.Create(stream, addBeginningOfSentence: false, addEndOfSentence: false);
+        var tokenizer = await AutoTokenizer.FromPretrainedAsync(directory);
         using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory);
 
         var samples = new StringBuilder();
         foreach (var prompt in Prompts)
         {
-            var ids = tokenizer.EncodeToIds(prompt).Select(id => (long)id).ToArray();
+            var ids = tokenizer.Encode(prompt, addSpecialTokens: false).Select(id => (long)id).ToArray();
             using var input = tensor(ids, ScalarType.Int64).unsqueeze(0);
             var output = model.Generate(input, new GenerationConfig { MaxNewTokens = 48, EosTokenId = [3], PadTokenId = 0 });
             var generated = output.NewTokens(ids.Length)[0];
-            var text = tokenizer.Decode(generated.TakeWhile(id => id != 3).Select(id => (int)id))
-                + (output.FinishReasons[0] == FinishReason.EndOfSequence ? "</s>" : " …");
+            var text = tokenizer.Decode(generated.TakeWhile(id => id != 0).Select(id => (int)id))
+                + (output.FinishReasons[0] == FinishReason.EndOfSequence ? "" : " …");
             Console.WriteLine($"--- {prompt}\n{text}");
             samples.AppendLine("```text").Append(prompt).Append(text).AppendLine().AppendLine("```").AppendLine();
         }
@@ -116,9 +114,9 @@ internal static class Report
             ## Samples
 
             Greedy decoding (`model.Generate`, 48 new tokens at most, stop at `</s>`), loaded back through
-            `AutoModelForCausalLM.FromPretrainedAsync` in float32, prompts encoded and outputs decoded by
-            Microsoft.ML.Tokenizers' `SentencePieceTokenizer` reading `spiece.model`. Each block is the prompt followed by the
-            model's continuation (`…` means it hit the length limit).
+            `AutoModelForCausalLM.FromPretrainedAsync` in float32, prompts encoded with `add_special_tokens=False` and outputs
+            decoded by the library's `AutoTokenizer` reading `spiece.model`, as rinna's model card does (so a finished answer
+            ends with `</s>`). Each block is the prompt followed by the model's continuation (`…` means it hit the length limit).
 
             {{samples.ToString().TrimEnd()}}
 
