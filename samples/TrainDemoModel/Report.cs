@@ -37,16 +37,22 @@ internal static class Report
         using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory);
 
         var samples = new StringBuilder();
-        foreach (var prompt in Prompts)
+        var greedy = new GenerationConfig { MaxNewTokens = 48, EosTokenId = [3], PadTokenId = 0 };
+        var sampled = greedy with { DoSample = true, Temperature = 0.8, TopK = 40, RepetitionPenalty = 1.15, Seed = settings.Seed };
+        foreach (var (name, generation) in new[] { ("Greedy", greedy), ("Sampled", sampled) })
         {
-            var ids = tokenizer.Encode(prompt, addSpecialTokens: false).Select(id => (long)id).ToArray();
-            using var input = tensor(ids, ScalarType.Int64).unsqueeze(0);
-            var output = model.Generate(input, new GenerationConfig { MaxNewTokens = 48, EosTokenId = [3], PadTokenId = 0 });
-            var generated = output.NewTokens(ids.Length)[0];
-            var text = tokenizer.Decode(generated.TakeWhile(id => id != 0).Select(id => (int)id))
-                + (output.FinishReasons[0] == FinishReason.EndOfSequence ? "" : " …");
-            Console.WriteLine($"--- {prompt}\n{text}");
-            samples.AppendLine("```text").Append(prompt).Append(text).AppendLine().AppendLine("```").AppendLine();
+            samples.AppendLine($"### {name}").AppendLine();
+            foreach (var prompt in Prompts)
+            {
+                var ids = tokenizer.Encode(prompt, addSpecialTokens: false).Select(id => (long)id).ToArray();
+                using var input = tensor(ids, ScalarType.Int64).unsqueeze(0);
+                var output = model.Generate(input, generation);
+                output.Sequences.Dispose();
+                var row = output.Rows[0];
+                var text = tokenizer.Decode(row.TokenIds) + (row.FinishReason == FinishReason.EndOfSequence ? "" : " …");
+                Console.WriteLine($"--- {name}: {prompt}\n{text}");
+                samples.AppendLine("```text").Append(prompt).Append(text).AppendLine().AppendLine("```").AppendLine();
+            }
         }
 
         var files = new[] { "config.json", "generation_config.json", "model.safetensors", "spiece.model", "tokenizer_config.json", "special_tokens_map.json" };
@@ -113,7 +119,8 @@ internal static class Report
 
             ## Samples
 
-            Greedy decoding (`model.Generate`, 48 new tokens at most, stop at `</s>`), loaded back through
+            Greedy decoding (`model.Generate`, 48 new tokens at most, stop at `</s>`), then seeded sampling (temperature 0.8,
+            top-k 40, repetition penalty 1.15, seed {{settings.Seed}}), with the model loaded back through
             `AutoModelForCausalLM.FromPretrainedAsync` in float32, prompts encoded with `add_special_tokens=False` and outputs
             decoded by the library's `AutoTokenizer` reading `spiece.model`, as rinna's model card does (so a finished answer
             ends with `</s>`). Each block is the prompt followed by the model's continuation (`…` means it hit the length limit).
