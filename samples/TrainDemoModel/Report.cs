@@ -49,9 +49,12 @@ internal static class Report
                 var output = model.Generate(input, generation);
                 output.Sequences.Dispose();
                 var row = output.Rows[0];
-                var text = tokenizer.Decode(row.TokenIds) + (row.FinishReason == FinishReason.EndOfSequence ? "" : " …");
-                Console.WriteLine($"--- {name}: {prompt}\n{text}");
-                samples.AppendLine("```text").Append(prompt).Append(text).AppendLine().AppendLine("```").AppendLine();
+                // Decoded together with the prompt: T5Tokenizer strips the ends of what it decodes, which would eat the
+                // space token that starts an English continuation. A length cut inside a byte-fallback character leaves U+FFFD.
+                var text = tokenizer.Decode(ids.Select(id => (int)id).Concat(row.TokenIds)).TrimEnd('\uFFFD')
+                    + (row.FinishReason == FinishReason.EndOfSequence ? "" : " …");
+                Console.WriteLine($"--- {name}\n{text}");
+                samples.AppendLine("```text").AppendLine(text).AppendLine("```").AppendLine();
             }
         }
 
@@ -124,6 +127,7 @@ internal static class Report
             `AutoModelForCausalLM.FromPretrainedAsync` in float32, prompts encoded with `add_special_tokens=False` and outputs
             decoded by the library's `AutoTokenizer` reading `spiece.model`, as rinna's model card does (so a finished answer
             ends with `</s>`). Each block is the prompt followed by the model's continuation (`…` means it hit the length limit).
+            The prompts are the openings of 吾輩は猫である, 羅生門, Alice and Pride and Prejudice, then four chat questions.
 
             {{samples.ToString().TrimEnd()}}
 
