@@ -76,8 +76,9 @@ internal static class Report
             dotnet run -c Release --project samples/TrainDemoModel -- train --steps {{summary.PlannedSteps}} --seed {{settings.Seed}} --max-minutes {{settings.MaxMinutes.ToString(CultureInfo.InvariantCulture)}}
             ```
 
-            Everything is seeded (weight initialisation, batch sampling; the tokenizer trainer is deterministic), so the same
-            command on the same machine type repeats the run step for step. The `--max-minutes` guard stops a run on a slow or
+            Everything is seeded (weight initialisation, batch sampling) and the tokenizer trainer is deterministic (three runs
+            wrote byte-identical `spiece.model` files); the weights should repeat on the same machine type and thread count, which
+            was not checked bit for bit. The `--max-minutes` guard stops a run on a slow or
             busy machine early (the learning-rate schedule of step *k* depends only on *k* and `--steps`, so a stopped run is a
             prefix of the full one).
 
