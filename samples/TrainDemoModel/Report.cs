@@ -9,7 +9,7 @@ namespace TrainDemoModel;
 
 /// <summary>
 /// Checks the saved model the way a user would load it (AutoModelForCausalLM, greedy Generate, the tokenizer read back
-/// from spiece.model by the library's own tokenizer) and writes TRAINING.md and loss.png from the run's records.
+/// from spiece.model by Microsoft.ML.Tokenizers) and writes TRAINING.md and loss.png from the run's records.
 /// </summary>
 internal static class Report
 {
@@ -33,16 +33,29 @@ internal static class Report
         PngChart.WriteLossCurve(Path.Combine(directory, "loss.png"), points, "rinna-demo training loss (cross-entropy, nats per token)");
 
         var summary = JsonSerializer.Deserialize<TrainingSummary>(File.ReadAllText(Path.Combine(directory, "training-summary.json")))!;
-        var tokenizer = await AutoTokenizer.FromPretrainedAsync(directory, new Rinna.Net.Tokenization.TokenizerOptions { UseFast = false });
+        var tokenizer = await AutoTokenizer.FromPretrainedAsync(directory);
         using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory);
 
         var samples = new StringBuilder();
-        foreach (var prompt in Prompts)
+        var greedy = new GenerationConfig { MaxNewTokens = 48, EosTokenId = [3], PadTokenId = 0 };
+        var sampled = greedy with { DoSample = true, Temperature = 0.8, TopK = 40, RepetitionPenalty = 1.15, Seed = settings.Seed };
+        foreach (var (name, generation) in new[] { ("Greedy", greedy), ("Sampled", sampled) })
         {
-            var result = model.GenerateText(tokenizer, prompt, new GenerationConfig { MaxNewTokens = 48, EosTokenId = [3], PadTokenId = 0 });
-            var text = result.Text + (result.FinishReason == FinishReason.EndOfSequence ? "</s>" : " …");
-            Console.WriteLine($"--- {prompt}\n{text}");
-            samples.AppendLine("```text").Append(prompt).Append(text).AppendLine().AppendLine("```").AppendLine();
+            samples.AppendLine($"### {name}").AppendLine();
+            foreach (var prompt in Prompts)
+            {
+                var ids = tokenizer.Encode(prompt, addSpecialTokens: false).Select(id => (long)id).ToArray();
+                using var input = tensor(ids, ScalarType.Int64).unsqueeze(0);
+                var output = model.Generate(input, generation);
+                output.Sequences.Dispose();
+                var row = output.Rows[0];
+                // Decoded together with the prompt: T5Tokenizer strips the ends of what it decodes, which would eat the
+                // space token that starts an English continuation. A length cut inside a byte-fallback character leaves U+FFFD.
+                var text = tokenizer.Decode(ids.Select(id => (int)id).Concat(row.TokenIds)).TrimEnd('\uFFFD')
+                    + (row.FinishReason == FinishReason.EndOfSequence ? "" : " …");
+                Console.WriteLine($"--- {name}\n{text}");
+                samples.AppendLine("```text").AppendLine(text).AppendLine("```").AppendLine();
+            }
         }
 
         var files = new[] { "config.json", "generation_config.json", "model.safetensors", "spiece.model", "tokenizer_config.json", "special_tokens_map.json" };
@@ -63,8 +76,9 @@ internal static class Report
             dotnet run -c Release --project samples/TrainDemoModel -- train --steps {{summary.PlannedSteps}} --seed {{settings.Seed}} --max-minutes {{settings.MaxMinutes.ToString(CultureInfo.InvariantCulture)}}
             ```
 
-            Everything is seeded (weight initialisation, batch sampling; the tokenizer trainer is deterministic), so the same
-            command on the same machine type repeats the run step for step. The `--max-minutes` guard stops a run on a slow or
+            Everything is seeded (weight initialisation, batch sampling) and the tokenizer trainer is deterministic (three runs
+            wrote byte-identical `spiece.model` files); the weights should repeat on the same machine type and thread count, which
+            was not checked bit for bit. The `--max-minutes` guard stops a run on a slow or
             busy machine early (the learning-rate schedule of step *k* depends only on *k* and `--steps`, so a stopped run is a
             prefix of the full one).
 
@@ -109,10 +123,12 @@ internal static class Report
 
             ## Samples
 
-            Greedy decoding (`model.Generate`, 48 new tokens at most, stop at `</s>`), loaded back through
-            `AutoModelForCausalLM.FromPretrainedAsync` in float32, prompts encoded and outputs decoded by
-            Rinna.Net's `AutoTokenizer` reading `spiece.model`. Each block is the prompt followed by the
-            model's continuation (`…` means it hit the length limit).
+            Greedy decoding (`model.Generate`, 48 new tokens at most, stop at `</s>`), then seeded sampling (temperature 0.8,
+            top-k 40, repetition penalty 1.15, seed {{settings.Seed}}), with the model loaded back through
+            `AutoModelForCausalLM.FromPretrainedAsync` in float32, prompts encoded with `add_special_tokens=False` and outputs
+            decoded by the library's `AutoTokenizer` reading `spiece.model`, as rinna's model card does (so a finished answer
+            ends with `</s>`). Each block is the prompt followed by the model's continuation (`…` means it hit the length limit).
+            The prompts are the openings of 吾輩は猫である, 羅生門, Alice and Pride and Prejudice, then four chat questions.
 
             {{samples.ToString().TrimEnd()}}
 

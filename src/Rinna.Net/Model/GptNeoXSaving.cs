@@ -11,7 +11,7 @@ public static class GptNeoXSaving
     /// <summary>
     /// HF's <c>model.save_pretrained(directory, safe_serialization=True)</c>: writes <c>config.json</c> (with
     /// <c>torch_dtype</c>), <c>generation_config.json</c> and a single <c>model.safetensors</c>, each replaced atomically, so
-    /// the directory loads with <c>AutoModelForCausalLM</c> here and with transformers in Python.
+    /// the directory loads with <c>AutoModelForCausalLM</c> and has the layout transformers' <c>from_pretrained</c> reads.
     /// </summary>
     /// <param name="model">A model with dense weights (an int8-quantized model cannot be saved).</param>
     /// <param name="directory">Created if missing; existing files of the same names are replaced.</param>

@@ -31,6 +31,10 @@ public sealed class SavePretrainedTests : IDisposable
         var generation = JsonDocument.Parse(File.ReadAllText(Path.Combine(directory, "generation_config.json"))).RootElement;
         Assert.Equal(reloaded.Config.EosTokenId, generation.GetProperty("eos_token_id").GetInt32());
         Assert.Equal(reloaded.Config.BosTokenId, generation.GetProperty("bos_token_id").GetInt32());
+        var weights = File.ReadAllBytes(Path.Combine(directory, "model.safetensors"));
+        Assert.Equal(0, (8 + BitConverter.ToInt64(weights, 0)) % 8);
+        using (var file = SafetensorsFile.Open(Path.Combine(directory, "model.safetensors")))
+            Assert.Equal("pt", file.Metadata["format"]);
         Assert.Equal(["config.json", "generation_config.json", "model.safetensors"],
             Directory.GetFiles(directory).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
