@@ -110,7 +110,8 @@ internal sealed class TokenizerBenchmarkConfig : ManualConfig
 
         public string GetValue(Summary summary, BenchmarkCase benchmarkCase)
         {
-            if (summary[benchmarkCase]?.ResultStatistics is not { } stats) return "-";
+            // The suite joins all summaries into one table, so this column also sees the other classes' cases.
+            if (benchmarkCase.Descriptor.Type != typeof(TokenizerBenchmarks) || summary[benchmarkCase]?.ResultStatistics is not { } stats) return "-";
             var model = (string)benchmarkCase.Parameters[nameof(TokenizerBenchmarks.Model)];
             var layout = (string)benchmarkCase.Parameters[nameof(TokenizerBenchmarks.Layout)];
             var tokensPerSecond = TokenizerBenchmarkData.TokenCount(model, layout) / (stats.Mean / 1e9);
