@@ -17,7 +17,9 @@ Console.WriteLine($"model: {modelId}");
 var tokenizer = await AutoTokenizer.FromPretrainedAsync(modelId, new TokenizerOptions { UseFast = false });
 using var model = await AutoModelForCausalLM.FromPretrainedAsync(modelId, new ModelLoadOptions
 {
+    LoadIn8Bit = true,
     TorchDtype = TorchDtype.Float16,
+    DeviceMap = "auto",
     DownloadProgress = new SampleModel.ConsoleDownloadProgress(),
 });
 
