@@ -164,8 +164,6 @@ public sealed class GptNeoXForCausalLM : nn.Module
     /// <summary>Builds the additive attention bias HF uses for a 2-D padding mask: 0 where attended, the dtype's minimum where masked.</summary>
     internal static Tensor PaddingBias(Tensor attentionMask) =>
         (1.0f - attentionMask.to(ScalarType.Float32)).mul_(float.MinValue).unsqueeze(1).unsqueeze(1);
-
-    internal Tensor EmbedInWeight => gpt_neox.EmbedIn.Weight;
 }
 
 /// <summary>The decoder stack: <c>gpt_neox</c> in HF's state dict.</summary>
