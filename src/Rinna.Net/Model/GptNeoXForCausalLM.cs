@@ -72,7 +72,10 @@ public sealed class GptNeoXForCausalLM : nn.Module
     /// <summary>The directory the model was loaded from (where <c>generation_config.json</c> may live), or <c>null</c> for a model built in code.</summary>
     public string? SourceDirectory { get; internal set; }
 
-    /// <summary>The element type the weights compute in (float32 or bfloat16 on CPU, also float16 on GPUs).</summary>
+    /// <summary>
+    /// The element type the model computes in (float32 or bfloat16 on CPU, also float16 on GPUs). A float16 model on the
+    /// CPU computes in bfloat16 while its linear weights stay float16.
+    /// </summary>
     public ScalarType ComputeDType { get; }
 
     /// <summary>Where each top-level module lives, keyed like transformers' <c>hf_device_map</c>.</summary>

@@ -32,19 +32,19 @@ internal static class GptNeoXLoader
 
         var stored = entries["gpt_neox.embed_in.weight"].DType;
         var spec = options.DeviceMap ?? DeviceMapSpec.Cpu;
-        var probeDType = ResolveDType(options.TorchDtype, stored, onCpu: false, logger);
+        var probeDType = ResolveDType(options.TorchDtype, stored, onCpu: false, logger).Compute;
         var plan = DeviceMapPlanner.Plan(spec, Footprints(config, probeDType, quantization), ComputeDevice.DetectAvailable(), options.MaxMemory);
-        var dtype = ResolveDType(options.TorchDtype, stored, onCpu: plan.Values.Contains("cpu"), logger);
-        logger.LogInformation("Loading {Layers}-layer GPT-NeoX from {Files} ({Format}, stored {Stored}) as {DType}{Int8}, device map {Map}",
+        var (dtype, matrixDType) = ResolveDType(options.TorchDtype, stored, onCpu: plan.Values.Contains("cpu"), logger);
+        logger.LogInformation("Loading {Layers}-layer GPT-NeoX from {Files} ({Format}, stored {Stored}) as {DType}{Matrices}{Int8}, device map {Map}",
             config.NumHiddenLayers, string.Join(", ", checkpoint.Files), checkpoint.Format, stored, dtype,
-            quantization.LoadIn8Bit ? " with int8 linear layers" : "", spec);
+            matrixDType != dtype ? $" with {matrixDType} matrices" : "", quantization.LoadIn8Bit ? " and int8 linear layers" : "", spec);
 
         int loaded = 0;
         var source = new ParameterSource(dtype, (name, shape) =>
         {
             cancellationToken.ThrowIfCancellationRequested();
             // Weights about to be quantized are read as stored, so they are rounded once (to int8), not twice.
-            var targetDType = IsQuantizedWeight(name, quantization) ? (ScalarType?)null : dtype;
+            var targetDType = IsQuantizedWeight(name, quantization) ? (ScalarType?)null : IsLinearWeight(name) ? matrixDType : dtype;
             var tensor = checkpoint.ReadTensor(name, targetDType);
             if (entries[name].DType != tensor.dtype) NativeHeap.Trim();
             var device = new Device(plan[ModuleOf(name)]);
@@ -56,15 +56,19 @@ internal static class GptNeoXLoader
             }
             options.LoadProgress?.Report(new LoadProgress(++loaded, expected.Count, name));
             return tensor;
-        }, (name, weight, bias) => CreateLinear(name, weight, bias, quantization));
+        }, (name, weight, bias) => CreateLinear(name, weight, bias, dtype, quantization));
         var model = new GptNeoXForCausalLM(config, source) { SourceDirectory = Path.GetFullPath(directory) };
         model.eval();
         return model;
     }
 
-    private static TorchSharp.torch.nn.Module<Tensor, Tensor> CreateLinear(string name, Parameter weight, Parameter? bias, QuantizationConfig quantization)
+    private static TorchSharp.torch.nn.Module<Tensor, Tensor> CreateLinear(string name, Parameter weight, Parameter? bias,
+        ScalarType computeDType, QuantizationConfig quantization)
     {
-        if (!quantization.LoadIn8Bit || !quantization.ShouldQuantize(name)) return new DenseLinear(weight, bias);
+        if (!quantization.LoadIn8Bit || !quantization.ShouldQuantize(name))
+            return weight.dtype == ScalarType.Float16 && computeDType != ScalarType.Float16
+                ? new Float16Linear(weight, bias)
+                : new DenseLinear(weight, bias);
         var layer = new Int8Linear(weight, bias, quantization.Int8Threshold);
         weight.Dispose();
         bias?.Dispose();
@@ -73,9 +77,11 @@ internal static class GptNeoXLoader
     }
 
     private static bool IsQuantizedWeight(string name, QuantizationConfig quantization) =>
-        quantization.LoadIn8Bit && name.EndsWith(".weight", StringComparison.Ordinal)
-        && LinearModules.Any(m => name.EndsWith("." + m + ".weight", StringComparison.Ordinal) || name == m + ".weight")
-        && quantization.ShouldQuantize(name[..^".weight".Length]);
+        quantization.LoadIn8Bit && IsLinearWeight(name) && quantization.ShouldQuantize(name[..^".weight".Length]);
+
+    private static bool IsLinearWeight(string name) =>
+        name.EndsWith(".weight", StringComparison.Ordinal)
+        && LinearModules.Any(m => name.EndsWith("." + m + ".weight", StringComparison.Ordinal) || name == m + ".weight");
 
     private static readonly string[] LinearModules = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "embed_out"];
 
@@ -109,7 +115,13 @@ internal static class GptNeoXLoader
         return modules;
     }
 
-    internal static ScalarType ResolveDType(TorchDtype requested, ScalarType stored, bool onCpu, ILogger logger)
+    /// <summary>
+    /// The dtype the model computes in, and the one its linear weights are stored in. They differ only for float16 on the
+    /// CPU: the matrices stay float16 (<see cref="Float16Linear"/> streams them with libtorch's fast float16 GEMV while
+    /// decoding and converts them block by block for prompts), while LayerNorms, embeddings and activations use bfloat16,
+    /// whose CPU kernels libtorch vectorises (its float16 LayerNorm is 40× slower for one token).
+    /// </summary>
+    internal static (ScalarType Compute, ScalarType Matrices) ResolveDType(TorchDtype requested, ScalarType stored, bool onCpu, ILogger logger)
     {
         var dtype = requested switch
         {
@@ -121,10 +133,10 @@ internal static class GptNeoXLoader
         };
         if (dtype == ScalarType.Float16 && onCpu)
         {
-            logger.LogWarning("float16 was requested; libtorch's CPU float16 matrix products are about 8x slower than bfloat16 for prompts, so the model computes in bfloat16");
-            dtype = ScalarType.BFloat16;
+            logger.LogInformation("float16 on CPU: linear weights stay float16 (float16 GEMV for decoding, bfloat16 GEMM for prompts); LayerNorms, embeddings and activations compute in bfloat16");
+            return (ScalarType.BFloat16, ScalarType.Float16);
         }
-        return dtype;
+        return (dtype, dtype);
     }
 
     private static void Validate(ModelCheckpoint checkpoint, IReadOnlyDictionary<string, TensorEntry> entries,

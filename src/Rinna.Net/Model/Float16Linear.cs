@@ -1,0 +1,103 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Rinna.Net.Model;
+
+/// <summary>
+/// A linear layer that keeps its weight in float16 inside a model that computes in another dtype (bfloat16 on the CPU),
+/// and picks libtorch's kernel per phase so that float16 pays off in both.
+/// </summary>
+/// <remarks>
+/// Measured on the reference CPU (research/torchsharp-spike.md §2): libtorch's float16 GEMV streams 35–45 GB/s, twice its
+/// bfloat16 GEMV, which makes it the decode kernel; but libtorch has no float16 GEMM on CPUs without AVX512-FP16 (about
+/// 47 GFLOP/s, 8× slower than bfloat16's oneDNN GEMM), so a prompt converts the weight to bfloat16 one block at a time
+/// into a reused scratch buffer and multiplies there. Memory stays at two bytes per weight; the scratch buffer is at
+/// most <see cref="ConversionBlockElements"/> bfloat16 elements per thread that ran a prompt. Off the CPU the weight is
+/// simply used in float16.
+/// </remarks>
+internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
+{
+    /// <summary>
+    /// Inputs of up to this many rows run row by row through the float16 GEMV: eight weight streams at 35–45 GB/s still
+    /// beat converting the weight (about 4 GB/s) and running the bfloat16 GEMM.
+    /// </summary>
+    internal const int GemvRowLimit = 8;
+
+    /// <summary>Float16 elements converted to bfloat16 at once on the GEMM path: a 16 MiB scratch buffer.</summary>
+    internal const long ConversionBlockElements = 8L << 20;
+
+    [ThreadStatic]
+    private static Tensor? conversionScratch;
+
+    private readonly Parameter weight;
+    private readonly Parameter? bias;
+
+    /// <param name="weight">The float16 weight <c>[out_features, in_features]</c>, kept as given.</param>
+    /// <param name="bias">The optional bias <c>[out_features]</c>, in the model's compute dtype.</param>
+    public Float16Linear(Parameter weight, Parameter? bias) : base("linear")
+    {
+        if (weight.dtype != ScalarType.Float16 || weight.dim() != 2)
+            throw new ArgumentException($"Float16Linear needs a 2-D float16 weight, got {weight.dtype} [{string.Join(", ", weight.shape)}].", nameof(weight));
+        this.weight = weight;
+        this.bias = bias;
+        register_parameter("weight", weight);
+        if (bias is not null) register_parameter("bias", bias);
+    }
+
+    public Tensor Weight => weight;
+
+    /// <summary><c>x · Wᵀ + b</c> for <c>x [..., in_features]</c>, returned in <c>x</c>'s dtype.</summary>
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        long inFeatures = weight.shape[1];
+        var rows = x.reshape(-1, inFeatures);
+        var product = weight.device_type != DeviceType.CPU ? F.linear(rows.to(ScalarType.Float16), weight)
+            : rows.shape[0] <= GemvRowLimit ? RowByRowGemv(rows)
+            : BlockwiseBFloat16Gemm(rows);
+        var output = product.to(x.dtype);
+        if (bias is not null) output = output.add_(bias);
+        var shape = x.shape.ToArray();
+        shape[^1] = weight.shape[0];
+        return output.view(shape).MoveToOuterDisposeScope();
+    }
+
+    private Tensor RowByRowGemv(Tensor rows)
+    {
+        var half = rows.to(ScalarType.Float16);
+        if (half.shape[0] == 1) return F.linear(half, weight);
+        return cat(Enumerable.Range(0, (int)half.shape[0]).Select(i => F.linear(half.narrow(0, i, 1), weight)).ToArray(), 0);
+    }
+
+    private Tensor BlockwiseBFloat16Gemm(Tensor rows)
+    {
+        var input = rows.to(ScalarType.BFloat16);
+        long outFeatures = weight.shape[0], inFeatures = weight.shape[1];
+        long blockRows = Math.Clamp(ConversionBlockElements / inFeatures, 1, outFeatures);
+        var scratch = ConversionScratch(blockRows * inFeatures);
+        Tensor Block(long first, long count) =>
+            F.linear(input, scratch.narrow(0, 0, count * inFeatures).view(count, inFeatures).copy_(weight.narrow(0, first, count)));
+        if (blockRows == outFeatures) return Block(0, outFeatures);
+
+        var output = empty(input.shape[0], outFeatures, ScalarType.BFloat16);
+        for (long first = 0; first < outFeatures; first += blockRows)
+        {
+            var count = Math.Min(blockRows, outFeatures - first);
+            output.narrow(1, first, count).copy_(Block(first, count));
+        }
+        return output;
+    }
+
+    /// <summary>This thread's bfloat16 scratch buffer, grown to at least <paramref name="elements"/>; never part of a dispose scope.</summary>
+    private static Tensor ConversionScratch(long elements)
+    {
+        if (conversionScratch is null || conversionScratch.numel() < elements)
+        {
+            conversionScratch?.Dispose();
+            conversionScratch = empty(elements, ScalarType.BFloat16).DetachFromDisposeScope();
+        }
+        return conversionScratch;
+    }
+}
