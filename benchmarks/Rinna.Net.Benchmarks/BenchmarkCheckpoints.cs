@@ -27,7 +27,9 @@ public static class BenchmarkCheckpoints
     {
         "Float32" => new ModelLoadOptions { TorchDtype = TorchDtype.Float32 },
         "BFloat16" => new ModelLoadOptions { TorchDtype = TorchDtype.BFloat16 },
-        "Int8" => new ModelLoadOptions { TorchDtype = TorchDtype.BFloat16, LoadIn8Bit = true },
+        "Float16" => new ModelLoadOptions { TorchDtype = TorchDtype.Float16 },
+        // The model card's switches: int8 layers, float16 for the rest (the head streams through the float16 GEMV).
+        "Int8" => new ModelLoadOptions { TorchDtype = TorchDtype.Float16, LoadIn8Bit = true },
         _ => throw new ArgumentException($"unknown dtype '{dtype}'", nameof(dtype)),
     };
 }

@@ -16,7 +16,7 @@ public class GenerationBenchmarks
     [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = "pythia-160m";
 
-    [Params("Float32", "BFloat16", "Int8")]
+    [Params("Float32", "BFloat16", "Float16", "Int8")]
     public string DType { get; set; } = "Float32";
 
     public static IEnumerable<string> Shapes => BenchmarkSettings.Short ? ["pythia-160m", "rinna-4b-L4"] : ["pythia-160m", "rinna-4b"];

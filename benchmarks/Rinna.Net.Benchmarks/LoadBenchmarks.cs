@@ -11,7 +11,7 @@ public class LoadBenchmarks
     [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = "pythia-160m";
 
-    [Params("Float32", "BFloat16", "Int8")]
+    [Params("Float32", "BFloat16", "Float16", "Int8")]
     public string DType { get; set; } = "BFloat16";
 
     public static IEnumerable<string> Shapes => GenerationBenchmarks.Shapes.Prepend(ModelShapes.Demo);

@@ -42,7 +42,7 @@ public static class ModelShapes
 
     /// <summary>
     /// Weight bytes one decode step streams from memory: every layer matrix and the output head (the embedding is only
-    /// indexed). With int8 the layers take one byte per weight and the head keeps the compute dtype.
+    /// indexed). With int8 the layers take one byte per weight and the head stays float16.
     /// </summary>
     public static double DecodeBytesPerToken(GptNeoXConfig c, string dtype)
     {
