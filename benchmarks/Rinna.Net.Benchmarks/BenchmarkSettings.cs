@@ -5,5 +5,18 @@ public static class BenchmarkSettings
 {
     public const string ShortVariable = "RINNA_BENCH_SHORT";
 
+    public const string ShapesVariable = "RINNA_BENCH_SHAPES";
+    public const string DTypesVariable = "RINNA_BENCH_DTYPES";
+
     public static bool Short => Environment.GetEnvironmentVariable(ShortVariable) == "1";
+
+    /// <summary>
+    /// Narrows a parameter list to the comma-separated values of an environment variable (e.g. RINNA_BENCH_DTYPES=Float16,Int8),
+    /// so that a long full-size run can measure only what is asked; unset keeps every value.
+    /// </summary>
+    public static IEnumerable<string> Only(string variable, IEnumerable<string> values)
+    {
+        var wanted = Environment.GetEnvironmentVariable(variable)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        return wanted is null or [] ? values : values.Where(wanted.Contains);
+    }
 }

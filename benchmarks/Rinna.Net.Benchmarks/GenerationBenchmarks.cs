@@ -16,10 +16,13 @@ public class GenerationBenchmarks
     [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = "pythia-160m";
 
-    [Params("Float32", "BFloat16", "Float16", "Int8")]
+    [ParamsSource(nameof(DTypes))]
     public string DType { get; set; } = "Float32";
 
-    public static IEnumerable<string> Shapes => BenchmarkSettings.Short ? ["pythia-160m", "rinna-4b-L4"] : ["pythia-160m", "rinna-4b"];
+    public static IEnumerable<string> Shapes => BenchmarkSettings.Only(BenchmarkSettings.ShapesVariable,
+        BenchmarkSettings.Short ? ["pythia-160m", "rinna-4b-L4"] : ["pythia-160m", "rinna-4b"]);
+
+    public static IEnumerable<string> DTypes => BenchmarkSettings.Only(BenchmarkSettings.DTypesVariable, ["Float32", "BFloat16", "Float16", "Int8"]);
 
     [GlobalSetup]
     public void Setup()

@@ -11,10 +11,12 @@ public class LoadBenchmarks
     [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = "pythia-160m";
 
-    [Params("Float32", "BFloat16", "Float16", "Int8")]
+    [ParamsSource(nameof(DTypes))]
     public string DType { get; set; } = "BFloat16";
 
     public static IEnumerable<string> Shapes => GenerationBenchmarks.Shapes.Prepend(ModelShapes.Demo);
+
+    public static IEnumerable<string> DTypes => GenerationBenchmarks.DTypes;
 
     [GlobalSetup]
     public void Setup()

@@ -8,6 +8,7 @@ using Rinna.Net.Benchmarks;
 
 // Usage: dotnet run -c Release --project benchmarks/Rinna.Net.Benchmarks -- [--short] [BenchmarkDotNet args, e.g. --filter '*Generation*']
 // --short: rinna-4b measured with 4 of its 36 layers and few iterations, so the whole suite takes minutes.
+// RINNA_BENCH_SHAPES / RINNA_BENCH_DTYPES (comma-separated) narrow the shapes and dtypes, e.g. for a full-size rinna-4b run.
 // Benchmark on an idle machine: with 2 cores, any other CPU load slows libtorch's threads 4-6x. The load is recorded.
 var isShort = args.Contains("--short");
 args = args.Where(a => a != "--short").ToArray();
