@@ -10,7 +10,7 @@ public static class PeakMemory
     {
         foreach (var line in System.IO.File.ReadLines("/proc/self/status"))
             if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
+                return long.Parse(line.Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries)[1]) * 1024; // "VmHWM:\t10470400 kB": no space after the tab from 10 GB on
         return 0;
     }
 
