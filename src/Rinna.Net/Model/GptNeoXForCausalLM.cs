@@ -229,7 +229,10 @@ internal sealed class GptNeoXModel : nn.Module
         for (int i = 0; i < layers.Count; i++)
         {
             states?.Add(hidden);
-            hidden = layers[i].Forward(hidden, cos, sin, paddingBias, cache, i, past);
+            // A layer's temporaries are freed when it returns, as Python frees them when their last reference drops;
+            // keeping them to the end of the pass made a 512-token prompt on rinna-4b hold about 100 MB more per layer.
+            using var layerScope = NewDisposeScope();
+            hidden = layers[i].Forward(hidden, cos, sin, paddingBias, cache, i, past).MoveToOuterDisposeScope();
         }
         hidden = final_layer_norm.call(hidden.to(final_layer_norm.Weight.device));
         states?.Add(hidden);

@@ -34,7 +34,7 @@ internal static class FuzzRunner
         int targetSeed = BaseSeed ^ StableHash(target);
         var outcomes = new SortedDictionary<string, int>(StringComparer.Ordinal);
         var failures = new Dictionary<string, (int Iteration, int Count, string Detail)>(StringComparer.Ordinal);
-        long startPeak = ProcessMemory.PeakResidentBytes();
+        long startPeak = ProcessMemory.PeakResidentBytes;
         var clock = Stopwatch.StartNew();
 
         for (int i = 0; i < iterations; i++)
@@ -74,7 +74,7 @@ internal static class FuzzRunner
             outcomes[outcome] = outcomes.GetValueOrDefault(outcome) + 1;
         }
 
-        long peakGrowth = ProcessMemory.PeakResidentBytes() - startPeak;
+        long peakGrowth = ProcessMemory.PeakResidentBytes - startPeak;
         output.WriteLine($"{target}: {iterations} inputs in {clock.Elapsed.TotalSeconds:0.0} s, seed {targetSeed}; outcomes: "
             + string.Join(", ", outcomes.Select(kv => $"{kv.Key} {kv.Value}")) + $"; peak RSS growth {peakGrowth >> 20} MiB");
         Assert.True(failures.Count == 0, $"{target}: {failures.Count} distinct undocumented failure(s):\n"
@@ -107,21 +107,5 @@ internal static class FuzzRunner
             foreach (char c in text) hash = (hash ^ c) * 16777619;
             return hash & 0x3fffffff;
         }
-    }
-}
-
-/// <summary>Resident memory of this process from <c>/proc/self/status</c> (Linux).</summary>
-internal static class ProcessMemory
-{
-    public static long ResidentBytes() => ReadKiB("VmRSS:") * 1024;
-
-    public static long PeakResidentBytes() => ReadKiB("VmHWM:") * 1024;
-
-    private static long ReadKiB(string field)
-    {
-        foreach (var line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith(field, StringComparison.Ordinal))
-                return long.Parse(line[field.Length..].Trim().Split(' ')[0], CultureInfo.InvariantCulture);
-        throw new InvalidOperationException($"{field} not in /proc/self/status");
     }
 }

@@ -147,12 +147,12 @@ public sealed class HostileFileTests : IDisposable
         File.WriteAllText(configPath, config.ToJsonString());
         using var claiming = await AutoModelForCausalLM.FromPretrainedAsync(tiny.Directory);
 
-        long peakBefore = ProcessMemory.PeakResidentBytes();
+        long peakBefore = ProcessMemory.PeakResidentBytes;
         var settings = normal.GenerationConfig() with { MaxNewTokens = 8, MinNewTokens = 8 };
         using var scope = NewDisposeScope();
         var prompt = tensor(new long[] { 2, 40, 41, 42 }).unsqueeze(0);
         var claimed = claiming.Generate(prompt, settings).Rows[0].TokenIds;
-        long growth = ProcessMemory.PeakResidentBytes() - peakBefore;
+        long growth = ProcessMemory.PeakResidentBytes - peakBefore;
 
         Assert.True(growth < AllocationMargin, $"peak resident memory grew by {growth >> 20} MiB for an 8-token generation");
         Assert.Equal(normal.Generate(prompt, settings).Rows[0].TokenIds, claimed);
@@ -160,11 +160,11 @@ public sealed class HostileFileTests : IDisposable
 
     private static void AssertNoLargeAllocation(Action action, Type? expected = null)
     {
-        long peakBefore = ProcessMemory.PeakResidentBytes();
+        long peakBefore = ProcessMemory.PeakResidentBytes;
         var error = Record.Exception(action);
         Assert.NotNull(error);
         Assert.IsType(expected ?? typeof(CheckpointException), error);
-        long growth = ProcessMemory.PeakResidentBytes() - peakBefore;
+        long growth = ProcessMemory.PeakResidentBytes - peakBefore;
         Assert.True(growth < AllocationMargin, $"peak resident memory grew by {growth >> 20} MiB before the file was rejected");
     }
 

@@ -66,7 +66,7 @@ public sealed class LongRunTests(ITestOutputHelper output) : IAsyncLifetime
                 GC.Collect();
                 GC.WaitForPendingFinalizers();
             }
-            return new Memory(ProcessMemory.ResidentBytes(), GC.GetTotalMemory(forceFullCollection: true), Tensor.TotalCount);
+            return new Memory(ProcessMemory.ResidentBytes, GC.GetTotalMemory(forceFullCollection: true), Tensor.TotalCount);
         }
 
         public override string ToString() => $"RSS {Resident >> 20} MiB, managed {Managed >> 10} KiB, live tensors {LiveTensors}";
