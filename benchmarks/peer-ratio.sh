@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Speed against llama.cpp on the same weights, as ratios of runs taken back to back.
+#
+# This VM's memory bandwidth drifts by 15-30 % within an hour (neighbours on the host), so a ratio between a run of ours
+# and a llama.cpp run taken at another time says little. This script alternates the two, round after round, and prints
+# one ratio per round: each pair of numbers was measured minutes apart on the same weights.
+#
+#   bash benchmarks/peer-ratio.sh [rounds]            # default 3 rounds
+#   PHASE=prefill bash benchmarks/peer-ratio.sh 2      # prefill-512 instead of decode
+#   PAIRS="BFloat16:f16 Int8:q8_0" bash benchmarks/peer-ratio.sh
+#
+# PAIRS lists ours:theirs, our TorchDtype against a GGUF type of the same checkpoint (default: Float16:f16 Int8:q8_0).
+# SHAPE is one of the benchmark shapes (default rinna-4b, the full 36-layer model: its checkpoint takes 7.6 GB of /tmp and
+# each GGUF as much again; one decode round of two pairs takes about 6 minutes).
+# llama.cpp is measured with ../shared/peers (LLamaSharp's build, converted with its own converter): a measuring tool,
+# not a dependency of the library. Needs Debian's python3-numpy for the converter. Run it on an idle machine.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS="$ROOT/../shared/peers"
+ROUNDS="${1:-3}"
+PHASE="${PHASE:-decode}"
+PAIRS="${PAIRS:-Float16:f16 Int8:q8_0}"
+SHAPE="${SHAPE:-rinna-4b}"
+WORK="${PEER_WORK:-${TMPDIR:-/tmp}/rinna-net-peer}"
+PY=/usr/bin/python3
+
+[ -d "$PEERS" ] || { echo "peer-ratio: $PEERS is missing (the shared peer benchmark must sit next to the repository)" >&2; exit 1; }
+case "$PHASE" in
+  decode) OURS_METHOD=DecodeToken; PEER_ARGS=(--prefill 64 --decode 32); PEER_FIELD=decode_tok_s_median ;;
+  prefill) OURS_METHOD=PrefillToken512; PEER_ARGS=(--prefill 512 --decode 1); PEER_FIELD=prefill_tok_s_median ;;
+  *) echo "peer-ratio: PHASE must be decode or prefill, not '$PHASE'" >&2; exit 2 ;;
+esac
+mkdir -p "$WORK"
+
+echo "# building the benchmarks and the llama.cpp peer"
+dotnet build -c Release "$ROOT/benchmarks/Rinna.Net.Benchmarks" >/dev/null
+mkdir -p "$WORK/llamabench"
+cp "$PEERS/llamabench/Program.cs" "$PEERS/llamabench/llamabench.csproj" "$WORK/llamabench/"
+dotnet build -c Release "$WORK/llamabench/llamabench.csproj" -o "$WORK/llamabench/out" >/dev/null
+
+ours() { # ours DTYPE -> tokens/s of OURS_METHOD on SHAPE from BenchmarkDotNet's CSV
+  local artifacts="$WORK/bdn-$1"
+  rm -rf "$artifacts"
+  (cd "$ROOT" && RINNA_BENCH_SHAPES="$SHAPE" RINNA_BENCH_DTYPES="$1" dotnet run -c Release --no-build \
+    --project benchmarks/Rinna.Net.Benchmarks -- --filter "*GenerationBenchmarks.$OURS_METHOD*" --artifacts "$artifacts" \
+    > "$artifacts.log" 2>&1) || { tail -20 "$artifacts.log" >&2; return 1; }
+  $PY - "$artifacts" <<'EOF'
+import csv, glob, sys
+rows = [r for f in glob.glob(sys.argv[1] + "/results/*-report.csv") for r in csv.DictReader(open(f, encoding="utf-8"))]
+if len(rows) != 1: sys.exit(f"expected one benchmark row, found {len(rows)}")
+print(rows[0]["Tokens/s"])
+EOF
+}
+
+theirs() { # theirs GGUF_TYPE -> median tokens/s of llama.cpp on the same checkpoint
+  local gguf="$WORK/$SHAPE-$1.gguf" log="$WORK/llama-$1.log"
+  dotnet "$WORK/llamabench/out/llamabench.dll" bench --model "$gguf" --threads 2 "${PEER_ARGS[@]}" --reps 3 > "$log" 2>&1 \
+    || { tail -20 "$log" >&2; return 1; }
+  grep '^RESULT' "$log" | tr ' ' '\n' | sed -n "s/^$PEER_FIELD=//p"
+}
+
+# The checkpoint is the one the benchmarks generate; a run that measures nothing creates it.
+(cd "$ROOT" && RINNA_BENCH_SHAPES="$SHAPE" dotnet run -c Release --no-build --project benchmarks/Rinna.Net.Benchmarks -- \
+  --filter '*NoSuchBenchmark*' --artifacts "$WORK/bdn-none" > "$WORK/checkpoint.log" 2>&1)
+CHECKPOINT="${TMPDIR:-/tmp}/rinna-net-bench/$SHAPE"
+[ -f "$CHECKPOINT/.complete" ] || { echo "peer-ratio: no benchmark checkpoint at $CHECKPOINT (see $WORK/checkpoint.log)" >&2; exit 1; }
+for pair in $PAIRS; do
+  gguf="$WORK/$SHAPE-${pair#*:}.gguf"
+  if [ ! -f "$gguf" ]; then
+    echo "# converting $CHECKPOINT to $gguf"
+    $PY "$PEERS/hf_to_gguf_neox.py" "$CHECKPOINT" --outtype "${pair#*:}" --outfile "$gguf.tmp" >/dev/null
+    mv "$gguf.tmp" "$gguf"
+  fi
+done
+
+echo "# $PHASE tokens/s on $SHAPE, 2 threads; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-6s %-10s %-8s %10s %10s %7s\n' round ours theirs ours_tok/s llama_tok/s ratio
+for round in $(seq 1 "$ROUNDS"); do
+  for pair in $PAIRS; do
+    dtype="${pair%%:*}" type="${pair#*:}"
+    theirs_rate="$(theirs "$type")"
+    ours_rate="$(ours "$dtype")"
+    ratio="$($PY -c "print(f'{float(\"$ours_rate\") / float(\"$theirs_rate\"):.2f}')")"
+    printf '%-6s %-10s %-8s %10s %10s %7s\n' "$round" "$dtype" "$type" "$ours_rate" "$theirs_rate" "$ratio"
+  done
+done
+echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
