@@ -350,8 +350,9 @@ internal sealed class GptNeoXAttention : nn.Module
 
         if (queries == 1)
         {
-            // One new token (decode): the fused kernel in float32 takes half the time of the explicit form below at short
-            // contexts and no longer at 2048 keys, converting the value cache from the compute dtype included.
+            // One new token (decode): one fused float32 call instead of five. Measured with cold caches, converting a
+            // bfloat16 value cache included: 5-30 % faster than the explicit form below from 96 to 1024 keys, 4-18 % slower
+            // at 2048 keys; in the model at 64-96 keys, 0.19 against 0.23 ms per rinna-4b layer.
             var output = F.scaled_dot_product_attention(query, key, value.to(ScalarType.Float32), paddingBias);
             return output.to(value.dtype);
         }
