@@ -14,7 +14,7 @@ public enum TorchDtype
     /// <summary>
     /// float16. On CPU the matrices stay float16 (libtorch's float16 GEMV decodes about twice as fast as bfloat16; prompts
     /// convert them to bfloat16 block by block because libtorch has no fast float16 GEMM there), and LayerNorms,
-    /// embeddings and activations compute in bfloat16 (logged): the fastest CPU choice for decoding.
+    /// embeddings and activations compute in bfloat16 (logged): the fastest unquantized choice for decoding on CPU.
     /// </summary>
     Float16,
     /// <summary>bfloat16: half the memory of float32, fast prompt processing on CPUs with AVX-512 BF16.</summary>

@@ -46,8 +46,6 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
         if (bias is not null) register_parameter("bias", bias);
     }
 
-    public Tensor Weight => weight;
-
     /// <summary><c>x · Wᵀ + b</c> for <c>x [..., in_features]</c>, returned in <c>x</c>'s dtype.</summary>
     public override Tensor forward(Tensor x)
     {
