@@ -9,7 +9,8 @@
 #   PHASE=prefill bash benchmarks/peer-ratio.sh 2      # prefill-512 instead of decode
 #   PAIRS="BFloat16:f16 Int8:q8_0" bash benchmarks/peer-ratio.sh
 #
-# PAIRS lists ours:theirs, our TorchDtype against a GGUF type of the same checkpoint (default: Float16:f16 Int8:q8_0).
+# PAIRS lists ours:theirs, a benchmark dtype (BenchmarkCheckpoints.Options) against a GGUF type of the same checkpoint
+# (default: Float16:f16 Int8:q8_0; Int8All:q8_0 quantizes the head as Q8_0 does).
 # SHAPE is one of the benchmark shapes (default rinna-4b, the full 36-layer model: its checkpoint takes 7.6 GB of /tmp and
 # each GGUF as much again; one decode round of two pairs takes about 6 minutes).
 # llama.cpp is measured with ../shared/peers (LLamaSharp's build, converted with its own converter): a measuring tool,
@@ -75,14 +76,14 @@ for pair in $PAIRS; do
 done
 
 echo "# $PHASE tokens/s on $SHAPE, 2 threads; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-6s %-10s %-8s %10s %10s %7s\n' round ours theirs ours_tok/s llama_tok/s ratio
+printf '%-6s %-6s %-10s %-8s %10s %10s %7s\n' round utc ours theirs ours_tok/s llama_tok/s ratio
 for round in $(seq 1 "$ROUNDS"); do
   for pair in $PAIRS; do
     dtype="${pair%%:*}" type="${pair#*:}"
     theirs_rate="$(theirs "$type")"
     ours_rate="$(ours "$dtype")"
     ratio="$($PY -c "print(f'{float(\"$ours_rate\") / float(\"$theirs_rate\"):.2f}')")"
-    printf '%-6s %-10s %-8s %10s %10s %7s\n' "$round" "$dtype" "$type" "$ours_rate" "$theirs_rate" "$ratio"
+    printf '%-6s %-6s %-10s %-8s %10s %10s %7s\n' "$round" "$(date -u +%H:%M)" "$dtype" "$type" "$ours_rate" "$theirs_rate" "$ratio"
   done
 done
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

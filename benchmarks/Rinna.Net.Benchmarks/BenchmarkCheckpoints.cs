@@ -1,4 +1,5 @@
 using Rinna.Net.Model;
+using Rinna.Net.Model.Quantization;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Benchmarks;
@@ -30,6 +31,12 @@ public static class BenchmarkCheckpoints
         "Float16" => new ModelLoadOptions { TorchDtype = TorchDtype.Float16 },
         // The model card's switches: int8 layers, float16 for the rest (the head streams through the float16 GEMV).
         "Int8" => new ModelLoadOptions { TorchDtype = TorchDtype.Float16, LoadIn8Bit = true },
+        // llm_int8_skip_modules=[]: the head is int8 too, as in llama.cpp's Q8_0 files, so both engines stream the same bytes.
+        "Int8All" => new ModelLoadOptions
+        {
+            TorchDtype = TorchDtype.Float16,
+            QuantizationConfig = new QuantizationConfig { LoadIn8Bit = true, SkipModules = [] },
+        },
         _ => throw new ArgumentException($"unknown dtype '{dtype}'", nameof(dtype)),
     };
 }

@@ -42,13 +42,13 @@ public static class ModelShapes
 
     /// <summary>
     /// Weight bytes one decode step streams from memory: every layer matrix and the output head (the embedding is only
-    /// indexed). With int8 the layers take one byte per weight and the head stays float16.
+    /// indexed). With int8 the layers take one byte per weight and the head stays float16 (int8 too with Int8All).
     /// </summary>
     public static double DecodeBytesPerToken(GptNeoXConfig c, string dtype)
     {
         double h = c.HiddenSize, i = c.IntermediateSize;
         double perLayer = 3 * h * h + h * h + 2 * h * i;
-        (double layerBytes, double headBytes) = dtype switch { "Float32" => (4.0, 4.0), "Int8" => (1.0, 2.0), _ => (2.0, 2.0) };
+        (double layerBytes, double headBytes) = dtype switch { "Float32" => (4.0, 4.0), "Int8" => (1.0, 2.0), "Int8All" => (1.0, 1.0), _ => (2.0, 2.0) };
         return c.NumHiddenLayers * perLayer * layerBytes + c.VocabSize * h * headBytes;
     }
 }
