@@ -2,6 +2,7 @@ using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
 using TorchSharp;
+using Rinna.Net.Native;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Checkpoint;
@@ -105,11 +106,14 @@ public sealed class SafetensorsFile : IDisposable
         var stored = empty(entry.Shape, entry.DType);
         try
         {
+            if (dtype is null || dtype == entry.DType) NativeHeap.Prefault(stored); else NativeHeap.AdviseHugePages(stored);
             CopyInto(stored, offset, entry.ByteLength, chunkBytes);
             if (dtype is null || dtype == entry.DType) return stored;
             if (!IsFloatingPoint(entry.DType) || !IsFloatingPoint(dtype.Value))
                 throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {dtype}.");
-            var converted = stored.to(dtype.Value);
+            var converted = empty(entry.Shape, dtype.Value);
+            NativeHeap.Prefault(converted);
+            converted.copy_(stored);
             stored.Dispose();
             return converted;
         }

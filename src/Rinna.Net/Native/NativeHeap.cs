@@ -1,11 +1,13 @@
 using System.Runtime.InteropServices;
+using static TorchSharp.torch;
 
 namespace Rinna.Net.Native;
 
 /// <summary>
-/// glibc keeps freed heap memory mapped, so a loader that converts tensors one after another leaves every freed
-/// staging copy in the resident set. Trimming after each conversion returns those pages to the OS, which keeps the peak
-/// of a load near the size of the finished model. A no-op outside glibc-based Linux.
+/// How loading treats native memory. glibc keeps freed heap memory mapped, so a loader that converts tensors one after
+/// another leaves every freed staging copy in the resident set; trimming after each conversion returns those pages to
+/// the OS, which keeps the peak of a load near the size of the finished model. Fresh tensors are populated before they
+/// are filled (see <see cref="Prefault"/>). All of it is a no-op outside glibc-based Linux.
 /// </summary>
 internal static partial class NativeHeap
 {
@@ -15,6 +17,48 @@ internal static partial class NativeHeap
     {
         if (Available) MallocTrim(0);
     }
+
+    /// <summary>
+    /// Asks the kernel to back a freshly allocated, not yet written staging tensor with transparent huge pages
+    /// (<c>madvise(MADV_HUGEPAGE)</c> on its 2 MiB-aligned interior). Only for copies that are freed after loading: see
+    /// <see cref="Prefault"/> for why weights that stay must not get it.
+    /// </summary>
+    public static void AdviseHugePages(Tensor tensor) => Advise(tensor, MadvHugePage, HugePageBytes);
+
+    /// <summary>
+    /// Maps in all pages of a freshly allocated tensor in one call (<c>madvise(MADV_POPULATE_WRITE)</c>, Linux 5.14+)
+    /// before it is filled. A no-op for small tensors, off glibc Linux, and on kernels without that advice.
+    /// </summary>
+    /// <remarks>
+    /// Why: on the reference VM each 4 KiB page fault costs about 7 µs, and loading the full rinna-4b as bfloat16 took
+    /// 3.8 million of them and 60 s. Populating whole tensors up front, and giving the short-lived staging copies huge
+    /// pages, halved load times (4-layer rinna-4b: bfloat16 10–15 s → 4.0–4.4 s, float16 7.0 → 3.4 s, int8 9–10 →
+    /// 5.7–5.9 s). Huge pages for the kept weights as well would be faster still (1.0–2.4 s), but in alternating runs
+    /// they made int8 decode 5–65 % slower on this VM, so kept weights stay on ordinary pages.
+    /// </remarks>
+    public static void Prefault(Tensor tensor) => Advise(tensor, MadvPopulateWrite, PageBytes);
+
+    private static unsafe void Advise(Tensor tensor, int advice, long alignment)
+    {
+        long bytes = tensor.NumberOfElements * tensor.ElementSize;
+        if (!Available || bytes < 2 * alignment || bytes > int.MaxValue || tensor.device_type != TorchSharp.DeviceType.CPU || !tensor.is_contiguous()) return;
+        fixed (byte* data = tensor.bytes)
+        {
+            long start = ((long)data + alignment - 1) & ~(alignment - 1);
+            long end = ((long)data + bytes) & ~(alignment - 1);
+            // Advice is only a hint: an old kernel without MADV_POPULATE_WRITE answers EINVAL and the pages fault as usual.
+            if (end > start) _ = MAdvise((nint)start, (nuint)(end - start), advice);
+        }
+    }
+
+    private const long PageBytes = 4096;
+    private const long HugePageBytes = 2L << 20;
+
+    private const int MadvHugePage = 14;
+    private const int MadvPopulateWrite = 23;
+
+    [LibraryImport("libc.so.6", EntryPoint = "madvise")]
+    private static partial int MAdvise(nint address, nuint length, int advice);
 
     [LibraryImport("libc.so.6", EntryPoint = "malloc_trim")]
     private static partial int MallocTrim(nuint pad);

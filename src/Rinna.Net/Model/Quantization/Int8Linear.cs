@@ -1,3 +1,4 @@
+using Rinna.Net.Native;
 using TorchSharp;
 using TorchSharp.Utils;
 using static TorchSharp.torch;
@@ -127,6 +128,7 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
     {
         var (outFeatures, inFeatures) = (weight.shape[0], weight.shape[1]);
         var quantized = empty(outFeatures, inFeatures, dtype: ScalarType.Int8, device: device).DetachFromDisposeScope();
+        NativeHeap.Prefault(quantized);
         var scale = empty(outFeatures, dtype: ScalarType.Float32, device: device).DetachFromDisposeScope();
         var rowsPerBlock = Math.Max(1, QuantizeBlockElements / Math.Max(1, inFeatures));
         using (no_grad())
