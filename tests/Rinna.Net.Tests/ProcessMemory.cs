@@ -31,7 +31,7 @@ internal static partial class ProcessMemory
     private static partial int MallocTrim(nuint pad);
 }
 
-/// <summary>Tests that measure process-wide memory must not overlap with other tests.</summary>
+/// <summary>Tests that measure process-wide memory, or compare timings, must not overlap with other tests.</summary>
 [CollectionDefinition(Name, DisableParallelization = true)]
 public sealed class SerialMemoryCollection
 {
