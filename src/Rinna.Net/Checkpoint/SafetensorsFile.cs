@@ -106,12 +106,14 @@ public sealed class SafetensorsFile : IDisposable
         var stored = empty(entry.Shape, entry.DType);
         try
         {
-            if (dtype is null || dtype == entry.DType) NativeHeap.Prefault(stored); else NativeHeap.AdviseHugePages(stored);
+            var target = dtype ?? entry.DType;
+            // The stored copy is the weight itself, or a staging copy that dies after the conversion below.
+            if (target == entry.DType) NativeHeap.Prefault(stored); else NativeHeap.AdviseHugePages(stored);
             CopyInto(stored, offset, entry.ByteLength, chunkBytes);
-            if (dtype is null || dtype == entry.DType) return stored;
-            if (!IsFloatingPoint(entry.DType) || !IsFloatingPoint(dtype.Value))
-                throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {dtype}.");
-            var converted = empty(entry.Shape, dtype.Value);
+            if (target == entry.DType) return stored;
+            if (!IsFloatingPoint(entry.DType) || !IsFloatingPoint(target))
+                throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {target}.");
+            var converted = empty(entry.Shape, target);
             NativeHeap.Prefault(converted);
             converted.copy_(stored);
             stored.Dispose();

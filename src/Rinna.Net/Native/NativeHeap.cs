@@ -27,7 +27,8 @@ internal static partial class NativeHeap
 
     /// <summary>
     /// Maps in all pages of a freshly allocated tensor in one call (<c>madvise(MADV_POPULATE_WRITE)</c>, Linux 5.14+)
-    /// before it is filled. A no-op for small tensors, off glibc Linux, and on kernels without that advice.
+    /// before it is filled. A no-op for tensors under two pages or over 2 GB (<see cref="Tensor.bytes"/> is a span), off glibc
+    /// Linux, and on kernels without that advice.
     /// </summary>
     /// <remarks>
     /// Why: on the reference VM each 4 KiB page fault costs about 7 µs, and loading the full rinna-4b as bfloat16 took
