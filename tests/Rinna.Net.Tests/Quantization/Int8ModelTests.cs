@@ -14,11 +14,13 @@ public class Int8ModelTests
     // ~1e-2 is what LLM.int8() reaches on real widths. A wrong scale, layout or outlier path gives errors above 10 %.
     private const double MaxRelativeL2 = 0.04;
 
-    private static Task<GptNeoXForCausalLM> Load(string fixture, double threshold = QuantizationConfig.DefaultInt8Threshold, string[]? skipModules = null) =>
-        AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(fixture), new ModelLoadOptions
-        {
-            QuantizationConfig = new QuantizationConfig { LoadIn8Bit = true, Int8Threshold = threshold, SkipModules = skipModules ?? ["embed_out"] },
-        });
+    /// <param name="skipModules">Replaces <see cref="QuantizationConfig.SkipModules"/>; <c>null</c> keeps its default (the head).</param>
+    private static Task<GptNeoXForCausalLM> Load(string fixture, double threshold = QuantizationConfig.DefaultInt8Threshold, string[]? skipModules = null)
+    {
+        var quantization = new QuantizationConfig { LoadIn8Bit = true, Int8Threshold = threshold };
+        if (skipModules is not null) quantization.SkipModules = skipModules;
+        return AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(fixture), new ModelLoadOptions { QuantizationConfig = quantization });
+    }
 
     [Theory]
     [MemberData(nameof(ReferenceModel.All), MemberType = typeof(ReferenceModel))]
