@@ -61,9 +61,10 @@ public static class CausalLMGeneration
         int promptLength = (int)inputIds.shape[1];
         int total = promptLength + config.ResolveMaxNewTokens(promptLength);
 
-        using var ids = inputIds.to(ScalarType.Int64).cpu();
+        // As if the caller had written input_ids.to(model.device): the loop and its processors run beside the embedding.
+        using var ids = inputIds.to(ScalarType.Int64, model.Device);
         using var cache = new KeyValueCache(model.Config.NumHiddenLayers, total);
-        var mask = (attentionMask ?? ones_like(ids)).to(ScalarType.Int64).cpu().clone().DetachFromDisposeScope();
+        var mask = (attentionMask ?? ones_like(ids)).to(ScalarType.Int64, ids.device).clone().DetachFromDisposeScope();
         if (!mask.shape.SequenceEqual(ids.shape))
             throw new ArgumentException($"attention mask must match the prompt's shape [{string.Join(", ", ids.shape)}].", nameof(attentionMask));
         try
@@ -72,7 +73,7 @@ public static class CausalLMGeneration
             {
                 if (cache.Length > 0)
                 {
-                    var grown = cat([mask, ones(mask.shape[0], 1, ScalarType.Int64)], 1).DetachFromDisposeScope();
+                    var grown = cat([mask, ones(mask.shape[0], 1, ScalarType.Int64, mask.device)], 1).DetachFromDisposeScope();
                     mask.Dispose();
                     mask = grown;
                 }

@@ -60,7 +60,7 @@ public static class GenerationLoop
         var promptLength = (int)inputIds.shape[1];
         var tracker = new GenerationTracker(config, batchSize, promptLength, createDecoder);
         var pipeline = LogitsProcessorList.Create(config, promptLength, logitsProcessors);
-        using var sampler = TokenSampler.Create(config, inputIds.device);
+        using var sampler = TokenSampler.Create(config);
 
         var sequences = inputIds.alias();
         Tensor? lastAppended = null;
@@ -74,8 +74,9 @@ public static class GenerationLoop
                     break;
                 }
                 using var scope = NewDisposeScope();
-                // Processors and sampling run in float32 whatever the model's dtype, as Hugging Face does.
-                var logits = nextTokenLogits(lastAppended ?? inputIds).to(ScalarType.Float32);
+                // Processors and sampling run in float32 whatever the model's dtype, and on the device of the ids (the
+                // head of a split model may sit elsewhere), as Hugging Face does.
+                var logits = nextTokenLogits(lastAppended ?? inputIds).to(ScalarType.Float32, inputIds.device);
                 var scores = pipeline.Process(sequences, logits);
                 var appended = tracker.Advance(sampler.Next(scores)).unsqueeze(1);
                 var grown = cat([sequences, appended], 1).MoveToOuterDisposeScope();

@@ -8,6 +8,11 @@ namespace Rinna.Net.Generation;
 /// <c>softmax(scores)</c> (<c>multinomial</c>) with its own random generator, so a seed reproduces a run and concurrent
 /// generations do not share random state.
 /// </summary>
+/// <remarks>
+/// TorchSharp creates every <see cref="Generator"/> on the CPU, and a CUDA <c>multinomial</c> refuses one, so draws
+/// happen on the CPU whatever the device of the scores: one <c>[batch, vocab]</c> copy per step (256 KB for rinna's
+/// vocabulary), and the same seed draws the same tokens from the same probabilities on every device.
+/// </remarks>
 public sealed class TokenSampler : IDisposable
 {
     private readonly Generator? _generator;
@@ -16,20 +21,19 @@ public sealed class TokenSampler : IDisposable
     /// <summary>Creates a sampler.</summary>
     /// <param name="doSample"><c>true</c> to draw from the distribution, <c>false</c> for greedy decoding.</param>
     /// <param name="seed">Seed of the random generator; <c>null</c> draws one. Ignored for greedy decoding.</param>
-    /// <param name="device">Device of the scores that will be sampled (the generator must live there); <c>null</c> means CPU.</param>
-    public TokenSampler(bool doSample, long? seed = null, Device? device = null)
+    public TokenSampler(bool doSample, long? seed = null)
     {
         DoSample = doSample;
         if (!doSample) return;
         Seed = seed ?? Random.Shared.NextInt64();
-        _generator = new Generator(unchecked((ulong)Seed.Value), device ?? CPU);
+        _generator = new Generator(unchecked((ulong)Seed.Value), CPU);
     }
 
     /// <summary>A sampler for <paramref name="config"/>'s <see cref="GenerationConfig.DoSample"/> and <see cref="GenerationConfig.Seed"/>.</summary>
-    public static TokenSampler Create(GenerationConfig config, Device? device = null)
+    public static TokenSampler Create(GenerationConfig config)
     {
         ArgumentNullException.ThrowIfNull(config);
-        return new TokenSampler(config.DoSample, config.Seed, device);
+        return new TokenSampler(config.DoSample, config.Seed);
     }
 
     /// <summary>Whether tokens are drawn at random (otherwise greedy).</summary>
@@ -49,8 +53,9 @@ public sealed class TokenSampler : IDisposable
             throw new ArgumentException($"scores must be [batch, vocab], got [{string.Join(", ", scores.shape)}].", nameof(scores));
         if (!DoSample) return scores.argmax(-1);
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var probs = scores.softmax(-1);
-        return probs.multinomial(1, replacement: false, generator: _generator).squeeze(1);
+        using var probs = scores.softmax(-1).cpu();
+        using var drawn = probs.multinomial(1, replacement: false, generator: _generator).squeeze(1);
+        return drawn.to(scores.device, copy: true);
     }
 
     /// <summary>Releases the random generator.</summary>

@@ -83,7 +83,13 @@ public sealed class GptNeoXForCausalLM : nn.Module
         .Append(new KeyValuePair<string, string>("embed_out", HeadDevice.ToString()))
         .ToDictionary(kv => kv.Key, kv => kv.Value);
 
-    private Device HeadDevice => embed_out is TiedLinear ? gpt_neox.EmbedIn.Weight.device : DeviceOf(embed_out);
+    /// <summary>
+    /// The device of the input embedding, where token ids go in: transformers' <c>model.device</c>. Generation runs its
+    /// processors here, as transformers runs them on the device of <c>input_ids</c>.
+    /// </summary>
+    public Device Device => gpt_neox.EmbedIn.Weight.device;
+
+    private Device HeadDevice => embed_out is TiedLinear ? Device : DeviceOf(embed_out);
 
     private static Device DeviceOf(nn.Module module) =>
         module.parameters().Select(p => p.device).Concat(module.buffers().Select(b => b.device)).FirstOrDefault() ?? CPU;
