@@ -8,11 +8,15 @@
 #   bash benchmarks/peer-ratio.sh [rounds]            # default 3 rounds
 #   PHASE=prefill bash benchmarks/peer-ratio.sh 2      # prefill-512 instead of decode
 #   PAIRS="BFloat16:f16 Int8:q8_0" bash benchmarks/peer-ratio.sh
+#   FINE=8 bash benchmarks/peer-ratio.sh               # decode: each pair 8 times, alternating every ~30 s (see below)
 #
 # PAIRS lists ours:theirs, a benchmark dtype (BenchmarkCheckpoints.Options) against a GGUF type of the same checkpoint
 # (default: Float16:f16 Int8:q8_0; Int8All:q8_0 quantizes the head as Q8_0 does).
 # SHAPE is one of the benchmark shapes (default rinna-4b, the full 36-layer model: its checkpoint takes 7.6 GB of /tmp and
 # each GGUF as much again; one decode round of two pairs takes about 6 minutes).
+# FINE=N (decode only) loads our model once (Rinna.Net.Benchmarks --serve-decode, the same DecodeToken code as the
+# benchmark, timed by a plain stopwatch) and alternates one 32-token decode of ours with one llama.cpp run (3 x 32 tokens),
+# N times per pair, printing every ratio and their median: pairs 30 s apart follow the drift far better than rounds.
 # llama.cpp is measured with ../shared/peers (LLamaSharp's build, converted with its own converter): a measuring tool,
 # not a dependency of the library. Needs Debian's python3-numpy for the converter. Run it on an idle machine.
 set -euo pipefail
@@ -75,7 +79,41 @@ for pair in $PAIRS; do
   fi
 done
 
+evict() { # evict FILE...: drop files from the page cache, so that llama.cpp's mmap of its GGUF does not compete with them
+  $PY -c "
+import os, sys
+for f in sys.argv[1:]:
+    fd = os.open(f, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)" "$@"
+}
+
+fine() { # fine DTYPE GGUF_TYPE: FINE alternations of one decode of ours (model loaded once) and one llama.cpp run
+  local dtype=$1 type=$2 line ours_rate theirs_rate ratios=()
+  coproc OURS { cd "$ROOT" && exec dotnet run -c Release --no-build --project benchmarks/Rinna.Net.Benchmarks -- \
+    --serve-decode "$SHAPE" "$dtype" 2> "$WORK/serve-$dtype.log"; }
+  while read -r line <&"${OURS[0]}"; do [ "$line" = READY ] && break; done
+  [ "$line" = READY ] || { tail -20 "$WORK/serve-$dtype.log" >&2; return 1; }
+  # Our weights are in memory now; the checkpoint's cached pages would only push llama.cpp's GGUF out.
+  evict "$CHECKPOINT"/*.safetensors $(ls "$WORK/$SHAPE"-*.gguf | grep -v -- "-$type.gguf")
+  for i in $(seq 1 "$FINE"); do
+    echo go >&"${OURS[1]}"
+    read -r ours_rate <&"${OURS[0]}"
+    theirs_rate="$(theirs "$type")"
+    ratios+=("$($PY -c "print(f'{float(\"$ours_rate\") / float(\"$theirs_rate\"):.3f}')")")
+    printf '%-6s %-9s %-10s %-8s %10s %10s %7s\n' "$i" "$(date -u +%H:%M:%S)" "$dtype" "$type" "$ours_rate" "$theirs_rate" "${ratios[-1]}"
+  done
+  exec {OURS[1]}>&-
+  wait "$OURS_PID" || true
+  echo "# $dtype vs $type: median ratio $($PY -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "${ratios[@]}") of ${#ratios[@]}"
+}
+
 echo "# $PHASE tokens/s on $SHAPE, 2 threads; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "${FINE:-}" ]; then
+  [ "$PHASE" = decode ] || { echo "peer-ratio: FINE measures decode only" >&2; exit 2; }
+  printf '%-6s %-9s %-10s %-8s %10s %10s %7s\n' pair utc ours theirs ours_tok/s llama_tok/s ratio
+  for pair in $PAIRS; do fine "${pair%%:*}" "${pair#*:}"; done
+  echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  exit 0
+fi
 printf '%-6s %-6s %-10s %-8s %10s %10s %7s\n' round utc ours theirs ours_tok/s llama_tok/s ratio
 for round in $(seq 1 "$ROUNDS"); do
   for pair in $PAIRS; do

@@ -8,7 +8,8 @@ namespace Rinna.Net.Benchmarks;
 /// <summary>Prefill and decode throughput of random-weight GPT-NeoX models, per dtype.</summary>
 public class GenerationBenchmarks
 {
-    private const int DecodeSteps = 32, DecodeContext = 64;
+    internal const int DecodeSteps = 32;
+    private const int DecodeContext = 64;
     private GptNeoXForCausalLM model = null!;
     private Tensor prompt128 = null!, prompt512 = null!, decodePrompt = null!;
     private KeyValueCache cache = null!;

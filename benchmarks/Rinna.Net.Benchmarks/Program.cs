@@ -10,6 +10,25 @@ using Rinna.Net.Benchmarks;
 // --short: rinna-4b measured with 4 of its 36 layers and few iterations, so the whole suite takes minutes.
 // RINNA_BENCH_SHAPES / RINNA_BENCH_DTYPES (comma-separated) narrow the shapes and dtypes, e.g. for a full-size rinna-4b run.
 // Benchmark on an idle machine: with 2 cores, any other CPU load slows libtorch's threads 4-6x. The load is recorded.
+// --serve-decode SHAPE DTYPE: loads one model, then times one DecodeToken run per line read from stdin and prints its tokens/s,
+// so that benchmarks/peer-ratio.sh (FINE=N) can alternate it with llama.cpp every few seconds without reloading either.
+if (args is ["--serve-decode", var serveShape, var serveDType])
+{
+    var decode = new GenerationBenchmarks { Shape = serveShape, DType = serveDType };
+    decode.Setup();
+    decode.PrefillBeforeDecode();
+    decode.DecodeToken(); // warm-up
+    Console.WriteLine("READY");
+    while (Console.ReadLine() is not null)
+    {
+        decode.PrefillBeforeDecode();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        decode.DecodeToken();
+        Console.WriteLine((GenerationBenchmarks.DecodeSteps / clock.Elapsed.TotalSeconds).ToString("F3", CultureInfo.InvariantCulture));
+    }
+    return;
+}
+
 var isShort = args.Contains("--short");
 args = args.Where(a => a != "--short").ToArray();
 if (isShort) Environment.SetEnvironmentVariable(BenchmarkSettings.ShortVariable, "1");
