@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 using System.Text;
+using Rinna.Net.Native;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Checkpoint;
@@ -113,8 +114,7 @@ internal sealed class PyTorchPickleFile : ITensorFile
         {
             using (var stream = entry.Open()) ReadAll(stream, storage, entry.Length);
             using var strided = storage.as_strided(descriptor.Entry.Shape, descriptor.Stride, descriptor.StorageOffset);
-            var result = dtype is null || dtype == descriptor.Entry.DType ? strided.contiguous().clone() : strided.to(dtype.Value).contiguous();
-            return result;
+            return NativeHeap.PrefaultedCopy(strided, dtype ?? descriptor.Entry.DType);
         }
         catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
         {

@@ -113,9 +113,7 @@ public sealed class SafetensorsFile : IDisposable
             if (target == entry.DType) return stored;
             if (!IsFloatingPoint(entry.DType) || !IsFloatingPoint(target))
                 throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {target}.");
-            var converted = empty(entry.Shape, target);
-            NativeHeap.Prefault(converted);
-            converted.copy_(stored);
+            var converted = NativeHeap.PrefaultedCopy(stored, target);
             stored.Dispose();
             return converted;
         }

@@ -39,6 +39,23 @@ internal static partial class NativeHeap
     /// </remarks>
     public static void Prefault(Tensor tensor) => Advise(tensor, MadvPopulateWrite, PageBytes);
 
+    /// <summary>A new contiguous CPU copy of <paramref name="source"/> as <paramref name="dtype"/>, populated (<see cref="Prefault"/>) before it is filled.</summary>
+    public static Tensor PrefaultedCopy(Tensor source, ScalarType dtype)
+    {
+        var copy = empty(source.shape, dtype);
+        try
+        {
+            Prefault(copy);
+            copy.copy_(source);
+            return copy;
+        }
+        catch
+        {
+            copy.Dispose();
+            throw;
+        }
+    }
+
     private static unsafe void Advise(Tensor tensor, int advice, long alignment)
     {
         long bytes = tensor.NumberOfElements * tensor.ElementSize;
