@@ -1,6 +1,8 @@
 // Checks Rinna.Net on one device against the Hugging Face fixtures and, given a checkpoint, times it there.
 // CI has no GPU, so this is how the CUDA path gets verified on a machine that has one (run-on-pytorch-host.sh).
-//   Rinna.Net.DeviceCheck --fixtures ../shared/fixtures/models [--device cuda:0] [--bench DIR --out DIR]
+//   Rinna.Net.DeviceCheck --fixtures ../shared/fixtures/models [--device cuda:0] [--demo samples/models/rinna-demo]
+//                         [--no-init] [--bench DIR --out DIR]
+// --no-init leaves CUDA to come up the way it does in an application that never calls InitializeDeviceType.
 // With --bench it only times the checkpoint. Prints one PASS/FAIL line per check and exits with 1 if any failed.
 using System.Diagnostics;
 using System.Text.Json;
@@ -18,11 +20,14 @@ var fixtures = Arg("--fixtures") ?? throw new ArgumentException("--fixtures DIR 
 var device = Arg("--device") ?? "cuda:0";
 var bench = Arg("--bench");
 var outDir = Arg("--out") ?? ".";
+var demo = Arg("--demo");
 
-if (device.StartsWith("cuda", StringComparison.Ordinal))
+if (device.StartsWith("cuda", StringComparison.Ordinal) && !args.Contains("--no-init"))
     torch.InitializeDeviceType(DeviceType.CUDA); // throws with TorchSharp's load trace when CUDA does not come up
-Console.WriteLine($"TorchSharp {typeof(torch).Assembly.GetName().Version}, cuda available {torch.cuda.is_available()}, " +
+// With --no-init nothing here touches CUDA before the first model load does.
+void Describe() => Console.WriteLine($"TorchSharp {typeof(torch).Assembly.GetName().Version}, cuda available {torch.cuda.is_available()}, " +
     $"{(torch.cuda.is_available() ? torch.cuda.device_count() : 0)} GPU(s); libtorch loaded from {LoadedLibTorch()}");
+if (!args.Contains("--no-init")) Describe();
 
 int failures = 0;
 void Check(string name, Func<string> run)
@@ -65,6 +70,7 @@ else
         Check($"bench {name} on {device}", () => Timing.Run(bench, name, options, outDir));
 }
 
+if (args.Contains("--no-init")) Describe();
 Console.WriteLine(failures == 0 ? "ALL CHECKS PASSED" : $"{failures} CHECK(S) FAILED");
 return failures == 0 ? 0 : 1;
 
@@ -126,6 +132,25 @@ void CheckFixtures()
         if (first.Length == 0 || !first.SequenceEqual(second)) throw new InvalidOperationException($"[{string.Join(",", first)}] vs [{string.Join(",", second)}]");
         return $"{first.Length} tokens, both runs [{string.Join(",", first.Take(12))}...]";
     });
+
+    if (demo is not null)
+        Check($"the QuickStart's lines on {device}: tokenizer, int8 + float16, sampled chat answer from {Path.GetFileName(demo)}", () =>
+        {
+            var tokenizer = AutoTokenizer.FromPretrainedAsync(demo).GetAwaiter().GetResult();
+            using var model = AutoModelForCausalLM.FromPretrainedAsync(demo,
+                new ModelLoadOptions { DeviceMap = device, TorchDtype = TorchDtype.Float16, LoadIn8Bit = true }).GetAwaiter().GetResult();
+            var prompt = RinnaChatPromptBuilder.ForModel(demo, RinnaChatFormat.Bilingual).BuildPrompt([new RinnaChatTurn(RinnaSpeaker.User, "What is your favourite book?")]);
+            using var ids = tensor(tokenizer.Encode(prompt, addSpecialTokens: false).Select(i => (long)i).ToArray()).unsqueeze(0);
+            var output = model.Generate(ids, model.GenerationConfig() with
+            {
+                DoSample = true, MaxNewTokens = 48, Temperature = 0.7, RepetitionPenalty = 1.1, Seed = 42,
+                EosTokenId = tokenizer.EosTokenId is int eos ? [eos] : null, PadTokenId = tokenizer.PadTokenId,
+            }, tokenizer: tokenizer);
+            output.Sequences.Dispose();
+            var text = output.Rows[0].Text ?? tokenizer.Decode(output.Rows[0].TokenIds, skipSpecialTokens: true);
+            if (string.IsNullOrWhiteSpace(text)) throw new InvalidOperationException("empty answer");
+            return $"\"{text.ReplaceLineEndings(" ")}\"";
+        });
 
 }
 
