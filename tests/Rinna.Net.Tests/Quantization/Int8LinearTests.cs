@@ -197,6 +197,54 @@ public class Int8LinearTests
             }
     }
 
+    /// <summary>
+    /// A decode step's row takes the managed steps around the product (<see cref="SingleRowInt8"/>); they must give
+    /// exactly the script's bits, for rows read at an offset inside a larger tensor too.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 1, ScalarType.Float32, true)]
+    [InlineData(7, 5, ScalarType.BFloat16, true)]
+    [InlineData(63, 65, ScalarType.BFloat16, false)]
+    [InlineData(1031, 17, ScalarType.Float32, false)]
+    [InlineData(2816, 8448, ScalarType.BFloat16, true)]
+    [InlineData(640, 2816, ScalarType.Float32, true)]
+    public void SingleRowPathGivesTheScriptsBits(int k, int n, ScalarType dtype, bool withBias)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)(k * 31 + n));
+        using var layer = new Int8Linear(randn(n, k, generator: gen) * 0.05, withBias ? randn(n, generator: gen) : null);
+        var rows = randn(3, k, generator: gen).mul_(2.0).to(dtype);
+        foreach (var threshold in new[] { 0.0, 6.0, 100.0 })
+            for (int r = 0; r < 3; r++)
+            {
+                var row = rows.narrow(0, r, 1); // rows 1 and 2 start at an offset in the storage
+                Assert.True(SingleRowInt8.TryQuantize(row, threshold, out var quantized, out _) || threshold == 6.0,
+                    $"row {r} threshold {threshold} was not taken");
+                quantized?.Dispose();
+                var managed = AtenInt8Kernels.Linear(row, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+                var script = AtenInt8Kernels.ScriptLinear(row, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+                Assert.Equal(dtype, managed.dtype);
+                Assert.True(managed.equal(script).all().item<bool>(), $"row {r}, threshold {threshold}: max diff {Int8Reference.MaxAbs(managed.to(ScalarType.Float32) - script.to(ScalarType.Float32))}");
+            }
+    }
+
+    [Fact]
+    public void SingleRowPathLeavesOutliersAndOtherInputsToTheScript()
+    {
+        using var scope = NewDisposeScope();
+        var row = randn(1, 64, generator: new Generator(3));
+        row[0, 5] = tensor(9f);
+        Assert.False(SingleRowInt8.TryQuantize(row, 6.0, out _, out _)); // an outlier feature: the decomposition is the script's
+        Assert.True(SingleRowInt8.TryQuantize(row, 0.0, out var pure, out _)); // threshold 0: pure int8 takes the row
+        pure.Dispose();
+        Assert.False(SingleRowInt8.TryQuantize(randn(2, 64), 6.0, out _, out _)); // a prompt
+        Assert.False(SingleRowInt8.TryQuantize(randn(1, 64).to(ScalarType.Float16), 6.0, out _, out _));
+        Assert.False(SingleRowInt8.TryQuantize(randn(1, 128).slice(1, 0, 128, 2), 6.0, out _, out _)); // not contiguous
+        var nan = randn(1, 64);
+        nan[0, 40] = tensor(float.NaN);
+        Assert.False(SingleRowInt8.TryQuantize(nan, 0.0, out _, out _));
+    }
+
     [Fact]
     public void ModelDtypeConversionKeepsStorageAndResult()
     {

@@ -21,6 +21,9 @@ internal static class AtenInt8Kernels
     /// <summary>The name of the script function that computes the whole layer.</summary>
     private const string LinearFunction = "int8_linear";
 
+    /// <summary>The name of the script function that is only the integer product (for <see cref="SingleRowInt8"/>).</summary>
+    private const string ProductFunction = "int8_mm";
+
     /// <summary>
     /// <c>int8_linear(x [M,K] float, weight [N,K] int8, weight_scale [N] f32, bias [N] f32?, threshold) -> [M,N] x.dtype</c>.
     /// The native script resolver knows no dtype constants, hence <c>dtype=1</c> for int8. cuBLASLt's int8 GEMM needs
@@ -54,6 +57,9 @@ internal static class AtenInt8Kernels
                 y = y.add_(bias)
             return y.to(dtype=x.dtype)
 
+        def int8_mm(xq: Tensor, weight: Tensor) -> Tensor:
+            return torch._int_mm(xq, weight.t())
+
         """;
 
     /// <summary>Elements of the int8 weight converted to float at once by the fallback: 4 MiB of float32.</summary>
@@ -67,16 +73,26 @@ internal static class AtenInt8Kernels
     /// <summary>Why the TorchScript path is unusable, or <c>null</c> when it works.</summary>
     internal static string? ScriptFailure => Compiled.Value.Failure;
 
-    /// <summary>Computes <c>x · dequant(weight)ᵀ + bias</c> with LLM.int8() arithmetic, on the fastest path the shape allows.</summary>
+    /// <summary>
+    /// Computes <c>x · dequant(weight)ᵀ + bias</c> with LLM.int8() arithmetic, on the fastest path the shape allows: for
+    /// one CPU row without outliers the steps around the product run in <see cref="SingleRowInt8"/>, otherwise all in the script.
+    /// </summary>
     /// <param name="x">Activations <c>[M,K]</c> in a floating dtype; the result has the same dtype.</param>
     /// <param name="weight">Quantized weight <c>[N,K]</c>, int8, row-major.</param>
     /// <param name="weightScale">Per-row dequantization scale <c>[N]</c>, float32.</param>
     /// <param name="bias">Optional bias <c>[N]</c>, float32.</param>
     /// <param name="threshold">Outlier threshold; zero or less means pure int8.</param>
     internal static Tensor Linear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
-        => IsScriptAvailable && IntMmAccepts(weight)
-            ? ScriptLinear(x, weight, weightScale, bias, threshold)
-            : FallbackLinear(x, weight, weightScale, bias, threshold);
+    {
+        if (!IsScriptAvailable || !IntMmAccepts(weight)) return FallbackLinear(x, weight, weightScale, bias, threshold);
+        if (SingleRowInt8.TryQuantize(x, threshold, out var quantized, out var scale))
+        {
+            using (quantized)
+            using (var accumulator = Compiled.Value.Unit!.invoke<Tensor>(ProductFunction, quantized, weight))
+                return SingleRowInt8.Rescale(accumulator, scale, weightScale, bias, x.dtype);
+        }
+        return ScriptLinear(x, weight, weightScale, bias, threshold);
+    }
 
     /// <summary>The TorchScript path; throws when it is unavailable.</summary>
     internal static Tensor ScriptLinear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
