@@ -11,7 +11,8 @@ namespace Rinna.Net.Model.Quantization;
 /// <remarks>
 /// Why TorchScript: on the reference CPU <c>_int_mm</c> streams the int8 weight at 27–39 GB/s for one token, against
 /// about 20 GB/s for a bfloat16 GEMV of twice the bytes (research/torchsharp-spike.md §4), and an invoke costs about
-/// 3 µs. The whole forward runs in one script function so that a decode step pays that overhead once per layer.
+/// 3 µs. A prompt's whole forward runs in one script function, so it pays that overhead once per layer; a decode row
+/// calls only the product, and <see cref="SingleRowInt8"/> does the steps around it faster in managed code.
 /// A TorchScript compile error aborts the process, so <see cref="Script"/> is a tested constant compiled once per
 /// process. When TorchScript cannot be used at all, or a CUDA shape breaks cuBLASLt's int8 rules, the same arithmetic
 /// runs in plain TorchSharp (<see cref="FallbackLinear"/>), which converts the int8 weight to float one block at a time.
