@@ -54,8 +54,9 @@ public sealed class TokenSampler : IDisposable
         if (!DoSample) return scores.argmax(-1);
         ObjectDisposedException.ThrowIf(_disposed, this);
         using var probs = scores.softmax(-1).cpu();
-        using var drawn = probs.multinomial(1, replacement: false, generator: _generator).squeeze(1);
-        return drawn.to(scores.device, copy: true);
+        var drawn = probs.multinomial(1, replacement: false, generator: _generator).squeeze(1);
+        if (scores.device_type == DeviceType.CPU) return drawn;
+        using (drawn) return drawn.to(scores.device);
     }
 
     /// <summary>Releases the random generator.</summary>

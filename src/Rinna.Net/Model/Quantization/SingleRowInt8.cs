@@ -31,25 +31,32 @@ internal static class SingleRowInt8
             || x.dtype is not (ScalarType.BFloat16 or ScalarType.Float32))
             return false;
         int length = checked((int)x.shape[1]);
+        if (x.dtype == ScalarType.Float32) return TryQuantize(MemoryMarshal.Cast<byte, float>(x.bytes), threshold, out quantized, out scale);
+        // bfloat16 rows are widened once into a pooled buffer; float32 rows are read where they are.
         var pooled = ArrayPool<float>.Shared.Rent(length);
         try
         {
             var values = pooled.AsSpan(0, length);
-            if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(values);
-            else WidenBFloat16(MemoryMarshal.Cast<byte, ushort>(x.bytes), values);
-
-            float absMax = AbsMax(values);
-            // NaN and infinity fall through to the script, which handles them as ATen does.
-            if (!float.IsFinite(absMax) || (threshold > 0.0 && absMax > threshold)) return false;
-            scale = MathF.Max(absMax, 1e-30f) / 127.0f;
-            quantized = empty(1, length, dtype: ScalarType.Int8);
-            Quantize(values, scale, MemoryMarshal.Cast<byte, sbyte>(quantized.bytes));
-            return true;
+            WidenBFloat16(MemoryMarshal.Cast<byte, ushort>(x.bytes), values);
+            return TryQuantize(values, threshold, out quantized, out scale);
         }
         finally
         {
             ArrayPool<float>.Shared.Return(pooled);
         }
+    }
+
+    private static bool TryQuantize(ReadOnlySpan<float> values, double threshold, out Tensor quantized, out float scale)
+    {
+        quantized = null!;
+        scale = 0;
+        float absMax = AbsMax(values);
+        // NaN and infinity fall through to the script, which handles them as ATen does.
+        if (!float.IsFinite(absMax) || (threshold > 0.0 && absMax > threshold)) return false;
+        scale = MathF.Max(absMax, 1e-30f) / 127.0f;
+        quantized = empty(1, values.Length, dtype: ScalarType.Int8);
+        Quantize(values, scale, MemoryMarshal.Cast<byte, sbyte>(quantized.bytes));
+        return true;
     }
 
     /// <summary>
