@@ -10,11 +10,13 @@ namespace Rinna.Net.Model;
 /// and picks libtorch's kernel per phase so that float16 pays off in both.
 /// </summary>
 /// <remarks>
-/// Measured on the reference CPU (research/torchsharp-spike.md §2): libtorch's float16 GEMV streams 35–45 GB/s, twice its
-/// bfloat16 GEMV, which makes it the decode kernel; but libtorch has no float16 GEMM on CPUs without AVX512-FP16 (about
-/// 47 GFLOP/s, 8× slower than bfloat16's oneDNN GEMM), so a prompt converts the weight to bfloat16 one block at a time
-/// into a reused scratch buffer and multiplies there. Memory stays at two bytes per weight; the scratch buffer is at
-/// most <see cref="ConversionBlockElements"/> bfloat16 elements per thread that ran a prompt. Off the CPU the weight is
+/// Measured on the reference CPU (research/torchsharp-spike.md §2): float16 GEMVs stream 35–45 GB/s, twice libtorch's
+/// bfloat16 GEMV, which makes float16 the decode format. One row (a decode step) goes through <see cref="Float16Gemv"/>
+/// where the CPU supports it (product, bias and conversion in one managed pass on libtorch's threads), otherwise
+/// through libtorch's float16 GEMV. libtorch has no float16 GEMM on CPUs without AVX512-FP16 (about 47 GFLOP/s, 8×
+/// slower than bfloat16's oneDNN GEMM), so a prompt converts the weight to bfloat16 one block at a time into a reused
+/// scratch buffer and multiplies there. Memory stays at two bytes per weight; the scratch buffer is at most
+/// <see cref="ConversionBlockElements"/> bfloat16 elements per thread that ran a prompt. Off the CPU the weight is
 /// simply used in float16.
 /// </remarks>
 internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
@@ -34,6 +36,9 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
     private readonly Parameter weight;
     private readonly Parameter? bias;
 
+    /// <summary>Whether one-row products may use <see cref="Float16Gemv"/>: decided at the first such product, when the weight holds its values.</summary>
+    private bool? managedGemv;
+
     /// <param name="weight">The float16 weight <c>[out_features, in_features]</c>, kept as given.</param>
     /// <param name="bias">The optional bias <c>[out_features]</c>, in the model's compute dtype.</param>
     public Float16Linear(Parameter weight, Parameter? bias) : base("linear")
@@ -52,6 +57,8 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         long inFeatures = weight.shape[1];
         var rows = x.reshape(-1, inFeatures);
+        if (rows.shape[0] == 1 && TryManagedGemv(rows, out var single))
+            return single.view([.. x.shape[..^1], weight.shape[0]]).MoveToOuterDisposeScope();
         var product = weight.device_type != DeviceType.CPU ? F.linear(rows.to(ScalarType.Float16), weight)
             : rows.shape[0] <= GemvRowLimit ? RowByRowGemv(rows)
             : BlockwiseBFloat16Gemm(rows);
@@ -60,6 +67,15 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
         var shape = x.shape.ToArray();
         shape[^1] = weight.shape[0];
         return output.view(shape).MoveToOuterDisposeScope();
+    }
+
+    private bool TryManagedGemv(Tensor row, out Tensor output)
+    {
+        output = null!;
+        if (!Float16Gemv.IsSupported || weight.device_type != DeviceType.CPU) return false;
+        // A weight with infinities or NaNs keeps libtorch's float16 semantics; checked once, not per token.
+        managedGemv ??= weight.is_contiguous() && weight.numel() * sizeof(short) <= int.MaxValue && Float16Gemv.IsFinite(weight);
+        return managedGemv.Value && Float16Gemv.TryMultiply(row.contiguous(), weight, bias, out output);
     }
 
     private Tensor RowByRowGemv(Tensor rows)

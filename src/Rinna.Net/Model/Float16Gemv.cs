@@ -1,0 +1,234 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Rinna.Net.Native;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Model;
+
+/// <summary>
+/// <c>x · Wᵀ + b</c> for one row of activations and a float16 weight on the CPU (a decode step), in managed AVX-512 code
+/// on libtorch's OpenMP threads, with the bias and the conversion to the activations' dtype done in the same pass.
+/// </summary>
+/// <remarks>
+/// Why: libtorch's float16 GEMV streams about as fast as this kernel, but a float16 linear layer around it was four
+/// ATen calls (input to float16, the product, the result to bfloat16, the bias), and the product itself was rounded to
+/// float16 on the way. Here it is one pass, and the product stays float32 until the single rounding at the end.
+/// <para>
+/// Exact float16 widening without F16C (which .NET does not expose): the weight's bits, sign-extended and shifted left
+/// by 13, are the float32 value <c>w · 2⁻¹¹²</c> exactly, subnormals included. The activations are scaled by 2⁵⁶
+/// beforehand and the sum by 2⁵⁶ afterwards; powers of two are exact, so this is an ordinary float32 dot product
+/// unless a single product is below 2⁻⁷⁰ (negligible) or an activation exceeds 2⁶⁴ (such rows go to libtorch). Float16
+/// subnormal weights become float32 subnormal operands: free on the AMD CPU this was measured on, but CPUs that take a
+/// microcode assist for them would be many times slower, so a one-time probe (<see cref="SubnormalsAreSlow"/>) turns
+/// this path off there. Weights with infinities or NaNs must not come here (the caller checks once).
+/// </para>
+/// </remarks>
+internal static unsafe class Float16Gemv
+{
+    private const float Up = 72057594037927936f; // 2^56
+    private const float MaxActivation = 18446744073709551616f; // 2^64
+    /// <summary>Each thread claims this share of the rows at a time: long contiguous weight streams, with some room for balancing.</summary>
+    private const int ClaimsPerThread = 4;
+
+    /// <summary>Whether this process can take the managed path: AVX-512, libtorch's libgomp found, and no penalty for subnormal operands.</summary>
+    public static bool IsSupported { get; } = Avx512F.IsSupported && LibTorchOpenMp.IsAvailable && !SubnormalsAreSlow();
+
+    private struct Job
+    {
+        public ushort* Weight;
+        public float* Input;
+        public void* Bias;
+        public bool BiasIsBFloat16;
+        public void* Output;
+        public bool OutputIsBFloat16;
+        public int Rows;
+        public int Columns;
+        public int RowsPerClaim;
+        public int NextRow;
+    }
+
+    /// <summary>
+    /// Computes <c>x · Wᵀ + b</c> for <paramref name="x"/> <c>[1, K]</c> (bfloat16 or float32, contiguous, CPU) and the
+    /// contiguous float16 <paramref name="weight"/> <c>[N, K]</c>, with an optional bias <c>[N]</c> in bfloat16 or float32,
+    /// returning <c>[1, N]</c> in <paramref name="x"/>'s dtype. Returns false, doing nothing, for anything else.
+    /// </summary>
+    public static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result)
+    {
+        result = null!;
+        if (!IsSupported || !Eligible(x, weight, bias)) return false;
+        int rows = (int)weight.shape[0], columns = (int)weight.shape[1];
+        var pooled = ArrayPool<float>.Shared.Rent(columns);
+        try
+        {
+            if (!ScaleInput(x, pooled.AsSpan(0, columns))) return false;
+            var output = empty(1, rows, dtype: x.dtype);
+            fixed (float* input = pooled)
+            fixed (byte* weightBytes = weight.bytes)
+            fixed (byte* biasBytes = bias is null ? default : bias.bytes)
+            fixed (byte* outputBytes = output.bytes)
+            {
+                int threads = get_num_threads();
+                var job = new Job
+                {
+                    RowsPerClaim = Math.Max(16, rows / (ClaimsPerThread * threads)),
+                    Weight = (ushort*)weightBytes, Input = input, Bias = biasBytes, BiasIsBFloat16 = bias?.dtype == ScalarType.BFloat16,
+                    Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
+                };
+                LibTorchOpenMp.Run(&RunRows, &job, threads);
+            }
+            result = output;
+            return true;
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(pooled);
+        }
+    }
+
+    /// <summary>True when no element of the float16 <paramref name="weight"/> is infinite or NaN (exponent bits all ones).</summary>
+    public static bool IsFinite(Tensor weight)
+    {
+        var bits = MemoryMarshal.Cast<byte, ushort>(weight.bytes);
+        int i = 0;
+        var exponent = Vector512.Create((ushort)0x7C00);
+        for (; i + Vector512<ushort>.Count <= bits.Length; i += Vector512<ushort>.Count)
+            if (Vector512.EqualsAny(Vector512.Create(bits.Slice(i, Vector512<ushort>.Count)) & exponent, exponent)) return false;
+        for (; i < bits.Length; i++)
+            if ((bits[i] & 0x7C00) == 0x7C00) return false;
+        return true;
+    }
+
+    private static bool Eligible(Tensor x, Tensor weight, Tensor? bias)
+    {
+        static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
+        return OnCpuContiguous(x) && x.dim() == 2 && x.shape[0] == 1 && x.dtype is ScalarType.BFloat16 or ScalarType.Float32
+            && OnCpuContiguous(weight) && weight.dtype == ScalarType.Float16 && weight.dim() == 2 && weight.shape[1] == x.shape[1]
+            && weight.numel() * sizeof(ushort) <= int.MaxValue
+            && (bias is null || (OnCpuContiguous(bias) && bias.dim() == 1 && bias.shape[0] == weight.shape[0]
+                && bias.dtype is ScalarType.BFloat16 or ScalarType.Float32));
+    }
+
+    /// <summary>Writes <c>x · 2⁵⁶</c> as float32; false if some |x| exceeds 2⁶⁴ or is NaN.</summary>
+    private static bool ScaleInput(Tensor x, Span<float> scaled)
+    {
+        if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(scaled);
+        else
+        {
+            var source = MemoryMarshal.Cast<byte, ushort>(x.bytes);
+            for (int i = 0; i < source.Length; i++) scaled[i] = BitConverter.Int32BitsToSingle(source[i] << 16);
+        }
+        var limit = Vector512.Create(MaxActivation);
+        var up = Vector512.Create(Up);
+        int c = 0;
+        for (; c + Vector512<float>.Count <= scaled.Length; c += Vector512<float>.Count)
+        {
+            var value = Vector512.Create(scaled.Slice(c, Vector512<float>.Count));
+            // written so that NaN fails the test too
+            if (!Vector512.LessThanOrEqualAll(Vector512.Abs(value), limit)) return false;
+            (value * up).CopyTo(scaled.Slice(c, Vector512<float>.Count));
+        }
+        for (; c < scaled.Length; c++)
+        {
+            if (!(MathF.Abs(scaled[c]) <= MaxActivation)) return false;
+            scaled[c] *= Up;
+        }
+        return true;
+    }
+
+    [UnmanagedCallersOnly]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RunRows(void* state)
+    {
+        var job = (Job*)state;
+        int first;
+        while ((first = Interlocked.Add(ref job->NextRow, job->RowsPerClaim) - job->RowsPerClaim) < job->Rows)
+        {
+            int end = Math.Min(job->Rows, first + job->RowsPerClaim);
+            for (int row = first; row < end; row++)
+            {
+                float value = Dot(job->Weight + (long)row * job->Columns, job->Input, job->Columns) * Up;
+                if (job->Bias != null)
+                    value += job->BiasIsBFloat16 ? BitConverter.Int32BitsToSingle(((ushort*)job->Bias)[row] << 16) : ((float*)job->Bias)[row];
+                if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = ToBFloat16(value);
+                else ((float*)job->Output)[row] = value;
+            }
+        }
+    }
+
+    /// <summary>Σ w·x over one weight row, in the scaled domain (a result of <c>w · x · 2⁻⁵⁶</c>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Dot(ushort* weight, float* input, int columns)
+    {
+        var mask = Vector512.Create(unchecked((int)0x8FFFE000));
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int c = 0;
+        for (; c + 64 <= columns; c += 64)
+        {
+            a0 = Avx512F.FusedMultiplyAdd(Widen(weight + c, mask), Avx512F.LoadVector512(input + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(Widen(weight + c + 16, mask), Avx512F.LoadVector512(input + c + 16), a1);
+            a2 = Avx512F.FusedMultiplyAdd(Widen(weight + c + 32, mask), Avx512F.LoadVector512(input + c + 32), a2);
+            a3 = Avx512F.FusedMultiplyAdd(Widen(weight + c + 48, mask), Avx512F.LoadVector512(input + c + 48), a3);
+        }
+        for (; c + 16 <= columns; c += 16)
+            a0 = Avx512F.FusedMultiplyAdd(Widen(weight + c, mask), Avx512F.LoadVector512(input + c), a0);
+        float sum = Vector512.Sum((a0 + a1) + (a2 + a3));
+        for (; c < columns; c++)
+            sum += BitConverter.Int32BitsToSingle(((short)weight[c] << 13) & unchecked((int)0x8FFFE000)) * input[c];
+        return sum;
+    }
+
+    /// <summary>16 float16 weights as float32 <c>w · 2⁻¹¹²</c>: sign-extend, shift the exponent and mantissa into place, keep sign and value bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Widen(ushort* weight, Vector512<int> mask)
+        => Avx512F.And(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight)), 13), mask).AsSingle();
+
+    /// <summary>float32 → bfloat16, rounding to nearest even as c10::BFloat16 does (NaN stays NaN).</summary>
+    private static ushort ToBFloat16(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        return float.IsNaN(value) ? (ushort)0x7FC0 : (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    }
+
+    /// <summary>
+    /// Times <see cref="Dot"/> over a block of subnormal float16 weights against a block of normal ones, single-threaded,
+    /// best of several alternating runs; true if the subnormal block is more than twice as slow (a microcode assist).
+    /// </summary>
+    private static bool SubnormalsAreSlow()
+    {
+        if (!Avx512F.IsSupported) return true;
+        const int Rows = 64, Columns = 1024;
+        var normal = new ushort[Rows * Columns];
+        var subnormal = new ushort[Rows * Columns];
+        var input = new float[Columns];
+        for (int i = 0; i < normal.Length; i++)
+        {
+            normal[i] = (ushort)(0x3C00 | (i & 0x3FF));    // 1.0 .. 2.0
+            subnormal[i] = (ushort)(0x0001 | (i & 0x3FF)); // below 2^-14
+        }
+        Array.Fill(input, 1.0f);
+        long Best(ushort[] weights)
+        {
+            long best = long.MaxValue;
+            fixed (ushort* w = weights)
+            fixed (float* x = input)
+            {
+                var clock = Stopwatch.StartNew();
+                float sink = 0;
+                for (int row = 0; row < Rows; row++) sink += Dot(w + row * Columns, x, Columns);
+                best = Math.Min(best, clock.ElapsedTicks + (sink == float.PositiveInfinity ? 1 : 0));
+            }
+            return best;
+        }
+        long normalTicks = long.MaxValue, subnormalTicks = long.MaxValue;
+        for (int round = 0; round < 5; round++)
+        {
+            normalTicks = Math.Min(normalTicks, Best(normal));
+            subnormalTicks = Math.Min(subnormalTicks, Best(subnormal));
+        }
+        return subnormalTicks > 2 * Math.Max(1, normalTicks);
+    }
+}

@@ -1,0 +1,67 @@
+using System.Runtime.InteropServices;
+
+namespace Rinna.Net.Native;
+
+/// <summary>
+/// Runs managed kernels on libtorch's own OpenMP thread team (GNU <c>libgomp</c>, which the Linux LibTorch builds
+/// ship and load), so that a managed kernel and libtorch's operators share the same threads.
+/// </summary>
+/// <remarks>
+/// Why not .NET threads: after every parallel libtorch operator, libgomp's idle workers spin-wait on their cores for a
+/// while. A .NET helper thread started next to them has to share a core with a spinning worker, and measured managed
+/// decode kernels lost up to half their speed that way (README, "Managed decode kernels"). Handing the work to the
+/// spinning workers instead (<c>GOMP_parallel</c>) uses the cores they already hold, with no wake-up latency. Where the
+/// runtime is not found (Windows and macOS LibTorch use other OpenMP runtimes), <see cref="IsAvailable"/> is false and
+/// callers keep to libtorch's kernels.
+/// </remarks>
+internal static unsafe class LibTorchOpenMp
+{
+    private static readonly delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> Parallel = Resolve();
+
+    /// <summary>Whether libtorch's libgomp was found in this process.</summary>
+    public static bool IsAvailable => Parallel != null;
+
+    /// <summary>
+    /// Runs <paramref name="body"/>(<paramref name="state"/>) once on each of <paramref name="threads"/> threads of the team
+    /// (the calling thread is one of them) and returns when all have finished. The body must not throw.
+    /// </summary>
+    public static void Run(delegate* unmanaged<void*, void> body, void* state, int threads)
+    {
+        if (Parallel == null) throw new InvalidOperationException("libtorch's OpenMP runtime (libgomp) is not loaded in this process.");
+        Parallel(body, state, (uint)Math.Max(1, threads), 0);
+    }
+
+    private static delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> Resolve()
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        // Touching TorchSharp first makes sure libtorch, and the libgomp it depends on, are mapped.
+        _ = TorchSharp.torch.get_num_threads();
+        var path = FindLibGomp();
+        if (path is null || !NativeLibrary.TryLoad(path, out var handle)) return null;
+        return NativeLibrary.TryGetExport(handle, "GOMP_parallel", out var export)
+            ? (delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)export
+            : null;
+    }
+
+    /// <summary>The libgomp mapped next to libtorch_cpu (its bundled, hash-named copy), else any mapped libgomp.</summary>
+    private static string? FindLibGomp()
+    {
+        string[] mapped;
+        try
+        {
+            mapped = File.ReadLines("/proc/self/maps")
+                .Select(line => line.Split(' ', 6, StringSplitOptions.RemoveEmptyEntries))
+                .Where(fields => fields.Length == 6 && fields[5].StartsWith('/'))
+                .Select(fields => fields[5].Trim())
+                .Distinct()
+                .ToArray();
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+        var libTorchDirectory = mapped.Where(p => Path.GetFileName(p) == "libtorch_cpu.so").Select(Path.GetDirectoryName).FirstOrDefault();
+        var gomps = mapped.Where(p => Path.GetFileName(p).StartsWith("libgomp", StringComparison.Ordinal)).ToArray();
+        return gomps.FirstOrDefault(p => Path.GetDirectoryName(p) == libTorchDirectory) ?? gomps.FirstOrDefault();
+    }
+}
