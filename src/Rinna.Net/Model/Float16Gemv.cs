@@ -31,6 +31,13 @@ internal static unsafe class Float16Gemv
 {
     private const float Up = 72057594037927936f; // 2^56
     private const float MaxActivation = 18446744073709551616f; // 2^64
+
+    /// <summary>
+    /// Software prefetch distance in weights (4 KiB): one page ahead, so the next page's lines are requested before the
+    /// hardware prefetcher, which stops at page boundaries, would. On rinna-4b float16 decode, alternated in one process
+    /// with other distances (1–16 KiB, into L1 or L2) and none: 4.58 against 4.28 tok/s at the median of five, the best in two rounds.
+    /// </summary>
+    private const int PrefetchAhead = 2048;
     /// <summary>Each thread claims this share of the rows at a time: long contiguous weight streams, with some room for balancing.</summary>
     private const int ClaimsPerThread = 4;
 
@@ -168,6 +175,9 @@ internal static unsafe class Float16Gemv
         int c = 0;
         for (; c + 64 <= columns; c += 64)
         {
+            // Prefetches never fault, so running past the end of the weight is harmless.
+            Sse.Prefetch0(weight + c + PrefetchAhead);
+            Sse.Prefetch0(weight + c + PrefetchAhead + 32);
             a0 = Avx512F.FusedMultiplyAdd(Widen(weight + c, mask), Avx512F.LoadVector512(input + c), a0);
             a1 = Avx512F.FusedMultiplyAdd(Widen(weight + c + 16, mask), Avx512F.LoadVector512(input + c + 16), a1);
             a2 = Avx512F.FusedMultiplyAdd(Widen(weight + c + 32, mask), Avx512F.LoadVector512(input + c + 32), a2);
