@@ -126,7 +126,7 @@ internal static unsafe class Float16Gemv
         else
         {
             var source = MemoryMarshal.Cast<byte, ushort>(x.bytes);
-            for (int i = 0; i < source.Length; i++) scaled[i] = BitConverter.Int32BitsToSingle(source[i] << 16);
+            for (int i = 0; i < source.Length; i++) scaled[i] = BFloat16Bits.Widen(source[i]);
         }
         var limit = Vector512.Create(MaxActivation);
         var up = Vector512.Create(Up);
@@ -159,8 +159,8 @@ internal static unsafe class Float16Gemv
             {
                 float value = Dot(job->Weight + (long)row * job->Columns, job->Input, job->Columns) * Up;
                 if (job->Bias != null)
-                    value += job->BiasIsBFloat16 ? BitConverter.Int32BitsToSingle(((ushort*)job->Bias)[row] << 16) : ((float*)job->Bias)[row];
-                if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = ToBFloat16(value);
+                    value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
+                if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
                 else ((float*)job->Output)[row] = value;
             }
         }
@@ -195,13 +195,6 @@ internal static unsafe class Float16Gemv
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> Widen(ushort* weight, Vector512<int> mask)
         => Avx512F.And(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight)), 13), mask).AsSingle();
-
-    /// <summary>float32 → bfloat16, rounding to nearest even as c10::BFloat16 does (NaN stays NaN).</summary>
-    private static ushort ToBFloat16(float value)
-    {
-        uint bits = BitConverter.SingleToUInt32Bits(value);
-        return float.IsNaN(value) ? (ushort)0x7FC0 : (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-    }
 
     /// <summary>
     /// Times <see cref="Dot"/> over a block of subnormal float16 weights against a block of normal ones, single-threaded,

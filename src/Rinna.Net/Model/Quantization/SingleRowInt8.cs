@@ -84,7 +84,7 @@ internal static class SingleRowInt8
             Vector256.ShiftLeft(low, 16).AsSingle().CopyTo(destination.Slice(i, Vector256<float>.Count));
             Vector256.ShiftLeft(high, 16).AsSingle().CopyTo(destination.Slice(i + Vector256<float>.Count, Vector256<float>.Count));
         }
-        for (; i < source.Length; i++) destination[i] = BitConverter.Int32BitsToSingle(source[i] << 16);
+        for (; i < source.Length; i++) destination[i] = BFloat16Bits.Widen(source[i]);
     }
 
     private static float AbsMax(ReadOnlySpan<float> values)
@@ -158,12 +158,7 @@ internal static class SingleRowInt8
         int i = 0, width = Vector256<ushort>.Count;
         for (; i + width <= source.Length; i += width)
             Vector256.Narrow(RoundToBFloat16(source, i), RoundToBFloat16(source, i + 8)).CopyTo(destination.Slice(i, width));
-        for (; i < source.Length; i++)
-        {
-            float value = source[i];
-            uint bits = BitConverter.SingleToUInt32Bits(value);
-            destination[i] = float.IsNaN(value) ? (ushort)0x7FC0 : (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-        }
+        for (; i < source.Length; i++) destination[i] = BFloat16Bits.Round(source[i]);
     }
 
     private static Vector256<uint> RoundToBFloat16(ReadOnlySpan<float> source, int at)

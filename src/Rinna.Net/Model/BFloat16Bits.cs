@@ -1,0 +1,15 @@
+namespace Rinna.Net.Model;
+
+/// <summary>Scalar bfloat16 conversions for the managed kernels, bit for bit what c10::BFloat16 does.</summary>
+internal static class BFloat16Bits
+{
+    /// <summary>bfloat16 → float32: the bits are the top half of the float32.</summary>
+    public static float Widen(ushort bits) => BitConverter.Int32BitsToSingle(bits << 16);
+
+    /// <summary>float32 → bfloat16, rounding to nearest even (NaN stays NaN).</summary>
+    public static ushort Round(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        return float.IsNaN(value) ? (ushort)0x7FC0 : (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    }
+}
