@@ -66,9 +66,12 @@ public sealed class ModelCheckpoint : IDisposable
 
     /// <summary>Reads one tensor into a new CPU tensor, converted to <paramref name="dtype"/> when given.</summary>
     /// <exception cref="CheckpointException">The tensor is absent or unreadable.</exception>
-    public Tensor ReadTensor(string name, ScalarType? dtype = null) =>
+    public Tensor ReadTensor(string name, ScalarType? dtype = null) => ReadTensor(name, dtype, hugePages: false);
+
+    /// <summary><see cref="ReadTensor(string, ScalarType?)"/>, with the result backed by huge pages when <paramref name="hugePages"/> is set.</summary>
+    internal Tensor ReadTensor(string name, ScalarType? dtype, bool hugePages) =>
         owners.TryGetValue(name, out var owner)
-            ? owner.ReadTensor(name, dtype)
+            ? owner.ReadTensor(name, dtype, hugePages)
             : throw new CheckpointException(files[0].Path, $"no tensor named '{name}'.");
 
     /// <inheritdoc />
@@ -158,7 +161,7 @@ internal interface ITensorFile : IDisposable
     string Path { get; }
     IReadOnlySet<string> Names { get; }
     TensorEntry this[string name] { get; }
-    Tensor ReadTensor(string name, ScalarType? dtype);
+    Tensor ReadTensor(string name, ScalarType? dtype, bool hugePages);
 }
 
 internal sealed class SafetensorsTensorFile : ITensorFile
@@ -176,6 +179,6 @@ internal sealed class SafetensorsTensorFile : ITensorFile
     public TensorEntry this[string name] => file[name];
 
     public static SafetensorsTensorFile Open(string path) => new(SafetensorsFile.Open(path));
-    public Tensor ReadTensor(string name, ScalarType? dtype) => file.ReadTensor(name, dtype);
+    public Tensor ReadTensor(string name, ScalarType? dtype, bool hugePages) => file.ReadTensor(name, dtype, int.MaxValue & ~4095, hugePages);
     public void Dispose() => file.Dispose();
 }

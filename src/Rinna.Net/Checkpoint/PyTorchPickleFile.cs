@@ -94,7 +94,7 @@ internal sealed class PyTorchPickleFile : ITensorFile
         }
     }
 
-    public Tensor ReadTensor(string name, ScalarType? dtype)
+    public Tensor ReadTensor(string name, ScalarType? dtype, bool hugePages = false)
     {
         var descriptor = Find(name);
         var entryName = $"{root}/data/{descriptor.StorageKey}";
@@ -114,7 +114,7 @@ internal sealed class PyTorchPickleFile : ITensorFile
         {
             using (var stream = entry.Open()) ReadAll(stream, storage, entry.Length);
             using var strided = storage.as_strided(descriptor.Entry.Shape, descriptor.Stride, descriptor.StorageOffset);
-            return NativeHeap.PrefaultedCopy(strided, dtype ?? descriptor.Entry.DType);
+            return NativeHeap.PrefaultedCopy(strided, dtype ?? descriptor.Entry.DType, hugePages);
         }
         catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
         {

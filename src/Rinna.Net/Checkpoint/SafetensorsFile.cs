@@ -99,7 +99,11 @@ public sealed class SafetensorsFile : IDisposable
     /// <exception cref="CheckpointException">No tensor of this name, or its stored type cannot be converted.</exception>
     public Tensor ReadTensor(string name, ScalarType? dtype = null) => ReadTensor(name, dtype, int.MaxValue & ~4095);
 
-    internal Tensor ReadTensor(string name, ScalarType? dtype, int chunkBytes)
+    /// <param name="name">The tensor's name.</param>
+    /// <param name="dtype">The dtype to convert to, or null for the stored one.</param>
+    /// <param name="chunkBytes">The most bytes read from the file at once.</param>
+    /// <param name="hugePages">Whether the tensor that is returned should be backed by huge pages (<see cref="NativeHeap.Populate"/>).</param>
+    internal Tensor ReadTensor(string name, ScalarType? dtype, int chunkBytes, bool hugePages = false)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         var (entry, offset) = Find(name);
@@ -108,12 +112,12 @@ public sealed class SafetensorsFile : IDisposable
         {
             var target = dtype ?? entry.DType;
             // The stored copy is the weight itself, or a staging copy that dies after the conversion below.
-            if (target == entry.DType) NativeHeap.Prefault(stored); else NativeHeap.AdviseHugePages(stored);
+            if (target == entry.DType) NativeHeap.Populate(stored, hugePages); else NativeHeap.AdviseHugePages(stored);
             CopyInto(stored, offset, entry.ByteLength, chunkBytes);
             if (target == entry.DType) return stored;
             if (!IsFloatingPoint(entry.DType) || !IsFloatingPoint(target))
                 throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {target}.");
-            var converted = NativeHeap.PrefaultedCopy(stored, target);
+            var converted = NativeHeap.PrefaultedCopy(stored, target, hugePages);
             stored.Dispose();
             return converted;
         }

@@ -45,9 +45,11 @@ internal static class GptNeoXLoader
             cancellationToken.ThrowIfCancellationRequested();
             // Weights about to be quantized are read as stored, so they are rounded once (to int8), not twice.
             var targetDType = IsQuantizedWeight(name, quantization) ? (ScalarType?)null : IsLinearWeight(name) ? matrixDType : dtype;
-            var tensor = checkpoint.ReadTensor(name, targetDType);
-            if (entries[name].DType != tensor.dtype) NativeHeap.Trim();
             var device = new Device(plan[ModuleOf(name)]);
+            // Float16 decode streams these matrices; int8 models keep ordinary pages (NativeHeap.Prefault says why).
+            bool hugePages = device.type == TorchSharp.DeviceType.CPU && !quantization.LoadIn8Bit && targetDType == ScalarType.Float16 && IsLinearWeight(name);
+            var tensor = checkpoint.ReadTensor(name, targetDType, hugePages);
+            if (entries[name].DType != tensor.dtype) NativeHeap.Trim();
             if (device.type != TorchSharp.DeviceType.CPU)
             {
                 var moved = tensor.to(device);

@@ -19,9 +19,9 @@ internal static partial class NativeHeap
     }
 
     /// <summary>
-    /// Asks the kernel to back a freshly allocated, not yet written staging tensor with transparent huge pages
-    /// (<c>madvise(MADV_HUGEPAGE)</c> on its 2 MiB-aligned interior). Only for copies that are freed after loading: see
-    /// <see cref="Prefault"/> for why weights that stay must not get it.
+    /// Asks the kernel to back a freshly allocated, not yet written tensor with transparent huge pages
+    /// (<c>madvise(MADV_HUGEPAGE)</c> on its 2 MiB-aligned interior): staging copies that are freed after loading, and
+    /// float16 weights that stay (see <see cref="Prefault"/> for which kept weights must not get it).
     /// </summary>
     public static void AdviseHugePages(Tensor tensor) => Advise(tensor, MadvHugePage, HugePageBytes);
 
@@ -34,18 +34,28 @@ internal static partial class NativeHeap
     /// Why: on the reference VM each 4 KiB page fault costs about 7 µs, and loading the full rinna-4b as bfloat16 took
     /// 3.8 million of them and 60 s. Populating whole tensors up front, and giving the short-lived staging copies huge
     /// pages, halved load times (4-layer rinna-4b: bfloat16 10–15 s → 4.0–4.4 s, float16 7.0 → 3.4 s, int8 9–10 →
-    /// 5.7–5.9 s). Huge pages for the kept weights as well would be faster still (1.0–2.4 s), but in alternating runs
-    /// they made int8 decode 5–65 % slower on this VM, so kept weights stay on ordinary pages.
+    /// 5.7–5.9 s). Huge pages for the kept weights as well load faster still (1.0–2.4 s), and decode depends on them
+    /// both ways: in alternating runs they made int8 decode 5–65 % slower on this VM (8 % in 7 of 8 pairs when measured
+    /// again on 2026-11-28), but float16 decode 20–28 % faster in 8 of 8 pairs (4 KiB pages cost a TLB miss and a
+    /// restart of the hardware prefetcher every 2,048 weights). So float16 linear weights get huge pages
+    /// (<see cref="Populate"/>), and everything else that stays is on ordinary pages.
     /// </remarks>
     public static void Prefault(Tensor tensor) => Advise(tensor, MadvPopulateWrite, PageBytes);
 
-    /// <summary>A new contiguous CPU copy of <paramref name="source"/> as <paramref name="dtype"/>, populated (<see cref="Prefault"/>) before it is filled.</summary>
-    public static Tensor PrefaultedCopy(Tensor source, ScalarType dtype)
+    /// <summary><see cref="Prefault"/>, after <see cref="AdviseHugePages"/> when <paramref name="hugePages"/> is set.</summary>
+    public static void Populate(Tensor tensor, bool hugePages)
+    {
+        if (hugePages) AdviseHugePages(tensor);
+        Prefault(tensor);
+    }
+
+    /// <summary>A new contiguous CPU copy of <paramref name="source"/> as <paramref name="dtype"/>, populated (<see cref="Populate"/>) before it is filled.</summary>
+    public static Tensor PrefaultedCopy(Tensor source, ScalarType dtype, bool hugePages = false)
     {
         var copy = empty(source.shape, dtype);
         try
         {
-            Prefault(copy);
+            Populate(copy, hugePages);
             copy.copy_(source);
             return copy;
         }
