@@ -36,8 +36,8 @@ internal static partial class NativeHeap
     /// pages, halved load times (4-layer rinna-4b: bfloat16 10–15 s → 4.0–4.4 s, float16 7.0 → 3.4 s, int8 9–10 →
     /// 5.7–5.9 s). Huge pages for the kept weights as well load faster still (1.0–2.4 s), and decode depends on them
     /// both ways: in alternating runs they made int8 decode 5–65 % slower on this VM (8 % in 7 of 8 pairs when measured
-    /// again on 2026-11-28), but float16 decode 20–28 % faster in 8 of 8 pairs (4 KiB pages cost a TLB miss and a
-    /// restart of the hardware prefetcher every 2,048 weights). So float16 linear weights get huge pages
+    /// again on 2026-11-28), but float16 decode 5–28 % faster (two A/Bs with the loading order swapped; 4 KiB pages cost
+    /// a TLB miss and a restart of the hardware prefetcher every 2,048 weights). So float16 linear weights get huge pages
     /// (<see cref="Populate"/>), and everything else that stays is on ordinary pages.
     /// </remarks>
     public static void Prefault(Tensor tensor) => Advise(tensor, MadvPopulateWrite, PageBytes);

@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Model;
 
-/// <summary>Float16 linear weights are loaded onto transparent huge pages, which made float16 decode 20–28 % faster.</summary>
+/// <summary>Float16 linear weights are loaded onto transparent huge pages, which made float16 decode 5–28 % faster.</summary>
 [Collection(SerialMemoryCollection.Name)]
 public sealed class Float16HugePagesTests : IDisposable
 {
