@@ -67,7 +67,8 @@ internal static unsafe class DecodeAttention
     private static bool Eligible(Tensor query, Tensor key, Tensor value)
     {
         static bool RowsContiguousOnCpu(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.dim() == 4 && t.stride(3) == 1;
-        return RowsContiguousOnCpu(query) && RowsContiguousOnCpu(key) && RowsContiguousOnCpu(value)
+        // Without hardware vectors the managed loops would lose to libtorch's kernel.
+        return Vector256.IsHardwareAccelerated && RowsContiguousOnCpu(query) && RowsContiguousOnCpu(key) && RowsContiguousOnCpu(value)
             && query.dtype == ScalarType.Float32 && key.dtype == ScalarType.Float32 && value.dtype is ScalarType.BFloat16 or ScalarType.Float32
             && query.shape[2] == 1 && query.numel() > 0 && key.shape[2] is > 0 and <= MaxKeys
             && key.shape[0] == query.shape[0] && key.shape[1] == query.shape[1] && key.shape[3] == query.shape[3]
