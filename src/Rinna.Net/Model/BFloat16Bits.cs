@@ -1,6 +1,8 @@
+using System.Runtime.Intrinsics;
+
 namespace Rinna.Net.Model;
 
-/// <summary>Scalar bfloat16 conversions for the managed kernels, bit for bit what c10::BFloat16 does.</summary>
+/// <summary>bfloat16 conversions for the managed kernels, bit for bit what c10::BFloat16 does.</summary>
 internal static class BFloat16Bits
 {
     /// <summary>bfloat16 → float32: the bits are the top half of the float32.</summary>
@@ -11,5 +13,18 @@ internal static class BFloat16Bits
     {
         uint bits = BitConverter.SingleToUInt32Bits(value);
         return float.IsNaN(value) ? (ushort)0x7FC0 : (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    }
+
+    /// <summary>A run of bfloat16 values → float32, vectorized.</summary>
+    public static void Widen(ReadOnlySpan<ushort> source, Span<float> destination)
+    {
+        int i = 0;
+        for (; i + Vector256<ushort>.Count <= source.Length; i += Vector256<ushort>.Count)
+        {
+            var (low, high) = Vector256.Widen(Vector256.Create(source.Slice(i, Vector256<ushort>.Count)));
+            Vector256.ShiftLeft(low, 16).AsSingle().CopyTo(destination.Slice(i, Vector256<float>.Count));
+            Vector256.ShiftLeft(high, 16).AsSingle().CopyTo(destination.Slice(i + Vector256<float>.Count, Vector256<float>.Count));
+        }
+        for (; i < source.Length; i++) destination[i] = Widen(source[i]);
     }
 }

@@ -123,11 +123,7 @@ internal static unsafe class Float16Gemv
     private static bool ScaleInput(Tensor x, Span<float> scaled)
     {
         if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(scaled);
-        else
-        {
-            var source = MemoryMarshal.Cast<byte, ushort>(x.bytes);
-            for (int i = 0; i < source.Length; i++) scaled[i] = BFloat16Bits.Widen(source[i]);
-        }
+        else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), scaled);
         var limit = Vector512.Create(MaxActivation);
         var up = Vector512.Create(Up);
         int c = 0;

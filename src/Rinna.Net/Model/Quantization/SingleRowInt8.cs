@@ -37,7 +37,7 @@ internal static class SingleRowInt8
         try
         {
             var values = pooled.AsSpan(0, length);
-            WidenBFloat16(MemoryMarshal.Cast<byte, ushort>(x.bytes), values);
+            BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), values);
             return TryQuantize(values, threshold, out quantized, out scale);
         }
         finally
@@ -73,18 +73,6 @@ internal static class SingleRowInt8
         if (dtype == ScalarType.Float32) Rescale(acc, scale, rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, float>(result.bytes));
         else RescaleToBFloat16(acc, scale, rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, ushort>(result.bytes));
         return result;
-    }
-
-    private static void WidenBFloat16(ReadOnlySpan<ushort> source, Span<float> destination)
-    {
-        int i = 0;
-        for (; i + Vector256<ushort>.Count <= source.Length; i += Vector256<ushort>.Count)
-        {
-            var (low, high) = Vector256.Widen(Vector256.Create(source.Slice(i, Vector256<ushort>.Count)));
-            Vector256.ShiftLeft(low, 16).AsSingle().CopyTo(destination.Slice(i, Vector256<float>.Count));
-            Vector256.ShiftLeft(high, 16).AsSingle().CopyTo(destination.Slice(i + Vector256<float>.Count, Vector256<float>.Count));
-        }
-        for (; i < source.Length; i++) destination[i] = BFloat16Bits.Widen(source[i]);
     }
 
     private static float AbsMax(ReadOnlySpan<float> values)
