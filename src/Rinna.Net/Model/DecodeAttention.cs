@@ -1,22 +1,26 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Model;
 
 /// <summary>
-/// Attention for one new token against the cache on the CPU (a decode step without padding): for each head,
-/// <c>softmax(q·Kᵀ / √d) · V</c> in float32, in managed code on libtorch's OpenMP threads.
+/// The attention of one new token on the CPU (a decode step without padding), from the fused query/key/value projection
+/// to the context the output projection reads: rotary embedding of q and k, the write of k and v into the cache, and
+/// <c>softmax(q·Kᵀ / √d) · V</c> over every cached position, per head, in managed code on libtorch's OpenMP threads.
 /// </summary>
 /// <remarks>
-/// Why: libtorch's fused SDPA for a single query took 0.3–0.4 ms per rinna-4b layer (11–16 ms of a 250 ms float16 decode
-/// step, 2026-11-28), mostly setup around a few hundred thousand multiply-adds, plus a conversion of the whole value cache
-/// to float32 and of the result back. Here the value cache is read in its own dtype and the result is written
-/// straight into the <c>[batch, 1, heads · head_size]</c> layout the output projection reads. The arithmetic is the
-/// textbook form in float32 (max-subtracted exponentials, then the weighted sum), so it differs from libtorch's blocked
-/// online softmax only in rounding.
+/// Why: done as libtorch operations this was some twenty calls per layer (splitting heads, the rotation, two cache
+/// copies, SDPA with a conversion of the whole value cache to float32) around a few hundred thousand multiply-adds:
+/// 0.3–0.4 ms per rinna-4b layer, 11–16 ms of a 250 ms float16 decode step (2026-11-28). The rotation repeats HF's
+/// float32 arithmetic operation by operation (<c>q·cos + rotate_half(q)·sin</c>, each product rounded, no fused
+/// multiply-add), so the cached keys are bit for bit those of the operator path. The attention is the textbook form in
+/// float32 (max-subtracted exponentials, then the weighted sum), which differs from libtorch's blocked online softmax
+/// only in rounding. The value cache is read in its own dtype and the context is written straight into the
+/// <c>[batch, 1, heads · head_size]</c> layout the output projection reads.
 /// </remarks>
 internal static unsafe class DecodeAttention
 {
@@ -25,107 +29,144 @@ internal static unsafe class DecodeAttention
 
     private struct Job
     {
-        public float* Query;
-        public float* Key;
-        public void* Value;
-        public bool ValueIsBFloat16;
+        public void* Projected;
+        public bool ProjectedIsBFloat16;
+        public float* Cos, Sin;
+        public float* Keys;
+        public void* Values;
         public void* Output;
-        public bool OutputIsBFloat16;
-        public long QueryBatchStride, QueryHeadStride, KeyBatchStride, KeyHeadStride, KeyRowStride;
-        public long ValueBatchStride, ValueHeadStride, ValueRowStride;
-        public int Heads, Units, Keys, HeadSize, NextUnit;
+        public long CacheHeadStride, CacheBatchStride;
+        public int Heads, Units, Past, HeadSize, RotaryDims, NextUnit;
         public float Scale;
     }
 
     /// <summary>
-    /// <paramref name="query"/> <c>[batch, heads, 1, d]</c> float32, <paramref name="key"/> <c>[batch, heads, keys, d]</c>
-    /// float32 and <paramref name="value"/> the same shape in bfloat16 or float32, each with contiguous rows of <c>d</c>
-    /// (views of the cache are fine); the result is <c>[batch, 1, heads · d]</c> in the value's dtype. Returns false, doing
-    /// nothing, for anything else.
+    /// For <paramref name="projected"/> <c>[batch, 1, heads · 3 · d]</c> (bfloat16 or float32, contiguous: the fused
+    /// projection's output, each head's q, k and v side by side) and the rotary rows <paramref name="cos"/>,
+    /// <paramref name="sin"/> <c>[batch, 1, 1, rotary_dims]</c> float32 of its position: rotates q and k, stores k and v at
+    /// position <paramref name="past"/> of <paramref name="cache"/>'s layer <paramref name="layer"/> (float32 keys, values
+    /// in the projection's dtype, as the operator path stores them) and attends over positions <c>0 .. past</c>. The context is
+    /// <c>[batch, 1, heads · d]</c> in the projection's dtype. Returns false, touching nothing, for anything else.
     /// </summary>
-    public static bool TryAttend(Tensor query, Tensor key, Tensor value, out Tensor output)
+    public static bool TryStep(Tensor projected, Tensor cos, Tensor sin, KeyValueCache cache, int layer, int past, int headSize,
+        int rotaryDims, out Tensor context)
     {
-        output = null!;
-        if (!Eligible(query, key, value)) return false;
-        int batch = (int)query.shape[0], heads = (int)query.shape[1], keys = (int)key.shape[2], headSize = (int)query.shape[3];
-        var result = empty(batch, 1, (long)heads * headSize, dtype: value.dtype);
-        var job = new Job
+        context = null!;
+        if (!Eligible(projected, cos, sin, past, headSize, rotaryDims)) return false;
+        int batch = (int)projected.size(0), heads = (int)(projected.size(2) / (3 * headSize));
+        var (keys, values) = cache.Storage(layer, batch, heads, headSize, ScalarType.Float32, projected.dtype, projected.device, past, past + 1);
+        if (!Matches(keys, ScalarType.Float32, batch, heads, headSize) || !Matches(values, projected.dtype, batch, heads, headSize)) return false;
+
+        var result = empty(batch, 1, (long)heads * headSize, dtype: projected.dtype);
+        fixed (byte* projectedBytes = projected.bytes)
+        fixed (byte* cosBytes = cos.bytes)
+        fixed (byte* sinBytes = sin.bytes)
+        fixed (byte* keyBytes = keys.bytes)
+        fixed (byte* valueBytes = values.bytes)
+        fixed (byte* outputBytes = result.bytes)
         {
-            Query = (float*)Address(query), Key = (float*)Address(key), Value = (void*)Address(value),
-            ValueIsBFloat16 = value.dtype == ScalarType.BFloat16, Output = (void*)Address(result), OutputIsBFloat16 = value.dtype == ScalarType.BFloat16,
-            QueryBatchStride = query.stride(0), QueryHeadStride = query.stride(1),
-            KeyBatchStride = key.stride(0), KeyHeadStride = key.stride(1), KeyRowStride = key.stride(2),
-            ValueBatchStride = value.stride(0), ValueHeadStride = value.stride(1), ValueRowStride = value.stride(2),
-            Heads = heads, Units = batch * heads, Keys = keys, HeadSize = headSize, Scale = 1.0f / MathF.Sqrt(headSize),
-        };
-        if (LibTorchOpenMp.IsAvailable) LibTorchOpenMp.Run(&RunHeads, &job, get_num_threads());
-        else AttendHeads(&job);
-        output = result;
+            var job = new Job
+            {
+                Projected = projectedBytes, ProjectedIsBFloat16 = projected.dtype == ScalarType.BFloat16,
+                Cos = (float*)cosBytes, Sin = (float*)sinBytes, Keys = (float*)keyBytes, Values = valueBytes, Output = outputBytes,
+                CacheHeadStride = keys.stride(1), CacheBatchStride = keys.stride(0),
+                Heads = heads, Units = batch * heads, Past = past, HeadSize = headSize, RotaryDims = rotaryDims,
+                Scale = 1.0f / MathF.Sqrt(headSize),
+            };
+            if (LibTorchOpenMp.IsAvailable) LibTorchOpenMp.Run(&RunHeads, &job, get_num_threads());
+            else StepHeads(&job);
+        }
+        context = result;
         return true;
     }
 
-    private static bool Eligible(Tensor query, Tensor key, Tensor value)
+    private static bool Eligible(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims)
     {
-        static bool RowsContiguousOnCpu(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.dim() == 4 && t.stride(3) == 1;
-        // Without hardware vectors the managed loops would lose to libtorch's kernel.
-        return Vector256.IsHardwareAccelerated && RowsContiguousOnCpu(query) && RowsContiguousOnCpu(key) && RowsContiguousOnCpu(value)
-            && query.dtype == ScalarType.Float32 && key.dtype == ScalarType.Float32 && value.dtype is ScalarType.BFloat16 or ScalarType.Float32
-            && query.shape[2] == 1 && query.numel() > 0 && key.shape[2] is > 0 and <= MaxKeys
-            && key.shape[0] == query.shape[0] && key.shape[1] == query.shape[1] && key.shape[3] == query.shape[3]
-            && value.shape.SequenceEqual(key.shape);
+        static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
+        bool RotaryRows(Tensor t) => OnCpuContiguous(t) && t.dtype == ScalarType.Float32 && t.numel() == projected.size(0) * rotaryDims;
+        // Without hardware vectors the managed loops would lose to libtorch's kernels.
+        return Vector256.IsHardwareAccelerated && OnCpuContiguous(projected) && projected.dim() == 3 && projected.size(1) == 1
+            && projected.dtype is ScalarType.BFloat16 or ScalarType.Float32 && projected.numel() > 0
+            && headSize > 0 && projected.size(2) % (3 * headSize) == 0 && rotaryDims >= 0 && rotaryDims <= headSize && rotaryDims % 2 == 0
+            && RotaryRows(cos) && RotaryRows(sin) && past >= 0 && past < MaxKeys;
     }
 
-    /// <summary>The address of the first element of a 4-D tensor or view (<see cref="Tensor.bytes"/> needs a contiguous tensor).</summary>
-    private static IntPtr Address(Tensor t)
-    {
-        using var first = t.as_strided([1], [1], t.storage_offset());
-        fixed (byte* address = first.bytes) return (IntPtr)address;
-    }
+    private static bool Matches(Tensor store, ScalarType dtype, int batch, int heads, int headSize) =>
+        store.dtype == dtype && store.device_type == TorchSharp.DeviceType.CPU && store.is_contiguous()
+        && store.size(0) == batch && store.size(1) == heads && store.size(3) == headSize;
 
     [UnmanagedCallersOnly]
-    private static void RunHeads(void* state) => AttendHeads((Job*)state);
+    private static void RunHeads(void* state) => StepHeads((Job*)state);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void AttendHeads(Job* job)
+    private static void StepHeads(Job* job)
     {
-        int keys = job->Keys, d = job->HeadSize;
+        int keys = job->Past + 1, d = job->HeadSize;
         float* scores = stackalloc float[keys];
+        float* query = stackalloc float[d];
         float* sum = stackalloc float[d];
         int unit;
         while ((unit = Interlocked.Increment(ref job->NextUnit) - 1) < job->Units)
         {
             int b = unit / job->Heads, h = unit % job->Heads;
-            float* q = job->Query + b * job->QueryBatchStride + h * job->QueryHeadStride;
-            float* k = job->Key + b * job->KeyBatchStride + h * job->KeyHeadStride;
-            long valueOffset = b * job->ValueBatchStride + h * job->ValueHeadStride;
+            long cacheHead = b * job->CacheBatchStride + h * job->CacheHeadStride;
+            long source = (long)unit * 3 * d; // [batch, 1, heads, 3, d]: unit = b * heads + h
+            float* cos = job->Cos + (long)b * job->RotaryDims, sin = job->Sin + (long)b * job->RotaryDims;
+            float* keyRows = job->Keys + cacheHead;
+            // q, then k straight into its cache row
+            Rotate(job, source, cos, sin, query);
+            Rotate(job, source + d, cos, sin, keyRows + (long)job->Past * d);
+            if (job->ProjectedIsBFloat16)
+                new ReadOnlySpan<ushort>((ushort*)job->Projected + source + 2 * d, d).CopyTo(new Span<ushort>((ushort*)job->Values + cacheHead + (long)job->Past * d, d));
+            else
+                new ReadOnlySpan<float>((float*)job->Projected + source + 2 * d, d).CopyTo(new Span<float>((float*)job->Values + cacheHead + (long)job->Past * d, d));
 
             float max = float.NegativeInfinity;
-            for (int t = 0; t < keys; t++)
+            int t = 0;
+            for (; t + 4 <= keys; t += 4)
             {
-                scores[t] = Dot(q, k + t * job->KeyRowStride, d) * job->Scale;
-                max = MathF.Max(max, scores[t]);
+                Prefetch(keyRows + (long)(t + 16) * d, 4 * d * sizeof(float));
+                DotFour(query, keyRows + (long)t * d, d, scores + t);
+                max = MathF.Max(max, MathF.Max(MathF.Max(scores[t], scores[t + 1]), MathF.Max(scores[t + 2], scores[t + 3])));
             }
-            float total = 0;
-            for (int t = 0; t < keys; t++) total += scores[t] = MathF.Exp(scores[t] - max);
+            for (; t < keys; t++) max = MathF.Max(max, scores[t] = Dot(query, keyRows + (long)t * d, d));
+            float total = Exponentiate(scores, keys, max, job->Scale);
 
-            new Span<float>(sum, d).Clear();
-            for (int t = 0; t < keys; t++)
-            {
-                long row = valueOffset + t * job->ValueRowStride;
-                if (job->ValueIsBFloat16) AddScaledBFloat16(sum, (ushort*)job->Value + row, scores[t], d);
-                else AddScaled(sum, (float*)job->Value + row, scores[t], d);
-            }
+            if (job->ProjectedIsBFloat16) WeightedSumBFloat16(scores, (ushort*)job->Values + cacheHead, keys, d, sum);
+            else WeightedSum(scores, (float*)job->Values + cacheHead, keys, d, sum);
 
-            long outputOffset = (long)unit * d; // [batch, 1, heads * d]: unit = b * heads + h
+            long outputOffset = (long)unit * d;
             for (int i = 0; i < d; i++)
             {
                 float value = sum[i] / total;
-                if (job->OutputIsBFloat16) ((ushort*)job->Output)[outputOffset + i] = BFloat16Bits.Round(value);
+                if (job->ProjectedIsBFloat16) ((ushort*)job->Output)[outputOffset + i] = BFloat16Bits.Round(value);
                 else ((float*)job->Output)[outputOffset + i] = value;
             }
         }
     }
 
+    /// <summary>
+    /// HF's <c>apply_rotary_pos_emb</c> for one head's q or k in float32: <c>x·cos + rotate_half(x)·sin</c> over the first
+    /// rotary dimensions (rotate_half([x1, x2]) = [−x2, x1]), the rest passed through.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Rotate(Job* job, long source, float* cos, float* sin, float* destination)
+    {
+        int d = job->HeadSize, rotary = job->RotaryDims, half = rotary / 2;
+        float* x = stackalloc float[d];
+        if (job->ProjectedIsBFloat16) BFloat16Bits.Widen(new ReadOnlySpan<ushort>((ushort*)job->Projected + source, d), new Span<float>(x, d));
+        else new ReadOnlySpan<float>((float*)job->Projected + source, d).CopyTo(new Span<float>(x, d));
+        for (int i = 0; i < rotary; i++)
+        {
+            float rotated = i < half ? -x[i + half] : x[i - half];
+            // Two rounded products, then the sum: what the separate float32 operations do (a fused multiply-add would not).
+            float withCos = x[i] * cos[i], withSin = rotated * sin[i];
+            destination[i] = withCos + withSin;
+        }
+        for (int i = rotary; i < d; i++) destination[i] = x[i];
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Dot(float* a, float* b, int length)
     {
         var acc = Vector256<float>.Zero;
@@ -137,25 +178,100 @@ internal static unsafe class DecodeAttention
         return result;
     }
 
-    private static void AddScaled(float* sum, float* row, float weight, int length)
+    /// <summary>Replaces each score s by <c>exp((s − max) · scale)</c> and returns their sum; vectorized, as a call per key cost as much as the rest of a head.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Exponentiate(float* scores, int count, float max, float scale)
     {
-        var w = Vector256.Create(weight);
-        int i = 0;
-        for (; i + Vector256<float>.Count <= length; i += Vector256<float>.Count)
-            Vector256.FusedMultiplyAdd(Vector256.Load(row + i), w, Vector256.Load(sum + i)).Store(sum + i);
-        for (; i < length; i++) sum[i] += row[i] * weight;
-    }
-
-    private static void AddScaledBFloat16(float* sum, ushort* row, float weight, int length)
-    {
-        var w = Vector256.Create(weight);
-        int i = 0;
-        for (; i + Vector256<float>.Count <= length; i += Vector256<float>.Count)
+        var (maxes, scales, sums) = (Vector256.Create(max), Vector256.Create(scale), Vector256<float>.Zero);
+        int t = 0;
+        for (; t + Vector256<float>.Count <= count; t += Vector256<float>.Count)
         {
-            var widened = Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(row + i).ToVector256Unsafe()), 16).AsSingle();
-            Vector256.FusedMultiplyAdd(widened, w, Vector256.Load(sum + i)).Store(sum + i);
+            var e = Vector256.Exp((Vector256.Load(scores + t) - maxes) * scales);
+            e.Store(scores + t);
+            sums += e;
         }
-        for (; i < length; i++) sum[i] += BFloat16Bits.Widen(row[i]) * weight;
+        float total = Vector256.Sum(sums);
+        for (; t < count; t++) total += scores[t] = MathF.Exp((scores[t] - max) * scale);
+        return total;
     }
 
+    /// <summary>q · k for four consecutive key rows: four independent accumulator chains sharing each load of q.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DotFour(float* q, float* keys, int d, float* scores)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int i = 0;
+        for (; i + Vector256<float>.Count <= d; i += Vector256<float>.Count)
+        {
+            var x = Vector256.Load(q + i);
+            a0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(keys + i), a0);
+            a1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(keys + d + i), a1);
+            a2 = Vector256.FusedMultiplyAdd(x, Vector256.Load(keys + 2 * d + i), a2);
+            a3 = Vector256.FusedMultiplyAdd(x, Vector256.Load(keys + 3 * d + i), a3);
+        }
+        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        for (; i < d; i++)
+        {
+            s0 += q[i] * keys[i];
+            s1 += q[i] * keys[d + i];
+            s2 += q[i] * keys[2 * d + i];
+            s3 += q[i] * keys[3 * d + i];
+        }
+        (scores[0], scores[1], scores[2], scores[3]) = (s0, s1, s2, s3);
+    }
+
+    /// <summary>
+    /// <c>sum = Σₜ weights[t] · values[t]</c>, row after row: the value rows are read once, in address order, which is
+    /// what counts when they come from memory (as they do in a model, after the layer's weights went through the caches).
+    /// Column blocks with accumulators held over all rows were faster with hot caches and slower in the model.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedSum(float* weights, float* values, int rows, int d, float* sum)
+    {
+        new Span<float>(sum, d).Clear();
+        for (int t = 0; t < rows; t++)
+        {
+            float* row = values + (long)t * d;
+            Prefetch(row + 16 * d, d * sizeof(float));
+            var w = Vector256.Create(weights[t]);
+            int i = 0;
+            for (; i + Vector256<float>.Count <= d; i += Vector256<float>.Count)
+                Vector256.FusedMultiplyAdd(Vector256.Load(row + i), w, Vector256.Load(sum + i)).Store(sum + i);
+            for (; i < d; i++) sum[i] += row[i] * weights[t];
+        }
+    }
+
+    /// <summary><see cref="WeightedSum"/> over bfloat16 rows, widened exactly on the fly.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WeightedSumBFloat16(float* weights, ushort* values, int rows, int d, float* sum)
+    {
+        new Span<float>(sum, d).Clear();
+        for (int t = 0; t < rows; t++)
+        {
+            ushort* row = values + (long)t * d;
+            Prefetch(row + 16 * d, d * sizeof(ushort));
+            var w = Vector256.Create(weights[t]);
+            int i = 0;
+            for (; i + Vector256<float>.Count <= d; i += Vector256<float>.Count)
+                Vector256.FusedMultiplyAdd(Widen(row + i), w, Vector256.Load(sum + i)).Store(sum + i);
+            for (; i < d; i++) sum[i] += BFloat16Bits.Widen(row[i]) * weights[t];
+        }
+    }
+
+    /// <summary>
+    /// Asks for the cache lines of <paramref name="bytes"/> bytes at <paramref name="address"/>, sixteen rows ahead of use:
+    /// the cache of a layer comes from memory, and its rows are read too briefly for the hardware prefetcher to ramp up.
+    /// Prefetches never fault, so addresses past the end are harmless.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Prefetch(void* address, int bytes)
+    {
+        if (!Sse.IsSupported) return;
+        for (int offset = 0; offset < bytes; offset += 64) Sse.Prefetch0((byte*)address + offset);
+    }
+
+    /// <summary>Eight bfloat16 values as float32: the bits are the top halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Widen(ushort* bits) =>
+        Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(bits).ToVector256Unsafe()), 16).AsSingle();
 }

@@ -52,6 +52,8 @@ internal static unsafe class Float16Gemv
         public bool BiasIsBFloat16;
         public void* Output;
         public bool OutputIsBFloat16;
+        public bool Gelu;
+        public void* Residual;
         public int Rows;
         public int Columns;
         public int RowsPerClaim;
@@ -62,12 +64,18 @@ internal static unsafe class Float16Gemv
     /// Computes <c>x · Wᵀ + b</c> for <paramref name="x"/> <c>[1, K]</c> (bfloat16 or float32, contiguous, CPU) and the
     /// contiguous float16 <paramref name="weight"/> <c>[N, K]</c>, with an optional bias <c>[N]</c> in bfloat16 or float32,
     /// returning <c>[1, N]</c> in <paramref name="x"/>'s dtype. Returns false, doing nothing, for anything else.
+    /// Optionally the exact (erf) GELU of that (<paramref name="gelu"/>), and a <paramref name="residual"/> added last
+    /// (a contiguous <c>N</c>-element tensor of <paramref name="x"/>'s dtype).
     /// </summary>
-    public static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result)
+    /// <remarks>
+    /// Each step rounds to the output dtype as the separate libtorch operations would (the product, the GELU, the sum),
+    /// so fusing them changes nothing but the GELU's last bit now and then (its erf is a different approximation).
+    /// </remarks>
+    public static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null)
     {
         result = null!;
-        if (!IsSupported || !Eligible(x, weight, bias)) return false;
-        int rows = (int)weight.shape[0], columns = (int)weight.shape[1];
+        if (!IsSupported || !Eligible(x, weight, bias, residual)) return false;
+        int rows = (int)weight.size(0), columns = (int)weight.size(1);
         var pooled = ArrayPool<float>.Shared.Rent(columns);
         try
         {
@@ -77,6 +85,7 @@ internal static unsafe class Float16Gemv
             fixed (byte* weightBytes = weight.bytes)
             fixed (byte* biasBytes = bias is null ? default : bias.bytes)
             fixed (byte* outputBytes = output.bytes)
+            fixed (byte* residualBytes = residual is null ? default : residual.bytes)
             {
                 int threads = get_num_threads();
                 var job = new Job
@@ -84,6 +93,7 @@ internal static unsafe class Float16Gemv
                     RowsPerClaim = Math.Max(16, rows / (ClaimsPerThread * threads)),
                     Weight = (ushort*)weightBytes, Input = input, Bias = biasBytes, BiasIsBFloat16 = bias?.dtype == ScalarType.BFloat16,
                     Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
+                    Gelu = gelu, Residual = residualBytes,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -109,14 +119,15 @@ internal static unsafe class Float16Gemv
         return true;
     }
 
-    private static bool Eligible(Tensor x, Tensor weight, Tensor? bias)
+    private static bool Eligible(Tensor x, Tensor weight, Tensor? bias, Tensor? residual)
     {
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
-        return OnCpuContiguous(x) && x.dim() == 2 && x.shape[0] == 1 && x.dtype is ScalarType.BFloat16 or ScalarType.Float32
-            && OnCpuContiguous(weight) && weight.dtype == ScalarType.Float16 && weight.dim() == 2 && weight.shape[1] == x.shape[1]
+        return OnCpuContiguous(x) && x.dim() == 2 && x.size(0) == 1 && x.dtype is ScalarType.BFloat16 or ScalarType.Float32
+            && OnCpuContiguous(weight) && weight.dtype == ScalarType.Float16 && weight.dim() == 2 && weight.size(1) == x.size(1)
             && weight.numel() * sizeof(ushort) <= int.MaxValue
-            && (bias is null || (OnCpuContiguous(bias) && bias.dim() == 1 && bias.shape[0] == weight.shape[0]
-                && bias.dtype is ScalarType.BFloat16 or ScalarType.Float32));
+            && (bias is null || (OnCpuContiguous(bias) && bias.dim() == 1 && bias.size(0) == weight.size(0)
+                && bias.dtype is ScalarType.BFloat16 or ScalarType.Float32))
+            && (residual is null || (OnCpuContiguous(residual) && residual.numel() == weight.size(0) && residual.dtype == x.dtype));
     }
 
     /// <summary>Writes <c>x · 2⁵⁶</c> as float32; false if some |x| exceeds 2⁶⁴ or is NaN.</summary>
@@ -151,15 +162,38 @@ internal static unsafe class Float16Gemv
         while ((first = Interlocked.Add(ref job->NextRow, job->RowsPerClaim) - job->RowsPerClaim) < job->Rows)
         {
             int end = Math.Min(job->Rows, first + job->RowsPerClaim);
+            bool bfloat16 = job->OutputIsBFloat16;
             for (int row = first; row < end; row++)
             {
                 float value = Dot(job->Weight + (long)row * job->Columns, job->Input, job->Columns) * Up;
                 if (job->Bias != null)
                     value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
-                if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
+                if (job->Gelu) value = Gelu(ToOutput(value, bfloat16));
+                if (job->Residual != null)
+                    value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[row]) : ((float*)job->Residual)[row]);
+                if (bfloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
                 else ((float*)job->Output)[row] = value;
             }
         }
+    }
+
+    /// <summary>The value as the output dtype holds it: what a libtorch operation returning bfloat16 would pass to the next.</summary>
+    private static float ToOutput(float value, bool bfloat16) => bfloat16 ? BFloat16Bits.Widen(BFloat16Bits.Round(value)) : value;
+
+    /// <summary>
+    /// The exact GELU as libtorch computes it in float32, <c>x · ½ · (1 + erf(x · √½))</c>, operation by operation, so that
+    /// it rounds (and, for very negative x, cancels to zero) where libtorch's does. erf is <c>1 − erfc</c> with
+    /// Numerical Recipes' Chebyshev fit of erfc in float64 (relative error below 1.2·10⁻⁷), so <c>1 + erf</c> is within
+    /// about two float32 units of libtorch's own approximation.
+    /// </summary>
+    internal static float Gelu(float x)
+    {
+        float scaled = x * 0.70710677f;
+        double z = Math.Abs(scaled), t = 1 / (1 + 0.5 * z);
+        double erfc = t * Math.Exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
+            + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+        float erf = (float)(scaled >= 0 ? 1 - erfc : erfc - 1);
+        return x * 0.5f * (1 + erf);
     }
 
     /// <summary>Σ w·x over one weight row, in the scaled domain (a result of <c>w · x · 2⁻⁵⁶</c>).</summary>

@@ -55,47 +55,68 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        long inFeatures = weight.shape[1];
+        long inFeatures = weight.size(1);
         var rows = x.reshape(-1, inFeatures);
-        if (rows.shape[0] == 1 && TryManagedGemv(rows, out var single))
-            return single.view([.. x.shape[..^1], weight.shape[0]]).MoveToOuterDisposeScope();
+        if (rows.size(0) == 1 && TryManagedGemv(rows, out var single))
+            return single.view(TensorShapes.WithLastDimension(x, weight.size(0))).MoveToOuterDisposeScope();
         var product = weight.device_type != DeviceType.CPU ? F.linear(rows.to(ScalarType.Float16), weight)
-            : rows.shape[0] <= GemvRowLimit ? RowByRowGemv(rows)
+            : rows.size(0) <= GemvRowLimit ? RowByRowGemv(rows)
             : BlockwiseBFloat16Gemm(rows);
         var output = product.to(x.dtype);
         if (bias is not null) output = output.add_(bias);
-        var shape = x.shape.ToArray();
-        shape[^1] = weight.shape[0];
-        return output.view(shape).MoveToOuterDisposeScope();
+        return output.view(TensorShapes.WithLastDimension(x, weight.size(0))).MoveToOuterDisposeScope();
     }
 
-    private bool TryManagedGemv(Tensor row, out Tensor output)
+    /// <summary>
+    /// <c>gelu?(x · Wᵀ + b) + residual</c> for a single row <c>x [..., in_features]</c> in one pass of <see cref="Float16Gemv"/>
+    /// (the decode step's product with the operations around it); false, doing nothing, where that path does not apply.
+    /// </summary>
+    internal bool TryForwardRow(Tensor x, bool gelu, Tensor? residual, out Tensor output)
+    {
+        output = null!;
+        if (x.numel() != weight.size(1)) return false;
+        using var scope = NewDisposeScope();
+        if (!TryManagedGemv(x.reshape(1, -1), out var row, gelu, residual)) return false;
+        output = row.view(TensorShapes.WithLastDimension(x, weight.size(0))).MoveToOuterDisposeScope();
+        return true;
+    }
+
+    /// <summary>
+    /// <c>linear(x) + residual</c> for any linear layer: in the product's own pass when it is a float16 layer and
+    /// <paramref name="x"/> a single row (<see cref="TryForwardRow"/>), otherwise as the two operations.
+    /// </summary>
+    internal static Tensor PlusResidual(nn.Module<Tensor, Tensor> linear, Tensor x, Tensor? residual) =>
+        residual is null ? linear.call(x)
+        : linear is Float16Linear half && half.TryForwardRow(x, gelu: false, residual, out var fused) ? fused
+        : linear.call(x).add_(residual);
+
+    private bool TryManagedGemv(Tensor row, out Tensor output, bool gelu = false, Tensor? residual = null)
     {
         output = null!;
         if (!Float16Gemv.IsSupported || weight.device_type != DeviceType.CPU) return false;
         // A weight with infinities or NaNs keeps libtorch's float16 semantics; checked once, not per token.
         managedGemv ??= weight.is_contiguous() && weight.numel() * sizeof(short) <= int.MaxValue && Float16Gemv.IsFinite(weight);
-        return managedGemv.Value && Float16Gemv.TryMultiply(row.contiguous(), weight, bias, out output);
+        return managedGemv.Value && Float16Gemv.TryMultiply(row.contiguous(), weight, bias, out output, gelu, residual);
     }
 
     private Tensor RowByRowGemv(Tensor rows)
     {
         var half = rows.to(ScalarType.Float16);
-        if (half.shape[0] == 1) return F.linear(half, weight);
-        return cat(Enumerable.Range(0, (int)half.shape[0]).Select(i => F.linear(half.narrow(0, i, 1), weight)).ToArray(), 0);
+        if (half.size(0) == 1) return F.linear(half, weight);
+        return cat(Enumerable.Range(0, (int)half.size(0)).Select(i => F.linear(half.narrow(0, i, 1), weight)).ToArray(), 0);
     }
 
     private Tensor BlockwiseBFloat16Gemm(Tensor rows)
     {
         var input = rows.to(ScalarType.BFloat16);
-        long outFeatures = weight.shape[0], inFeatures = weight.shape[1];
+        long outFeatures = weight.size(0), inFeatures = weight.size(1);
         long blockRows = Math.Clamp(ConversionBlockElements / inFeatures, 1, outFeatures);
         var scratch = ConversionScratch(blockRows * inFeatures);
         Tensor Block(long first, long count) =>
             F.linear(input, scratch.narrow(0, 0, count * inFeatures).view(count, inFeatures).copy_(weight.narrow(0, first, count)));
         if (blockRows == outFeatures) return Block(0, outFeatures);
 
-        var output = empty(input.shape[0], outFeatures, ScalarType.BFloat16);
+        var output = empty(input.size(0), outFeatures, ScalarType.BFloat16);
         for (long first = 0; first < outFeatures; first += blockRows)
         {
             var count = Math.Min(blockRows, outFeatures - first);

@@ -33,7 +33,7 @@ public sealed class KeyValueCache : IDisposable
     public long BatchSize { get; private set; }
 
     /// <summary>Tokens the cache can hold before it must grow.</summary>
-    public int Capacity => keys[0] is { } k ? (int)k.shape[2] : reserved;
+    public int Capacity => keys[0] is { } k ? (int)k.size(2) : reserved;
 
     /// <summary>Bytes of native memory held.</summary>
     public long SizeInBytes => keys.Concat(values).Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize);
@@ -41,14 +41,37 @@ public sealed class KeyValueCache : IDisposable
     /// <summary>Stores a layer's keys and values for positions <c>past .. past + seq</c>; returns views of all cached positions.</summary>
     internal (Tensor Keys, Tensor Values) Write(int layer, Tensor key, Tensor value, int past)
     {
-        long length = key.shape[2];
+        long length = key.size(2);
         int needed = checked(past + (int)length);
-        EnsureCapacity(layer, key, value, past, needed);
-        var keyStore = keys[layer]!;
-        var valueStore = values[layer]!;
+        var (keyStore, valueStore) = Storage(layer, key.size(0), key.size(1), key.size(3), key.dtype, value.dtype, key.device, past, needed);
         keyStore.narrow(2, past, length).copy_(key);
         valueStore.narrow(2, past, length).copy_(value);
         return (keyStore.narrow(2, 0, needed), valueStore.narrow(2, 0, needed));
+    }
+
+    /// <summary>
+    /// A layer's whole key and value storage <c>[batch, heads, capacity, head_size]</c>, grown (keeping positions before
+    /// <paramref name="past"/>) until it holds <paramref name="needed"/> positions, for a caller that writes them itself.
+    /// </summary>
+    internal (Tensor Keys, Tensor Values) Storage(int layer, long batch, long heads, long headSize, ScalarType keyType, ScalarType valueType,
+        Device device, int past, int needed)
+    {
+        var current = keys[layer];
+        if (current is not null && current.size(2) >= needed && current.size(0) == batch) return (current, values[layer]!);
+        int capacity = Math.Max(needed, Math.Max(reserved, current is null ? 0 : 2 * (int)current.size(2)));
+        long[] shape = [batch, heads, capacity, headSize];
+        var newKeys = zeros(shape, keyType, device).DetachFromDisposeScope();
+        var newValues = zeros(shape, valueType, device).DetachFromDisposeScope();
+        if (current is not null && past > 0)
+        {
+            newKeys.narrow(2, 0, past).copy_(current.narrow(2, 0, past));
+            newValues.narrow(2, 0, past).copy_(values[layer]!.narrow(2, 0, past));
+        }
+        current?.Dispose();
+        values[layer]?.Dispose();
+        keys[layer] = newKeys;
+        values[layer] = newValues;
+        return (newKeys, newValues);
     }
 
     internal void Advance(int tokens, int batch)
@@ -73,24 +96,5 @@ public sealed class KeyValueCache : IDisposable
             values[i]?.Dispose();
             keys[i] = values[i] = null;
         }
-    }
-
-    private void EnsureCapacity(int layer, Tensor key, Tensor value, int past, int needed)
-    {
-        var current = keys[layer];
-        if (current is not null && current.shape[2] >= needed && current.shape[0] == key.shape[0]) return;
-        int capacity = Math.Max(needed, Math.Max(reserved, current is null ? 0 : 2 * (int)current.shape[2]));
-        long[] shape = [key.shape[0], key.shape[1], capacity, key.shape[3]];
-        var newKeys = zeros(shape, key.dtype, key.device).DetachFromDisposeScope();
-        var newValues = zeros(shape, value.dtype, value.device).DetachFromDisposeScope();
-        if (current is not null && past > 0)
-        {
-            newKeys.narrow(2, 0, past).copy_(current.narrow(2, 0, past));
-            newValues.narrow(2, 0, past).copy_(values[layer]!.narrow(2, 0, past));
-        }
-        current?.Dispose();
-        values[layer]?.Dispose();
-        keys[layer] = newKeys;
-        values[layer] = newValues;
     }
 }

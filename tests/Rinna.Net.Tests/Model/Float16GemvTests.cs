@@ -100,6 +100,71 @@ public class Float16GemvTests
     }
 
     [Fact]
+    public void ResidualIsAddedAfterTheProductIsRoundedAsTwoLibTorchOperationsWould()
+    {
+        if (!Float16Gemv.IsSupported) { AssertRefusesEverything(); return; }
+        using var scope = NewDisposeScope();
+        var gen = new Generator(4);
+        var weight = (randn(517, 2816, generator: gen) * 0.05).to(ScalarType.Float16);
+        var bias = randn(517, generator: gen).to(ScalarType.BFloat16);
+        foreach (var dtype in new[] { ScalarType.BFloat16, ScalarType.Float32 })
+        {
+            var x = randn(1, 2816, generator: gen).to(dtype);
+            var residual = randn(1, 517, generator: gen).mul(3).to(dtype);
+            Assert.True(Float16Gemv.TryMultiply(x, weight, bias, out var product));
+
+            Assert.True(Float16Gemv.TryMultiply(x, weight, bias, out var fused, residual: residual));
+
+            Assert.Equal(product.add(residual).bytes.ToArray(), fused.bytes.ToArray());
+        }
+    }
+
+    [Fact]
+    public void GeluIsTheExactGeluOfTheRoundedProductWithinItsLastBit()
+    {
+        if (!Float16Gemv.IsSupported) { AssertRefusesEverything(); return; }
+        using var scope = NewDisposeScope();
+        var gen = new Generator(5);
+        var weight = (randn(4099, 1024, generator: gen) * 0.1).to(ScalarType.Float16);
+        var x = randn(1, 1024, generator: gen).to(ScalarType.BFloat16);
+        var residual = randn(1, 4099, generator: gen).to(ScalarType.BFloat16);
+        Assert.True(Float16Gemv.TryMultiply(x, weight, null, out var product));
+        var expected = F.gelu(product); // libtorch's bfloat16 GELU: float32 arithmetic, rounded once
+
+        Assert.True(Float16Gemv.TryMultiply(x, weight, null, out var activated, gelu: true));
+        Assert.True(Float16Gemv.TryMultiply(x, weight, null, out var both, gelu: true, residual: residual));
+
+        // The two erf approximations differ by a few float32 units of 1 + erf, so a result may land on the other side of a
+        // bfloat16 rounding boundary (one unit in the last place), or, in the negative tail where 1 + erf cancels, differ by
+        // those few units times x / 2.
+        var input = product.to(ScalarType.Float32);
+        var excess = (activated.to(ScalarType.Float32) - expected.to(ScalarType.Float32)).abs()
+            - expected.to(ScalarType.Float32).abs().mul(Math.Pow(2, -7)) - input.abs().mul(8 * Math.Pow(2, -24));
+        Assert.True(excess.max().item<float>() <= 0, $"a GELU differs from libtorch's by {excess.max().item<float>()} more than allowed");
+        // Away from the tail a different bfloat16 is a rare boundary case.
+        var notTail = input.gt(-3);
+        long differing = activated.not_equal(expected).logical_and(notTail).sum().item<long>(), counted = notTail.sum().item<long>();
+        Assert.True(differing <= counted / 100, $"{differing} of {counted} GELUs above x = -3 differ from libtorch's");
+        Assert.Equal(activated.add(residual).bytes.ToArray(), both.bytes.ToArray());
+    }
+
+    [Fact]
+    public void GeluIsAccurateToTwoFloat32UnitsOfItsSumIncludingTheNegativeTail()
+    {
+        // x · ½ · (1 + erf(x · √½)) in float32, as libtorch computes it: relatively accurate where 1 + erf is near one or
+        // two, accurate to units of 1 + erf (times x / 2) where it cancels for negative x. The reference is float64 erfc.
+        var xs = Enumerable.Range(-1500, 3001).Select(i => i / 100f).Concat([0f, 1e-30f, -1e-30f, 3e4f, -3e4f, 1e-3f, -1e-3f]).ToArray();
+        using var x64 = tensor(xs).to(ScalarType.Float64);
+        var exact = x64.mul(0.5).mul(special.erfc(x64.neg().div(Math.Sqrt(2)))).data<double>().ToArray();
+        for (int i = 0; i < xs.Length; i++)
+        {
+            float actual = Float16Gemv.Gelu(xs[i]);
+            double tolerance = 2.5e-7 * Math.Abs(exact[i]) + 2 * Math.Pow(2, -24) * Math.Abs(xs[i]) / 2;
+            Assert.True(Math.Abs(actual - exact[i]) <= tolerance, $"gelu({xs[i]}) = {actual}, exactly {exact[i]}");
+        }
+    }
+
+    [Fact]
     public void LeavesRowsItCannotComputeExactlyToTheCaller()
     {
         if (!Float16Gemv.IsSupported) { AssertRefusesEverything(); return; }
@@ -118,6 +183,9 @@ public class Float16GemvTests
         Assert.False(Float16Gemv.TryMultiply(ones(1, 40), ones(40, 4, ScalarType.Float16).t(), null, out _)); // transposed weight
         Assert.False(Float16Gemv.TryMultiply(ones(1, 40), ones(4, 40, ScalarType.BFloat16), null, out _));
         Assert.False(Float16Gemv.TryMultiply(ones(1, 40), weight, ones(5), out _)); // bias of the wrong length
+        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), weight, null, out _, residual: ones(1, 5))); // residual of the wrong length
+        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), weight, null, out _, residual: ones(1, 4, ScalarType.BFloat16))); // another dtype
+        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), weight, null, out _, residual: ones(4, 2).select(1, 0))); // strided
     }
 
     [Theory]

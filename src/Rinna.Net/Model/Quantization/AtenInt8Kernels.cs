@@ -124,9 +124,9 @@ internal static class AtenInt8Kernels
         var xScale = rowMax.clamp_min_(1e-30).div_(127.0);
         var xq = xf.div(xScale).round_();
 
-        var outFeatures = weight.shape[0];
-        var acc = empty(xq.shape[0], outFeatures, dtype: ScalarType.Float32, device: x.device);
-        var rowsPerBlock = Math.Max(1, FallbackBlockElements / Math.Max(1, weight.shape[1]));
+        var outFeatures = weight.size(0);
+        var acc = empty(xq.size(0), outFeatures, dtype: ScalarType.Float32, device: x.device);
+        var rowsPerBlock = Math.Max(1, FallbackBlockElements / Math.Max(1, weight.size(1)));
         for (long row = 0; row < outFeatures; row += rowsPerBlock)
         {
             using var blockScope = NewDisposeScope();
@@ -143,7 +143,7 @@ internal static class AtenInt8Kernels
 
     /// <summary>cuBLASLt's int8 GEMM wants K and N multiples of 8; the CPU kernel takes any shape.</summary>
     private static bool IntMmAccepts(Tensor weight)
-        => weight.device_type != DeviceType.CUDA || (weight.shape[0] % 8 == 0 && weight.shape[1] % 8 == 0);
+        => weight.device_type != DeviceType.CUDA || (weight.size(0) % 8 == 0 && weight.size(1) % 8 == 0);
 
     private static (jit.CompilationUnit?, string?) Compile()
     {

@@ -48,14 +48,14 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
         ArgumentNullException.ThrowIfNull(weight);
         if (weight.dim() != 2 || !weight.is_floating_point())
             throw new ArgumentException($"The weight must be a 2-D floating-point tensor [out_features, in_features], got {weight.dtype} [{string.Join(", ", weight.shape)}].", nameof(weight));
-        if (bias is not null && (bias.dim() != 1 || bias.shape[0] != weight.shape[0] || !bias.is_floating_point()))
-            throw new ArgumentException($"The bias must be a floating-point vector of {weight.shape[0]} elements, got {bias.dtype} [{string.Join(", ", bias.shape)}].", nameof(bias));
+        if (bias is not null && (bias.dim() != 1 || bias.size(0) != weight.size(0) || !bias.is_floating_point()))
+            throw new ArgumentException($"The bias must be a floating-point vector of {weight.size(0)} elements, got {bias.dtype} [{string.Join(", ", bias.shape)}].", nameof(bias));
         if (!double.IsFinite(threshold))
             throw new ArgumentException($"The threshold must be a finite number, got {threshold}.", nameof(threshold));
 
         device ??= weight.device;
-        OutFeatures = weight.shape[0];
-        InFeatures = weight.shape[1];
+        OutFeatures = weight.size(0);
+        InFeatures = weight.size(1);
         Threshold = threshold;
         (this.weight, weightScale) = QuantizeRows(weight, device);
         this.bias = bias?.to(ScalarType.Float32, device, copy: true).DetachFromDisposeScope();
@@ -103,14 +103,13 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         ArgumentNullException.ThrowIfNull(input);
-        if (!input.is_floating_point() || input.dim() == 0 || input.shape[^1] != InFeatures)
+        if (!input.is_floating_point() || input.dim() == 0 || input.size(-1) != InFeatures)
             throw new ArgumentException($"Int8Linear expects floating-point input [..., {InFeatures}], got {input.dtype} [{string.Join(", ", input.shape)}].", nameof(input));
 
         using var scope = NewDisposeScope();
-        var outputShape = input.shape.ToArray();
-        outputShape[^1] = OutFeatures;
+        var outputShape = TensorShapes.WithLastDimension(input, OutFeatures);
         var rows = input.reshape(-1, InFeatures);
-        var output = rows.shape[0] == 0
+        var output = rows.size(0) == 0
             ? empty(0, OutFeatures, dtype: input.dtype, device: input.device)
             : AtenInt8Kernels.Linear(rows, weight, weightScale, bias, Threshold);
         return output.reshape(outputShape).MoveToOuterDisposeScope();
@@ -126,7 +125,7 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
     /// <summary>Per-row absmax quantization, one block of rows at a time so that only a block is ever in float32.</summary>
     private static (Tensor Quantized, Tensor Scale) QuantizeRows(Tensor weight, Device device)
     {
-        var (outFeatures, inFeatures) = (weight.shape[0], weight.shape[1]);
+        var (outFeatures, inFeatures) = (weight.size(0), weight.size(1));
         var quantized = empty(outFeatures, inFeatures, dtype: ScalarType.Int8, device: device).DetachFromDisposeScope();
         NativeHeap.Prefault(quantized);
         var scale = empty(outFeatures, dtype: ScalarType.Float32, device: device).DetachFromDisposeScope();

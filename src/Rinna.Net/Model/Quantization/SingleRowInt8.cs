@@ -27,10 +27,10 @@ internal static class SingleRowInt8
     {
         quantized = null!;
         scale = 0;
-        if (x.device_type != TorchSharp.DeviceType.CPU || x.dim() != 2 || x.shape[0] != 1 || !x.is_contiguous()
+        if (x.device_type != TorchSharp.DeviceType.CPU || x.dim() != 2 || x.size(0) != 1 || !x.is_contiguous()
             || x.dtype is not (ScalarType.BFloat16 or ScalarType.Float32))
             return false;
-        int length = checked((int)x.shape[1]);
+        int length = checked((int)x.size(1));
         if (x.dtype == ScalarType.Float32) return TryQuantize(MemoryMarshal.Cast<byte, float>(x.bytes), threshold, out quantized, out scale);
         // bfloat16 rows are widened once into a pooled buffer; float32 rows are read where they are.
         var pooled = ArrayPool<float>.Shared.Rent(length);
@@ -65,7 +65,7 @@ internal static class SingleRowInt8
     /// </summary>
     public static Tensor Rescale(Tensor accumulator, float scale, Tensor weightScale, Tensor? bias, ScalarType dtype)
     {
-        int length = checked((int)accumulator.shape[1]);
+        int length = checked((int)accumulator.size(1));
         var acc = MemoryMarshal.Cast<byte, int>(accumulator.bytes);
         var rowScale = MemoryMarshal.Cast<byte, float>(weightScale.bytes);
         var shift = bias is null ? default : MemoryMarshal.Cast<byte, float>(bias.bytes);
