@@ -61,9 +61,10 @@ internal static unsafe class Float16Gemv
     }
 
     /// <summary>
-    /// Computes <c>x · Wᵀ + b</c> for <paramref name="x"/> <c>[1, K]</c> (bfloat16 or float32, contiguous, CPU) and the
-    /// contiguous float16 <paramref name="weight"/> <c>[N, K]</c>, with an optional bias <c>[N]</c> in bfloat16 or float32,
-    /// returning <c>[1, N]</c> in <paramref name="x"/>'s dtype. Returns false, doing nothing, for anything else.
+    /// Computes <c>x · Wᵀ + b</c> for a single row <paramref name="x"/> (<c>[1, K]</c>, <c>[1, 1, K]</c>, ...: bfloat16 or
+    /// float32, contiguous, CPU) and the contiguous float16 <paramref name="weight"/> <c>[N, K]</c>, with an optional bias
+    /// <c>[N]</c> in bfloat16 or float32, returning x's shape with N last, in x's dtype. Returns false, doing nothing, for
+    /// anything else.
     /// Optionally the exact (erf) GELU of that (<paramref name="gelu"/>), and a <paramref name="residual"/> added last
     /// (a contiguous <c>N</c>-element tensor of <paramref name="x"/>'s dtype).
     /// </summary>
@@ -80,7 +81,7 @@ internal static unsafe class Float16Gemv
         try
         {
             if (!ScaleInput(x, pooled.AsSpan(0, columns))) return false;
-            var output = empty(1, rows, dtype: x.dtype);
+            var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
             fixed (float* input = pooled)
             fixed (byte* weightBytes = weight.bytes)
             fixed (byte* biasBytes = bias is null ? default : bias.bytes)
@@ -122,8 +123,8 @@ internal static unsafe class Float16Gemv
     private static bool Eligible(Tensor x, Tensor weight, Tensor? bias, Tensor? residual)
     {
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
-        return OnCpuContiguous(x) && x.dim() == 2 && x.size(0) == 1 && x.dtype is ScalarType.BFloat16 or ScalarType.Float32
-            && OnCpuContiguous(weight) && weight.dtype == ScalarType.Float16 && weight.dim() == 2 && weight.size(1) == x.size(1)
+        return OnCpuContiguous(x) && x.dim() >= 1 && x.numel() == x.size(-1) && x.dtype is ScalarType.BFloat16 or ScalarType.Float32
+            && OnCpuContiguous(weight) && weight.dtype == ScalarType.Float16 && weight.dim() == 2 && weight.size(1) == x.size(-1)
             && weight.numel() * sizeof(ushort) <= int.MaxValue
             && (bias is null || (OnCpuContiguous(bias) && bias.dim() == 1 && bias.size(0) == weight.size(0)
                 && bias.dtype is ScalarType.BFloat16 or ScalarType.Float32))

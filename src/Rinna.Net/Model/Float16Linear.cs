@@ -54,11 +54,9 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
     /// <summary><c>x · Wᵀ + b</c> for <c>x [..., in_features]</c>, returned in <c>x</c>'s dtype.</summary>
     public override Tensor forward(Tensor x)
     {
+        if (TryForwardRow(x, gelu: false, residual: null, out var single)) return single;
         using var scope = NewDisposeScope();
-        long inFeatures = weight.size(1);
-        var rows = x.reshape(-1, inFeatures);
-        if (rows.size(0) == 1 && TryManagedGemv(rows, out var single))
-            return single.view(TensorShapes.WithLastDimension(x, weight.size(0))).MoveToOuterDisposeScope();
+        var rows = x.reshape(-1, weight.size(1));
         var product = weight.device_type != DeviceType.CPU ? F.linear(rows.to(ScalarType.Float16), weight)
             : rows.size(0) <= GemvRowLimit ? RowByRowGemv(rows)
             : BlockwiseBFloat16Gemm(rows);
@@ -74,11 +72,10 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
     internal bool TryForwardRow(Tensor x, bool gelu, Tensor? residual, out Tensor output)
     {
         output = null!;
-        if (x.numel() != weight.size(1)) return false;
-        using var scope = NewDisposeScope();
-        if (!TryManagedGemv(x.reshape(1, -1), out var row, gelu, residual)) return false;
-        output = row.view(TensorShapes.WithLastDimension(x, weight.size(0))).MoveToOuterDisposeScope();
-        return true;
+        if (!Float16Gemv.IsSupported || weight.device_type != DeviceType.CPU || x.numel() != weight.size(1)) return false;
+        // A weight with infinities or NaNs keeps libtorch's float16 semantics; checked once, not per token.
+        managedGemv ??= weight.is_contiguous() && weight.numel() * sizeof(short) <= int.MaxValue && Float16Gemv.IsFinite(weight);
+        return managedGemv.Value && Float16Gemv.TryMultiply(x.is_contiguous() ? x : x.contiguous(), weight, bias, out output, gelu, residual);
     }
 
     /// <summary>
@@ -89,15 +86,6 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
         residual is null ? linear.call(x)
         : linear is Float16Linear half && half.TryForwardRow(x, gelu: false, residual, out var fused) ? fused
         : linear.call(x).add_(residual);
-
-    private bool TryManagedGemv(Tensor row, out Tensor output, bool gelu = false, Tensor? residual = null)
-    {
-        output = null!;
-        if (!Float16Gemv.IsSupported || weight.device_type != DeviceType.CPU) return false;
-        // A weight with infinities or NaNs keeps libtorch's float16 semantics; checked once, not per token.
-        managedGemv ??= weight.is_contiguous() && weight.numel() * sizeof(short) <= int.MaxValue && Float16Gemv.IsFinite(weight);
-        return managedGemv.Value && Float16Gemv.TryMultiply(row.contiguous(), weight, bias, out output, gelu, residual);
-    }
 
     private Tensor RowByRowGemv(Tensor rows)
     {

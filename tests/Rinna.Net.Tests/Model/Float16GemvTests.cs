@@ -100,6 +100,23 @@ public class Float16GemvTests
     }
 
     [Fact]
+    public void KeepsTheShapeOfASingleRowWithLeadingOnes()
+    {
+        if (!Float16Gemv.IsSupported) { AssertRefusesEverything(); return; }
+        using var scope = NewDisposeScope();
+        var gen = new Generator(6);
+        var weight = (randn(37, 100, generator: gen) * 0.05).to(ScalarType.Float16);
+        var x = randn(1, 100, generator: gen).to(ScalarType.BFloat16);
+
+        Assert.True(Float16Gemv.TryMultiply(x, weight, null, out var flat));
+        Assert.True(Float16Gemv.TryMultiply(x.view(1, 1, 100), weight, null, out var decodeShaped));
+
+        Assert.Equal(new long[] { 1, 1, 37 }, decodeShaped.shape);
+        Assert.Equal(flat.bytes.ToArray(), decodeShaped.bytes.ToArray());
+        Assert.False(Float16Gemv.TryMultiply(randn(1, 2, 100), weight, null, out _)); // two rows
+    }
+
+    [Fact]
     public void ResidualIsAddedAfterTheProductIsRoundedAsTwoLibTorchOperationsWould()
     {
         if (!Float16Gemv.IsSupported) { AssertRefusesEverything(); return; }
