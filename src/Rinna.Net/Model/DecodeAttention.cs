@@ -132,8 +132,8 @@ internal static unsafe class DecodeAttention
             for (; t < keys; t++) max = MathF.Max(max, scores[t] = Dot(query, keyRows + (long)t * d, d));
             float total = Exponentiate(scores, keys, max, job->Scale);
 
-            if (job->ProjectedIsBFloat16) WeightedSumBFloat16(scores, (ushort*)job->Values + cacheHead, keys, d, sum);
-            else WeightedSum(scores, (float*)job->Values + cacheHead, keys, d, sum);
+            if (job->ProjectedIsBFloat16) WeightedSum<ushort, FromBFloat16>(scores, (ushort*)job->Values + cacheHead, keys, d, sum);
+            else WeightedSum<float, FromFloat32>(scores, (float*)job->Values + cacheHead, keys, d, sum);
 
             long outputOffset = (long)unit * d;
             for (int i = 0; i < d; i++)
@@ -226,36 +226,41 @@ internal static unsafe class DecodeAttention
     /// Column blocks with accumulators held over all rows were faster with hot caches and slower in the model.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WeightedSum(float* weights, float* values, int rows, int d, float* sum)
+    private static void WeightedSum<TValue, TWiden>(float* weights, TValue* values, int rows, int d, float* sum)
+        where TValue : unmanaged where TWiden : struct, IWiden<TValue>
     {
         new Span<float>(sum, d).Clear();
         for (int t = 0; t < rows; t++)
         {
-            float* row = values + (long)t * d;
-            Prefetch(row + 16 * d, d * sizeof(float));
+            TValue* row = values + (long)t * d;
+            Prefetch(row + 16 * d, d * sizeof(TValue));
             var w = Vector256.Create(weights[t]);
             int i = 0;
             for (; i + Vector256<float>.Count <= d; i += Vector256<float>.Count)
-                Vector256.FusedMultiplyAdd(Vector256.Load(row + i), w, Vector256.Load(sum + i)).Store(sum + i);
-            for (; i < d; i++) sum[i] += row[i] * weights[t];
+                Vector256.FusedMultiplyAdd(TWiden.Eight(row + i), w, Vector256.Load(sum + i)).Store(sum + i);
+            for (; i < d; i++) sum[i] += TWiden.One(row[i]) * weights[t];
         }
     }
 
-    /// <summary><see cref="WeightedSum"/> over bfloat16 rows, widened exactly on the fly.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WeightedSumBFloat16(float* weights, ushort* values, int rows, int d, float* sum)
+    /// <summary>How value-cache elements become float32 (exactly), eight at a time or one.</summary>
+    private interface IWiden<TValue> where TValue : unmanaged
     {
-        new Span<float>(sum, d).Clear();
-        for (int t = 0; t < rows; t++)
-        {
-            ushort* row = values + (long)t * d;
-            Prefetch(row + 16 * d, d * sizeof(ushort));
-            var w = Vector256.Create(weights[t]);
-            int i = 0;
-            for (; i + Vector256<float>.Count <= d; i += Vector256<float>.Count)
-                Vector256.FusedMultiplyAdd(Widen(row + i), w, Vector256.Load(sum + i)).Store(sum + i);
-            for (; i < d; i++) sum[i] += BFloat16Bits.Widen(row[i]) * weights[t];
-        }
+        static abstract Vector256<float> Eight(TValue* values);
+        static abstract float One(TValue value);
+    }
+
+    private readonly struct FromFloat32 : IWiden<float>
+    {
+        public static Vector256<float> Eight(float* values) => Vector256.Load(values);
+        public static float One(float value) => value;
+    }
+
+    private readonly struct FromBFloat16 : IWiden<ushort>
+    {
+        /// <summary>The bits are the top halves of the float32 values.</summary>
+        public static Vector256<float> Eight(ushort* values) =>
+            Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(values).ToVector256Unsafe()), 16).AsSingle();
+        public static float One(ushort value) => BFloat16Bits.Widen(value);
     }
 
     /// <summary>
@@ -269,9 +274,4 @@ internal static unsafe class DecodeAttention
         if (!Sse.IsSupported) return;
         for (int offset = 0; offset < bytes; offset += 64) Sse.Prefetch0((byte*)address + offset);
     }
-
-    /// <summary>Eight bfloat16 values as float32: the bits are the top halves.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Widen(ushort* bits) =>
-        Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(bits).ToVector256Unsafe()), 16).AsSingle();
 }
