@@ -46,7 +46,8 @@ internal static unsafe class DecodeAttention
     /// <paramref name="sin"/> <c>[batch, 1, 1, rotary_dims]</c> float32 of its position: rotates q and k, stores k and v at
     /// position <paramref name="past"/> of <paramref name="cache"/>'s layer <paramref name="layer"/> (float32 keys, values
     /// in the projection's dtype, as the operator path stores them) and attends over positions <c>0 .. past</c>. The context is
-    /// <c>[batch, 1, heads · d]</c> in the projection's dtype. Returns false, touching nothing, for anything else.
+    /// <c>[batch, 1, heads · d]</c> in the projection's dtype. Returns false for anything else, having at most grown the
+    /// cache's storage (its contents stay).
     /// </summary>
     public static bool TryStep(Tensor projected, Tensor cos, Tensor sin, KeyValueCache cache, int layer, int past, int headSize,
         int rotaryDims, out Tensor context)

@@ -12,7 +12,8 @@ namespace Rinna.Net.Model;
 /// <remarks>
 /// Measured on the reference CPU (research/torchsharp-spike.md §2): float16 GEMVs stream 35–45 GB/s, twice libtorch's
 /// bfloat16 GEMV, which makes float16 the decode format. One row (a decode step) goes through <see cref="Float16Gemv"/>
-/// where the CPU supports it (product, bias and conversion in one managed pass on libtorch's threads), otherwise
+/// where the CPU supports it (product, bias, conversion and, for the model, its GELU or residual sum in one managed
+/// pass on libtorch's threads: <see cref="TryForwardRow"/>), otherwise
 /// through libtorch's float16 GEMV. libtorch has no float16 GEMM on CPUs without AVX512-FP16 (about 47 GFLOP/s, 8×
 /// slower than bfloat16's oneDNN GEMM), so a prompt converts the weight to bfloat16 one block at a time into a reused
 /// scratch buffer and multiplies there. Memory stays at two bytes per weight; the scratch buffer is at most
