@@ -23,7 +23,17 @@ internal static partial class NativeHeap
     /// (<c>madvise(MADV_HUGEPAGE)</c> on its 2 MiB-aligned interior): staging copies that are freed after loading, and
     /// float16 weights that stay (see <see cref="Prefault"/> for which kept weights must not get it).
     /// </summary>
-    public static void AdviseHugePages(Tensor tensor) => Advise(tensor, MadvHugePage, HugePageBytes);
+    /// <remarks>
+    /// The advice only changes how pages fault in. When the allocator hands out heap memory it had used before, that
+    /// interior is already mapped in 4 KiB pages and would stay so (a test loading in a busy process got no huge pages and
+    /// no fallback from the kernel), so those pages are dropped first (<c>MADV_DONTNEED</c>): the tensor holds nothing yet,
+    /// and the interior lies wholly inside it.
+    /// </remarks>
+    public static void AdviseHugePages(Tensor tensor)
+    {
+        Advise(tensor, MadvHugePage, HugePageBytes);
+        Advise(tensor, MadvDontNeed, HugePageBytes);
+    }
 
     /// <summary>
     /// Maps in all pages of a freshly allocated tensor in one call (<c>madvise(MADV_POPULATE_WRITE)</c>, Linux 5.14+)
@@ -82,6 +92,7 @@ internal static partial class NativeHeap
     private const long PageBytes = 4096;
     private const long HugePageBytes = 2L << 20;
 
+    private const int MadvDontNeed = 4;
     private const int MadvHugePage = 14;
     private const int MadvPopulateWrite = 23;
 

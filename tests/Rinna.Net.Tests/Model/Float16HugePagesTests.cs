@@ -1,5 +1,6 @@
 using System.Globalization;
 using Rinna.Net.Model;
+using Rinna.Net.Native;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Model;
@@ -38,6 +39,30 @@ public sealed class Float16HugePagesTests : IDisposable
         // The kernel's part: huge pages, unless it had no free 2 MiB block at that moment and said so by falling back.
         Assert.True(hugeBytes >= 2 << 20 || fallbacks > 0,
             $"the 8 MB float16 weight's mapping has {hugeBytes} bytes of anonymous huge pages and the kernel reported no fallback");
+    }
+
+    [Fact]
+    public void PopulateGivesHugePagesToHeapMemoryThatWasUsedBefore()
+    {
+        const string Settings = "/sys/kernel/mm/transparent_hugepage/enabled";
+        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]")) return;
+        // Leave touched memory in the heap, as any busy process has: after large frees glibc raises its mmap threshold
+        // and hands that memory out again, already mapped in small pages, which advice alone does not change.
+        for (int round = 0; round < 3; round++)
+        {
+            var churn = Enumerable.Range(0, 20).Select(_ => ones(4L << 20, ScalarType.Float16)).ToList();
+            churn.ForEach(t => t.Dispose());
+        }
+        long fallbacksBefore = HugePageFaultFallbacks();
+        using var weight = empty(4L << 20, ScalarType.Float16);
+
+        NativeHeap.Populate(weight, hugePages: true);
+
+        long fallbacks = HugePageFaultFallbacks() - fallbacksBefore;
+        var (flags, hugeBytes) = MappingAround(weight);
+        Assert.Contains("hg", flags.Split(' '));
+        Assert.True(hugeBytes >= 2 << 20 || fallbacks > 0,
+            $"an 8 MB tensor on reused heap memory has {hugeBytes} bytes of anonymous huge pages and the kernel reported no fallback");
     }
 
     private static long HugePageFaultFallbacks() =>
