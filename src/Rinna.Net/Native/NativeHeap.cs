@@ -26,8 +26,8 @@ internal static partial class NativeHeap
     /// <remarks>
     /// The advice only changes how pages fault in. When the allocator hands out heap memory it had used before, that
     /// interior is already mapped in 4 KiB pages and would stay so (a test loading in a busy process got no huge pages and
-    /// no fallback from the kernel), so those pages are dropped first (<c>MADV_DONTNEED</c>): the tensor holds nothing yet,
-    /// and the interior lies wholly inside it.
+    /// no fallback from the kernel), so after the advice those pages are dropped (<c>MADV_DONTNEED</c>) and fault in again
+    /// as huge pages when the tensor is populated or filled: the tensor holds nothing yet, and the interior lies wholly inside it.
     /// </remarks>
     public static void AdviseHugePages(Tensor tensor)
     {
