@@ -1,17 +1,21 @@
 namespace Rinna.Net.Tests;
 
-/// <summary>Locates the reference fixtures in <c>../shared</c> next to the repository root; fails loudly if they are absent.</summary>
+/// <summary>Locates the reference fixtures in <c>tests/fixtures</c> of this repository (see its README).</summary>
 internal static class Fixtures
 {
-    private static readonly Lazy<string> Root = new(FindSharedRoot);
+    private static readonly Lazy<string> Root = new(FindFixtureRoot);
 
-    public static string SharedRoot => Root.Value;
+    /// <summary>The <c>tests/fixtures</c> folder.</summary>
+    public static string FixtureRoot => Root.Value;
 
-    public static string Path(params string[] parts) => System.IO.Path.Combine([SharedRoot, .. parts]);
+    public static string Path(params string[] parts) => System.IO.Path.Combine([FixtureRoot, .. parts]);
 
-    public static string Model(string name) => Path("fixtures", "models", name);
+    public static string Model(string name) => Path("models", name);
 
-    public static string Tokenizer(string name) => Path("fixtures", "tokenizers", name);
+    public static string Tokenizer(string name) => Path("tokenizers", name);
+
+    /// <summary>The demo model shipped with the samples.</summary>
+    public static string DemoModel => System.IO.Path.Combine(RepoRoot, "samples", "models", "rinna-demo");
 
     public static string RepoRoot
     {
@@ -23,12 +27,11 @@ internal static class Fixtures
         }
     }
 
-    private static string FindSharedRoot()
+    private static string FindFixtureRoot()
     {
-        var shared = System.IO.Path.GetFullPath(System.IO.Path.Combine(RepoRoot, "..", "shared"));
-        if (!Directory.Exists(System.IO.Path.Combine(shared, "fixtures")))
-            throw new InvalidOperationException(
-                $"Reference fixtures not found at {shared}/fixtures. The tests need the shared/ folder beside the repository root.");
-        return shared;
+        var root = System.IO.Path.Combine(RepoRoot, "tests", "fixtures");
+        if (!Directory.Exists(System.IO.Path.Combine(root, "models")))
+            throw new InvalidOperationException($"Reference fixtures not found at {root}.");
+        return root;
     }
 }

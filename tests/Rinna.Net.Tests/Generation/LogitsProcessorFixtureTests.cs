@@ -15,7 +15,7 @@ public class LogitsProcessorFixtureTests
     private static (JsonElement, Dictionary<string, Tensor>) Load()
     {
         TorchSharpNativeLoader.EnsureInstalled();
-        var dir = Fixtures.Path("fixtures", "logits_processors");
+        var dir = Fixtures.Path("logits_processors");
         var root = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "cases.json"))).RootElement;
         var tensors = Safetensors.LoadStateDict(Path.Combine(dir, "cases.safetensors"));
         return (root, tensors);
@@ -24,7 +24,7 @@ public class LogitsProcessorFixtureTests
     public static TheoryData<string> CaseNames()
     {
         var names = new TheoryData<string>();
-        var root = JsonDocument.Parse(File.ReadAllText(Fixtures.Path("fixtures", "logits_processors", "cases.json"))).RootElement;
+        var root = JsonDocument.Parse(File.ReadAllText(Fixtures.Path("logits_processors", "cases.json"))).RootElement;
         foreach (var c in root.GetProperty("cases").EnumerateArray()) names.Add(c.GetProperty("name").GetString()!);
         return names;
     }

@@ -9,9 +9,9 @@ public sealed class FromPretrainedThroughHubTests : IAsyncLifetime, IDisposable
     private readonly HubSandbox sandbox = new();
     private FakeHub hub = null!;
 
-    public async Task InitializeAsync() => hub = await FakeHub.StartAsync();
+    public async ValueTask InitializeAsync() => hub = await FakeHub.StartAsync();
 
-    public async Task DisposeAsync() => await hub.DisposeAsync();
+    public async ValueTask DisposeAsync() => await hub.DisposeAsync();
 
     public void Dispose() => sandbox.Dispose();
 

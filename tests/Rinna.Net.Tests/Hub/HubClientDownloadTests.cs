@@ -9,9 +9,9 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     private readonly HubSandbox _sandbox = new();
     private FakeHub _hub = null!;
 
-    public async Task InitializeAsync() => _hub = await FakeHub.StartAsync();
+    public async ValueTask InitializeAsync() => _hub = await FakeHub.StartAsync();
 
-    public async Task DisposeAsync() => await _hub.DisposeAsync();
+    public async ValueTask DisposeAsync() => await _hub.DisposeAsync();
 
     public void Dispose() => _sandbox.Dispose();
 

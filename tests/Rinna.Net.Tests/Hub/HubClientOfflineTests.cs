@@ -61,7 +61,7 @@ public sealed class HubClientOfflineTests : IDisposable
             new HubOptions { LocalFilesOnly = true, Endpoint = DeadEndpoint });
 
         Assert.Equal(snapshot, directory);
-        Assert.Equal(File.ReadAllBytes(Fixtures.Path("fixtures", "models", "tiny-neox-rinna", "model.safetensors")),
+        Assert.Equal(File.ReadAllBytes(Fixtures.Path("models", "tiny-neox-rinna", "model.safetensors")),
             File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
     }
 

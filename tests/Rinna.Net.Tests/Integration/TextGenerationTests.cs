@@ -10,17 +10,17 @@ public sealed class TextGenerationTests : IAsyncLifetime
     private GptNeoXForCausalLM model = null!;
     private PreTrainedTokenizer tokenizer = null!;
 
-    public async Task InitializeAsync()
+    public async ValueTask InitializeAsync()
     {
         model = await AutoModelForCausalLM.FromPretrainedAsync(tiny.Directory);
         tokenizer = await AutoTokenizer.FromPretrainedAsync(tiny.Directory, new TokenizerOptions { UseFast = false });
     }
 
-    public Task DisposeAsync()
+    public ValueTask DisposeAsync()
     {
         model.Dispose();
         tiny.Dispose();
-        return Task.CompletedTask;
+        return ValueTask.CompletedTask;
     }
 
     [Theory]

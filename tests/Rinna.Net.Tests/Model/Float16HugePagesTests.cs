@@ -18,7 +18,8 @@ public sealed class Float16HugePagesTests : IDisposable
     {
         const string Settings = "/sys/kernel/mm/transparent_hugepage/enabled";
         // Hosts without transparent huge pages (or with them switched off) simply keep ordinary pages.
-        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]")) return;
+        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]"))
+            Assert.Skip("transparent huge pages are absent or switched off on this machine.");
         var config = new GptNeoXConfig
         {
             VocabSize = 512, HiddenSize = 1024, NumHiddenLayers = 1, NumAttentionHeads = 8, IntermediateSize = 4096,
@@ -45,7 +46,8 @@ public sealed class Float16HugePagesTests : IDisposable
     public void PopulateGivesHugePagesToHeapMemoryThatWasUsedBefore()
     {
         const string Settings = "/sys/kernel/mm/transparent_hugepage/enabled";
-        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]")) return;
+        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]"))
+            Assert.Skip("transparent huge pages are absent or switched off on this machine.");
         // Leave touched memory in the heap, as any busy process has: after large frees glibc raises its mmap threshold
         // and hands that memory out again, already mapped in small pages, which advice alone does not change.
         for (int round = 0; round < 3; round++)

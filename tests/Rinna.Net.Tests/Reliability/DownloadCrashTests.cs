@@ -16,13 +16,13 @@ public sealed class DownloadCrashTests : IAsyncLifetime
     private FakeHub hub = null!;
     private FakeRepo repo = null!;
 
-    public async Task InitializeAsync()
+    public async ValueTask InitializeAsync()
     {
         hub = await FakeHub.StartAsync();
         repo = hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna"), Fixtures.Tokenizer("bilingual-lookalike"));
     }
 
-    public async Task DisposeAsync() => await hub.DisposeAsync();
+    public async ValueTask DisposeAsync() => await hub.DisposeAsync();
 
     private HubOptions Online() => new() { Endpoint = hub.Endpoint };
 

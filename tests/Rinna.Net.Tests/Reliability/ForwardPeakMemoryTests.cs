@@ -1,6 +1,5 @@
 using Rinna.Net.Model;
 using Rinna.Net.Native;
-using Xunit.Abstractions;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Reliability;

@@ -3,7 +3,6 @@ using Rinna.Net.Generation;
 using Rinna.Net.Model;
 using Rinna.Net.Tests.Integration;
 using Rinna.Net.Tokenization;
-using Xunit.Abstractions;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Reliability;
@@ -29,7 +28,7 @@ public sealed class LongRunTests(ITestOutputHelper output) : IAsyncLifetime
     private GptNeoXForCausalLM model = null!;
     private PreTrainedTokenizer tokenizer = null!;
 
-    public async Task InitializeAsync()
+    public async ValueTask InitializeAsync()
     {
         var configPath = Path.Combine(tiny.Directory, "config.json");
         var config = JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
@@ -39,11 +38,11 @@ public sealed class LongRunTests(ITestOutputHelper output) : IAsyncLifetime
         tokenizer = await AutoTokenizer.FromPretrainedAsync(tiny.Directory);
     }
 
-    public Task DisposeAsync()
+    public ValueTask DisposeAsync()
     {
         model.Dispose();
         tiny.Dispose();
-        return Task.CompletedTask;
+        return ValueTask.CompletedTask;
     }
 
     private GenerationConfig Exactly(int tokens, long? seed = null) =>

@@ -5,7 +5,6 @@ using Rinna.Net.Checkpoint;
 using Rinna.Net.Generation;
 using Rinna.Net.Model;
 using Rinna.Net.Tokenization;
-using Xunit.Abstractions;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Reliability;
