@@ -91,4 +91,25 @@ public static class CausalLMGeneration
             mask.Dispose();
         }
     }
+    /// <summary>
+    /// Continues one prompt given as token ids: the model card's
+    /// <c>output_ids = model.generate(token_ids, ...)</c> followed by <c>output_ids.tolist()[0]</c>.
+    /// </summary>
+    /// <param name="model">The model.</param>
+    /// <param name="inputIds">The prompt's token ids, e.g. from <see cref="PreTrainedTokenizer.Encode"/> with <c>addSpecialTokens: false</c>.</param>
+    /// <param name="config">Decoding settings; <c>null</c> means <see cref="GenerationConfig(GptNeoXForCausalLM)"/>.</param>
+    /// <param name="tokenizer">The model's tokenizer: needed for stop strings, and keeps ids it cannot decode from being generated.</param>
+    /// <param name="cancellationToken">Checked before every step; the ids generated so far are returned.</param>
+    /// <returns>The prompt's ids followed by the generated ids.</returns>
+    /// <exception cref="ArgumentException">An empty prompt, invalid settings, or a prompt that does not fit the model.</exception>
+    public static int[] Generate(this GptNeoXForCausalLM model, IReadOnlyList<int> inputIds, GenerationConfig? config = null,
+        PreTrainedTokenizer? tokenizer = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(inputIds);
+        using var scope = NewDisposeScope();
+        using var ids = tensor(inputIds.Select(i => (long)i).ToArray(), ScalarType.Int64).unsqueeze(0);
+        var output = model.Generate(ids, config, tokenizer: tokenizer, cancellationToken: cancellationToken);
+        using var sequences = output.Sequences;
+        return sequences[0].cpu().data<long>().Select(i => (int)i).ToArray();
+    }
 }
