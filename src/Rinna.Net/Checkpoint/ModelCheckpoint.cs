@@ -66,13 +66,47 @@ public sealed class ModelCheckpoint : IDisposable
 
     /// <summary>Reads one tensor into a new CPU tensor, converted to <paramref name="dtype"/> when given.</summary>
     /// <exception cref="CheckpointException">The tensor is absent or unreadable.</exception>
-    public Tensor ReadTensor(string name, ScalarType? dtype = null) => ReadTensor(name, dtype, hugePages: false);
+    public Tensor ReadTensor(string name, ScalarType? dtype = null)
+    {
+        var entry = Owner(name)[name];
+        var tensor = empty(entry.Shape, dtype ?? entry.DType);
+        try
+        {
+            ReadInto(name, tensor);
+            return tensor;
+        }
+        catch
+        {
+            tensor.Dispose();
+            throw;
+        }
+    }
 
-    /// <summary><see cref="ReadTensor(string, ScalarType?)"/>, with the result backed by huge pages when <paramref name="hugePages"/> is set.</summary>
-    internal Tensor ReadTensor(string name, ScalarType? dtype, bool hugePages) =>
-        owners.TryGetValue(name, out var owner)
-            ? owner.ReadTensor(name, dtype, hugePages)
-            : throw new CheckpointException(files[0].Path, $"no tensor named '{name}'.");
+    /// <summary>
+    /// Fills <paramref name="destination"/> (a contiguous CPU tensor of the stored shape, any floating dtype, or the
+    /// stored dtype) with one tensor of the checkpoint, converting as it goes. The caller chooses how that memory is
+    /// allocated; a conversion holds one staging copy of this tensor in the stored dtype, never more.
+    /// </summary>
+    /// <exception cref="CheckpointException">The tensor is absent or unreadable, or cannot be converted to the destination's dtype.</exception>
+    /// <exception cref="ArgumentException">The destination's shape or placement does not fit.</exception>
+    public void ReadInto(string name, Tensor destination)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        var owner = Owner(name);
+        var entry = owner[name];
+        if (!destination.shape.SequenceEqual(entry.Shape) || destination.device_type != TorchSharp.DeviceType.CPU || !destination.is_contiguous())
+            throw new ArgumentException(
+                $"tensor '{name}' is [{string.Join(", ", entry.Shape)}]; the destination must be a contiguous CPU tensor of that shape, " +
+                $"got [{string.Join(", ", destination.shape)}] on {destination.device}.", nameof(destination));
+        if (destination.dtype != entry.DType && !(IsFloatingPoint(entry.DType) && IsFloatingPoint(destination.dtype)))
+            throw new CheckpointException(owner.Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {destination.dtype}.");
+        owner.ReadInto(name, destination);
+    }
+
+    private ITensorFile Owner(string name) =>
+        owners.TryGetValue(name, out var owner) ? owner : throw new CheckpointException(files[0].Path, $"no tensor named '{name}'.");
+
+    internal static bool IsFloatingPoint(ScalarType t) => t is ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64;
 
     /// <inheritdoc />
     public void Dispose()
@@ -161,7 +195,8 @@ internal interface ITensorFile : IDisposable
     string Path { get; }
     IReadOnlySet<string> Names { get; }
     TensorEntry this[string name] { get; }
-    Tensor ReadTensor(string name, ScalarType? dtype, bool hugePages);
+    /// <summary>Fills a contiguous CPU tensor of the stored shape (checked by the caller) with the named tensor, converted to its dtype.</summary>
+    void ReadInto(string name, Tensor destination);
 }
 
 internal sealed class SafetensorsTensorFile : ITensorFile
@@ -179,6 +214,6 @@ internal sealed class SafetensorsTensorFile : ITensorFile
     public TensorEntry this[string name] => file[name];
 
     public static SafetensorsTensorFile Open(string path) => new(SafetensorsFile.Open(path));
-    public Tensor ReadTensor(string name, ScalarType? dtype, bool hugePages) => file.ReadTensor(name, dtype, int.MaxValue & ~4095, hugePages);
+    public void ReadInto(string name, Tensor destination) => file.ReadInto(name, destination, int.MaxValue & ~4095);
     public void Dispose() => file.Dispose();
 }

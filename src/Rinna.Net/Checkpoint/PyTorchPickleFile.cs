@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 using System.Text;
-using Rinna.Net.Native;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Checkpoint;
@@ -80,7 +79,10 @@ internal sealed class PyTorchPickleFile : ITensorFile
                     throw new CheckpointException(path, $"state dict entry '{name}' is not a tensor.");
                 tensors[name] = descriptor with { Entry = descriptor.Entry with { Name = name } };
             }
-            return new PyTorchPickleFile(path, archive, root, tensors);
+            var file = new PyTorchPickleFile(path, archive, root, tensors);
+            // Every storage is checked against the archive before any tensor is allocated, as safetensors' header is.
+            foreach (var name in tensors.Keys) file.StorageEntry(name);
+            return file;
         }
         catch (Exception ex) when (ex is InvalidDataException or IOException or EndOfStreamException)
         {
@@ -94,7 +96,32 @@ internal sealed class PyTorchPickleFile : ITensorFile
         }
     }
 
-    public Tensor ReadTensor(string name, ScalarType? dtype, bool hugePages = false)
+    public void ReadInto(string name, Tensor destination)
+    {
+        var descriptor = Find(name);
+        var entry = StorageEntry(name);
+        int elementSize = ElementSize(descriptor.Entry.DType);
+        var storage = empty([entry.Length / elementSize], descriptor.Entry.DType);
+        try
+        {
+            using (var stream = entry.Open()) ReadAll(stream, storage, entry.Length);
+            using var strided = storage.as_strided(descriptor.Entry.Shape, descriptor.Stride, descriptor.StorageOffset);
+            destination.copy_(strided);
+        }
+        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
+        {
+            throw new CheckpointException(Path, $"tensor '{name}': corrupt storage ({ex.Message}).", ex);
+        }
+        finally
+        {
+            storage.Dispose();
+        }
+    }
+
+    public void Dispose() => archive.Dispose();
+
+    /// <summary>The zip entry holding a tensor's storage, refused when it is missing or cannot hold the tensor.</summary>
+    private ZipArchiveEntry StorageEntry(string name)
     {
         var descriptor = Find(name);
         var entryName = $"{root}/data/{descriptor.StorageKey}";
@@ -108,25 +135,8 @@ internal sealed class PyTorchPickleFile : ITensorFile
         if (entry.Length % elementSize != 0 || entry.Length / elementSize < descriptor.RequiredStorageElements)
             throw new CheckpointException(Path,
                 $"tensor '{name}': storage '{entryName}' has {entry.Length} bytes, too few for shape [{string.Join(", ", descriptor.Entry.Shape)}] at offset {descriptor.StorageOffset}.");
-
-        var storage = empty([entry.Length / elementSize], descriptor.Entry.DType);
-        try
-        {
-            using (var stream = entry.Open()) ReadAll(stream, storage, entry.Length);
-            using var strided = storage.as_strided(descriptor.Entry.Shape, descriptor.Stride, descriptor.StorageOffset);
-            return NativeHeap.PrefaultedCopy(strided, dtype ?? descriptor.Entry.DType, hugePages);
-        }
-        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
-        {
-            throw new CheckpointException(Path, $"tensor '{name}': corrupt storage ({ex.Message}).", ex);
-        }
-        finally
-        {
-            storage.Dispose();
-        }
+        return entry;
     }
-
-    public void Dispose() => archive.Dispose();
 
     private TensorDescriptor Find(string name) =>
         tensors.TryGetValue(name, out var d) ? d : throw new CheckpointException(Path, $"no tensor named '{name}'.");

@@ -2,7 +2,6 @@ using System.IO.MemoryMappedFiles;
 using System.Text;
 using System.Text.Json;
 using TorchSharp;
-using Rinna.Net.Native;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Checkpoint;
@@ -102,30 +101,42 @@ public sealed class SafetensorsFile : IDisposable
     /// <param name="name">The tensor's name.</param>
     /// <param name="dtype">The dtype to convert to, or null for the stored one.</param>
     /// <param name="chunkBytes">The most bytes read from the file at once.</param>
-    /// <param name="hugePages">Whether the tensor that is returned should be backed by huge pages (<see cref="NativeHeap.Populate"/>).</param>
-    internal Tensor ReadTensor(string name, ScalarType? dtype, int chunkBytes, bool hugePages = false)
+    internal Tensor ReadTensor(string name, ScalarType? dtype, int chunkBytes)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
-        var (entry, offset) = Find(name);
-        var stored = empty(entry.Shape, entry.DType);
+        var (entry, _) = Find(name);
+        var target = dtype ?? entry.DType;
+        if (target != entry.DType && (!ModelCheckpoint.IsFloatingPoint(entry.DType) || !ModelCheckpoint.IsFloatingPoint(target)))
+            throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {target}.");
+        var tensor = empty(entry.Shape, target);
         try
         {
-            var target = dtype ?? entry.DType;
-            // The stored copy is the weight itself, or a staging copy that dies after the conversion below.
-            if (target == entry.DType) NativeHeap.Populate(stored, hugePages); else NativeHeap.AdviseHugePages(stored);
-            CopyInto(stored, offset, entry.ByteLength, chunkBytes);
-            if (target == entry.DType) return stored;
-            if (!IsFloatingPoint(entry.DType) || !IsFloatingPoint(target))
-                throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {target}.");
-            var converted = NativeHeap.PrefaultedCopy(stored, target, hugePages);
-            stored.Dispose();
-            return converted;
+            ReadInto(name, tensor, chunkBytes);
+            return tensor;
         }
         catch
         {
-            stored.Dispose();
+            tensor.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Fills <paramref name="destination"/>, a contiguous CPU tensor of the stored shape, with the named tensor: straight
+    /// from the file in the stored dtype, or through one staging copy converted into it.
+    /// </summary>
+    internal void ReadInto(string name, Tensor destination, int chunkBytes)
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        var (entry, offset) = Find(name);
+        if (destination.dtype == entry.DType)
+        {
+            CopyInto(destination, offset, entry.ByteLength, chunkBytes);
+            return;
+        }
+        using var stored = empty(entry.Shape, entry.DType);
+        CopyInto(stored, offset, entry.ByteLength, chunkBytes);
+        destination.copy_(stored);
     }
 
     /// <summary>Copies a byte range of the mapped file into a contiguous CPU tensor, in chunks a <see cref="Span{T}"/> can address.</summary>
@@ -166,7 +177,6 @@ public sealed class SafetensorsFile : IDisposable
     private (TensorEntry Entry, long Offset) Find(string name) =>
         tensors.TryGetValue(name, out var found) ? found : throw new CheckpointException(Path, $"no tensor named '{name}'.");
 
-    private static bool IsFloatingPoint(ScalarType t) => t is ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64;
 
     private static (long Length, byte[] Header) ReadHeader(FileStream stream, string path, long fileLength)
     {

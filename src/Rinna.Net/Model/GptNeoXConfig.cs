@@ -16,8 +16,7 @@ public sealed record RopeScaling(string Type, double Factor);
 public sealed record GptNeoXConfig
 {
     /// <summary>Activations accepted for <see cref="HiddenAct"/> (Hugging Face's names).</summary>
-    public static IReadOnlyList<string> SupportedActivations { get; } =
-        ["gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish"];
+    public static IReadOnlyList<string> SupportedActivations { get; } = Layers.Activations.SupportedNames;
 
     /// <summary><c>model_type</c>; always <c>gpt_neox</c>.</summary>
     public string ModelType { get; init; } = "gpt_neox";

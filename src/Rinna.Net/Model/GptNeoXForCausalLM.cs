@@ -2,11 +2,14 @@
 // so the two can be read side by side: rotary embedding → attention → MLP → layer → model → causal-LM head.
 // Module and parameter names equal HF's state-dict names, so checkpoints load by name.
 using System.Numerics;
-using Rinna.Net.Checkpoint;
+using Rinna.Net.Model.Attention;
+using Rinna.Net.Model.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Embedding = Rinna.Net.Model.Layers.Embedding;
 using F = TorchSharp.torch.nn.functional;
+using LayerNorm = Rinna.Net.Model.Layers.LayerNorm;
 
 namespace Rinna.Net.Model;
 
@@ -51,7 +54,7 @@ public sealed class CausalLMOutput : IDisposable
 public sealed class GptNeoXForCausalLM : nn.Module
 {
     private readonly GptNeoXModel gpt_neox;
-    private readonly nn.Module<Tensor, Tensor> embed_out;
+    private readonly LinearLayer embed_out;
 
     internal GptNeoXForCausalLM(GptNeoXConfig config, ParameterSource source) : base(nameof(GptNeoXForCausalLM))
     {
@@ -95,47 +98,14 @@ public sealed class GptNeoXForCausalLM : nn.Module
         module.parameters().Select(p => p.device).Concat(module.buffers().Select(b => b.device)).FirstOrDefault() ?? CPU;
 
     /// <summary>Every parameter name and shape a checkpoint for <paramref name="config"/> must hold.</summary>
-    public static IReadOnlyDictionary<string, long[]> ExpectedParameterShapes(GptNeoXConfig config)
-    {
-        long h = config.HiddenSize, v = config.VocabSize, i = config.IntermediateSize;
-        var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal)
-        {
-            ["gpt_neox.embed_in.weight"] = [v, h],
-            ["gpt_neox.final_layer_norm.weight"] = [h],
-            ["gpt_neox.final_layer_norm.bias"] = [h],
-        };
-        if (!config.TieWordEmbeddings) shapes["embed_out.weight"] = [v, h];
-        for (int layer = 0; layer < config.NumHiddenLayers; layer++)
-        {
-            var p = $"gpt_neox.layers.{layer}.";
-            shapes[p + "input_layernorm.weight"] = [h];
-            shapes[p + "input_layernorm.bias"] = [h];
-            shapes[p + "post_attention_layernorm.weight"] = [h];
-            shapes[p + "post_attention_layernorm.bias"] = [h];
-            shapes[p + "attention.query_key_value.weight"] = [3 * h, h];
-            shapes[p + "attention.dense.weight"] = [h, h];
-            if (config.AttentionBias)
-            {
-                shapes[p + "attention.query_key_value.bias"] = [3 * h];
-                shapes[p + "attention.dense.bias"] = [h];
-            }
-            shapes[p + "mlp.dense_h_to_4h.weight"] = [i, h];
-            shapes[p + "mlp.dense_h_to_4h.bias"] = [i];
-            shapes[p + "mlp.dense_4h_to_h.weight"] = [h, i];
-            shapes[p + "mlp.dense_4h_to_h.bias"] = [h];
-        }
-        return shapes;
-    }
+    public static IReadOnlyDictionary<string, long[]> ExpectedParameterShapes(GptNeoXConfig config) =>
+        GptNeoXWeightLayout.For(config).ToDictionary(w => w.Name, w => w.Shape, StringComparer.Ordinal);
 
     /// <summary>
     /// Checkpoint entries that are buffers in Hugging Face's code, not parameters (causal-mask caches and rotary
     /// frequencies saved by older transformers versions); they are recomputed, never loaded.
     /// </summary>
-    public static bool IsIgnoredCheckpointKey(string name) =>
-        name.StartsWith("gpt_neox.layers.", StringComparison.Ordinal)
-        && (name.EndsWith(".attention.bias", StringComparison.Ordinal)
-            || name.EndsWith(".attention.masked_bias", StringComparison.Ordinal)
-            || name.EndsWith(".attention.rotary_emb.inv_freq", StringComparison.Ordinal));
+    public static bool IsIgnoredCheckpointKey(string name) => GptNeoXWeightLayout.IsIgnoredCheckpointKey(name);
 
     /// <summary>Creates a model with randomly initialised weights (normal, std <c>initializer_range</c>; LayerNorms 1/0), e.g. for training.</summary>
     public static GptNeoXForCausalLM CreateRandom(GptNeoXConfig config, long seed, ScalarType dtype = ScalarType.Float32)
@@ -275,7 +245,6 @@ internal sealed class GptNeoXLayer : nn.Module
     {
         var device = Device;
         hidden = hidden.to(device);
-        // The residual sums go into the projections' own passes where they can (a float16 decode row), in HF's order.
         if (useParallelResidual)
         {
             // x = x + attn(ln1(x)) + mlp(ln2(x))
@@ -293,8 +262,8 @@ internal sealed class GptNeoXLayer : nn.Module
 /// <summary>Multi-head self-attention with a fused, per-head interleaved query/key/value projection.</summary>
 internal sealed class GptNeoXAttention : nn.Module
 {
-    private readonly nn.Module<Tensor, Tensor> query_key_value;
-    private readonly nn.Module<Tensor, Tensor> dense;
+    private readonly LinearLayer query_key_value;
+    private readonly LinearLayer dense;
     private readonly int heads, headSize, rotaryNdims;
     private readonly double normFactor;
 
@@ -319,11 +288,9 @@ internal sealed class GptNeoXAttention : nn.Module
     {
         long batch = hidden.size(0), length = hidden.size(1);
         var projected = query_key_value.call(hidden);
-        // One new token without padding against a cache (a decode step) on the CPU: RoPE, the cache write and the
-        // attention in one managed pass, see DecodeAttention.
-        if (length == 1 && paddingBias is null && cache is not null
-            && DecodeAttention.TryStep(projected, cos, sin, cache, layerIndex, past, headSize, rotaryNdims, out var decoded))
-            return Float16Linear.PlusResidual(dense, decoded, residual);
+        // A backend with a kernel for this device and phase may take the whole call; the math below is the reference.
+        if (AttentionBackends.TryAttend(new AttentionCall(projected, cos, sin, paddingBias, cache, layerIndex, past, headSize, rotaryNdims), out var fused))
+            return dense.Forward(fused, Activation.Identity, residual);
 
         // [batch, seq, 3*hidden] → [batch, heads, seq, 3*head_size]; each head holds its own q, k, v side by side.
         var qkv = projected.view(batch, length, heads, 3 * headSize).permute(0, 2, 1, 3);
@@ -341,7 +308,7 @@ internal sealed class GptNeoXAttention : nn.Module
 
         // [batch, heads, seq, head_size] → [batch, seq, hidden]
         var context = Attend(query, key, value, paddingBias, past).permute(0, 2, 1, 3).reshape(batch, length, heads * headSize);
-        return Float16Linear.PlusResidual(dense, context, residual);
+        return dense.Forward(context, Activation.Identity, residual);
     }
 
     private Tensor ApplyRotary(Tensor x, Tensor cos, Tensor sin)
@@ -361,16 +328,14 @@ internal sealed class GptNeoXAttention : nn.Module
         long queries = query.size(2), keys = key.size(2);
         if (paddingBias is null && past == 0 && queries > 1)
         {
-            // Causal prefill without padding: the fused kernel is 3x faster than the explicit form and equal within float32 noise.
+            // Causal prefill without padding: the fused kernel is several times faster than the explicit form and equal within float32 noise.
             var output = F.scaled_dot_product_attention(query, key, value.to(ScalarType.Float32), is_casual: true);
             return output.to(value.dtype);
         }
 
         if (queries == 1)
         {
-            // One new token (decode) that DecodeAttention does not take (padding, no cache, other devices): one fused float32 call
-            // instead of five. Measured with cold caches, converting a bfloat16 value cache included: 5-30 % faster than the explicit form below from 96 to 1024 keys, 4-18 % slower
-            // at 2048 keys; in the model at 64-96 keys, 0.19 against 0.23 ms per rinna-4b layer.
+            // One new token: one fused float32 call instead of the five of the explicit form below, and equal to it within float32 noise.
             var output = F.scaled_dot_product_attention(query, key, value.to(ScalarType.Float32), paddingBias);
             return output.to(value.dtype);
         }
@@ -388,13 +353,13 @@ internal sealed class GptNeoXAttention : nn.Module
 /// <summary>The feed-forward block: <c>dense_4h_to_h(act(dense_h_to_4h(x)))</c>.</summary>
 internal sealed class GptNeoXMlp : nn.Module
 {
-    private readonly nn.Module<Tensor, Tensor> dense_h_to_4h;
-    private readonly nn.Module<Tensor, Tensor> dense_4h_to_h;
-    private readonly string activation;
+    private readonly LinearLayer dense_h_to_4h;
+    private readonly LinearLayer dense_4h_to_h;
+    private readonly Activation activation;
 
     public GptNeoXMlp(GptNeoXConfig config, ParameterSource source) : base("mlp")
     {
-        activation = config.HiddenAct;
+        activation = Activations.FromHiddenAct(config.HiddenAct);
         dense_h_to_4h = source.CreateLinear("dense_h_to_4h", source.Scope("dense_h_to_4h").Parameter("weight", config.IntermediateSize, config.HiddenSize),
             source.Scope("dense_h_to_4h").Parameter("bias", config.IntermediateSize));
         dense_4h_to_h = source.CreateLinear("dense_4h_to_h", source.Scope("dense_4h_to_h").Parameter("weight", config.HiddenSize, config.IntermediateSize),
@@ -404,22 +369,8 @@ internal sealed class GptNeoXMlp : nn.Module
     }
 
     /// <summary>The block's output for <paramref name="x"/>, plus <paramref name="residual"/> when given.</summary>
-    public Tensor Forward(Tensor x, Tensor? residual)
-    {
-        // A float16 decode row: the exact GELU runs in the up-projection's own pass.
-        if (activation != "gelu" || dense_h_to_4h is not Float16Linear up || !up.TryForwardRow(x, gelu: true, residual: null, out var h))
-            h = Activate(dense_h_to_4h.call(x));
-        return Float16Linear.PlusResidual(dense_4h_to_h, h, residual);
-    }
-
-    private Tensor Activate(Tensor h) => activation switch
-    {
-        "gelu" => F.gelu(h),
-        "gelu_new" or "gelu_pytorch_tanh" or "gelu_fast" => F.gelu(h, GELU.Approximate.tanh),
-        "relu" => F.relu(h),
-        "silu" or "swish" => F.silu(h),
-        _ => throw new InvalidOperationException($"activation '{activation}' passed validation but has no implementation."),
-    };
+    public Tensor Forward(Tensor x, Tensor? residual) =>
+        dense_4h_to_h.Forward(dense_h_to_4h.Forward(x, activation), Activation.Identity, residual);
 }
 
 /// <summary>Rotary position tables (HF's GPTNeoXRotaryEmbedding and its linear / dynamic-NTK scaling variants).</summary>
@@ -479,79 +430,4 @@ internal sealed class RotaryEmbedding
             return (cosTable, sinTable);
         }
     }
-}
-
-/// <summary>A dense linear layer built from given weights (HF: <c>nn.Linear</c>); weight is <c>[out, in]</c>.</summary>
-internal sealed class DenseLinear : nn.Module<Tensor, Tensor>
-{
-    private readonly Parameter weight;
-    private readonly Parameter? bias;
-
-    public DenseLinear(Parameter weight, Parameter? bias) : base("linear")
-    {
-        this.weight = weight;
-        this.bias = bias;
-        register_parameter("weight", weight);
-        if (bias is not null) register_parameter("bias", bias);
-    }
-
-    public Tensor Weight => weight;
-
-    public override Tensor forward(Tensor x) => LinearRows(x, weight, bias);
-
-    /// <summary>
-    /// <c>linear</c> over the input flattened to rows. libtorch 2.10's CPU <c>linear</c> takes a slow path (1.4 s instead
-    /// of 17 ms for the rinna head) when a 3-D input carries a large stride on a size-1 dimension, which is exactly what
-    /// narrowing the last position out of a prompt produces; flattening first gives it plain row-major rows.
-    /// </summary>
-    internal static Tensor LinearRows(Tensor x, Tensor weight, Tensor? bias)
-    {
-        if (x.dim() == 2) return F.linear(x, weight, bias);
-        return F.linear(x.reshape(-1, x.size(-1)), weight, bias).view(TensorShapes.WithLastDimension(x, weight.size(0)));
-    }
-}
-
-/// <summary>The output head when <c>tie_word_embeddings</c> is set: reuses the input embedding matrix.</summary>
-internal sealed class TiedLinear(Tensor weight) : nn.Module<Tensor, Tensor>("tied_linear")
-{
-    public override Tensor forward(Tensor x) => DenseLinear.LinearRows(x, weight, null);
-}
-
-/// <summary>Token embedding (HF: <c>nn.Embedding</c>).</summary>
-internal sealed class Embedding : nn.Module<Tensor, Tensor>
-{
-    private readonly Parameter weight;
-
-    public Embedding(Parameter weight) : base("embedding")
-    {
-        this.weight = weight;
-        register_parameter("weight", weight);
-    }
-
-    public Tensor Weight => weight;
-
-    public override Tensor forward(Tensor ids) => weight.index_select(0, ids.reshape(-1)).view(TensorShapes.Append(ids, weight.size(1)));
-}
-
-/// <summary>LayerNorm with affine weight and bias (HF: <c>nn.LayerNorm</c>).</summary>
-internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
-{
-    private readonly Parameter weight;
-    private readonly Parameter bias;
-    private readonly long[] shape;
-    private readonly double eps;
-
-    public LayerNorm(ParameterSource source, long size, double eps) : base("layer_norm")
-    {
-        weight = source.Parameter("weight", size);
-        bias = source.Parameter("bias", size);
-        shape = [size];
-        this.eps = eps;
-        register_parameter("weight", weight);
-        register_parameter("bias", bias);
-    }
-
-    public Tensor Weight => weight;
-
-    public override Tensor forward(Tensor x) => F.layer_norm(x, shape, weight, bias, eps);
 }

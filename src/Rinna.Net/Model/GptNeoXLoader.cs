@@ -2,6 +2,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Rinna.Net.Checkpoint;
 using Rinna.Net.Model.DeviceMap;
+using Rinna.Net.Model.Layers;
 using Rinna.Net.Model.Quantization;
 using Rinna.Net.Native;
 using TorchSharp.Modules;
@@ -18,8 +19,8 @@ internal static class GptNeoXLoader
         var config = GptNeoXConfig.FromFile(Path.Combine(directory, "config.json"));
         using var checkpoint = ModelCheckpoint.Open(directory);
         var entries = checkpoint.Entries;
-        var expected = GptNeoXForCausalLM.ExpectedParameterShapes(config);
-        Validate(checkpoint, entries, expected, config);
+        var layout = GptNeoXWeightLayout.For(config).ToDictionary(w => w.Name, StringComparer.Ordinal);
+        Validate(checkpoint, entries, layout, config);
 
         var requested = options.QuantizationConfig ?? new QuantizationConfig();
         var quantization = new QuantizationConfig
@@ -33,7 +34,7 @@ internal static class GptNeoXLoader
         var stored = entries["gpt_neox.embed_in.weight"].DType;
         var spec = options.DeviceMap ?? DeviceMapSpec.Cpu;
         var probeDType = ResolveDType(options.TorchDtype, stored, onCpu: false, logger).Compute;
-        var plan = DeviceMapPlanner.Plan(spec, Footprints(config, probeDType, quantization), ComputeDevice.DetectAvailable(), options.MaxMemory);
+        var plan = DeviceMapPlanner.Plan(spec, Footprints(layout.Values, probeDType, quantization), ComputeDevice.DetectAvailable(), options.MaxMemory);
         var (dtype, matrixDType) = ResolveDType(options.TorchDtype, stored, onCpu: plan.Values.Contains("cpu"), logger);
         logger.LogInformation("Loading {Layers}-layer GPT-NeoX from {Files} ({Format}, stored {Stored}) as {DType}{Matrices}{Int8}, device map {Map}",
             config.NumHiddenLayers, string.Join(", ", checkpoint.Files), checkpoint.Format, stored, dtype,
@@ -43,20 +44,32 @@ internal static class GptNeoXLoader
         var source = new ParameterSource(dtype, (name, shape) =>
         {
             cancellationToken.ThrowIfCancellationRequested();
+            var weight = layout[name];
+            var stored = entries[name].DType;
             // Weights about to be quantized are read as stored, so they are rounded once (to int8), not twice.
-            var targetDType = IsQuantizedWeight(name, quantization) ? (ScalarType?)null : IsLinearWeight(name) ? matrixDType : dtype;
-            var device = new Device(plan[ModuleOf(name)]);
-            // Float16 decode streams these matrices; int8 models keep ordinary pages (NativeHeap.Prefault says why).
-            bool hugePages = device.type == TorchSharp.DeviceType.CPU && !quantization.LoadIn8Bit && targetDType == ScalarType.Float16 && IsLinearWeight(name);
-            var tensor = checkpoint.ReadTensor(name, targetDType, hugePages);
-            if (entries[name].DType != tensor.dtype) NativeHeap.Trim();
+            var target = IsQuantized(weight, quantization) ? stored : weight.IsLinearWeight ? matrixDType : dtype;
+            var device = new Device(plan[weight.DeviceMapUnit]);
+            // Checkpoint readers fill CPU memory; the weight moves to its device afterwards. Only float16 models stream
+            // their matrices through the managed GEMV; an int8 model, float16 head included, keeps ordinary pages.
+            var tensor = WeightMemory.Allocate(weight.Shape, target, CPU, streamedPerToken: weight.IsLinearWeight
+                && target == ScalarType.Float16 && !quantization.LoadIn8Bit && device.type == TorchSharp.DeviceType.CPU);
+            try
+            {
+                checkpoint.ReadInto(name, tensor);
+            }
+            catch
+            {
+                tensor.Dispose();
+                throw;
+            }
+            if (stored != target) WeightMemory.ReleaseFreed();
             if (device.type != TorchSharp.DeviceType.CPU)
             {
                 var moved = tensor.to(device);
                 tensor.Dispose();
                 tensor = moved;
             }
-            options.LoadProgress?.Report(new LoadProgress(++loaded, expected.Count, name));
+            options.LoadProgress?.Report(new LoadProgress(++loaded, layout.Count, name));
             return tensor;
         }, (name, weight, bias) => CreateLinear(name, weight, bias, dtype, quantization));
         var model = new GptNeoXForCausalLM(config, source) { SourceDirectory = Path.GetFullPath(directory) };
@@ -64,57 +77,43 @@ internal static class GptNeoXLoader
         return model;
     }
 
-    private static TorchSharp.torch.nn.Module<Tensor, Tensor> CreateLinear(string name, Parameter weight, Parameter? bias,
-        ScalarType computeDType, QuantizationConfig quantization)
+    private static LinearLayer CreateLinear(string name, Parameter weight, Parameter? bias, ScalarType computeDType, QuantizationConfig quantization)
     {
         if (!quantization.LoadIn8Bit || !quantization.ShouldQuantize(name))
             return weight.dtype == ScalarType.Float16 && computeDType != ScalarType.Float16
                 ? new Float16Linear(weight, bias)
                 : new DenseLinear(weight, bias);
-        var layer = new Int8Linear(weight, bias, quantization.Int8Threshold);
+        var layer = new Int8Linear(weight, bias, quantization.Int8Threshold, device: null,
+            allocate: (shape, dtype, device) => WeightMemory.Allocate(shape, dtype, device, streamedPerToken: false));
         weight.Dispose();
         bias?.Dispose();
-        NativeHeap.Trim();
+        WeightMemory.ReleaseFreed();
         return layer;
     }
 
-    private static bool IsQuantizedWeight(string name, QuantizationConfig quantization) =>
-        quantization.LoadIn8Bit && IsLinearWeight(name) && quantization.ShouldQuantize(name[..^".weight".Length]);
+    private static bool IsQuantized(WeightSpec weight, QuantizationConfig quantization) =>
+        quantization.LoadIn8Bit && weight.IsLinearWeight && quantization.ShouldQuantize(weight.LinearModule!);
 
-    private static bool IsLinearWeight(string name) =>
-        name.EndsWith(".weight", StringComparison.Ordinal)
-        && LinearModules.Any(m => name.EndsWith("." + m + ".weight", StringComparison.Ordinal) || name == m + ".weight");
-
-    private static readonly string[] LinearModules = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h", "embed_out"];
-
-    /// <summary>The device-map unit a parameter belongs to (<c>gpt_neox.layers.3.mlp.dense_h_to_4h.weight</c> → <c>gpt_neox.layers.3</c>).</summary>
-    internal static string ModuleOf(string parameterName)
+    /// <summary>Bytes each device-map unit will hold after dtype conversion and quantization, in the model's order.</summary>
+    internal static IReadOnlyList<ModuleFootprint> Footprints(IEnumerable<WeightSpec> layout, ScalarType dtype, QuantizationConfig quantization)
     {
-        var parts = parameterName.Split('.');
-        return parts[0] == "gpt_neox" ? parts[1] == "layers" ? $"gpt_neox.layers.{parts[2]}" : $"gpt_neox.{parts[1]}" : parts[0];
-    }
-
-    /// <summary>Bytes each device-map unit will hold after dtype conversion and quantization.</summary>
-    internal static IReadOnlyList<ModuleFootprint> Footprints(GptNeoXConfig config, ScalarType dtype, QuantizationConfig quantization)
-    {
-        long element = dtype == ScalarType.Float32 ? 4 : 2, h = config.HiddenSize, i = config.IntermediateSize, v = config.VocabSize;
-        long Linear(string module, long output, long input, bool hasBias) =>
-            quantization.LoadIn8Bit && quantization.ShouldQuantize(module)
-                ? Int8Linear.StorageBytes(output, input, hasBias)
-                : (output * input + (hasBias ? output : 0)) * element;
-        var modules = new List<ModuleFootprint> { new("gpt_neox.embed_in", v * h * element) };
-        for (int layer = 0; layer < config.NumHiddenLayers; layer++)
+        long element = dtype == ScalarType.Float32 ? 4 : 2;
+        var bytes = new Dictionary<string, long>(StringComparer.Ordinal);
+        var order = new List<string>();
+        var weights = layout.ToList();
+        foreach (var weight in weights)
         {
-            var p = $"gpt_neox.layers.{layer}";
-            modules.Add(new(p, 4 * h * element
-                + Linear(p + ".attention.query_key_value", 3 * h, h, config.AttentionBias)
-                + Linear(p + ".attention.dense", h, h, config.AttentionBias)
-                + Linear(p + ".mlp.dense_h_to_4h", i, h, true)
-                + Linear(p + ".mlp.dense_4h_to_h", h, i, true)));
+            var unit = weight.DeviceMapUnit;
+            if (!bytes.ContainsKey(unit)) { bytes[unit] = 0; order.Add(unit); }
+            bool quantized = quantization.LoadIn8Bit && weight.LinearModule is { } module && quantization.ShouldQuantize(module);
+            if (!quantized) bytes[unit] += weight.Elements * element;
+            else if (weight.IsLinearWeight)
+                bytes[unit] += Int8Linear.StorageBytes(weight.Shape[0], weight.Shape[1],
+                    hasBias: weights.Any(w => w.Name == weight.LinearModule + ".bias"));
         }
-        modules.Add(new("gpt_neox.final_layer_norm", 2 * h * element));
-        modules.Add(new("embed_out", config.TieWordEmbeddings ? 0 : Linear("embed_out", v, h, false)));
-        return modules;
+        // A tied head holds no weights of its own but is still a unit of the map.
+        if (!bytes.ContainsKey("embed_out")) { bytes["embed_out"] = 0; order.Add("embed_out"); }
+        return order.Select(unit => new ModuleFootprint(unit, bytes[unit])).ToList();
     }
 
     /// <summary>
@@ -142,11 +141,12 @@ internal static class GptNeoXLoader
     }
 
     private static void Validate(ModelCheckpoint checkpoint, IReadOnlyDictionary<string, TensorEntry> entries,
-        IReadOnlyDictionary<string, long[]> expected, GptNeoXConfig config)
+        IReadOnlyDictionary<string, WeightSpec> layout, GptNeoXConfig config)
     {
+        var expected = layout.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal);
         var file = string.Join(", ", checkpoint.Files);
         var missing = expected.Keys.Where(name => !entries.ContainsKey(name)).Order(StringComparer.Ordinal).ToList();
-        var unexpected = entries.Keys.Where(name => !expected.ContainsKey(name) && !GptNeoXForCausalLM.IsIgnoredCheckpointKey(name)
+        var unexpected = entries.Keys.Where(name => !expected.ContainsKey(name) && !GptNeoXWeightLayout.IsIgnoredCheckpointKey(name)
             && !(config.TieWordEmbeddings && name == "embed_out.weight")).Order(StringComparer.Ordinal).ToList();
         var mismatched = expected.Where(kv => entries.TryGetValue(kv.Key, out var e) && !e.Shape.SequenceEqual(kv.Value))
             .Select(kv => $"{kv.Key} is [{string.Join(", ", entries[kv.Key].Shape)}], config.json implies [{string.Join(", ", kv.Value)}]")

@@ -1,3 +1,4 @@
+using Rinna.Net.Model.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -13,11 +14,11 @@ internal sealed class ParameterSource
 {
     private readonly string prefix;
     private readonly Func<string, long[], Tensor> read;
-    private readonly Func<string, Parameter, Parameter?, nn.Module<Tensor, Tensor>> linearFactory;
+    private readonly Func<string, Parameter, Parameter?, LinearLayer> linearFactory;
     private readonly bool trainable;
 
     public ParameterSource(ScalarType computeDType, Func<string, long[], Tensor> read,
-        Func<string, Parameter, Parameter?, nn.Module<Tensor, Tensor>>? linearFactory = null, bool trainable = false, string prefix = "")
+        Func<string, Parameter, Parameter?, LinearLayer>? linearFactory = null, bool trainable = false, string prefix = "")
     {
         ComputeDType = computeDType;
         this.read = read;
@@ -36,7 +37,7 @@ internal sealed class ParameterSource
         return new Parameter(tensor, requires_grad: trainable);
     }
 
-    public nn.Module<Tensor, Tensor> CreateLinear(string name, Parameter weight, Parameter? bias) => linearFactory(prefix + name, weight, bias);
+    public LinearLayer CreateLinear(string name, Parameter weight, Parameter? bias) => linearFactory(prefix + name, weight, bias);
 
     /// <summary>Weights drawn as HF's <c>_init_weights</c> does: normal(0, initializer_range) for matrices, LayerNorm 1/0, biases 0.</summary>
     public static ParameterSource Random(GptNeoXConfig config, Generator generator, ScalarType dtype) =>

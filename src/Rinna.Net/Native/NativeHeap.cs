@@ -37,19 +37,9 @@ internal static partial class NativeHeap
 
     /// <summary>
     /// Maps in all pages of a freshly allocated tensor in one call (<c>madvise(MADV_POPULATE_WRITE)</c>, Linux 5.14+)
-    /// before it is filled. A no-op for tensors under two pages or over 2 GB (<see cref="Tensor.bytes"/> is a span), off glibc
-    /// Linux, and on kernels without that advice.
+    /// before it is filled, instead of one page fault per 4 KiB page while it is written. A no-op for tensors under two
+    /// pages or over 2 GB (<see cref="Tensor.bytes"/> is a span), off glibc Linux, and on kernels without that advice.
     /// </summary>
-    /// <remarks>
-    /// Why: on the reference VM each 4 KiB page fault costs about 7 µs, and loading the full rinna-4b as bfloat16 took
-    /// 3.8 million of them and 60 s. Populating whole tensors up front, and giving the short-lived staging copies huge
-    /// pages, halved load times (4-layer rinna-4b: bfloat16 10–15 s → 4.0–4.4 s, float16 7.0 → 3.4 s, int8 9–10 →
-    /// 5.7–5.9 s). Huge pages for the kept weights as well load faster still (1.0–2.4 s), and decode depends on them
-    /// both ways: in alternating runs they made int8 decode 5–65 % slower on this VM (8 % in 7 of 8 pairs when measured
-    /// again on 2026-11-28), but float16 decode 5–28 % faster (two A/Bs with the loading order swapped; 4 KiB pages cost
-    /// a TLB miss and a restart of the hardware prefetcher every 2,048 weights). So float16 linear weights get huge pages
-    /// (<see cref="Populate"/>), and everything else that stays is on ordinary pages.
-    /// </remarks>
     public static void Prefault(Tensor tensor) => Advise(tensor, MadvPopulateWrite, PageBytes);
 
     /// <summary><see cref="Prefault"/>, after <see cref="AdviseHugePages"/> when <paramref name="hugePages"/> is set.</summary>
@@ -57,23 +47,6 @@ internal static partial class NativeHeap
     {
         if (hugePages) AdviseHugePages(tensor);
         Prefault(tensor);
-    }
-
-    /// <summary>A new contiguous CPU copy of <paramref name="source"/> as <paramref name="dtype"/>, populated (<see cref="Populate"/>) before it is filled.</summary>
-    public static Tensor PrefaultedCopy(Tensor source, ScalarType dtype, bool hugePages = false)
-    {
-        var copy = empty(source.shape, dtype);
-        try
-        {
-            Populate(copy, hugePages);
-            copy.copy_(source);
-            return copy;
-        }
-        catch
-        {
-            copy.Dispose();
-            throw;
-        }
     }
 
     private static unsafe void Advise(Tensor tensor, int advice, long alignment)

@@ -1,3 +1,4 @@
+using Rinna.Net.Model.Layers;
 using System.Text.Json;
 using Rinna.Net.Generation;
 using Rinna.Net.Model;

@@ -19,15 +19,21 @@ public class TokenizerScalingTests
         var shortText = longText[..50_000];
         tokenizer.Encode(shortText, addSpecialTokens: false);
 
-        // Interleaved, so a slow spell of this shared machine hits both lengths rather than one.
-        var (shortTime, longTime) = (TimeSpan.MaxValue, TimeSpan.MaxValue);
-        for (var i = 0; i < 5; i++)
+        // A ratio of two timings from the same run, interleaved so a slow spell of a shared machine hits both lengths;
+        // a disturbed attempt is measured again rather than failed. 8x the text: a quadratic encoder takes ~64x.
+        var attempts = new List<string>();
+        for (var attempt = 0; attempt < 3; attempt++)
         {
-            shortTime = Min(shortTime, Time(() => tokenizer.Encode(shortText, addSpecialTokens: false)));
-            longTime = Min(longTime, Time(() => tokenizer.Encode(longText, addSpecialTokens: false)));
+            var (shortTime, longTime) = (TimeSpan.MaxValue, TimeSpan.MaxValue);
+            for (var i = 0; i < 5; i++)
+            {
+                shortTime = Min(shortTime, Time(() => tokenizer.Encode(shortText, addSpecialTokens: false)));
+                longTime = Min(longTime, Time(() => tokenizer.Encode(longText, addSpecialTokens: false)));
+            }
+            if (longTime < shortTime * 24) return;
+            attempts.Add($"50k chars: {shortTime.TotalMilliseconds} ms, 400k chars: {longTime.TotalMilliseconds} ms");
         }
-        // 8x the text; a quadratic encoder would take ~64x. Allow generous noise on a shared machine.
-        Assert.True(longTime < shortTime * 24, $"50k chars: {shortTime.TotalMilliseconds} ms, 400k chars: {longTime.TotalMilliseconds} ms");
+        Assert.Fail(string.Join("; ", attempts));
     }
 
     private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;

@@ -1,4 +1,5 @@
-using Rinna.Net.Native;
+using Rinna.Net.Kernels;
+using Rinna.Net.Model.Layers;
 using TorchSharp;
 using TorchSharp.Utils;
 using static TorchSharp.torch;
@@ -12,13 +13,12 @@ namespace Rinna.Net.Model.Quantization;
 /// </summary>
 /// <remarks>
 /// The float weight is quantized block by block when the layer is built and is not kept: the layer holds about one
-/// byte per weight element (plus 4 bytes per output row for the scale and the bias). On CPU the product runs on ATen's
-/// int8 GEMM: for one token a layer takes 2.5–3× less time than a bfloat16 <c>linear</c> of the same shape (it streams
-/// half the bytes, faster), and for a 128-token prompt about half the time.
+/// byte per weight element (plus 4 bytes per output row for the scale and the bias). The product runs on ATen's int8
+/// GEMM (<see cref="AtenInt8Kernels"/>), which streams half the bytes of a bfloat16 <c>linear</c>.
 /// Converting the module with <c>to(ScalarType)</c> changes nothing, because its storage dtypes are fixed; moving it to
 /// another device moves every buffer.
 /// </remarks>
-public sealed class Int8Linear : nn.Module<Tensor, Tensor>
+public sealed class Int8Linear : LinearLayer
 {
     /// <summary>Float elements converted at once while quantizing: 4 MiB of float32 per block bounds the loading peak.</summary>
     private const long QuantizeBlockElements = 1 << 20;
@@ -43,6 +43,16 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
     /// <exception cref="ArgumentException">The weight is not a 2-D floating-point tensor, the bias does not match it,
     /// or the threshold is not finite.</exception>
     public Int8Linear(Tensor weight, Tensor? bias = null, double threshold = QuantizationConfig.DefaultInt8Threshold, Device? device = null)
+        : this(weight, bias, threshold, device, allocate: null)
+    {
+    }
+
+    /// <param name="weight">See the public constructor.</param>
+    /// <param name="bias">See the public constructor.</param>
+    /// <param name="threshold">See the public constructor.</param>
+    /// <param name="device">See the public constructor.</param>
+    /// <param name="allocate">Allocates the int8 weight before it is filled (the loader's memory policy); <c>null</c> means <c>empty</c>.</param>
+    internal Int8Linear(Tensor weight, Tensor? bias, double threshold, Device? device, Func<long[], ScalarType, Device, Tensor>? allocate)
         : base(nameof(Int8Linear))
     {
         ArgumentNullException.ThrowIfNull(weight);
@@ -57,7 +67,7 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
         OutFeatures = weight.size(0);
         InFeatures = weight.size(1);
         Threshold = threshold;
-        (this.weight, weightScale) = QuantizeRows(weight, device);
+        (this.weight, weightScale) = QuantizeRows(weight, device, allocate ?? ((shape, dtype, on) => empty(shape, dtype, on)));
         this.bias = bias?.to(ScalarType.Float32, device, copy: true).DetachFromDisposeScope();
         register_buffer(nameof(weight), this.weight);
         register_buffer(WeightScaleName, weightScale);
@@ -123,11 +133,10 @@ public sealed class Int8Linear : nn.Module<Tensor, Tensor>
         => _to(device.type, device.index, non_blocking);
 
     /// <summary>Per-row absmax quantization, one block of rows at a time so that only a block is ever in float32.</summary>
-    private static (Tensor Quantized, Tensor Scale) QuantizeRows(Tensor weight, Device device)
+    private static (Tensor Quantized, Tensor Scale) QuantizeRows(Tensor weight, Device device, Func<long[], ScalarType, Device, Tensor> allocate)
     {
         var (outFeatures, inFeatures) = (weight.size(0), weight.size(1));
-        var quantized = empty(outFeatures, inFeatures, dtype: ScalarType.Int8, device: device).DetachFromDisposeScope();
-        NativeHeap.Prefault(quantized);
+        var quantized = allocate([outFeatures, inFeatures], ScalarType.Int8, device).DetachFromDisposeScope();
         var scale = empty(outFeatures, dtype: ScalarType.Float32, device: device).DetachFromDisposeScope();
         var rowsPerBlock = Math.Max(1, QuantizeBlockElements / Math.Max(1, inFeatures));
         using (no_grad())

@@ -1,8 +1,9 @@
+using Rinna.Net.Tests.Integration;
 using Rinna.Net.Generation;
 using Rinna.Net.Model;
 using Rinna.Net.Tokenization;
 
-namespace Rinna.Net.Tests.Integration;
+namespace Rinna.Net.Tests.Generation;
 
 public sealed class TextGenerationTests : IAsyncLifetime
 {

@@ -1,6 +1,6 @@
 using System.Runtime.Intrinsics;
 
-namespace Rinna.Net.Model;
+namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>bfloat16 conversions for the managed kernels, bit for bit what c10::BFloat16 does.</summary>
 internal static class BFloat16Bits

@@ -7,7 +7,7 @@ using System.Runtime.Intrinsics.X86;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Model;
+namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
 /// <c>x · Wᵀ + b</c> for one row of activations and a float16 weight on the CPU (a decode step), in managed AVX-512 code
@@ -22,7 +22,7 @@ namespace Rinna.Net.Model;
 /// by 13, are the float32 value <c>w · 2⁻¹¹²</c> exactly, subnormals included. The activations are scaled by 2⁵⁶
 /// beforehand and the sum by 2⁵⁶ afterwards; powers of two are exact, so this is an ordinary float32 dot product
 /// unless a single product is below 2⁻⁷⁰ (negligible) or an activation exceeds 2⁶⁴ (such rows go to libtorch). Float16
-/// subnormal weights become float32 subnormal operands: free on the AMD CPU this was measured on, but CPUs that take a
+/// subnormal weights become float32 subnormal operands: free on some CPUs, but CPUs that take a
 /// microcode assist for them would be many times slower, so a one-time probe (<see cref="SubnormalsAreSlow"/>) turns
 /// this path off there. Weights with infinities or NaNs must not come here (the caller checks once).
 /// </para>
@@ -34,8 +34,7 @@ internal static unsafe class Float16Gemv
 
     /// <summary>
     /// Software prefetch distance in weights (4 KiB): one page ahead, so the next page's lines are requested before the
-    /// hardware prefetcher, which stops at page boundaries, would. On rinna-4b float16 decode, alternated in one process
-    /// with other distances (1–16 KiB, into L1 or L2) and none: 4.58 against 4.28 tok/s at the median of five, the best in two rounds.
+    /// hardware prefetcher, which stops at page boundaries, would; it measured best among 1–16 KiB and none.
     /// </summary>
     private const int PrefetchAhead = 2048;
     /// <summary>Each thread claims this share of the rows at a time: long contiguous weight streams, with some room for balancing.</summary>

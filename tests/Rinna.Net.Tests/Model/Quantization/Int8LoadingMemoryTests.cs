@@ -3,7 +3,7 @@ using Rinna.Net.Model;
 using Rinna.Net.Model.Quantization;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Quantization;
+namespace Rinna.Net.Tests.Model.Quantization;
 
 /// <summary>Loading an int8 model from a float16 checkpoint never holds a second full-precision copy.</summary>
 [Collection(SerialMemoryCollection.Name)]

@@ -1,9 +1,12 @@
+using Rinna.Net.Kernels;
+using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model;
+using Rinna.Net.Model.Attention;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
-namespace Rinna.Net.Tests.Model;
+namespace Rinna.Net.Tests.Kernels.Cpu;
 
 public class DecodeAttentionTests
 {
@@ -35,7 +38,8 @@ public class DecodeAttentionTests
         foreach (var cache in new[] { expectedCache, actualCache })
             if (past > 0) cache.Write(0, pastKeys, pastValues, 0);
 
-        Assert.True(DecodeAttention.TryStep(projected, cos, sin, actualCache, layer: 0, past, headSize, rotaryDims, out var actual));
+        // Through the model's backend, which prepares (and here grows) the cache storage the kernel writes into.
+        Assert.True(new CpuDecodeAttention().TryAttend(new AttentionCall(projected, cos, sin, null, actualCache, 0, past, headSize, rotaryDims), out var actual));
 
         // HF's order: split the heads, rotate q and k in float32, append to the cache, attend.
         var qkv = projected.view(batch, 1, heads, 3 * headSize).permute(0, 2, 1, 3);
@@ -65,20 +69,39 @@ public class DecodeAttentionTests
     }
 
     [Fact]
-    public void LeavesOtherInputsToLibTorchWithoutTouchingTheCache()
+    public void RefusesOtherInputsWithoutTouchingTheCache()
+    {
+        using var scope = NewDisposeScope();
+        var projected = randn(1, 1, 2 * 3 * 8);
+        var (cos, sin) = (ones(1, 1, 1, 8), zeros(1, 1, 1, 8));
+        var (keys, values) = (zeros(1, 2, 4, 8), zeros(1, 2, 4, 8));
+        bool Step(Tensor p, Tensor c, Tensor s, int past = 0, int rotary = 8, Tensor? k = null, Tensor? v = null) =>
+            DecodeAttention.TryStep(p, c, s, k ?? keys, v ?? values, past, 8, rotary, out _);
+        Assert.False(Step(randn(1, 2, 2 * 3 * 8), cos, sin)); // two tokens
+        Assert.False(Step(projected.to(ScalarType.Float16), cos, sin));
+        Assert.False(Step(randn(1, 1, 2 * 3 * 8 + 1), cos, sin)); // not whole heads
+        Assert.False(Step(randn(1, 48, 2).select(2, 0).unsqueeze(1), cos, sin)); // strided
+        Assert.False(Step(projected, cos.to(ScalarType.BFloat16), sin));
+        Assert.False(Step(projected, ones(1, 1, 1, 4), sin)); // rotary rows of another width
+        Assert.False(Step(projected, ones(1, 1, 1, 7), zeros(1, 1, 1, 7), rotary: 7)); // odd rotary width
+        Assert.False(Step(projected, cos, sin, past: DecodeAttention.MaxKeys));
+        Assert.False(Step(projected, cos, sin, past: 4)); // no room for the new position
+        Assert.False(Step(projected, cos, sin, k: zeros(1, 2, 4, 8, ScalarType.BFloat16))); // keys must be float32
+        Assert.False(Step(projected, cos, sin, v: zeros(1, 3, 4, 8))); // another head count
+        Assert.Equal(0, keys.abs().sum().item<float>());
+        Assert.Equal(0, values.abs().sum().item<float>());
+    }
+
+    [Fact]
+    public void TheBackendLeavesPaddedAndMultiTokenCallsToTheModelWithoutGrowingTheCache()
     {
         using var scope = NewDisposeScope();
         using var cache = new KeyValueCache(1);
-        var projected = randn(1, 1, 2 * 3 * 8);
+        var backend = new CpuDecodeAttention();
         var (cos, sin) = (ones(1, 1, 1, 8), zeros(1, 1, 1, 8));
-        Assert.False(DecodeAttention.TryStep(randn(1, 2, 2 * 3 * 8), cos, sin, cache, 0, 0, 8, 8, out _)); // two tokens
-        Assert.False(DecodeAttention.TryStep(projected.to(ScalarType.Float16), cos, sin, cache, 0, 0, 8, 8, out _));
-        Assert.False(DecodeAttention.TryStep(randn(1, 1, 2 * 3 * 8 + 1), cos, sin, cache, 0, 0, 8, 8, out _)); // not whole heads
-        Assert.False(DecodeAttention.TryStep(randn(1, 48, 2).select(2, 0).unsqueeze(1), cos, sin, cache, 0, 0, 8, 8, out _)); // strided
-        Assert.False(DecodeAttention.TryStep(projected, cos.to(ScalarType.BFloat16), sin, cache, 0, 0, 8, 8, out _));
-        Assert.False(DecodeAttention.TryStep(projected, ones(1, 1, 1, 4), sin, cache, 0, 0, 8, 8, out _)); // rotary rows of another width
-        Assert.False(DecodeAttention.TryStep(projected, ones(1, 1, 1, 7), zeros(1, 1, 1, 7), cache, 0, 0, 8, 7, out _)); // odd rotary width
-        Assert.False(DecodeAttention.TryStep(projected, cos, sin, cache, 0, DecodeAttention.MaxKeys, 8, 8, out _));
+        Assert.False(backend.TryAttend(new AttentionCall(randn(1, 2, 2 * 3 * 8), ones(1, 1, 2, 8), zeros(1, 1, 2, 8), null, cache, 0, 0, 8, 8), out _));
+        Assert.False(backend.TryAttend(new AttentionCall(randn(1, 1, 2 * 3 * 8), cos, sin, zeros(1, 1, 1, 1), cache, 0, 0, 8, 8), out _));
+        Assert.False(backend.TryAttend(new AttentionCall(randn(1, 1, 2 * 3 * 8), cos, sin, null, null, 0, 0, 8, 8), out _));
         Assert.Equal(0, cache.Capacity);
     }
 

@@ -1,3 +1,6 @@
+using Rinna.Net.Model.Layers;
+using Rinna.Net.Kernels;
+using Rinna.Net.Kernels.Cpu;
 using System.Runtime.Intrinsics.X86;
 using Rinna.Net.Model;
 using Rinna.Net.Native;
@@ -6,7 +9,7 @@ using TorchSharp.Modules;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
-namespace Rinna.Net.Tests.Model;
+namespace Rinna.Net.Tests.Kernels.Cpu;
 
 public class Float16GemvTests
 {

@@ -5,7 +5,7 @@ using System.Runtime.Intrinsics.X86;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Model;
+namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
 /// The attention of one new token on the CPU (a decode step without padding), from the fused query/key/value projection
@@ -14,8 +14,8 @@ namespace Rinna.Net.Model;
 /// </summary>
 /// <remarks>
 /// Why: done as libtorch operations this was some twenty calls per layer (splitting heads, the rotation, two cache
-/// copies, SDPA with a conversion of the whole value cache to float32) around a few hundred thousand multiply-adds:
-/// about 9.6 ms of a 180 ms rinna-4b float16 decode step, 4.3–5 ms in this one pass (2026-11-28). The rotation repeats HF's
+/// copies, SDPA with a conversion of the whole value cache to float32) around a few hundred thousand multiply-adds,
+/// about half of which time this one pass saves. The rotation repeats HF's
 /// float32 arithmetic operation by operation (<c>q·cos + rotate_half(q)·sin</c>, each product rounded, no fused
 /// multiply-add), so the cached keys are bit for bit those of the operator path. The attention is the textbook form in
 /// float32 (max-subtracted exponentials, then the weighted sum), which differs from libtorch's blocked online softmax
@@ -44,19 +44,18 @@ internal static unsafe class DecodeAttention
     /// For <paramref name="projected"/> <c>[batch, 1, heads · 3 · d]</c> (bfloat16 or float32, contiguous: the fused
     /// projection's output, each head's q, k and v side by side) and the rotary rows <paramref name="cos"/>,
     /// <paramref name="sin"/> <c>[batch, 1, 1, rotary_dims]</c> float32 of its position: rotates q and k, stores k and v at
-    /// position <paramref name="past"/> of <paramref name="cache"/>'s layer <paramref name="layer"/> (float32 keys, values
-    /// in the projection's dtype, as the operator path stores them) and attends over positions <c>0 .. past</c>. The context is
-    /// <c>[batch, 1, heads · d]</c> in the projection's dtype. Returns false for anything else, having at most grown the
-    /// cache's storage (its contents stay).
+    /// position <paramref name="past"/> of the layer's cache storage <paramref name="keys"/> (float32) and
+    /// <paramref name="values"/> (the projection's dtype), both <c>[batch, heads, capacity, d]</c>, and attends over
+    /// positions <c>0 .. past</c>. The context is <c>[batch, 1, heads · d]</c> in the projection's dtype. Returns false,
+    /// touching nothing, for anything else.
     /// </summary>
-    public static bool TryStep(Tensor projected, Tensor cos, Tensor sin, KeyValueCache cache, int layer, int past, int headSize,
+    public static bool TryStep(Tensor projected, Tensor cos, Tensor sin, Tensor keys, Tensor values, int past, int headSize,
         int rotaryDims, out Tensor context)
     {
         context = null!;
-        if (!Eligible(projected, cos, sin, past, headSize, rotaryDims)) return false;
+        if (!Accepts(projected, cos, sin, past, headSize, rotaryDims)) return false;
         int batch = (int)projected.size(0), heads = (int)(projected.size(2) / (3 * headSize));
-        var (keys, values) = cache.Storage(layer, batch, heads, headSize, ScalarType.Float32, projected.dtype, projected.device, past, past + 1);
-        if (!Matches(keys, ScalarType.Float32, batch, heads, headSize) || !Matches(values, projected.dtype, batch, heads, headSize)) return false;
+        if (!Matches(keys, ScalarType.Float32, batch, heads, headSize, past) || !Matches(values, projected.dtype, batch, heads, headSize, past)) return false;
 
         var result = empty(batch, 1, (long)heads * headSize, dtype: projected.dtype);
         fixed (byte* projectedBytes = projected.bytes)
@@ -81,7 +80,8 @@ internal static unsafe class DecodeAttention
         return true;
     }
 
-    private static bool Eligible(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims)
+    /// <summary>Whether <see cref="TryStep"/> takes a step of this shape, before any cache storage is prepared for it.</summary>
+    public static bool Accepts(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims)
     {
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         bool RotaryRows(Tensor t) => OnCpuContiguous(t) && t.dtype == ScalarType.Float32 && t.numel() == projected.size(0) * rotaryDims;
@@ -92,9 +92,9 @@ internal static unsafe class DecodeAttention
             && RotaryRows(cos) && RotaryRows(sin) && past >= 0 && past < MaxKeys;
     }
 
-    private static bool Matches(Tensor store, ScalarType dtype, int batch, int heads, int headSize) =>
-        store.dtype == dtype && store.device_type == TorchSharp.DeviceType.CPU && store.is_contiguous()
-        && store.size(0) == batch && store.size(1) == heads && store.size(3) == headSize;
+    private static bool Matches(Tensor store, ScalarType dtype, int batch, int heads, int headSize, int past) =>
+        store.dtype == dtype && store.device_type == TorchSharp.DeviceType.CPU && store.is_contiguous() && store.dim() == 4
+        && store.size(0) == batch && store.size(1) == heads && store.size(2) > past && store.size(3) == headSize;
 
     [UnmanagedCallersOnly]
     private static void RunHeads(void* state) => StepHeads((Job*)state);

@@ -1,17 +1,17 @@
 using System.Runtime.InteropServices;
+using Rinna.Net.Kernels.Cpu;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Model.Quantization;
+namespace Rinna.Net.Kernels;
 
 /// <summary>
 /// The LLM.int8() matrix product: the one place that reaches ATen's <c>torch._int_mm</c> (int8 × int8 → int32, oneDNN
 /// on CPU, cuBLASLt on CUDA), which TorchSharp does not expose, through a TorchScript compilation unit.
 /// </summary>
 /// <remarks>
-/// Why TorchScript: on the reference CPU <c>_int_mm</c> streams the int8 weight at 27–39 GB/s for one token, against
-/// about 20 GB/s for a bfloat16 GEMV of twice the bytes (research/torchsharp-spike.md §4), and an invoke costs about
-/// 3 µs. A prompt's whole forward runs in one script function, so it pays that overhead once per layer; a decode row
+/// Why TorchScript: <c>_int_mm</c> streams the int8 weight faster than libtorch's bfloat16 GEMV streams twice the bytes
+/// on CPUs with VNNI, and a script invoke costs only microseconds. A prompt's whole forward runs in one script function, so it pays that overhead once per layer; a decode row
 /// calls only the product, and <see cref="SingleRowInt8"/> does the steps around it faster in managed code.
 /// A TorchScript compile error aborts the process, so <see cref="Script"/> is a tested constant compiled once per
 /// process. When TorchScript cannot be used at all, or a CUDA shape breaks cuBLASLt's int8 rules, the same arithmetic

@@ -5,7 +5,7 @@ using Rinna.Net.Checkpoint;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Training;
+namespace Rinna.Net.Tests.Checkpoint;
 
 /// <summary>The writer against the safetensors format rules and the project's validating reader.</summary>
 public sealed class SafetensorsWriterTests : IDisposable

@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Quantization;
+namespace Rinna.Net.Tests.Model.Quantization;
 
 /// <summary>LLM.int8() written out in float64 from its definition, to check the kernels against.</summary>
 internal static class Int8Reference

@@ -3,7 +3,7 @@ using Rinna.Net.Checkpoint;
 using Rinna.Net.Model;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Training;
+namespace Rinna.Net.Tests.Model;
 
 /// <summary>Saving in HF layout: what is written must load back and reproduce Hugging Face's reference logits.</summary>
 public sealed class SavePretrainedTests : IDisposable

@@ -2,7 +2,7 @@ using Rinna.Net.Model.DeviceMap;
 using Rinna.Net.Native;
 using TorchSharp;
 
-namespace Rinna.Net.Tests.DeviceMap;
+namespace Rinna.Net.Tests.Model.DeviceMap;
 
 public class DeviceMapPlannerTests
 {

@@ -2,7 +2,7 @@ using Rinna.Net.Model;
 using Rinna.Net.Model.DeviceMap;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Quantization;
+namespace Rinna.Net.Tests.Model.DeviceMap;
 
 /// <summary>device_map on a real model: placement is reported like hf_device_map and a split model computes the same logits.</summary>
 public class DeviceMapModelTests

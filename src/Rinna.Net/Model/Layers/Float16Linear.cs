@@ -1,30 +1,31 @@
+using Rinna.Net.Kernels;
+using Rinna.Net.Kernels.Cpu;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
-namespace Rinna.Net.Model;
+namespace Rinna.Net.Model.Layers;
 
 /// <summary>
 /// A linear layer that keeps its weight in float16 inside a model that computes in another dtype (bfloat16 on the CPU),
 /// and picks libtorch's kernel per phase so that float16 pays off in both.
 /// </summary>
 /// <remarks>
-/// Measured on the reference CPU (research/torchsharp-spike.md §2): float16 GEMVs stream 35–45 GB/s, twice libtorch's
-/// bfloat16 GEMV, which makes float16 the decode format. One row (a decode step) goes through <see cref="Float16Gemv"/>
-/// where the CPU supports it (product, bias, conversion and, for the model, its GELU or residual sum in one managed
-/// pass on libtorch's threads: <see cref="TryForwardRow"/>), otherwise
-/// through libtorch's float16 GEMV. libtorch has no float16 GEMM on CPUs without AVX512-FP16 (about 47 GFLOP/s, 8×
-/// slower than bfloat16's oneDNN GEMM), so a prompt converts the weight to bfloat16 one block at a time into a reused
-/// scratch buffer and multiplies there. Memory stays at two bytes per weight; the scratch buffer is at most
+/// Float16 GEMVs stream about twice as fast as libtorch's bfloat16 GEMV on CPUs, which makes float16 the decode format.
+/// One row (a decode step) goes through <see cref="Float16Gemv"/> where the CPU supports it (product, bias, conversion
+/// and the GELU or residual sum that follows, in one managed pass on libtorch's threads), otherwise through libtorch's
+/// float16 GEMV. libtorch has no fast float16 GEMM on CPUs without AVX512-FP16, so a prompt converts the weight to
+/// bfloat16 one block at a time into a reused scratch buffer and multiplies there. Memory stays at two bytes per weight;
+/// the scratch buffer is at most
 /// <see cref="ConversionBlockElements"/> bfloat16 elements per thread that ran a prompt. Off the CPU the weight is
 /// simply used in float16.
 /// </remarks>
-internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
+internal sealed class Float16Linear : LinearLayer
 {
     /// <summary>
-    /// Inputs of up to this many rows run row by row through the float16 GEMV: eight weight streams at 35–45 GB/s still
-    /// beat converting the weight (about 4 GB/s) and running the bfloat16 GEMM.
+    /// Inputs of up to this many rows run row by row through the float16 GEMV: a few weight streams still beat
+    /// converting the weight to bfloat16 (an order of magnitude slower than streaming it) and running the GEMM.
     /// </summary>
     internal const int GemvRowLimit = 8;
 
@@ -67,10 +68,19 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
-    /// <c>gelu?(x · Wᵀ + b) + residual</c> for a single row <c>x [..., in_features]</c> in one pass of <see cref="Float16Gemv"/>
-    /// (the decode step's product with the operations around it); false, doing nothing, where that path does not apply.
+    /// <c>activation(x · Wᵀ + b) + residual</c>: a single row with no activation or the exact GELU in one pass of
+    /// <see cref="Float16Gemv"/>, anything else as the separate operations.
     /// </summary>
-    internal bool TryForwardRow(Tensor x, bool gelu, Tensor? residual, out Tensor output)
+    internal override Tensor Forward(Tensor x, Activation activation, Tensor? residual = null) =>
+        activation is Activation.Identity or Activation.Gelu && TryForwardRow(x, activation == Activation.Gelu, residual, out var fused)
+            ? fused
+            : base.Forward(x, activation, residual);
+
+    /// <summary>
+    /// <c>gelu?(x · Wᵀ + b) + residual</c> for a single row <c>x [..., in_features]</c> in one pass of <see cref="Float16Gemv"/>;
+    /// false, doing nothing, where that path does not apply.
+    /// </summary>
+    private bool TryForwardRow(Tensor x, bool gelu, Tensor? residual, out Tensor output)
     {
         output = null!;
         if (!Float16Gemv.IsSupported || weight.device_type != DeviceType.CPU || x.numel() != weight.size(1)) return false;
@@ -78,15 +88,6 @@ internal sealed class Float16Linear : nn.Module<Tensor, Tensor>
         managedGemv ??= weight.is_contiguous() && weight.numel() * sizeof(short) <= int.MaxValue && Float16Gemv.IsFinite(weight);
         return managedGemv.Value && Float16Gemv.TryMultiply(x.is_contiguous() ? x : x.contiguous(), weight, bias, out output, gelu, residual);
     }
-
-    /// <summary>
-    /// <c>linear(x) + residual</c> for any linear layer: in the product's own pass when it is a float16 layer and
-    /// <paramref name="x"/> a single row (<see cref="TryForwardRow"/>), otherwise as the two operations.
-    /// </summary>
-    internal static Tensor PlusResidual(nn.Module<Tensor, Tensor> linear, Tensor x, Tensor? residual) =>
-        residual is null ? linear.call(x)
-        : linear is Float16Linear half && half.TryForwardRow(x, gelu: false, residual, out var fused) ? fused
-        : linear.call(x).add_(residual);
 
     private Tensor RowByRowGemv(Tensor rows)
     {

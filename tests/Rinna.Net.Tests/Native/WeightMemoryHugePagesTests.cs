@@ -3,7 +3,7 @@ using Rinna.Net.Model;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Model;
+namespace Rinna.Net.Tests.Native;
 
 /// <summary>Float16 linear weights are loaded onto transparent huge pages, which made float16 decode 5–28 % faster.</summary>
 [Collection(SerialMemoryCollection.Name)]

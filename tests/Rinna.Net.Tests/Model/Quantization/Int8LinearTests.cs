@@ -1,9 +1,11 @@
+using Rinna.Net.Kernels;
+using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Quantization;
 using Rinna.Net.Native;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Quantization;
+namespace Rinna.Net.Tests.Model.Quantization;
 
 public class Int8LinearTests
 {

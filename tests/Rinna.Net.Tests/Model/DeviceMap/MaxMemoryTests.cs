@@ -1,6 +1,6 @@
 using Rinna.Net.Model.DeviceMap;
 
-namespace Rinna.Net.Tests.DeviceMap;
+namespace Rinna.Net.Tests.Model.DeviceMap;
 
 public class MaxMemoryTests
 {

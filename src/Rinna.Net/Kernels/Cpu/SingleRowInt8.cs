@@ -3,17 +3,16 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Model.Quantization;
+namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
 /// The per-token steps around the int8 product for one row on the CPU (a decode step): absmax quantization of the
 /// activations before it, and the rescale, bias and dtype conversion after it, each one pass in managed code.
 /// </summary>
 /// <remarks>
-/// Why: for one token these steps run on a few thousand elements, and as ten separate ATen calls inside the TorchScript
-/// function they took 70–100 µs per call against 550–900 µs for the product itself; here they take 15–20 µs, and
-/// rinna-4b's int8 decode got about 12 % faster (2026-11-28, both paths alternated in one process). They compute exactly what <see cref="AtenInt8Kernels.Script"/> computes, in the same
-/// float32 operations and order, so the results are bitwise equal (a test holds both paths to it). A row with an
+/// Why: for one token these steps run on a few thousand elements, where ten separate ATen calls inside the TorchScript
+/// function cost a sizeable fraction of the product itself (benchmarks/RESULTS.md has the timings). They compute exactly
+/// what <see cref="AtenInt8Kernels.Script"/> computes, in the same float32 operations and order, so the results are bitwise equal (a test holds both paths to it). A row with an
 /// outlier feature, or any input this class does not handle, goes through the script instead.
 /// </remarks>
 internal static class SingleRowInt8

@@ -3,7 +3,7 @@ using Rinna.Net.Model;
 using Rinna.Net.Model.Quantization;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Quantization;
+namespace Rinna.Net.Tests.Model.Quantization;
 
 /// <summary>load_in_8bit on the reference fixtures: how far int8 logits are from HF's float32 ones, and what it saves.</summary>
 public class Int8ModelTests

@@ -1,10 +1,11 @@
+using Rinna.Net.Model.Layers;
 using Rinna.Net.Model;
 using Rinna.Net.Native;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace Rinna.Net.Tests.Model;
+namespace Rinna.Net.Tests.Model.Layers;
 
 public class Float16LinearTests
 {

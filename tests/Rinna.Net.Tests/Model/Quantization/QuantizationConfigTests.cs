@@ -1,6 +1,6 @@
 using Rinna.Net.Model.Quantization;
 
-namespace Rinna.Net.Tests.Quantization;
+namespace Rinna.Net.Tests.Model.Quantization;
 
 public class QuantizationConfigTests
 {

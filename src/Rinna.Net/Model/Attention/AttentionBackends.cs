@@ -1,0 +1,39 @@
+using Rinna.Net.Kernels.Cpu;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Model.Attention;
+
+/// <summary>The attention backends a model offers each call to, in order, before computing attention itself.</summary>
+internal static class AttentionBackends
+{
+    private static readonly IAttentionBackend[] Backends = [new CpuDecodeAttention()];
+
+    /// <summary>The first backend that takes <paramref name="call"/>, or false.</summary>
+    public static bool TryAttend(in AttentionCall call, out Tensor context)
+    {
+        foreach (var backend in Backends)
+            if (backend.TryAttend(call, out context)) return true;
+        context = null!;
+        return false;
+    }
+}
+
+/// <summary>
+/// A decode step on the CPU (one new token, no padding, a cache): <see cref="DecodeAttention"/> does the rotation, the
+/// cache write and the attention in one managed pass instead of some twenty libtorch calls per layer.
+/// </summary>
+internal sealed class CpuDecodeAttention : IAttentionBackend
+{
+    public bool TryAttend(in AttentionCall call, out Tensor context)
+    {
+        context = null!;
+        var projected = call.Projected;
+        if (call.Cache is not { } cache || call.PaddingBias is not null
+            || !DecodeAttention.Accepts(projected, call.Cos, call.Sin, call.Past, call.HeadSize, call.RotaryDims))
+            return false;
+        long batch = projected.size(0), heads = projected.size(2) / (3 * call.HeadSize);
+        var (keys, values) = cache.Storage(call.Layer, batch, heads, call.HeadSize, ScalarType.Float32, projected.dtype,
+            projected.device, call.Past, call.Past + 1);
+        return DecodeAttention.TryStep(projected, call.Cos, call.Sin, keys, values, call.Past, call.HeadSize, call.RotaryDims, out context);
+    }
+}

@@ -1,0 +1,42 @@
+using Rinna.Net.Kernels;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Rinna.Net.Model.Layers;
+
+/// <summary>A dense linear layer built from given weights (HF: <c>nn.Linear</c>); weight is <c>[out, in]</c>.</summary>
+internal sealed class DenseLinear : LinearLayer
+{
+    private readonly Parameter weight;
+    private readonly Parameter? bias;
+
+    public DenseLinear(Parameter weight, Parameter? bias) : base("linear")
+    {
+        this.weight = weight;
+        this.bias = bias;
+        register_parameter("weight", weight);
+        if (bias is not null) register_parameter("bias", bias);
+    }
+
+    public Tensor Weight => weight;
+
+    public override Tensor forward(Tensor x) => LinearRows(x, weight, bias);
+
+    /// <summary>
+    /// <c>linear</c> over the input flattened to rows. libtorch's CPU <c>linear</c> takes a far slower path when a 3-D
+    /// input carries a large stride on a size-1 dimension, which is exactly what narrowing the last position out of a
+    /// prompt produces; flattening first gives it plain row-major rows.
+    /// </summary>
+    internal static Tensor LinearRows(Tensor x, Tensor weight, Tensor? bias)
+    {
+        if (x.dim() == 2) return F.linear(x, weight, bias);
+        return F.linear(x.reshape(-1, x.size(-1)), weight, bias).view(TensorShapes.WithLastDimension(x, weight.size(0)));
+    }
+}
+
+/// <summary>The output head when <c>tie_word_embeddings</c> is set: reuses the input embedding matrix.</summary>
+internal sealed class TiedLinear(Tensor weight) : LinearLayer("tied_linear")
+{
+    public override Tensor forward(Tensor x) => DenseLinear.LinearRows(x, weight, null);
+}
