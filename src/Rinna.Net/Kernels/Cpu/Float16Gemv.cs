@@ -10,15 +10,17 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
-/// <c>x · Wᵀ + b</c> for one row of activations and a float16 weight on the CPU (a decode step), in managed AVX-512 code
+/// <c>x · Wᵀ + b</c> for one row of activations and a float16 weight on the CPU (a decode step), in managed vector code
 /// on libtorch's OpenMP threads, with the bias and the conversion to the activations' dtype done in the same pass.
+/// The dot products come in three widths (<see cref="Float16GemvVariant"/>): AVX-512, and portable 256- and 128-bit
+/// code on .NET's cross-platform vectors (AVX2 and SSE on x64, NEON on Arm64); the widest the CPU accelerates runs.
 /// </summary>
 /// <remarks>
 /// Why: libtorch's float16 GEMV streams about as fast as this kernel, but a float16 linear layer around it was four
 /// ATen calls (input to float16, the product, the result to bfloat16, the bias), and the product itself was rounded to
 /// float16 on the way. Here it is one pass, and the product stays float32 until the single rounding at the end.
 /// <para>
-/// Exact float16 widening without F16C (which .NET does not expose): the weight's bits, sign-extended and shifted left
+/// Exact float16 widening without F16C (which .NET does not expose) in plain integer vector operations: the weight's bits, sign-extended and shifted left
 /// by 13, are the float32 value <c>w · 2⁻¹¹²</c> exactly, subnormals included. The activations are scaled by 2⁵⁶
 /// beforehand and the sum by 2⁵⁶ afterwards; powers of two are exact, so this is an ordinary float32 dot product
 /// unless a single product is below 2⁻⁷⁰ (negligible) or an activation exceeds 2⁶⁴ (such rows go to libtorch). Float16
@@ -40,8 +42,24 @@ internal static unsafe class Float16Gemv
     /// <summary>Each thread claims this share of the rows at a time: long contiguous weight streams, with some room for balancing.</summary>
     private const int ClaimsPerThread = 4;
 
-    /// <summary>Whether this process can take the managed path: AVX-512, libtorch's libgomp found, and no penalty for subnormal operands.</summary>
-    public static bool IsSupported { get; } = Avx512F.IsSupported && LibTorchOpenMp.IsAvailable && !SubnormalsAreSlow();
+    /// <summary>The widest variant this CPU accelerates, or <c>null</c> without hardware vectors.</summary>
+    public static Float16GemvVariant? BestVariant { get; } =
+        IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512
+        : IsAccelerated(Float16GemvVariant.Vector256) ? Float16GemvVariant.Vector256
+        : IsAccelerated(Float16GemvVariant.Vector128) ? Float16GemvVariant.Vector128
+        : null;
+
+    /// <summary>Whether this process takes the managed path: hardware vectors, libtorch's libgomp found, and no penalty for subnormal operands.</summary>
+    public static bool IsSupported { get; } = BestVariant is { } best && LibTorchOpenMp.IsAvailable && !SubnormalsAreSlow(best);
+
+    /// <summary>Whether the CPU runs <paramref name="variant"/> in hardware (it is correct everywhere, but slow in software).</summary>
+    public static bool IsAccelerated(Float16GemvVariant variant) => variant switch
+    {
+        Float16GemvVariant.Avx512 => Avx512F.IsSupported,
+        Float16GemvVariant.Vector256 => Vector256.IsHardwareAccelerated,
+        Float16GemvVariant.Vector128 => Vector128.IsHardwareAccelerated,
+        _ => false,
+    };
 
     private struct Job
     {
@@ -57,6 +75,7 @@ internal static unsafe class Float16Gemv
         public int Columns;
         public int RowsPerClaim;
         public int NextRow;
+        public Float16GemvVariant Variant;
     }
 
     /// <summary>
@@ -74,7 +93,14 @@ internal static unsafe class Float16Gemv
     public static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null)
     {
         result = null!;
-        if (!IsSupported || !Eligible(x, weight, bias, residual)) return false;
+        return IsSupported && TryMultiply(x, weight, bias, out result, gelu, residual, BestVariant!.Value);
+    }
+
+    /// <summary><see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be accelerated; for tests and benchmarks.</summary>
+    internal static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu, Tensor? residual, Float16GemvVariant variant)
+    {
+        result = null!;
+        if (!IsAccelerated(variant) || !LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias, residual)) return false;
         int rows = (int)weight.size(0), columns = (int)weight.size(1);
         var pooled = ArrayPool<float>.Shared.Rent(columns);
         try
@@ -93,7 +119,7 @@ internal static unsafe class Float16Gemv
                     RowsPerClaim = Math.Max(16, rows / (ClaimsPerThread * threads)),
                     Weight = (ushort*)weightBytes, Input = input, Bias = biasBytes, BiasIsBFloat16 = bias?.dtype == ScalarType.BFloat16,
                     Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
-                    Gelu = gelu, Residual = residualBytes,
+                    Gelu = gelu, Residual = residualBytes, Variant = variant,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -111,9 +137,9 @@ internal static unsafe class Float16Gemv
     {
         var bits = MemoryMarshal.Cast<byte, ushort>(weight.bytes);
         int i = 0;
-        var exponent = Vector512.Create((ushort)0x7C00);
-        for (; i + Vector512<ushort>.Count <= bits.Length; i += Vector512<ushort>.Count)
-            if (Vector512.EqualsAny(Vector512.Create(bits.Slice(i, Vector512<ushort>.Count)) & exponent, exponent)) return false;
+        var exponent = Vector128.Create((ushort)0x7C00);
+        for (; i + Vector128<ushort>.Count <= bits.Length; i += Vector128<ushort>.Count)
+            if (Vector128.EqualsAny(Vector128.Create(bits.Slice(i, Vector128<ushort>.Count)) & exponent, exponent)) return false;
         for (; i < bits.Length; i++)
             if ((bits[i] & 0x7C00) == 0x7C00) return false;
         return true;
@@ -135,15 +161,15 @@ internal static unsafe class Float16Gemv
     {
         if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(scaled);
         else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), scaled);
-        var limit = Vector512.Create(MaxActivation);
-        var up = Vector512.Create(Up);
+        var limit = Vector128.Create(MaxActivation);
+        var up = Vector128.Create(Up);
         int c = 0;
-        for (; c + Vector512<float>.Count <= scaled.Length; c += Vector512<float>.Count)
+        for (; c + Vector128<float>.Count <= scaled.Length; c += Vector128<float>.Count)
         {
-            var value = Vector512.Create(scaled.Slice(c, Vector512<float>.Count));
+            var value = Vector128.Create(scaled.Slice(c, Vector128<float>.Count));
             // written so that NaN fails the test too
-            if (!Vector512.LessThanOrEqualAll(Vector512.Abs(value), limit)) return false;
-            (value * up).CopyTo(scaled.Slice(c, Vector512<float>.Count));
+            if (!Vector128.LessThanOrEqualAll(Vector128.Abs(value), limit)) return false;
+            (value * up).CopyTo(scaled.Slice(c, Vector128<float>.Count));
         }
         for (; c < scaled.Length; c++)
         {
@@ -165,7 +191,7 @@ internal static unsafe class Float16Gemv
             bool bfloat16 = job->OutputIsBFloat16;
             for (int row = first; row < end; row++)
             {
-                float value = Dot(job->Weight + (long)row * job->Columns, job->Input, job->Columns) * Up;
+                float value = Dot(job->Variant, job->Weight + (long)row * job->Columns, job->Input, job->Columns) * Up;
                 if (job->Bias != null)
                     value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
                 if (job->Gelu) value = Gelu(ToOutput(value, bfloat16));
@@ -197,8 +223,15 @@ internal static unsafe class Float16Gemv
     }
 
     /// <summary>Σ w·x over one weight row, in the scaled domain (a result of <c>w · x · 2⁻⁵⁶</c>).</summary>
+    private static float Dot(Float16GemvVariant variant, ushort* weight, float* input, int columns) => variant switch
+    {
+        Float16GemvVariant.Avx512 => Dot512(weight, input, columns),
+        Float16GemvVariant.Vector256 => Dot256(weight, input, columns),
+        _ => Dot128(weight, input, columns),
+    };
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Dot(ushort* weight, float* input, int columns)
+    private static float Dot512(ushort* weight, float* input, int columns)
     {
         var mask = Vector512.Create(unchecked((int)0x8FFFE000));
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
@@ -215,7 +248,52 @@ internal static unsafe class Float16Gemv
         }
         for (; c + 16 <= columns; c += 16)
             a0 = Avx512F.FusedMultiplyAdd(Widen(weight + c, mask), Avx512F.LoadVector512(input + c), a0);
-        float sum = Vector512.Sum((a0 + a1) + (a2 + a3));
+        return Tail(Vector512.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
+    }
+
+    /// <summary>The portable 256-bit form of <see cref="Dot512"/>: AVX2 on x64.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Dot256(ushort* weight, float* input, int columns)
+    {
+        var mask = Vector256.Create(unchecked((int)0x8FFFE000));
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int c = 0;
+        for (; c + 32 <= columns; c += 32)
+        {
+            if (Sse.IsSupported) Sse.Prefetch0(weight + c + PrefetchAhead);
+            a0 = Vector256.FusedMultiplyAdd(Widen256(weight + c, mask), Vector256.Load(input + c), a0);
+            a1 = Vector256.FusedMultiplyAdd(Widen256(weight + c + 8, mask), Vector256.Load(input + c + 8), a1);
+            a2 = Vector256.FusedMultiplyAdd(Widen256(weight + c + 16, mask), Vector256.Load(input + c + 16), a2);
+            a3 = Vector256.FusedMultiplyAdd(Widen256(weight + c + 24, mask), Vector256.Load(input + c + 24), a3);
+        }
+        for (; c + 8 <= columns; c += 8)
+            a0 = Vector256.FusedMultiplyAdd(Widen256(weight + c, mask), Vector256.Load(input + c), a0);
+        return Tail(Vector256.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
+    }
+
+    /// <summary>The portable 128-bit form of <see cref="Dot512"/>: NEON on Arm64, SSE on x64.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Dot128(ushort* weight, float* input, int columns)
+    {
+        var mask = Vector128.Create(unchecked((int)0x8FFFE000));
+        Vector128<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int c = 0;
+        for (; c + 16 <= columns; c += 16)
+        {
+            if (Sse.IsSupported) Sse.Prefetch0(weight + c + PrefetchAhead);
+            var w = Vector128.Load((short*)weight + c);
+            var v = Vector128.Load((short*)weight + c + 8);
+            a0 = Vector128.FusedMultiplyAdd(Widen128(Vector128.WidenLower(w), mask), Vector128.Load(input + c), a0);
+            a1 = Vector128.FusedMultiplyAdd(Widen128(Vector128.WidenUpper(w), mask), Vector128.Load(input + c + 4), a1);
+            a2 = Vector128.FusedMultiplyAdd(Widen128(Vector128.WidenLower(v), mask), Vector128.Load(input + c + 8), a2);
+            a3 = Vector128.FusedMultiplyAdd(Widen128(Vector128.WidenUpper(v), mask), Vector128.Load(input + c + 12), a3);
+        }
+        return Tail(Vector128.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
+    }
+
+    /// <summary>Adds the columns from <paramref name="c"/> on, one at a time, to a vector loop's <paramref name="sum"/>.</summary>
+    private static float Tail(float sum, ushort* weight, float* input, int c, int columns)
+    {
         for (; c < columns; c++)
             sum += BitConverter.Int32BitsToSingle(((short)weight[c] << 13) & unchecked((int)0x8FFFE000)) * input[c];
         return sum;
@@ -226,14 +304,25 @@ internal static unsafe class Float16Gemv
     private static Vector512<float> Widen(ushort* weight, Vector512<int> mask)
         => Avx512F.And(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight)), 13), mask).AsSingle();
 
+    /// <summary>8 float16 weights as float32 <c>w · 2⁻¹¹²</c>, as <see cref="Widen"/> does, in portable operations.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Widen256(ushort* weight, Vector256<int> mask)
+    {
+        var bits = Vector128.Load((short*)weight);
+        return (Vector256.ShiftLeft(Vector256.Create(Vector128.WidenLower(bits), Vector128.WidenUpper(bits)), 13) & mask).AsSingle();
+    }
+
+    /// <summary>4 sign-extended float16 weights as float32 <c>w · 2⁻¹¹²</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Widen128(Vector128<int> bits, Vector128<int> mask) => (Vector128.ShiftLeft(bits, 13) & mask).AsSingle();
+
     /// <summary>
     /// Times <see cref="Dot"/> over a block of subnormal float16 weights against a block of normal ones, single-threaded,
     /// best of nine alternating runs; true if the subnormal block is more than three times as slow. A microcode assist costs
     /// on the order of a hundred cycles per instruction, so real penalties are far above that, and a busy machine is not.
     /// </summary>
-    private static bool SubnormalsAreSlow()
+    private static bool SubnormalsAreSlow(Float16GemvVariant variant)
     {
-        if (!Avx512F.IsSupported) return true;
         const int Rows = 64, Columns = 1024;
         var normal = new ushort[Rows * Columns];
         var subnormal = new ushort[Rows * Columns];
@@ -252,7 +341,7 @@ internal static unsafe class Float16Gemv
             {
                 var clock = Stopwatch.StartNew();
                 float sink = 0;
-                for (int row = 0; row < Rows; row++) sink += Dot(w + row * Columns, x, Columns);
+                for (int row = 0; row < Rows; row++) sink += Dot(variant, w + row * Columns, x, Columns);
                 best = Math.Min(best, clock.ElapsedTicks + (sink == float.PositiveInfinity ? 1 : 0));
             }
             return best;
@@ -265,4 +354,17 @@ internal static unsafe class Float16Gemv
         }
         return subnormalTicks > 3 * Math.Max(1, normalTicks);
     }
+}
+
+/// <summary>The vector width of <see cref="Float16Gemv"/>'s dot products.</summary>
+internal enum Float16GemvVariant
+{
+    /// <summary>128-bit portable vectors: NEON on Arm64, SSE on x64.</summary>
+    Vector128,
+
+    /// <summary>256-bit portable vectors: AVX2 on x64.</summary>
+    Vector256,
+
+    /// <summary>AVX-512 intrinsics.</summary>
+    Avx512,
 }

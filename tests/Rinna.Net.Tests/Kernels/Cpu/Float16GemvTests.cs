@@ -1,7 +1,6 @@
 using Rinna.Net.Model.Layers;
 using Rinna.Net.Kernels;
 using Rinna.Net.Kernels.Cpu;
-using System.Runtime.Intrinsics.X86;
 using Rinna.Net.Model;
 using Rinna.Net.Native;
 using TorchSharp;
@@ -21,28 +20,41 @@ public class Float16GemvTests
         // Without it every decode silently falls back to libtorch's kernels; the Linux LibTorch always ships libgomp.
         if (!OperatingSystem.IsLinux()) Assert.Skip("libtorch's OpenMP runtime is looked up on Linux only.");
         Assert.True(LibTorchOpenMp.IsAvailable);
-        if (Avx512F.IsSupported) Assert.True(Float16Gemv.IsSupported, "AVX-512 and libgomp are here, so only the subnormal probe can have refused.");
+        if (Float16Gemv.BestVariant is not null) Assert.True(Float16Gemv.IsSupported, "vectors and libgomp are here, so only the subnormal probe can have refused.");
     }
 
-    public static TheoryData<int, int, bool> Shapes => new()
+    /// <summary>Every variant, by name, on every machine: those the CPU does not accelerate are reported as skipped.</summary>
+    public static TheoryData<string> Variants => new(Enum.GetNames<Float16GemvVariant>());
+
+    public static TheoryData<string, int, int, bool> Shapes
     {
-        // N, K, bias: K below, at and past the 16- and 64-wide steps, odd and prime sizes, rinna-4b's long rows.
-        { 1, 1, false }, { 3, 15, true }, { 17, 16, false }, { 5, 17, true }, { 9, 63, true }, { 33, 64, false },
-        { 2, 65, true }, { 100, 1031, true }, { 7, 11269, false }, { 1000, 256, true },
-    };
+        get
+        {
+            // N, K, bias: K below, at and past the 4- to 64-wide steps, odd and prime sizes, rinna-4b's long rows.
+            (int, int, bool)[] shapes =
+            [
+                (1, 1, false), (3, 15, true), (17, 16, false), (5, 17, true), (9, 63, true), (33, 64, false),
+                (2, 65, true), (100, 1031, true), (7, 11269, false), (1000, 256, true),
+            ];
+            var data = new TheoryData<string, int, int, bool>();
+            foreach (var variant in Enum.GetNames<Float16GemvVariant>())
+                foreach (var (n, k, bias) in shapes) data.Add(variant, n, k, bias);
+            return data;
+        }
+    }
 
     [Theory]
     [MemberData(nameof(Shapes))]
-    public void MatchesAFloat64ProductWithinFloat32Accumulation(int n, int k, bool withBias)
+    public void MatchesAFloat64ProductWithinFloat32Accumulation(string variant, int n, int k, bool withBias)
     {
-        SkipUnlessSupported();
+        Require(variant);
         using var scope = NewDisposeScope();
         var gen = new Generator((ulong)(n * 100_000 + k));
         var weight = (randn(n, k, generator: gen) * 0.05).to(ScalarType.Float16);
         var x = randn(1, k, generator: gen);
         var bias = withBias ? randn(n, generator: gen) : null;
 
-        Assert.True(Float16Gemv.TryMultiply(x, weight, bias, out var y));
+        Assert.True(Multiply(variant, x, weight, bias, out var y));
 
         Assert.Equal(ScalarType.Float32, y.dtype);
         Assert.Equal(new long[] { 1, n }, y.shape);
@@ -57,10 +69,11 @@ public class Float16GemvTests
         Assert.True(excess.max().item<double>() <= 0, $"an element is {excess.max().item<double>()} beyond float32 accumulation error");
     }
 
-    [Fact]
-    public void WidensEveryKindOfFloat16ValueExactly()
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void WidensEveryKindOfFloat16ValueExactly(string variant)
     {
-        SkipUnlessSupported();
+        Require(variant);
         using var scope = NewDisposeScope();
         // zero, negative zero, the smallest and largest subnormals, the smallest normal, one, the largest finite value, of both signs
         short[] bits = [0x0000, unchecked((short)0x8000), 0x0001, unchecked((short)0x8001), 0x03FF, unchecked((short)0x83FF),
@@ -79,50 +92,53 @@ public class Float16GemvTests
         {
             var unit = zeros(1, k);
             unit[0, column] = tensor(1.0f);
-            Assert.True(Float16Gemv.TryMultiply(unit, weight, null, out var y));
+            Assert.True(Multiply(variant, unit, weight, null, out var y));
             // bit for bit: subnormals and the largest values must come out exact, not merely close
             Assert.Equal(expected.select(1, column).contiguous().bytes.ToArray(), y.bytes.ToArray());
         }
     }
 
-    [Fact]
-    public void BFloat16ResultIsTheFloat32ResultRoundedOnce()
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void BFloat16ResultIsTheFloat32ResultRoundedOnce(string variant)
     {
-        SkipUnlessSupported();
+        Require(variant);
         using var scope = NewDisposeScope();
         var gen = new Generator(3);
         var weight = (randn(301, 2816 + 5, generator: gen) * 0.05).to(ScalarType.Float16);
         var x = randn(1, 2816 + 5, generator: gen).to(ScalarType.BFloat16);
         var bias = randn(301, generator: gen).to(ScalarType.BFloat16);
 
-        Assert.True(Float16Gemv.TryMultiply(x, weight, bias, out var y));
-        Assert.True(Float16Gemv.TryMultiply(x.to(ScalarType.Float32), weight, bias.to(ScalarType.Float32), out var y32));
+        Assert.True(Multiply(variant, x, weight, bias, out var y));
+        Assert.True(Multiply(variant, x.to(ScalarType.Float32), weight, bias.to(ScalarType.Float32), out var y32));
 
         Assert.Equal(ScalarType.BFloat16, y.dtype);
         Assert.Equal(y32.to(ScalarType.BFloat16).bytes.ToArray(), y.bytes.ToArray());
     }
 
-    [Fact]
-    public void KeepsTheShapeOfASingleRowWithLeadingOnes()
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void KeepsTheShapeOfASingleRowWithLeadingOnes(string variant)
     {
-        SkipUnlessSupported();
+        Require(variant);
         using var scope = NewDisposeScope();
         var gen = new Generator(6);
         var weight = (randn(37, 100, generator: gen) * 0.05).to(ScalarType.Float16);
         var x = randn(1, 100, generator: gen).to(ScalarType.BFloat16);
 
-        Assert.True(Float16Gemv.TryMultiply(x, weight, null, out var flat));
-        Assert.True(Float16Gemv.TryMultiply(x.view(1, 1, 100), weight, null, out var decodeShaped));
+        Assert.True(Multiply(variant, x, weight, null, out var flat));
+        Assert.True(Multiply(variant, x.view(1, 1, 100), weight, null, out var decodeShaped));
 
         Assert.Equal(new long[] { 1, 1, 37 }, decodeShaped.shape);
         Assert.Equal(flat.bytes.ToArray(), decodeShaped.bytes.ToArray());
-        Assert.False(Float16Gemv.TryMultiply(randn(1, 2, 100), weight, null, out _)); // two rows
+        Assert.False(Multiply(variant, randn(1, 2, 100), weight, null, out _)); // two rows
     }
 
-    [Fact]
-    public void ResidualIsAddedAfterTheProductIsRoundedAsTwoLibTorchOperationsWould()
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void ResidualIsAddedAfterTheProductIsRoundedAsTwoLibTorchOperationsWould(string variant)
     {
-        SkipUnlessSupported();
+        Require(variant);
         using var scope = NewDisposeScope();
         var gen = new Generator(4);
         var weight = (randn(517, 2816, generator: gen) * 0.05).to(ScalarType.Float16);
@@ -131,28 +147,29 @@ public class Float16GemvTests
         {
             var x = randn(1, 2816, generator: gen).to(dtype);
             var residual = randn(1, 517, generator: gen).mul(3).to(dtype);
-            Assert.True(Float16Gemv.TryMultiply(x, weight, bias, out var product));
+            Assert.True(Multiply(variant, x, weight, bias, out var product));
 
-            Assert.True(Float16Gemv.TryMultiply(x, weight, bias, out var fused, residual: residual));
+            Assert.True(Multiply(variant, x, weight, bias, out var fused, residual: residual));
 
             Assert.Equal(product.add(residual).bytes.ToArray(), fused.bytes.ToArray());
         }
     }
 
-    [Fact]
-    public void GeluIsTheExactGeluOfTheRoundedProductWithinItsLastBit()
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void GeluIsTheExactGeluOfTheRoundedProductWithinItsLastBit(string variant)
     {
-        SkipUnlessSupported();
+        Require(variant);
         using var scope = NewDisposeScope();
         var gen = new Generator(5);
         var weight = (randn(4099, 1024, generator: gen) * 0.1).to(ScalarType.Float16);
         var x = randn(1, 1024, generator: gen).to(ScalarType.BFloat16);
         var residual = randn(1, 4099, generator: gen).to(ScalarType.BFloat16);
-        Assert.True(Float16Gemv.TryMultiply(x, weight, null, out var product));
+        Assert.True(Multiply(variant, x, weight, null, out var product));
         var expected = F.gelu(product); // libtorch's bfloat16 GELU: float32 arithmetic, rounded once
 
-        Assert.True(Float16Gemv.TryMultiply(x, weight, null, out var activated, gelu: true));
-        Assert.True(Float16Gemv.TryMultiply(x, weight, null, out var both, gelu: true, residual: residual));
+        Assert.True(Multiply(variant, x, weight, null, out var activated, gelu: true));
+        Assert.True(Multiply(variant, x, weight, null, out var both, gelu: true, residual: residual));
 
         // The two erf approximations differ by a few float32 units of 1 + erf, so a result may land on the other side of a
         // bfloat16 rounding boundary (one unit in the last place), or, in the negative tail where 1 + erf cancels, differ by
@@ -184,28 +201,29 @@ public class Float16GemvTests
         }
     }
 
-    [Fact]
-    public void LeavesRowsItCannotComputeExactlyToTheCaller()
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void LeavesRowsItCannotComputeExactlyToTheCaller(string variant)
     {
-        SkipUnlessSupported();
+        Require(variant);
         using var scope = NewDisposeScope();
         var weight = ones(4, 40, ScalarType.Float16);
         Tensor Row(float value) { var x = ones(1, 40); x[0, 33] = tensor(value); return x; }
 
-        Assert.False(Float16Gemv.TryMultiply(Row(float.NaN), weight, null, out _));
-        Assert.False(Float16Gemv.TryMultiply(Row(float.PositiveInfinity), weight, null, out _));
-        Assert.False(Float16Gemv.TryMultiply(Row(3e19f), weight, null, out _)); // beyond 2^64: the 2^56 scaling would overflow
-        Assert.True(Float16Gemv.TryMultiply(Row(1e19f), weight, null, out _));
-        Assert.False(Float16Gemv.TryMultiply(ones(2, 40), weight, null, out _));
-        Assert.False(Float16Gemv.TryMultiply(ones(1, 41), weight, null, out _));
-        Assert.False(Float16Gemv.TryMultiply(ones(1, 40, ScalarType.Float16), weight, null, out _));
-        Assert.False(Float16Gemv.TryMultiply(ones(40, 2).select(1, 0).unsqueeze(0), weight, null, out _)); // strided row
-        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), ones(40, 4, ScalarType.Float16).t(), null, out _)); // transposed weight
-        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), ones(4, 40, ScalarType.BFloat16), null, out _));
-        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), weight, ones(5), out _)); // bias of the wrong length
-        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), weight, null, out _, residual: ones(1, 5))); // residual of the wrong length
-        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), weight, null, out _, residual: ones(1, 4, ScalarType.BFloat16))); // another dtype
-        Assert.False(Float16Gemv.TryMultiply(ones(1, 40), weight, null, out _, residual: ones(4, 2).select(1, 0))); // strided
+        Assert.False(Multiply(variant, Row(float.NaN), weight, null, out _));
+        Assert.False(Multiply(variant, Row(float.PositiveInfinity), weight, null, out _));
+        Assert.False(Multiply(variant, Row(3e19f), weight, null, out _)); // beyond 2^64: the 2^56 scaling would overflow
+        Assert.True(Multiply(variant, Row(1e19f), weight, null, out _));
+        Assert.False(Multiply(variant, ones(2, 40), weight, null, out _));
+        Assert.False(Multiply(variant, ones(1, 41), weight, null, out _));
+        Assert.False(Multiply(variant, ones(1, 40, ScalarType.Float16), weight, null, out _));
+        Assert.False(Multiply(variant, ones(40, 2).select(1, 0).unsqueeze(0), weight, null, out _)); // strided row
+        Assert.False(Multiply(variant, ones(1, 40), ones(40, 4, ScalarType.Float16).t(), null, out _)); // transposed weight
+        Assert.False(Multiply(variant, ones(1, 40), ones(4, 40, ScalarType.BFloat16), null, out _));
+        Assert.False(Multiply(variant, ones(1, 40), weight, ones(5), out _)); // bias of the wrong length
+        Assert.False(Multiply(variant, ones(1, 40), weight, null, out _, residual: ones(1, 5))); // residual of the wrong length
+        Assert.False(Multiply(variant, ones(1, 40), weight, null, out _, residual: ones(1, 4, ScalarType.BFloat16))); // another dtype
+        Assert.False(Multiply(variant, ones(1, 40), weight, null, out _, residual: ones(4, 2).select(1, 0))); // strided
     }
 
     [Theory]
@@ -234,14 +252,21 @@ public class Float16GemvTests
         Assert.True(y[0, row].isfinite().logical_not().item<bool>());
     }
 
-    /// <summary>
-    /// Machines without the kernel's requirements report these tests as skipped; <see cref="RefusesEverythingWhereUnsupported"/>
-    /// runs there instead, and <see cref="FindsLibTorchsOpenMpRuntimeOnLinux"/> makes sure the numerical tests run where they can.
-    /// </summary>
-    private static void SkipUnlessSupported()
+    /// <summary>Skips, saying why, where this CPU does not run <paramref name="variant"/> in hardware.</summary>
+    private static void Require(string variant)
     {
-        if (!Float16Gemv.IsSupported)
-            Assert.Skip("Float16Gemv needs AVX-512F, libtorch's libgomp and fast subnormals; this machine lacks one, so float16 decode uses libtorch's GEMV.");
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime was not found; the kernel runs on its threads.");
+        if (!Float16Gemv.IsAccelerated(Enum.Parse<Float16GemvVariant>(variant))) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
+    }
+
+    private static bool Multiply(string variant, Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null) =>
+        Float16Gemv.TryMultiply(x, weight, bias, out result, gelu, residual, Enum.Parse<Float16GemvVariant>(variant));
+
+    [Fact]
+    public void TheWidestAcceleratedVariantRuns()
+    {
+        var widest = Enum.GetValues<Float16GemvVariant>().Where(Float16Gemv.IsAccelerated).Cast<Float16GemvVariant?>().LastOrDefault();
+        Assert.Equal(widest, Float16Gemv.BestVariant);
     }
 
     [Fact]
