@@ -28,9 +28,11 @@ public sealed class CodeBlockTests
     {
         var block = MarkdownCode.Blocks(file)[index];
         if (block.SkipReason is { } reason) Assert.Skip($"{file} block {index} (line {block.Line}) is marked skip-compile: {reason}");
+        // Diagnostics point at the Markdown file and line the reader sees.
+        var located = $"#line {block.Line} \"{file}\"\n";
         var compilation = block.IsFragment
-            ? MarkdownCode.Compile(MarkdownCode.WrapFragment(block.Code), OutputKind.DynamicallyLinkedLibrary)
-            : MarkdownCode.Compile(block.Code, OutputKind.ConsoleApplication);
+            ? MarkdownCode.Compile(MarkdownCode.WrapFragment(block.Code, located), OutputKind.DynamicallyLinkedLibrary)
+            : MarkdownCode.Compile(located + block.Code, OutputKind.ConsoleApplication);
         MarkdownCode.AssertNoDiagnostics(compilation, $"{file} block {index} (line {block.Line})");
     }
 
@@ -161,7 +163,7 @@ internal static partial class MarkdownCode
             }
             var indent = open.Groups["indent"].Value.Length;
             var body = new List<string>();
-            int start = i + 1;
+            int start = i + 2; // the 1-based line of the block's first line of code
             while (++i < lines.Length && !lines[i].TrimStart().StartsWith("```", StringComparison.Ordinal))
                 body.Add(lines[i].Length >= indent && lines[i][..indent].Trim().Length == 0 ? lines[i][indent..] : lines[i].TrimStart());
             Assert.True(i < lines.Length, $"The C# block at line {start} is never closed.");
@@ -173,12 +175,15 @@ internal static partial class MarkdownCode
         return blocks;
     }
 
-    /// <summary>A fragment as the body of an async method; its own using directives move to the top of the file.</summary>
-    public static string WrapFragment(string code)
+    /// <summary>
+    /// A fragment as the body of an async method; its own using directives move to the top of the file, leaving blank
+    /// lines so that <paramref name="lineDirective"/> (placed before the body) keeps every other line's number.
+    /// </summary>
+    public static string WrapFragment(string code, string lineDirective)
     {
         var lines = code.Split('\n');
         var usings = lines.Where(l => UsingDirective().IsMatch(l)).ToArray();
-        var body = lines.Where(l => !UsingDirective().IsMatch(l));
+        var body = lineDirective + string.Join('\n', lines.Select(l => UsingDirective().IsMatch(l) ? "" : l));
         return $$"""
             {{string.Join('\n', usings)}}
             #pragma warning disable CS1998 // a fragment need not await
@@ -187,7 +192,8 @@ internal static partial class MarkdownCode
                 internal static async Task RunAsync(Rinna.Net.Model.GptNeoXForCausalLM model,
                     Rinna.Net.Tokenization.PreTrainedTokenizer tokenizer, CancellationToken cancellationToken)
                 {
-            {{string.Join('\n', body)}}
+            {{body}}
+            #line default
                 }
             }
             """;
