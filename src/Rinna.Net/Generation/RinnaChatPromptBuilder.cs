@@ -161,28 +161,28 @@ public sealed class RinnaChatPromptBuilder
 /// <summary>Post-processes a streamed reply piece by piece; see <see cref="RinnaChatPromptBuilder.CreateOutputStream"/>. Not thread-safe.</summary>
 public sealed class RinnaChatOutputStream
 {
-    private readonly RinnaChatPromptBuilder _builder;
-    private string _held = "";
+    private readonly RinnaChatPromptBuilder builder;
+    private string held = "";
 
-    internal RinnaChatOutputStream(RinnaChatPromptBuilder builder) => _builder = builder;
+    internal RinnaChatOutputStream(RinnaChatPromptBuilder builder) => this.builder = builder;
 
     /// <summary>Adds the next piece of output and returns the text that is final.</summary>
     public string Push(string piece)
     {
         ArgumentNullException.ThrowIfNull(piece);
-        if (_builder.Format != RinnaChatFormat.JapaneseNewlineTag) return piece;
-        var text = _builder.PostProcess(_held + piece);
+        if (builder.Format != RinnaChatFormat.JapaneseNewlineTag) return piece;
+        var text = builder.PostProcess(held + piece);
         var hold = "<NL".Length;
         while (hold > 0 && !text.EndsWith("<NL"[..hold], StringComparison.Ordinal)) hold--;
-        _held = text[^hold..];
+        held = text[^hold..];
         return text[..^hold];
     }
 
     /// <summary>Ends the output: returns the text still held back.</summary>
     public string Flush()
     {
-        var held = _held;
-        _held = "";
+        var held = this.held;
+        this.held = "";
         return held;
     }
 }
