@@ -5,23 +5,25 @@ internal static class SampleModel
 {
     public const string DemoFolder = "samples/models/rinna-demo";
 
-    /// <summary>The value of <c>--model</c>, or the shipped demo model's directory.</summary>
-    public static string Resolve(string[] args)
+    /// <summary>
+    /// The value of <c>--model</c>, or the shipped demo model's directory. A value that looks like a path (not an
+    /// <c>org/name</c> hub id) must be an existing directory, so a mistyped folder is reported here, not as a hub error.
+    /// </summary>
+    public static string Resolve(SampleArguments arguments)
     {
-        var index = Array.IndexOf(args, "--model");
-        if (index >= 0 && index + 1 < args.Length) return args[index + 1];
+        if (arguments.Option("--model") is { } model)
+        {
+            var looksLikePath = Path.IsPathRooted(model) || model.StartsWith('.') || model.Contains('\\') || model.Count(c => c == '/') > 1;
+            if (looksLikePath && !Directory.Exists(model)) SampleArguments.Fail($"--model {model}: no such directory.");
+            return model;
+        }
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {
             var candidate = Path.Combine(dir.FullName, DemoFolder);
             if (Directory.Exists(candidate)) return candidate;
         }
-        throw new DirectoryNotFoundException($"The demo model ({DemoFolder}) was not found above {AppContext.BaseDirectory}; pass --model <id or directory>.");
-    }
-
-    public static string? Option(string[] args, string name)
-    {
-        var index = Array.IndexOf(args, name);
-        return index >= 0 && index + 1 < args.Length ? args[index + 1] : null;
+        SampleArguments.Fail($"the demo model ({DemoFolder}) was not found above {AppContext.BaseDirectory}; pass --model <id or directory>.");
+        return "";
     }
 
     /// <summary>A one-line console progress bar for downloads.</summary>

@@ -91,6 +91,7 @@ public static class CausalLMGeneration
             mask.Dispose();
         }
     }
+
     /// <summary>
     /// Continues one prompt given as token ids: the model card's
     /// <c>output_ids = model.generate(token_ids, ...)</c> followed by <c>output_ids.tolist()[0]</c>.
@@ -112,4 +113,13 @@ public static class CausalLMGeneration
         using var sequences = output.Sequences;
         return sequences[0].cpu().data<long>().Select(i => (int)i).ToArray();
     }
+
+    /// <inheritdoc cref="Generate(GptNeoXForCausalLM, IReadOnlyList{int}, GenerationConfig?, PreTrainedTokenizer?, CancellationToken)"/>
+    /// <remarks>
+    /// Takes the <c>int[]</c> that <see cref="PreTrainedTokenizer.Encode"/> returns, which TorchSharp would otherwise
+    /// also convert to a tensor, making the call ambiguous.
+    /// </remarks>
+    public static int[] Generate(this GptNeoXForCausalLM model, int[] inputIds, GenerationConfig? config = null,
+        PreTrainedTokenizer? tokenizer = null, CancellationToken cancellationToken = default) =>
+        Generate(model, (IReadOnlyList<int>)inputIds, config, tokenizer, cancellationToken);
 }

@@ -10,13 +10,13 @@ namespace Rinna.Net.Generation;
 internal sealed class DecodedTextStream(Func<int[], string> decode) : StreamingDecoder
 {
     private const char ReplacementCharacter = '\uFFFD';
-    private readonly List<int> _ids = [];
-    private string _emitted = "";
+    private readonly List<int> ids = [];
+    private string emitted = "";
 
     /// <summary>Adds a token and returns the new text it completes (often empty).</summary>
     public override string Append(int tokenId)
     {
-        _ids.Add(tokenId);
+        ids.Add(tokenId);
         return Release(Decode().TrimEnd(ReplacementCharacter));
     }
 
@@ -24,20 +24,20 @@ internal sealed class DecodedTextStream(Func<int[], string> decode) : StreamingD
     public override string Flush()
     {
         var rest = Release(Decode());
-        _ids.Clear();
-        _emitted = "";
+        ids.Clear();
+        emitted = "";
         return rest;
     }
 
-    private string Decode() => decode(_ids.ToArray()) ?? throw new InvalidOperationException("The decode function returned null.");
+    private string Decode() => decode(ids.ToArray()) ?? throw new InvalidOperationException("The decode function returned null.");
 
     private string Release(string text)
     {
         // A decoder may rewrite text it already produced (whitespace clean-up, for instance). Released text cannot be
         // taken back, so only what lies beyond the released length is new.
-        if (text.Length <= _emitted.Length) return "";
-        var piece = text[_emitted.Length..];
-        _emitted = text;
+        if (text.Length <= emitted.Length) return "";
+        var piece = text[emitted.Length..];
+        emitted = text;
         return piece;
     }
 }

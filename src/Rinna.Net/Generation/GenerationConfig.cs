@@ -19,9 +19,9 @@ namespace Rinna.Net.Generation;
 public sealed record GenerationConfig
 {
     // Lists are copied on assignment, so a configuration never changes behind its users' backs and `with` copies are independent.
-    private readonly IReadOnlyList<IReadOnlyList<int>>? _badWordsIds;
-    private readonly IReadOnlyList<int>? _eosTokenId;
-    private readonly IReadOnlyList<string>? _stopStrings;
+    private readonly IReadOnlyList<IReadOnlyList<int>>? badWordsIds;
+    private readonly IReadOnlyList<int>? eosTokenId;
+    private readonly IReadOnlyList<string>? stopStrings;
 
     /// <summary>Hugging Face's <c>max_length</c> default: prompt plus new tokens.</summary>
     public const int DefaultMaxLength = 20;
@@ -71,15 +71,15 @@ public sealed record GenerationConfig
     /// <summary><c>bad_words_ids</c>: token sequences that must never be generated.</summary>
     public IReadOnlyList<IReadOnlyList<int>>? BadWordsIds
     {
-        get => _badWordsIds;
-        init => _badWordsIds = value?.Select(ids => (IReadOnlyList<int>)ids?.ToArray()!).ToArray();
+        get => badWordsIds;
+        init => badWordsIds = value?.Select(ids => (IReadOnlyList<int>)ids?.ToArray()!).ToArray();
     }
 
     /// <summary><c>renormalize_logits</c>: apply log-softmax after the processors (and again after the warpers when sampling).</summary>
     public bool RenormalizeLogits { get; init; }
 
     /// <summary><c>eos_token_id</c>: one or several end-of-sequence ids; generating any of them finishes the sequence.</summary>
-    public IReadOnlyList<int>? EosTokenId { get => _eosTokenId; init => _eosTokenId = value?.ToArray(); }
+    public IReadOnlyList<int>? EosTokenId { get => eosTokenId; init => eosTokenId = value?.ToArray(); }
 
     /// <summary><c>pad_token_id</c>: appended to rows of a batch that have finished; when <c>null</c>, the first <see cref="EosTokenId"/> is used, as in Hugging Face.</summary>
     public int? PadTokenId { get; init; }
@@ -88,7 +88,7 @@ public sealed record GenerationConfig
     public int? BosTokenId { get; init; }
 
     /// <summary><c>stop_strings</c>: texts that finish a sequence as soon as the decoded output contains one, even when it spans several tokens.</summary>
-    public IReadOnlyList<string>? StopStrings { get => _stopStrings; init => _stopStrings = value?.ToArray(); }
+    public IReadOnlyList<string>? StopStrings { get => stopStrings; init => stopStrings = value?.ToArray(); }
 
     /// <summary>Seed of the sampling random generator; the same seed, prompt and settings give the same tokens. <c>null</c> draws a random seed.</summary>
     public long? Seed { get; init; }

@@ -17,8 +17,8 @@ namespace Rinna.Net.Generation;
 /// </remarks>
 public sealed class GenerationTracker
 {
-    private readonly HashSet<int> _eosTokenIds;
-    private readonly Row[] _rows;
+    private readonly HashSet<int> eosTokenIds;
+    private readonly Row[] rows;
 
     /// <summary>Creates the tracker for one generation, decoding each row with a whole-sequence decode function.</summary>
     /// <param name="config">The generation settings (validated here).</param>
@@ -68,8 +68,8 @@ public sealed class GenerationTracker
         BatchSize = batchSize;
         PromptLength = promptLength;
         MaxNewTokens = config.ResolveMaxNewTokens(promptLength);
-        _eosTokenIds = config.EosTokenId?.ToHashSet() ?? [];
-        _rows = Enumerable.Range(0, batchSize).Select(_ => new Row(createDecoder?.Invoke(), config.StopStrings)).ToArray();
+        eosTokenIds = config.EosTokenId?.ToHashSet() ?? [];
+        rows = Enumerable.Range(0, batchSize).Select(_ => new Row(createDecoder?.Invoke(), config.StopStrings)).ToArray();
     }
 
     /// <summary>Number of rows.</summary>
@@ -88,10 +88,10 @@ public sealed class GenerationTracker
     public int Steps { get; private set; }
 
     /// <summary>Whether every row has finished; the decode loop ends then.</summary>
-    public bool IsDone => _rows.All(r => r.Reason is not null);
+    public bool IsDone => rows.All(r => r.Reason is not null);
 
     /// <summary>Why <paramref name="row"/> finished, or <c>null</c> while it is still generating.</summary>
-    public FinishReason? GetFinishReason(int row) => _rows[row].Reason;
+    public FinishReason? GetFinishReason(int row) => rows[row].Reason;
 
     /// <summary>
     /// Records one step: the token sampled for each row. Returns the tokens to append to the sequences: the sampled
@@ -123,7 +123,7 @@ public sealed class GenerationTracker
         var appended = new long[BatchSize];
         for (var i = 0; i < BatchSize; i++)
         {
-            var row = _rows[i];
+            var row = rows[i];
             if (row.Reason is not null)
             {
                 // A row finishes before the others only with an eos id or a stop string, which the constructor made sure come with a pad id.
@@ -134,18 +134,18 @@ public sealed class GenerationTracker
             if (token is < 0 or > int.MaxValue)
                 throw new ArgumentOutOfRangeException(nameof(nextTokens), token, $"Row {i}: not a token id.");
             appended[i] = token;
-            row.Add((int)token, _eosTokenIds.Contains((int)token));
+            row.Add((int)token, eosTokenIds.Contains((int)token));
         }
         Steps++;
         if (Steps >= MaxNewTokens)
-            foreach (var row in _rows.Where(r => r.Reason is null)) row.Finish(FinishReason.Length);
+            foreach (var row in rows.Where(r => r.Reason is null)) row.Finish(FinishReason.Length);
         return appended;
     }
 
     /// <summary>Finishes every row that is still generating with <see cref="FinishReason.Cancelled"/>.</summary>
     public void Cancel()
     {
-        foreach (var row in _rows.Where(r => r.Reason is null)) row.Finish(FinishReason.Cancelled);
+        foreach (var row in rows.Where(r => r.Reason is null)) row.Finish(FinishReason.Cancelled);
     }
 
     /// <summary>
@@ -153,66 +153,66 @@ public sealed class GenerationTracker
     /// still turn into a stop string, and incomplete UTF-8 characters, are held back until decided.
     /// </summary>
     /// <exception cref="InvalidOperationException">No decode function was given.</exception>
-    public string TakeText(int row) => _rows[row].TakeText();
+    public string TakeText(int row) => rows[row].TakeText();
 
     /// <summary>The outcome of every row, once all have finished.</summary>
     /// <exception cref="InvalidOperationException">Some row is still generating.</exception>
     public IReadOnlyList<GeneratedSequence> GetSequences()
     {
         if (!IsDone) throw new InvalidOperationException("Some rows are still generating; call Cancel() to stop them first.");
-        return _rows.Select(r => r.ToSequence()).ToArray();
+        return rows.Select(r => r.ToSequence()).ToArray();
     }
 
     private sealed class Row(StreamingDecoder? stream, IReadOnlyList<string>? stopStrings)
     {
-        private readonly List<int> _tokens = [];
-        private readonly StreamingDecoder? _stream = stream;
-        private readonly StopStringMatcher? _matcher = stopStrings is null ? null : new StopStringMatcher(stopStrings);
-        private readonly StringBuilder _text = new();
-        private int _taken;
+        private readonly List<int> tokens = [];
+        private readonly StreamingDecoder? stream = stream;
+        private readonly StopStringMatcher? matcher = stopStrings is null ? null : new StopStringMatcher(stopStrings);
+        private readonly StringBuilder text = new();
+        private int taken;
 
         public FinishReason? Reason { get; private set; }
 
         public void Add(int token, bool isEos)
         {
-            _tokens.Add(token);
+            tokens.Add(token);
             if (isEos)
             {
                 Finish(FinishReason.EndOfSequence);
                 return;
             }
-            if (_stream is not null) Release(_stream.Append(token));
+            if (this.stream is not null) Release(this.stream.Append(token));
         }
 
         public void Finish(FinishReason reason)
         {
             Reason = reason;
-            if (_stream is null) return;
-            Release(_stream.Flush());
-            if (_matcher is { StopString: null }) _text.Append(_matcher.Flush());
+            if (this.stream is null) return;
+            Release(this.stream.Flush());
+            if (matcher is { StopString: null }) text.Append(matcher.Flush());
         }
 
         public string TakeText()
         {
-            if (_stream is null) throw new InvalidOperationException("No decode function was given, so there is no text.");
-            var piece = _text.ToString(_taken, _text.Length - _taken);
-            _taken = _text.Length;
+            if (this.stream is null) throw new InvalidOperationException("No decode function was given, so there is no text.");
+            var piece = text.ToString(taken, text.Length - taken);
+            taken = text.Length;
             return piece;
         }
 
         public GeneratedSequence ToSequence() =>
-            new(_tokens.ToArray(), Reason!.Value, _stream is null ? null : _text.ToString(), _matcher?.StopString);
+            new(tokens.ToArray(), Reason!.Value, this.stream is null ? null : text.ToString(), matcher?.StopString);
 
         private void Release(string piece)
         {
-            if (_matcher is null)
+            if (matcher is null)
             {
-                _text.Append(piece);
+                text.Append(piece);
                 return;
             }
-            if (_matcher.StopString is not null) return;
-            var scan = _matcher.Push(piece);
-            _text.Append(scan.SafeText);
+            if (matcher.StopString is not null) return;
+            var scan = matcher.Push(piece);
+            text.Append(scan.SafeText);
             if (scan.Stopped) Reason = FinishReason.StopString;
         }
     }

@@ -9,14 +9,14 @@ namespace Rinna.Net.Generation;
 /// </summary>
 public sealed class LogitsProcessorList : IReadOnlyList<ILogitsProcessor>, ILogitsProcessor
 {
-    private readonly ILogitsProcessor[] _processors;
+    private readonly ILogitsProcessor[] processors;
 
     /// <summary>Creates a pipeline from processors in the order they run.</summary>
     public LogitsProcessorList(IEnumerable<ILogitsProcessor> processors)
     {
         ArgumentNullException.ThrowIfNull(processors);
-        _processors = processors.ToArray();
-        if (_processors.Any(p => p is null)) throw new ArgumentException("A processor is null.", nameof(processors));
+        this.processors = processors.ToArray();
+        if (this.processors.Any(p => p is null)) throw new ArgumentException("A processor is null.", nameof(processors));
     }
 
     /// <summary>
@@ -71,20 +71,20 @@ public sealed class LogitsProcessorList : IReadOnlyList<ILogitsProcessor>, ILogi
     public Tensor Process(Tensor inputIds, Tensor scores)
     {
         LogitsProcessing.CheckShapes(inputIds, scores);
-        if (_processors.Length == 0) return scores.clone();
+        if (processors.Length == 0) return scores.clone();
         var current = scores;
-        foreach (var processor in _processors) current = processor.Process(inputIds, current);
+        foreach (var processor in processors) current = processor.Process(inputIds, current);
         return current;
     }
 
     /// <inheritdoc />
-    public int Count => _processors.Length;
+    public int Count => processors.Length;
 
     /// <inheritdoc />
-    public ILogitsProcessor this[int index] => _processors[index];
+    public ILogitsProcessor this[int index] => processors[index];
 
     /// <inheritdoc />
-    public IEnumerator<ILogitsProcessor> GetEnumerator() => ((IEnumerable<ILogitsProcessor>)_processors).GetEnumerator();
+    public IEnumerator<ILogitsProcessor> GetEnumerator() => ((IEnumerable<ILogitsProcessor>)processors).GetEnumerator();
 
     IEnumerator IEnumerable.GetEnumerator() => GetEnumerator();
 }

@@ -80,8 +80,8 @@ public sealed class NoRepeatNGramLogitsProcessor : ILogitsProcessor
 /// </summary>
 public sealed class NoBadWordsLogitsProcessor : ILogitsProcessor
 {
-    private readonly int[] _singleTokens;
-    private readonly (long[] Prefix, int Last)[] _sequences;
+    private readonly int[] singleTokens;
+    private readonly (long[] Prefix, int Last)[] sequences;
 
     /// <summary>Creates the processor.</summary>
     /// <param name="badWordsIds">Token sequences that must never be generated.</param>
@@ -96,8 +96,8 @@ public sealed class NoBadWordsLogitsProcessor : ILogitsProcessor
             throw new ArgumentException("Each bad word must be a non-empty list of non-negative token ids.", nameof(badWordsIds));
 
         var kept = all.Where(ids => !(ids.Count == 1 && eosTokenId is not null && eosTokenId.Contains(ids[0]))).ToArray();
-        _singleTokens = kept.Where(ids => ids.Count == 1).Select(ids => ids[0]).Distinct().ToArray();
-        _sequences = kept.Where(ids => ids.Count > 1)
+        singleTokens = kept.Where(ids => ids.Count == 1).Select(ids => ids[0]).Distinct().ToArray();
+        sequences = kept.Where(ids => ids.Count > 1)
             .Select(ids => (ids.Take(ids.Count - 1).Select(id => (long)id).ToArray(), ids[^1]))
             .ToArray();
     }
@@ -107,17 +107,17 @@ public sealed class NoBadWordsLogitsProcessor : ILogitsProcessor
     {
         LogitsProcessing.CheckShapes(inputIds, scores);
         var vocab = scores.shape[1];
-        LogitsProcessing.CheckTokenIds(_singleTokens.Concat(_sequences.SelectMany(s => s.Prefix.Select(id => (int)id).Append(s.Last))),
+        LogitsProcessing.CheckTokenIds(singleTokens.Concat(sequences.SelectMany(s => s.Prefix.Select(id => (int)id).Append(s.Last))),
             vocab, "bad_words_ids");
 
         var banned = zeros(scores.shape[0], vocab, dtype: ScalarType.Bool, device: scores.device);
-        if (_singleTokens.Length > 0)
+        if (singleTokens.Length > 0)
         {
-            using var columns = tensor(_singleTokens.Select(id => (long)id).ToArray(), device: scores.device);
+            using var columns = tensor(singleTokens.Select(id => (long)id).ToArray(), device: scores.device);
             banned.index_fill_(1, columns, true);
         }
         var length = inputIds.shape[1];
-        foreach (var (prefix, last) in _sequences)
+        foreach (var (prefix, last) in sequences)
         {
             if (prefix.Length + 1 > length) continue;
             using var expected = tensor(prefix, device: inputIds.device);
@@ -134,7 +134,7 @@ public sealed class NoBadWordsLogitsProcessor : ILogitsProcessor
 /// </summary>
 public sealed class MinLengthLogitsProcessor : ILogitsProcessor
 {
-    private readonly int[] _eosTokenIds;
+    private readonly int[] eosTokenIds;
 
     /// <summary>Creates the processor.</summary>
     /// <param name="minLength">The minimum total length.</param>
@@ -143,7 +143,7 @@ public sealed class MinLengthLogitsProcessor : ILogitsProcessor
     public MinLengthLogitsProcessor(int minLength, IReadOnlyList<int> eosTokenId)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(minLength);
-        _eosTokenIds = CheckedEos(eosTokenId);
+        eosTokenIds = CheckedEos(eosTokenId);
         MinLength = minLength;
     }
 
@@ -154,8 +154,8 @@ public sealed class MinLengthLogitsProcessor : ILogitsProcessor
     public Tensor Process(Tensor inputIds, Tensor scores)
     {
         LogitsProcessing.CheckShapes(inputIds, scores);
-        LogitsProcessing.CheckTokenIds(_eosTokenIds, scores.shape[1], "eos_token_id");
-        return inputIds.shape[1] < MinLength ? LogitsProcessing.MaskTokens(scores, _eosTokenIds) : scores.clone();
+        LogitsProcessing.CheckTokenIds(eosTokenIds, scores.shape[1], "eos_token_id");
+        return inputIds.shape[1] < MinLength ? LogitsProcessing.MaskTokens(scores, eosTokenIds) : scores.clone();
     }
 
     internal static int[] CheckedEos(IReadOnlyList<int> eosTokenId)
@@ -173,7 +173,7 @@ public sealed class MinLengthLogitsProcessor : ILogitsProcessor
 /// </summary>
 public sealed class MinNewTokensLengthLogitsProcessor : ILogitsProcessor
 {
-    private readonly int[] _eosTokenIds;
+    private readonly int[] eosTokenIds;
 
     /// <summary>Creates the processor.</summary>
     /// <param name="promptLengthToSkip">The prompt length (left padding included), i.e. the width of the input given to <c>Generate</c>.</param>
@@ -184,7 +184,7 @@ public sealed class MinNewTokensLengthLogitsProcessor : ILogitsProcessor
     {
         ArgumentOutOfRangeException.ThrowIfNegative(promptLengthToSkip);
         ArgumentOutOfRangeException.ThrowIfNegative(minNewTokens);
-        _eosTokenIds = MinLengthLogitsProcessor.CheckedEos(eosTokenId);
+        eosTokenIds = MinLengthLogitsProcessor.CheckedEos(eosTokenId);
         PromptLengthToSkip = promptLengthToSkip;
         MinNewTokens = minNewTokens;
     }
@@ -199,9 +199,9 @@ public sealed class MinNewTokensLengthLogitsProcessor : ILogitsProcessor
     public Tensor Process(Tensor inputIds, Tensor scores)
     {
         LogitsProcessing.CheckShapes(inputIds, scores);
-        LogitsProcessing.CheckTokenIds(_eosTokenIds, scores.shape[1], "eos_token_id");
+        LogitsProcessing.CheckTokenIds(eosTokenIds, scores.shape[1], "eos_token_id");
         return inputIds.shape[1] - PromptLengthToSkip < MinNewTokens
-            ? LogitsProcessing.MaskTokens(scores, _eosTokenIds)
+            ? LogitsProcessing.MaskTokens(scores, eosTokenIds)
             : scores.clone();
     }
 }

@@ -1,3 +1,5 @@
+using System.Text.Json;
+
 namespace Rinna.Net.Generation;
 
 /// <summary>The conversation formats of rinna's instruction-tuned models (from their model cards).</summary>
@@ -57,24 +59,28 @@ public sealed class RinnaChatPromptBuilder
     public string Separator => Format == RinnaChatFormat.Bilingual ? "\n" : NewlineTag;
 
     /// <summary>
-    /// The chat format of a rinna model id (<c>rinna/japanese-gpt-neox-3.6b-instruction-ppo</c>), or a local folder or
-    /// <c>_name_or_path</c> ending in one; <c>null</c> for base models and anything that is not a rinna instruction model.
+    /// The chat format of a rinna model id (<c>rinna/japanese-gpt-neox-3.6b-instruction-ppo</c>) or a local folder: the
+    /// folder's name, else the model id its <c>config.json</c> (<c>_name_or_path</c>) or <c>tokenizer_config.json</c>
+    /// (<c>name_or_path</c>) records; <c>null</c> for base models and anything that is not a rinna instruction model.
     /// </summary>
     public static RinnaChatFormat? DetectFormat(string? modelId)
     {
         if (string.IsNullOrWhiteSpace(modelId)) return null;
-        var name = modelId.Replace('\\', '/').TrimEnd('/').Split('/')[^1].ToLowerInvariant();
-        if (!name.Contains("-instruction")) return null;
-        if (name.StartsWith("bilingual-gpt-neox", StringComparison.Ordinal)) return RinnaChatFormat.Bilingual;
-        if (name.StartsWith("japanese-gpt-neox-3.6b", StringComparison.Ordinal)) return RinnaChatFormat.JapaneseNewlineTag;
-        return null;
+        return FormatOfName(modelId) ?? (Directory.Exists(modelId)
+            ? FormatOfName(RecordedName(modelId, "config.json", "_name_or_path")) ?? FormatOfName(RecordedName(modelId, "tokenizer_config.json", "name_or_path"))
+            : null);
     }
 
-    /// <summary>A builder for <paramref name="modelId"/>'s format, or for <paramref name="formatOverride"/> when given.</summary>
-    /// <exception cref="ArgumentException">No override is given and the model id is not a known rinna instruction model.</exception>
+    /// <summary>
+    /// A builder for <paramref name="formatOverride"/> when given, else for the format <see cref="DetectFormat"/> finds;
+    /// a local directory whose files name no rinna instruction model (a fine-tune saved locally, the samples' demo model)
+    /// gets <see cref="RinnaChatFormat.Bilingual"/>, the format of rinna's newest instruction models.
+    /// </summary>
+    /// <exception cref="ArgumentException">No override is given and <paramref name="modelId"/> is neither a local directory nor a known rinna instruction model.</exception>
     public static RinnaChatPromptBuilder ForModel(string? modelId, RinnaChatFormat? formatOverride = null)
     {
         var format = formatOverride ?? DetectFormat(modelId)
+            ?? (Directory.Exists(modelId) ? RinnaChatFormat.Bilingual : (RinnaChatFormat?)null)
             ?? throw new ArgumentException(
                 $"'{modelId}' is not a known rinna instruction model, so its chat format is unknown; pass the format explicitly.",
                 nameof(modelId));
@@ -117,6 +123,33 @@ public sealed class RinnaChatPromptBuilder
     /// </summary>
     public RinnaChatOutputStream CreateOutputStream() => new(this);
 
+    private static RinnaChatFormat? FormatOfName(string? modelId)
+    {
+        if (string.IsNullOrWhiteSpace(modelId)) return null;
+        var name = modelId.Replace('\\', '/').TrimEnd('/').Split('/')[^1].ToLowerInvariant();
+        if (!name.Contains("-instruction")) return null;
+        if (name.StartsWith("bilingual-gpt-neox", StringComparison.Ordinal)) return RinnaChatFormat.Bilingual;
+        if (name.StartsWith("japanese-gpt-neox-3.6b", StringComparison.Ordinal)) return RinnaChatFormat.JapaneseNewlineTag;
+        return null;
+    }
+
+    // Detection is a hint: an unreadable or malformed file tells nothing here, and loading the model reports it properly.
+    private static string? RecordedName(string directory, string file, string property)
+    {
+        try
+        {
+            var path = Path.Combine(directory, file);
+            if (!File.Exists(path)) return null;
+            using var json = JsonDocument.Parse(File.ReadAllBytes(path));
+            return json.RootElement.ValueKind == JsonValueKind.Object && json.RootElement.TryGetProperty(property, out var value)
+                && value.ValueKind == JsonValueKind.String ? value.GetString() : null;
+        }
+        catch (Exception e) when (e is JsonException or IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
     private static string Label(RinnaSpeaker speaker) => speaker == RinnaSpeaker.User ? UserLabel : SystemLabel;
 
     // The 3.6b tokenizer normalizes "\n" to a space, so the card writes newlines as "<NL>"; "\r\n" and "\r" count as one newline.
@@ -128,28 +161,28 @@ public sealed class RinnaChatPromptBuilder
 /// <summary>Post-processes a streamed reply piece by piece; see <see cref="RinnaChatPromptBuilder.CreateOutputStream"/>. Not thread-safe.</summary>
 public sealed class RinnaChatOutputStream
 {
-    private readonly RinnaChatPromptBuilder _builder;
-    private string _held = "";
+    private readonly RinnaChatPromptBuilder builder;
+    private string held = "";
 
-    internal RinnaChatOutputStream(RinnaChatPromptBuilder builder) => _builder = builder;
+    internal RinnaChatOutputStream(RinnaChatPromptBuilder builder) => this.builder = builder;
 
     /// <summary>Adds the next piece of output and returns the text that is final.</summary>
     public string Push(string piece)
     {
         ArgumentNullException.ThrowIfNull(piece);
-        if (_builder.Format != RinnaChatFormat.JapaneseNewlineTag) return piece;
-        var text = _builder.PostProcess(_held + piece);
+        if (builder.Format != RinnaChatFormat.JapaneseNewlineTag) return piece;
+        var text = builder.PostProcess(held + piece);
         var hold = "<NL".Length;
         while (hold > 0 && !text.EndsWith("<NL"[..hold], StringComparison.Ordinal)) hold--;
-        _held = text[^hold..];
+        held = text[^hold..];
         return text[..^hold];
     }
 
     /// <summary>Ends the output: returns the text still held back.</summary>
     public string Flush()
     {
-        var held = _held;
-        _held = "";
+        var held = this.held;
+        this.held = "";
         return held;
     }
 }

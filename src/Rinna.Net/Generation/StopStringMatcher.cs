@@ -17,8 +17,8 @@ public readonly record struct StopStringScan(string SafeText, string? StopString
 /// <remarks>One matcher per sequence; not thread-safe.</remarks>
 public sealed class StopStringMatcher
 {
-    private readonly string[] _stopStrings;
-    private string _held = "";
+    private readonly string[] stopStrings;
+    private string held = "";
 
     /// <summary>Creates a matcher.</summary>
     /// <param name="stopStrings">The stop strings; none may be empty.</param>
@@ -26,16 +26,16 @@ public sealed class StopStringMatcher
     public StopStringMatcher(IEnumerable<string> stopStrings)
     {
         ArgumentNullException.ThrowIfNull(stopStrings);
-        _stopStrings = stopStrings.Distinct(StringComparer.Ordinal).ToArray();
-        if (_stopStrings.Length == 0) throw new ArgumentException("Give at least one stop string.", nameof(stopStrings));
-        if (_stopStrings.Any(string.IsNullOrEmpty)) throw new ArgumentException("Stop strings must not be empty.", nameof(stopStrings));
+        this.stopStrings = stopStrings.Distinct(StringComparer.Ordinal).ToArray();
+        if (this.stopStrings.Length == 0) throw new ArgumentException("Give at least one stop string.", nameof(stopStrings));
+        if (this.stopStrings.Any(string.IsNullOrEmpty)) throw new ArgumentException("Stop strings must not be empty.", nameof(stopStrings));
     }
 
     /// <summary>The stop string that completed, or <c>null</c> while none has.</summary>
     public string? StopString { get; private set; }
 
     /// <summary>Text received but not yet released, because it may be the start of a stop string.</summary>
-    public string HeldText => _held;
+    public string HeldText => held;
 
     /// <summary>Adds the next piece of decoded text.</summary>
     /// <returns>The text that became safe to emit, and the stop string if one completed (the first one to start, when several).</returns>
@@ -44,18 +44,18 @@ public sealed class StopStringMatcher
     {
         ArgumentNullException.ThrowIfNull(text);
         if (StopString is not null) throw new InvalidOperationException($"The stop string '{StopString}' already completed.");
-        var pending = _held + text;
+        var pending = held + text;
 
         var (start, found) = FirstOccurrence(pending);
         if (found is not null)
         {
             StopString = found;
-            _held = "";
+            held = "";
             return new StopStringScan(pending[..start], found);
         }
 
         var hold = LongestSuffixThatStartsAStopString(pending);
-        _held = pending[^hold..];
+        held = pending[^hold..];
         return new StopStringScan(pending[..^hold], null);
     }
 
@@ -63,15 +63,15 @@ public sealed class StopStringMatcher
     /// <returns>The held text (empty after a stop string completed).</returns>
     public string Flush()
     {
-        var held = _held;
-        _held = "";
+        var held = this.held;
+        this.held = "";
         return held;
     }
 
     private (int Start, string? StopString) FirstOccurrence(string text)
     {
         var best = (Start: int.MaxValue, StopString: (string?)null);
-        foreach (var stop in _stopStrings)
+        foreach (var stop in stopStrings)
         {
             var at = text.IndexOf(stop, StringComparison.Ordinal);
             if (at >= 0 && (at < best.Start || (at == best.Start && stop.Length < best.StopString!.Length))) best = (at, stop);
@@ -82,7 +82,7 @@ public sealed class StopStringMatcher
     private int LongestSuffixThatStartsAStopString(string text)
     {
         var longest = 0;
-        foreach (var stop in _stopStrings)
+        foreach (var stop in stopStrings)
             for (var length = Math.Min(stop.Length - 1, text.Length); length > longest; length--)
                 if (string.CompareOrdinal(text, text.Length - length, stop, 0, length) == 0)
                 {

@@ -15,8 +15,8 @@ namespace Rinna.Net.Generation;
 /// </remarks>
 public sealed class TokenSampler : IDisposable
 {
-    private readonly Generator? _generator;
-    private bool _disposed;
+    private readonly Generator? generator;
+    private bool disposed;
 
     /// <summary>Creates a sampler.</summary>
     /// <param name="doSample"><c>true</c> to draw from the distribution, <c>false</c> for greedy decoding.</param>
@@ -26,7 +26,7 @@ public sealed class TokenSampler : IDisposable
         DoSample = doSample;
         if (!doSample) return;
         Seed = seed ?? Random.Shared.NextInt64();
-        _generator = new Generator(unchecked((ulong)Seed.Value), CPU);
+        generator = new Generator(unchecked((ulong)Seed.Value), CPU);
     }
 
     /// <summary>A sampler for <paramref name="config"/>'s <see cref="GenerationConfig.DoSample"/> and <see cref="GenerationConfig.Seed"/>.</summary>
@@ -52,9 +52,9 @@ public sealed class TokenSampler : IDisposable
         if (scores.dim() != 2)
             throw new ArgumentException($"scores must be [batch, vocab], got [{string.Join(", ", scores.shape)}].", nameof(scores));
         if (!DoSample) return scores.argmax(-1);
-        ObjectDisposedException.ThrowIf(_disposed, this);
+        ObjectDisposedException.ThrowIf(disposed, this);
         using var probs = scores.softmax(-1).cpu();
-        var drawn = probs.multinomial(1, replacement: false, generator: _generator).squeeze(1);
+        var drawn = probs.multinomial(1, replacement: false, generator: generator).squeeze(1);
         if (scores.device_type == DeviceType.CPU) return drawn;
         using (drawn) return drawn.to(scores.device);
     }
@@ -62,7 +62,7 @@ public sealed class TokenSampler : IDisposable
     /// <summary>Releases the random generator.</summary>
     public void Dispose()
     {
-        _disposed = true;
-        _generator?.Dispose();
+        disposed = true;
+        generator?.Dispose();
     }
 }

@@ -19,10 +19,10 @@ public sealed class HubClient : IDisposable
     /// <summary>The revision used when <see cref="HubOptions.Revision"/> is not set.</summary>
     public const string DefaultRevision = "main";
 
-    private readonly HttpClient _http;
-    private readonly ILogger _logger;
-    private readonly Func<string, string?> _environment;
-    private readonly HubRetryPolicy _retryPolicy;
+    private readonly HttpClient http;
+    private readonly ILogger logger;
+    private readonly Func<string, string?> environment;
+    private readonly HubRetryPolicy retryPolicy;
 
     /// <summary>Creates a client with its own HTTP connection pool.</summary>
     /// <param name="logger">Receives what was resolved from where; <c>null</c> logs nothing.</param>
@@ -48,11 +48,11 @@ public sealed class HubClient : IDisposable
         ArgumentNullException.ThrowIfNull(handler);
         if (handler is SocketsHttpHandler { AllowAutoRedirect: true } or HttpClientHandler { AllowAutoRedirect: true })
             throw new ArgumentException("The HTTP handler must have AllowAutoRedirect = false; HubClient follows redirects itself.", nameof(handler));
-        _http = new HttpClient(handler, disposeHandler) { Timeout = Timeout.InfiniteTimeSpan };
-        _http.DefaultRequestHeaders.UserAgent.ParseAdd($"Rinna.Net/{typeof(HubClient).Assembly.GetName().Version?.ToString(3) ?? "0"}");
-        _logger = logger ?? NullLogger.Instance;
-        _environment = environment;
-        _retryPolicy = retryPolicy;
+        http = new HttpClient(handler, disposeHandler) { Timeout = Timeout.InfiniteTimeSpan };
+        http.DefaultRequestHeaders.UserAgent.ParseAdd($"Rinna.Net/{typeof(HubClient).Assembly.GetName().Version?.ToString(3) ?? "0"}");
+        this.logger = logger ?? NullLogger.Instance;
+        this.environment = environment;
+        this.retryPolicy = retryPolicy;
     }
 
     /// <summary>
@@ -83,7 +83,7 @@ public sealed class HubClient : IDisposable
         if (Directory.Exists(modelIdOrPath))
         {
             var directory = Path.GetFullPath(modelIdOrPath);
-            _logger.LogInformation("Using local directory {Directory} for {Files}", directory, files);
+            logger.LogInformation("Using local directory {Directory} for {Files}", directory, files);
             return directory;
         }
         if (!HubNames.IsValidRepoId(modelIdOrPath))
@@ -91,7 +91,7 @@ public sealed class HubClient : IDisposable
                 $"'{modelIdOrPath}' is neither an existing directory nor a valid hub model id such as 'rinna/japanese-gpt-neox-3.6b'.",
                 nameof(modelIdOrPath));
 
-        var settings = HubSettings.Resolve(options, _environment);
+        var settings = HubSettings.Resolve(options, environment);
         if (!HubNames.IsValidRevision(settings.Revision))
             throw new ArgumentException(
                 $"Revision '{settings.Revision}' is not a valid branch, tag, commit or refs/pr/N name.", nameof(options));
@@ -101,11 +101,11 @@ public sealed class HubClient : IDisposable
     }
 
     /// <summary>Releases the HTTP connections.</summary>
-    public void Dispose() => _http.Dispose();
+    public void Dispose() => http.Dispose();
 
-    internal ILogger Logger => _logger;
+    internal ILogger Logger => logger;
 
-    internal HubRetryPolicy RetryPolicy => _retryPolicy;
+    internal HubRetryPolicy RetryPolicy => retryPolicy;
 
     /// <summary>Sends one request without following redirects; the token goes only to the endpoint's own origin.</summary>
     internal async Task<HttpResponseMessage> SendAsync(
@@ -121,7 +121,7 @@ public sealed class HubClient : IDisposable
         timeout.CancelAfter(headersTimeout);
         try
         {
-            return await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, timeout.Token).ConfigureAwait(false);
+            return await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, timeout.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
         {

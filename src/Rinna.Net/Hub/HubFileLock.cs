@@ -10,9 +10,9 @@ namespace Rinna.Net.Hub;
 internal sealed class HubFileLock : IDisposable
 {
     private static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(100);
-    private readonly FileStream _handle;
+    private readonly FileStream handle;
 
-    private HubFileLock(FileStream handle) => _handle = handle;
+    private HubFileLock(FileStream handle) => this.handle = handle;
 
     public static async Task<HubFileLock> AcquireAsync(string path, string fileName, ILogger logger, CancellationToken cancellationToken)
     {
@@ -34,7 +34,7 @@ internal sealed class HubFileLock : IDisposable
         }
     }
 
-    public void Dispose() => _handle.Dispose();
+    public void Dispose() => handle.Dispose();
 
     /// <summary>EWOULDBLOCK from <c>flock</c> (Linux 11, macOS 35), or a Windows sharing or lock violation.</summary>
     private static bool IsHeldByAnother(IOException exception) =>

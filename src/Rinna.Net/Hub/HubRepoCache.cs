@@ -15,11 +15,11 @@ namespace Rinna.Net.Hub;
 /// </summary>
 internal sealed class HubRepoCache(string cacheDir, string repoId, ILogger logger)
 {
-    private readonly string _repoFolderName = HubNames.RepoFolderName(repoId);
+    private readonly string repoFolderName = HubNames.RepoFolderName(repoId);
 
     public string CacheDir { get; } = cacheDir;
 
-    public string RepoDir => Inside(CacheDir, _repoFolderName);
+    public string RepoDir => Inside(CacheDir, repoFolderName);
 
     public string SnapshotDir(string commit) => Inside(RepoDir, "snapshots", commit);
 
@@ -39,7 +39,7 @@ internal sealed class HubRepoCache(string cacheDir, string repoId, ILogger logge
 
     public string IncompletePath(string etag) => BlobPath(etag) + ".incomplete";
 
-    public string LockPath(string etag) => Inside(CacheDir, ".locks", _repoFolderName, etag + ".lock");
+    public string LockPath(string etag) => Inside(CacheDir, ".locks", repoFolderName, etag + ".lock");
 
     private string NoExistPath(string commit, string fileName) => Inside(RepoDir, ".no_exist", commit, fileName);
 

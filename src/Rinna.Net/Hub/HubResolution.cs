@@ -21,33 +21,33 @@ internal sealed class HubResolution
     private static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(200);
     private const int MaxRedirects = 10;
 
-    private readonly HubClient _client;
-    private readonly ILogger _logger;
-    private readonly string _repoId;
-    private readonly HubSettings _settings;
-    private readonly HubRepoCache _cache;
-    private readonly IProgress<DownloadProgress>? _progress;
-    private readonly CancellationToken _cancellationToken;
+    private readonly HubClient client;
+    private readonly ILogger logger;
+    private readonly string repoId;
+    private readonly HubSettings settings;
+    private readonly HubRepoCache cache;
+    private readonly IProgress<DownloadProgress>? progress;
+    private readonly CancellationToken cancellationToken;
 
     /// <summary>The commit every file is taken from, fixed by the first answer (or the cache) so that all files match.</summary>
-    private string? _commit;
+    private string? commit;
 
     /// <summary>Set once the hub proved unreachable; later files then come from the cache without waiting on the network again.</summary>
-    private HubException? _networkFailure;
+    private HubException? networkFailure;
 
-    private int _filesFromCache;
-    private int _filesDownloaded;
-    private long _bytesDownloaded;
+    private int filesFromCache;
+    private int filesDownloaded;
+    private long bytesDownloaded;
 
     public HubResolution(HubClient client, string repoId, HubSettings settings, IProgress<DownloadProgress>? progress, CancellationToken cancellationToken)
     {
-        _client = client;
-        _logger = client.Logger;
-        _repoId = repoId;
-        _settings = settings;
-        _cache = new HubRepoCache(settings.CacheDir, repoId, _logger);
-        _progress = progress;
-        _cancellationToken = cancellationToken;
+        this.client = client;
+        logger = client.Logger;
+        this.repoId = repoId;
+        this.settings = settings;
+        cache = new HubRepoCache(settings.CacheDir, repoId, logger);
+        this.progress = progress;
+        this.cancellationToken = cancellationToken;
     }
 
     public async Task<string> RunAsync(HubFileSet files)
@@ -55,10 +55,10 @@ internal sealed class HubResolution
         if (files.HasFlag(HubFileSet.Model)) await ResolveModelFilesAsync().ConfigureAwait(false);
         if (files.HasFlag(HubFileSet.Tokenizer)) await ResolveTokenizerFilesAsync().ConfigureAwait(false);
 
-        var snapshot = _cache.SnapshotDir(_commit!);
-        _logger.LogInformation(
+        var snapshot = cache.SnapshotDir(commit!);
+        logger.LogInformation(
             "Resolved {RepoId} at {Revision} (commit {Commit}) to {Snapshot}: {Cached} file(s) from the cache, {Downloaded} downloaded ({Bytes} bytes)",
-            _repoId, _settings.Revision, _commit, snapshot, _filesFromCache, _filesDownloaded, _bytesDownloaded);
+            repoId, settings.Revision, commit, snapshot, filesFromCache, filesDownloaded, bytesDownloaded);
         return snapshot;
     }
 
@@ -77,7 +77,7 @@ internal sealed class HubResolution
         if (await GetFileAsync(PytorchFile, required: false).ConfigureAwait(false) is null)
             throw Error(null, 404,
                 $"the repository has no weights: none of {SafetensorsFile}, {SafetensorsIndexFile} or {PytorchFile} exists"
-                + (_settings.Offline ? " in the cache (offline)" : "") + ".");
+                + (settings.Offline ? " in the cache (offline)" : "") + ".");
     }
 
     private async Task ResolveTokenizerFilesAsync()
@@ -87,7 +87,7 @@ internal sealed class HubResolution
             if (await GetFileAsync(file, required: false).ConfigureAwait(false) is not null) found.Add(file);
         if (!found.Intersect(TokenizerModelFiles).Any())
             throw Error(null, 404,
-                $"no tokenizer: neither {string.Join(" nor ", TokenizerModelFiles)} exists" + (_settings.Offline ? " in the cache (offline)" : "") + ".");
+                $"no tokenizer: neither {string.Join(" nor ", TokenizerModelFiles)} exists" + (settings.Offline ? " in the cache (offline)" : "") + ".");
     }
 
     private IEnumerable<string> ReadShardNames(string indexPath)
@@ -117,18 +117,18 @@ internal sealed class HubResolution
     /// <summary>Brings one file into the snapshot and returns its path, or <c>null</c> when an optional file does not exist.</summary>
     private async Task<string?> GetFileAsync(string fileName, bool required)
     {
-        _cancellationToken.ThrowIfCancellationRequested();
+        cancellationToken.ThrowIfCancellationRequested();
         if (!HubNames.IsValidFileName(fileName))
             throw Error(fileName, null,
                 "unsafe file name: only relative paths of letters, digits and '._+-' segments are accepted, without '..', backslashes or a leading '/'.");
 
-        if (_settings.Offline) return FromCache(fileName, required, cause: null);
+        if (settings.Offline) return FromCache(fileName, required, cause: null);
 
         // A commit never changes, so what the cache knows about it (the file, or that it does not exist) needs no request.
-        var revision = _commit ?? _settings.Revision;
-        if (HubNames.IsCommitHash(revision) && (_cache.HasSnapshotFile(revision, fileName) || _cache.IsKnownMissing(revision, fileName)))
+        var revision = commit ?? settings.Revision;
+        if (HubNames.IsCommitHash(revision) && (cache.HasSnapshotFile(revision, fileName) || cache.IsKnownMissing(revision, fileName)))
             return FromCache(fileName, required, cause: null);
-        if (_networkFailure is not null) return FromCache(fileName, required, _networkFailure);
+        if (networkFailure is not null) return FromCache(fileName, required, networkFailure);
 
         FileMetadata? metadata;
         try
@@ -137,8 +137,8 @@ internal sealed class HubResolution
         }
         catch (HubException ex) when (ex.IsTransient)
         {
-            _networkFailure = ex;
-            _logger.LogWarning("Hub unreachable for {RepoId} ({Reason}); trying the cache", _repoId, ex.Message);
+            networkFailure = ex;
+            logger.LogWarning("Hub unreachable for {RepoId} ({Reason}); trying the cache", repoId, ex.Message);
             return FromCache(fileName, required, ex);
         }
 
@@ -149,66 +149,66 @@ internal sealed class HubResolution
         }
         PinCommit(metadata.Commit, fileName);
 
-        var blob = _cache.BlobPath(metadata.Etag);
+        var blob = cache.BlobPath(metadata.Etag);
         if (File.Exists(blob))
         {
-            _cache.LinkSnapshot(metadata.Commit, fileName, metadata.Etag);
+            cache.LinkSnapshot(metadata.Commit, fileName, metadata.Etag);
             return CacheHit(metadata.Commit, fileName);
         }
 
-        using (await HubFileLock.AcquireAsync(_cache.LockPath(metadata.Etag), fileName, _logger, _cancellationToken).ConfigureAwait(false))
+        using (await HubFileLock.AcquireAsync(cache.LockPath(metadata.Etag), fileName, logger, cancellationToken).ConfigureAwait(false))
         {
             if (File.Exists(blob))
-                _logger.LogInformation("{File} of {RepoId} was downloaded meanwhile by another process", fileName, _repoId);
+                logger.LogInformation("{File} of {RepoId} was downloaded meanwhile by another process", fileName, repoId);
             else
                 await DownloadBlobAsync(fileName, metadata).ConfigureAwait(false);
         }
-        return _cache.LinkSnapshot(metadata.Commit, fileName, metadata.Etag);
+        return cache.LinkSnapshot(metadata.Commit, fileName, metadata.Etag);
     }
 
     private string CacheHit(string commit, string fileName)
     {
-        _commit ??= commit;
-        _filesFromCache++;
-        _logger.LogDebug("{File} of {RepoId} found in the cache (commit {Commit})", fileName, _repoId, commit);
-        return _cache.SnapshotPath(commit, fileName);
+        this.commit ??= commit;
+        filesFromCache++;
+        logger.LogDebug("{File} of {RepoId} found in the cache (commit {Commit})", fileName, repoId, commit);
+        return cache.SnapshotPath(commit, fileName);
     }
 
     /// <summary>The cache lookup of huggingface_hub's <c>try_to_load_from_cache</c>: ref → commit → snapshot file or <c>.no_exist</c> marker.</summary>
     private string? FromCache(string fileName, bool required, HubException? cause)
     {
-        var commit = _commit ?? _cache.FindCommit(_settings.Revision);
+        var commit = this.commit ?? cache.FindCommit(settings.Revision);
         if (commit is null)
             throw cause ?? Error(null, null,
-                $"nothing of this revision is in the cache '{_settings.CacheDir}', and downloading is disabled (HubOptions.LocalFilesOnly or HF_HUB_OFFLINE). "
+                $"nothing of this revision is in the cache '{settings.CacheDir}', and downloading is disabled (HubOptions.LocalFilesOnly or HF_HUB_OFFLINE). "
                 + "Download it once online.");
-        _commit = commit;
+        this.commit = commit;
 
-        if (_cache.HasSnapshotFile(commit, fileName)) return CacheHit(commit, fileName);
-        if (_cache.IsKnownMissing(commit, fileName))
+        if (cache.HasSnapshotFile(commit, fileName)) return CacheHit(commit, fileName);
+        if (cache.IsKnownMissing(commit, fileName))
         {
             if (required) throw Error(fileName, 404, $"the file does not exist in the repository at commit {commit} (cached answer of the hub).");
             return null;
         }
         if (!required)
         {
-            _logger.LogDebug("Optional {File} of {RepoId} is not in the cache; going on without it", fileName, _repoId);
+            logger.LogDebug("Optional {File} of {RepoId} is not in the cache; going on without it", fileName, repoId);
             return null;
         }
         throw cause ?? Error(fileName, null,
-            $"the file is not in the cache '{_settings.CacheDir}' (commit {commit}), and downloading is disabled (HubOptions.LocalFilesOnly or HF_HUB_OFFLINE).");
+            $"the file is not in the cache '{settings.CacheDir}' (commit {commit}), and downloading is disabled (HubOptions.LocalFilesOnly or HF_HUB_OFFLINE).");
     }
 
     private void PinCommit(string commit, string fileName)
     {
-        if (_commit is null)
+        if (this.commit is null)
         {
-            _commit = commit;
-            _cache.WriteRef(_settings.Revision, commit);
+            this.commit = commit;
+            cache.WriteRef(settings.Revision, commit);
         }
-        else if (_commit != commit)
+        else if (this.commit != commit)
         {
-            throw Error(fileName, null, $"the hub answered with commit {commit} after {_commit}; the revision moved during the download. Try again.");
+            throw Error(fileName, null, $"the hub answered with commit {commit} after {this.commit}; the revision moved during the download. Try again.");
         }
     }
 
@@ -220,10 +220,10 @@ internal sealed class HubResolution
     /// </summary>
     private async Task<FileMetadata?> FetchMetadataAsync(string revision, string fileName)
     {
-        var uri = HubNames.ResolveUrl(_settings.Endpoint, _repoId, revision, fileName);
+        var uri = HubNames.ResolveUrl(settings.Endpoint, repoId, revision, fileName);
         for (var hop = 0; hop <= MaxRedirects; hop++)
         {
-            using var response = await _client.SendAsync(HttpMethod.Head, uri, _settings, 0, _settings.MetadataTimeout, _cancellationToken).ConfigureAwait(false);
+            using var response = await client.SendAsync(HttpMethod.Head, uri, settings, 0, settings.MetadataTimeout, cancellationToken).ConfigureAwait(false);
             var location = response.Headers.Location;
             if (IsRedirect(response.StatusCode) && location is not null && !location.IsAbsoluteUri)
             {
@@ -239,9 +239,9 @@ internal sealed class HubResolution
                 if (commit is not null && HubNames.IsCommitHash(commit))
                 {
                     PinCommit(commit, fileName);
-                    _cache.MarkMissing(commit, fileName);
+                    cache.MarkMissing(commit, fileName);
                 }
-                _logger.LogDebug("{File} does not exist in {RepoId} at {Revision}", fileName, _repoId, revision);
+                logger.LogDebug("{File} does not exist in {RepoId} at {Revision}", fileName, repoId, revision);
                 return null;
             }
             throw ErrorFromResponse(response, fileName);
@@ -257,7 +257,7 @@ internal sealed class HubResolution
         long? size = sizeText is not null && long.TryParse(sizeText, out var linked) ? linked : response.Content.Headers.ContentLength;
         if (commit is null || etag is null || size is null)
             throw Error(fileName, (int)response.StatusCode,
-                $"the hub's answer lacks {(commit is null ? "X-Repo-Commit" : etag is null ? "ETag" : "the file size")}; is the endpoint '{_settings.Endpoint}' a Hugging Face hub?");
+                $"the hub's answer lacks {(commit is null ? "X-Repo-Commit" : etag is null ? "ETag" : "the file size")}; is the endpoint '{settings.Endpoint}' a Hugging Face hub?");
         if (!HubNames.IsCommitHash(commit))
             throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed commit '{Shorten(commit)}'.");
         if (!HubNames.IsValidEtag(etag))
@@ -271,10 +271,10 @@ internal sealed class HubResolution
     /// </summary>
     private async Task DownloadBlobAsync(string fileName, FileMetadata metadata)
     {
-        var incomplete = _cache.IncompletePath(metadata.Etag);
+        var incomplete = cache.IncompletePath(metadata.Etag);
         Directory.CreateDirectory(Path.GetDirectoryName(incomplete)!);
         var started = Stopwatch.StartNew();
-        _logger.LogInformation("Downloading {File} of {RepoId} ({Size} bytes) from {Host}", fileName, _repoId, metadata.Size, metadata.Location.Host);
+        logger.LogInformation("Downloading {File} of {RepoId} ({Size} bytes) from {Host}", fileName, repoId, metadata.Size, metadata.Location.Host);
 
         using var sha256 = new RunningSha256();
         await WithRetriesAsync(fileName, () => DownloadAttemptAsync(fileName, metadata, incomplete, sha256)).ConfigureAwait(false);
@@ -288,10 +288,10 @@ internal sealed class HubResolution
             throw Error(fileName, null,
                 $"the downloaded file is corrupt: its {checksum} is {actual}, the hub announced {metadata.Etag}. The partial file was deleted; try again.");
         }
-        File.Move(incomplete, _cache.BlobPath(metadata.Etag), overwrite: true);
-        _filesDownloaded++;
-        _bytesDownloaded += metadata.Size;
-        _logger.LogInformation("Downloaded {File} of {RepoId}: {Size} bytes in {Seconds:0.0} s", fileName, _repoId, metadata.Size, started.Elapsed.TotalSeconds);
+        File.Move(incomplete, cache.BlobPath(metadata.Etag), overwrite: true);
+        filesDownloaded++;
+        bytesDownloaded += metadata.Size;
+        logger.LogInformation("Downloaded {File} of {RepoId}: {Size} bytes in {Seconds:0.0} s", fileName, repoId, metadata.Size, started.Elapsed.TotalSeconds);
     }
 
     /// <summary>
@@ -321,14 +321,14 @@ internal sealed class HubResolution
     {
         await using var file = new FileStream(incomplete, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read, 1, FileOptions.Asynchronous);
         if (file.Length > metadata.Size) Truncate(file, sha256);
-        await sha256.CatchUpAsync(file, _cancellationToken).ConfigureAwait(false);
+        await sha256.CatchUpAsync(file, cancellationToken).ConfigureAwait(false);
 
         if (file.Length < metadata.Size)
         {
             using var response = await GetFollowingRedirectsAsync(fileName, metadata.Location, file.Length).ConfigureAwait(false);
             if (response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable || (response.StatusCode == HttpStatusCode.OK && file.Length > 0))
             {
-                _logger.LogInformation("The server did not resume {File} at byte {Offset} (HTTP {Status}); starting over", fileName, file.Length, (int)response.StatusCode);
+                logger.LogInformation("The server did not resume {File} at byte {Offset} (HTTP {Status}); starting over", fileName, file.Length, (int)response.StatusCode);
                 Truncate(file, sha256);
                 if (response.StatusCode != HttpStatusCode.OK) throw new HubTransientFailure(null, "the server refused to resume the download");
             }
@@ -342,7 +342,7 @@ internal sealed class HubResolution
                 throw ErrorFromResponse(response, fileName);
             }
 
-            var body = await response.Content.ReadAsStreamAsync(_cancellationToken).ConfigureAwait(false);
+            var body = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
             await CopyBodyAsync(body, file, sha256, fileName, metadata.Size).ConfigureAwait(false);
             await file.FlushAsync(CancellationToken.None).ConfigureAwait(false);
         }
@@ -366,7 +366,7 @@ internal sealed class HubResolution
     private async Task CopyBodyAsync(Stream body, FileStream file, RunningSha256 sha256, string fileName, long totalBytes)
     {
         var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
-        using var idle = CancellationTokenSource.CreateLinkedTokenSource(_cancellationToken);
+        using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var clock = Stopwatch.StartNew();
         var lastReport = TimeSpan.Zero;
         long received = 0;
@@ -376,15 +376,15 @@ internal sealed class HubResolution
         {
             while (true)
             {
-                idle.CancelAfter(_settings.ReadTimeout);
+                idle.CancelAfter(settings.ReadTimeout);
                 int read;
                 try
                 {
                     read = await body.ReadAsync(buffer, idle.Token).ConfigureAwait(false);
                 }
-                catch (OperationCanceledException ex) when (!_cancellationToken.IsCancellationRequested)
+                catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
                 {
-                    throw new HubTransientFailure(null, $"no data for {_settings.ReadTimeout.TotalSeconds:0.#} s", ex);
+                    throw new HubTransientFailure(null, $"no data for {settings.ReadTimeout.TotalSeconds:0.#} s", ex);
                 }
                 catch (Exception ex) when (ex is IOException or HttpRequestException)
                 {
@@ -416,29 +416,29 @@ internal sealed class HubResolution
     /// </summary>
     private sealed class RunningSha256 : IDisposable
     {
-        private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        private long _hashedBytes;
+        private readonly IncrementalHash hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        private long hashedBytes;
 
         public void Append(ReadOnlySpan<byte> data)
         {
-            _hash.AppendData(data);
-            _hashedBytes += data.Length;
+            hash.AppendData(data);
+            hashedBytes += data.Length;
         }
 
         public void Reset()
         {
-            _hash.GetHashAndReset();
-            _hashedBytes = 0;
+            hash.GetHashAndReset();
+            hashedBytes = 0;
         }
 
         /// <summary>Hashes the part of the file not hashed yet; starts over if the file shrank underneath.</summary>
         public async Task CatchUpAsync(FileStream file, CancellationToken cancellationToken)
         {
-            if (file.Length < _hashedBytes) Reset();
+            if (file.Length < hashedBytes) Reset();
             var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
             try
             {
-                file.Position = _hashedBytes;
+                file.Position = hashedBytes;
                 int read;
                 while ((read = await file.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
                     Append(buffer.AsSpan(0, read));
@@ -449,20 +449,20 @@ internal sealed class HubResolution
             }
         }
 
-        public string Finish() => Convert.ToHexStringLower(_hash.GetHashAndReset());
+        public string Finish() => Convert.ToHexStringLower(hash.GetHashAndReset());
 
-        public void Dispose() => _hash.Dispose();
+        public void Dispose() => hash.Dispose();
     }
 
     private void Report(string fileName, long onDisk, long totalBytes, long received, TimeSpan elapsed) =>
-        _progress?.Report(new DownloadProgress(fileName, onDisk, totalBytes, elapsed > TimeSpan.Zero ? received / elapsed.TotalSeconds : 0));
+        progress?.Report(new DownloadProgress(fileName, onDisk, totalBytes, elapsed > TimeSpan.Zero ? received / elapsed.TotalSeconds : 0));
 
     /// <summary>GET that follows redirects itself, so the token (sent only to the endpoint's origin) never leaks to the CDN.</summary>
     private async Task<HttpResponseMessage> GetFollowingRedirectsAsync(string fileName, Uri uri, long rangeStart)
     {
         for (var hop = 0; hop <= MaxRedirects; hop++)
         {
-            var response = await _client.SendAsync(HttpMethod.Get, uri, _settings, rangeStart, _settings.ReadTimeout, _cancellationToken).ConfigureAwait(false);
+            var response = await client.SendAsync(HttpMethod.Get, uri, settings, rangeStart, settings.ReadTimeout, cancellationToken).ConfigureAwait(false);
             if (!IsRedirect(response.StatusCode) || response.Headers.Location is not { } location) return response;
             response.Dispose();
             uri = new Uri(uri, location);
@@ -472,7 +472,7 @@ internal sealed class HubResolution
 
     private async Task<T> WithRetriesAsync<T>(string fileName, Func<Task<T>> attempt)
     {
-        var policy = _client.RetryPolicy;
+        var policy = client.RetryPolicy;
         for (var number = 1; ; number++)
         {
             try
@@ -482,9 +482,9 @@ internal sealed class HubResolution
             catch (HubTransientFailure failure) when (number < policy.MaxAttempts)
             {
                 var delay = policy.DelayBefore(number, failure.RetryAfter);
-                _logger.LogWarning("{File} of {RepoId}: {Reason}; retry {Retry} of {Retries} in {Delay:0.##} s",
-                    fileName, _repoId, failure.Message, number, policy.MaxAttempts - 1, delay.TotalSeconds);
-                await Task.Delay(delay, _cancellationToken).ConfigureAwait(false);
+                logger.LogWarning("{File} of {RepoId}: {Reason}; retry {Retry} of {Retries} in {Delay:0.##} s",
+                    fileName, repoId, failure.Message, number, policy.MaxAttempts - 1, delay.TotalSeconds);
+                await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
             }
             catch (HubTransientFailure failure)
             {
@@ -494,7 +494,7 @@ internal sealed class HubResolution
                     { } status => $"the hub answered HTTP {status} after {number} attempts; try again later.",
                     null => $"{failure.Message} (after {number} attempts).",
                 };
-                throw new HubException(_repoId, _settings.Revision, fileName, failure.StatusCode, Scrub(message), failure.InnerException) { IsTransient = true };
+                throw new HubException(repoId, settings.Revision, fileName, failure.StatusCode, Scrub(message), failure.InnerException) { IsTransient = true };
             }
         }
     }
@@ -512,7 +512,7 @@ internal sealed class HubResolution
 
         var code = Header(response, "X-Error-Code");
         var serverMessage = Header(response, "X-Error-Message") is { } text ? $" The hub says: {Scrub(text)}" : "";
-        var tokenHint = _settings.Token is null
+        var tokenHint = settings.Token is null
             ? "pass a token with access (HubOptions.Token or HF_TOKEN)"
             : "check that the token (HubOptions.Token or HF_TOKEN) is valid and has access";
         var message = (status, code) switch
@@ -530,11 +530,11 @@ internal sealed class HubResolution
     }
 
     private HubException Error(string? fileName, int? statusCode, string message, Exception? innerException = null) =>
-        new(_repoId, _settings.Revision, fileName, statusCode, Scrub(message), innerException);
+        new(repoId, settings.Revision, fileName, statusCode, Scrub(message), innerException);
 
     /// <summary>Removes the token from any text that may reach an exception message or a log.</summary>
     private string Scrub(string text) =>
-        _settings.Token is { Length: > 0 } token ? text.Replace(token, "***", StringComparison.Ordinal) : text;
+        settings.Token is { Length: > 0 } token ? text.Replace(token, "***", StringComparison.Ordinal) : text;
 
     private static bool IsRedirect(HttpStatusCode status) => (int)status is >= 300 and < 400;
 

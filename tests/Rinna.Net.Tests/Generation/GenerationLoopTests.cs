@@ -31,7 +31,7 @@ public class GenerationLoopTests
     private sealed class ReplayModel(Reference reference, int? eosTokenId = null)
     {
         public int Calls { get; private set; }
-        private readonly bool[] _finished = new bool[reference.NewTokens.Length];
+        private readonly bool[] finished = new bool[reference.NewTokens.Length];
 
         public Tensor NextTokenLogits(Tensor fed)
         {
@@ -44,9 +44,9 @@ public class GenerationLoopTests
                 var fedTokens = fed.squeeze(1).data<long>().ToArray();
                 for (var row = 0; row < fedTokens.Length; row++)
                 {
-                    var expected = _finished[row] ? 0 : reference.NewTokens[row][step - 1];
+                    var expected = finished[row] ? 0 : reference.NewTokens[row][step - 1];
                     Assert.Equal(expected, fedTokens[row]);
-                    if (reference.NewTokens[row][step - 1] == eosTokenId) _finished[row] = true;
+                    if (reference.NewTokens[row][step - 1] == eosTokenId) finished[row] = true;
                 }
             }
             return reference.StepLogits[step].clone();

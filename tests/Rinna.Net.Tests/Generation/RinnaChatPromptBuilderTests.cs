@@ -83,6 +83,35 @@ public class RinnaChatPromptBuilderTests
     }
 
     [Fact]
+    public void ALocalDirectoryWithoutARinnaNameGetsTheBilingualFormat()
+    {
+        Assert.Null(RinnaChatPromptBuilder.DetectFormat(Fixtures.DemoModel));
+        Assert.Equal(RinnaChatFormat.Bilingual, RinnaChatPromptBuilder.ForModel(Fixtures.DemoModel).Format);
+        Assert.Equal(RinnaChatFormat.JapaneseNewlineTag,
+            RinnaChatPromptBuilder.ForModel(Fixtures.DemoModel, RinnaChatFormat.JapaneseNewlineTag).Format);
+    }
+
+    [Theory]
+    [InlineData("config.json", """{"_name_or_path": "rinna/japanese-gpt-neox-3.6b-instruction-ppo"}""", RinnaChatFormat.JapaneseNewlineTag)]
+    [InlineData("tokenizer_config.json", """{"name_or_path": "rinna/bilingual-gpt-neox-4b-instruction-sft"}""", RinnaChatFormat.Bilingual)]
+    [InlineData("config.json", """{"_name_or_path": "rinna/japanese-gpt-neox-3.6b"}""", RinnaChatFormat.Bilingual)]
+    [InlineData("config.json", "{ not json", RinnaChatFormat.Bilingual)]
+    [InlineData("config.json", "[1, 2]", RinnaChatFormat.Bilingual)]
+    public void ALocalDirectoryIsRecognisedByTheModelIdItsFilesRecord(string file, string json, RinnaChatFormat expected)
+    {
+        var directory = Directory.CreateTempSubdirectory("rinna-format-");
+        try
+        {
+            File.WriteAllText(Path.Combine(directory.FullName, file), json);
+            Assert.Equal(expected, RinnaChatPromptBuilder.ForModel(directory.FullName).Format);
+        }
+        finally
+        {
+            directory.Delete(recursive: true);
+        }
+    }
+
+    [Fact]
     public void AConversationMustBeNonEmptyAndEndWithTheUser()
     {
         var builder = new RinnaChatPromptBuilder(RinnaChatFormat.Bilingual);

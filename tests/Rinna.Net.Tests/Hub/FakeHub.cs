@@ -21,12 +21,12 @@ namespace Rinna.Net.Tests.Hub;
 /// </summary>
 internal sealed class FakeHub : IAsyncDisposable
 {
-    private readonly WebApplication _app;
-    private readonly ConcurrentDictionary<string, FakeRepo> _repos = new();
-    private readonly ConcurrentDictionary<string, int> _cdnGets = new();
-    private readonly ConcurrentDictionary<string, bool> _droppedOnce = new();
+    private readonly WebApplication app;
+    private readonly ConcurrentDictionary<string, FakeRepo> repos = new();
+    private readonly ConcurrentDictionary<string, int> cdnGets = new();
+    private readonly ConcurrentDictionary<string, bool> droppedOnce = new();
 
-    private FakeHub(WebApplication app) => _app = app;
+    private FakeHub(WebApplication app) => this.app = app;
 
     public static async Task<FakeHub> StartAsync()
     {
@@ -81,13 +81,13 @@ internal sealed class FakeHub : IAsyncDisposable
             foreach (var path in Directory.GetFiles(directory).Where(p => !System.IO.Path.GetFileName(p).StartsWith("expected", StringComparison.Ordinal)
                          && System.IO.Path.GetExtension(p) is not (".jsonl" or ".md")))
                 repo.Files[System.IO.Path.GetFileName(path)] = FakeFile.Create(System.IO.Path.GetFileName(path), File.ReadAllBytes(path));
-        _repos[repoId] = repo;
+        repos[repoId] = repo;
         return repo;
     }
 
-    public int CdnGets(string fileName) => _cdnGets.GetValueOrDefault(fileName);
+    public int CdnGets(string fileName) => cdnGets.GetValueOrDefault(fileName);
 
-    public async ValueTask DisposeAsync() => await _app.DisposeAsync();
+    public async ValueTask DisposeAsync() => await app.DisposeAsync();
 
     private async Task HandleAsync(HttpContext context)
     {
@@ -108,7 +108,7 @@ internal sealed class FakeHub : IAsyncDisposable
     private Task ServeResolveAsync(HttpContext context, string repoId, string revision, string fileName)
     {
         var response = context.Response;
-        if (!_repos.TryGetValue(repoId, out var repo))
+        if (!repos.TryGetValue(repoId, out var repo))
             return Fail(response, 401, "RepoNotFound", "Repository not found");
         if (repo.RequiredToken is { } token && context.Request.Headers.Authorization != $"Bearer {token}")
             return Fail(response, 401, "GatedRepo", $"Access to model {repoId} is restricted. You must be authenticated to access it.");
@@ -135,13 +135,13 @@ internal sealed class FakeHub : IAsyncDisposable
 
     private async Task ServeCdnAsync(HttpContext context, string sha256)
     {
-        var file = _repos.Values.SelectMany(r => r.Files.Values).FirstOrDefault(f => f.Sha256 == sha256);
+        var file = repos.Values.SelectMany(r => r.Files.Values).FirstOrDefault(f => f.Sha256 == sha256);
         if (file is null)
         {
             context.Response.StatusCode = 404;
             return;
         }
-        _cdnGets.AddOrUpdate(file.Name, 1, (_, n) => n + 1);
+        cdnGets.AddOrUpdate(file.Name, 1, (_, n) => n + 1);
 
         var content = file.Content;
         if (file.Name == CorruptFile)
@@ -158,7 +158,7 @@ internal sealed class FakeHub : IAsyncDisposable
         }
         context.Response.ContentLength = content.Length - start;
 
-        if (file.Name == DropFile && start == 0 && _droppedOnce.TryAdd(file.Name, true))
+        if (file.Name == DropFile && start == 0 && droppedOnce.TryAdd(file.Name, true))
         {
             await context.Response.Body.WriteAsync(content.AsMemory(0, (int)DropAfterBytes));
             await context.Response.Body.FlushAsync();

@@ -6,16 +6,16 @@ namespace Rinna.Net.Tests.Hub;
 public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
 {
     private const string RepoId = "rinna/tiny-neox";
-    private readonly HubSandbox _sandbox = new();
-    private FakeHub _hub = null!;
+    private readonly HubSandbox sandbox = new();
+    private FakeHub hub = null!;
 
-    public async ValueTask InitializeAsync() => _hub = await FakeHub.StartAsync();
+    public async ValueTask InitializeAsync() => hub = await FakeHub.StartAsync();
 
-    public async ValueTask DisposeAsync() => await _hub.DisposeAsync();
+    public async ValueTask DisposeAsync() => await hub.DisposeAsync();
 
-    public void Dispose() => _sandbox.Dispose();
+    public void Dispose() => sandbox.Dispose();
 
-    private HubOptions Online(string? token = null, string? revision = null) => new() { Endpoint = _hub.Endpoint, Token = token, Revision = revision };
+    private HubOptions Online(string? token = null, string? revision = null) => new() { Endpoint = hub.Endpoint, Token = token, Revision = revision };
 
     private static async Task WaitUntilAsync(Func<bool> condition)
     {
@@ -27,19 +27,19 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         }
     }
 
-    private FakeRepo AddTinyRinna() => _hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna"), Fixtures.Tokenizer("bilingual-lookalike"));
+    private FakeRepo AddTinyRinna() => hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna"), Fixtures.Tokenizer("bilingual-lookalike"));
 
     [Fact]
     public async Task FreshDownloadLaysOutTheCacheLikeHuggingfaceHub()
     {
         var repo = AddTinyRinna();
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
         var progress = new RecordingProgress();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, Online(), progress);
 
-        Assert.Equal(_sandbox.SnapshotDir(RepoId), directory);
-        Assert.Equal(FakeRepo.MainCommit, File.ReadAllText(Path.Combine(_sandbox.RepoDir(RepoId), "refs", "main")));
+        Assert.Equal(sandbox.SnapshotDir(RepoId), directory);
+        Assert.Equal(FakeRepo.MainCommit, File.ReadAllText(Path.Combine(sandbox.RepoDir(RepoId), "refs", "main")));
         string[] expected = ["config.json", "generation_config.json", "model.safetensors", "tokenizer_config.json", "special_tokens_map.json", "spiece.model"];
         Assert.Equal(expected.Order(), Directory.GetFileSystemEntries(directory).Select(Path.GetFileName).Order());
         foreach (var name in expected)
@@ -48,63 +48,63 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
             Assert.Equal($"../../blobs/{repo.Files[name].Etag}", pointer.LinkTarget);
             Assert.Equal(repo.Files[name].Content, File.ReadAllBytes(pointer.FullName));
         }
-        Assert.Equal(expected.Select(n => repo.Files[n].Etag).Order(), Directory.GetFiles(Path.Combine(_sandbox.RepoDir(RepoId), "blobs")).Select(Path.GetFileName).Order());
-        Assert.True(File.Exists(Path.Combine(_sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit, "tokenizer.json")));
-        Assert.True(File.Exists(Path.Combine(_sandbox.CacheDir, ".locks", "models--rinna--tiny-neox", repo.Files["model.safetensors"].Etag + ".lock")));
+        Assert.Equal(expected.Select(n => repo.Files[n].Etag).Order(), Directory.GetFiles(Path.Combine(sandbox.RepoDir(RepoId), "blobs")).Select(Path.GetFileName).Order());
+        Assert.True(File.Exists(Path.Combine(sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit, "tokenizer.json")));
+        Assert.True(File.Exists(Path.Combine(sandbox.CacheDir, ".locks", "models--rinna--tiny-neox", repo.Files["model.safetensors"].Etag + ".lock")));
 
         var last = progress.Reports.Last(r => r.File == "model.safetensors");
         Assert.Equal(repo.Files["model.safetensors"].Content.Length, last.BytesDownloaded);
         Assert.Equal(last.BytesDownloaded, last.TotalBytes);
-        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("Downloaded model.safetensors"));
+        Assert.Contains(sandbox.Logger.Lines, line => line.Contains("Downloaded model.safetensors"));
     }
 
     [Fact]
     public async Task SecondResolutionDownloadsNothingAndOfflineModesReuseTheCache()
     {
         AddTinyRinna();
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
         var first = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, Online());
-        var requestsAfterDownload = _hub.Requests.Count;
+        var requestsAfterDownload = hub.Requests.Count;
 
         var again = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, Online());
-        var newRequests = _hub.Requests.Skip(requestsAfterDownload).ToList();
+        var newRequests = hub.Requests.Skip(requestsAfterDownload).ToList();
         Assert.Equal(first, again);
         Assert.All(newRequests, r => Assert.Equal("HEAD", r.Method));
         Assert.Single(newRequests); // the revision is pinned to the commit once; the rest is a commit-hash cache hit
-        requestsAfterDownload = _hub.Requests.Count;
+        requestsAfterDownload = hub.Requests.Count;
 
-        var localOnly = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, new HubOptions { Endpoint = _hub.Endpoint, LocalFilesOnly = true });
-        _sandbox.Environment["HF_HUB_OFFLINE"] = "1";
+        var localOnly = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, new HubOptions { Endpoint = hub.Endpoint, LocalFilesOnly = true });
+        sandbox.Environment["HF_HUB_OFFLINE"] = "1";
         var offline = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer, Online());
         Assert.Equal(first, localOnly);
         Assert.Equal(first, offline);
-        Assert.Equal(requestsAfterDownload, _hub.Requests.Count);
+        Assert.Equal(requestsAfterDownload, hub.Requests.Count);
     }
 
     [Fact]
     public async Task ShardedCheckpointBringsEveryShardTheIndexNames()
     {
-        var repo = _hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-pythia"));
-        using var client = _sandbox.CreateClient();
+        var repo = hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-pythia"));
+        using var client = sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
 
         foreach (var name in new[] { "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors" })
             Assert.Equal(repo.Files[name].Content, File.ReadAllBytes(Path.Combine(directory, name)));
-        Assert.True(File.Exists(Path.Combine(_sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit, "model.safetensors")));
+        Assert.True(File.Exists(Path.Combine(sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit, "model.safetensors")));
         Assert.False(File.Exists(Path.Combine(directory, "pytorch_model.bin")));
     }
 
     [Fact]
     public async Task PytorchBinIsTheFallbackWhenTheRevisionHasNoSafetensors()
     {
-        var repo = _hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna-bin"));
-        using var client = _sandbox.CreateClient();
+        var repo = hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna-bin"));
+        using var client = sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
 
         Assert.Equal(repo.Files["pytorch_model.bin"].Content, File.ReadAllBytes(Path.Combine(directory, "pytorch_model.bin")));
-        var noExist = Path.Combine(_sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit);
+        var noExist = Path.Combine(sandbox.RepoDir(RepoId), ".no_exist", FakeRepo.MainCommit);
         Assert.True(File.Exists(Path.Combine(noExist, "model.safetensors")));
         Assert.True(File.Exists(Path.Combine(noExist, "model.safetensors.index.json")));
 
@@ -120,13 +120,13 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         var repo = AddTinyRinna();
         repo.Revisions["refs/pr/1"] = prCommit;
         repo.Revisions[prCommit] = prCommit;
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online(revision: "refs/pr/1"));
 
-        Assert.Equal(_sandbox.SnapshotDir(RepoId, prCommit), directory);
-        Assert.Equal(prCommit, File.ReadAllText(Path.Combine(_sandbox.RepoDir(RepoId), "refs", "refs", "pr", "1")));
-        Assert.Contains(_hub.Requests, r => r.Target == $"/{RepoId}/resolve/refs%2Fpr%2F1/config.json");
+        Assert.Equal(sandbox.SnapshotDir(RepoId, prCommit), directory);
+        Assert.Equal(prCommit, File.ReadAllText(Path.Combine(sandbox.RepoDir(RepoId), "refs", "refs", "pr", "1")));
+        Assert.Contains(hub.Requests, r => r.Target == $"/{RepoId}/resolve/refs%2Fpr%2F1/config.json");
         Assert.Equal(directory, await client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { Revision = "refs/pr/1", LocalFilesOnly = true }));
     }
 
@@ -134,16 +134,16 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     public async Task DroppedConnectionResumesWithRangeAndTheResultIsVerified()
     {
         var repo = AddTinyRinna();
-        _hub.DropFile = "model.safetensors";
-        _hub.DropAfterBytes = 300_000;
-        var incomplete = _sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag) + ".incomplete";
-        _hub.BeforeDrop = _ => WaitUntilAsync(() => File.Exists(incomplete) && new FileInfo(incomplete).Length == 300_000);
-        using var client = _sandbox.CreateClient();
+        hub.DropFile = "model.safetensors";
+        hub.DropAfterBytes = 300_000;
+        var incomplete = sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag) + ".incomplete";
+        hub.BeforeDrop = _ => WaitUntilAsync(() => File.Exists(incomplete) && new FileInfo(incomplete).Length == 300_000);
+        using var client = sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
 
         Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
-        var cdnGets = _hub.Requests.Where(r => r is { Host: "localhost", Method: "GET" }).ToList();
+        var cdnGets = hub.Requests.Where(r => r is { Host: "localhost", Method: "GET" }).ToList();
         Assert.Equal(2, cdnGets.Count);
         Assert.Null(cdnGets[0].Range);
         Assert.Equal("bytes=300000-", cdnGets[1].Range);
@@ -154,32 +154,32 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     public async Task StalledTransfersTimeOutAndResume()
     {
         var repo = AddTinyRinna();
-        _sandbox.Environment["HF_HUB_ETAG_TIMEOUT"] = "0.3";
-        _sandbox.Environment["HF_HUB_DOWNLOAD_TIMEOUT"] = "0.3";
+        sandbox.Environment["HF_HUB_ETAG_TIMEOUT"] = "0.3";
+        sandbox.Environment["HF_HUB_DOWNLOAD_TIMEOUT"] = "0.3";
         var firstHead = 0;
-        _hub.Intercept = async context =>
+        hub.Intercept = async context =>
         {
             if (context.Request.Method != "HEAD" || Interlocked.Exchange(ref firstHead, 1) == 1) return false;
             await Task.Delay(Timeout.Infinite, context.RequestAborted).ContinueWith(_ => { });
             return true;
         };
-        _hub.DropFile = "model.safetensors";
-        _hub.DropAfterBytes = 200_000;
-        _hub.BeforeDrop = context => Task.Delay(Timeout.Infinite, context.RequestAborted).ContinueWith(_ => { });
-        using var client = _sandbox.CreateClient();
+        hub.DropFile = "model.safetensors";
+        hub.DropAfterBytes = 200_000;
+        hub.BeforeDrop = context => Task.Delay(Timeout.Infinite, context.RequestAborted).ContinueWith(_ => { });
+        using var client = sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
 
         Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
-        Assert.Contains(_hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=200000-");
-        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("did not answer within 0.3 s"));
-        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("no data for 0.3 s"));
+        Assert.Contains(hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=200000-");
+        Assert.Contains(sandbox.Logger.Lines, line => line.Contains("did not answer within 0.3 s"));
+        Assert.Contains(sandbox.Logger.Lines, line => line.Contains("no data for 0.3 s"));
     }
 
     [Fact]
     public async Task UnreachableHubWithoutACacheNamesTheHost()
     {
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() =>
             client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { Endpoint = "http://127.0.0.1:9" }));
@@ -194,34 +194,34 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     {
         var repo = AddTinyRinna();
         var weights = repo.Files["model.safetensors"];
-        var incomplete = _sandbox.BlobPath(RepoId, weights.Etag) + ".incomplete";
+        var incomplete = sandbox.BlobPath(RepoId, weights.Etag) + ".incomplete";
         Directory.CreateDirectory(Path.GetDirectoryName(incomplete)!);
         File.WriteAllBytes(incomplete, new byte[1000]); // a stale prefix that must not survive
-        _hub.IgnoreRange = true;
-        using var client = _sandbox.CreateClient();
+        hub.IgnoreRange = true;
+        using var client = sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
 
         Assert.Equal(weights.Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
-        Assert.Contains(_hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=1000-");
+        Assert.Contains(hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=1000-");
     }
 
     [Fact]
     public async Task CorruptBodyIsRejectedAndNothingEntersTheSnapshot()
     {
         var repo = AddTinyRinna();
-        _hub.CorruptFile = "model.safetensors";
-        using var client = _sandbox.CreateClient();
+        hub.CorruptFile = "model.safetensors";
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
 
         Assert.Equal("model.safetensors", error.FileName);
         Assert.Contains("sha256", error.Message);
         Assert.Contains(RepoId, error.Message);
-        var blob = _sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag);
+        var blob = sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag);
         Assert.False(File.Exists(blob));
         Assert.False(File.Exists(blob + ".incomplete"));
-        Assert.False(File.Exists(Path.Combine(_sandbox.SnapshotDir(RepoId), "model.safetensors")));
+        Assert.False(File.Exists(Path.Combine(sandbox.SnapshotDir(RepoId), "model.safetensors")));
     }
 
     [Fact]
@@ -229,14 +229,14 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     {
         const string token = "hf_ThisIsASecretToken1234567890";
         AddTinyRinna().RequiredToken = token;
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         await client.ResolveAsync(RepoId, HubFileSet.Model, Online(token: token));
 
-        Assert.Contains(_hub.Requests, r => r.Host == "localhost");
-        Assert.All(_hub.Requests.Where(r => r.Host == "127.0.0.1"), r => Assert.Equal($"Bearer {token}", r.Authorization));
-        Assert.All(_hub.Requests.Where(r => r.Host == "localhost"), r => Assert.Null(r.Authorization));
-        Assert.DoesNotContain(_sandbox.Logger.Lines, line => line.Contains(token));
+        Assert.Contains(hub.Requests, r => r.Host == "localhost");
+        Assert.All(hub.Requests.Where(r => r.Host == "127.0.0.1"), r => Assert.Equal($"Bearer {token}", r.Authorization));
+        Assert.All(hub.Requests.Where(r => r.Host == "localhost"), r => Assert.Null(r.Authorization));
+        Assert.DoesNotContain(sandbox.Logger.Lines, line => line.Contains(token));
     }
 
     [Fact]
@@ -244,19 +244,19 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     {
         const string token = "hf_FromTheEnvironment0987654321";
         AddTinyRinna().RequiredToken = token;
-        _sandbox.Environment["HF_TOKEN"] = token;
-        _sandbox.Environment["HF_ENDPOINT"] = _hub.Endpoint;
-        using var client = _sandbox.CreateClient();
+        sandbox.Environment["HF_TOKEN"] = token;
+        sandbox.Environment["HF_ENDPOINT"] = hub.Endpoint;
+        using var client = sandbox.CreateClient();
 
-        Assert.Equal(_sandbox.SnapshotDir(RepoId), await client.ResolveAsync(RepoId, HubFileSet.Model));
-        Assert.All(_hub.Requests.Where(r => r.Host == "localhost"), r => Assert.Null(r.Authorization));
+        Assert.Equal(sandbox.SnapshotDir(RepoId), await client.ResolveAsync(RepoId, HubFileSet.Model));
+        Assert.All(hub.Requests.Where(r => r.Host == "localhost"), r => Assert.Null(r.Authorization));
     }
 
     [Fact]
     public async Task GatedRepositoryWithoutTokenAsksForOne()
     {
         AddTinyRinna().RequiredToken = "hf_right";
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
 
@@ -273,7 +273,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         const string wrongToken = "hf_WrongSecretValue5555555555";
         AddTinyRinna().RequiredToken = "hf_right";
         // A careless server that echoes the token back must not get it into our message either.
-        _hub.Intercept = async context =>
+        hub.Intercept = async context =>
         {
             if (context.Request.Host.Host != "127.0.0.1") return false;
             context.Response.StatusCode = 401;
@@ -281,20 +281,20 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
             await Task.CompletedTask;
             return true;
         };
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online(token: wrongToken)));
 
         Assert.Equal(401, error.StatusCode);
         Assert.Contains("token", error.Message);
         Assert.DoesNotContain(wrongToken, error.ToString());
-        Assert.DoesNotContain(_sandbox.Logger.Lines, line => line.Contains(wrongToken));
+        Assert.DoesNotContain(sandbox.Logger.Lines, line => line.Contains(wrongToken));
     }
 
     [Fact]
     public async Task UnknownRepositoryIsReportedWithItsId()
     {
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync("rinna/does-not-exist", HubFileSet.Model, Online()));
 
@@ -307,7 +307,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     public async Task UnknownRevisionIsReportedAsSuch()
     {
         AddTinyRinna();
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online(revision: "v9.9")));
 
@@ -322,7 +322,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     {
         var repo = AddTinyRinna();
         repo.Files.TryRemove("config.json", out _);
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
 
@@ -334,10 +334,10 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     [Fact]
     public async Task RepositoryWithoutWeightsOrTokenizerSaysSo()
     {
-        var repo = _hub.AddRepo(RepoId);
+        var repo = hub.AddRepo(RepoId);
         repo.Put("config.json", "{}");
         repo.Put("tokenizer_config.json", "{}");
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var weights = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
         var tokenizer = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Tokenizer, Online()));
@@ -350,18 +350,18 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     public async Task RateLimitIsRetriedThenReported()
     {
         AddTinyRinna();
-        _hub.Intercept = context =>
+        hub.Intercept = context =>
         {
             context.Response.StatusCode = 429;
             return Task.FromResult(true);
         };
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
 
         Assert.Equal(429, error.StatusCode);
         Assert.Contains("rate limited", error.Message);
-        Assert.Equal(HubSandbox.FastRetries.MaxAttempts, _hub.Requests.Count);
+        Assert.Equal(HubSandbox.FastRetries.MaxAttempts, hub.Requests.Count);
     }
 
     [Fact]
@@ -369,35 +369,35 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     {
         var repo = AddTinyRinna();
         var failures = 0;
-        _hub.Intercept = context =>
+        hub.Intercept = context =>
         {
             if (Interlocked.Increment(ref failures) > 2) return Task.FromResult(false);
             context.Response.StatusCode = 503;
             return Task.FromResult(true);
         };
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
 
         Assert.Equal(repo.Files["config.json"].Content, File.ReadAllBytes(Path.Combine(directory, "config.json")));
-        Assert.Contains(_sandbox.Logger.Lines, line => line.Contains("HTTP 503") && line.Contains("retry 1"));
+        Assert.Contains(sandbox.Logger.Lines, line => line.Contains("HTTP 503") && line.Contains("retry 1"));
     }
 
     [Fact]
     public async Task UnreachableHubFallsBackToTheCache()
     {
         AddTinyRinna();
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
-        _hub.Intercept = context =>
+        hub.Intercept = context =>
         {
             context.Response.StatusCode = 502;
             return Task.FromResult(true);
         };
-        var requestsBefore = _hub.Requests.Count;
+        var requestsBefore = hub.Requests.Count;
 
         Assert.Equal(directory, await client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
-        Assert.Equal(HubSandbox.FastRetries.MaxAttempts, _hub.Requests.Count - requestsBefore); // one file's retries, then the cache only
+        Assert.Equal(HubSandbox.FastRetries.MaxAttempts, hub.Requests.Count - requestsBefore); // one file's retries, then the cache only
     }
 
     [Fact]
@@ -405,26 +405,26 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     {
         var repo = AddTinyRinna();
         var size = repo.Files["model.safetensors"].Content.Length;
-        _hub.StallFile = "model.safetensors";
-        _hub.StallAfterBytes = 400_000;
-        using var client = _sandbox.CreateClient();
+        hub.StallFile = "model.safetensors";
+        hub.StallAfterBytes = 400_000;
+        using var client = sandbox.CreateClient();
         using var cancellation = new CancellationTokenSource();
-        var incomplete = _sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag) + ".incomplete";
+        var incomplete = sandbox.BlobPath(RepoId, repo.Files["model.safetensors"].Etag) + ".incomplete";
 
         var resolving = client.ResolveAsync(RepoId, HubFileSet.Model, Online(), cancellationToken: cancellation.Token);
-        await _hub.Stalled.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        await hub.Stalled.Task.WaitAsync(TimeSpan.FromSeconds(30));
         await WaitUntilAsync(() => File.Exists(incomplete) && new FileInfo(incomplete).Length == 400_000);
         cancellation.Cancel();
 
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => resolving);
         Assert.Equal(400_000, new FileInfo(incomplete).Length);
-        Assert.False(File.Exists(Path.Combine(_sandbox.SnapshotDir(RepoId), "model.safetensors")));
+        Assert.False(File.Exists(Path.Combine(sandbox.SnapshotDir(RepoId), "model.safetensors")));
 
-        _hub.StallFile = null;
+        hub.StallFile = null;
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model, Online());
 
         Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
-        Assert.Contains(_hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=400000-");
+        Assert.Contains(hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=400000-");
         Assert.True(size > 400_000);
     }
 
@@ -432,18 +432,18 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     public async Task ConcurrentDownloadsOfOneFileProduceOneGoodBlob()
     {
         var repo = AddTinyRinna();
-        using var first = _sandbox.CreateClient();
-        using var second = _sandbox.CreateClient();
+        using var first = sandbox.CreateClient();
+        using var second = sandbox.CreateClient();
 
         var results = await Task.WhenAll(
             first.ResolveAsync(RepoId, HubFileSet.Model, Online()),
             second.ResolveAsync(RepoId, HubFileSet.Model, Online()));
 
         Assert.Equal(results[0], results[1]);
-        Assert.Equal(1, _hub.CdnGets("model.safetensors"));
-        Assert.Equal(1, _hub.Requests.Count(r => r.Method == "GET" && r.Target.EndsWith("/config.json", StringComparison.Ordinal)));
+        Assert.Equal(1, hub.CdnGets("model.safetensors"));
+        Assert.Equal(1, hub.Requests.Count(r => r.Method == "GET" && r.Target.EndsWith("/config.json", StringComparison.Ordinal)));
         Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(results[0], "model.safetensors")));
-        Assert.Empty(Directory.GetFiles(Path.Combine(_sandbox.RepoDir(RepoId), "blobs"), "*.incomplete"));
+        Assert.Empty(Directory.GetFiles(Path.Combine(sandbox.RepoDir(RepoId), "blobs"), "*.incomplete"));
     }
 
     [Fact]
@@ -451,23 +451,23 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     {
         var repo = AddTinyRinna();
         var weights = repo.Files["model.safetensors"];
-        var lockPath = Path.Combine(_sandbox.CacheDir, ".locks", "models--rinna--tiny-neox", weights.Etag + ".lock");
+        var lockPath = Path.Combine(sandbox.CacheDir, ".locks", "models--rinna--tiny-neox", weights.Etag + ".lock");
         Directory.CreateDirectory(Path.GetDirectoryName(lockPath)!);
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         Task<string> resolving;
         // Another process holds the lock (an exclusive flock, as Python's filelock takes) while it downloads the blob.
         using (new FileStream(lockPath, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None))
         {
             resolving = client.ResolveAsync(RepoId, HubFileSet.Model, Online());
-            await WaitUntilAsync(() => _sandbox.Logger.Lines.Any(l => l.Contains("Waiting for another download of model.safetensors")));
+            await WaitUntilAsync(() => sandbox.Logger.Lines.Any(l => l.Contains("Waiting for another download of model.safetensors")));
             Assert.False(resolving.IsCompleted);
-            Directory.CreateDirectory(Path.GetDirectoryName(_sandbox.BlobPath(RepoId, weights.Etag))!);
-            File.WriteAllBytes(_sandbox.BlobPath(RepoId, weights.Etag), weights.Content);
+            Directory.CreateDirectory(Path.GetDirectoryName(sandbox.BlobPath(RepoId, weights.Etag))!);
+            File.WriteAllBytes(sandbox.BlobPath(RepoId, weights.Etag), weights.Content);
         }
         var directory = await resolving;
 
-        Assert.Equal(0, _hub.CdnGets("model.safetensors"));
+        Assert.Equal(0, hub.CdnGets("model.safetensors"));
         Assert.Equal(weights.Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
     }
 
@@ -481,18 +481,18 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     [InlineData("")]
     public async Task PathTraversalInTheShardIndexIsRejected(string shardName)
     {
-        var repo = _hub.AddRepo(RepoId);
+        var repo = hub.AddRepo(RepoId);
         repo.Put("config.json", "{}");
         repo.Put("model.safetensors.index.json",
             System.Text.Json.JsonSerializer.Serialize(new { metadata = new { }, weight_map = new Dictionary<string, string> { ["gpt_neox.embed_in.weight"] = shardName } }));
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
 
         Assert.Contains("unsafe file name", error.Message);
         Assert.Equal(shardName, error.FileName);
-        Assert.DoesNotContain(_hub.Requests, r => r.Target.Contains("escaped", StringComparison.Ordinal));
-        Assert.Empty(Directory.GetFiles(_sandbox.Root, "escaped*", SearchOption.AllDirectories));
+        Assert.DoesNotContain(hub.Requests, r => r.Target.Contains("escaped", StringComparison.Ordinal));
+        Assert.Empty(Directory.GetFiles(sandbox.Root, "escaped*", SearchOption.AllDirectories));
         Assert.Empty(Directory.GetFiles("/tmp", "absolute.safetensors"));
     }
 
@@ -500,11 +500,11 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
     public async Task MalformedCommitFromTheServerNeverBecomesAPath()
     {
         AddTinyRinna().CommitHeader = "../../../outside";
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() => client.ResolveAsync(RepoId, HubFileSet.Model, Online()));
 
         Assert.Contains("malformed commit", error.Message);
-        Assert.False(Directory.Exists(Path.Combine(_sandbox.Root, "outside")));
+        Assert.False(Directory.Exists(Path.Combine(sandbox.Root, "outside")));
     }
 }

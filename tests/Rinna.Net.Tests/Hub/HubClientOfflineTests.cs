@@ -13,9 +13,9 @@ public sealed class HubClientOfflineTests : IDisposable
     /// <summary>Nothing listens here, so any attempt to go online fails instead of reaching the internet.</summary>
     private const string DeadEndpoint = "http://127.0.0.1:9";
 
-    private readonly HubSandbox _sandbox = new();
+    private readonly HubSandbox sandbox = new();
 
-    public void Dispose() => _sandbox.Dispose();
+    public void Dispose() => sandbox.Dispose();
 
     /// <summary>
     /// Writes a cache entry the way huggingface_hub 0.2x writes it: blobs named by git sha1 (small files) or sha256 (LFS),
@@ -24,7 +24,7 @@ public sealed class HubClientOfflineTests : IDisposable
     /// </summary>
     private string WritePythonCache(string revisionRef = "main")
     {
-        var repoDir = _sandbox.RepoDir(RepoId);
+        var repoDir = sandbox.RepoDir(RepoId);
         var snapshot = Path.Combine(repoDir, "snapshots", Commit);
         Directory.CreateDirectory(Path.Combine(repoDir, "blobs"));
         Directory.CreateDirectory(snapshot);
@@ -55,7 +55,7 @@ public sealed class HubClientOfflineTests : IDisposable
     public async Task SnapshotWrittenByPythonIsFoundWithLocalFilesOnly()
     {
         var snapshot = WritePythonCache();
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var directory = await client.ResolveAsync(RepoId, HubFileSet.Model | HubFileSet.Tokenizer,
             new HubOptions { LocalFilesOnly = true, Endpoint = DeadEndpoint });
@@ -68,12 +68,12 @@ public sealed class HubClientOfflineTests : IDisposable
     [Fact]
     public async Task HfHubOfflineAndHfHomeFindThePythonCache()
     {
-        _sandbox.Environment.Remove("HF_HUB_CACHE");
-        _sandbox.Environment["HF_HOME"] = Path.Combine(_sandbox.Root);
-        _sandbox.Environment["HF_HUB_OFFLINE"] = "1";
-        _sandbox.Environment["HF_ENDPOINT"] = DeadEndpoint;
+        sandbox.Environment.Remove("HF_HUB_CACHE");
+        sandbox.Environment["HF_HOME"] = Path.Combine(sandbox.Root);
+        sandbox.Environment["HF_HUB_OFFLINE"] = "1";
+        sandbox.Environment["HF_ENDPOINT"] = DeadEndpoint;
         var snapshot = WritePythonCache();
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         Assert.Equal(snapshot, await client.ResolveAsync(RepoId, HubFileSet.Model));
     }
@@ -82,7 +82,7 @@ public sealed class HubClientOfflineTests : IDisposable
     public async Task TagsPullRequestRefsAndCommitHashesResolveOffline()
     {
         var snapshot = WritePythonCache("refs/pr/1");
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         Assert.Equal(snapshot, await client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true, Revision = "refs/pr/1" }));
         Assert.Equal(snapshot, await client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true, Revision = Commit }));
@@ -94,7 +94,7 @@ public sealed class HubClientOfflineTests : IDisposable
     [Fact]
     public async Task LocalFilesOnlyWithoutACacheFailsClearlyWithoutNetwork()
     {
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() =>
             client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true, Endpoint = DeadEndpoint }));
@@ -103,7 +103,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Equal(RepoId, error.RepoId);
         Assert.Contains("LocalFilesOnly", error.Message);
         Assert.Contains("HF_HUB_OFFLINE", error.Message);
-        Assert.Contains(_sandbox.CacheDir, error.Message);
+        Assert.Contains(sandbox.CacheDir, error.Message);
     }
 
     [Fact]
@@ -111,7 +111,7 @@ public sealed class HubClientOfflineTests : IDisposable
     {
         var snapshot = WritePythonCache();
         File.Delete(Path.Combine(snapshot, "model.safetensors"));
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<HubException>(() =>
             client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { LocalFilesOnly = true }));
@@ -123,7 +123,7 @@ public sealed class HubClientOfflineTests : IDisposable
     [Fact]
     public async Task ExistingDirectoryIsUsedAsIs()
     {
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
         var model = Fixtures.Model("tiny-neox-rinna");
 
         Assert.Equal(Path.GetFullPath(model), await client.ResolveAsync(model, HubFileSet.Model, new HubOptions { Endpoint = DeadEndpoint }));
@@ -137,7 +137,7 @@ public sealed class HubClientOfflineTests : IDisposable
     [InlineData("C:\\models\\x")]
     public async Task NeitherDirectoryNorModelIdIsAnArgumentError(string modelIdOrPath)
     {
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<ArgumentException>(() => client.ResolveAsync(modelIdOrPath, HubFileSet.Model));
 
@@ -152,7 +152,7 @@ public sealed class HubClientOfflineTests : IDisposable
     [InlineData("refs//pr")]
     public async Task RevisionsThatCouldLeaveTheCacheAreRejected(string revision)
     {
-        using var client = _sandbox.CreateClient();
+        using var client = sandbox.CreateClient();
 
         var error = await Assert.ThrowsAsync<ArgumentException>(() =>
             client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { Revision = revision, LocalFilesOnly = true }));

@@ -34,7 +34,7 @@ internal sealed class HubSandbox : IDisposable
 {
     public static readonly HubRetryPolicy FastRetries = new(4, TimeSpan.FromMilliseconds(5), TimeSpan.FromMilliseconds(20));
 
-    private readonly DirectoryInfo _root = Directory.CreateTempSubdirectory("rinna-hub-");
+    private readonly DirectoryInfo root = Directory.CreateTempSubdirectory("rinna-hub-");
 
     public HubSandbox()
     {
@@ -42,7 +42,7 @@ internal sealed class HubSandbox : IDisposable
         Environment["HF_HUB_CACHE"] = CacheDir;
     }
 
-    public string Root => _root.FullName;
+    public string Root => root.FullName;
 
     public string CacheDir => System.IO.Path.Combine(Root, "hub");
 
@@ -60,5 +60,5 @@ internal sealed class HubSandbox : IDisposable
 
     public string BlobPath(string repoId, string etag) => System.IO.Path.Combine(RepoDir(repoId), "blobs", etag);
 
-    public void Dispose() => _root.Delete(recursive: true);
+    public void Dispose() => root.Delete(recursive: true);
 }
