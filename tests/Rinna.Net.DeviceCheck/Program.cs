@@ -1,6 +1,6 @@
 // Checks Rinna.Net on one device against the Hugging Face fixtures and, given a checkpoint, times it there.
 // CI has no GPU, so this is how the CUDA path gets verified on a machine that has one (run-on-pytorch-host.sh).
-//   Rinna.Net.DeviceCheck --fixtures ../shared/fixtures/models [--device cuda:0] [--demo samples/models/rinna-demo]
+//   Rinna.Net.DeviceCheck --fixtures tests/fixtures/models [--device cuda:0] [--demo samples/models/rinna-demo]
 //                         [--no-init] [--bench DIR --out DIR]
 // --no-init leaves CUDA to come up the way it does in an application that never calls InitializeDeviceType.
 // With --bench it only times the checkpoint. Prints one PASS/FAIL line per check and exits with 1 if any failed.

@@ -4,7 +4,7 @@
 #
 # Here (with .NET):
 #   dotnet publish tests/Rinna.Net.DeviceCheck -c Release -r linux-x64 --self-contained -p:UseHostLibTorch=true -o APP
-#   tar -C APP -cJf app.tar.xz .      (and copy ../shared/fixtures/models beside it)
+#   tar -C APP -cJf app.tar.xz .      (and copy tests/fixtures/models beside it)
 # There:
 #   bash tests/Rinna.Net.DeviceCheck/run-on-pytorch-host.sh app.tar.xz FIXTURES_DIR OUT_DIR
 set -uo pipefail

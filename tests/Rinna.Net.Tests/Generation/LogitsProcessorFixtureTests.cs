@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Generation;
 
-/// <summary>Every case of shared/fixtures/logits_processors, produced by Hugging Face's own classes, to atol 1e-6 with identical -inf positions.</summary>
+/// <summary>Every case of tests/fixtures/logits_processors, produced by Hugging Face's own classes, to atol 1e-6 with identical -inf positions.</summary>
 public class LogitsProcessorFixtureTests
 {
     private static readonly Lazy<(JsonElement Root, Dictionary<string, Tensor> Tensors)> Data = new(Load);

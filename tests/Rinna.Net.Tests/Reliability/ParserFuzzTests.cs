@@ -18,7 +18,7 @@ public sealed class ReliabilityCollection
 
 /// <summary>
 /// Mutation campaigns over every file a model or tokenizer directory holds, started from the reference fixtures.
-/// Each input must load or fail with the library's documented exception; see README.md, section Reliability, for the long run.
+/// Each input must load or fail with the library's documented exception; see docs/reliability.md for the long run.
 /// </summary>
 [Collection(ReliabilityCollection.Name)]
 public sealed class ParserFuzzTests(ITestOutputHelper output) : IDisposable

@@ -4,7 +4,7 @@ using Rinna.Net.Tokenization;
 
 namespace Rinna.Net.Tests.Tokenization;
 
-/// <summary>Reads the reference cases of <c>shared/fixtures/tokenizers/*/</c> and caches one tokenizer per model.</summary>
+/// <summary>Reads the reference cases of <c>tests/fixtures/tokenizers/*/</c> and caches one tokenizer per model.</summary>
 internal static class TokenizerFixtureCases
 {
     public static readonly string[] Models = ["bilingual-lookalike", "ja-3.6b-lookalike", "llama-style-bpe"];
