@@ -109,6 +109,78 @@ public sealed class RinnaChatPromptBuilder
         return string.Join(Separator, utterances) + Separator + SystemLabel + ": ";
     }
 
+    /// <summary>
+    /// The prompt for the model's next reply, fitted to a context window of <paramref name="contextLength"/> tokens so
+    /// that it leaves room for an answer: with <see cref="ContextOverflowPolicy.DropOldestTurns"/> the oldest exchanges
+    /// are left out (never <paramref name="instructions"/>, which go before the first user utterance kept, nor the latest
+    /// user message) until the prompt leaves at least <c>min(maxNewTokens, contextLength / 4)</c> tokens, and the answer's
+    /// length is clamped to the room that remains.
+    /// </summary>
+    /// <param name="turns">The conversation so far; must end with the user's turn.</param>
+    /// <param name="instructions">Text put before the first user utterance (rinna's models have no system role), or <c>null</c>.</param>
+    /// <param name="countTokens">The prompt's length in tokens (the tokenizer's <c>Encode(text, addSpecialTokens: false).Length</c>).</param>
+    /// <param name="contextLength">The model's context window (<c>max_position_embeddings</c>).</param>
+    /// <param name="maxNewTokens">The answer length asked for.</param>
+    /// <param name="policy">What to do when the conversation does not fit.</param>
+    /// <exception cref="ArgumentException">The conversation is invalid, or it does not fit: under <see cref="ContextOverflowPolicy.Throw"/>
+    /// whenever a turn would be dropped, and under either policy when the instructions and the latest user message alone leave no room.</exception>
+    public RinnaChatPrompt BuildPrompt(IReadOnlyList<RinnaChatTurn> turns, string? instructions, Func<string, int> countTokens,
+        int contextLength, int maxNewTokens, ContextOverflowPolicy policy = ContextOverflowPolicy.DropOldestTurns)
+    {
+        ArgumentNullException.ThrowIfNull(turns);
+        ArgumentNullException.ThrowIfNull(countTokens);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(contextLength);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxNewTokens);
+        if (!Enum.IsDefined(policy)) throw new ArgumentOutOfRangeException(nameof(policy), policy, "Unknown context overflow policy.");
+        BuildPrompt(turns); // validates the conversation as a whole
+        int reserve = Math.Max(1, Math.Min(maxNewTokens, contextLength / 4));
+        // Candidate starts: every user turn, oldest first; the last one (the latest message) is always kept.
+        var starts = Enumerable.Range(0, turns.Count).Where(i => i == 0 || turns[i].Speaker == RinnaSpeaker.User).ToList();
+        (string Text, int Tokens) Prompt(int start)
+        {
+            var kept = turns.Skip(start).ToList();
+            if (!string.IsNullOrWhiteSpace(instructions))
+            {
+                int firstUser = kept.FindIndex(t => t.Speaker == RinnaSpeaker.User);
+                kept[firstUser] = kept[firstUser] with { Text = instructions + "\n" + kept[firstUser].Text };
+            }
+            var text = BuildPrompt(kept);
+            return (text, countTokens(text));
+        }
+        bool Fits(int tokens) => tokens + reserve <= contextLength;
+
+        var whole = Prompt(0);
+        if (Fits(whole.Tokens)) return Clamp(whole, 0);
+        if (policy == ContextOverflowPolicy.Throw)
+            throw new ArgumentException(
+                $"The conversation has {whole.Tokens} tokens and the answer needs {reserve} more, beyond the model's context of {contextLength} tokens.", nameof(turns));
+        // The fewest dropped turns that fit, by binary search over the user turns to start from (the prompt shrinks as the start moves on).
+        int low = 1, high = starts.Count - 1;
+        while (low < high)
+        {
+            int middle = (low + high) / 2;
+            if (Fits(Prompt(starts[middle]).Tokens)) high = middle; else low = middle + 1;
+        }
+        var fitted = Prompt(starts[high]);
+        if (fitted.Tokens >= contextLength)
+            throw new ArgumentException(
+                $"The latest message{(string.IsNullOrWhiteSpace(instructions) ? "" : " with the instructions")} alone has {fitted.Tokens} tokens; " +
+                $"the model's context is {contextLength} tokens. Shorten it.", nameof(turns));
+        return Clamp(fitted, starts[high]);
+
+        RinnaChatPrompt Clamp((string Text, int Tokens) prompt, int dropped)
+        {
+            int room = contextLength - prompt.Tokens;
+            return new RinnaChatPrompt(prompt.Text, prompt.Tokens, dropped, Math.Min(maxNewTokens, room), maxNewTokens > room);
+        }
+    }
+
+    /// <summary>
+    /// The texts that mark the start of another utterance in this format (<c>"\nユーザー:"</c>, <c>"\nシステム:"</c>):
+    /// stop strings for a reply, so that the model does not go on to write the user's next turn.
+    /// </summary>
+    public IReadOnlyList<string> TurnMarkers => [Separator + UserLabel + ":", Separator + SystemLabel + ":"];
+
     /// <summary>The model's output as plain text: <c>"&lt;NL&gt;"</c> becomes <c>"\n"</c> in <see cref="RinnaChatFormat.JapaneseNewlineTag"/>; unchanged otherwise.</summary>
     public string PostProcess(string output)
     {

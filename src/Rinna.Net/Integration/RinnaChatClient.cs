@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.AI;
+using Microsoft.Extensions.Logging;
 using Rinna.Net.Generation;
 using GenFinishReason = Rinna.Net.Generation.FinishReason;
 
@@ -15,6 +16,9 @@ namespace Rinna.Net.Integration;
 /// <see cref="ChatOptions.MaxOutputTokens"/>, <see cref="ChatOptions.StopSequences"/>, <see cref="ChatOptions.Seed"/>,
 /// <see cref="ChatOptions.Instructions"/> and system messages (rinna's models have no system role: the text is put before the
 /// first user utterance), and <see cref="ChatOptions.AdditionalProperties"/> <c>repetition_penalty</c> / <c>do_sample</c>.
+/// A conversation longer than the model's context is fitted by <see cref="RinnaOptions.ContextOverflow"/> (by default the
+/// oldest exchanges are dropped and the answer's length is clamped, logged once per request), and a reply stops where the
+/// model starts writing the next utterance (<see cref="RinnaChatPromptBuilder.TurnMarkers"/>).
 /// Rejected with <see cref="NotSupportedException"/>: a non-zero <see cref="ChatOptions.FrequencyPenalty"/> or
 /// <see cref="ChatOptions.PresencePenalty"/> (HF's repetition penalty is multiplicative, not OpenAI's additive one: pass
 /// <c>repetition_penalty</c> instead), tools, a JSON response format, and non-text message contents.
@@ -116,12 +120,24 @@ public sealed class RinnaChatClient : IChatClient
             else if (message.Role == ChatRole.Assistant) turns.Add(new RinnaChatTurn(RinnaSpeaker.System, message.Text));
             else throw new NotSupportedException($"rinna's conversation format has no '{message.Role}' role.");
         }
-        var firstUser = turns.FindIndex(t => t.Speaker == RinnaSpeaker.User);
-        if (instructions.Count > 0 && firstUser >= 0)
-            turns[firstUser] = turns[firstUser] with { Text = string.Join("\n", instructions.Append(turns[firstUser].Text)) };
-        var prompt = host.PromptBuilder.BuildPrompt(turns);
-        var (_, tokenizer) = await host.GetAsync(cancellationToken).ConfigureAwait(false);
-        return (prompt, ToGenerationConfig(options, tokenizer.EosTokenId, tokenizer.PadTokenId));
+        if (turns.Count == 0 || turns[^1].Speaker != RinnaSpeaker.User)
+            throw new ArgumentException("The conversation must end with a user message: the prompt asks for the model's reply.", nameof(messages));
+        var (model, tokenizer) = await host.GetAsync(cancellationToken).ConfigureAwait(false);
+        var config = ToGenerationConfig(options, tokenizer.EosTokenId, tokenizer.PadTokenId);
+        var builder = host.PromptBuilder;
+        var fitted = builder.BuildPrompt(turns, instructions.Count > 0 ? string.Join("\n", instructions) : null,
+            text => tokenizer.Encode(text, addSpecialTokens: false).Length, model.Config.MaxPositionEmbeddings,
+            config.ResolveMaxNewTokens(0), host.Options.ContextOverflow);
+        if (fitted.DroppedTurns > 0 || fitted.MaxNewTokensClamped)
+            host.Logger.LogWarning("The conversation did not fit the model's context of {Context} tokens: dropped the {Dropped} oldest turns, " +
+                "prompt {Prompt} tokens, answer limited to {MaxNewTokens} tokens", model.Config.MaxPositionEmbeddings, fitted.DroppedTurns,
+                fitted.PromptTokens, fitted.MaxNewTokens);
+        config = config with
+        {
+            MaxNewTokens = fitted.MaxNewTokens,
+            StopStrings = [.. config.StopStrings ?? [], .. builder.TurnMarkers],
+        };
+        return (fitted.Text, config);
     }
 
     internal GenerationConfig ToGenerationConfig(ChatOptions? options, int? eosTokenId, int? padTokenId)

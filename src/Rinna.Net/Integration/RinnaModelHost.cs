@@ -34,6 +34,9 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     /// <summary>The configured options.</summary>
     public RinnaOptions Options => options;
 
+    /// <summary>Where requests log what they changed about themselves (dropped turns, a clamped answer length).</summary>
+    internal ILogger Logger => field ??= (ILogger?)loggerFactory?.CreateLogger<RinnaChatClient>() ?? Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
+
     /// <summary>Builds prompts in the model's conversation format.</summary>
     public RinnaChatPromptBuilder PromptBuilder { get; }
 

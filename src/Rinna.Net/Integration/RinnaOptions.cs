@@ -52,4 +52,10 @@ public sealed class RinnaOptions
 
     /// <summary>Default repetition penalty (rinna's cards: 1.1).</summary>
     public double RepetitionPenalty { get; set; } = 1.1;
+
+    /// <summary>
+    /// What a request does when the conversation and its answer outgrow the model's context: drop the oldest exchanges
+    /// (the default; instructions and the latest message stay, and the answer's length is clamped to what fits) or throw.
+    /// </summary>
+    public ContextOverflowPolicy ContextOverflow { get; set; } = ContextOverflowPolicy.DropOldestTurns;
 }

@@ -149,3 +149,91 @@ public class RinnaChatOutputStreamTests
         Assert.Equal("<", stream.Flush());
     }
 }
+
+/// <summary>Fitting a conversation to a context window, with one token per character so the arithmetic is visible.</summary>
+public class RinnaChatPromptFittingTests
+{
+    private static readonly RinnaChatPromptBuilder Builder = new(RinnaChatFormat.Bilingual);
+
+    private static int Characters(string text) => text.Length;
+
+    private static List<RinnaChatTurn> Conversation(int exchanges)
+    {
+        var turns = new List<RinnaChatTurn>();
+        for (int i = 0; i < exchanges; i++)
+        {
+            turns.Add(new(RinnaSpeaker.User, $"question {i:00}"));
+            turns.Add(new(RinnaSpeaker.System, $"answer {i:00}"));
+        }
+        turns.Add(new(RinnaSpeaker.User, "the latest question"));
+        return turns;
+    }
+
+    [Fact]
+    public void AConversationThatFitsIsTheWholePrompt()
+    {
+        var turns = Conversation(3);
+        var fitted = Builder.BuildPrompt(turns, null, Characters, contextLength: 1000, maxNewTokens: 50);
+        Assert.Equal(Builder.BuildPrompt(turns), fitted.Text);
+        Assert.Equal(fitted.Text.Length, fitted.PromptTokens);
+        Assert.Equal(0, fitted.DroppedTurns);
+        Assert.Equal(50, fitted.MaxNewTokens);
+        Assert.False(fitted.MaxNewTokensClamped);
+    }
+
+    [Theory]
+    [InlineData(120, 20)]
+    [InlineData(200, 40)]
+    [InlineData(400, 100)]
+    public void TheFewestOldestExchangesAreDroppedKeepingInstructionsAndTheLatestMessage(int context, int maxNewTokens)
+    {
+        var turns = Conversation(20);
+        var fitted = Builder.BuildPrompt(turns, "Be brief.", Characters, context, maxNewTokens);
+        int reserve = Math.Min(maxNewTokens, context / 4);
+
+        Assert.True(fitted.DroppedTurns > 0);
+        Assert.Equal(0, fitted.DroppedTurns % 2); // whole exchanges: the prompt still starts with a user turn
+        Assert.StartsWith("ユーザー: Be brief.\nquestion", fitted.Text);
+        Assert.EndsWith("ユーザー: the latest question\nシステム: ", fitted.Text);
+        Assert.True(fitted.PromptTokens + reserve <= context);
+        // One exchange more would not have fitted.
+        var kept = turns.Skip(fitted.DroppedTurns - 2).ToList();
+        kept[0] = kept[0] with { Text = "Be brief.\n" + kept[0].Text };
+        Assert.True(Builder.BuildPrompt(kept).Length + reserve > context);
+        Assert.Equal(Math.Min(maxNewTokens, context - fitted.PromptTokens), fitted.MaxNewTokens);
+    }
+
+    [Fact]
+    public void TheAnswerIsClampedToTheRoomThatIsLeft()
+    {
+        var turns = Conversation(0);
+        int promptLength = Builder.BuildPrompt(turns).Length;
+        var fitted = Builder.BuildPrompt(turns, null, Characters, contextLength: promptLength + 10, maxNewTokens: 1_000_000);
+        Assert.Equal(10, fitted.MaxNewTokens);
+        Assert.True(fitted.MaxNewTokensClamped);
+        Assert.Equal(0, fitted.DroppedTurns);
+    }
+
+    [Fact]
+    public void ThrowPolicyRefusesInsteadOfDropping()
+    {
+        var error = Assert.Throws<ArgumentException>(() =>
+            Builder.BuildPrompt(Conversation(20), null, Characters, 120, 20, ContextOverflowPolicy.Throw));
+        Assert.Contains("context of 120 tokens", error.Message);
+    }
+
+    [Fact]
+    public void ALatestMessageLongerThanTheContextIsRefusedSayingSo()
+    {
+        var turns = new List<RinnaChatTurn> { new(RinnaSpeaker.User, "hi"), new(RinnaSpeaker.System, "hello"), new(RinnaSpeaker.User, new string('x', 500)) };
+        var error = Assert.Throws<ArgumentException>(() => Builder.BuildPrompt(turns, null, Characters, 256, 16));
+        Assert.Contains("latest message alone", error.Message);
+    }
+
+    [Fact]
+    public void TurnMarkersAreTheSeparatorAndASpeaker()
+    {
+        Assert.Equal(["\nユーザー:", "\nシステム:"], new RinnaChatPromptBuilder(RinnaChatFormat.Bilingual).TurnMarkers);
+        Assert.Equal(["<NL>ユーザー:", "<NL>システム:"], new RinnaChatPromptBuilder(RinnaChatFormat.JapaneseNewlineTag).TurnMarkers);
+    }
+}
