@@ -51,6 +51,8 @@ var config = model.GenerationConfig() with
     Seed = settings.Seed,
     EosTokenId = tokenizer.EosTokenId is int eos ? [eos] : null,
     PadTokenId = tokenizer.PadTokenId,
+    // An answer ends where the model starts writing the next utterance.
+    StopStrings = [.. chat.TurnMarkers],
 };
 
 CancellationTokenSource? answering = null;
@@ -69,21 +71,34 @@ while (true)
     var line = Console.ReadLine();
     if (string.IsNullOrWhiteSpace(line)) break;
     history.Add(new RinnaChatTurn(RinnaSpeaker.User, line));
-    var prompt = chat.BuildPrompt(history);
+    RinnaChatPrompt prompt;
+    try
+    {
+        // A long chat keeps its latest exchanges: the oldest are left out once the history outgrows the model's context.
+        prompt = chat.BuildPrompt(history, null, text => tokenizer.Encode(text, addSpecialTokens: false).Length,
+            model.Config.MaxPositionEmbeddings, settings.MaxNewTokens);
+    }
+    catch (ArgumentException e)
+    {
+        Console.Error.WriteLine(e.Message);
+        history.RemoveAt(history.Count - 1);
+        continue;
+    }
     Console.Write("システム: ");
     answering = new CancellationTokenSource();
     var output = chat.CreateOutputStream();
     var answer = new System.Text.StringBuilder();
     try
     {
-        await foreach (var piece in model.GenerateTextStreamingAsync(tokenizer, prompt, config, answering.Token))
+        await foreach (var piece in model.GenerateTextStreamingAsync(tokenizer, prompt.Text, config with { MaxNewTokens = prompt.MaxNewTokens }, answering.Token))
         {
             var text = output.Push(piece);
             answer.Append(text);
             Console.Write(text);
         }
-        answer.Append(output.Flush());
-        Console.WriteLine(output.Flush());
+        var rest = output.Flush();
+        answer.Append(rest);
+        Console.WriteLine(rest);
     }
     catch (OperationCanceledException)
     {

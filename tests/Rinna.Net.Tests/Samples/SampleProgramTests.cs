@@ -97,6 +97,16 @@ public sealed class SampleProgramTests
         Assert.Empty(stderr);
     }
 
+    [Fact]
+    public void ChatSurvivesAHundredPipedTurnsLongerThanTheContext()
+    {
+        string[] lines = ["日本のおすすめの観光地を教えてください。", "What is your favourite book?", "猫について教えて。", "Tell me about the sea."];
+        var input = string.Join("\n", Enumerable.Range(0, 100).Select(i => lines[i % lines.Length])) + "\n";
+        var (exitCode, stdout, stderr) = RunWithInput("Chat", input, "--greedy", "--max-new-tokens", "16");
+        Assert.True(exitCode == 0, $"Chat failed ({exitCode}):\n{stderr}");
+        Assert.Equal(100, stdout.Split("システム: ").Length - 1);
+    }
+
     private static void AssertOneLine(string stderr)
     {
         var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -104,7 +114,11 @@ public sealed class SampleProgramTests
     }
 
     /// <summary>Runs a sample's built assembly with <c>dotnet</c>, its standard input closed, from the repository root.</summary>
-    private static (int ExitCode, string Stdout, string Stderr) Run(string sample, params string[] arguments)
+    private static (int ExitCode, string Stdout, string Stderr) Run(string sample, params string[] arguments) =>
+        RunWithInput(sample, "", arguments);
+
+    /// <summary>Runs a sample with <paramref name="input"/> piped to its standard input, which is then closed.</summary>
+    private static (int ExitCode, string Stdout, string Stderr) RunWithInput(string sample, string input, params string[] arguments)
     {
         // The samples build into the same bin/<configuration>/<framework>/<runtime> layout as this project.
         var layout = Path.GetRelativePath(Path.Combine(Fixtures.RepoRoot, "tests", "Rinna.Net.Tests"), AppContext.BaseDirectory);
@@ -119,6 +133,7 @@ public sealed class SampleProgramTests
         foreach (var argument in arguments) info.ArgumentList.Add(argument);
         info.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         using var process = Process.Start(info)!;
+        process.StandardInput.Write(input);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
