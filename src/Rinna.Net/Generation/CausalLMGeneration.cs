@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using Microsoft.Extensions.Logging;
 using Rinna.Net.Model;
 using Rinna.Net.Tokenization;
 using static TorchSharp.torch;
@@ -8,6 +9,9 @@ namespace Rinna.Net.Generation;
 /// <summary><c>model.generate(...)</c> and <c>model.generation_config</c> for causal language models.</summary>
 public static class CausalLMGeneration
 {
+    /// <summary>New tokens the KV cache has room for before it first grows.</summary>
+    private const int InitialAnswerReserve = 16;
+
     private static readonly ConditionalWeakTable<GptNeoXForCausalLM, GenerationConfig> Defaults = new();
 
     /// <summary>
@@ -59,11 +63,24 @@ public static class CausalLMGeneration
         if (inputIds.dim() != 2 || inputIds.shape[1] == 0)
             throw new ArgumentException($"input ids must be [batch, seq] with seq > 0; got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
         int promptLength = (int)inputIds.shape[1];
-        int total = promptLength + config.ResolveMaxNewTokens(promptLength);
+        int newTokens = config.ResolveMaxNewTokens(promptLength);
+        int context = model.Config.MaxPositionEmbeddings;
+        // Positions past max_position_embeddings were never trained (RoPE scaling extends them), so a longer request is
+        // clamped with a warning, as transformers warns.
+        if (model.Config.RopeScaling is null && (long)promptLength + newTokens > context)
+        {
+            int clamped = Math.Max(1, context - promptLength);
+            model.Logger.LogWarning("{Requested} new tokens after a {Prompt}-token prompt exceed the model's {Context} positions; generating at most {Clamped}",
+                newTokens, promptLength, context, clamped);
+            newTokens = clamped;
+            config = config with { MaxNewTokens = newTokens };
+        }
 
         // As if the caller had written input_ids.to(model.device): the loop and its processors run beside the embedding.
         using var ids = inputIds.to(ScalarType.Int64, model.Device);
-        using var cache = new KeyValueCache(model.Config.NumHiddenLayers, total);
+        // Room for the prompt and a short answer; the cache doubles as tokens come, so memory follows what is generated,
+        // not what was asked for.
+        using var cache = new KeyValueCache(model.Config.NumHiddenLayers, promptLength + Math.Min(newTokens, InitialAnswerReserve));
         var mask = (attentionMask ?? ones_like(ids)).to(ScalarType.Int64, ids.device).clone().DetachFromDisposeScope();
         if (!mask.shape.SequenceEqual(ids.shape))
             throw new ArgumentException($"attention mask must match the prompt's shape [{string.Join(", ", ids.shape)}].", nameof(attentionMask));

@@ -75,6 +75,9 @@ public sealed class GptNeoXForCausalLM : nn.Module
     /// <summary>The directory the model was loaded from (where <c>generation_config.json</c> may live), or <c>null</c> for a model built in code.</summary>
     public string? SourceDirectory { get; internal set; }
 
+    /// <summary>Where work on this model reports what it changed about a request (the loader's logger).</summary>
+    internal Microsoft.Extensions.Logging.ILogger Logger { get; set; } = Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance;
+
     /// <summary>
     /// The element type the model computes in (float32 or bfloat16 on CPU, also float16 on GPUs). A float16 model on the
     /// CPU computes in bfloat16 while its linear weights stay float16.

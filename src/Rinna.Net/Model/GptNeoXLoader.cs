@@ -72,7 +72,7 @@ internal static class GptNeoXLoader
             options.LoadProgress?.Report(new LoadProgress(++loaded, layout.Count, name));
             return tensor;
         }, (name, weight, bias) => CreateLinear(name, weight, bias, dtype, quantization));
-        var model = new GptNeoXForCausalLM(config, source) { SourceDirectory = Path.GetFullPath(directory) };
+        var model = new GptNeoXForCausalLM(config, source) { SourceDirectory = Path.GetFullPath(directory), Logger = logger };
         model.eval();
         return model;
     }
