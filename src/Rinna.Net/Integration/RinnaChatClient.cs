@@ -165,7 +165,7 @@ public sealed class RinnaChatClient : IChatClient
             DoSample = doSample,
             Temperature = doSample ? temperature : 1.0,
             TopP = options?.TopP ?? defaults.TopP,
-            TopK = options?.TopK ?? 50,
+            TopK = options?.TopK ?? defaults.TopK,
             MaxNewTokens = options?.MaxOutputTokens ?? defaults.MaxNewTokens,
             RepetitionPenalty = repetitionPenalty,
             StopStrings = options?.StopSequences is { Count: > 0 } stops ? stops.ToArray() : null,

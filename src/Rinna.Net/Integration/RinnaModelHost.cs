@@ -2,6 +2,8 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Rinna.Net.Generation;
 using Rinna.Net.Model;
+using Rinna.Net.Model.DeviceMap;
+using Rinna.Net.Model.Quantization;
 using Rinna.Net.Tokenization;
 
 namespace Rinna.Net.Integration;
@@ -15,7 +17,10 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
 {
     private readonly RinnaOptions options;
     private readonly ILoggerFactory? loggerFactory;
-    private readonly Lazy<Task<(GptNeoXForCausalLM Model, PreTrainedTokenizer Tokenizer)>> loaded;
+    private readonly Lock loading = new();
+    private Task<(GptNeoXForCausalLM Model, PreTrainedTokenizer Tokenizer)>? loaded;
+    private DateTimeOffset retryAfter;
+    private int failures;
     private readonly SemaphoreSlim gate = new(1, 1);
     private bool disposed;
 
@@ -26,7 +31,6 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         this.loggerFactory = loggerFactory;
         if (string.IsNullOrWhiteSpace(this.options.ModelId))
             throw new ArgumentException("RinnaOptions.ModelId is required (a model id such as rinna/bilingual-gpt-neox-4b-instruction-ppo, or a directory).", nameof(options));
-        loaded = new(LoadAsync, LazyThreadSafetyMode.ExecutionAndPublication);
         PromptBuilder = RinnaChatPromptBuilder.ForModel(this.options.ModelId,
             this.options.ChatFormat ?? RinnaChatPromptBuilder.DetectFormat(this.options.ModelId) ?? RinnaChatFormat.Bilingual);
     }
@@ -40,11 +44,36 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     /// <summary>Builds prompts in the model's conversation format.</summary>
     public RinnaChatPromptBuilder PromptBuilder { get; }
 
-    /// <summary>The model and tokenizer, loading them on the first call (later calls share that load).</summary>
+    /// <summary>
+    /// The model and tokenizer, loading them on the first call (later calls share that load). A failed load is tried
+    /// again by the first call after <see cref="RinnaOptions.LoadRetryDelay"/> (doubling per failure); calls before then
+    /// get its exception.
+    /// </summary>
     public async Task<(GptNeoXForCausalLM Model, PreTrainedTokenizer Tokenizer)> GetAsync(CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
-        return await loaded.Value.WaitAsync(cancellationToken).ConfigureAwait(false);
+        Task<(GptNeoXForCausalLM, PreTrainedTokenizer)> load;
+        lock (loading)
+        {
+            if (loaded is { IsFaulted: true } && DateTimeOffset.UtcNow >= retryAfter) loaded = null;
+            load = loaded ??= LoadAsync();
+        }
+        return await load.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Whether the model is loaded, and the last load failure if there was one: for health checks.</summary>
+    public (bool Loaded, Exception? Failure) LoadState
+    {
+        get
+        {
+            lock (loading)
+                return loaded switch
+                {
+                    { IsCompletedSuccessfully: true } => (true, null),
+                    { IsFaulted: true } failed => (false, failed.Exception?.InnerException),
+                    _ => (false, null),
+                };
+        }
     }
 
     /// <summary>Runs <paramref name="work"/> with exclusive use of the model (requests are served one at a time).</summary>
@@ -74,7 +103,8 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     {
         if (disposed) return;
         disposed = true;
-        if (loaded.IsValueCreated && loaded.Value.IsCompletedSuccessfully) loaded.Value.Result.Model.Dispose();
+        lock (loading)
+            if (loaded is { IsCompletedSuccessfully: true }) loaded.Result.Model.Dispose();
         gate.Dispose();
     }
 
@@ -87,6 +117,29 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
 
     private async Task<(GptNeoXForCausalLM, PreTrainedTokenizer)> LoadAsync()
     {
+        try
+        {
+            var result = await LoadOnceAsync().ConfigureAwait(false);
+            lock (loading) failures = 0;
+            return result;
+        }
+        catch (Exception e)
+        {
+            TimeSpan delay;
+            lock (loading)
+            {
+                failures++;
+                delay = TimeSpan.FromTicks(Math.Min(options.MaxLoadRetryDelay.Ticks,
+                    options.LoadRetryDelay.Ticks * (1L << Math.Min(failures - 1, 30))));
+                retryAfter = DateTimeOffset.UtcNow + delay;
+            }
+            loggerFactory?.CreateLogger<RinnaModelHost>().LogError(e, "Loading {Model} failed; the next request after {Delay} tries again", options.ModelId, delay);
+            throw;
+        }
+    }
+
+    private async Task<(GptNeoXForCausalLM, PreTrainedTokenizer)> LoadOnceAsync()
+    {
         var tokenizer = await AutoTokenizer.FromPretrainedAsync(options.TokenizerId ?? options.ModelId, new TokenizerOptions
         {
             UseFast = false, Revision = options.Revision, CacheDir = options.CacheDir, LocalFilesOnly = options.LocalFilesOnly,
@@ -96,9 +149,23 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         {
             TorchDtype = options.TorchDtype, Revision = options.Revision, CacheDir = options.CacheDir,
             LocalFilesOnly = options.LocalFilesOnly, Token = options.Token, Endpoint = options.Endpoint, LoggerFactory = loggerFactory,
+            LoadIn8Bit = options.LoadIn8Bit,
+            QuantizationConfig = new QuantizationConfig
+            {
+                LoadIn8Bit = options.LoadIn8Bit, Int8Threshold = options.Int8Threshold, SkipModules = options.Int8SkipModules ?? ["embed_out"],
+            },
+            DeviceMap = options.DeviceMap is { } map ? (DeviceMapSpec)map : null,
+            MaxMemory = options.MaxMemory is { } budgets ? ToMaxMemory(budgets) : null,
         }).ConfigureAwait(false);
         loggerFactory?.CreateLogger<RinnaModelHost>().LogInformation("Loaded {Model} for chat ({Format} format)", options.ModelId, PromptBuilder.Format);
         return (model, tokenizer);
+    }
+
+    private static MaxMemory ToMaxMemory(Dictionary<string, string> budgets)
+    {
+        var maxMemory = new MaxMemory();
+        foreach (var (device, size) in budgets) maxMemory.Add(device, size);
+        return maxMemory;
     }
 
     private sealed class Release(SemaphoreSlim gate) : IDisposable

@@ -32,6 +32,21 @@ public sealed class RinnaOptions
     /// <summary>The weights' dtype.</summary>
     public TorchDtype TorchDtype { get; set; } = TorchDtype.Float32;
 
+    /// <summary>Quantize the linear layers to int8 (LLM.int8()) while loading: the model card's <c>load_in_8bit=True</c>.</summary>
+    public bool LoadIn8Bit { get; set; }
+
+    /// <summary>LLM.int8()'s outlier threshold (<see cref="Model.Quantization.QuantizationConfig.Int8Threshold"/>).</summary>
+    public double Int8Threshold { get; set; } = Model.Quantization.QuantizationConfig.DefaultInt8Threshold;
+
+    /// <summary>Modules int8 leaves in floating point; <c>null</c> means the output head (<c>embed_out</c>), as transformers does.</summary>
+    public string[]? Int8SkipModules { get; set; }
+
+    /// <summary>The device map: <c>auto</c>, <c>balanced</c>, <c>sequential</c>, <c>cpu</c> or a device such as <c>cuda:0</c>; <c>null</c> means the CPU.</summary>
+    public string? DeviceMap { get; set; }
+
+    /// <summary>The most weight bytes per device for the device map, e.g. <c>{ "cuda:0": "10GiB", "cpu": "30GiB" }</c>.</summary>
+    public Dictionary<string, string>? MaxMemory { get; set; }
+
     /// <summary>The conversation format; <c>null</c> detects it from <see cref="ModelId"/> (falls back to the bilingual format).</summary>
     public RinnaChatFormat? ChatFormat { get; set; }
 
@@ -50,6 +65,9 @@ public sealed class RinnaOptions
     /// <summary>Default nucleus threshold.</summary>
     public double TopP { get; set; } = 1.0;
 
+    /// <summary>Default top-k (transformers' default: 50; 0 turns it off).</summary>
+    public int TopK { get; set; } = 50;
+
     /// <summary>Default repetition penalty (rinna's cards: 1.1).</summary>
     public double RepetitionPenalty { get; set; } = 1.1;
 
@@ -58,4 +76,13 @@ public sealed class RinnaOptions
     /// (the default; instructions and the latest message stay, and the answer's length is clamped to what fits) or throw.
     /// </summary>
     public ContextOverflowPolicy ContextOverflow { get; set; } = ContextOverflowPolicy.DropOldestTurns;
+
+    /// <summary>
+    /// How long after a failed load the next request tries again (doubling with each failure, up to
+    /// <see cref="MaxLoadRetryDelay"/>); requests in between get the failure at once.
+    /// </summary>
+    public TimeSpan LoadRetryDelay { get; set; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>The longest wait between load attempts.</summary>
+    public TimeSpan MaxLoadRetryDelay { get; set; } = TimeSpan.FromMinutes(1);
 }
