@@ -25,7 +25,17 @@ public sealed class TemperatureLogitsWarper : ILogitsProcessor
     public Tensor Process(Tensor inputIds, Tensor scores)
     {
         LogitsProcessing.CheckShapes(inputIds, scores);
-        return scores / Temperature;
+        var scaled = scores / Temperature;
+        // A temperature so small that the division overflows is taken at its limit: all the probability on the highest
+        // scores, as greedy decoding would choose, instead of infinities that make the distribution NaN.
+        using var overflowed = scaled.isfinite().logical_not_().logical_and_(scores.isfinite());
+        if (!overflowed.any().item<bool>()) return scaled;
+        using var scope = NewDisposeScope();
+        var highest = scores.eq(scores.max(-1, keepdim: true).values);
+        var limit = zeros_like(scores).masked_fill_(highest.logical_not(), float.NegativeInfinity);
+        var result = where(overflowed.any(-1, keepdim: true), limit, scaled);
+        scaled.Dispose();
+        return result.MoveToOuterDisposeScope();
     }
 }
 

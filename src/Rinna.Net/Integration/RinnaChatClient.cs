@@ -154,8 +154,8 @@ public sealed class RinnaChatClient : IChatClient
         bool doSample = defaults.DoSample;
         if (options?.AdditionalProperties is { } extra)
         {
-            if (extra.TryGetValue("repetition_penalty", out var penalty)) repetitionPenalty = Convert.ToDouble(penalty, System.Globalization.CultureInfo.InvariantCulture);
-            if (extra.TryGetValue("do_sample", out var sample)) doSample = Convert.ToBoolean(sample, System.Globalization.CultureInfo.InvariantCulture);
+            if (extra.TryGetValue("repetition_penalty", out var penalty)) repetitionPenalty = AdditionalNumber("repetition_penalty", penalty);
+            if (extra.TryGetValue("do_sample", out var sample)) doSample = AdditionalBoolean("do_sample", sample);
         }
         double temperature = options?.Temperature ?? defaults.Temperature;
         // OpenAI's semantics: a positive temperature asks for sampling, 0 for a deterministic (greedy) answer.
@@ -175,6 +175,40 @@ public sealed class RinnaChatClient : IChatClient
         };
         config.Validate();
         return config;
+    }
+
+    /// <summary>A number given in <see cref="ChatOptions.AdditionalProperties"/>: a .NET number, a numeric string or a JSON number.</summary>
+    private static double AdditionalNumber(string name, object? value)
+    {
+        var invariant = System.Globalization.CultureInfo.InvariantCulture;
+        double? number = value switch
+        {
+            System.Text.Json.JsonElement { ValueKind: System.Text.Json.JsonValueKind.Number } json => json.GetDouble(),
+            System.Text.Json.JsonElement { ValueKind: System.Text.Json.JsonValueKind.String } json
+                when double.TryParse(json.GetString(), System.Globalization.NumberStyles.Float, invariant, out var parsed) => parsed,
+            string text when double.TryParse(text, System.Globalization.NumberStyles.Float, invariant, out var parsed) => parsed,
+            sbyte or byte or short or ushort or int or uint or long or ulong or float or double or decimal => Convert.ToDouble(value, invariant),
+            _ => null,
+        };
+        return number is { } n && double.IsFinite(n) ? n
+            : throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{name}\"] must be a finite number; got {Describe(value)}.", "options");
+    }
+
+    /// <summary>A switch given in <see cref="ChatOptions.AdditionalProperties"/>: a bool, <c>"true"</c>/<c>"false"</c>, or a JSON boolean.</summary>
+    private static bool AdditionalBoolean(string name, object? value) => value switch
+    {
+        bool b => b,
+        System.Text.Json.JsonElement { ValueKind: System.Text.Json.JsonValueKind.True } => true,
+        System.Text.Json.JsonElement { ValueKind: System.Text.Json.JsonValueKind.False } => false,
+        string text when bool.TryParse(text, out var parsed) => parsed,
+        _ => throw new ArgumentException($"ChatOptions.AdditionalProperties[\"{name}\"] must be true or false; got {Describe(value)}.", "options"),
+    };
+
+    // Bounded, so a hostile value cannot make the message large.
+    private static string Describe(object? value)
+    {
+        var text = value is null ? "null" : $"{value.GetType().Name} '{value}'";
+        return text.Length <= 80 ? text : text[..80] + "…";
     }
 
     private static ChatFinishReason MapFinishReason(GenFinishReason reason) =>

@@ -95,4 +95,22 @@ public class LogitsProcessorTests
         Assert.Throws<ArgumentException>(() => processor.Process(zeros(2, 2, dtype: ScalarType.Int32), zeros(2, 8)));
         Assert.Throws<ArgumentException>(() => processor.Process(zeros(2, 2, dtype: ScalarType.Int64), zeros(8)));
     }
+
+    [Fact]
+    public void ATemperatureSoSmallThatDivisionOverflowsIsTakenAtItsLimit()
+    {
+        using var scope = NewDisposeScope();
+        var inputIds = tensor(new long[,] { { 1 }, { 1 } });
+        // Row 0 overflows float32 at 1e-300; row 1 is masked but for its ties, which share the probability.
+        var scores = tensor(new float[,] { { 1.5f, -2f, 3f, 0.25f }, { 2f, float.NegativeInfinity, 2f, -1f } });
+        var warped = new TemperatureLogitsWarper(1e-300).Process(inputIds, scores);
+        Assert.Equal([float.NegativeInfinity, float.NegativeInfinity, 0f, float.NegativeInfinity], Row(warped, 0));
+        Assert.Equal([0f, float.NegativeInfinity, 0f, float.NegativeInfinity], Row(warped, 1));
+        var probabilities = warped.softmax(-1);
+        Assert.False(probabilities.isnan().any().item<bool>());
+
+        // Where nothing overflows the warper is HF's plain division.
+        var ordinary = new TemperatureLogitsWarper(0.5).Process(inputIds, scores);
+        Assert.Equal([3f, -4f, 6f, 0.5f], Row(ordinary, 0));
+    }
 }

@@ -181,4 +181,47 @@ public sealed class ChatClientTests : IDisposable
         var ex = Assert.Throws<ArgumentException>(() => services.GetRequiredService<RinnaModelHost>());
         Assert.Contains("ModelId", ex.Message);
     }
+
+    [Theory]
+    [InlineData("abc")]
+    [InlineData("[1.1]")]
+    [InlineData("NaN")]
+    public async Task ARepetitionPenaltyThatIsNotANumberIsRefusedNamingIt(string json)
+    {
+        await using var provider = Services();
+        var client = (RinnaChatClient)provider.GetRequiredService<IChatClient>();
+        var value = json == "abc" ? (object)"abc" : System.Text.Json.JsonDocument.Parse(json == "NaN" ? "\"NaN\"" : json).RootElement.Clone();
+        var options = new ChatOptions { AdditionalProperties = new() { ["repetition_penalty"] = value } };
+        var error = Assert.Throws<ArgumentException>(() => client.ToGenerationConfig(options, 3, 0));
+        Assert.Contains("repetition_penalty", error.Message);
+    }
+
+    [Fact]
+    public async Task AdditionalPropertiesAcceptJsonAndTextValues()
+    {
+        await using var provider = Services();
+        var client = (RinnaChatClient)provider.GetRequiredService<IChatClient>();
+        var options = new ChatOptions
+        {
+            AdditionalProperties = new()
+            {
+                ["repetition_penalty"] = System.Text.Json.JsonDocument.Parse("1.25").RootElement.Clone(),
+                ["do_sample"] = "true",
+            },
+        };
+        var config = client.ToGenerationConfig(options, 3, 0);
+        Assert.Equal(1.25, config.RepetitionPenalty);
+        Assert.True(config.DoSample);
+    }
+
+    [Fact]
+    public async Task ANearZeroTemperatureSamplesTheGreedyAnswer()
+    {
+        await using var provider = Services(o => o.DoSample = true);
+        var chat = provider.GetRequiredService<IChatClient>();
+        ChatMessage[] question = [new(ChatRole.User, "こんにちは")];
+        var sampled = await chat.GetResponseAsync(question, new ChatOptions { Temperature = 1e-38f });
+        var greedy = await chat.GetResponseAsync(question, new ChatOptions { Temperature = 0 });
+        Assert.Equal(greedy.Text, sampled.Text);
+    }
 }
