@@ -36,6 +36,12 @@ internal sealed record HubSettings(
         var token = options.Token is { Length: > 0 } ? options.Token
             : Env("HF_TOKEN") ?? Env("HUGGING_FACE_HUB_TOKEN") ?? ReadStoredToken(ExpandHome(Env("HF_TOKEN_PATH"), home) ?? Path.Combine(hfHome, "token"));
 
+        // A token goes into an HTTP header: one with whitespace or control characters would split or corrupt it.
+        if (token is not null && token.Any(c => c <= ' ' || c >= (char)0x7F))
+            throw new ArgumentException(
+                "The hub token (Token, HF_TOKEN or the stored token file) contains whitespace, a control character or a non-ASCII character; " +
+                "tokens are printable ASCII. The token itself is not shown.", nameof(options));
+
         var offline = options.LocalFilesOnly || IsTrue(Env("HF_HUB_OFFLINE")) || IsTrue(Env("TRANSFORMERS_OFFLINE"));
 
         return new HubSettings(
@@ -64,11 +70,20 @@ internal sealed record HubSettings(
         return path.StartsWith("~/", StringComparison.Ordinal) ? Path.Combine(home, path[2..]) : path;
     }
 
+    private const int MaxTokenFileBytes = 4096;
+
     private static string? ReadStoredToken(string path)
     {
         try
         {
-            return File.Exists(path) && File.ReadAllText(path).Trim() is { Length: > 0 } token ? token : null;
+            if (!File.Exists(path)) return null;
+            // At most a few KB: a token file that is a device or a huge file must not be read whole.
+            using var stream = File.OpenRead(path);
+            var buffer = new byte[MaxTokenFileBytes + 1];
+            int read = stream.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false);
+            if (read > MaxTokenFileBytes)
+                throw new ArgumentException($"The stored hub token file {path} is larger than {MaxTokenFileBytes} bytes; it is not a token.");
+            return System.Text.Encoding.UTF8.GetString(buffer, 0, read).Trim() is { Length: > 0 } token ? token : null;
         }
         catch (IOException)
         {

@@ -241,4 +241,22 @@ public sealed class HubSettingsTests
         Assert.Equal(TimeSpan.FromSeconds(30), settings.ReadTimeout);
         Assert.Throws<ArgumentException>(() => Resolve(new() { ["HOME"] = "/h" }, new HubOptions { Endpoint = "ftp://x" }));
     }
+
+    [Theory]
+    [InlineData("hf_abc\r\nX-Injected: 1")]
+    [InlineData("hf_abc def")]
+    [InlineData("hf_\u00e9")]
+    public void ATokenThatCannotBeAHeaderValueIsRefusedWithoutShowingIt(string token)
+    {
+        var error = Assert.Throws<ArgumentException>(() => Resolve(new() { ["HOME"] = "/home/u", ["HF_TOKEN"] = token }));
+        Assert.DoesNotContain("hf_", error.Message);
+        Assert.Contains("token", error.Message);
+    }
+
+    [Fact]
+    public void AStoredTokenFileThatIsADeviceIsNotReadWhole()
+    {
+        var error = Assert.Throws<ArgumentException>(() => Resolve(new() { ["HOME"] = "/home/u", ["HF_TOKEN_PATH"] = "/dev/zero" }));
+        Assert.Contains("/dev/zero", error.Message);
+    }
 }
