@@ -10,7 +10,7 @@ internal static class ConfigJson
     {
         try
         {
-            return File.ReadAllText(path);
+            return BoundedFile.ReadAllText(path);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {

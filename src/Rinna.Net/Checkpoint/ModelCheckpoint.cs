@@ -149,7 +149,7 @@ public sealed class ModelCheckpoint : IDisposable
     {
         try
         {
-            using var document = JsonDocument.Parse(File.ReadAllBytes(indexPath), new JsonDocumentOptions { MaxDepth = 16 });
+            using var document = JsonDocument.Parse(BoundedFile.ReadAllBytes(indexPath), new JsonDocumentOptions { MaxDepth = 16 });
             if (document.RootElement.ValueKind != JsonValueKind.Object
                 || !document.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new CheckpointException(indexPath, "'weight_map' must be an object mapping tensor names to shard files.");

@@ -212,7 +212,7 @@ public sealed class RinnaChatPromptBuilder
         {
             var path = Path.Combine(directory, file);
             if (!File.Exists(path)) return null;
-            using var json = JsonDocument.Parse(File.ReadAllBytes(path));
+            using var json = JsonDocument.Parse(BoundedFile.ReadAllBytes(path));
             return json.RootElement.ValueKind == JsonValueKind.Object && json.RootElement.TryGetProperty(property, out var value)
                 && value.ValueKind == JsonValueKind.String ? value.GetString() : null;
         }

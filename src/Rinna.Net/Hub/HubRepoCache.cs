@@ -51,7 +51,7 @@ internal sealed class HubRepoCache(string cacheDir, string repoId, ILogger logge
         if (HubNames.IsCommitHash(revision)) return revision;
         var refPath = RefPath(revision);
         if (!File.Exists(refPath)) return null;
-        var commit = File.ReadAllText(refPath).Trim();
+        var commit = BoundedFile.ReadAllText(refPath, 4096).Trim();
         if (HubNames.IsCommitHash(commit)) return commit;
         logger.LogWarning("Ignoring cache ref {RefPath}: it does not hold a commit hash", refPath);
         return null;
@@ -62,7 +62,7 @@ internal sealed class HubRepoCache(string cacheDir, string repoId, ILogger logge
     {
         if (revision == commit) return;
         var refPath = RefPath(revision);
-        if (File.Exists(refPath) && File.ReadAllText(refPath).Trim() == commit) return;
+        if (File.Exists(refPath) && BoundedFile.ReadAllText(refPath, 4096).Trim() == commit) return;
         WriteAtomically(refPath, commit);
     }
 

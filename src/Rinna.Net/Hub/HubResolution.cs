@@ -94,16 +94,17 @@ internal sealed class HubResolution
     {
         try
         {
-            using var document = JsonDocument.Parse(File.ReadAllBytes(indexPath));
+            using var document = JsonDocument.Parse(BoundedFile.ReadAllBytes(indexPath));
             if (!document.RootElement.TryGetProperty("weight_map", out var weightMap) || weightMap.ValueKind != JsonValueKind.Object)
                 throw Error(SafetensorsIndexFile, null, "the shard index has no 'weight_map' object.");
             var shards = new List<string>();
+            var seen = new HashSet<string>(StringComparer.Ordinal);
             foreach (var entry in weightMap.EnumerateObject())
             {
                 if (entry.Value.ValueKind != JsonValueKind.String)
                     throw Error(SafetensorsIndexFile, null, $"'weight_map' entry '{entry.Name}' is not a file name.");
                 var shard = entry.Value.GetString()!;
-                if (!shards.Contains(shard)) shards.Add(shard);
+                if (seen.Add(shard)) shards.Add(shard);
             }
             if (shards.Count == 0) throw Error(SafetensorsIndexFile, null, "'weight_map' names no shard.");
             return shards;
@@ -111,6 +112,10 @@ internal sealed class HubResolution
         catch (JsonException ex)
         {
             throw Error(SafetensorsIndexFile, null, $"the shard index is not valid JSON: {ex.Message}", ex);
+        }
+        catch (IOException ex)
+        {
+            throw Error(SafetensorsIndexFile, null, $"cannot read the shard index: {ex.Message}", ex);
         }
     }
 

@@ -162,6 +162,20 @@ public sealed class HostileFileTests : IDisposable
         Assert.Equal(normal.Generate(prompt, settings).Rows[0].TokenIds, claimed);
     }
 
+    [Theory]
+    [InlineData("config.json")]
+    [InlineData("model.safetensors.index.json")]
+    public void AJsonFileThatIsADeviceFailsBeforeMemoryRunsOut(string name)
+    {
+        foreach (var file in Directory.GetFiles(Fixtures.Model("tiny-neox-rinna")))
+            if (!Path.GetFileName(file).StartsWith("expected", StringComparison.Ordinal) && Path.GetFileName(file) != "model.safetensors")
+                File.Copy(file, Path.Combine(work.FullName, Path.GetFileName(file)));
+        File.Delete(Path.Combine(work.FullName, name));
+        File.CreateSymbolicLink(Path.Combine(work.FullName, name), "/dev/zero");
+        var expected = name == "config.json" ? typeof(ModelConfigException) : typeof(CheckpointException);
+        AssertNoLargeAllocation(() => AutoModelForCausalLM.FromPretrainedAsync(work.FullName).GetAwaiter().GetResult().Dispose(), expected);
+    }
+
     private static void AssertNoLargeAllocation(Action action, Type? expected = null)
     {
         long peakBefore = ProcessMemory.PeakResidentBytes;
