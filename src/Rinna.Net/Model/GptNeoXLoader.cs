@@ -19,6 +19,11 @@ internal static class GptNeoXLoader
         var config = GptNeoXConfig.FromFile(Path.Combine(directory, "config.json"));
         using var checkpoint = ModelCheckpoint.Open(directory);
         var entries = checkpoint.Entries;
+        // Checked before the layout is built from the config: a config claiming billions of layers must not build them.
+        int layers = entries.Keys.Select(GptNeoXWeightLayout.LayerIndexOf).DefaultIfEmpty(-1).Max() + 1;
+        if (layers != config.NumHiddenLayers)
+            throw new CheckpointException(string.Join(", ", checkpoint.Files),
+                $"config.json has num_hidden_layers = {config.NumHiddenLayers}, but the checkpoint holds {layers} layers.");
         var layout = GptNeoXWeightLayout.For(config).ToDictionary(w => w.Name, StringComparer.Ordinal);
         Validate(checkpoint, entries, layout, config);
 
@@ -154,11 +159,14 @@ internal static class GptNeoXLoader
         var wrongType = expected.Keys.Where(name => entries.TryGetValue(name, out var e)
             && e.DType is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64))
             .Select(name => $"{name} is {entries[name].DType}").ToList();
+        // At most a few names of each kind, so a hostile checkpoint cannot make the message huge.
+        static string Some(IReadOnlyList<string> items, string separator) =>
+            string.Join(separator, items.Take(8)) + (items.Count > 8 ? $"{separator}and {items.Count - 8} more" : "");
         var problems = new List<string>();
-        if (missing.Count > 0) problems.Add($"missing tensors: {string.Join(", ", missing)}");
-        if (unexpected.Count > 0) problems.Add($"unexpected tensors: {string.Join(", ", unexpected)}");
-        if (mismatched.Count > 0) problems.Add($"shape mismatches: {string.Join("; ", mismatched)}");
-        if (wrongType.Count > 0) problems.Add($"weights that are not floating point: {string.Join("; ", wrongType)}");
+        if (missing.Count > 0) problems.Add($"missing tensors: {Some(missing, ", ")}");
+        if (unexpected.Count > 0) problems.Add($"unexpected tensors: {Some(unexpected, ", ")}");
+        if (mismatched.Count > 0) problems.Add($"shape mismatches: {Some(mismatched, "; ")}");
+        if (wrongType.Count > 0) problems.Add($"weights that are not floating point: {Some(wrongType, "; ")}");
         if (problems.Count > 0)
             throw new CheckpointException(file, "the checkpoint does not match config.json: " + string.Join(". ", problems) + ".");
     }

@@ -59,6 +59,16 @@ internal static class GptNeoXWeightLayout
         return parts[0] == "gpt_neox" && parts.Length > 2 ? parts[1] == "layers" ? $"gpt_neox.layers.{parts[2]}" : $"gpt_neox.{parts[1]}" : parts[0];
     }
 
+    /// <summary>The decoder layer a tensor belongs to (<c>gpt_neox.layers.3....</c> → 3), or -1.</summary>
+    public static int LayerIndexOf(string name)
+    {
+        const string Prefix = "gpt_neox.layers.";
+        if (!name.StartsWith(Prefix, StringComparison.Ordinal)) return -1;
+        int end = name.IndexOf('.', Prefix.Length);
+        return end > Prefix.Length && int.TryParse(name.AsSpan(Prefix.Length, end - Prefix.Length), System.Globalization.NumberStyles.None,
+            System.Globalization.CultureInfo.InvariantCulture, out var index) ? index : -1;
+    }
+
     /// <summary>
     /// Checkpoint entries that are buffers in Hugging Face's code, not parameters (causal-mask caches and rotary
     /// frequencies saved by older transformers versions); they are recomputed, never loaded.
