@@ -1,0 +1,193 @@
+using System.Text;
+using Microsoft.ML.Tokenizers;
+
+namespace Rinna.Net.Tokenization.Fast;
+
+/// <summary>
+/// The <c>BPE</c> model of <c>tokenizer.json</c>: a word (already in byte-level characters when a ByteLevel
+/// pre-tokenizer runs) becomes one symbol per character, then the adjacent pair with the lowest merge rank is merged
+/// (leftmost first on ties) until no listed pair is left.
+/// </summary>
+/// <remarks>
+/// Behind a ByteLevel pre-tokenizer, words of up to <see cref="MaxWordLengthForMLTokenizers"/> characters go to
+/// Microsoft.ML.Tokenizers' <see cref="BpeTokenizer"/> in its byte-level mode, which maps the word to byte-level
+/// characters and applies the same merges (its non-byte-level mode leaves merges of non-ASCII pieces undone, so it is
+/// not used). Its merge loop grows quadratically with the word, so a longer word (Japanese text without punctuation
+/// is one <c>\p{L}+</c> word) is mapped and merged here with a heap, in O(n log n). Options that tokenizer does not
+/// have in the same form (an unknown token, <c>ignore_merges</c>, merge pieces containing spaces, a vocabulary
+/// without all 256 byte characters) select this implementation for every word.
+/// </remarks>
+internal sealed class BpeModel
+{
+    /// <summary>Longest word handed to Microsoft.ML.Tokenizers.</summary>
+    public const int MaxWordLengthForMLTokenizers = 64;
+
+    private readonly Dictionary<string, int> vocabulary;
+    private readonly string?[] tokensById;
+    private readonly Dictionary<long, (int Rank, int NewId)> merges;
+    private readonly int? unknownId;
+    private readonly bool fuseUnknown;
+    private readonly bool ignoreMerges;
+    private readonly BpeTokenizer? ml;
+    private readonly bool[] singleCharacterTokens = new bool[char.MaxValue + 1];
+
+    public BpeModel(Dictionary<string, int> vocabulary, IReadOnlyList<(string Left, string Right)> mergeList, string? unknownToken, bool fuseUnknown, bool ignoreMerges,
+        Func<string, string, TokenizerException> error)
+    {
+        this.vocabulary = vocabulary;
+        var size = vocabulary.Count == 0 ? 0 : vocabulary.Values.Max() + 1;
+        tokensById = new string?[size];
+        foreach (var (token, id) in vocabulary)
+        {
+            if (tokensById[id] is { } other) throw error("model.vocab", $"'{token}' and '{other}' both have id {id}");
+            tokensById[id] = token;
+            if (token.Length == 1) singleCharacterTokens[token[0]] = true;
+        }
+
+        merges = new Dictionary<long, (int, int)>(mergeList.Count);
+        for (var rank = 0; rank < mergeList.Count; rank++)
+        {
+            var (left, right) = mergeList[rank];
+            if (!vocabulary.TryGetValue(left, out var leftId)) throw error("model.merges", $"merge {rank} ('{left} {right}') names '{left}', which is not in the vocabulary");
+            if (!vocabulary.TryGetValue(right, out var rightId)) throw error("model.merges", $"merge {rank} ('{left} {right}') names '{right}', which is not in the vocabulary");
+            if (!vocabulary.TryGetValue(left + right, out var newId)) throw error("model.merges", $"merge {rank} ('{left} {right}') makes '{left + right}', which is not in the vocabulary");
+            merges.TryAdd(Key(leftId, rightId), (rank, newId));
+        }
+
+        if (unknownToken is not null)
+        {
+            if (!vocabulary.TryGetValue(unknownToken, out var id)) throw error("model.unk_token", $"'{unknownToken}' is not in the vocabulary");
+            unknownId = id;
+        }
+
+        this.fuseUnknown = fuseUnknown;
+        this.ignoreMerges = ignoreMerges;
+        if (unknownToken is null && !ignoreMerges && mergeList.All(m => !m.Left.Contains(' ') && !m.Right.Contains(' '))
+            && Enumerable.Range(0, 256).All(b => singleCharacterTokens[ByteLevelAlphabet.ToChar((byte)b)]))
+        {
+            ml = BpeTokenizer.Create(new BpeOptions(vocabulary)
+            {
+                Merges = mergeList.Select(m => m.Left + " " + m.Right),
+                ByteLevel = true,
+            });
+        }
+    }
+
+    /// <summary>Number of ids the vocabulary spans (Hugging Face's <c>get_vocab_size</c> for a dense vocabulary).</summary>
+    public int Size => vocabulary.Count;
+
+    /// <summary>First id after the vocabulary's largest.</summary>
+    public int IdLimit => tokensById.Length;
+
+    public bool TryGetId(string token, out int id) => vocabulary.TryGetValue(token, out id);
+
+    public string? IdToToken(int id) => id >= 0 && id < tokensById.Length ? tokensById[id] : null;
+
+    /// <summary>Whether Microsoft.ML.Tokenizers merges the short words.</summary>
+    public bool UsesMLTokenizers => ml is not null;
+
+    /// <summary>Appends the ids of <paramref name="word"/>.</summary>
+    /// <param name="word">The word.</param>
+    /// <param name="byteLevel">Write the word's UTF-8 bytes in <see cref="ByteLevelAlphabet"/> characters first (a ByteLevel pre-tokenizer ran).</param>
+    /// <param name="ids">Receives the ids.</param>
+    /// <param name="work">Counts characters and merge steps, for the linear-time check.</param>
+    public void Encode(string word, bool byteLevel, List<int> ids, ref long work)
+    {
+        if (word.Length == 0) return;
+        if (!byteLevel)
+        {
+            EncodeWithHeap(word, ids, ref work);
+            return;
+        }
+
+        if (ml is not null && word.Length <= MaxWordLengthForMLTokenizers)
+        {
+            work += word.Length;
+            ids.AddRange(ml.EncodeToIds(word));
+            return;
+        }
+
+        var mapped = new StringBuilder(word.Length * 3);
+        ByteLevelAlphabet.Map(word, mapped);
+        EncodeWithHeap(mapped.ToString(), ids, ref work);
+    }
+
+    /// <summary>The merge loop of this class alone, whatever the word's length (compared with the other path in tests).</summary>
+    internal void EncodeWithHeap(string word, List<int> ids, ref long work)
+    {
+        if (ignoreMerges && vocabulary.TryGetValue(word, out var whole))
+        {
+            ids.Add(whole);
+            return;
+        }
+
+        var symbols = InitialSymbols(word);
+        work += word.Length;
+        if (symbols.Count > 1) MergeAll(symbols, ref work);
+        foreach (var symbol in symbols)
+            if (symbol.Length > 0) ids.Add(symbol.Id);
+    }
+
+    /// <summary>Microsoft.ML.Tokenizers' result for a word before byte-level mapping (tests compare it with <see cref="EncodeWithHeap"/>).</summary>
+    internal IReadOnlyList<int>? EncodeWithMLTokenizers(string word) => ml?.EncodeToIds(word);
+
+    private List<Symbol> InitialSymbols(string word)
+    {
+        var symbols = new List<Symbol>(word.Length);
+        Symbol? pendingUnknown = null;
+        for (var i = 0; i < word.Length;)
+        {
+            var length = char.IsHighSurrogate(word[i]) && i + 1 < word.Length && char.IsLowSurrogate(word[i + 1]) ? 2 : 1;
+            var piece = word.Substring(i, length);
+            i += length;
+            if (vocabulary.TryGetValue(piece, out var id))
+            {
+                if (pendingUnknown is { } u) symbols.Add(u);
+                pendingUnknown = null;
+                symbols.Add(new Symbol(id, 1));
+            }
+            else if (unknownId is { } unk)
+            {
+                if (pendingUnknown is { } u && !fuseUnknown) symbols.Add(u);
+                pendingUnknown = new Symbol(unk, 1);
+            }
+            // Without an unknown token the Rust model drops the character.
+        }
+
+        if (pendingUnknown is { } last) symbols.Add(last);
+        for (var i = 0; i < symbols.Count; i++) symbols[i] = symbols[i] with { Prev = i - 1, Next = i + 1 < symbols.Count ? i + 1 : -1 };
+        return symbols;
+    }
+
+    private void MergeAll(List<Symbol> symbols, ref long work)
+    {
+        var queue = new PriorityQueue<(int Position, int RightId, int NewId), (int Rank, int Position)>();
+        void Offer(int position)
+        {
+            var next = symbols[position].Next;
+            if (next < 0 || !merges.TryGetValue(Key(symbols[position].Id, symbols[next].Id), out var merge)) return;
+            queue.Enqueue((position, symbols[next].Id, merge.NewId), (merge.Rank, position));
+        }
+
+        for (var i = 0; i + 1 < symbols.Count; i++) Offer(i);
+        while (queue.TryDequeue(out var candidate, out _))
+        {
+            work++;
+            var left = symbols[candidate.Position];
+            // Stale entries: the left symbol was merged away or into something else, or its right neighbour changed.
+            if (left.Length == 0 || left.Next < 0) continue;
+            var right = symbols[left.Next];
+            if (!merges.TryGetValue(Key(left.Id, right.Id), out var merge) || merge.NewId != candidate.NewId || right.Id != candidate.RightId) continue;
+
+            symbols[candidate.Position] = left with { Id = merge.NewId, Length = left.Length + right.Length, Next = right.Next };
+            symbols[left.Next] = right with { Length = 0 };
+            if (right.Next >= 0) symbols[right.Next] = symbols[right.Next] with { Prev = candidate.Position };
+            Offer(candidate.Position);
+            if (left.Prev >= 0) Offer(left.Prev);
+        }
+    }
+
+    private static long Key(int left, int right) => ((long)left << 32) | (uint)right;
+
+    private readonly record struct Symbol(int Id, int Length, int Prev = -1, int Next = -1);
+}
