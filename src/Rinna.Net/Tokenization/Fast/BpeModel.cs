@@ -15,7 +15,7 @@ namespace Rinna.Net.Tokenization.Fast;
 /// not used). Its merge loop grows quadratically with the word, so a longer word (Japanese text without punctuation
 /// is one <c>\p{L}+</c> word) is mapped and merged here with a heap, in O(n log n). Options that tokenizer does not
 /// have in the same form (an unknown token, <c>ignore_merges</c>, merge pieces containing spaces, a vocabulary
-/// without all 256 byte characters) select this implementation for every word.
+/// without a byte that UTF-8 can contain) select this implementation for every word.
 /// </remarks>
 internal sealed class BpeModel
 {
@@ -63,12 +63,14 @@ internal sealed class BpeModel
         this.fuseUnknown = fuseUnknown;
         this.ignoreMerges = ignoreMerges;
         if (unknownToken is null && !ignoreMerges && mergeList.All(m => !m.Left.Contains(' ') && !m.Right.Contains(' '))
-            && Enumerable.Range(0, 256).All(b => singleCharacterTokens[ByteLevelAlphabet.ToChar((byte)b)]))
+            && Enumerable.Range(0, 256).All(b => b is 0xC0 or 0xC1 or >= 0xF5 || singleCharacterTokens[ByteLevelAlphabet.ToChar((byte)b)]))
         {
             ml = BpeTokenizer.Create(new BpeOptions(vocabulary)
             {
                 Merges = mergeList.Select(m => m.Left + " " + m.Right),
                 ByteLevel = true,
+                // Without one, BpeTokenizer splits at word boundaries and drops whitespace; words arrive already split.
+                PreTokenizer = WholeWord.Instance,
             });
         }
     }
@@ -188,6 +190,16 @@ internal sealed class BpeModel
     }
 
     private static long Key(int left, int right) => ((long)left << 32) | (uint)right;
+
+    /// <summary>A Microsoft.ML.Tokenizers pre-tokenizer that keeps its input whole.</summary>
+    private sealed class WholeWord : PreTokenizer
+    {
+        public static readonly WholeWord Instance = new();
+
+        public override IEnumerable<(int Offset, int Length)> PreTokenize(string text) => text.Length == 0 ? [] : [(0, text.Length)];
+
+        public override IEnumerable<(int Offset, int Length)> PreTokenize(ReadOnlySpan<char> text) => text.Length == 0 ? [] : [(0, text.Length)];
+    }
 
     private readonly record struct Symbol(int Id, int Length, int Prev = -1, int Next = -1);
 }

@@ -80,12 +80,14 @@ internal sealed class FastTokenizerDefinition
     {
         try
         {
-            var info = new FileInfo(path);
+            FileSystemInfo info = new FileInfo(path);
+            if (info.LinkTarget is not null) info = info.ResolveLinkTarget(returnFinalTarget: true) ?? info;
+            if (info is not FileInfo { Exists: true } file) throw new TokenizerException(path, null, "not a regular file");
             // Devices, pipes and procfs entries report size 0; opening a pipe would block, so they are refused unread.
-            if (info.Length == 0) throw new TokenizerException(path, null, "the file is empty or not a regular file");
-            if (info.Length > MaxFileBytes) throw new TokenizerException(path, null, $"{info.Length} bytes is above the {MaxFileBytes >> 20} MiB limit for a tokenizer.json");
+            if (file.Length == 0) throw new TokenizerException(path, null, "the file is empty or not a regular file");
+            if (file.Length > MaxFileBytes) throw new TokenizerException(path, null, $"{file.Length} bytes is above the {MaxFileBytes >> 20} MiB limit for a tokenizer.json");
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-            var buffer = new byte[info.Length];
+            var buffer = new byte[file.Length];
             var total = 0;
             while (total < buffer.Length)
             {
