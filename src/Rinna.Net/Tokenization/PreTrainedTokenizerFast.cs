@@ -102,9 +102,7 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
         long work = 0;
         var rawPieces = new List<Piece>();
         var pieces = new List<Piece>();
-        var words = new List<string>();
         var modelIds = new List<int>();
-        var byteLevel = definition.PreTokenizer is not null;
         rawMatcher.Split(text, rawPieces, ref work);
         foreach (var raw in rawPieces)
         {
@@ -126,19 +124,22 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
                     continue;
                 }
 
-                words.Clear();
-                if (definition.PreTokenizer is { } preTokenizer) preTokenizer.Split(piece.Text, words, ref work);
-                else words.Add(piece.Text);
-                foreach (var word in words)
+                if (definition.PreTokenizer is { } preTokenizer)
                 {
-                    if (directIds is not null)
-                    {
-                        definition.Model.Encode(word, byteLevel, directIds, ref work);
-                        continue;
-                    }
-
+                    var target = directIds ?? modelIds;
+                    if (directIds is null) modelIds.Clear();
+                    definition.Model.EncodeByteLevel(preTokenizer.Prepare(piece.Text), preTokenizer.UseRegex, target, ref work);
+                    if (directIds is null)
+                        foreach (var modelId in modelIds) emit(modelId, null);
+                }
+                else if (directIds is not null)
+                {
+                    definition.Model.EncodeWord(piece.Text, directIds, ref work);
+                }
+                else
+                {
                     modelIds.Clear();
-                    definition.Model.Encode(word, byteLevel, modelIds, ref work);
+                    definition.Model.EncodeWord(piece.Text, modelIds, ref work);
                     foreach (var modelId in modelIds) emit(modelId, null);
                 }
             }

@@ -105,7 +105,7 @@ public class PreTrainedTokenizerFastFixtureTests
     {
         // Cutting the ids anywhere leaves partial UTF-8 at the end; both paths must replace it the same way.
         var decoder = Tokenizer.CreateStreamingDecoder();
-        foreach (var c in Cases.Where(c => c.Text.Length < 200))
+        foreach (var c in Cases.Where(c => c.Ids.Length <= 600))
         {
             for (var length = 0; length <= c.Ids.Length; length++)
             {

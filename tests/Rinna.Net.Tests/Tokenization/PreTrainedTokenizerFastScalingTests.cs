@@ -85,6 +85,25 @@ public class PreTrainedTokenizerFastScalingTests
         }
 
         Assert.True(checkedWords > 3000, $"{checkedWords} words");
+
+        // Whole texts, where runs of short words go to Microsoft.ML.Tokenizers in one call, give the same ids as the
+        // heap merge word by word.
+        foreach (var text in Cases.Select(c => c.Text.Normalize(System.Text.NormalizationForm.FormC)).Append(Corpus()[..50_000]))
+        {
+            var perWord = new List<int>();
+            var textWords = new List<string>();
+            pre.Split(text, textWords, ref work);
+            foreach (var word in textWords)
+            {
+                var mapped = new System.Text.StringBuilder();
+                ByteLevelAlphabet.Map(word, mapped);
+                model.EncodeWithHeap(mapped.ToString(), perWord, ref work);
+            }
+
+            var inRuns = new List<int>();
+            model.EncodeByteLevel(text, useRegex: true, inRuns, ref work);
+            Assert.Equal(perWord, inRuns);
+        }
     }
 
     private static string CutAtCharacter(string word, int length) =>

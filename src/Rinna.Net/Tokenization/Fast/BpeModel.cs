@@ -69,8 +69,8 @@ internal sealed class BpeModel
             {
                 Merges = mergeList.Select(m => m.Left + " " + m.Right),
                 ByteLevel = true,
-                // Without one, BpeTokenizer splits at word boundaries and drops whitespace; words arrive already split.
-                PreTokenizer = WholeWord.Instance,
+                // Without one, BpeTokenizer splits at word boundaries and drops whitespace.
+                PreTokenizer = Gpt2Words.Instance,
             });
         }
     }
@@ -88,30 +88,69 @@ internal sealed class BpeModel
     /// <summary>Whether Microsoft.ML.Tokenizers merges the short words.</summary>
     public bool UsesMLTokenizers => ml is not null;
 
-    /// <summary>Appends the ids of <paramref name="word"/>.</summary>
-    /// <param name="word">The word.</param>
-    /// <param name="byteLevel">Write the word's UTF-8 bytes in <see cref="ByteLevelAlphabet"/> characters first (a ByteLevel pre-tokenizer ran).</param>
+    /// <summary>
+    /// Appends the ids of a stretch of text behind a ByteLevel pre-tokenizer (prefix space already added): split with
+    /// GPT-2's pattern when <paramref name="useRegex"/>, each word's UTF-8 bytes merged.
+    /// </summary>
+    /// <param name="text">The text.</param>
+    /// <param name="useRegex">Split into words first (the pre-tokenizer's <c>use_regex</c>); otherwise the text is one word.</param>
     /// <param name="ids">Receives the ids.</param>
     /// <param name="work">Counts characters and merge steps, for the linear-time check.</param>
-    public void Encode(string word, bool byteLevel, List<int> ids, ref long work)
+    public void EncodeByteLevel(string text, bool useRegex, List<int> ids, ref long work)
     {
-        if (word.Length == 0) return;
-        if (!byteLevel)
+        if (text.Length == 0) return;
+        if (!useRegex || ml is null)
         {
-            EncodeWithHeap(word, ids, ref work);
+            var position = 0;
+            while (position < text.Length)
+            {
+                var end = useRegex ? ByteLevelPreTokenizer.WordEnd(text, position) : text.Length;
+                EncodeWithHeap(ToByteLevel(text.AsSpan(position, end - position)), ids, ref work);
+                position = end;
+            }
+
             return;
         }
 
-        if (ml is not null && word.Length <= MaxWordLengthForMLTokenizers)
+        // Runs of words short enough go to Microsoft.ML.Tokenizers in one call (its pre-tokenizer splits them the same
+        // way again: a run ends where a word ends, and the pattern's only look-ahead sees the run's end as the text's).
+        var runStart = 0;
+        var at = 0;
+        while (at < text.Length)
         {
-            work += word.Length;
-            ids.AddRange(ml.EncodeToIds(word));
-            return;
+            var end = ByteLevelPreTokenizer.WordEnd(text, at);
+            work += end - at;
+            if (end - at > MaxWordLengthForMLTokenizers)
+            {
+                EncodeRunWithMLTokenizers(text.AsSpan(runStart, at - runStart), ids, ref work);
+                EncodeWithHeap(ToByteLevel(text.AsSpan(at, end - at)), ids, ref work);
+                runStart = end;
+            }
+
+            at = end;
         }
 
+        EncodeRunWithMLTokenizers(text.AsSpan(runStart), ids, ref work);
+    }
+
+    /// <summary>Appends the ids of one word that no pre-tokenizer mapped to byte-level characters.</summary>
+    public void EncodeWord(string word, List<int> ids, ref long work)
+    {
+        if (word.Length > 0) EncodeWithHeap(word, ids, ref work);
+    }
+
+    private void EncodeRunWithMLTokenizers(ReadOnlySpan<char> run, List<int> ids, ref long work)
+    {
+        if (run.IsEmpty) return;
+        work += run.Length;
+        ids.AddRange(ml!.EncodeToIds(run));
+    }
+
+    private static string ToByteLevel(ReadOnlySpan<char> word)
+    {
         var mapped = new StringBuilder(word.Length * 3);
         ByteLevelAlphabet.Map(word, mapped);
-        EncodeWithHeap(mapped.ToString(), ids, ref work);
+        return mapped.ToString();
     }
 
     /// <summary>The merge loop of this class alone, whatever the word's length (compared with the other path in tests).</summary>
@@ -130,7 +169,7 @@ internal sealed class BpeModel
             if (symbol.Length > 0) ids.Add(symbol.Id);
     }
 
-    /// <summary>Microsoft.ML.Tokenizers' result for a word before byte-level mapping (tests compare it with <see cref="EncodeWithHeap"/>).</summary>
+    /// <summary>Microsoft.ML.Tokenizers' result for text before byte-level mapping (tests compare it with <see cref="EncodeWithHeap"/>).</summary>
     internal IReadOnlyList<int>? EncodeWithMLTokenizers(string word) => ml?.EncodeToIds(word);
 
     private List<Symbol> InitialSymbols(string word)
@@ -191,14 +230,25 @@ internal sealed class BpeModel
 
     private static long Key(int left, int right) => ((long)left << 32) | (uint)right;
 
-    /// <summary>A Microsoft.ML.Tokenizers pre-tokenizer that keeps its input whole.</summary>
-    private sealed class WholeWord : PreTokenizer
+    /// <summary>GPT-2's pattern on code points (<see cref="ByteLevelPreTokenizer.WordEnd"/>) as a Microsoft.ML.Tokenizers pre-tokenizer.</summary>
+    private sealed class Gpt2Words : PreTokenizer
     {
-        public static readonly WholeWord Instance = new();
+        public static readonly Gpt2Words Instance = new();
 
-        public override IEnumerable<(int Offset, int Length)> PreTokenize(string text) => text.Length == 0 ? [] : [(0, text.Length)];
+        public override IEnumerable<(int Offset, int Length)> PreTokenize(string text) => PreTokenize(text.AsSpan());
 
-        public override IEnumerable<(int Offset, int Length)> PreTokenize(ReadOnlySpan<char> text) => text.Length == 0 ? [] : [(0, text.Length)];
+        public override IEnumerable<(int Offset, int Length)> PreTokenize(ReadOnlySpan<char> text)
+        {
+            var words = new List<(int, int)>();
+            for (var position = 0; position < text.Length;)
+            {
+                var end = ByteLevelPreTokenizer.WordEnd(text, position);
+                words.Add((position, end - position));
+                position = end;
+            }
+
+            return words;
+        }
     }
 
     private readonly record struct Symbol(int Id, int Length, int Prev = -1, int Next = -1);

@@ -18,11 +18,14 @@ internal sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex)
 
     public bool UseRegex { get; } = useRegex;
 
+    /// <summary>The text the split applies to: <paramref name="text"/> with the prefix space when configured.</summary>
+    public string Prepare(string text) => AddPrefixSpace && text.Length > 0 && text[0] != ' ' ? " " + text : text;
+
     /// <summary>Appends the words of <paramref name="text"/> to <paramref name="words"/>.</summary>
     public void Split(string text, List<string> words, ref long work)
     {
         if (text.Length == 0) return;
-        if (AddPrefixSpace && text[0] != ' ') text = " " + text;
+        text = Prepare(text);
         if (!UseRegex)
         {
             words.Add(text);
@@ -40,13 +43,17 @@ internal sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex)
         }
     }
 
+    /// <summary>1 for <c>\p{L}</c>, 2 for <c>\p{N}</c>, 3 for whitespace, 0 for anything else.</summary>
+    private static int ClassOf(Rune rune) =>
+        UnicodeClasses.IsLetter(rune) ? 1 : UnicodeClasses.IsNumber(rune) ? 2 : UnicodeClasses.IsWhiteSpace(rune) ? 3 : 0;
+
     /// <summary>End of the word the GPT-2 pattern matches at <paramref name="start"/> (always past it).</summary>
-    internal static int WordEnd(string text, int start)
+    internal static int WordEnd(ReadOnlySpan<char> text, int start)
     {
         var c = text[start];
         if (c == '\'' && start + 1 < text.Length)
         {
-            var rest = text.AsSpan(start + 1);
+            var rest = text[(start + 1)..];
             if (rest.StartsWith("re", StringComparison.Ordinal) || rest.StartsWith("ve", StringComparison.Ordinal) || rest.StartsWith("ll", StringComparison.Ordinal))
                 return start + 3;
             if (rest[0] is 's' or 't' or 'm' or 'd') return start + 2;
@@ -67,14 +74,19 @@ internal sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex)
 
         if (body != start || !UnicodeClasses.IsWhiteSpace(first))
         {
-            Func<Rune, bool> inClass = UnicodeClasses.IsLetter(bodyRune) ? UnicodeClasses.IsLetter
-                : UnicodeClasses.IsNumber(bodyRune) ? UnicodeClasses.IsNumber
-                : r => !UnicodeClasses.IsWhiteSpace(r) && !UnicodeClasses.IsLetter(r) && !UnicodeClasses.IsNumber(r);
+            var wordClass = ClassOf(bodyRune);
             var end = body;
             while (end < text.Length)
             {
+                // ASCII letters continue a letter word without a category lookup, the common case in English.
+                if (wordClass == 1 && char.IsAsciiLetter(text[end]))
+                {
+                    end++;
+                    continue;
+                }
+
                 var rune = UnicodeClasses.At(text, end);
-                if (!inClass(rune)) break;
+                if (ClassOf(rune) != wordClass) break;
                 end += rune.Utf16SequenceLength;
             }
 

@@ -10,7 +10,7 @@ internal sealed class FastTokenizerDefinition
     public const long MaxFileBytes = 64L << 20;
 
     /// <summary>Largest token id accepted, which bounds the id-indexed tables.</summary>
-    private const int MaxId = (1 << 24) - 1;
+    private const int MaxId = (1 << 22) - 1;
 
     private static readonly string[] SupportedNormalizers = ["NFC", "NFD", "NFKC", "NFKD", "Lowercase", "Prepend", "Replace (string pattern)", "Strip", "Sequence"];
 

@@ -24,6 +24,13 @@ internal static class UnicodeClasses
     /// <summary>The code point starting at <paramref name="index"/> (strings reaching here hold no lone surrogates).</summary>
     public static Rune At(string text, int index) => Rune.GetRuneAt(text, index);
 
+    /// <inheritdoc cref="At(string, int)"/>
+    public static Rune At(ReadOnlySpan<char> text, int index)
+    {
+        Rune.DecodeFromUtf16(text[index..], out var rune, out _);
+        return rune;
+    }
+
     /// <summary>The code point ending just before <paramref name="end"/>.</summary>
     public static Rune Before(string text, int end)
     {
