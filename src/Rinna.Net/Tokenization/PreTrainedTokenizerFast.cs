@@ -19,7 +19,8 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
     private readonly AddedTokenMatcher rawMatcher;
     private readonly AddedTokenMatcher normalizedMatcher;
     private readonly PostProcessor postProcessor;
-    private long lastWork;
+    [ThreadStatic]
+    private static long lastWork;
 
     internal PreTrainedTokenizerFast(FastTokenizerDefinition definition, SpecialTokens specialTokens, PostProcessor postProcessor, bool cleanUpTokenizationSpaces)
         : base(specialTokens)
@@ -56,14 +57,14 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
     internal FastTokenizerDefinition Definition => definition;
 
     /// <summary>Units of work the last encode on this thread did (characters scanned, merges tried), for the linear-time tests.</summary>
-    internal long LastEncodeWork => lastWork;
+    internal static long LastEncodeWork => lastWork;
 
     /// <inheritdoc/>
     /// <exception cref="ArgumentException"><paramref name="text"/> contains an unpaired surrogate (Hugging Face rejects such strings too).</exception>
     public override IReadOnlyList<string> Tokenize(string text)
     {
         var tokens = new List<string>();
-        Run(text, (id, addedText) => tokens.Add(addedText ?? definition.Model.IdToToken(id)!));
+        Run(text, [], tokens);
         return tokens;
     }
 
@@ -88,12 +89,12 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
     private List<int> EncodeWithoutSpecialTokens(string text)
     {
         var ids = new List<int>();
-        Run(text, (id, _) => ids.Add(id), ids);
+        Run(text, ids, null);
         return ids;
     }
 
-    /// <summary>The encode pipeline; <paramref name="emit"/> receives each id with the text of an added token (null for model tokens).</summary>
-    private void Run(string text, Action<int, string?> emit, List<int>? directIds = null)
+    /// <summary>The encode pipeline: appends the ids, and with <paramref name="tokens"/> the token strings (an added token's matched text).</summary>
+    private void Run(string text, List<int> ids, List<string>? tokens)
     {
         ArgumentNullException.ThrowIfNull(text);
         if (text.AsSpan().IndexOfAnyInRange('\uD800', '\uDFFF') >= 0 && !IsWellFormed(text))
@@ -102,13 +103,13 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
         long work = 0;
         var rawPieces = new List<Piece>();
         var pieces = new List<Piece>();
-        var modelIds = new List<int>();
         rawMatcher.Split(text, rawPieces, ref work);
         foreach (var raw in rawPieces)
         {
             if (raw.TokenId is { } rawId)
             {
-                emit(rawId, raw.Text);
+                ids.Add(rawId);
+                tokens?.Add(raw.Text);
                 continue;
             }
 
@@ -120,28 +121,18 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
             {
                 if (piece.TokenId is { } id)
                 {
-                    emit(id, piece.Text);
+                    ids.Add(id);
+                    tokens?.Add(piece.Text);
                     continue;
                 }
 
+                var first = ids.Count;
                 if (definition.PreTokenizer is { } preTokenizer)
-                {
-                    var target = directIds ?? modelIds;
-                    if (directIds is null) modelIds.Clear();
-                    definition.Model.EncodeByteLevel(preTokenizer.Prepare(piece.Text), preTokenizer.UseRegex, target, ref work);
-                    if (directIds is null)
-                        foreach (var modelId in modelIds) emit(modelId, null);
-                }
-                else if (directIds is not null)
-                {
-                    definition.Model.EncodeWord(piece.Text, directIds, ref work);
-                }
+                    definition.Model.EncodeByteLevel(preTokenizer.Prepare(piece.Text), preTokenizer.UseRegex, ids, ref work);
                 else
-                {
-                    modelIds.Clear();
-                    definition.Model.EncodeWord(piece.Text, modelIds, ref work);
-                    foreach (var modelId in modelIds) emit(modelId, null);
-                }
+                    definition.Model.EncodeWord(piece.Text, ids, ref work);
+                if (tokens is not null)
+                    for (var i = first; i < ids.Count; i++) tokens.Add(definition.Model.IdToToken(ids[i])!);
             }
         }
 

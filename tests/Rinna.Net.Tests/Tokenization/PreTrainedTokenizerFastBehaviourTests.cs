@@ -209,6 +209,16 @@ public sealed class PreTrainedTokenizerFastBehaviourTests : IDisposable
     }
 
     [Fact]
+    public void APairListedTwiceTakesItsLastRank()
+    {
+        // "Ġ t" is the second merge; listed again at the end, " the" can no longer start with "Ġt".
+        var t = Load(root => root["model"]!["merges"]!.AsArray().Add("Ġ t"));
+        Assert.False(t.Definition.Model.UsesMLTokenizers);
+        Assert.Equal(Tokenizer.Encode("Hello world", false), t.Encode("Hello world", false));
+        Assert.NotEqual(Tokenizer.Encode(" the", false), t.Encode(" the", false));
+    }
+
+    [Fact]
     public void CleanUpDefaultsToTransformers436()
     {
         Assert.True(Load(config: "{\"eos_token\": \"<|endoftext|>\"}").CleanUpTokenizationSpaces);

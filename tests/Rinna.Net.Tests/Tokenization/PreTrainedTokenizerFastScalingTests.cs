@@ -1,3 +1,4 @@
+using Rinna.Net.Tokenization;
 using Rinna.Net.Tokenization.Fast;
 using static Rinna.Net.Tests.Tokenization.FastTokenizerFixture;
 
@@ -50,9 +51,9 @@ public class PreTrainedTokenizerFastScalingTests
         var shortText = Text(input, 20_000);
         var longText = Text(input, 160_000);
         var shortIds = tokenizer.Encode(shortText, false).Length;
-        var shortWork = tokenizer.LastEncodeWork;
+        var shortWork = PreTrainedTokenizerFast.LastEncodeWork;
         var longIds = tokenizer.Encode(longText, false).Length;
-        var longWork = tokenizer.LastEncodeWork;
+        var longWork = PreTrainedTokenizerFast.LastEncodeWork;
 
         Assert.InRange(longIds, 7 * shortIds, 9 * shortIds);
         Assert.InRange(longWork, 7 * shortWork, 9 * shortWork);

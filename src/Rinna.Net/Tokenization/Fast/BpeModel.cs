@@ -9,13 +9,15 @@ namespace Rinna.Net.Tokenization.Fast;
 /// (leftmost first on ties) until no listed pair is left.
 /// </summary>
 /// <remarks>
-/// Behind a ByteLevel pre-tokenizer, words of up to <see cref="MaxWordLengthForMLTokenizers"/> characters go to
-/// Microsoft.ML.Tokenizers' <see cref="BpeTokenizer"/> in its byte-level mode, which maps the word to byte-level
-/// characters and applies the same merges (its non-byte-level mode leaves merges of non-ASCII pieces undone, so it is
-/// not used). Its merge loop grows quadratically with the word, so a longer word (Japanese text without punctuation
-/// is one <c>\p{L}+</c> word) is mapped and merged here with a heap, in O(n log n). Options that tokenizer does not
-/// have in the same form (an unknown token, <c>ignore_merges</c>, merge pieces containing spaces, a vocabulary
-/// without a byte that UTF-8 can contain) select this implementation for every word.
+/// Behind a ByteLevel pre-tokenizer, each run of words of up to <see cref="MaxWordLengthForMLTokenizers"/> characters
+/// goes to Microsoft.ML.Tokenizers' <see cref="BpeTokenizer"/> in one call, in its byte-level mode (which maps the
+/// words to byte-level characters and applies the same merges; its non-byte-level mode, fed byte-level characters,
+/// leaves merges such as <c>è ¼</c> undone, so it is not used), with this library's GPT-2 splitter as its
+/// pre-tokenizer. Its merge loop grows quadratically with the word, so a longer word (Japanese text without
+/// punctuation is one <c>\p{L}+</c> word) is mapped and merged here with a heap, in O(n log n). Options that tokenizer
+/// does not have in the same form (an unknown token, <c>ignore_merges</c>, merge pieces containing whitespace or
+/// starting with <c>#version</c>, a pair listed twice, a vocabulary without a byte that UTF-8 can contain) select this
+/// implementation for every word.
 /// </remarks>
 internal sealed class BpeModel
 {
@@ -45,13 +47,16 @@ internal sealed class BpeModel
         }
 
         merges = new Dictionary<long, (int, int)>(mergeList.Count);
+        var pairListedTwice = false;
         for (var rank = 0; rank < mergeList.Count; rank++)
         {
             var (left, right) = mergeList[rank];
             if (!vocabulary.TryGetValue(left, out var leftId)) throw error("model.merges", $"merge {rank} ('{left} {right}') names '{left}', which is not in the vocabulary");
             if (!vocabulary.TryGetValue(right, out var rightId)) throw error("model.merges", $"merge {rank} ('{left} {right}') names '{right}', which is not in the vocabulary");
             if (!vocabulary.TryGetValue(left + right, out var newId)) throw error("model.merges", $"merge {rank} ('{left} {right}') makes '{left + right}', which is not in the vocabulary");
-            merges.TryAdd(Key(leftId, rightId), (rank, newId));
+            // A pair listed twice takes its last rank, as the Rust library's map does.
+            pairListedTwice |= !merges.TryAdd(Key(leftId, rightId), (rank, newId));
+            merges[Key(leftId, rightId)] = (rank, newId);
         }
 
         if (unknownToken is not null)
@@ -62,18 +67,29 @@ internal sealed class BpeModel
 
         this.fuseUnknown = fuseUnknown;
         this.ignoreMerges = ignoreMerges;
-        if (unknownToken is null && !ignoreMerges && mergeList.All(m => !m.Left.Contains(' ') && !m.Right.Contains(' '))
+        if (unknownToken is null && !ignoreMerges && !pairListedTwice && mergeList.All(m => PlainPiece(m.Left) && PlainPiece(m.Right))
             && Enumerable.Range(0, 256).All(b => b is 0xC0 or 0xC1 or >= 0xF5 || singleCharacterTokens[ByteLevelAlphabet.ToChar((byte)b)]))
         {
-            ml = BpeTokenizer.Create(new BpeOptions(vocabulary)
+            try
             {
-                Merges = mergeList.Select(m => m.Left + " " + m.Right),
-                ByteLevel = true,
-                // Without one, BpeTokenizer splits at word boundaries and drops whitespace.
-                PreTokenizer = Gpt2Words.Instance,
-            });
+                ml = BpeTokenizer.Create(new BpeOptions(vocabulary)
+                {
+                    Merges = mergeList.Select(m => m.Left + " " + m.Right),
+                    ByteLevel = true,
+                    // Without one, BpeTokenizer splits at word boundaries and drops whitespace.
+                    PreTokenizer = Gpt2Words.Instance,
+                });
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException or FormatException)
+            {
+                // A file the checks above accept but that tokenizer refuses is merged here instead.
+                ml = null;
+            }
         }
     }
+
+    /// <summary>A merge piece Microsoft.ML.Tokenizers reads back as written (it splits merge lines at whitespace and skips a <c>#version</c> header).</summary>
+    private static bool PlainPiece(string piece) => !piece.StartsWith("#version", StringComparison.Ordinal) && !piece.Any(char.IsWhiteSpace);
 
     /// <summary>Number of ids the vocabulary spans (Hugging Face's <c>get_vocab_size</c> for a dense vocabulary).</summary>
     public int Size => vocabulary.Count;
