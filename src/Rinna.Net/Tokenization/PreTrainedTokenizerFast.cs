@@ -28,7 +28,8 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
         this.definition = definition;
         this.postProcessor = postProcessor;
         CleanUpTokenizationSpaces = cleanUpTokenizationSpaces;
-        Rules = new DecodeRules(false, false, false, cleanUpTokenizationSpaces);
+        Rules = new DecodeRules(
+            StripAllLeadingSpaceSymbolsOfFirstToken: false, SpaceBeforeLeadingSpecial: false, StripResult: false, CleanUpTokenizationSpaces: cleanUpTokenizationSpaces);
         addedById = definition.AddedTokens.ToDictionary(t => t.Id);
         addedByContent = definition.AddedTokens.ToDictionary(t => t.Content, StringComparer.Ordinal);
         specialIds = [.. definition.AddedTokens.Where(t => t.Special).Select(t => t.Id), .. specialTokens.AllIds];
@@ -194,6 +195,7 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
     }
 
     /// <inheritdoc/>
+    /// <exception cref="ArgumentException">A token is unknown and the tokenizer has no unknown token (Hugging Face returns <c>None</c>).</exception>
     public override int[] ConvertTokensToIds(IEnumerable<string> tokens)
     {
         ArgumentNullException.ThrowIfNull(tokens);
@@ -202,7 +204,7 @@ public sealed class PreTrainedTokenizerFast : PreTrainedTokenizer
             ArgumentNullException.ThrowIfNull(token, nameof(tokens));
             if (addedByContent.TryGetValue(token, out var added)) return added.Id;
             if (definition.Model.TryGetId(token, out var id)) return id;
-            return UnkTokenId ?? throw new KeyNotFoundException($"'{token}' is not in the vocabulary and the tokenizer has no unknown token");
+            return UnkTokenId ?? throw new ArgumentException($"'{token}' is not in the vocabulary and the tokenizer has no unknown token", nameof(tokens));
         }).ToArray();
     }
 

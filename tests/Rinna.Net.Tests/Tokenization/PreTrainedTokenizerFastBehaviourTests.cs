@@ -219,6 +219,15 @@ public sealed class PreTrainedTokenizerFastBehaviourTests : IDisposable
     }
 
     [Fact]
+    public void UnknownTokenStringsNeedAnUnknownToken()
+    {
+        var t = Load(config: "{\"eos_token\": \"<|endoftext|>\"}");
+        Assert.Null(t.UnkTokenId);
+        Assert.Equal([Id("Hello"), 50276], t.ConvertTokensToIds(["Hello", "  "]));
+        Assert.Throws<ArgumentException>(() => t.ConvertTokensToIds(["no such token"]));
+    }
+
+    [Fact]
     public void CleanUpDefaultsToTransformers436()
     {
         Assert.True(Load(config: "{\"eos_token\": \"<|endoftext|>\"}").CleanUpTokenizationSpaces);
