@@ -1,28 +1,32 @@
 using System.Collections.Concurrent;
+using System.Text.Json;
+using System.Text.RegularExpressions;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
+using Microsoft.ML.Tokenizers;
 using Rinna.Net.Tokenization;
 using MLSentencePieceTokenizer = Microsoft.ML.Tokenizers.SentencePieceTokenizer;
 
 namespace Rinna.Net.Benchmarks;
 
 /// <summary>
-/// Encode throughput on 1 MB of mixed Japanese/English text (the shared corpus), as short lines and as one long
-/// document, for Rinna.Net's exact SentencePiece tokenizer beside the raw Microsoft.ML.Tokenizers 2.0.1 call on the
-/// same model (whose ids are wrong for rinna-style models; it is here only as a speed reference).
+/// Encode throughput on 1 MB of mixed Japanese/English text (the test corpus), as short lines and as one long
+/// document: Rinna.Net's fast tokenizer on GPT-NeoX's tokenizer.json and its exact SentencePiece tokenizer on the rinna
+/// look-alikes, each beside the raw Microsoft.ML.Tokenizers 2.0.1 call on the same files (byte-level BPE with GPT-2's
+/// pattern; SentencePiece), whose ids are not always right (docs/tokenizers.md) and which is here as a speed reference.
 /// </summary>
 [Config(typeof(TokenizerBenchmarkConfig))]
 public class TokenizerBenchmarks
 {
     private PreTrainedTokenizer rinna = null!;
-    private MLSentencePieceTokenizer ml = null!;
+    private Tokenizer ml = null!;
     private string[] texts = null!;
 
-    [Params("bilingual-lookalike", "ja-3.6b-lookalike")]
-    public string Model { get; set; } = "bilingual-lookalike";
+    [Params("gpt-neox-bpe", "bilingual-lookalike", "ja-3.6b-lookalike")]
+    public string Model { get; set; } = "gpt-neox-bpe";
 
     [Params("Lines", "Document")]
     public string Layout { get; set; } = "Lines";
@@ -30,10 +34,8 @@ public class TokenizerBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        var directory = TokenizerBenchmarkData.TokenizerDirectory(Model);
-        rinna = AutoTokenizer.FromDirectory(directory, new TokenizerOptions { UseFast = false });
-        using var stream = File.OpenRead(Path.Combine(directory, "spiece.model"));
-        ml = MLSentencePieceTokenizer.Create(stream, addBeginningOfSentence: false, addEndOfSentence: false);
+        rinna = TokenizerBenchmarkData.Load(Model);
+        ml = TokenizerBenchmarkData.LoadMLTokenizers(Model);
         texts = TokenizerBenchmarkData.Texts(Layout);
     }
 
@@ -49,7 +51,7 @@ public class TokenizerBenchmarks
     public long MLTokenizersRawEncodeTokens()
     {
         long count = 0;
-        foreach (var text in texts) count += ml.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false).Count;
+        foreach (var text in texts) count += ml.EncodeToIds(text).Count;
         return count;
     }
 }
@@ -58,36 +60,65 @@ public class TokenizerBenchmarks
 internal static class TokenizerBenchmarkData
 {
     private const int SampleChars = 1_000_000;
+    private const string FastModel = "gpt-neox-bpe";
     private static readonly ConcurrentDictionary<string, long> TokenCounts = new();
 
-    public static string TokenizerDirectory(string model) => Path.Combine(SharedRoot, "fixtures", "tokenizers", model);
+    public static string TokenizerDirectory(string model) => Path.Combine(FixtureRoot, "tokenizers", model);
 
-    /// <summary>Japanese and English works interleaved line by line, cut to 1,000,000 characters.</summary>
+    /// <summary>Rinna.Net's tokenizer: the fast one for tokenizer.json, the slow SentencePiece one for the rinna look-alikes.</summary>
+    public static PreTrainedTokenizer Load(string model) =>
+        AutoTokenizer.FromDirectory(TokenizerDirectory(model), new TokenizerOptions { UseFast = model == FastModel });
+
+    /// <summary>The closest raw Microsoft.ML.Tokenizers configuration for the same files.</summary>
+    public static Tokenizer LoadMLTokenizers(string model)
+    {
+        var directory = TokenizerDirectory(model);
+        if (model != FastModel)
+        {
+            using var stream = File.OpenRead(Path.Combine(directory, "spiece.model"));
+            return MLSentencePieceTokenizer.Create(stream, addBeginningOfSentence: false, addEndOfSentence: false);
+        }
+
+        using var document = JsonDocument.Parse(File.ReadAllText(Path.Combine(directory, "tokenizer.json")));
+        var bpe = document.RootElement.GetProperty("model");
+        var added = document.RootElement.GetProperty("added_tokens").EnumerateArray()
+            .ToDictionary(a => a.GetProperty("content").GetString()!, a => a.GetProperty("id").GetInt32());
+        return BpeTokenizer.Create(new BpeOptions(bpe.GetProperty("vocab").EnumerateObject().Select(p => KeyValuePair.Create(p.Name, p.Value.GetInt32())))
+        {
+            Merges = bpe.GetProperty("merges").EnumerateArray().Select(m => m.GetString()!).ToList(),
+            ByteLevel = true,
+            PreTokenizer = new RegexPreTokenizer(new Regex(@"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+", RegexOptions.Compiled), added),
+            SpecialTokens = added,
+        });
+    }
+
+    /// <summary>Japanese and English works interleaved line by line, repeated and cut to 1,000,000 characters.</summary>
     public static string[] Texts(string layout)
     {
-        var ja = Directory.GetFiles(Path.Combine(SharedRoot, "corpus", "ja")).Order().SelectMany(File.ReadLines);
-        var en = Directory.GetFiles(Path.Combine(SharedRoot, "corpus", "en")).Order().SelectMany(File.ReadLines);
-        var lines = ja.Zip(en, (j, e) => new[] { j, e }).SelectMany(pair => pair).Where(l => l.Length > 0);
-        var document = string.Join('\n', lines);
-        document = document[..Math.Min(SampleChars, document.Length)];
+        var ja = Directory.GetFiles(Path.Combine(FixtureRoot, "corpus", "ja")).Order().SelectMany(File.ReadLines).Where(l => l.Length > 0).ToList();
+        var en = Directory.GetFiles(Path.Combine(FixtureRoot, "corpus", "en")).Order().SelectMany(File.ReadLines).Where(l => l.Length > 0).ToList();
+        var lines = Enumerable.Range(0, Math.Max(ja.Count, en.Count)).SelectMany(i => new[] { ja[i % ja.Count], en[i % en.Count] });
+        var unit = string.Join('\n', lines);
+        var document = string.Concat(Enumerable.Repeat(unit + "\n", 1 + SampleChars / (unit.Length + 1)));
+        document = document[..SampleChars];
         return layout == "Document" ? [document] : document.Split('\n');
     }
 
     /// <summary>Tokens Rinna.Net produces for a case (computed once in the host process for the Tokens/s column).</summary>
     public static long TokenCount(string model, string layout) => TokenCounts.GetOrAdd($"{model}/{layout}", _ =>
     {
-        var tokenizer = AutoTokenizer.FromDirectory(TokenizerDirectory(model), new TokenizerOptions { UseFast = false });
+        var tokenizer = Load(model);
         return Texts(layout).Sum(t => (long)tokenizer.Encode(t, addSpecialTokens: false).Length);
     });
 
-    private static string SharedRoot
+    private static string FixtureRoot
     {
         get
         {
             for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
                 if (File.Exists(Path.Combine(dir.FullName, "Rinna.Net.sln")))
-                    return Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared"));
-            throw new InvalidOperationException($"Rinna.Net.sln not found above {AppContext.BaseDirectory}; the tokenizer benchmark needs ../shared beside the repository.");
+                    return Path.Combine(dir.FullName, "tests", "fixtures");
+            throw new InvalidOperationException($"Rinna.Net.sln not found above {AppContext.BaseDirectory}; the tokenizer benchmark reads tests/fixtures of the repository.");
         }
     }
 }

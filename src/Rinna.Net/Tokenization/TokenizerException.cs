@@ -24,6 +24,9 @@ public class TokenizerException : RinnaException
     /// <summary>The field or entry at fault, or <c>null</c> when the file as a whole is bad.</summary>
     public string? Field { get; }
 
+    /// <summary>The file is well formed but names a component this library does not implement.</summary>
+    internal bool IsUnsupported { get; init; }
+
     private static string Compose(string? file, string? field, string message) => (file, field) switch
     {
         (null, null) => message,

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
+using Rinna.Net.Tokenization.Fast;
 using Rinna.Net.Tokenization.SentencePiece;
 
 namespace Rinna.Net.Tokenization;
@@ -24,25 +25,87 @@ internal static class TokenizerLoader
         var specialTokensMap = ReadJsonObject(Path.Combine(directory, SpecialTokensMapFile));
         var sentencePieceFile = SentencePieceFiles.Select(f => Path.Combine(directory, f)).FirstOrDefault(File.Exists);
         var tokenizerJson = Path.Combine(directory, TokenizerJsonFile);
+        if (!File.Exists(tokenizerJson)) tokenizerJson = null;
 
-        if (sentencePieceFile is null)
-            throw new TokenizerException(directory, null, File.Exists(tokenizerJson)
-                ? $"only a {TokenizerJsonFile} (fast tokenizer) was found; Rinna.Net supports SentencePiece tokenizers ({string.Join(" or ", SentencePieceFiles)} with T5Tokenizer or LlamaTokenizer semantics), not fast/byte-level BPE tokenizers such as GPT-NeoX's"
-                : $"no tokenizer found: neither {string.Join(" nor ", SentencePieceFiles)} exists");
-        if (options.UseFast)
+        if (sentencePieceFile is null && tokenizerJson is null)
+            throw new TokenizerException(directory, null, $"no tokenizer found: neither {string.Join(" nor ", SentencePieceFiles.Append(TokenizerJsonFile))} exists");
+
+        PreTrainedTokenizer tokenizer;
+        if (tokenizerJson is not null && (options.UseFast || sentencePieceFile is null))
         {
-            // transformers falls back to the slow class when no fast tokenizer can be built; this library never builds
-            // one, and for rinna's models the fast conversion would be wrong anyway (it collapses whitespace runs).
-            logger.LogWarning(
-                File.Exists(tokenizerJson)
-                    ? "{Directory}: tokenizer.json is not supported; using the slow SentencePiece tokenizer (as use_fast=False)."
-                    : "{Directory}: no tokenizer.json; using the slow SentencePiece tokenizer (as use_fast=False).",
-                directory);
+            // transformers uses the fast class when the model has no slow tokenizer, whatever use_fast says.
+            if (!options.UseFast)
+                logger.LogWarning("{Directory}: no SentencePiece model; using the fast tokenizer from tokenizer.json (as use_fast=True).", directory);
+            try
+            {
+                tokenizer = LoadFast(tokenizerJson, config, specialTokensMap, cancellationToken);
+            }
+            catch (TokenizerException e) when (e.IsUnsupported && sentencePieceFile is not null)
+            {
+                // rinna's repositories ship a SentencePiece model; a tokenizer.json beside it that this library cannot
+                // run (e.g. a converted Unigram model) should not stop the slow tokenizer that its model cards ask for.
+                logger.LogWarning("{Directory}: tokenizer.json is not supported ({Reason}); using the slow SentencePiece tokenizer (as use_fast=False).", directory, e.Message);
+                tokenizer = LoadSentencePiece(sentencePieceFile, config, specialTokensMap, logger);
+            }
+        }
+        else
+        {
+            if (options.UseFast)
+                logger.LogWarning("{Directory}: no tokenizer.json; using the slow SentencePiece tokenizer (as use_fast=False).", directory);
+            tokenizer = LoadSentencePiece(sentencePieceFile!, config, specialTokensMap, logger);
         }
 
-        var tokenizer = LoadSentencePiece(sentencePieceFile, config, specialTokensMap, logger);
         ApplyCommonSettings(tokenizer, config, options);
         return tokenizer;
+    }
+
+    private static PreTrainedTokenizerFast LoadFast(string path, JsonFile? config, JsonFile? specialTokensMap, CancellationToken cancellationToken)
+    {
+        var definition = FastTokenizerDefinition.Load(path, cancellationToken);
+        var className = config?.GetString("tokenizer_class");
+        var postProcessor = definition.PostProcessor;
+
+        // GPT2/GPT-NeoX fast classes rewrite the ByteLevel pre-tokenizer with the configuration's add_prefix_space.
+        if (className is "GPTNeoXTokenizer" or "GPTNeoXTokenizerFast" or "GPT2Tokenizer" or "GPT2TokenizerFast"
+            && config?.GetBool("add_prefix_space") is { } addPrefixSpace && definition.PreTokenizer is { } preTokenizer)
+            definition.PreTokenizer = new ByteLevelPreTokenizer(addPrefixSpace, preTokenizer.UseRegex);
+
+        var (contents, additional) = SpecialTokenContents(config, specialTokensMap);
+        var nextId = definition.AddedTokens.Select(t => t.Id).DefaultIfEmpty(-1).Max() is var maxAdded && maxAdded >= definition.Model.Size
+            ? maxAdded + 1
+            : definition.Model.Size;
+        int? ResolveId(string content)
+        {
+            // transformers registers every configured special token with the backend as a special added token.
+            var index = definition.AddedTokens.FindIndex(t => t.Content == content);
+            if (index >= 0)
+            {
+                definition.AddedTokens[index] = definition.AddedTokens[index] with { Special = true };
+                return definition.AddedTokens[index].Id;
+            }
+
+            var id = definition.Model.TryGetId(content, out var vocabularyId) ? vocabularyId : nextId++;
+            definition.AddedTokens.Add(new AddedToken(id, content, Special: true, SingleWord: false, LStrip: false, RStrip: false, Normalized: false));
+            return id;
+        }
+
+        var special = new SpecialTokens(contents, additional, ResolveId, definition.Model.IdLimit);
+
+        // GPT-NeoX and LLaMA fast classes rebuild the post-processor from add_bos_token / add_eos_token when set.
+        if (className is "GPTNeoXTokenizer" or "GPTNeoXTokenizerFast" or "LlamaTokenizer" or "LlamaTokenizerFast"
+            && (config?.GetBool("add_bos_token") is not null || config?.GetBool("add_eos_token") is not null))
+        {
+            var isLlama = className.StartsWith("Llama", StringComparison.Ordinal);
+            var addBos = config!.GetBool("add_bos_token") ?? isLlama;
+            var addEos = config.GetBool("add_eos_token") ?? false;
+            if (addBos && special.Bos is null) throw new TokenizerException(config.Path, "add_bos_token", "is true but no bos_token is set");
+            if (addEos && special.Eos is null) throw new TokenizerException(config.Path, "add_eos_token", "is true but no eos_token is set");
+            postProcessor = new PostProcessor(addBos ? [special.Bos!.Id] : [], addEos ? [special.Eos!.Id] : []);
+        }
+
+        // transformers 4.36's default for clean_up_tokenization_spaces (the one the slow tokenizers follow too).
+        var cleanUp = config?.GetBool("clean_up_tokenization_spaces") ?? true;
+        return new PreTrainedTokenizerFast(definition, special, postProcessor, cleanUp);
     }
 
     private static SlowSentencePieceTokenizer LoadSentencePiece(string modelFile, JsonFile? config, JsonFile? specialTokensMap, ILogger logger)
@@ -77,24 +140,31 @@ internal static class TokenizerLoader
             : new LlamaTokenizer(model, special, cleanUp, config.GetBool("add_bos_token") ?? true, config.GetBool("add_eos_token") ?? false);
     }
 
-    private static SpecialTokens ResolveSpecialTokens(SentencePieceModel model, JsonFile config, JsonFile? specialTokensMap, ILogger logger)
+    /// <summary>Special-token contents per attribute and <c>additional_special_tokens</c>, from both configuration files.</summary>
+    private static (string?[] Contents, List<string> Additional) SpecialTokenContents(JsonFile? config, JsonFile? specialTokensMap)
     {
         var contents = new string?[SpecialTokens.AttributeNames.Length];
         for (var i = 0; i < contents.Length; i++)
         {
             var name = SpecialTokens.AttributeNames[i];
-            var fromConfig = config.GetTokenContent(name);
+            var fromConfig = config?.GetTokenContent(name);
             var fromMap = specialTokensMap?.GetTokenContent(name);
             if (fromConfig is not null && fromMap is not null && fromConfig != fromMap)
-                throw new TokenizerException(config.Path, name,
+                throw new TokenizerException(config!.Path, name,
                     $"'{fromConfig}' disagrees with '{fromMap}' in {SpecialTokensMapFile}");
             contents[i] = fromMap ?? fromConfig;
         }
 
         var additional = (specialTokensMap?.GetTokenList("additional_special_tokens") ?? [])
-            .Concat(config.GetTokenList("additional_special_tokens") ?? [])
+            .Concat(config?.GetTokenList("additional_special_tokens") ?? [])
             .Distinct(StringComparer.Ordinal)
             .ToList();
+        return (contents, additional);
+    }
+
+    private static SpecialTokens ResolveSpecialTokens(SentencePieceModel model, JsonFile config, JsonFile? specialTokensMap, ILogger logger)
+    {
+        var (contents, additional) = SpecialTokenContents(config, specialTokensMap);
 
         var fixedIds = config.GetAddedTokensDecoder();
         int? ResolveId(string content)

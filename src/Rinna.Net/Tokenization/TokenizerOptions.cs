@@ -16,9 +16,10 @@ public enum PaddingSide
 public class TokenizerOptions : HubOptions
 {
     /// <summary>
-    /// Hugging Face's <c>use_fast</c> (default <c>true</c>). <c>false</c> selects the slow SentencePiece tokenizer, which is
-    /// what rinna's model cards ask for. <c>true</c> loads <c>tokenizer.json</c> when the model has a supported one and
-    /// otherwise falls back to the slow tokenizer with a logged warning.
+    /// Hugging Face's <c>use_fast</c> (default <c>true</c>): <c>true</c> prefers <c>tokenizer.json</c>
+    /// (<see cref="PreTrainedTokenizerFast"/>), <c>false</c> the slow SentencePiece tokenizer, which is what rinna's model
+    /// cards ask for. A model with only one kind gets that kind, with a logged warning; so does a model whose
+    /// <c>tokenizer.json</c> uses a component this library does not implement when a SentencePiece model is beside it.
     /// </summary>
     public bool UseFast { get; set; } = true;
 

@@ -107,6 +107,31 @@ public sealed class ParserFuzzTests(ITestOutputHelper output) : IDisposable
         });
     }
 
+    [Fact]
+    public void FastTokenizerJson()
+    {
+        // GPT-NeoX's tokenizer.json cut to the pieces below id 1200 and the merges among them, so one input parses in
+        // milliseconds; every component of the original (NFC, ByteLevel, added tokens) is kept.
+        var fixture = Fixtures.Tokenizer("gpt-neox-bpe");
+        File.Copy(Path.Combine(fixture, "tokenizer_config.json"), Path.Combine(work.FullName, "tokenizer_config.json"));
+        var root = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(fixture, "tokenizer.json")))!.AsObject();
+        var model = root["model"]!.AsObject();
+        var vocab = model["vocab"]!.AsObject().Where(p => (int)p.Value! < 1200).ToDictionary(p => p.Key, p => (int)p.Value!);
+        var merges = model["merges"]!.AsArray().Select(m => (string)m!).Where(m => m.Split(' ') is [var a, var b] && vocab.ContainsKey(a) && vocab.ContainsKey(b) && vocab.ContainsKey(a + b));
+        model["vocab"] = new System.Text.Json.Nodes.JsonObject(vocab.Select(p => KeyValuePair.Create(p.Key, (System.Text.Json.Nodes.JsonNode?)p.Value)));
+        model["merges"] = new System.Text.Json.Nodes.JsonArray(merges.Select(m => (System.Text.Json.Nodes.JsonNode?)m).ToArray());
+        var json = root.ToJsonString();
+        var file = Path.Combine(work.FullName, "tokenizer.json");
+        File.WriteAllText(file, json);
+        Exercise(AutoTokenizer.FromDirectory(work.FullName));
+
+        FuzzRunner.Run("tokenizer.json (gpt-neox-bpe, cut)", 1500, output, m =>
+        {
+            File.WriteAllText(file, m.MutateJson(json));
+            Exercise(AutoTokenizer.FromDirectory(work.FullName));
+        });
+    }
+
     [Theory]
     [InlineData("llama-style-bpe", 1500)]
     [InlineData("bilingual-lookalike", 300)]
