@@ -140,15 +140,30 @@ public sealed class CheckpointValidationTests : IDisposable
     {
         var dir = CopyFixture("tiny-neox-rinna");
         var config = Path.Combine(dir, "config.json");
+        // A layer count that disagrees with the checkpoint is named before anything is built from the config.
         File.WriteAllText(config, File.ReadAllText(config).Replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"));
         var ex = await Assert.ThrowsAsync<CheckpointException>(() => AutoModelForCausalLM.FromPretrainedAsync(dir));
-        Assert.Contains("missing tensors", ex.Message);
-        Assert.Contains("gpt_neox.layers.2.attention.query_key_value.weight", ex.Message);
-
+        Assert.Contains("num_hidden_layers = 3, but the checkpoint holds 2 layers", ex.Message);
         File.WriteAllText(config, File.ReadAllText(config).Replace("\"num_hidden_layers\": 3", "\"num_hidden_layers\": 1"));
         ex = await Assert.ThrowsAsync<CheckpointException>(() => AutoModelForCausalLM.FromPretrainedAsync(dir));
-        Assert.Contains("unexpected tensors", ex.Message);
-        Assert.Contains("gpt_neox.layers.1.mlp.dense_4h_to_h.bias", ex.Message);
+        Assert.Contains("num_hidden_layers = 1, but the checkpoint holds 2 layers", ex.Message);
+
+        // A tensor renamed in the header (same length, so every offset stays valid) is missing under its name and unexpected under the other.
+        var weights = Path.Combine(dir, "model.safetensors");
+        var bytes = File.ReadAllBytes(weights);
+        var from = System.Text.Encoding.ASCII.GetBytes("\"gpt_neox.layers.1.mlp.dense_4h_to_h.bias\"");
+        var to = System.Text.Encoding.ASCII.GetBytes("\"gpt_neox.layers.1.mlp.dense_4h_to_h.bixs\"");
+        int at = bytes.AsSpan().IndexOf(from);
+        Assert.True(at > 0);
+        to.CopyTo(bytes, at);
+        File.WriteAllBytes(weights, bytes);
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 2"));
+        ex = await Assert.ThrowsAsync<CheckpointException>(() => AutoModelForCausalLM.FromPretrainedAsync(dir));
+        Assert.Contains("missing tensors: gpt_neox.layers.1.mlp.dense_4h_to_h.bias", ex.Message);
+        Assert.Contains("unexpected tensors: gpt_neox.layers.1.mlp.dense_4h_to_h.bixs", ex.Message);
+        from.CopyTo(bytes, at);
+        File.WriteAllBytes(weights, bytes);
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1"));
 
         File.WriteAllText(config, File.ReadAllText(config).Replace("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 2").Replace("\"intermediate_size\": 256", "\"intermediate_size\": 128"));
         ex = await Assert.ThrowsAsync<CheckpointException>(() => AutoModelForCausalLM.FromPretrainedAsync(dir));
