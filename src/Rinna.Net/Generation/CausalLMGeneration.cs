@@ -33,8 +33,10 @@ public static class CausalLMGeneration
 
     /// <summary>
     /// Continues each row of <paramref name="inputIds"/>: HF's <c>model.generate(input_ids, attention_mask=..., ...)</c>
-    /// with greedy or multinomial decoding and HF's logits processors. Left-padded batches need
-    /// <paramref name="attentionMask"/> (0 on pads); each row then matches its unpadded run.
+    /// with greedy or multinomial decoding, beam search (<see cref="GenerationConfig.NumBeams"/>) or prompt lookup
+    /// decoding (<see cref="GenerationConfig.PromptLookupNumTokens"/>), and HF's logits processors. Left-padded batches
+    /// need <paramref name="attentionMask"/> (0 on pads); each row then matches its unpadded run. With several
+    /// <see cref="GenerationConfig.NumReturnSequences"/> the output has that many consecutive rows per prompt.
     /// </summary>
     /// <param name="model">The model.</param>
     /// <param name="inputIds">Prompt ids <c>[batch, seq]</c> (int64, left-padded).</param>
@@ -44,7 +46,7 @@ public static class CausalLMGeneration
     /// The model's tokenizer (HF's <c>tokenizer=</c> argument): needed for stop strings, and gives each row's text. Ids the
     /// tokenizer cannot decode (output rows beyond its vocabulary) are then never generated.
     /// </param>
-    /// <param name="onStep">Called after every step on the generating thread (streaming).</param>
+    /// <param name="onStep">Called after every token on the generating thread (streaming); not available with beam search.</param>
     /// <param name="cancellationToken">Checked before every step; unfinished rows then report <see cref="FinishReason.Cancelled"/>.</param>
     /// <returns>HF's <c>[batch, prompt + new]</c> sequences (dispose the tensor) and, per row, the new ids, text and finish reason.</returns>
     /// <exception cref="ArgumentException">Invalid prompt, mask or settings, or a prompt that does not fit the model.</exception>
@@ -59,37 +61,37 @@ public static class CausalLMGeneration
         if (inputIds.dim() != 2 || inputIds.shape[1] == 0)
             throw new ArgumentException($"input ids must be [batch, seq] with seq > 0; got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
         int promptLength = (int)inputIds.shape[1];
-        int total = promptLength + config.ResolveMaxNewTokens(promptLength);
+        int total = promptLength + config.ResolveMaxNewTokens(promptLength) + (config.PromptLookupNumTokens ?? 0);
+        if (config.NumBeams > 1 && onStep is not null)
+            throw new ArgumentException("Beam search decides the output only at the end, so it cannot stream (onStep); as in Hugging Face.", nameof(onStep));
 
         // As if the caller had written input_ids.to(model.device): the loop and its processors run beside the embedding.
-        using var ids = inputIds.to(ScalarType.Int64, model.Device);
-        using var cache = new KeyValueCache(model.Config.NumHiddenLayers, total);
-        var mask = (attentionMask ?? ones_like(ids)).to(ScalarType.Int64, ids.device).clone().DetachFromDisposeScope();
+        using var scope = NewDisposeScope();
+        var ids = inputIds.to(ScalarType.Int64, model.Device);
+        var mask = (attentionMask ?? ones_like(ids)).to(ScalarType.Int64, ids.device);
         if (!mask.shape.SequenceEqual(ids.shape))
             throw new ArgumentException($"attention mask must match the prompt's shape [{string.Join(", ", ids.shape)}].", nameof(attentionMask));
-        try
+        // HF's _expand_inputs_for_generation: each prompt is repeated once per beam, or per returned sample, in consecutive rows.
+        int copies = config.NumBeams > 1 ? config.NumBeams : config.NumReturnSequences;
+        if (copies > 1)
         {
-            return GenerationLoop.Run(ids, fed =>
-            {
-                if (cache.Length > 0)
-                {
-                    var grown = cat([mask, ones(mask.shape[0], 1, ScalarType.Int64, mask.device)], 1).DetachFromDisposeScope();
-                    mask.Dispose();
-                    mask = grown;
-                }
-                // HF's prepare_inputs_for_generation: positions count real tokens only; pads get position 1.
-                var positions = mask.cumsum(-1).sub_(1).masked_fill_(mask.eq(0), 1);
-                positions = positions.narrow(1, positions.shape[1] - fed.shape[1], fed.shape[1]);
-                using var output = model.Forward(fed, mask, positions, cache, useCache: true, lastPositionOnly: true);
-                return output.Logits.select(1, 0).clone();
-            }, config, tokenizer is null ? null : () => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), onStep,
-                tokenizer is not null && tokenizer.Count < model.Config.VocabSize ? [new VocabularyLimitLogitsProcessor(tokenizer.Count)] : null,
-                cancellationToken);
+            ids = ids.repeat_interleave(copies, 0);
+            mask = mask.repeat_interleave(copies, 0);
         }
-        finally
+        using var stepper = new ModelStepper(model, mask, total);
+        Func<StreamingDecoder>? createDecoder = tokenizer is null ? null : () => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true);
+        ILogitsProcessor[]? extra = tokenizer is not null && tokenizer.Count < model.Config.VocabSize
+            ? [new VocabularyLimitLogitsProcessor(tokenizer.Count)]
+            : null;
+        var output = config switch
         {
-            mask.Dispose();
-        }
+            { NumBeams: > 1 } => BeamSearch.Run(ids, fed => stepper.Forward(fed), stepper.Reorder, config, createDecoder, extra, cancellationToken),
+            { PromptLookupNumTokens: int k } => SpeculativeDecoding.Run(ids, stepper, new PromptLookupCandidateGenerator(k), config,
+                createDecoder, onStep, extra, cancellationToken),
+            _ => GenerationLoop.Run(ids, fed => stepper.Forward(fed), config, createDecoder, onStep, extra, cancellationToken),
+        };
+        output.Sequences.MoveToOuterDisposeScope();
+        return output;
     }
     /// <summary>
     /// Continues one prompt given as token ids: the model card's
