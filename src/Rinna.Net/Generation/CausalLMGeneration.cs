@@ -48,11 +48,16 @@ public static class CausalLMGeneration
     /// </param>
     /// <param name="onStep">Called after every token on the generating thread (streaming); not available with beam search.</param>
     /// <param name="cancellationToken">Checked before every step; unfinished rows then report <see cref="FinishReason.Cancelled"/>.</param>
+    /// <param name="assistantModel">
+    /// HF's <c>assistant_model</c>: a smaller model with the same tokenizer that proposes tokens the model verifies in one
+    /// pass (assisted decoding, for a batch of one prompt). Greedy output equals plain greedy output token for token;
+    /// with sampling every token is drawn from the model and proposals are kept while they equal the draws.
+    /// </param>
     /// <returns>HF's <c>[batch, prompt + new]</c> sequences (dispose the tensor) and, per row, the new ids, text and finish reason.</returns>
     /// <exception cref="ArgumentException">Invalid prompt, mask or settings, or a prompt that does not fit the model.</exception>
     public static GenerationOutput Generate(this GptNeoXForCausalLM model, Tensor inputIds, GenerationConfig? config = null,
         Tensor? attentionMask = null, PreTrainedTokenizer? tokenizer = null, Action<GenerationTracker>? onStep = null,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default, GptNeoXForCausalLM? assistantModel = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(inputIds);
@@ -62,6 +67,8 @@ public static class CausalLMGeneration
             throw new ArgumentException($"input ids must be [batch, seq] with seq > 0; got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
         int promptLength = (int)inputIds.shape[1];
         int total = promptLength + config.ResolveMaxNewTokens(promptLength) + (config.PromptLookupNumTokens ?? 0);
+        if (assistantModel is not null && (config.NumBeams > 1 || config.PromptLookupNumTokens is not null))
+            throw new ArgumentException("An assistant model works with greedy decoding or sampling, not with beam search or prompt lookup.", nameof(assistantModel));
         if (config.NumBeams > 1 && onStep is not null)
             throw new ArgumentException("Beam search decides the output only at the end, so it cannot stream (onStep); as in Hugging Face.", nameof(onStep));
 
@@ -88,11 +95,21 @@ public static class CausalLMGeneration
             { NumBeams: > 1 } => BeamSearch.Run(ids, fed => stepper.Forward(fed), stepper.Reorder, config, createDecoder, extra, cancellationToken),
             { PromptLookupNumTokens: int k } => SpeculativeDecoding.Run(ids, stepper, new PromptLookupCandidateGenerator(k), config,
                 createDecoder, onStep, extra, cancellationToken),
+            _ when assistantModel is not null => Assisted(model, assistantModel, ids, mask, total, stepper, config, createDecoder, onStep, extra, cancellationToken),
             _ => GenerationLoop.Run(ids, fed => stepper.Forward(fed), config, createDecoder, onStep, extra, cancellationToken),
         };
         output.Sequences.MoveToOuterDisposeScope();
         return output;
     }
+    private static GenerationOutput Assisted(GptNeoXForCausalLM model, GptNeoXForCausalLM assistant, Tensor ids, Tensor mask, int total,
+        ModelStepper stepper, GenerationConfig config, Func<StreamingDecoder>? createDecoder, Action<GenerationTracker>? onStep,
+        IEnumerable<ILogitsProcessor>? extra, CancellationToken cancellationToken)
+    {
+        using var generator = new AssistedCandidateGenerator(assistant, mask, total, model.Config.VocabSize, config.NumAssistantTokens,
+            config.NumAssistantTokensSchedule);
+        return SpeculativeDecoding.Run(ids, stepper, generator, config, createDecoder, onStep, extra, cancellationToken);
+    }
+
     /// <summary>
     /// Continues one prompt given as token ids: the model card's
     /// <c>output_ids = model.generate(token_ids, ...)</c> followed by <c>output_ids.tolist()[0]</c>.
@@ -102,15 +119,16 @@ public static class CausalLMGeneration
     /// <param name="config">Decoding settings; <c>null</c> means <see cref="GenerationConfig(GptNeoXForCausalLM)"/>.</param>
     /// <param name="tokenizer">The model's tokenizer: needed for stop strings, and keeps ids it cannot decode from being generated.</param>
     /// <param name="cancellationToken">Checked before every step; the ids generated so far are returned.</param>
+    /// <param name="assistantModel">A smaller model with the same tokenizer for assisted decoding (HF's <c>assistant_model</c>).</param>
     /// <returns>The prompt's ids followed by the generated ids.</returns>
     /// <exception cref="ArgumentException">An empty prompt, invalid settings, or a prompt that does not fit the model.</exception>
     public static int[] Generate(this GptNeoXForCausalLM model, IReadOnlyList<int> inputIds, GenerationConfig? config = null,
-        PreTrainedTokenizer? tokenizer = null, CancellationToken cancellationToken = default)
+        PreTrainedTokenizer? tokenizer = null, CancellationToken cancellationToken = default, GptNeoXForCausalLM? assistantModel = null)
     {
         ArgumentNullException.ThrowIfNull(inputIds);
         using var scope = NewDisposeScope();
         using var ids = tensor(inputIds.Select(i => (long)i).ToArray(), ScalarType.Int64).unsqueeze(0);
-        var output = model.Generate(ids, config, tokenizer: tokenizer, cancellationToken: cancellationToken);
+        var output = model.Generate(ids, config, tokenizer: tokenizer, cancellationToken: cancellationToken, assistantModel: assistantModel);
         using var sequences = output.Sequences;
         return sequences[0].cpu().data<long>().Select(i => (int)i).ToArray();
     }

@@ -134,6 +134,15 @@ public sealed record GenerationConfig
     /// </summary>
     public int? PromptLookupNumTokens { get; init; }
 
+    /// <summary>
+    /// <c>num_assistant_tokens</c>: how many tokens an assistant model proposes per round at first (assisted decoding,
+    /// <c>Generate(..., assistantModel: ...)</c>); <see cref="NumAssistantTokensSchedule"/> then adjusts it.
+    /// </summary>
+    public int NumAssistantTokens { get; init; } = 5;
+
+    /// <summary><c>num_assistant_tokens_schedule</c>: how the number of proposals changes from round to round.</summary>
+    public AssistantTokensSchedule NumAssistantTokensSchedule { get; init; } = AssistantTokensSchedule.Heuristic;
+
     /// <summary>The number of new tokens the generation may produce after a prompt of <paramref name="promptLength"/> tokens.</summary>
     /// <remarks>
     /// <see cref="MaxNewTokens"/> when set, else <see cref="MaxLength"/> minus the prompt. Like Hugging Face, at least one
@@ -188,6 +197,8 @@ public sealed record GenerationConfig
             LengthPenalty = Pick(LengthPenalty, overrides.LengthPenalty, d.LengthPenalty),
             EarlyStopping = Pick(EarlyStopping, overrides.EarlyStopping, d.EarlyStopping),
             PromptLookupNumTokens = overrides.PromptLookupNumTokens ?? PromptLookupNumTokens,
+            NumAssistantTokens = Pick(NumAssistantTokens, overrides.NumAssistantTokens, d.NumAssistantTokens),
+            NumAssistantTokensSchedule = Pick(NumAssistantTokensSchedule, overrides.NumAssistantTokensSchedule, d.NumAssistantTokensSchedule),
         };
     }
 
@@ -245,6 +256,9 @@ public sealed record GenerationConfig
         if (NumReturnSequences < 1) Fail(nameof(NumReturnSequences), NumReturnSequences, "it must be at least 1.");
         if (!double.IsFinite(LengthPenalty)) Fail(nameof(LengthPenalty), LengthPenalty, "it must be a finite number.");
         if (!Enum.IsDefined(EarlyStopping)) Fail(nameof(EarlyStopping), EarlyStopping, "it must be False, True or Never.");
+        if (NumAssistantTokens < 1) Fail(nameof(NumAssistantTokens), NumAssistantTokens, "it must be at least 1.");
+        if (!Enum.IsDefined(NumAssistantTokensSchedule))
+            Fail(nameof(NumAssistantTokensSchedule), NumAssistantTokensSchedule, "it must be Heuristic, HeuristicTransient or Constant.");
         if (PromptLookupNumTokens is < 1) Fail(nameof(PromptLookupNumTokens), PromptLookupNumTokens, "it must be at least 1 (null disables it).");
         if (NumBeams > 1)
         {
@@ -317,6 +331,8 @@ public sealed record GenerationConfig
             LengthPenalty = r.Double("length_penalty") ?? d.LengthPenalty,
             EarlyStopping = r.EarlyStopping("early_stopping") ?? d.EarlyStopping,
             PromptLookupNumTokens = r.Int("prompt_lookup_num_tokens"),
+            NumAssistantTokens = r.Int("num_assistant_tokens") ?? d.NumAssistantTokens,
+            NumAssistantTokensSchedule = r.Schedule("num_assistant_tokens_schedule") ?? d.NumAssistantTokensSchedule,
         };
         r.RejectUnsupported("num_beam_groups", n => n.GetValueKind() == JsonValueKind.Number && n.GetValue<double>() == 1,
             "diverse beam search (num_beam_groups > 1) is not supported.");
@@ -375,6 +391,20 @@ public sealed record GenerationConfig
                 JsonValueKind.String when node.GetValue<string>() == "never" => Generation.EarlyStopping.Never,
                 _ => throw Wrong(field, node, "true, false or \"never\""),
             };
+        }
+
+        /// <summary>Hugging Face's <c>num_assistant_tokens_schedule</c>: "heuristic", "heuristic_transient" or "constant".</summary>
+        public AssistantTokensSchedule? Schedule(string field)
+        {
+            var node = root[field];
+            if (node is null) return null;
+            return node.GetValueKind() == JsonValueKind.String ? node.GetValue<string>() switch
+            {
+                "heuristic" => AssistantTokensSchedule.Heuristic,
+                "heuristic_transient" => AssistantTokensSchedule.HeuristicTransient,
+                "constant" => AssistantTokensSchedule.Constant,
+                _ => throw Wrong(field, node, "\"heuristic\", \"heuristic_transient\" or \"constant\""),
+            } : throw Wrong(field, node, "\"heuristic\", \"heuristic_transient\" or \"constant\"");
         }
 
         /// <summary>Throws when <paramref name="field"/> is present, not null, and not the harmless value <paramref name="isDefault"/> accepts.</summary>

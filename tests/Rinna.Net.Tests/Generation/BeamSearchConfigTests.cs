@@ -42,6 +42,16 @@ public class BeamSearchConfigTests
     }
 
     [Fact]
+    public void ReadsAssistedDecodingFields()
+    {
+        var config = GenerationConfig.FromJson("""{"num_assistant_tokens": 3, "num_assistant_tokens_schedule": "constant"}""");
+        Assert.Equal((3, AssistantTokensSchedule.Constant), (config.NumAssistantTokens, config.NumAssistantTokensSchedule));
+        Assert.Equal((5, AssistantTokensSchedule.Heuristic), (new GenerationConfig().NumAssistantTokens, new GenerationConfig().NumAssistantTokensSchedule));
+        Assert.Equal("num_assistant_tokens_schedule", Assert.Throws<ModelConfigException>(
+            () => GenerationConfig.FromJson("""{"num_assistant_tokens_schedule": "sometimes"}""")).Field);
+    }
+
+    [Fact]
     public void AcceptsHarmlessDefaultsOfUnsupportedFeatures()
     {
         var config = GenerationConfig.FromJson("""{"num_beams": 2, "num_beam_groups": 1, "diversity_penalty": 0.0, "constraints": null}""");
