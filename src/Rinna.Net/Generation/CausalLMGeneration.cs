@@ -105,8 +105,7 @@ public static class CausalLMGeneration
         ModelStepper stepper, GenerationConfig config, Func<StreamingDecoder>? createDecoder, Action<GenerationTracker>? onStep,
         IEnumerable<ILogitsProcessor>? extra, CancellationToken cancellationToken)
     {
-        using var generator = new AssistedCandidateGenerator(assistant, mask, total, model.Config.VocabSize, config.NumAssistantTokens,
-            config.NumAssistantTokensSchedule);
+        using var generator = new AssistedCandidateGenerator(assistant, mask, total, model.Config.VocabSize, config, extra);
         return SpeculativeDecoding.Run(ids, stepper, generator, config, createDecoder, onStep, extra, cancellationToken);
     }
 

@@ -9,6 +9,12 @@ internal interface ICandidateGenerator
     /// <summary>Up to <paramref name="maxCount"/> proposed ids to follow <paramref name="sequence"/> (prompt and tokens so far); may be empty.</summary>
     long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount);
 
+    /// <summary>
+    /// The processed scores <c>[n, vocab]</c> the last proposals were drawn from, when the generator samples them from
+    /// a distribution (an assistant model); <c>null</c> for proposals without one (prompt lookup). Owned by the generator.
+    /// </summary>
+    Tensor? CandidateScores => null;
+
     /// <summary>Learns how many of the last call's <paramref name="proposed"/> tokens the model accepted.</summary>
     void Update(int proposed, int accepted);
 }
@@ -53,8 +59,12 @@ internal sealed class PromptLookupCandidateGenerator(int numOutputTokens, int ma
 /// </summary>
 /// <remarks>
 /// Greedy output is therefore plain greedy output: every kept token is the argmax given exactly the tokens before
-/// it. An end-of-sequence id, a stop string or the length limit ends the row at that token, even inside accepted
-/// proposals.
+/// it. When sampling, proposals that come with the proposer's distribution <c>q</c> (an assistant model) are verified by
+/// HF's speculative sampling (Leviathan et al.): proposal <c>i</c> is kept with probability <c>min(1, p_i/q_i)</c>, and the
+/// token after the kept ones is drawn from <c>max(0, p − q)</c> after a rejection, from <c>p</c> otherwise; proposals
+/// without a distribution (prompt lookup) are kept while they equal the token drawn from the model at each position.
+/// Either way every token follows the model's own sampling distribution. An end-of-sequence id, a stop string or the
+/// length limit ends the row at that token, even inside accepted proposals.
 /// </remarks>
 internal static class SpeculativeDecoding
 {
@@ -88,16 +98,15 @@ internal static class SpeculativeDecoding
             var logits = stepper.Forward(fed, allPositions: true).to(ScalarType.Float32, device);
             var history = tensor(sequence.Concat(candidates).ToArray(), [1, before + candidates.Length], ScalarType.Int64, device);
             int first = fedIds.Length - candidates.Length - 1;
-            int accepted = 0;
-            for (int i = 0; i <= candidates.Length; i++)
+            var picks = generator.CandidateScores is { } proposerScores && config.DoSample && candidates.Length > 0
+                ? SpeculativeSampling(candidates, proposerScores, i => pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]), sampler)
+                : Verify(candidates, i => pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]), sampler);
+            int accepted = Math.Min(picks.Accepted, candidates.Length);
+            foreach (var token in picks.Tokens)
             {
-                var scores = pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]);
-                long token;
-                using (var picked = sampler.Next(scores).cpu()) token = picked.data<long>()[0];
                 sequence.Add(tracker.Advance([token])[0]);
                 onStep?.Invoke(tracker);
-                if (tracker.IsDone || i == candidates.Length || token != candidates[i]) break;
-                accepted++;
+                if (tracker.IsDone) break;
             }
             generator.Update(candidates.Length, accepted);
             // Every token but the last appended has its keys computed on the final history; the rest are rejected proposals.
@@ -105,5 +114,49 @@ internal static class SpeculativeDecoding
         }
         var sequences = tensor(sequence.ToArray(), [1, sequence.Count], ScalarType.Int64, device);
         return new GenerationOutput(sequences, tracker.GetSequences());
+    }
+
+    /// <summary>Picks a token at each position in turn and keeps proposals while they equal the pick; ends with the first differing pick.</summary>
+    /// <param name="candidates">The proposals.</param>
+    /// <param name="scoresAt">The model's processed scores <c>[1, vocab]</c> for the token after proposal <c>i - 1</c>.</param>
+    /// <param name="sampler">Greedy or sampling.</param>
+    private static (List<long> Tokens, int Accepted) Verify(long[] candidates, Func<int, Tensor> scoresAt, TokenSampler sampler)
+    {
+        var tokens = new List<long>();
+        for (int i = 0; i <= candidates.Length; i++)
+        {
+            long token;
+            using (var picked = sampler.Next(scoresAt(i)).cpu()) token = picked.data<long>()[0];
+            tokens.Add(token);
+            if (i == candidates.Length || token != candidates[i]) return (tokens, i);
+        }
+        return (tokens, candidates.Length);
+    }
+
+    /// <summary>HF's <c>_speculative_sampling</c>: keeps proposal <c>i</c> with probability <c>min(1, p_i/q_i)</c>, then draws one more token.</summary>
+    private static (List<long> Tokens, int Accepted) SpeculativeSampling(long[] candidates, Tensor proposerScores, Func<int, Tensor> scoresAt,
+        TokenSampler sampler)
+    {
+        var tokens = new List<long>();
+        int n = 0;
+        Tensor p;
+        while (true)
+        {
+            p = scoresAt(n).softmax(-1)[0];
+            if (n == candidates.Length) break;
+            var q = proposerScores[n].softmax(-1);
+            double ratio = p[candidates[n]].item<float>() / q[candidates[n]].item<float>();
+            if (sampler.NextUniform() > ratio)
+            {
+                // Rejected: draw from the part of the model's distribution the proposer under-weights.
+                var residual = (p - q).clamp_min_(0);
+                p = residual.div_(residual.sum());
+                break;
+            }
+            tokens.Add(candidates[n]);
+            n++;
+        }
+        using (var picked = sampler.Next(p.log().unsqueeze(0)).cpu()) tokens.Add(picked.data<long>()[0]);
+        return (tokens, n);
     }
 }

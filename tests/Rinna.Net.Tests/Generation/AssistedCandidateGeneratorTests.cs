@@ -46,9 +46,9 @@ public class AssistedCandidateGeneratorTests
             using var ids = tensor(prompt, [1, prompt.Length], ScalarType.Int64);
             using var mask = ones_like(ids);
             using var stepper = new ModelStepper(model, mask, prompt.Length + 64);
-            using var generator = new AssistedCandidateGenerator(assistant, mask, prompt.Length + 64, 1024, 5, AssistantTokensSchedule.HeuristicTransient);
+            var config = model.GenerationConfig() with { MaxNewTokens = 32, NumAssistantTokensSchedule = AssistantTokensSchedule.HeuristicTransient };
+            using var generator = new AssistedCandidateGenerator(assistant, mask, prompt.Length + 64, 1024, config);
             var counting = new Counting(generator);
-            var config = model.GenerationConfig() with { MaxNewTokens = 32 };
             SpeculativeDecoding.Run(ids, stepper, counting, config, null, null, null, default).Sequences.Dispose();
             (accepted, proposed) = (counting.Accepted, counting.Proposed);
             return generator.NumAssistantTokens;
@@ -60,6 +60,43 @@ public class AssistedCandidateGeneratorTests
         // A different model is mostly rejected, so the count falls to 1.
         Assert.Equal(1, Run(far, out var farAccepted, out var farProposed));
         Assert.True(farAccepted < farProposed / 2, $"far: {farAccepted}/{farProposed}");
+    }
+
+    [Fact]
+    public async Task SpeculativeSamplingDrawsFromTheTargetsDistribution()
+    {
+        using var model = await Load("tiny-neox-rinna");
+        using var assistant = await Load("tiny-neox-pythia");
+        long[] prompt = [587, 503, 105, 111, 747];
+        var config = model.GenerationConfig() with
+        {
+            DoSample = true, TopK = 4, Temperature = 2.0, MaxNewTokens = 3, NumAssistantTokens = 2,
+            NumAssistantTokensSchedule = AssistantTokensSchedule.Constant,
+        };
+        // The target's own distribution of the first new token, after the same warpers.
+        using var ids = tensor(prompt, [1, prompt.Length], ScalarType.Int64);
+        using var forward = model.Forward(ids);
+        using var p = LogitsProcessorList.Create(config, prompt.Length).Process(ids, forward.Logits[.., -1, ..]).softmax(-1)[0];
+        using var assistantForward = assistant.Forward(ids);
+        using var q = LogitsProcessorList.Create(config, prompt.Length).Process(ids, assistantForward.Logits[.., -1, ..]).softmax(-1)[0];
+        // The assistant's proposals follow a clearly different distribution, so keeping them unchecked would show.
+        using var distance = (p - q).abs().sum();
+        Assert.True(distance.item<float>() > 0.5, $"total variation × 2 = {distance.item<float>():F3}");
+        const int runs = 300;
+        var counts = new Dictionary<long, int>();
+        for (int seed = 0; seed < runs; seed++)
+        {
+            var output = model.Generate(prompt.Select(i => (int)i).ToArray() as IReadOnlyList<int>, config with { Seed = seed }, assistantModel: assistant);
+            Assert.Equal(prompt.Length + 3, output.Length);
+            counts[output[prompt.Length]] = counts.GetValueOrDefault(output[prompt.Length]) + 1;
+        }
+        foreach (var (token, count) in counts)
+        {
+            double expected = p[token].item<float>();
+            // Four binomial standard deviations are at most 0.116 for 300 draws.
+            Assert.True(Math.Abs((double)count / runs - expected) < 0.116, $"token {token}: {count}/{runs} drawn, p = {expected:F3}");
+        }
+        Assert.True(counts.Count > 1, "the warped distribution has several tokens");
     }
 
     [Fact]
@@ -77,6 +114,8 @@ public class AssistedCandidateGeneratorTests
         public int Proposed, Accepted;
 
         public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount) => inner.GetCandidates(sequence, maxCount);
+
+        public Tensor? CandidateScores => inner.CandidateScores;
 
         public void Update(int proposed, int accepted)
         {

@@ -112,6 +112,8 @@ public class SpeculativeDecodingTests
             return inner.GetCandidates(sequence, maxCount);
         }
 
+        public Tensor? CandidateScores => inner.CandidateScores;
+
         public void Update(int proposed, int accepted)
         {
             Proposed += proposed;
