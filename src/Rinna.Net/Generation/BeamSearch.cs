@@ -23,7 +23,10 @@ internal static class BeamSearch
     /// <param name="config">The settings (validated, <see cref="GenerationConfig.NumBeams"/> above 1).</param>
     /// <param name="createDecoder">Makes the decoder that gives each returned sequence its text.</param>
     /// <param name="logitsProcessors">Extra processors, after the built-in ones.</param>
-    /// <param name="cancellationToken">Checked before every step; the search then ends as if it had reached the length limit.</param>
+    /// <param name="cancellationToken">
+    /// Checked before every step; the search then ends with the hypotheses it has, and rows that did not end at an
+    /// end-of-sequence id report <see cref="FinishReason.Cancelled"/>.
+    /// </param>
     public static GenerationOutput Run(Tensor inputIds, Func<Tensor, Tensor> nextTokenLogits, Action<Tensor> reorderCache,
         GenerationConfig config, Func<StreamingDecoder>? createDecoder, IEnumerable<ILogitsProcessor>? logitsProcessors,
         CancellationToken cancellationToken)
@@ -46,8 +49,14 @@ internal static class BeamSearch
         try
         {
             int length = promptLength;
-            while (!cancellationToken.IsCancellationRequested)
+            bool cancelled = false;
+            while (true)
             {
+                if (cancellationToken.IsCancellationRequested)
+                {
+                    cancelled = true;
+                    break;
+                }
                 using var scope = NewDisposeScope();
                 var logits = nextTokenLogits(fed).to(ScalarType.Float32, inputIds.device);
                 var logProbs = logits.log_softmax(-1);
@@ -74,7 +83,7 @@ internal static class BeamSearch
                 if (scorer.IsDone || length >= maxLength) break;
             }
             return scorer.Finalize(sequences, beamScores, promptLength, maxLength, eos.Count > 0 ? config.EosTokenId![0] : null,
-                config.ResolvePadTokenId(), createDecoder);
+                config.ResolvePadTokenId(), createDecoder, cancelled);
         }
         finally
         {
@@ -114,7 +123,7 @@ internal sealed class BeamSearchScorer(int batch, int beams, double lengthPenalt
         {
             if (done[b])
             {
-                if (padTokenId is null) throw new InvalidOperationException("Beam search needs a pad id for prompts that are done.");
+                if (padTokenId is null) throw new ArgumentException("Beam search needs PadTokenId (or EosTokenId) for prompts that finish before the others.", "config");
                 // HF feeds pads to a finished prompt's beams, continuing from global row 0; their output is never used.
                 for (int j = 0; j < beams; j++) next.Tokens[b * beams + j] = padTokenId.Value;
                 continue;
@@ -130,7 +139,7 @@ internal sealed class BeamSearchScorer(int batch, int beams, double lengthPenalt
                     // An end-of-sequence id outside the best `beams` candidates does not make a hypothesis.
                     if (rank >= beams) continue;
                     using var hypothesis = sequences[row].cpu();
-                    hypotheses[b].Add(hypothesis.data<long>().ToArray(), score, generatedLength);
+                    hypotheses[b].Add(hypothesis.data<long>().ToArray(), score, generatedLength, atEos: true);
                 }
                 else
                 {
@@ -152,7 +161,7 @@ internal sealed class BeamSearchScorer(int batch, int beams, double lengthPenalt
     /// the longest, with the first end-of-sequence id after each hypothesis shorter than the output.
     /// </summary>
     public GenerationOutput Finalize(Tensor sequences, float[] beamScores, int promptLength, int maxLength, int? eosTokenId, int? padTokenId,
-        Func<StreamingDecoder>? createDecoder)
+        Func<StreamingDecoder>? createDecoder, bool cancelled)
     {
         using var rowsOnCpu = sequences.cpu();
         var all = rowsOnCpu.data<long>().ToArray();
@@ -163,11 +172,12 @@ internal sealed class BeamSearchScorer(int batch, int beams, double lengthPenalt
             for (int j = 0; j < beams; j++)
             {
                 int row = b * beams + j;
-                hypotheses[b].Add(all.AsSpan(row * width, width).ToArray(), beamScores[row], width - promptLength);
+                // A search cancelled before its first step has generated nothing; length 1 keeps the score finite.
+                hypotheses[b].Add(all.AsSpan(row * width, width).ToArray(), beamScores[row], Math.Max(1, width - promptLength), atEos: false);
             }
         }
 
-        var best = new List<(double Score, long[] Tokens)>();
+        var best = new List<(double Score, long[] Tokens, bool AtEos)>();
         for (int b = 0; b < batch; b++)
         {
             // Python's sorted() is stable and pop() takes the last: the highest score, the later one among equals.
@@ -180,9 +190,11 @@ internal sealed class BeamSearchScorer(int batch, int beams, double lengthPenalt
         }
 
         int longest = best.Max(h => h.Tokens.Length);
-        int outputWidth = Math.Min(longest + 1, maxLength);
+        int outputWidth = cancelled
+            ? Math.Min(best.Max(h => h.Tokens.Length + (h.AtEos ? 1 : 0)), maxLength)
+            : Math.Min(longest + 1, maxLength);
         if (best.Any(h => h.Tokens.Length != longest) && padTokenId is null)
-            throw new InvalidOperationException("Beam hypotheses of different lengths need a pad id (set PadTokenId or EosTokenId).");
+            throw new ArgumentException("Beam hypotheses of different lengths need PadTokenId (or EosTokenId) to pad them.", "config");
         var output = new long[best.Count * outputWidth];
         var rows = new List<GeneratedSequence>();
         for (int i = 0; i < best.Count; i++)
@@ -193,13 +205,16 @@ internal sealed class BeamSearchScorer(int batch, int beams, double lengthPenalt
             tokens.CopyTo(span);
             var generated = tokens.Skip(promptLength).Select(t => (int)t).ToList();
             var text = Decode(createDecoder, generated);
-            bool endsWithEos = tokens.Length < outputWidth && eosTokenId is not null;
+            // HF writes the end-of-sequence id after every hypothesis shorter than the output; a cancelled search's
+            // running beams are short only because it stopped, so they keep their length and their reason.
+            bool endsWithEos = tokens.Length < outputWidth && eosTokenId is not null && (best[i].AtEos || !cancelled);
             if (endsWithEos)
             {
                 span[tokens.Length] = eosTokenId!.Value;
                 generated.Add(eosTokenId.Value);
             }
-            rows.Add(new GeneratedSequence(generated, endsWithEos ? FinishReason.EndOfSequence : FinishReason.Length, text, null));
+            var reason = endsWithEos ? FinishReason.EndOfSequence : cancelled ? FinishReason.Cancelled : FinishReason.Length;
+            rows.Add(new GeneratedSequence(generated, reason, text, null));
         }
         return new GenerationOutput(tensor(output, [best.Count, outputWidth], ScalarType.Int64).to(sequences.device), rows)
         {
@@ -220,17 +235,17 @@ internal sealed class BeamSearchScorer(int batch, int beams, double lengthPenalt
 /// <summary>Hugging Face's <c>BeamHypotheses</c>: the best <c>num_beams</c> finished hypotheses of one prompt.</summary>
 internal sealed class BeamHypotheses(int beams, double lengthPenalty, EarlyStopping earlyStopping, int maxNewTokens)
 {
-    private readonly List<(double Score, long[] Tokens)> hypotheses = [];
+    private readonly List<(double Score, long[] Tokens, bool AtEos)> hypotheses = [];
     private double worstScore = 1e9;
 
-    public IReadOnlyList<(double Score, long[] Tokens)> Beams => hypotheses;
+    public IReadOnlyList<(double Score, long[] Tokens, bool AtEos)> Beams => hypotheses;
 
     /// <summary>Adds a hypothesis scored <c>sumLogProbs / generatedLength ^ length_penalty</c> if it is among the best.</summary>
-    public void Add(long[] tokens, double sumLogProbs, int generatedLength)
+    public void Add(long[] tokens, double sumLogProbs, int generatedLength, bool atEos)
     {
         double score = sumLogProbs / Math.Pow(generatedLength, lengthPenalty);
         if (hypotheses.Count >= beams && score <= worstScore) return;
-        hypotheses.Add((score, tokens));
+        hypotheses.Add((score, tokens, atEos));
         if (hypotheses.Count > beams)
         {
             var ranked = hypotheses.Select((h, i) => (h.Score, Index: i)).OrderBy(t => t.Score).ThenBy(t => t.Index).ToList();

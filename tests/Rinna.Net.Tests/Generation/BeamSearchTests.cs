@@ -79,6 +79,31 @@ public class BeamSearchTests : IAsyncLifetime
     }
 
     [Fact]
+    public void CancellationKeepsTheBeamsSoFar()
+    {
+        using var ids = tensor(new long[] { 587, 503, 105, 111, 747 }, [1, 5], ScalarType.Int64);
+        using var cancelled = new CancellationTokenSource();
+        cancelled.Cancel();
+        var output = model.Generate(ids, model.GenerationConfig() with { NumBeams = 3, NumReturnSequences = 2, MaxNewTokens = 8 },
+            cancellationToken: cancelled.Token);
+        using var sequences = output.Sequences;
+        Assert.Equal([2L, 5L], sequences.shape);
+        Assert.All(output.Rows, row => Assert.Equal(FinishReason.Cancelled, row.FinishReason));
+        Assert.All(output.Rows, row => Assert.Empty(row.TokenIds));
+    }
+
+    [Fact]
+    public async Task ReturnedRowsDecodeWithATokenizer()
+    {
+        var tokenizer = await AutoTokenizer.FromPretrainedAsync(Fixtures.Tokenizer("ja-3.6b-lookalike"), cancellationToken: TestContext.Current.CancellationToken);
+        var testCase = ReadCases().Single(c => c.GetProperty("name").GetString() == "beam4_return3");
+        using var ids = Matrix(testCase.GetProperty("input_ids"));
+        var output = model.Generate(ids, ConfigFor(testCase), tokenizer: tokenizer);
+        output.Sequences.Dispose();
+        Assert.All(output.Rows, row => Assert.Equal(tokenizer.Decode(row.TokenIds, skipSpecialTokens: true), row.Text));
+    }
+
+    [Fact]
     public void BeamSearchRejectsStreamingAndSampling()
     {
         using var ids = tensor(new long[] { 587, 503 }, [1, 2], ScalarType.Int64);
