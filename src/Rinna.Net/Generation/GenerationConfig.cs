@@ -291,8 +291,11 @@ public sealed record GenerationConfig
 
     /// <summary>
     /// Parses the text of a <c>generation_config.json</c>. Unknown keys (<c>transformers_version</c>,
-    /// <c>_from_model_config</c>, beam-search fields, ...) are ignored like Hugging Face does; <c>null</c> values mean the
-    /// default; <c>eos_token_id</c> may be one id or a list.
+    /// <c>_from_model_config</c>, ...) are ignored like Hugging Face does; <c>null</c> values mean the default;
+    /// <c>eos_token_id</c> may be one id or a list; <c>early_stopping</c> is <c>true</c>, <c>false</c> or <c>"never"</c>.
+    /// Settings for what is not implemented (diverse beam search's <c>num_beam_groups</c> above 1 or a
+    /// <c>diversity_penalty</c>, constrained beam search's <c>constraints</c> or <c>force_words_ids</c>) are rejected
+    /// rather than ignored, so a configuration never silently decodes differently.
     /// </summary>
     /// <param name="json">The JSON text.</param>
     /// <param name="sourceName">Named in error messages (usually the file path).</param>
