@@ -66,7 +66,8 @@ public static class CausalLMGeneration
         if (inputIds.dim() != 2 || inputIds.shape[1] == 0)
             throw new ArgumentException($"input ids must be [batch, seq] with seq > 0; got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
         int promptLength = (int)inputIds.shape[1];
-        int total = promptLength + config.ResolveMaxNewTokens(promptLength) + (config.PromptLookupNumTokens ?? 0);
+        // Speculation never proposes past the token budget, so the cache never holds more than this.
+        int total = promptLength + config.ResolveMaxNewTokens(promptLength);
         if (assistantModel is not null && (config.NumBeams > 1 || config.PromptLookupNumTokens is not null))
             throw new ArgumentException("An assistant model works with greedy decoding or sampling, not with beam search or prompt lookup.", nameof(assistantModel));
         if (config.NumBeams > 1 && onStep is not null)
