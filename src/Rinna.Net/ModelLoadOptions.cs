@@ -53,6 +53,28 @@ public class ModelLoadOptions : HubOptions
     /// <summary>HF's <c>max_memory</c>: the most each device may hold for <see cref="DeviceMap"/> planning.</summary>
     public MaxMemory? MaxMemory { get; set; }
 
+    /// <summary>
+    /// A PEFT LoRA adapter to apply: a directory holding <c>adapter_config.json</c> and <c>adapter_model.safetensors</c>
+    /// (or <c>adapter_model.bin</c>), as PEFT's <c>PeftModel.from_pretrained(model, adapter)</c>. By default it is merged
+    /// into the weights while they load (<c>W + s·B·A</c> in float32, before float16 storage or int8 quantization), so it
+    /// costs nothing at run time; with <see cref="MergeAdapter"/> off it stays a run-time adapter named <c>default</c>
+    /// (see <see cref="Model.Adapters.AdapterExtensions"/>).
+    /// </summary>
+    /// <remarks>
+    /// Hub ids are not resolved for adapters (the hub client fetches model and tokenizer files only); download the adapter
+    /// repository and give its directory.
+    /// </remarks>
+    public string? Adapter { get; set; }
+
+    /// <summary>Merge <see cref="Adapter"/> into the weights at load (default) or keep it unmerged and active.</summary>
+    public bool MergeAdapter { get; set; } = true;
+
+    /// <summary>
+    /// Build every linear layer so that LoRA adapters can be loaded and switched at run time
+    /// (<see cref="Model.Adapters.AdapterExtensions.LoadAdapter"/>); implied by an unmerged <see cref="Adapter"/>.
+    /// </summary>
+    public bool EnableAdapters { get; set; }
+
     /// <summary>Reports loading progress tensor by tensor.</summary>
     public IProgress<LoadProgress>? LoadProgress { get; set; }
 }

@@ -37,8 +37,10 @@ public static class CausalLMGeneration
 
     /// <summary>
     /// Continues each row of <paramref name="inputIds"/>: HF's <c>model.generate(input_ids, attention_mask=..., ...)</c>
-    /// with greedy or multinomial decoding and HF's logits processors. Left-padded batches need
-    /// <paramref name="attentionMask"/> (0 on pads); each row then matches its unpadded run.
+    /// with greedy or multinomial decoding, beam search (<see cref="GenerationConfig.NumBeams"/>) or prompt lookup
+    /// decoding (<see cref="GenerationConfig.PromptLookupNumTokens"/>), and HF's logits processors. Left-padded batches
+    /// need <paramref name="attentionMask"/> (0 on pads); each row then matches its unpadded run. With several
+    /// <see cref="GenerationConfig.NumReturnSequences"/> the output has that many consecutive rows per prompt.
     /// </summary>
     /// <param name="model">The model.</param>
     /// <param name="inputIds">Prompt ids <c>[batch, seq]</c> (int64, left-padded).</param>
@@ -48,13 +50,18 @@ public static class CausalLMGeneration
     /// The model's tokenizer (HF's <c>tokenizer=</c> argument): needed for stop strings, and gives each row's text. Ids the
     /// tokenizer cannot decode (output rows beyond its vocabulary) are then never generated.
     /// </param>
-    /// <param name="onStep">Called after every step on the generating thread (streaming).</param>
+    /// <param name="onStep">Called after every token on the generating thread (streaming); not available with beam search.</param>
     /// <param name="cancellationToken">Checked before every step; unfinished rows then report <see cref="FinishReason.Cancelled"/>.</param>
+    /// <param name="assistantModel">
+    /// HF's <c>assistant_model</c>: a smaller model with the same tokenizer that proposes tokens the model verifies in one
+    /// pass (assisted decoding, for a batch of one prompt). Greedy output equals plain greedy output token for token;
+    /// with sampling every token is drawn from the model and proposals are kept while they equal the draws.
+    /// </param>
     /// <returns>HF's <c>[batch, prompt + new]</c> sequences (dispose the tensor) and, per row, the new ids, text and finish reason.</returns>
     /// <exception cref="ArgumentException">Invalid prompt, mask or settings, or a prompt that does not fit the model.</exception>
     public static GenerationOutput Generate(this GptNeoXForCausalLM model, Tensor inputIds, GenerationConfig? config = null,
         Tensor? attentionMask = null, PreTrainedTokenizer? tokenizer = null, Action<GenerationTracker>? onStep = null,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default, GptNeoXForCausalLM? assistantModel = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(inputIds);
@@ -75,38 +82,49 @@ public static class CausalLMGeneration
             newTokens = clamped;
             config = config with { MaxNewTokens = newTokens };
         }
+        // Room for the prompt and a short answer; the caches double as tokens come, so memory follows what is generated,
+        // not what was asked for.
+        int reserve = promptLength + Math.Min(newTokens, InitialAnswerReserve);
+        if (assistantModel is not null && (config.NumBeams > 1 || config.PromptLookupNumTokens is not null))
+            throw new ArgumentException("An assistant model works with greedy decoding or sampling, not with beam search or prompt lookup.", nameof(assistantModel));
+        if (config.NumBeams > 1 && onStep is not null)
+            throw new ArgumentException("Beam search decides the output only at the end, so it cannot stream (onStep); as in Hugging Face.", nameof(onStep));
 
         // As if the caller had written input_ids.to(model.device): the loop and its processors run beside the embedding.
-        using var ids = inputIds.to(ScalarType.Int64, model.Device);
-        // Room for the prompt and a short answer; the cache doubles as tokens come, so memory follows what is generated,
-        // not what was asked for.
-        using var cache = new KeyValueCache(model.Config.NumHiddenLayers, promptLength + Math.Min(newTokens, InitialAnswerReserve));
-        var mask = (attentionMask ?? ones_like(ids)).to(ScalarType.Int64, ids.device).clone().DetachFromDisposeScope();
+        using var scope = NewDisposeScope();
+        var ids = inputIds.to(ScalarType.Int64, model.Device);
+        var mask = (attentionMask ?? ones_like(ids)).to(ScalarType.Int64, ids.device);
         if (!mask.shape.SequenceEqual(ids.shape))
             throw new ArgumentException($"attention mask must match the prompt's shape [{string.Join(", ", ids.shape)}].", nameof(attentionMask));
-        try
+        // HF's _expand_inputs_for_generation: each prompt is repeated once per beam, or per returned sample, in consecutive rows.
+        int copies = config.NumBeams > 1 ? config.NumBeams : config.NumReturnSequences;
+        if (copies > 1)
         {
-            return GenerationLoop.Run(ids, fed =>
-            {
-                if (cache.Length > 0)
-                {
-                    var grown = cat([mask, ones(mask.shape[0], 1, ScalarType.Int64, mask.device)], 1).DetachFromDisposeScope();
-                    mask.Dispose();
-                    mask = grown;
-                }
-                // HF's prepare_inputs_for_generation: positions count real tokens only; pads get position 1.
-                var positions = mask.cumsum(-1).sub_(1).masked_fill_(mask.eq(0), 1);
-                positions = positions.narrow(1, positions.shape[1] - fed.shape[1], fed.shape[1]);
-                using var output = model.Forward(fed, mask, positions, cache, useCache: true, lastPositionOnly: true);
-                return output.Logits.select(1, 0).clone();
-            }, config, tokenizer is null ? null : () => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true), onStep,
-                tokenizer is not null && tokenizer.Count < model.Config.VocabSize ? [new VocabularyLimitLogitsProcessor(tokenizer.Count)] : null,
-                cancellationToken);
+            ids = ids.repeat_interleave(copies, 0);
+            mask = mask.repeat_interleave(copies, 0);
         }
-        finally
+        using var stepper = new ModelStepper(model, mask, reserve);
+        Func<StreamingDecoder>? createDecoder = tokenizer is null ? null : () => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true);
+        ILogitsProcessor[]? extra = tokenizer is not null && tokenizer.Count < model.Config.VocabSize
+            ? [new VocabularyLimitLogitsProcessor(tokenizer.Count)]
+            : null;
+        var output = config switch
         {
-            mask.Dispose();
-        }
+            { NumBeams: > 1 } => BeamSearch.Run(ids, fed => stepper.Forward(fed), stepper.Reorder, config, createDecoder, extra, cancellationToken),
+            { PromptLookupNumTokens: int k } => SpeculativeDecoding.Run(ids, stepper, new PromptLookupCandidateGenerator(k), config,
+                createDecoder, onStep, extra, cancellationToken),
+            _ when assistantModel is not null => Assisted(model, assistantModel, ids, mask, reserve, stepper, config, createDecoder, onStep, extra, cancellationToken),
+            _ => GenerationLoop.Run(ids, fed => stepper.Forward(fed), config, createDecoder, onStep, extra, cancellationToken),
+        };
+        output.Sequences.MoveToOuterDisposeScope();
+        return output;
+    }
+    private static GenerationOutput Assisted(GptNeoXForCausalLM model, GptNeoXForCausalLM assistant, Tensor ids, Tensor mask, int reserve,
+        ModelStepper stepper, GenerationConfig config, Func<StreamingDecoder>? createDecoder, Action<GenerationTracker>? onStep,
+        IEnumerable<ILogitsProcessor>? extra, CancellationToken cancellationToken)
+    {
+        using var generator = new AssistedCandidateGenerator(assistant, mask, reserve, model.Config.VocabSize, config, extra);
+        return SpeculativeDecoding.Run(ids, stepper, generator, config, createDecoder, onStep, extra, cancellationToken);
     }
 
     /// <summary>
@@ -118,25 +136,26 @@ public static class CausalLMGeneration
     /// <param name="config">Decoding settings; <c>null</c> means <see cref="GenerationConfig(GptNeoXForCausalLM)"/>.</param>
     /// <param name="tokenizer">The model's tokenizer: needed for stop strings, and keeps ids it cannot decode from being generated.</param>
     /// <param name="cancellationToken">Checked before every step; the ids generated so far are returned.</param>
+    /// <param name="assistantModel">A smaller model with the same tokenizer for assisted decoding (HF's <c>assistant_model</c>).</param>
     /// <returns>The prompt's ids followed by the generated ids.</returns>
     /// <exception cref="ArgumentException">An empty prompt, invalid settings, or a prompt that does not fit the model.</exception>
     public static int[] Generate(this GptNeoXForCausalLM model, IReadOnlyList<int> inputIds, GenerationConfig? config = null,
-        PreTrainedTokenizer? tokenizer = null, CancellationToken cancellationToken = default)
+        PreTrainedTokenizer? tokenizer = null, CancellationToken cancellationToken = default, GptNeoXForCausalLM? assistantModel = null)
     {
         ArgumentNullException.ThrowIfNull(inputIds);
         using var scope = NewDisposeScope();
         using var ids = tensor(inputIds.Select(i => (long)i).ToArray(), ScalarType.Int64).unsqueeze(0);
-        var output = model.Generate(ids, config, tokenizer: tokenizer, cancellationToken: cancellationToken);
+        var output = model.Generate(ids, config, tokenizer: tokenizer, cancellationToken: cancellationToken, assistantModel: assistantModel);
         using var sequences = output.Sequences;
         return sequences[0].cpu().data<long>().Select(i => (int)i).ToArray();
     }
 
-    /// <inheritdoc cref="Generate(GptNeoXForCausalLM, IReadOnlyList{int}, GenerationConfig?, PreTrainedTokenizer?, CancellationToken)"/>
+    /// <inheritdoc cref="Generate(GptNeoXForCausalLM, IReadOnlyList{int}, GenerationConfig?, PreTrainedTokenizer?, CancellationToken, GptNeoXForCausalLM?)"/>
     /// <remarks>
     /// Takes the <c>int[]</c> that <see cref="PreTrainedTokenizer.Encode"/> returns, which TorchSharp would otherwise
     /// also convert to a tensor, making the call ambiguous.
     /// </remarks>
     public static int[] Generate(this GptNeoXForCausalLM model, int[] inputIds, GenerationConfig? config = null,
-        PreTrainedTokenizer? tokenizer = null, CancellationToken cancellationToken = default) =>
-        Generate(model, (IReadOnlyList<int>)inputIds, config, tokenizer, cancellationToken);
+        PreTrainedTokenizer? tokenizer = null, CancellationToken cancellationToken = default, GptNeoXForCausalLM? assistantModel = null) =>
+        Generate(model, (IReadOnlyList<int>)inputIds, config, tokenizer, cancellationToken, assistantModel);
 }

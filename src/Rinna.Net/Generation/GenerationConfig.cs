@@ -96,6 +96,53 @@ public sealed record GenerationConfig
     /// <summary><c>use_cache</c>: reuse the attention key/value cache between steps.</summary>
     public bool UseCache { get; init; } = true;
 
+    /// <summary>
+    /// <c>num_beams</c>: beam search with this many beams when above 1 (Hugging Face's <c>BeamSearchScorer</c>); 1 means
+    /// greedy decoding or sampling. Beam search ranks hypotheses by their summed log-probabilities (after the logits
+    /// processors) divided by <c>generated_length ^ </c><see cref="LengthPenalty"/>.
+    /// </summary>
+    /// <remarks>
+    /// Beam search is deterministic: it cannot be combined with <see cref="DoSample"/> (Hugging Face's beam sampling),
+    /// <see cref="StopStrings"/> or <see cref="PromptLookupNumTokens"/>. Diverse beam search (<c>num_beam_groups</c>,
+    /// <c>diversity_penalty</c>) and constrained beam search (<c>constraints</c>, <c>force_words_ids</c>) are not
+    /// implemented; a <c>generation_config.json</c> asking for them is rejected.
+    /// </remarks>
+    public int NumBeams { get; init; } = 1;
+
+    /// <summary>
+    /// <c>num_return_sequences</c>: how many sequences to return per prompt: the best hypotheses of beam search (at most
+    /// <see cref="NumBeams"/>), or independent samples when <see cref="DoSample"/> is set. Output rows of one prompt
+    /// are consecutive.
+    /// </summary>
+    public int NumReturnSequences { get; init; } = 1;
+
+    /// <summary>
+    /// <c>length_penalty</c>: the exponent of the generated length that beam hypotheses' summed log-probabilities are
+    /// divided by. Above 0 favours longer sequences (scores are negative), below 0 shorter ones.
+    /// </summary>
+    public double LengthPenalty { get; init; } = 1.0;
+
+    /// <summary><c>early_stopping</c>: when beam search stops (see <see cref="Generation.EarlyStopping"/>).</summary>
+    public EarlyStopping EarlyStopping { get; init; } = EarlyStopping.False;
+
+    /// <summary>
+    /// <c>prompt_lookup_num_tokens</c>: prompt lookup decoding (Hugging Face's <c>PromptLookupCandidateGenerator</c>):
+    /// up to this many tokens that followed the last 2 (else 1) tokens elsewhere in the sequence are proposed and
+    /// verified in one forward pass. Greedy output is token for token that of plain greedy decoding; with
+    /// <see cref="DoSample"/> each position is sampled from the model and proposals are kept while they equal the draw.
+    /// Needs a batch of one prompt; <c>null</c> disables it.
+    /// </summary>
+    public int? PromptLookupNumTokens { get; init; }
+
+    /// <summary>
+    /// <c>num_assistant_tokens</c>: how many tokens an assistant model proposes per round at first (assisted decoding,
+    /// <c>Generate(..., assistantModel: ...)</c>); <see cref="NumAssistantTokensSchedule"/> then adjusts it.
+    /// </summary>
+    public int NumAssistantTokens { get; init; } = 5;
+
+    /// <summary><c>num_assistant_tokens_schedule</c>: how the number of proposals changes from round to round.</summary>
+    public AssistantTokensSchedule NumAssistantTokensSchedule { get; init; } = AssistantTokensSchedule.Heuristic;
+
     /// <summary>The number of new tokens the generation may produce after a prompt of <paramref name="promptLength"/> tokens.</summary>
     /// <remarks>
     /// <see cref="MaxNewTokens"/> when set, else <see cref="MaxLength"/> minus the prompt. Like Hugging Face, at least one
@@ -145,6 +192,13 @@ public sealed record GenerationConfig
             StopStrings = overrides.StopStrings ?? StopStrings,
             Seed = overrides.Seed ?? Seed,
             UseCache = Pick(UseCache, overrides.UseCache, d.UseCache),
+            NumBeams = Pick(NumBeams, overrides.NumBeams, d.NumBeams),
+            NumReturnSequences = Pick(NumReturnSequences, overrides.NumReturnSequences, d.NumReturnSequences),
+            LengthPenalty = Pick(LengthPenalty, overrides.LengthPenalty, d.LengthPenalty),
+            EarlyStopping = Pick(EarlyStopping, overrides.EarlyStopping, d.EarlyStopping),
+            PromptLookupNumTokens = overrides.PromptLookupNumTokens ?? PromptLookupNumTokens,
+            NumAssistantTokens = Pick(NumAssistantTokens, overrides.NumAssistantTokens, d.NumAssistantTokens),
+            NumAssistantTokensSchedule = Pick(NumAssistantTokensSchedule, overrides.NumAssistantTokensSchedule, d.NumAssistantTokensSchedule),
         };
     }
 
@@ -198,6 +252,26 @@ public sealed record GenerationConfig
                 if (string.IsNullOrEmpty(stop)) Fail(nameof(StopStrings), stop, "stop strings must not be empty.");
         }
 
+        if (NumBeams < 1) Fail(nameof(NumBeams), NumBeams, "it must be at least 1 (1 disables beam search).");
+        if (NumReturnSequences < 1) Fail(nameof(NumReturnSequences), NumReturnSequences, "it must be at least 1.");
+        if (!double.IsFinite(LengthPenalty)) Fail(nameof(LengthPenalty), LengthPenalty, "it must be a finite number.");
+        if (!Enum.IsDefined(EarlyStopping)) Fail(nameof(EarlyStopping), EarlyStopping, "it must be False, True or Never.");
+        if (NumAssistantTokens < 1) Fail(nameof(NumAssistantTokens), NumAssistantTokens, "it must be at least 1.");
+        if (!Enum.IsDefined(NumAssistantTokensSchedule))
+            Fail(nameof(NumAssistantTokensSchedule), NumAssistantTokensSchedule, "it must be Heuristic, HeuristicTransient or Constant.");
+        if (PromptLookupNumTokens is < 1) Fail(nameof(PromptLookupNumTokens), PromptLookupNumTokens, "it must be at least 1 (null disables it).");
+        if (NumBeams > 1)
+        {
+            if (NumReturnSequences > NumBeams)
+                Fail(nameof(NumReturnSequences), NumReturnSequences, $"beam search returns at most NumBeams ({NumBeams}) sequences per prompt.");
+            if (DoSample) Fail(nameof(NumBeams), NumBeams, "beam sampling (DoSample with NumBeams > 1) is not supported; use beam search or sampling.");
+            if (StopStrings is not null) Fail(nameof(StopStrings), "[...]", "stop strings are not supported with beam search.");
+            if (PromptLookupNumTokens is not null)
+                Fail(nameof(PromptLookupNumTokens), PromptLookupNumTokens, "prompt lookup decoding works with greedy decoding or sampling, not beam search.");
+        }
+        else if (NumReturnSequences > 1 && !DoSample)
+            Fail(nameof(NumReturnSequences), NumReturnSequences, "greedy decoding returns one sequence per prompt; set NumBeams or DoSample.");
+
         if (!DoSample) return;
         if (!(Temperature > 0) || double.IsInfinity(Temperature))
             Fail(nameof(Temperature), Temperature,
@@ -217,8 +291,11 @@ public sealed record GenerationConfig
 
     /// <summary>
     /// Parses the text of a <c>generation_config.json</c>. Unknown keys (<c>transformers_version</c>,
-    /// <c>_from_model_config</c>, beam-search fields, ...) are ignored like Hugging Face does; <c>null</c> values mean the
-    /// default; <c>eos_token_id</c> may be one id or a list.
+    /// <c>_from_model_config</c>, ...) are ignored like Hugging Face does; <c>null</c> values mean the default;
+    /// <c>eos_token_id</c> may be one id or a list; <c>early_stopping</c> is <c>true</c>, <c>false</c> or <c>"never"</c>.
+    /// Settings for what is not implemented (diverse beam search's <c>num_beam_groups</c> above 1 or a
+    /// <c>diversity_penalty</c>, constrained beam search's <c>constraints</c> or <c>force_words_ids</c>) are rejected
+    /// rather than ignored, so a configuration never silently decodes differently.
     /// </summary>
     /// <param name="json">The JSON text.</param>
     /// <param name="sourceName">Named in error messages (usually the file path).</param>
@@ -252,7 +329,20 @@ public sealed record GenerationConfig
             BosTokenId = r.Int("bos_token_id"),
             StopStrings = r.StringOrStringList("stop_strings"),
             UseCache = r.Bool("use_cache") ?? d.UseCache,
+            NumBeams = r.Int("num_beams") ?? d.NumBeams,
+            NumReturnSequences = r.Int("num_return_sequences") ?? d.NumReturnSequences,
+            LengthPenalty = r.Double("length_penalty") ?? d.LengthPenalty,
+            EarlyStopping = r.EarlyStopping("early_stopping") ?? d.EarlyStopping,
+            PromptLookupNumTokens = r.Int("prompt_lookup_num_tokens"),
+            NumAssistantTokens = r.Int("num_assistant_tokens") ?? d.NumAssistantTokens,
+            NumAssistantTokensSchedule = r.Schedule("num_assistant_tokens_schedule") ?? d.NumAssistantTokensSchedule,
         };
+        r.RejectUnsupported("num_beam_groups", n => n.GetValueKind() == JsonValueKind.Number && n.GetValue<double>() == 1,
+            "diverse beam search (num_beam_groups > 1) is not supported.");
+        r.RejectUnsupported("diversity_penalty", n => n.GetValueKind() == JsonValueKind.Number && n.GetValue<double>() == 0,
+            "diverse beam search (diversity_penalty) is not supported.");
+        r.RejectUnsupported("constraints", _ => false, "constrained beam search (constraints) is not supported.");
+        r.RejectUnsupported("force_words_ids", _ => false, "constrained beam search (force_words_ids) is not supported.");
         try
         {
             config.Validate();
@@ -290,6 +380,42 @@ public sealed record GenerationConfig
                 JsonValueKind.False => false,
                 _ => throw Wrong(field, node, "true or false"),
             };
+        }
+
+        /// <summary>Hugging Face's <c>early_stopping</c>: <c>true</c>, <c>false</c> or <c>"never"</c>.</summary>
+        public EarlyStopping? EarlyStopping(string field)
+        {
+            var node = root[field];
+            if (node is null) return null;
+            return node.GetValueKind() switch
+            {
+                JsonValueKind.True => Generation.EarlyStopping.True,
+                JsonValueKind.False => Generation.EarlyStopping.False,
+                JsonValueKind.String when node.GetValue<string>() == "never" => Generation.EarlyStopping.Never,
+                _ => throw Wrong(field, node, "true, false or \"never\""),
+            };
+        }
+
+        /// <summary>Hugging Face's <c>num_assistant_tokens_schedule</c>: "heuristic", "heuristic_transient" or "constant".</summary>
+        public AssistantTokensSchedule? Schedule(string field)
+        {
+            var node = root[field];
+            if (node is null) return null;
+            return node.GetValueKind() == JsonValueKind.String ? node.GetValue<string>() switch
+            {
+                "heuristic" => AssistantTokensSchedule.Heuristic,
+                "heuristic_transient" => AssistantTokensSchedule.HeuristicTransient,
+                "constant" => AssistantTokensSchedule.Constant,
+                _ => throw Wrong(field, node, "\"heuristic\", \"heuristic_transient\" or \"constant\""),
+            } : throw Wrong(field, node, "\"heuristic\", \"heuristic_transient\" or \"constant\"");
+        }
+
+        /// <summary>Throws when <paramref name="field"/> is present, not null, and not the harmless value <paramref name="isDefault"/> accepts.</summary>
+        public void RejectUnsupported(string field, Func<JsonNode, bool> isDefault, string why)
+        {
+            var node = root[field];
+            if (node is null || isDefault(node)) return;
+            throw new ModelConfigException(source, field, why);
         }
 
         public int? Int(string field)

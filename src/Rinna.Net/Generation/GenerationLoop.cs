@@ -10,7 +10,14 @@ namespace Rinna.Net.Generation;
 /// <c>generate()</c> output, with pad ids after a row finished. The caller owns (and disposes) it.
 /// </param>
 /// <param name="Rows">Per row: the generated ids, why it stopped and, with a decode function, its text.</param>
-public sealed record GenerationOutput(Tensor Sequences, IReadOnlyList<GeneratedSequence> Rows);
+public sealed record GenerationOutput(Tensor Sequences, IReadOnlyList<GeneratedSequence> Rows)
+{
+    /// <summary>
+    /// HF's <c>sequences_scores</c> of beam search: per returned row, its summed log-probability (after the logits
+    /// processors) divided by <c>generated_length ^ length_penalty</c>; <c>null</c> for greedy decoding and sampling.
+    /// </summary>
+    public IReadOnlyList<float>? SequencesScores { get; init; }
+}
 
 /// <summary>
 /// The decode loop of Hugging Face's <c>generate()</c> for greedy and multinomial sampling, independent of the model:

@@ -59,6 +59,16 @@ public sealed class TokenSampler : IDisposable
         using (drawn) return drawn.to(scores.device);
     }
 
+    /// <summary>A uniform draw from [0, 1) with the sampler's generator (speculative sampling's acceptance test).</summary>
+    /// <exception cref="InvalidOperationException">The sampler is greedy.</exception>
+    internal double NextUniform()
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (generator is null) throw new InvalidOperationException("A greedy sampler draws nothing at random.");
+        using var draw = rand(1, generator: generator);
+        return draw.item<float>();
+    }
+
     /// <summary>Releases the random generator.</summary>
     public void Dispose()
     {

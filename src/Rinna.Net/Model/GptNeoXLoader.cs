@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Rinna.Net.Checkpoint;
+using Rinna.Net.Model.Adapters;
 using Rinna.Net.Model.DeviceMap;
 using Rinna.Net.Model.Layers;
 using Rinna.Net.Model.Quantization;
@@ -24,8 +25,13 @@ internal static class GptNeoXLoader
         if (layers != config.NumHiddenLayers)
             throw new CheckpointException(string.Join(", ", checkpoint.Files),
                 $"config.json has num_hidden_layers = {config.NumHiddenLayers}, but the checkpoint holds {layers} layers.");
-        var layout = GptNeoXWeightLayout.For(config).ToDictionary(w => w.Name, StringComparer.Ordinal);
+        var layoutList = GptNeoXWeightLayout.For(config);
+        var layout = layoutList.ToDictionary(w => w.Name, StringComparer.Ordinal);
         Validate(checkpoint, entries, layout, config);
+        // The adapter is read and checked before any weight, so a bad adapter fails fast.
+        using var merged = options.Adapter is not null && options.MergeAdapter ? LoadAdapter(options.Adapter, layoutList) : null;
+        var unmerged = options.Adapter is not null && !options.MergeAdapter ? LoadAdapter(options.Adapter, layoutList) : null;
+        var adapters = options.EnableAdapters || unmerged is not null ? new AdapterState() : null;
 
         var requested = options.QuantizationConfig ?? new QuantizationConfig();
         var quantization = new QuantizationConfig
@@ -67,6 +73,7 @@ internal static class GptNeoXLoader
                 tensor.Dispose();
                 throw;
             }
+            if (merged is not null) MergeAdapter(merged, name, tensor);
             if (stored != target) WeightMemory.ReleaseFreed();
             if (device.type != TorchSharp.DeviceType.CPU)
             {
@@ -76,10 +83,49 @@ internal static class GptNeoXLoader
             }
             options.LoadProgress?.Report(new LoadProgress(++loaded, layout.Count, name));
             return tensor;
-        }, (name, weight, bias) => CreateLinear(name, weight, bias, dtype, quantization));
+        }, (name, weight, bias) =>
+        {
+            var layer = CreateLinear(name, weight, bias, dtype, quantization);
+            return adapters is null ? layer : AdapterExtensions.Wrap(adapters, name, layer);
+        });
         var model = new GptNeoXForCausalLM(config, source) { SourceDirectory = Path.GetFullPath(directory), Logger = logger };
         model.eval();
+        if (adapters is not null)
+        {
+            AdapterExtensions.Register(model, adapters);
+            if (unmerged is not null)
+            {
+                // PEFT names the adapter of PeftModel.from_pretrained "default" and makes it active.
+                AdapterExtensions.Attach(adapters, "default", unmerged);
+                model.SetAdapter("default");
+            }
+        }
+        if (merged is not null)
+            logger.LogInformation("Merged LoRA adapter {Adapter} into {Layers} linear layers", merged.Directory, merged.Updates.Count);
         return model;
+    }
+
+    private static LoraAdapter LoadAdapter(string adapter, IReadOnlyList<WeightSpec> layout)
+    {
+        if (!Directory.Exists(adapter))
+            throw new ArgumentException($"adapter '{adapter}' is not a directory; download the adapter repository and give its directory.", nameof(adapter));
+        return LoraAdapter.Load(adapter, layout);
+    }
+
+    /// <summary>
+    /// Applies a merged adapter to one freshly read tensor: <c>W + s·B·A</c> computed in float32 and stored back in the
+    /// tensor's dtype (rounded once), or the adapter's own copy of a <c>modules_to_save</c> tensor.
+    /// </summary>
+    private static void MergeAdapter(LoraAdapter adapter, string name, Tensor tensor)
+    {
+        if (adapter.SavedTensors.TryGetValue(name, out var saved))
+        {
+            tensor.copy_(saved);
+            return;
+        }
+        if (!name.EndsWith(".weight", StringComparison.Ordinal) || !adapter.Updates.TryGetValue(name[..^".weight".Length], out var update)) return;
+        using var scope = NewDisposeScope();
+        tensor.copy_(tensor.to(ScalarType.Float32).add_(update.Delta()));
     }
 
     private static LinearLayer CreateLinear(string name, Parameter weight, Parameter? bias, ScalarType computeDType, QuantizationConfig quantization)

@@ -80,6 +80,42 @@ public sealed class KeyValueCache : IDisposable
         BatchSize = batch;
     }
 
+    /// <summary>
+    /// Reorders the cached rows for beam search (HF's <c>_reorder_cache</c>): row <c>i</c> becomes the old row
+    /// <c>beamIndices[i]</c>. Only the cached positions are gathered, into each layer's storage in place, so a step copies
+    /// the cached tokens once (plus the gather's temporary) and never reallocates the storage.
+    /// </summary>
+    /// <param name="beamIndices">One source row per row, <c>[batch]</c>, int64, any device.</param>
+    internal void Reorder(Tensor beamIndices)
+    {
+        if (beamIndices.dim() != 1 || (BatchSize > 0 && beamIndices.size(0) != BatchSize))
+            throw new ArgumentException($"expected one source row per cached row ({BatchSize}), got [{string.Join(", ", beamIndices.shape)}].", nameof(beamIndices));
+        if (Length == 0) return;
+        for (int layer = 0; layer < keys.Length; layer++)
+        {
+            if (keys[layer] is not { } k) continue;
+            using var scope = NewDisposeScope();
+            var index = beamIndices.to(ScalarType.Int64, k.device);
+            foreach (var store in new[] { k, values[layer]! })
+            {
+                var used = store.narrow(2, 0, Length);
+                used.copy_(used.index_select(0, index));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Forgets the cached tokens from position <paramref name="length"/> on (HF's <c>DynamicCache.crop</c>), e.g. the
+    /// rejected proposals of speculative decoding; their storage is overwritten by the next call.
+    /// </summary>
+    internal void Truncate(int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, Length);
+        Length = length;
+        if (length == 0) BatchSize = 0;
+    }
+
     /// <summary>Forgets every cached token but keeps the storage for reuse.</summary>
     public void Clear()
     {

@@ -1,0 +1,65 @@
+using Rinna.Net.Model;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Generation;
+
+/// <summary>
+/// Runs a model step by step over a KV cache for the decoding loops: keeps the attention mask in step with the cache
+/// (HF's <c>_update_model_kwargs_for_generation</c>), derives position ids from it as HF's
+/// <c>prepare_inputs_for_generation</c> does, and exposes the cache operations beam search and speculation need.
+/// </summary>
+internal sealed class ModelStepper : IDisposable
+{
+    private readonly GptNeoXForCausalLM model;
+    private readonly KeyValueCache cache;
+    private Tensor mask;
+
+    /// <param name="model">The model.</param>
+    /// <param name="attentionMask">The prompts' mask <c>[batch, prompt]</c> (int64, on the model's device); copied.</param>
+    /// <param name="reservedLength">Tokens to reserve cache room for.</param>
+    public ModelStepper(GptNeoXForCausalLM model, Tensor attentionMask, int reservedLength)
+    {
+        this.model = model;
+        cache = new KeyValueCache(model.Config.NumHiddenLayers, reservedLength);
+        mask = attentionMask.to(ScalarType.Int64).clone().DetachFromDisposeScope();
+    }
+
+    /// <summary>Tokens in the cache.</summary>
+    public int CachedLength => cache.Length;
+
+    /// <summary>
+    /// Feeds <paramref name="tokens"/> <c>[batch, n]</c> after the cached ones (left-padded prompts on the first call)
+    /// and returns the float32 logits of the last position, <c>[batch, vocab]</c>, or of all <c>n</c> positions,
+    /// <c>[batch, n, vocab]</c>, when <paramref name="allPositions"/> is set.
+    /// </summary>
+    public Tensor Forward(Tensor tokens, bool allPositions = false)
+    {
+        int past = cache.Length;
+        long fed = tokens.size(1), total = past + fed;
+        if (mask.size(1) < total)
+        {
+            // Every token after the prompt is real, so the mask only ever grows by ones.
+            var grown = cat([mask, ones(mask.size(0), total - mask.size(1), ScalarType.Int64, mask.device)], 1).DetachFromDisposeScope();
+            mask.Dispose();
+            mask = grown;
+        }
+        var current = mask.narrow(1, 0, total);
+        // HF's prepare_inputs_for_generation: positions count real tokens only; pads get position 1.
+        var positions = current.cumsum(-1).sub_(1).masked_fill_(current.eq(0), 1).narrow(1, past, fed);
+        using var output = model.Forward(tokens, current, positions, cache, useCache: true, lastPositionOnly: !allPositions);
+        return allPositions ? output.Logits.clone() : output.Logits.select(1, 0).clone();
+    }
+
+    /// <summary>Beam search: row <c>i</c> of the cache becomes old row <c>beamIndices[i]</c>.</summary>
+    public void Reorder(Tensor beamIndices) => cache.Reorder(beamIndices);
+
+    /// <summary>Speculation: forgets cached tokens from <paramref name="length"/> on.</summary>
+    public void Truncate(int length) => cache.Truncate(length);
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        cache.Dispose();
+        mask.Dispose();
+    }
+}

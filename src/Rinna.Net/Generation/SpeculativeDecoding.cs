@@ -1,0 +1,162 @@
+using Rinna.Net.Tokenization;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Generation;
+
+/// <summary>Proposes tokens to follow a sequence, for speculative decoding (HF's <c>CandidateGenerator</c>).</summary>
+internal interface ICandidateGenerator
+{
+    /// <summary>Up to <paramref name="maxCount"/> proposed ids to follow <paramref name="sequence"/> (prompt and tokens so far); may be empty.</summary>
+    long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount);
+
+    /// <summary>
+    /// The processed scores <c>[n, vocab]</c> the last proposals were drawn from, when the generator samples them from
+    /// a distribution (an assistant model); <c>null</c> for proposals without one (prompt lookup). Owned by the generator.
+    /// </summary>
+    Tensor? CandidateScores => null;
+
+    /// <summary>Learns how many of the last call's <paramref name="proposed"/> tokens the model accepted.</summary>
+    void Update(int proposed, int accepted);
+}
+
+/// <summary>
+/// HF's <c>PromptLookupCandidateGenerator</c>: finds the earliest earlier occurrence of the sequence's last
+/// <c>max_matching_ngram_size</c> tokens (then of shorter n-grams, down to one token) that has tokens after it, and
+/// proposes up to <c>num_output_tokens</c> of those.
+/// </summary>
+internal sealed class PromptLookupCandidateGenerator(int numOutputTokens, int maxMatchingNgramSize = 2) : ICandidateGenerator
+{
+    public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount)
+    {
+        int length = sequence.Count;
+        int count = Math.Min(numOutputTokens, maxCount);
+        if (count <= 0) return [];
+        for (int n = Math.Min(maxMatchingNgramSize, length); n >= 1; n--)
+        {
+            for (int start = 0; start + n <= length; start++)
+            {
+                bool match = true;
+                for (int j = 0; j < n && match; j++) match = sequence[start + j] == sequence[length - n + j];
+                if (!match) continue;
+                int from = start + n, to = Math.Min(from + count, length);
+                if (from < to) return Enumerable.Range(from, to - from).Select(i => sequence[i]).ToArray();
+            }
+        }
+        return [];
+    }
+
+    public void Update(int proposed, int accepted)
+    {
+    }
+}
+
+/// <summary>
+/// HF's assisted decoding loop (<c>GenerationMixin._assisted_decoding</c>) for one prompt: each step takes proposals
+/// from an <see cref="ICandidateGenerator"/>, runs the model once over the last token and all proposals with the KV
+/// cache, picks a token at each position with the same logits processors and sampler as plain decoding, keeps the
+/// proposals while they equal the picks, appends the first differing pick (or one more token when all matched), and
+/// drops the rejected positions from the cache.
+/// </summary>
+/// <remarks>
+/// Greedy output is therefore plain greedy output: every kept token is the argmax given exactly the tokens before
+/// it. When sampling, proposals that come with the proposer's distribution <c>q</c> (an assistant model) are verified by
+/// HF's speculative sampling (Leviathan et al.): proposal <c>i</c> is kept with probability <c>min(1, p_i/q_i)</c>, and the
+/// token after the kept ones is drawn from <c>max(0, p − q)</c> after a rejection, from <c>p</c> otherwise; proposals
+/// without a distribution (prompt lookup) are kept while they equal the token drawn from the model at each position.
+/// Either way every token follows the model's own sampling distribution. An end-of-sequence id, a stop string or the
+/// length limit ends the row at that token, even inside accepted proposals.
+/// </remarks>
+internal static class SpeculativeDecoding
+{
+    public static GenerationOutput Run(Tensor inputIds, ModelStepper stepper, ICandidateGenerator generator, GenerationConfig config,
+        Func<StreamingDecoder>? createDecoder, Action<GenerationTracker>? onStep, IEnumerable<ILogitsProcessor>? logitsProcessors,
+        CancellationToken cancellationToken)
+    {
+        if (inputIds.size(0) != 1)
+            throw new ArgumentException($"speculative decoding takes a batch of one prompt, got {inputIds.size(0)}.", nameof(inputIds));
+        int promptLength = (int)inputIds.size(1);
+        var device = inputIds.device;
+        var tracker = new GenerationTracker(config, 1, promptLength, createDecoder);
+        var pipeline = LogitsProcessorList.Create(config, promptLength, logitsProcessors);
+        using var sampler = TokenSampler.Create(config);
+        List<long> sequence;
+        using (var prompt = inputIds.cpu()) sequence = prompt.data<long>().ToList();
+
+        while (!tracker.IsDone)
+        {
+            if (cancellationToken.IsCancellationRequested)
+            {
+                tracker.Cancel();
+                break;
+            }
+            using var scope = NewDisposeScope();
+            int before = sequence.Count;
+            // Proposals past the token budget could never be kept; the model's own next token always can.
+            var candidates = generator.GetCandidates(sequence, tracker.MaxNewTokens - tracker.Steps - 1);
+            var fedIds = sequence.Skip(stepper.CachedLength).Concat(candidates).ToArray();
+            var fed = tensor(fedIds, [1, fedIds.Length], ScalarType.Int64, device);
+            var logits = stepper.Forward(fed, allPositions: true).to(ScalarType.Float32, device);
+            var history = tensor(sequence.Concat(candidates).ToArray(), [1, before + candidates.Length], ScalarType.Int64, device);
+            int first = fedIds.Length - candidates.Length - 1;
+            var picks = generator.CandidateScores is { } proposerScores && config.DoSample && candidates.Length > 0
+                ? SpeculativeSampling(candidates, proposerScores, i => pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]), sampler)
+                : Verify(candidates, i => pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]), sampler);
+            int accepted = Math.Min(picks.Accepted, candidates.Length);
+            foreach (var token in picks.Tokens)
+            {
+                sequence.Add(tracker.Advance([token])[0]);
+                onStep?.Invoke(tracker);
+                if (tracker.IsDone) break;
+            }
+            generator.Update(candidates.Length, accepted);
+            // Every token but the last appended has its keys computed on the final history; the rest are rejected proposals.
+            stepper.Truncate(Math.Min(stepper.CachedLength, sequence.Count - 1));
+        }
+        var sequences = tensor(sequence.ToArray(), [1, sequence.Count], ScalarType.Int64, device);
+        return new GenerationOutput(sequences, tracker.GetSequences());
+    }
+
+    /// <summary>Picks a token at each position in turn and keeps proposals while they equal the pick; ends with the first differing pick.</summary>
+    /// <param name="candidates">The proposals.</param>
+    /// <param name="scoresAt">The model's processed scores <c>[1, vocab]</c> for the token after proposal <c>i - 1</c>.</param>
+    /// <param name="sampler">Greedy or sampling.</param>
+    private static (List<long> Tokens, int Accepted) Verify(long[] candidates, Func<int, Tensor> scoresAt, TokenSampler sampler)
+    {
+        var tokens = new List<long>();
+        for (int i = 0; i <= candidates.Length; i++)
+        {
+            long token;
+            using (var picked = sampler.Next(scoresAt(i)).cpu()) token = picked.data<long>()[0];
+            tokens.Add(token);
+            if (i == candidates.Length || token != candidates[i]) return (tokens, i);
+        }
+        return (tokens, candidates.Length);
+    }
+
+    /// <summary>HF's <c>_speculative_sampling</c>: keeps proposal <c>i</c> with probability <c>min(1, p_i/q_i)</c>, then draws one more token.</summary>
+    private static (List<long> Tokens, int Accepted) SpeculativeSampling(long[] candidates, Tensor proposerScores, Func<int, Tensor> scoresAt,
+        TokenSampler sampler)
+    {
+        var tokens = new List<long>();
+        int n = 0;
+        Tensor p;
+        while (true)
+        {
+            p = scoresAt(n).softmax(-1)[0];
+            if (n == candidates.Length) break;
+            var q = proposerScores[n].softmax(-1);
+            double ratio = p[candidates[n]].item<float>() / q[candidates[n]].item<float>();
+            if (sampler.NextUniform() > ratio)
+            {
+                // Rejected: draw from the part of the model's distribution the proposer under-weights.
+                var residual = (p - q).clamp_min_(0);
+                p = residual.div_(residual.sum());
+                break;
+            }
+            tokens.Add(candidates[n]);
+            n++;
+        }
+        using (var picked = sampler.Next(p.log().unsqueeze(0)).cpu()) tokens.Add(picked.data<long>()[0]);
+        return (tokens, n);
+    }
+}
