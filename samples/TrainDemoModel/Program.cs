@@ -2,6 +2,7 @@
 // layout (nmt_nfkc normalization) and a small GPT-NeoX in rinna's architecture, on the public-domain corpus in ../shared/corpus.
 //
 //   dotnet run -c Release --project samples/TrainDemoModel -- train [--steps 3500] [--max-minutes 70] [--seed 20260127] [--out DIR] [--corpus DIR]
+//   dotnet run -c Release --project samples/TrainDemoModel -- chat-tune [--chat-steps 400]   (continues the saved model on a dialogue-heavy mix)
 //   dotnet run -c Release --project samples/TrainDemoModel -- report [--out DIR] [--compare DIR]   (samples, perplexity, TRAINING.md, loss.png)
 //   dotnet run -c Release --project samples/TrainDemoModel -- perplexity [--out DIR]   (held-out perplexity of the model in DIR)
 // The run's records (training.log, loss.csv, training-summary.json) go to --records, by default artifacts/train-demo-model.
@@ -32,6 +33,7 @@ try
         RecordsDirectory = Path.GetFullPath(Option("records", Path.Combine("artifacts", "train-demo-model"))),
         CorpusDirectory = arguments.TryGetValue("corpus", out var corpus) ? Path.GetFullPath(corpus) : Corpus.Locate(),
         NormalizerModel = arguments.TryGetValue("normalizer-from", out var normalizer) ? Path.GetFullPath(normalizer) : Corpus.LocateNormalizerModel(),
+        ChatSteps = int.Parse(Option("chat-steps", "400")),
         CompareDirectory = arguments.TryGetValue("compare", out var compare) ? Path.GetFullPath(compare) : null,
     };
 }
@@ -49,6 +51,10 @@ switch (args.FirstOrDefault())
         Train(settings);
         await Report.WriteAsync(settings);
         break;
+    case "chat-tune":
+        await ChatTuning.RunAsync(settings);
+        await Report.WriteAsync(settings);
+        break;
     case "report":
         await Report.WriteAsync(settings);
         break;
@@ -57,8 +63,8 @@ switch (args.FirstOrDefault())
             Console.WriteLine($"{score.Part}: {score.Tokens} tokens, {score.Characters} characters, token perplexity {score.TokenPerplexity:F2}, character perplexity {score.CharacterPerplexity:F3}");
         break;
     default:
-        Console.Error.WriteLine("usage: TrainDemoModel train|report|perplexity [--steps N] [--seed N] [--threads N] [--max-minutes M] [--out DIR] " +
-            "[--records DIR] [--corpus DIR] [--normalizer-from spiece.model] [--compare DIR]");
+        Console.Error.WriteLine("usage: TrainDemoModel train|chat-tune|report|perplexity [--steps N] [--seed N] [--threads N] [--max-minutes M] [--out DIR] " +
+            "[--chat-steps N] [--records DIR] [--corpus DIR] [--normalizer-from spiece.model] [--compare DIR]");
         return 2;
 }
 return 0;
@@ -97,7 +103,7 @@ static void Train(TrainingSettings settings)
     var example = tokenizer.Encode(corpus.Dialogues[0]);
     Log($"tokenizer: {mismatches} normalized sentences fail to round-trip; first dialogue = {string.Join(" | ", example.Select(id => tokenizer.Pieces[id].Piece.Replace("\n", "\\n")))}");
 
-    var data = TrainingData.Build(corpus, tokenizer, settings.Seed);
+    var data = TrainingData.Build(corpus, tokenizer.Encode);
     Log($"tokens: Japanese {data.Japanese.Length}, English {data.English.Length}, dialogues {data.DialogueTokenCount} in {corpus.Dialogues.Count}");
 
     var config = settings.ModelConfig(tokenizer.Pieces.Count);

@@ -35,6 +35,7 @@ internal static class Report
         PngChart.WriteLossCurve(Path.Combine(directory, "loss.png"), points, "rinna-demo training loss (cross-entropy, nats per token)");
 
         var summary = JsonSerializer.Deserialize<TrainingSummary>(File.ReadAllText(Path.Combine(settings.RecordsDirectory, "training-summary.json")))!;
+        var chat = JsonSerializer.Deserialize<TrainingSummary>(File.ReadAllText(Path.Combine(settings.RecordsDirectory, "chat-tuning-summary.json")))!;
         var tokenizer = await AutoTokenizer.FromPretrainedAsync(directory);
         using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory);
 
@@ -100,8 +101,11 @@ internal static class Report
 
             ```
             dotnet run -c Release --project samples/TrainDemoModel -- train --corpus PATH/TO/corpus --steps {{summary.PlannedSteps}} --seed {{settings.Seed}} --max-minutes {{settings.MaxMinutes.ToString(CultureInfo.InvariantCulture)}}
-            dotnet run -c Release --project samples/TrainDemoModel -- report --corpus PATH/TO/corpus
+            dotnet run -c Release --project samples/TrainDemoModel -- chat-tune --corpus PATH/TO/corpus --chat-steps {{chat.PlannedSteps}} --steps {{summary.PlannedSteps}} --max-minutes {{settings.MaxMinutes.ToString(CultureInfo.InvariantCulture)}}
             ```
+
+            `train` pre-trains the tokenizer and the model (and writes this report); `chat-tune` continues the saved model on a
+            dialogue-heavy mix and writes the report again.
 
             Everything is seeded (weight initialisation, batch sampling) and the tokenizer trainer is deterministic; the weights
             repeat only on the same machine type and thread count. The `--max-minutes` guard stops a run on a slow or busy
@@ -161,6 +165,17 @@ internal static class Report
             | wall time | {{TimeSpan.FromSeconds(summary.Seconds):hh\:mm\:ss}} including tokenizer training ({{settings.Threads}} TorchSharp thread{{(settings.Threads == 1 ? "" : "s")}}, CPU libtorch 2.10, under `nice` on a 2-core machine shared with other builds) |
 
             ![loss curve](loss.png)
+
+            Then chat tuning, which continues the saved weights (float16 checkpoint loaded back in float32) on the same
+            training text with the rows drawn {{settings.ChatBookShare:P0}} Japanese books, {{settings.ChatBookShare:P0}} English books and
+            {{1 - 2 * settings.ChatBookShare:P0}} dialogues, so answers keep the chat format:
+
+            | | |
+            |---|---|
+            | steps | {{chat.Steps}}, batch {{settings.BatchSize}} × {{settings.SequenceLength}} ({{chat.TokensSeen:N0}} tokens) |
+            | learning rate | fresh AdamW, linear warm-up over {{settings.ChatWarmupSteps}} steps to {{settings.ChatPeakLearningRate}}, cosine decay to {{settings.ChatMinimumLearningRate}} |
+            | final loss | {{chat.FinalLoss:F3}} (moving average, on the dialogue-heavy mix) |
+            | wall time | {{TimeSpan.FromSeconds(chat.Seconds):hh\:mm\:ss}} |
 
             ## Samples
 

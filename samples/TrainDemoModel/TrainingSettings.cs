@@ -16,6 +16,13 @@ internal sealed record TrainingSettings
     public required string NormalizerModel { get; init; }
     /// <summary>Another model directory the report scores on the same held-out text.</summary>
     public string? CompareDirectory { get; init; }
+    /// <summary>Steps of the chat-tuning stage that continues the pre-trained model.</summary>
+    public int ChatSteps { get; init; }
+    public double ChatPeakLearningRate { get; init; } = 5e-4;
+    public double ChatMinimumLearningRate { get; init; } = 5e-5;
+    public int ChatWarmupSteps { get; init; } = 20;
+    /// <summary>Chat tuning draws this share of rows from the books of each language, the rest from the dialogues.</summary>
+    public double ChatBookShare { get; init; } = 0.2;
 
     public int VocabSize { get; init; } = 4096;
     public int BatchSize { get; init; } = 8;
@@ -58,6 +65,14 @@ internal sealed record TrainingSettings
         if (step <= WarmupSteps) return PeakLearningRate * step / WarmupSteps;
         double progress = (double)(step - WarmupSteps) / Math.Max(1, Steps - WarmupSteps);
         return MinimumLearningRate + 0.5 * (PeakLearningRate - MinimumLearningRate) * (1 + Math.Cos(Math.PI * progress));
+    }
+
+    /// <summary>The chat-tuning stage's schedule: the same shape, its own length and rates.</summary>
+    public double ChatLearningRate(int step)
+    {
+        if (step <= ChatWarmupSteps) return ChatPeakLearningRate * step / ChatWarmupSteps;
+        double progress = (double)(step - ChatWarmupSteps) / Math.Max(1, ChatSteps - ChatWarmupSteps);
+        return ChatMinimumLearningRate + 0.5 * (ChatPeakLearningRate - ChatMinimumLearningRate) * (1 + Math.Cos(Math.PI * progress));
     }
 }
 
