@@ -9,8 +9,8 @@ namespace TrainDemoModel;
 /// </summary>
 internal sealed class TrainingData
 {
-    /// <summary>Share of batch rows drawn from each source.</summary>
-    private const double JapaneseShare = 0.42, EnglishShare = 0.38;
+    /// <summary>Share of batch rows drawn from each source in pre-training; the rest are dialogues.</summary>
+    public const double PretrainingJapaneseShare = 0.42, PretrainingEnglishShare = 0.38;
 
     private TrainingData(int[] japanese, int[] english, int[][] dialogues)
     {
@@ -24,7 +24,11 @@ internal sealed class TrainingData
     public int[][] Dialogues { get; }
     public long DialogueTokenCount => Dialogues.Sum(d => (long)d.Length);
 
-    public static TrainingData Build(Corpus corpus, UnigramModel tokenizer, long seed)
+    /// <summary>Share of batch rows drawn from the Japanese and the English books; the rest are dialogues.</summary>
+    public double JapaneseShare { get; set; } = PretrainingJapaneseShare;
+    public double EnglishShare { get; set; } = PretrainingEnglishShare;
+
+    public static TrainingData Build(Corpus corpus, Func<string, int[]> encode)
     {
         int[] Stream(IReadOnlyList<string[]> books)
         {
@@ -33,14 +37,14 @@ internal sealed class TrainingData
             {
                 foreach (var paragraph in book)
                 {
-                    ids.AddRange(tokenizer.Encode(paragraph));
+                    ids.AddRange(encode(paragraph));
                     ids.Add(UnigramModel.NewlineId);
                 }
                 ids[^1] = UnigramModel.EosId;
             }
             return ids.ToArray();
         }
-        var dialogues = corpus.Dialogues.Select(d => tokenizer.Encode(d).Append(UnigramModel.EosId).ToArray()).ToArray();
+        var dialogues = corpus.Dialogues.Select(d => encode(d).Append(UnigramModel.EosId).ToArray()).ToArray();
         return new TrainingData(Stream(corpus.JapaneseBooks), Stream(corpus.EnglishBooks), dialogues);
     }
 

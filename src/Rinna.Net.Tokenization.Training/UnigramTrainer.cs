@@ -29,9 +29,9 @@ namespace Rinna.Net.Tokenization.Training;
 /// vocabulary is within 10% of the target, the required characters and the best-scored pieces make the final table.
 /// </para>
 /// <para>
-/// The model uses the <c>identity</c> normalization (rinna uses SentencePiece's default <c>nmt_nfkc</c>), so the file
-/// needs no precompiled character map and text round-trips exactly; full-width and half-width forms stay distinct pieces.
-/// Simplifications against SentencePiece: seeds come from a level-wise frequent-substring count instead of a suffix
+/// The text is normalized by <see cref="UnigramTrainerOptions.Normalization"/> before anything else (the model encodes
+/// the same way and writes the rule into its <c>normalizer_spec</c>); with the default <c>identity</c>, text round-trips
+/// exactly, with rinna's <c>nmt_nfkc</c> full-width and half-width forms become one piece. Simplifications against SentencePiece: seeds come from a level-wise frequent-substring count instead of a suffix
 /// array, and the pruning loss uses the piece's own Viterbi frequency for the sentence-frequency factor.
 /// </para>
 /// </remarks>
@@ -78,7 +78,7 @@ public static class UnigramTrainer
         var characterCounts = new Dictionary<int, long>();
         var rawSegments = new Dictionary<string, long>(StringComparer.Ordinal);
         foreach (var sentence in sentences)
-            foreach (var segment in Segments(sentence))
+            foreach (var segment in Segments(options.Normalization.Normalize(sentence)))
                 rawSegments[segment] = rawSegments.GetValueOrDefault(segment) + 1;
         foreach (var (segment, count) in rawSegments)
             foreach (var rune in segment.EnumerateRunes())

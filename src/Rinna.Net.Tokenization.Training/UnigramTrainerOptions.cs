@@ -27,6 +27,12 @@ public sealed record UnigramTrainerOptions
     /// <summary>Share of the pieces each pruning step keeps (<c>--shrinking_factor</c>).</summary>
     public double ShrinkingFactor { get; init; } = 0.75;
 
+    /// <summary>
+    /// The normalization applied to the training text and to encoded text, and written into the model's
+    /// <c>normalizer_spec</c>; rinna's models use <c>nmt_nfkc</c> (see <see cref="SentencePieceNormalization.FromModel"/>).
+    /// </summary>
+    public SentencePieceNormalization Normalization { get; init; } = SentencePieceNormalization.Identity;
+
     /// <summary>Worker threads for the EM steps (<c>--num_threads</c>).</summary>
     public int NumThreads { get; init; } = Math.Max(1, Environment.ProcessorCount);
 
@@ -43,6 +49,7 @@ public sealed record UnigramTrainerOptions
         if (SubIterations < 1) throw new ArgumentOutOfRangeException(nameof(SubIterations), SubIterations, "must be at least 1.");
         if (ShrinkingFactor is <= 0 or >= 1)
             throw new ArgumentOutOfRangeException(nameof(ShrinkingFactor), ShrinkingFactor, "must be in (0, 1).");
+        ArgumentNullException.ThrowIfNull(Normalization);
         if (NumThreads < 1) throw new ArgumentOutOfRangeException(nameof(NumThreads), NumThreads, "must be at least 1.");
     }
 }

@@ -18,7 +18,7 @@ internal static class SentencePieceModelProto
         TrainerVocabularyOutputPieceScore = 32, TrainerHardVocabLimit = 33, TrainerUseAllVocab = 34, TrainerByteFallback = 35,
         TrainerUnkId = 40, TrainerBosId = 41, TrainerEosId = 42, TrainerPadId = 43, TrainerUnkSurface = 44, TrainerUnkPiece = 45,
         TrainerBosPiece = 46, TrainerEosPiece = 47, TrainerPadPiece = 48, TrainerSeedSentencePieceSize = 14;
-    private const int NormalizerName = 1, NormalizerAddDummyPrefix = 3, NormalizerRemoveExtraWhitespaces = 4, NormalizerEscapeWhitespaces = 5;
+    private const int NormalizerName = 1, NormalizerPrecompiledCharsMap = 2, NormalizerAddDummyPrefix = 3, NormalizerRemoveExtraWhitespaces = 4, NormalizerEscapeWhitespaces = 5;
     private const int UnigramModelType = 1;
 
     private const int Varint = 0, Fixed32 = 5, LengthDelimited = 2;
@@ -36,7 +36,7 @@ internal static class SentencePieceModelProto
             WriteMessage(output, ModelPieces, piece);
         }
         WriteMessage(output, ModelTrainerSpec, TrainerSpec(model.Options));
-        WriteMessage(output, ModelNormalizerSpec, NormalizerSpec());
+        WriteMessage(output, ModelNormalizerSpec, NormalizerSpec(model.Options.Normalization));
         return output.ToArray();
     }
 
@@ -76,10 +76,11 @@ internal static class SentencePieceModelProto
         return spec;
     }
 
-    private static MemoryStream NormalizerSpec()
+    private static MemoryStream NormalizerSpec(SentencePieceNormalization normalization)
     {
         var spec = new MemoryStream();
-        WriteString(spec, NormalizerName, "identity");
+        WriteString(spec, NormalizerName, normalization.Name);
+        if (!normalization.PrecompiledCharsMap.IsEmpty) WriteBytes(spec, NormalizerPrecompiledCharsMap, normalization.PrecompiledCharsMap);
         WriteVarint(spec, NormalizerAddDummyPrefix, 0);
         WriteVarint(spec, NormalizerRemoveExtraWhitespaces, 0);
         WriteVarint(spec, NormalizerEscapeWhitespaces, 1);
@@ -107,7 +108,7 @@ internal static class SentencePieceModelProto
 
     private static void WriteMessage(Stream stream, int field, MemoryStream message) => WriteBytes(stream, field, message.ToArray());
 
-    private static void WriteBytes(Stream stream, int field, byte[] value)
+    private static void WriteBytes(Stream stream, int field, ReadOnlySpan<byte> value)
     {
         WriteTag(stream, field, LengthDelimited);
         WriteRawVarint(stream, (ulong)value.Length);

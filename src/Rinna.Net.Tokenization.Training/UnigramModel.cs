@@ -6,7 +6,7 @@ namespace Rinna.Net.Tokenization.Training;
 
 /// <summary>
 /// A trained SentencePiece Unigram tokenizer: its piece table, an encoder and decoder that behave as SentencePiece does
-/// for this model (identity normalization, user-defined <c>▁</c>/<c>\n</c>/<c>\t</c>, byte fallback), and the writer of
+/// for this model (its <see cref="UnigramTrainerOptions.Normalization"/>, user-defined <c>▁</c>/<c>\n</c>/<c>\t</c>, byte fallback), and the writer of
 /// <c>spiece.model</c> plus the Hugging Face files rinna ships beside it.
 /// </summary>
 public sealed class UnigramModel
@@ -47,12 +47,14 @@ public sealed class UnigramModel
     public const int ByteOffset = 10;
 
     /// <summary>
-    /// Encodes text as SentencePiece's <c>encode(text)</c> does for this model (no BOS/EOS): spaces, newlines and tabs
-    /// become their own pieces, the rest is segmented by Viterbi, and characters without a piece become UTF-8 byte pieces.
+    /// Encodes text as SentencePiece's <c>encode(text)</c> does for this model (no BOS/EOS): the text is normalized,
+    /// spaces, newlines and tabs become their own pieces, the rest is segmented by Viterbi, and characters without a piece
+    /// become UTF-8 byte pieces.
     /// </summary>
     public int[] Encode(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
+        text = Options.Normalization.Normalize(text);
         var ids = new List<int>(text.Length);
         int runStart = 0;
         for (int i = 0; i <= text.Length; i++)

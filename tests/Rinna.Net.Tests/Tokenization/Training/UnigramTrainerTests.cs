@@ -4,7 +4,7 @@ using Rinna.Net;
 using Rinna.Net.Tokenization;
 using Rinna.Net.Tokenization.Training;
 
-namespace Rinna.Net.Tests.Training;
+namespace Rinna.Net.Tests.Tokenization.Training;
 
 /// <summary>
 /// The trainer's output against rinna's layout (the bilingual-lookalike fixture made by the real SentencePiece) and against
