@@ -28,7 +28,7 @@ public class Float16GemvBenchmarks
         weight = (randn(11264, 2816, generator: gen) * 0.02).to(ScalarType.Float16);
         input = randn(1, 2816, generator: gen).to(ScalarType.BFloat16);
         bias = randn(11264, generator: gen).to(ScalarType.BFloat16);
-        Console.WriteLine($"// Float16Gemv: best variant here {Float16Gemv.BestVariant?.ToString() ?? "none"}, supported {Float16Gemv.IsSupported}");
+        Console.WriteLine($"// Float16Gemv: decode uses {Float16Gemv.DefaultVariant?.ToString() ?? "libtorch's GEMV"} here, supported {Float16Gemv.IsSupported}");
     }
 
     [GlobalCleanup]

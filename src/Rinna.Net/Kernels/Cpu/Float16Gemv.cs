@@ -13,7 +13,7 @@ namespace Rinna.Net.Kernels.Cpu;
 /// <c>x · Wᵀ + b</c> for one row of activations and a float16 weight on the CPU (a decode step), in managed vector code
 /// on libtorch's OpenMP threads, with the bias and the conversion to the activations' dtype done in the same pass.
 /// The dot products come in three widths (<see cref="Float16GemvVariant"/>): AVX-512, and portable 256- and 128-bit
-/// code on .NET's cross-platform vectors (AVX2 and SSE on x64, NEON on Arm64); the widest the CPU accelerates runs.
+/// code on .NET's cross-platform vectors (AVX2 and SSE on x64, NEON on Arm64) that computes the same bits.
 /// </summary>
 /// <remarks>
 /// Why: libtorch's float16 GEMV streams about as fast as this kernel, but a float16 linear layer around it was four
@@ -42,15 +42,15 @@ internal static unsafe class Float16Gemv
     /// <summary>Each thread claims this share of the rows at a time: long contiguous weight streams, with some room for balancing.</summary>
     private const int ClaimsPerThread = 4;
 
-    /// <summary>The widest variant this CPU accelerates, or <c>null</c> without hardware vectors.</summary>
-    public static Float16GemvVariant? BestVariant { get; } =
-        IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512
-        : IsAccelerated(Float16GemvVariant.Vector256) ? Float16GemvVariant.Vector256
-        : IsAccelerated(Float16GemvVariant.Vector128) ? Float16GemvVariant.Vector128
-        : null;
+    /// <summary>
+    /// The variant decode uses, or <c>null</c> to leave it to libtorch: AVX-512 where the CPU has it. The portable
+    /// variants are correct everywhere but timed slower than libtorch's float16 GEMV on the one CPU they were measured
+    /// on (benchmarks/RESULTS.md), so only tests and benchmarks run them until a CPU without AVX-512 measures otherwise.
+    /// </summary>
+    public static Float16GemvVariant? DefaultVariant { get; } = IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512 : null;
 
-    /// <summary>Whether this process takes the managed path: hardware vectors, libtorch's libgomp found, and no penalty for subnormal operands.</summary>
-    public static bool IsSupported { get; } = BestVariant is { } best && LibTorchOpenMp.IsAvailable && !SubnormalsAreSlow(best);
+    /// <summary>Whether decode takes the managed path: a default variant, libtorch's libgomp found, and no penalty for subnormal operands.</summary>
+    public static bool IsSupported { get; } = DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && !SubnormalsAreSlow(chosen);
 
     /// <summary>Whether the CPU runs <paramref name="variant"/> in hardware (it is correct everywhere, but slow in software).</summary>
     public static bool IsAccelerated(Float16GemvVariant variant) => variant switch
@@ -93,7 +93,7 @@ internal static unsafe class Float16Gemv
     public static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null)
     {
         result = null!;
-        return IsSupported && TryMultiply(x, weight, bias, out result, gelu, residual, BestVariant!.Value);
+        return IsSupported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value);
     }
 
     /// <summary><see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be accelerated; for tests and benchmarks.</summary>
