@@ -46,18 +46,7 @@ internal static class ChatTuning
         {
             double learningRate = settings.ChatLearningRate(step);
             foreach (var group in optimizer.ParamGroups) group.LearningRate = learningRate;
-            float loss;
-            using (var scope = NewDisposeScope())
-            {
-                var batch = data.SampleBatch(random, settings.BatchSize, settings.SequenceLength);
-                var output = model.Forward(batch.narrow(1, 0, settings.SequenceLength));
-                var lossTensor = nn.functional.cross_entropy(output.Logits.reshape(-1, vocabulary), batch.narrow(1, 1, settings.SequenceLength).reshape(-1));
-                optimizer.zero_grad();
-                lossTensor.backward();
-                nn.utils.clip_grad_norm_(parameters, 1.0);
-                optimizer.step();
-                loss = lossTensor.item<float>();
-            }
+            float loss = data.TrainStep(model, optimizer, parameters, random, settings);
             tokensSeen += settings.BatchSize * settings.SequenceLength;
             smoothed = double.IsNaN(smoothed) ? loss : 0.95 * smoothed + 0.05 * loss;
             lossLog.WriteLine($"{step},{tokensSeen},{loss:F4},{learningRate:G4},{clock.Elapsed.TotalSeconds:F1}");

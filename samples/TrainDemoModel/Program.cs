@@ -45,27 +45,36 @@ catch (Exception e) when (e is FormatException or OverflowException or IOExcepti
 
 Rinna.Net.Native.TorchSharpNativeLoader.EnsureInstalled();
 torch.set_num_threads(settings.Threads);
-switch (args.FirstOrDefault())
+try
 {
-    case "train":
-        Train(settings);
-        await Report.WriteAsync(settings);
-        break;
-    case "chat-tune":
-        await ChatTuning.RunAsync(settings);
-        await Report.WriteAsync(settings);
-        break;
-    case "report":
-        await Report.WriteAsync(settings);
-        break;
-    case "perplexity":
-        foreach (var score in await Perplexity.MeasureAsync(settings.OutputDirectory, Corpus.Load(settings.CorpusDirectory).Split().HeldOut))
-            Console.WriteLine($"{score.Part}: {score.Tokens} tokens, {score.Characters} characters, token perplexity {score.TokenPerplexity:F2}, character perplexity {score.CharacterPerplexity:F3}");
-        break;
-    default:
-        Console.Error.WriteLine("usage: TrainDemoModel train|chat-tune|report|perplexity [--steps N] [--seed N] [--threads N] [--max-minutes M] [--out DIR] " +
-            "[--chat-steps N] [--records DIR] [--corpus DIR] [--normalizer-from spiece.model] [--compare DIR]");
-        return 2;
+    switch (args.FirstOrDefault())
+    {
+        case "train":
+            Train(settings);
+            await Report.WriteAsync(settings);
+            break;
+        case "chat-tune":
+            await ChatTuning.RunAsync(settings);
+            await Report.WriteAsync(settings);
+            break;
+        case "report":
+            await Report.WriteAsync(settings);
+            break;
+        case "perplexity":
+            foreach (var score in await Perplexity.MeasureAsync(settings.OutputDirectory, Corpus.Load(settings.CorpusDirectory).Split().HeldOut))
+                Console.WriteLine($"{score.Part}: {score.Tokens} tokens, {score.Characters} characters, token perplexity {score.TokenPerplexity:F2}, character perplexity {score.CharacterPerplexity:F3}");
+            break;
+        default:
+            Console.Error.WriteLine("usage: TrainDemoModel train|chat-tune|report|perplexity [--steps N] [--seed N] [--threads N] [--max-minutes M] [--out DIR] " +
+                "[--chat-steps N] [--records DIR] [--corpus DIR] [--normalizer-from spiece.model] [--compare DIR]");
+            return 2;
+    }
+}
+catch (Exception e) when (e is IOException or Rinna.Net.RinnaException or ArgumentException)
+{
+    // A missing corpus, model or run record is reported in one line (chat-tune and report need train's records first).
+    Console.Error.WriteLine($"TrainDemoModel: {e.Message}");
+    return 1;
 }
 return 0;
 
@@ -124,20 +133,7 @@ static void Train(TrainingSettings settings)
     {
         double learningRate = settings.LearningRate(step);
         foreach (var group in optimizer.ParamGroups) group.LearningRate = learningRate;
-        float loss;
-        using (var scope = NewDisposeScope())
-        {
-            var batch = data.SampleBatch(random, settings.BatchSize, settings.SequenceLength);
-            var input = batch.narrow(1, 0, settings.SequenceLength);
-            var target = batch.narrow(1, 1, settings.SequenceLength);
-            var output = model.Forward(input);
-            var lossTensor = nn.functional.cross_entropy(output.Logits.reshape(-1, config.VocabSize), target.reshape(-1));
-            optimizer.zero_grad();
-            lossTensor.backward();
-            nn.utils.clip_grad_norm_(parameters, 1.0);
-            optimizer.step();
-            loss = lossTensor.item<float>();
-        }
+        float loss = data.TrainStep(model, optimizer, parameters, random, settings);
         tokensSeen += settings.BatchSize * settings.SequenceLength;
         stepsDone = step;
         bool outOfTime = trainingClock.Elapsed.TotalMinutes >= settings.MaxMinutes;

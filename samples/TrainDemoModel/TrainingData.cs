@@ -81,4 +81,20 @@ internal sealed class TrainingData
             filled += take;
         }
     }
+
+    /// <summary>One optimizer step of next-token cross-entropy on a sampled batch, gradients clipped at 1; returns the loss.</summary>
+    public float TrainStep(Rinna.Net.Model.GptNeoXForCausalLM model, TorchSharp.torch.optim.Optimizer optimizer,
+        IList<TorchSharp.Modules.Parameter> parameters, Random random, TrainingSettings settings)
+    {
+        using var scope = NewDisposeScope();
+        var batch = SampleBatch(random, settings.BatchSize, settings.SequenceLength);
+        var output = model.Forward(batch.narrow(1, 0, settings.SequenceLength));
+        var loss = nn.functional.cross_entropy(output.Logits.reshape(-1, model.Config.VocabSize),
+            batch.narrow(1, 1, settings.SequenceLength).reshape(-1));
+        optimizer.zero_grad();
+        loss.backward();
+        nn.utils.clip_grad_norm_(parameters, 1.0);
+        optimizer.step();
+        return loss.item<float>();
+    }
 }
