@@ -176,10 +176,11 @@ public sealed class RinnaChatPromptBuilder
     }
 
     /// <summary>
-    /// The texts that mark the start of another utterance in this format (<c>"\nユーザー:"</c>, <c>"\nシステム:"</c>):
-    /// stop strings for a reply, so that the model does not go on to write the user's next turn.
+    /// The texts that start another utterance (<c>"ユーザー:"</c>, <c>"システム:"</c>): stop strings for a reply, so that
+    /// the model does not go on to write the next turn. Small models also start one without the separator first, so the
+    /// labels alone are the markers; the separator left before one is trimmed by <see cref="PostProcess"/>'s callers.
     /// </summary>
-    public IReadOnlyList<string> TurnMarkers => [Separator + UserLabel + ":", Separator + SystemLabel + ":"];
+    public IReadOnlyList<string> TurnMarkers => [UserLabel + ":", SystemLabel + ":"];
 
     /// <summary>The model's output as plain text: <c>"&lt;NL&gt;"</c> becomes <c>"\n"</c> in <see cref="RinnaChatFormat.JapaneseNewlineTag"/>; unchanged otherwise.</summary>
     public string PostProcess(string output)

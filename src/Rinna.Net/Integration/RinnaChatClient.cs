@@ -45,7 +45,11 @@ public sealed class RinnaChatClient : IChatClient
         var result = await host.RunExclusiveAsync((model, tokenizer) =>
             model.GenerateText(tokenizer, prompt, config, cancellationToken), cancellationToken).ConfigureAwait(false);
         if (result.FinishReason == GenFinishReason.Cancelled) throw new OperationCanceledException(cancellationToken);
-        return new ChatResponse(new ChatMessage(ChatRole.Assistant, host.PromptBuilder.PostProcess(result.Text)))
+        var text = host.PromptBuilder.PostProcess(result.Text);
+        // An answer cut at the next speaker's label ends with the separator that came before it.
+        if (result.FinishReason == GenFinishReason.StopString && result.StopString is { } stop && host.PromptBuilder.TurnMarkers.Contains(stop))
+            text = text.TrimEnd();
+        return new ChatResponse(new ChatMessage(ChatRole.Assistant, text))
         {
             ModelId = host.Options.ModelId,
             CreatedAt = DateTimeOffset.UtcNow,

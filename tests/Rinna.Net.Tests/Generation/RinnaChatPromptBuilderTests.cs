@@ -231,9 +231,9 @@ public class RinnaChatPromptFittingTests
     }
 
     [Fact]
-    public void TurnMarkersAreTheSeparatorAndASpeaker()
+    public void TurnMarkersAreTheSpeakerLabels()
     {
-        Assert.Equal(["\nユーザー:", "\nシステム:"], new RinnaChatPromptBuilder(RinnaChatFormat.Bilingual).TurnMarkers);
-        Assert.Equal(["<NL>ユーザー:", "<NL>システム:"], new RinnaChatPromptBuilder(RinnaChatFormat.JapaneseNewlineTag).TurnMarkers);
+        Assert.Equal(["ユーザー:", "システム:"], new RinnaChatPromptBuilder(RinnaChatFormat.Bilingual).TurnMarkers);
+        Assert.Equal(["ユーザー:", "システム:"], new RinnaChatPromptBuilder(RinnaChatFormat.JapaneseNewlineTag).TurnMarkers);
     }
 }
