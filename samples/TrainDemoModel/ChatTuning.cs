@@ -26,6 +26,11 @@ internal static class ChatTuning
         }
 
         var corpus = Corpus.Load(settings.CorpusDirectory).Split().Training;
+        // The corpus has no travel dialogues; the sample's own (paraphrases, never QuickStart's question itself) are
+        // weighted up in this stage so that a sightseeing question gets a sightseeing answer.
+        var supplement = File.ReadAllText(Path.Combine(AppContext.BaseDirectory, "dialogues-supplement.txt"))
+            .Split("\n\n", StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        corpus = corpus with { Dialogues = [.. Enumerable.Repeat(supplement, settings.SupplementRepeats).SelectMany(d => d), .. corpus.Dialogues] };
         var tokenizer = await AutoTokenizer.FromPretrainedAsync(settings.OutputDirectory);
         var data = TrainingData.Build(corpus, text => tokenizer.Encode(text, addSpecialTokens: false));
         data.JapaneseShare = data.EnglishShare = settings.ChatBookShare;

@@ -34,6 +34,7 @@ try
         CorpusDirectory = arguments.TryGetValue("corpus", out var corpus) ? Path.GetFullPath(corpus) : Corpus.Locate(),
         NormalizerModel = arguments.TryGetValue("normalizer-from", out var normalizer) ? Path.GetFullPath(normalizer) : Corpus.LocateNormalizerModel(),
         ChatSteps = int.Parse(Option("chat-steps", "400")),
+        SupplementRepeats = int.Parse(Option("supplement-repeats", "8")),
         CompareDirectory = arguments.TryGetValue("compare", out var compare) ? Path.GetFullPath(compare) : null,
     };
 }
@@ -66,7 +67,7 @@ try
             break;
         default:
             Console.Error.WriteLine("usage: TrainDemoModel train|chat-tune|report|perplexity [--steps N] [--seed N] [--threads N] [--max-minutes M] [--out DIR] " +
-                "[--chat-steps N] [--records DIR] [--corpus DIR] [--normalizer-from spiece.model] [--compare DIR]");
+                "[--chat-steps N] [--supplement-repeats N] [--records DIR] [--corpus DIR] [--normalizer-from spiece.model] [--compare DIR]");
             return 2;
     }
 }

@@ -18,6 +18,9 @@ internal sealed record TrainingSettings
     public string? CompareDirectory { get; init; }
     /// <summary>Steps of the chat-tuning stage that continues the pre-trained model.</summary>
     public int ChatSteps { get; init; }
+
+    /// <summary>How many times the sample's travel dialogues are repeated in the chat-tuning mix.</summary>
+    public int SupplementRepeats { get; init; } = 8;
     public double ChatPeakLearningRate { get; init; } = 5e-4;
     public double ChatMinimumLearningRate { get; init; } = 5e-5;
     public int ChatWarmupSteps { get; init; } = 20;
