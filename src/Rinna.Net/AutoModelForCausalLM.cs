@@ -16,7 +16,8 @@ public static class AutoModelForCausalLM
     /// <param name="cancellationToken">Stops a download mid-file (it stays resumable) or loading between tensors.</param>
     /// <exception cref="ModelConfigException"><c>config.json</c> is missing or invalid.</exception>
     /// <exception cref="CheckpointException">The weights are missing, corrupt or do not match the config.</exception>
-    /// <exception cref="Hub.HubException">The model id cannot be resolved or downloaded (or is not cached when offline).</exception>
+    /// <exception cref="Model.Adapters.AdapterConfigException"><see cref="ModelLoadOptions.Adapter"/> is not a supported LoRA adapter.</exception>
+    /// <exception cref="Hub.HubException">The model id (or the adapter's) cannot be resolved or downloaded (or is not cached when offline).</exception>
     /// <exception cref="ArgumentException"><paramref name="modelIdOrPath"/> is neither a directory nor a valid model id.</exception>
     public static async Task<GptNeoXForCausalLM> FromPretrainedAsync(string modelIdOrPath, ModelLoadOptions? options = null,
         CancellationToken cancellationToken = default)
@@ -24,6 +25,9 @@ public static class AutoModelForCausalLM
         ArgumentException.ThrowIfNullOrWhiteSpace(modelIdOrPath);
         options ??= new ModelLoadOptions();
         var directory = await options.ResolveAsync(modelIdOrPath, Hub.HubFileSet.Model, cancellationToken).ConfigureAwait(false);
-        return await Task.Run(() => GptNeoXLoader.Load(directory, options, cancellationToken), cancellationToken).ConfigureAwait(false);
+        var adapter = options.Adapter is { } id
+            ? await options.ForRevision(options.AdapterRevision).ResolveAsync(id, Hub.HubFileSet.Adapter, cancellationToken).ConfigureAwait(false)
+            : null;
+        return await Task.Run(() => GptNeoXLoader.Load(directory, options, cancellationToken, adapter), cancellationToken).ConfigureAwait(false);
     }
 }

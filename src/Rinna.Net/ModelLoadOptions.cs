@@ -55,16 +55,19 @@ public class ModelLoadOptions : HubOptions
 
     /// <summary>
     /// A PEFT LoRA adapter to apply: a directory holding <c>adapter_config.json</c> and <c>adapter_model.safetensors</c>
-    /// (or <c>adapter_model.bin</c>), as PEFT's <c>PeftModel.from_pretrained(model, adapter)</c>. By default it is merged
+    /// (or <c>adapter_model.bin</c>), or a hub id such as <c>org/my-rinna-lora</c>, resolved and cached like a model id
+    /// (at <see cref="AdapterRevision"/>), as PEFT's <c>PeftModel.from_pretrained(model, adapter)</c>. By default it is merged
     /// into the weights while they load (<c>W + s·B·A</c> in float32, before float16 storage or int8 quantization), so it
     /// costs nothing at run time; with <see cref="MergeAdapter"/> off it stays a run-time adapter named <c>default</c>
     /// (see <see cref="Model.Adapters.AdapterExtensions"/>).
     /// </summary>
-    /// <remarks>
-    /// Hub ids are not resolved for adapters (the hub client fetches model and tokenizer files only); download the adapter
-    /// repository and give its directory.
-    /// </remarks>
     public string? Adapter { get; set; }
+
+    /// <summary>
+    /// The branch, tag or commit of a hub-id <see cref="Adapter"/>; <c>null</c> means <c>main</c> (the model's own
+    /// <see cref="HubOptions.Revision"/> names a commit of another repository, so it does not apply).
+    /// </summary>
+    public string? AdapterRevision { get; set; }
 
     /// <summary>Merge <see cref="Adapter"/> into the weights at load (default) or keep it unmerged and active.</summary>
     public bool MergeAdapter { get; set; } = true;

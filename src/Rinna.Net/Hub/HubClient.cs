@@ -77,8 +77,8 @@ public sealed class HubClient : IDisposable
         CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(modelIdOrPath);
-        if (files == 0 || (files & ~(HubFileSet.Model | HubFileSet.Tokenizer)) != 0)
-            throw new ArgumentOutOfRangeException(nameof(files), files, "Request HubFileSet.Model, HubFileSet.Tokenizer or both.");
+        if (files == 0 || (files & ~(HubFileSet.Model | HubFileSet.Tokenizer | HubFileSet.Adapter)) != 0)
+            throw new ArgumentOutOfRangeException(nameof(files), files, "Request HubFileSet.Model, HubFileSet.Tokenizer, HubFileSet.Adapter or a combination.");
 
         if (Directory.Exists(modelIdOrPath))
         {

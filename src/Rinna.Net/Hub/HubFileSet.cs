@@ -15,4 +15,10 @@ public enum HubFileSet
     /// at least one of <c>spiece.model</c> and <c>tokenizer.json</c> must.
     /// </summary>
     Tokenizer = 2,
+
+    /// <summary>
+    /// A PEFT adapter repository: <c>adapter_config.json</c> and the weights, <c>adapter_model.safetensors</c>, else
+    /// <c>adapter_model.bin</c> (what PEFT's <c>PeftModel.from_pretrained</c> downloads).
+    /// </summary>
+    Adapter = 4,
 }

@@ -42,6 +42,14 @@ public class HubOptions
     /// <summary>Where log messages go (what was resolved from where, dtype decisions); <c>null</c> logs nothing.</summary>
     public Microsoft.Extensions.Logging.ILoggerFactory? LoggerFactory { get; set; }
 
+    /// <summary>A copy of these options for another repository of the same hub and cache, at <paramref name="revision"/>.</summary>
+    internal HubOptions ForRevision(string? revision)
+    {
+        var copy = (HubOptions)MemberwiseClone();
+        copy.Revision = revision;
+        return copy;
+    }
+
     /// <summary>Resolves <paramref name="modelIdOrPath"/> to a local directory holding <paramref name="files"/>, downloading what is missing.</summary>
     internal async Task<string> ResolveAsync(string modelIdOrPath, HubFileSet files, CancellationToken cancellationToken)
     {

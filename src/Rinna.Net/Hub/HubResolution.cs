@@ -54,6 +54,7 @@ internal sealed class HubResolution
     {
         if (files.HasFlag(HubFileSet.Model)) await ResolveModelFilesAsync().ConfigureAwait(false);
         if (files.HasFlag(HubFileSet.Tokenizer)) await ResolveTokenizerFilesAsync().ConfigureAwait(false);
+        if (files.HasFlag(HubFileSet.Adapter)) await ResolveAdapterFilesAsync().ConfigureAwait(false);
 
         var snapshot = cache.SnapshotDir(commit!);
         logger.LogInformation(
@@ -88,6 +89,16 @@ internal sealed class HubResolution
         if (!found.Intersect(TokenizerModelFiles).Any())
             throw Error(null, 404,
                 $"no tokenizer: neither {string.Join(" nor ", TokenizerModelFiles)} exists" + (settings.Offline ? " in the cache (offline)" : "") + ".");
+    }
+
+    private async Task ResolveAdapterFilesAsync()
+    {
+        await GetFileAsync("adapter_config.json", required: true).ConfigureAwait(false);
+        if (await GetFileAsync("adapter_model.safetensors", required: false).ConfigureAwait(false) is not null) return;
+        if (await GetFileAsync("adapter_model.bin", required: false).ConfigureAwait(false) is null)
+            throw Error(null, 404,
+                "the adapter repository has no weights: neither adapter_model.safetensors nor adapter_model.bin exists"
+                + (settings.Offline ? " in the cache (offline)" : "") + ".");
     }
 
     private IEnumerable<string> ReadShardNames(string indexPath)

@@ -14,7 +14,7 @@ namespace Rinna.Net.Model;
 /// <summary>Builds a <see cref="GptNeoXForCausalLM"/> from a model directory: config, checkpoint validation, dtype, tensor-by-tensor load.</summary>
 internal static class GptNeoXLoader
 {
-    public static GptNeoXForCausalLM Load(string directory, ModelLoadOptions options, CancellationToken cancellationToken)
+    public static GptNeoXForCausalLM Load(string directory, ModelLoadOptions options, CancellationToken cancellationToken, string? adapterDirectory = null)
     {
         var logger = options.LoggerFactory?.CreateLogger("Rinna.Net.Model") ?? NullLogger.Instance;
         var config = GptNeoXConfig.FromFile(Path.Combine(directory, "config.json"));
@@ -29,8 +29,9 @@ internal static class GptNeoXLoader
         var layout = layoutList.ToDictionary(w => w.Name, StringComparer.Ordinal);
         Validate(checkpoint, entries, layout, config);
         // The adapter is read and checked before any weight, so a bad adapter fails fast.
-        using var merged = options.Adapter is not null && options.MergeAdapter ? LoadAdapter(options.Adapter, layoutList) : null;
-        var unmerged = options.Adapter is not null && !options.MergeAdapter ? LoadAdapter(options.Adapter, layoutList) : null;
+        var adapter = adapterDirectory ?? options.Adapter;
+        using var merged = adapter is not null && options.MergeAdapter ? LoadAdapter(adapter, layoutList) : null;
+        var unmerged = adapter is not null && !options.MergeAdapter ? LoadAdapter(adapter, layoutList) : null;
         var adapters = options.EnableAdapters || unmerged is not null ? new AdapterState() : null;
 
         var requested = options.QuantizationConfig ?? new QuantizationConfig();
@@ -108,7 +109,7 @@ internal static class GptNeoXLoader
     private static LoraAdapter LoadAdapter(string adapter, IReadOnlyList<WeightSpec> layout)
     {
         if (!Directory.Exists(adapter))
-            throw new ArgumentException($"adapter '{adapter}' is not a directory; download the adapter repository and give its directory.", nameof(adapter));
+            throw new ArgumentException($"adapter '{adapter}' is not a directory.", nameof(adapter));
         return LoraAdapter.Load(adapter, layout);
     }
 

@@ -1,4 +1,6 @@
 using Rinna.Net.Hub;
+using Rinna.Net.Model.Adapters;
+using Rinna.Net.Tests.Model.Adapters;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Hub;
@@ -43,6 +45,50 @@ public sealed class FromPretrainedThroughHubTests : IAsyncLifetime, IDisposable
         var options = new ModelLoadOptions { Endpoint = hub.Endpoint, CacheDir = sandbox.CacheDir, HubClient = client };
         var ex = await Assert.ThrowsAsync<HubException>(() => AutoModelForCausalLM.FromPretrainedAsync("rinna/does-not-exist", options));
         Assert.Contains("rinna/does-not-exist", ex.Message);
+    }
+
+    [Fact]
+    public async Task AdapterHubIdDownloadsThenMergesAndLoadsOffline()
+    {
+        hub.AddRepo("rinna/tiny-neox-rinna", Fixtures.Model("tiny-neox-rinna"));
+        hub.AddRepo("someone/tiny-lora", LoraAdapterTests.AdapterDir);
+        using var client = sandbox.CreateClient();
+        var online = new ModelLoadOptions { Endpoint = hub.Endpoint, CacheDir = sandbox.CacheDir, HubClient = client, Adapter = "someone/tiny-lora" };
+        using (var model = await AutoModelForCausalLM.FromPretrainedAsync("rinna/tiny-neox-rinna", online, TestContext.Current.CancellationToken))
+            LoraAdapterTests.AssertMatchesFixture(model);
+        Assert.Contains(hub.Requests, r => r.Target.StartsWith("/someone/tiny-lora/resolve/", StringComparison.Ordinal) && r.Target.EndsWith("/adapter_model.safetensors", StringComparison.Ordinal));
+
+        int requestsBefore = hub.Requests.Count;
+        var offline = new ModelLoadOptions { LocalFilesOnly = true, CacheDir = sandbox.CacheDir, HubClient = client, Adapter = "someone/tiny-lora", MergeAdapter = false };
+        using (var model = await AutoModelForCausalLM.FromPretrainedAsync("rinna/tiny-neox-rinna", offline, TestContext.Current.CancellationToken))
+            LoraAdapterTests.AssertMatchesFixture(model);
+        Assert.Equal(requestsBefore, hub.Requests.Count);
+    }
+
+    [Fact]
+    public async Task RunTimeAdapterFromAHubIdEqualsTheDirectory()
+    {
+        hub.AddRepo("someone/tiny-lora", LoraAdapterTests.AdapterDir);
+        using var client = sandbox.CreateClient();
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"),
+            new ModelLoadOptions { EnableAdapters = true }, TestContext.Current.CancellationToken);
+        await model.LoadAdapterAsync("hub", "someone/tiny-lora",
+            new HubOptions { Endpoint = hub.Endpoint, CacheDir = sandbox.CacheDir, HubClient = client }, TestContext.Current.CancellationToken);
+        model.SetAdapter("hub");
+        LoraAdapterTests.AssertMatchesFixture(model);
+    }
+
+    [Fact]
+    public async Task AdapterRepoWithoutWeightsIsAHubException()
+    {
+        hub.AddRepo("rinna/tiny-neox-rinna", Fixtures.Model("tiny-neox-rinna"));
+        var repo = hub.AddRepo("someone/empty-lora", LoraAdapterTests.AdapterDir);
+        repo.Files.TryRemove("adapter_model.safetensors", out _);
+        using var client = sandbox.CreateClient();
+        var options = new ModelLoadOptions { Endpoint = hub.Endpoint, CacheDir = sandbox.CacheDir, HubClient = client, Adapter = "someone/empty-lora" };
+        var ex = await Assert.ThrowsAsync<HubException>(() => AutoModelForCausalLM.FromPretrainedAsync("rinna/tiny-neox-rinna", options, TestContext.Current.CancellationToken));
+        Assert.Contains("adapter_model.safetensors", ex.Message);
+        Assert.Equal("someone/empty-lora", ex.RepoId);
     }
 
     private static void AssertReferenceLogits(Rinna.Net.Model.GptNeoXForCausalLM model, string fixture)

@@ -46,6 +46,32 @@ public static class AdapterExtensions
         Attach(state, name, adapter);
     }
 
+    /// <summary>
+    /// Loads a PEFT LoRA adapter from a directory or a hub id (resolved, downloaded and cached like a model id) under
+    /// <paramref name="name"/>; it is not made active. PEFT's <c>model.load_adapter(adapter_id, adapter_name)</c>.
+    /// </summary>
+    /// <param name="model">A model loaded with <see cref="ModelLoadOptions.EnableAdapters"/>.</param>
+    /// <param name="name">The name to activate it by.</param>
+    /// <param name="adapterIdOrPath">A directory holding <c>adapter_config.json</c> and the weights, or a hub id.</param>
+    /// <param name="options">Endpoint, cache, token, offline mode and revision of the adapter repository; <c>null</c> uses the environment.</param>
+    /// <param name="cancellationToken">Stops a download (it stays resumable).</param>
+    /// <exception cref="AdapterConfigException">The adapter is not a supported LoRA adapter.</exception>
+    /// <exception cref="CheckpointException">The adapter's weights are missing or do not fit the model.</exception>
+    /// <exception cref="Hub.HubException">The hub id cannot be resolved or downloaded (or is not cached when offline).</exception>
+    /// <exception cref="ArgumentException"><paramref name="name"/> is already loaded, or <paramref name="adapterIdOrPath"/> is neither a directory nor a valid hub id.</exception>
+    /// <exception cref="InvalidOperationException">The model was loaded without run-time adapters.</exception>
+    public static async Task LoadAdapterAsync(this GptNeoXForCausalLM model, string name, string adapterIdOrPath,
+        Hub.HubOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var state = StateOf(model);
+        ArgumentException.ThrowIfNullOrWhiteSpace(name);
+        ArgumentException.ThrowIfNullOrWhiteSpace(adapterIdOrPath);
+        if (state.Loaded.ContainsKey(name)) throw new ArgumentException($"an adapter named '{name}' is already loaded.", nameof(name));
+        var directory = await (options ?? new Hub.HubOptions()).ResolveAsync(adapterIdOrPath, Hub.HubFileSet.Adapter, cancellationToken)
+            .ConfigureAwait(false);
+        model.LoadAdapter(name, directory);
+    }
+
     internal static void Attach(AdapterState state, string name, LoraAdapter adapter)
     {
         try

@@ -10,7 +10,7 @@ namespace Rinna.Net.Tests.Model.Adapters;
 /// <summary>PEFT LoRA adapters against the float64 reference of the merged model (tests/fixtures/adapters).</summary>
 public class LoraAdapterTests
 {
-    private static readonly string AdapterDir = Fixtures.Path("adapters", "lora-tiny-rinna");
+    internal static readonly string AdapterDir = Fixtures.Path("adapters", "lora-tiny-rinna");
     private static readonly string BaseDir = Fixtures.Model("tiny-neox-rinna");
 
     private static IEnumerable<JsonElement> Expected() =>
@@ -30,7 +30,7 @@ public class LoraAdapterTests
         model.Generate(ids.Select(i => (int)i).ToArray() as IReadOnlyList<int>, model.GenerationConfig() with { MaxNewTokens = tokens })
             .Skip(ids.Length).Select(i => (long)i).ToArray();
 
-    private static void AssertMatchesFixture(GptNeoXForCausalLM model)
+    internal static void AssertMatchesFixture(GptNeoXForCausalLM model)
     {
         foreach (var prompt in Expected())
         {
