@@ -111,7 +111,7 @@ public static class CausalLMGeneration
         var output = config switch
         {
             { NumBeams: > 1 } => BeamSearch.Run(ids, fed => stepper.Forward(fed), stepper.Reorder, config, createDecoder, extra, cancellationToken),
-            { PromptLookupNumTokens: int k } => SpeculativeDecoding.Run(ids, stepper, new PromptLookupCandidateGenerator(k), config,
+            { PromptLookupNumTokens: int k } => SpeculativeDecoding.Run(ids, stepper, new FallbackCandidateGenerator(new PromptLookupCandidateGenerator(k)), config,
                 createDecoder, onStep, extra, cancellationToken),
             _ when assistantModel is not null => Assisted(model, assistantModel, ids, mask, reserve, stepper, config, createDecoder, onStep, extra, cancellationToken),
             _ => GenerationLoop.Run(ids, fed => stepper.Forward(fed), config, createDecoder, onStep, extra, cancellationToken),

@@ -130,7 +130,8 @@ public sealed record GenerationConfig
     /// up to this many tokens that followed the last 2 (else 1) tokens elsewhere in the sequence are proposed and
     /// verified in one forward pass. Greedy output is token for token that of plain greedy decoding; with
     /// <see cref="DoSample"/> each position is sampled from the model and proposals are kept while they equal the draw.
-    /// Needs a batch of one prompt; <c>null</c> disables it.
+    /// Proposals pause (4 steps, doubling to 64) while they keep being rejected, so text that does not repeat its
+    /// context runs at the speed of plain decoding. Needs a batch of one prompt; <c>null</c> disables it.
     /// </summary>
     public int? PromptLookupNumTokens { get; init; }
 

@@ -17,6 +17,19 @@ public sealed record GenerationOutput(Tensor Sequences, IReadOnlyList<GeneratedS
     /// processors) divided by <c>generated_length ^ length_penalty</c>; <c>null</c> for greedy decoding and sampling.
     /// </summary>
     public IReadOnlyList<float>? SequencesScores { get; init; }
+
+    /// <summary>How speculative decoding went (prompt lookup or an assistant model); <c>null</c> for other decoding modes.</summary>
+    public SpeculationStatistics? Speculation { get; init; }
+}
+
+/// <summary>The work speculative decoding did for one generation.</summary>
+/// <param name="ModelCalls">Forward passes of the model after the prompt: one per round, each verifying that round's proposals.</param>
+/// <param name="ProposedTokens">Tokens proposed (by prompt lookup or the assistant model) over all rounds.</param>
+/// <param name="AcceptedTokens">Proposed tokens the model agreed with and kept.</param>
+public sealed record SpeculationStatistics(int ModelCalls, int ProposedTokens, int AcceptedTokens)
+{
+    /// <summary>The share of proposed tokens kept; 0 when nothing was proposed.</summary>
+    public double AcceptanceRate => ProposedTokens == 0 ? 0 : (double)AcceptedTokens / ProposedTokens;
 }
 
 /// <summary>

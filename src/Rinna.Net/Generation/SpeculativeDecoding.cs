@@ -51,6 +51,52 @@ internal sealed class PromptLookupCandidateGenerator(int numOutputTokens, int ma
 }
 
 /// <summary>
+/// Stops proposing while proposals keep being rejected, so speculation on text that does not repeat its context
+/// costs (almost) nothing: after two rejected rounds in a row it pauses for 4 steps, and each pause that ends in
+/// another rejected round doubles the next, up to 64 steps (one verification of rejected proposals per 65 tokens at
+/// worst). An accepted proposal ends the pauses. Proposals never change greedy output, only how many model calls it
+/// takes; Hugging Face's prompt lookup has no such fallback.
+/// </summary>
+internal sealed class FallbackCandidateGenerator(ICandidateGenerator inner) : ICandidateGenerator
+{
+    private const int MissesBeforePause = 2;
+    private const int FirstPause = 4;
+    private const int LongestPause = 64;
+    private int misses;
+    private int nextPause = FirstPause;
+    private int pausedSteps;
+
+    public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount)
+    {
+        if (pausedSteps > 0)
+        {
+            pausedSteps--;
+            return [];
+        }
+        return inner.GetCandidates(sequence, maxCount);
+    }
+
+    public Tensor? CandidateScores => inner.CandidateScores;
+
+    public void Update(int proposed, int accepted)
+    {
+        inner.Update(proposed, accepted);
+        if (proposed == 0) return;
+        if (accepted > 0)
+        {
+            misses = 0;
+            nextPause = FirstPause;
+            return;
+        }
+        if (++misses < MissesBeforePause) return;
+        pausedSteps = nextPause;
+        nextPause = Math.Min(nextPause * 2, LongestPause);
+        // The round after a pause probes once: a miss there pauses again at once, for longer.
+        misses = MissesBeforePause - 1;
+    }
+}
+
+/// <summary>
 /// HF's assisted decoding loop (<c>GenerationMixin._assisted_decoding</c>) for one prompt: each step takes proposals
 /// from an <see cref="ICandidateGenerator"/>, runs the model once over the last token and all proposals with the KV
 /// cache, picks a token at each position with the same logits processors and sampler as plain decoding, keeps the
@@ -81,6 +127,7 @@ internal static class SpeculativeDecoding
         using var sampler = TokenSampler.Create(config);
         List<long> sequence;
         using (var prompt = inputIds.cpu()) sequence = prompt.data<long>().ToList();
+        int modelCalls = 0, proposed = 0, acceptedTotal = 0;
 
         while (!tracker.IsDone)
         {
@@ -102,6 +149,9 @@ internal static class SpeculativeDecoding
                 ? SpeculativeSampling(candidates, proposerScores, i => pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]), sampler)
                 : Verify(candidates, i => pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]), sampler);
             int accepted = Math.Min(picks.Accepted, candidates.Length);
+            modelCalls++;
+            proposed += candidates.Length;
+            acceptedTotal += accepted;
             foreach (var token in picks.Tokens)
             {
                 sequence.Add(tracker.Advance([token])[0]);
@@ -113,7 +163,10 @@ internal static class SpeculativeDecoding
             stepper.Truncate(Math.Min(stepper.CachedLength, sequence.Count - 1));
         }
         var sequences = tensor(sequence.ToArray(), [1, sequence.Count], ScalarType.Int64, device);
-        return new GenerationOutput(sequences, tracker.GetSequences());
+        return new GenerationOutput(sequences, tracker.GetSequences())
+        {
+            Speculation = new SpeculationStatistics(modelCalls, proposed, acceptedTotal),
+        };
     }
 
     /// <summary>Picks a token at each position in turn and keeps proposals while they equal the pick; ends with the first differing pick.</summary>

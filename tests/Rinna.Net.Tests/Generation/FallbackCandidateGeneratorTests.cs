@@ -1,0 +1,82 @@
+using Rinna.Net.Generation;
+
+namespace Rinna.Net.Tests.Generation;
+
+/// <summary>Prompt lookup stops proposing while its proposals keep being rejected, and resumes after an accepted one.</summary>
+public class FallbackCandidateGeneratorTests
+{
+    /// <summary>Always proposes two tokens and counts the calls that reached it.</summary>
+    private sealed class AlwaysProposing : ICandidateGenerator
+    {
+        public int Calls { get; private set; }
+
+        public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount)
+        {
+            Calls++;
+            return [1, 2];
+        }
+
+        public void Update(int proposed, int accepted)
+        {
+        }
+    }
+
+    /// <summary>Runs <paramref name="rounds"/> rounds; <paramref name="accepts"/> says how many proposals a round keeps. Returns which rounds proposed.</summary>
+    private static List<bool> Rounds(FallbackCandidateGenerator generator, int rounds, Func<int, int> accepts)
+    {
+        var proposedAt = new List<bool>();
+        for (int round = 0; round < rounds; round++)
+        {
+            var candidates = generator.GetCandidates([5, 6, 7], 10);
+            proposedAt.Add(candidates.Length > 0);
+            generator.Update(candidates.Length, candidates.Length == 0 ? 0 : accepts(round));
+        }
+        return proposedAt;
+    }
+
+    [Fact]
+    public void RejectedRoundsPauseProposalsForDoublingSpansUpTo64Steps()
+    {
+        var inner = new AlwaysProposing();
+        var proposed = Rounds(new FallbackCandidateGenerator(inner), 400, _ => 0);
+        // Two misses, a pause of 4, a probe, 8, a probe, 16, 32, then 64 between probes for good.
+        var expected = new List<bool> { true, true };
+        foreach (var pause in new[] { 4, 8, 16, 32, 64, 64, 64, 64, 64 })
+        {
+            expected.AddRange(Enumerable.Repeat(false, pause));
+            expected.Add(true);
+        }
+        Assert.Equal(expected, proposed.Take(expected.Count));
+        // Over a long text that never repeats its context, at most one round in 65 pays for rejected proposals.
+        Assert.InRange(proposed.Skip(100).Count(p => p), 1, (300 + 64) / 65);
+        Assert.Equal(proposed.Count(p => p), inner.Calls);
+    }
+
+    [Fact]
+    public void AnAcceptedProposalEndsThePausesAndAcceptedRoundsNeverPause()
+    {
+        // Misses until round 40, then every proposal accepted.
+        var proposed = Rounds(new FallbackCandidateGenerator(new AlwaysProposing()), 120, round => round < 40 ? 0 : 1);
+        int firstAccepted = Enumerable.Range(40, 80).First(i => proposed[i]);
+        Assert.True(proposed.Skip(firstAccepted).All(p => p), "proposals continue every round once they are accepted again");
+        // A single miss among accepted rounds does not pause.
+        var mixed = Rounds(new FallbackCandidateGenerator(new AlwaysProposing()), 50, round => round % 2);
+        Assert.All(mixed, Assert.True);
+    }
+
+    [Fact]
+    public async Task GenerateReportsTheSpeculationItDid()
+    {
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"), cancellationToken: TestContext.Current.CancellationToken);
+        using var ids = TorchSharp.torch.tensor(new long[] { 587, 503, 105, 111, 747, 587, 503, 105, 111, 747, 587, 503 }, [1, 12], TorchSharp.torch.ScalarType.Int64);
+        var config = model.GenerationConfig() with { MaxNewTokens = 30, PromptLookupNumTokens = 4 };
+        var output = model.Generate(ids, config);
+        var stats = Assert.IsType<SpeculationStatistics>(output.Speculation);
+        int generated = (int)output.Sequences.size(1) - 12;
+        // Every round adds its accepted proposals and one token of the model's own (fewer when an end-of-sequence id ends it).
+        Assert.InRange(generated, stats.ModelCalls, stats.ModelCalls + stats.AcceptedTokens);
+        Assert.True(stats.AcceptedTokens > 0, "the repeated prompt gives proposals the model keeps");
+        Assert.InRange(stats.AcceptedTokens, 0, stats.ProposedTokens);
+        Assert.Null(model.Generate(ids, config with { PromptLookupNumTokens = null }).Speculation);
+    }
+}
