@@ -33,6 +33,7 @@ var isShort = args.Contains("--short");
 args = args.Where(a => a != "--short").ToArray();
 if (isShort) Environment.SetEnvironmentVariable(BenchmarkSettings.ShortVariable, "1");
 File.Delete(PeakMemory.File);
+File.Delete(SpeculationReport.File);
 
 var job = isShort
     ? Job.Default.WithLaunchCount(1).WithWarmupCount(1).WithIterationCount(3)

@@ -111,7 +111,7 @@ internal static class TokenizerBenchmarkData
         return Texts(layout).Sum(t => (long)tokenizer.Encode(t, addSpecialTokens: false).Length);
     });
 
-    private static string FixtureRoot
+    internal static string FixtureRoot
     {
         get
         {
