@@ -47,6 +47,8 @@ public sealed class SampleProgramTests
     [InlineData("Chat", "--max-new-tokens 1.5")]
     [InlineData("Hosting", "--bogus")]
     [InlineData("Hosting", "one two")]
+    [InlineData("Server", "--bogus")]
+    [InlineData("Server", "question")]
     public void ABadCommandLineGetsOneLineAndTheUsageExitCode(string sample, string arguments)
     {
         var (exitCode, stdout, stderr) = Run(sample, arguments.Split(' '));
@@ -60,6 +62,7 @@ public sealed class SampleProgramTests
     [InlineData("QuickStart")]
     [InlineData("Chat")]
     [InlineData("Hosting")]
+    [InlineData("Server")]
     public void AMissingModelDirectoryIsReportedInOneLine(string sample)
     {
         var (exitCode, _, stderr) = Run(sample, "--model", Path.Combine(Path.GetTempPath(), $"no-such-model-{Guid.NewGuid():N}"));
@@ -107,18 +110,49 @@ public sealed class SampleProgramTests
         Assert.Equal(100, stdout.Split("システム: ").Length - 1);
     }
 
-    private static void AssertOneLine(string stderr)
+    [Fact]
+    public async Task ServerAnswersOpenAIRequestsUntilStopped()
     {
-        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        Assert.True(lines.Length == 1, $"expected one line on stderr, got:\n{stderr}");
+        using var process = Process.Start(StartInfo("Server", "--urls", "http://127.0.0.1:0"))!;
+        var output = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var listening = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is not { } line) return;
+            output.Enqueue(line);
+            if (line.Contains("Now listening on: ", StringComparison.Ordinal)) listening.TrySetResult(line[line.IndexOf("http", StringComparison.Ordinal)..].Trim());
+        };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) output.Enqueue(line); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        try
+        {
+            var address = await listening.Task.WaitAsync(TimeSpan.FromMinutes(3), TestContext.Current.CancellationToken);
+            using var http = new HttpClient { BaseAddress = new Uri(address), Timeout = TimeSpan.FromMinutes(2) };
+            Assert.Equal("Healthy", await http.GetStringAsync("/health", TestContext.Current.CancellationToken));
+            for (int request = 0; request < 2; request++)
+            {
+                using var response = await http.PostAsync("/v1/chat/completions", new StringContent(
+                    """{"model":"rinna-demo","messages":[{"role":"user","content":"What is your favourite book?"}],"max_tokens":16,"temperature":0}""",
+                    System.Text.Encoding.UTF8, "application/json"), TestContext.Current.CancellationToken);
+                var body = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+                Assert.True(response.IsSuccessStatusCode, body);
+                using var json = System.Text.Json.JsonDocument.Parse(body);
+                Assert.False(string.IsNullOrWhiteSpace(json.RootElement.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()));
+            }
+            Assert.False(process.HasExited, "the server stopped after answering");
+        }
+        catch (Exception ex) when (ex is not Xunit.Sdk.XunitException)
+        {
+            Assert.Fail($"{ex.Message}\n{string.Join('\n', output)}");
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+        }
     }
 
-    /// <summary>Runs a sample's built assembly with <c>dotnet</c>, its standard input closed, from the repository root.</summary>
-    private static (int ExitCode, string Stdout, string Stderr) Run(string sample, params string[] arguments) =>
-        RunWithInput(sample, "", arguments);
-
-    /// <summary>Runs a sample with <paramref name="input"/> piped to its standard input, which is then closed.</summary>
-    private static (int ExitCode, string Stdout, string Stderr) RunWithInput(string sample, string input, params string[] arguments)
+    private static ProcessStartInfo StartInfo(string sample, params string[] arguments)
     {
         // The samples build into the same bin/<configuration>/<framework>/<runtime> layout as this project.
         var layout = Path.GetRelativePath(Path.Combine(Fixtures.RepoRoot, "tests", "Rinna.Net.Tests"), AppContext.BaseDirectory);
@@ -132,7 +166,23 @@ public sealed class SampleProgramTests
         info.ArgumentList.Add(assembly);
         foreach (var argument in arguments) info.ArgumentList.Add(argument);
         info.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
-        using var process = Process.Start(info)!;
+        return info;
+    }
+
+    private static void AssertOneLine(string stderr)
+    {
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        Assert.True(lines.Length == 1, $"expected one line on stderr, got:\n{stderr}");
+    }
+
+    /// <summary>Runs a sample's built assembly with <c>dotnet</c>, its standard input closed, from the repository root.</summary>
+    private static (int ExitCode, string Stdout, string Stderr) Run(string sample, params string[] arguments) =>
+        RunWithInput(sample, "", arguments);
+
+    /// <summary>Runs a sample with <paramref name="input"/> piped to its standard input, which is then closed.</summary>
+    private static (int ExitCode, string Stdout, string Stderr) RunWithInput(string sample, string input, params string[] arguments)
+    {
+        using var process = Process.Start(StartInfo(sample, arguments))!;
         process.StandardInput.Write(input);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
