@@ -23,6 +23,7 @@ public sealed class HubClient : IDisposable
     private readonly ILogger logger;
     private readonly Func<string, string?> environment;
     private readonly HubRetryPolicy retryPolicy;
+    private readonly HubStorage storage;
 
     /// <summary>Creates a client with its own HTTP connection pool.</summary>
     /// <param name="logger">Receives what was resolved from where; <c>null</c> logs nothing.</param>
@@ -43,7 +44,8 @@ public sealed class HubClient : IDisposable
     {
     }
 
-    internal HubClient(HttpMessageHandler handler, bool disposeHandler, ILogger? logger, Func<string, string?> environment, HubRetryPolicy retryPolicy)
+    internal HubClient(
+        HttpMessageHandler handler, bool disposeHandler, ILogger? logger, Func<string, string?> environment, HubRetryPolicy retryPolicy, HubStorage? storage = null)
     {
         ArgumentNullException.ThrowIfNull(handler);
         if (handler is SocketsHttpHandler { AllowAutoRedirect: true } or HttpClientHandler { AllowAutoRedirect: true })
@@ -53,6 +55,7 @@ public sealed class HubClient : IDisposable
         this.logger = logger ?? NullLogger.Instance;
         this.environment = environment;
         this.retryPolicy = retryPolicy;
+        this.storage = storage ?? HubStorage.Default;
     }
 
     /// <summary>
@@ -106,6 +109,8 @@ public sealed class HubClient : IDisposable
     internal ILogger Logger => logger;
 
     internal HubRetryPolicy RetryPolicy => retryPolicy;
+
+    internal HubStorage Storage => storage;
 
     /// <summary>Sends one request without following redirects; the token goes only to the endpoint's own origin.</summary>
     internal async Task<HttpResponseMessage> SendAsync(
