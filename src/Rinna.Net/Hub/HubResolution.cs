@@ -95,7 +95,7 @@ internal sealed class HubResolution
     {
         if (networkFailure is { } failure)
             return new HubException(repoId, settings.Revision, null, failure.StatusCode,
-                Scrub($"the hub could not be reached ({failure.Reason ?? failure.Message}), and the cache holds no {what} ({files}) of this revision."),
+                Scrub($"the hub could not be reached ({(failure.Reason ?? failure.Message).TrimEnd('.')}), and the cache holds no {what} ({files}) of this revision."),
                 failure.InnerException ?? failure) { IsTransient = true, Reason = failure.Reason };
         return Error(null, 404, $"the repository has no {what}: none of {files} exists" + (settings.Offline ? " in the cache (offline)." : "."));
     }
