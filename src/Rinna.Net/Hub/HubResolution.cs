@@ -140,7 +140,7 @@ internal sealed class HubResolution
         {
             // A read-only, full or damaged cache directory: the caller needs the path, not a bare file-system error.
             throw Error(fileName, null,
-                $"the cache '{settings.CacheDir}' cannot be used: {ex.Message} Check its permissions and free space, or choose another "
+                $"the cache '{settings.CacheDir}' cannot be used ({ex.Message.TrimEnd('.')}). Check its permissions and free space, or choose another "
                 + "directory (HubOptions.CacheDir or HF_HUB_CACHE).", ex);
         }
     }

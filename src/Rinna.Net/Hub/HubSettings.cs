@@ -88,7 +88,7 @@ internal sealed record HubSettings(
     private static TimeSpan? Positive(TimeSpan? value, string name) =>
         value is null || value > TimeSpan.Zero || value == Timeout.InfiniteTimeSpan
             ? value
-            : throw new ArgumentOutOfRangeException(nameof(HubOptions), value, $"HubOptions.{name} must be positive (or Timeout.InfiniteTimeSpan for no limit).");
+            : throw new ArgumentOutOfRangeException("options", value, $"HubOptions.{name} must be positive (or Timeout.InfiniteTimeSpan for no limit).");
 
     /// <summary>huggingface_hub's truthy spellings of a boolean environment variable.</summary>
     private static bool IsTrue(string? value) =>

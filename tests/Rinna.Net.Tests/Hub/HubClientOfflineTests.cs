@@ -242,6 +242,51 @@ public sealed class HubSettingsTests
         Assert.Throws<ArgumentException>(() => Resolve(new() { ["HOME"] = "/h" }, new HubOptions { Endpoint = "ftp://x" }));
     }
 
+    [Fact]
+    public void DownloadBoundsDefaultToTheHubsLimitsAndOptionsOverrideTheEnvironment()
+    {
+        var defaults = Resolve(new() { ["HOME"] = "/h" });
+        Assert.Equal(50L << 30, defaults.MaxFileSize);
+        Assert.Equal(TimeSpan.FromMinutes(2), defaults.MetadataDeadline);
+        Assert.Null(defaults.DownloadDeadline);
+        // One minute, plus the file at 64 KiB/s: a 3.69 MB tokenizer model gets about two minutes.
+        Assert.Equal(TimeSpan.FromSeconds(60 + 3_690_000 / 65536.0), defaults.DownloadDeadlineFor(3_690_000));
+        Assert.Equal(TimeSpan.FromSeconds(60 + (50L << 30) / 65536.0), defaults.DownloadDeadlineFor(null));
+
+        var set = Resolve(
+            new() { ["HOME"] = "/h", ["HF_HUB_ETAG_TIMEOUT"] = "7", ["HF_HUB_DOWNLOAD_TIMEOUT"] = "8" },
+            new HubOptions
+            {
+                MetadataTimeout = TimeSpan.FromSeconds(1),
+                DownloadTimeout = TimeSpan.FromSeconds(2),
+                MetadataDeadline = TimeSpan.FromSeconds(3),
+                DownloadDeadline = TimeSpan.FromSeconds(4),
+                MaxFileSize = 5,
+            });
+        Assert.Equal(TimeSpan.FromSeconds(1), set.MetadataTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(2), set.ReadTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(3), set.MetadataDeadline);
+        Assert.Equal(TimeSpan.FromSeconds(4), set.DownloadDeadlineFor(7_000_000_000));
+        Assert.Equal(5, set.MaxFileSize);
+        Assert.Equal(Timeout.InfiniteTimeSpan, Resolve(new() { ["HOME"] = "/h" }, new HubOptions { DownloadDeadline = Timeout.InfiniteTimeSpan }).DownloadDeadlineFor(1));
+    }
+
+    [Theory]
+    [InlineData(nameof(HubOptions.MetadataTimeout))]
+    [InlineData(nameof(HubOptions.DownloadTimeout))]
+    [InlineData(nameof(HubOptions.MetadataDeadline))]
+    [InlineData(nameof(HubOptions.DownloadDeadline))]
+    [InlineData(nameof(HubOptions.MaxFileSize))]
+    public void ZeroOrNegativeBoundsAreRefusedNamingTheOption(string option)
+    {
+        var options = new HubOptions();
+        if (option == nameof(HubOptions.MaxFileSize)) options.MaxFileSize = 0;
+        else typeof(HubOptions).GetProperty(option)!.SetValue(options, TimeSpan.FromSeconds(-1));
+
+        var error = Assert.Throws<ArgumentOutOfRangeException>(() => Resolve(new() { ["HOME"] = "/h" }, options));
+        Assert.Contains($"HubOptions.{option}", error.Message);
+    }
+
     [Theory]
     [InlineData("hf_abc\r\nX-Injected: 1")]
     [InlineData("hf_abc def")]
