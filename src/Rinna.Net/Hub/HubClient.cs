@@ -10,7 +10,9 @@ namespace Rinna.Net.Hub;
 /// </summary>
 /// <remarks>
 /// Downloads resume from a <c>.incomplete</c> file, are verified (size, and sha256 for LFS files) before they enter the
-/// cache, retry timeouts, dropped connections, 429 and 5xx with backoff, and take an inter-process lock per file. The access
+/// cache, retry timeouts, dropped connections, 429 and 5xx with backoff, and take an inter-process lock per file. They are
+/// bounded: never past the announced size (or <see cref="HubOptions.MaxFileSize"/>), never started without the disk space
+/// to finish, never longer than <see cref="HubOptions.DownloadDeadline"/>, and redirects stay on http(s). The access
 /// token is only ever sent to the hub endpoint itself, never to the CDN a download is redirected to, and never logged.
 /// An instance is thread-safe and meant to be reused.
 /// </remarks>
