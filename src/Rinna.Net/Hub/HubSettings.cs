@@ -20,7 +20,7 @@ internal sealed record HubSettings(
     private static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(10);
 
     /// <summary>
-    /// Above every metadata request's worst case under the default retries (6 × 10 s plus 23 s of backoff), so by default
+    /// Above every metadata request's worst case under the default retries (6 × 10 s plus at most 40 s of waits), so by default
     /// it only ends what the per-request timeouts cannot: a server that keeps asking for retries.
     /// </summary>
     internal static readonly TimeSpan DefaultMetadataDeadline = TimeSpan.FromMinutes(2);

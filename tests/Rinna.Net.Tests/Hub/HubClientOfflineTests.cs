@@ -51,7 +51,7 @@ public sealed class HubClientOfflineTests : IDisposable
         return snapshot;
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task SnapshotWrittenByPythonIsFoundWithLocalFilesOnly()
     {
         var snapshot = WritePythonCache();
@@ -65,7 +65,7 @@ public sealed class HubClientOfflineTests : IDisposable
             File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task HfHubOfflineAndHfHomeFindThePythonCache()
     {
         sandbox.Environment.Remove("HF_HUB_CACHE");
@@ -78,7 +78,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Equal(snapshot, await client.ResolveAsync(RepoId, HubFileSet.Model));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task TagsPullRequestRefsAndCommitHashesResolveOffline()
     {
         var snapshot = WritePythonCache("refs/pr/1");
@@ -91,7 +91,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Contains("'main'", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task LocalFilesOnlyWithoutACacheFailsClearlyWithoutNetwork()
     {
         using var client = sandbox.CreateClient();
@@ -106,7 +106,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Contains(sandbox.CacheDir, error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task OfflineWithAPartialCacheNamesTheMissingFile()
     {
         var snapshot = WritePythonCache();
@@ -120,7 +120,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Contains("offline", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task ExistingDirectoryIsUsedAsIs()
     {
         using var client = sandbox.CreateClient();
@@ -129,7 +129,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Equal(Path.GetFullPath(model), await client.ResolveAsync(model, HubFileSet.Model, new HubOptions { Endpoint = DeadEndpoint }));
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("./no/such/directory")]
     [InlineData("org/name/extra")]
     [InlineData("org--x/name")]
@@ -144,7 +144,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Contains(modelIdOrPath, error.Message);
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("../../etc")]
     [InlineData("/main")]
     [InlineData("refs/../../x")]

@@ -32,6 +32,12 @@ internal sealed class RecordingProgress(Action<DownloadProgress>? onReport = nul
 /// <summary>A private cache directory and environment per test, so tests run in parallel without touching the process environment.</summary>
 internal sealed class HubSandbox : IDisposable
 {
+    /// <summary>
+    /// The limit of every test that talks to a hub: far beyond what any needs (seconds), so a regression that hangs fails
+    /// the test instead of the whole run.
+    /// </summary>
+    public const int TestTimeoutMs = 120_000;
+
     public static readonly HubRetryPolicy FastRetries = new(4, TimeSpan.FromMilliseconds(5), TimeSpan.FromMilliseconds(20));
 
     private readonly DirectoryInfo root = Directory.CreateTempSubdirectory("rinna-hub-");

@@ -42,7 +42,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
 
     // ---- sizes: nothing is written past the announced size, or past MaxFileSize when none is announced
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task BodyPastTheAnnouncedSizeStopsAtTheFirstExtraByte()
     {
         var repo = AddTinyRinna();
@@ -59,7 +59,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.False(File.Exists(Path.Combine(sandbox.SnapshotDir(RepoId), Weights)));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task EndlessBodyWithoutAnySizeStopsAtMaxFileSize()
     {
         var repo = AddTinyRinna();
@@ -78,7 +78,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.InRange(storage.LargestFile(Incomplete(repo, "config.json")), repo.Files["config.json"].Content.Length, 64 << 10);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task FileWhoseSizeIsNotAnnouncedIsDownloadedAndVerified()
     {
         var repo = AddTinyRinna();
@@ -90,7 +90,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.Equal(repo.Files[Weights].Content, File.ReadAllBytes(Path.Combine(directory, Weights)));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task FileAnnouncedLargerThanMaxFileSizeIsRefusedBeforeDownloading()
     {
         var repo = AddTinyRinna();
@@ -106,7 +106,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.Equal(0, hub.CdnGets(Weights));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task DownloadServerContradictingTheAnnouncedSizeIsRefusedBeforeWriting()
     {
         var repo = AddTinyRinna();
@@ -123,7 +123,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
 
     // ---- disk space
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task DownloadThatCannotFitIsRefusedBeforeAnyByteIsRequested()
     {
         var repo = AddTinyRinna();
@@ -141,7 +141,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.Equal(0, storage.LargestFile(Incomplete(repo, Weights)));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task DiskFillingUpDuringTheWriteIsAHubExceptionAndTheDownloadResumesLater()
     {
         var repo = AddTinyRinna();
@@ -173,7 +173,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.True(free > 0);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task CacheThatCannotBeWrittenIsAHubExceptionNamingIt()
     {
         AddTinyRinna();
@@ -190,7 +190,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
 
     // ---- deadlines
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task TricklingDownloadEndsAtItsDeadlineAndStaysResumable()
     {
         var repo = AddTinyRinna();
@@ -215,7 +215,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.Equal(repo.Files[Weights].Content, File.ReadAllBytes(Path.Combine(directory, Weights)));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task MetadataRequestEndsAtItsDeadlineWhateverTheRetries()
     {
         AddTinyRinna();
@@ -234,7 +234,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.Contains("HubOptions.MetadataDeadline (0.5 s)", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task CallerCancellationDuringATrickleIsACancellationNotAHubError()
     {
         var repo = AddTinyRinna();
@@ -255,7 +255,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
 
     // ---- redirects
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("file:///etc/passwd", false)]
     [InlineData("ftp://localhost/model.safetensors", false)]
     [InlineData("file:///etc/passwd", true)]
@@ -274,7 +274,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.Contains("only http and https", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task RedirectFromHttpsDownToHttpIsRefused()
     {
         using var handler = new DowngradingHub();
@@ -307,7 +307,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
 
     // ---- errors that must say what happened
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task HubDownWithOnlyTheConfigCachedReportsTheNetworkFailure()
     {
         var repo = AddTinyRinna();
@@ -326,7 +326,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.IsType<HttpRequestException>(error.InnerException);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task RateLimitWithATokenDoesNotAskForAToken()
     {
         AddTinyRinna();
@@ -346,7 +346,7 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
         Assert.Contains("pass a token", withoutToken.Message);
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("hf_abc\r\nX-Injected: 1")]
     [InlineData("hf_\u00e9t\u00e9")]
     public async Task TokenThatCannotBeAHeaderIsRefusedOnceBeforeAnyRequest(string token)
