@@ -326,9 +326,10 @@ internal sealed class HubResolution
         await WithRetriesAsync(
             fileName,
             deadline,
-            () => $"the download took longer than {(settings.DownloadDeadline is null ? "the default deadline" : "HubOptions.DownloadDeadline")} ({Duration(deadline)}) "
+            () => $"the download took longer than {(settings.DownloadDeadline is null ? "its default deadline" : "HubOptions.DownloadDeadline")} ({Duration(deadline)}) "
                 + $"with {FormatBytes(LengthOf(incomplete))}{(metadata.Size is { } size ? $" of {FormatBytes(size)}" : "")} received; "
-                + "the partial file is kept and a later call resumes it.",
+                + "the partial file is kept and a later call resumes it"
+                + (settings.DownloadDeadline is null ? " (HubOptions.DownloadDeadline allows more time)." : "."),
             token => DownloadAttemptAsync(fileName, metadata, incomplete, sha256, token)).ConfigureAwait(false);
 
         var (checksum, actual) = HubNames.IsSha256(metadata.Etag) ? ("sha256", sha256.Finish())
