@@ -10,7 +10,9 @@ namespace Rinna.Net.Hub;
 /// </summary>
 /// <remarks>
 /// Downloads resume from a <c>.incomplete</c> file, are verified (size, and sha256 for LFS files) before they enter the
-/// cache, retry timeouts, dropped connections, 429 and 5xx with backoff, and take an inter-process lock per file. The access
+/// cache, retry timeouts, dropped connections, 429 and 5xx with backoff, and take an inter-process lock per file. They are
+/// bounded: never past the announced size (or <see cref="HubOptions.MaxFileSize"/>), never started without the disk space
+/// to finish, never longer than <see cref="HubOptions.DownloadDeadline"/>, and redirects stay on http(s). The access
 /// token is only ever sent to the hub endpoint itself, never to the CDN a download is redirected to, and never logged.
 /// An instance is thread-safe and meant to be reused.
 /// </remarks>
@@ -23,6 +25,7 @@ public sealed class HubClient : IDisposable
     private readonly ILogger logger;
     private readonly Func<string, string?> environment;
     private readonly HubRetryPolicy retryPolicy;
+    private readonly HubStorage storage;
 
     /// <summary>Creates a client with its own HTTP connection pool.</summary>
     /// <param name="logger">Receives what was resolved from where; <c>null</c> logs nothing.</param>
@@ -43,7 +46,8 @@ public sealed class HubClient : IDisposable
     {
     }
 
-    internal HubClient(HttpMessageHandler handler, bool disposeHandler, ILogger? logger, Func<string, string?> environment, HubRetryPolicy retryPolicy)
+    internal HubClient(
+        HttpMessageHandler handler, bool disposeHandler, ILogger? logger, Func<string, string?> environment, HubRetryPolicy retryPolicy, HubStorage? storage = null)
     {
         ArgumentNullException.ThrowIfNull(handler);
         if (handler is SocketsHttpHandler { AllowAutoRedirect: true } or HttpClientHandler { AllowAutoRedirect: true })
@@ -53,6 +57,7 @@ public sealed class HubClient : IDisposable
         this.logger = logger ?? NullLogger.Instance;
         this.environment = environment;
         this.retryPolicy = retryPolicy;
+        this.storage = storage ?? HubStorage.Default;
     }
 
     /// <summary>
@@ -106,6 +111,8 @@ public sealed class HubClient : IDisposable
     internal ILogger Logger => logger;
 
     internal HubRetryPolicy RetryPolicy => retryPolicy;
+
+    internal HubStorage Storage => storage;
 
     /// <summary>Sends one request without following redirects; the token goes only to the endpoint's own origin.</summary>
     internal async Task<HttpResponseMessage> SendAsync(

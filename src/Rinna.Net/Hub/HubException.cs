@@ -38,6 +38,9 @@ public class HubException : RinnaException
     /// <summary>The hub could not be reached or kept failing (timeouts, HTTP 429, 5xx) until the retries ran out.</summary>
     internal bool IsTransient { get; init; }
 
+    /// <summary>What went wrong, without the repository and file prefix, for a later message that cites this failure.</summary>
+    internal string? Reason { get; init; }
+
     private static string Compose(string repoId, string? revision, string? fileName, string message)
     {
         var where = $"'{repoId}' at revision '{revision ?? HubClient.DefaultRevision}'";

@@ -30,6 +30,38 @@ public class HubOptions
     /// <summary>Hub endpoint; <c>null</c> means <c>HF_ENDPOINT</c>, then <c>https://huggingface.co</c>.</summary>
     public string? Endpoint { get; set; }
 
+    /// <summary>
+    /// Longest wait for the hub to answer one metadata request (the <c>HEAD</c> that finds a file's commit, etag and size)
+    /// before it is retried; <c>null</c> means <c>HF_HUB_ETAG_TIMEOUT</c> (seconds), then 10 s, as in huggingface_hub.
+    /// </summary>
+    public TimeSpan? MetadataTimeout { get; set; }
+
+    /// <summary>
+    /// Longest wait for the next bytes of a download (an idle timeout) before the transfer is resumed on a new connection;
+    /// <c>null</c> means <c>HF_HUB_DOWNLOAD_TIMEOUT</c> (seconds), then 10 s, as in huggingface_hub.
+    /// </summary>
+    public TimeSpan? DownloadTimeout { get; set; }
+
+    /// <summary>
+    /// Overall limit for one file's metadata request, redirects and retries included; past it the hub counts as unreachable
+    /// (the cache is used if it has the file). <c>null</c> means 2 minutes, more than the default timeouts and retries take.
+    /// </summary>
+    public TimeSpan? MetadataDeadline { get; set; }
+
+    /// <summary>
+    /// Overall limit for downloading one file, retries and resumptions included, so a server that trickles bytes cannot hold
+    /// a load forever; the partial file is kept for a later call to resume. <c>null</c> means one minute plus the time the
+    /// file's size takes at 64 KiB/s (about 32 hours for a 7.4 GB checkpoint, 2 minutes for a 4 MB tokenizer model).
+    /// </summary>
+    public TimeSpan? DownloadDeadline { get; set; }
+
+    /// <summary>
+    /// The largest file a download may write, in bytes: a file announced larger is refused before anything is downloaded, and
+    /// a download whose size the server does not announce stops when it reaches this. <c>null</c> means 50 GiB, the hub's own
+    /// limit for one file (huggingface_hub has no such setting).
+    /// </summary>
+    public long? MaxFileSize { get; set; }
+
     /// <summary>Reports download progress (file, bytes, total, rate) while files are fetched from the hub.</summary>
     public IProgress<DownloadProgress>? DownloadProgress { get; set; }
 

@@ -76,9 +76,7 @@ internal sealed class HubResolution
             return;
         }
         if (await GetFileAsync(PytorchFile, required: false).ConfigureAwait(false) is null)
-            throw Error(null, 404,
-                $"the repository has no weights: none of {SafetensorsFile}, {SafetensorsIndexFile} or {PytorchFile} exists"
-                + (settings.Offline ? " in the cache (offline)" : "") + ".");
+            throw NoneFound("weights", $"{SafetensorsFile}, {SafetensorsIndexFile} or {PytorchFile}");
     }
 
     private async Task ResolveTokenizerFilesAsync()
@@ -87,8 +85,20 @@ internal sealed class HubResolution
         foreach (var file in TokenizerFiles)
             if (await GetFileAsync(file, required: false).ConfigureAwait(false) is not null) found.Add(file);
         if (!found.Intersect(TokenizerModelFiles).Any())
-            throw Error(null, 404,
-                $"no tokenizer: neither {string.Join(" nor ", TokenizerModelFiles)} exists" + (settings.Offline ? " in the cache (offline)" : "") + ".");
+            throw NoneFound("tokenizer model", string.Join(" or ", TokenizerModelFiles));
+    }
+
+    /// <summary>
+    /// None of the files that can provide something exists. When the hub could not be asked, that is what the caller must
+    /// hear (with the network error inside), not that the repository lacks them.
+    /// </summary>
+    private HubException NoneFound(string what, string files)
+    {
+        if (networkFailure is { } failure)
+            return new HubException(repoId, settings.Revision, null, failure.StatusCode,
+                Scrub($"the hub could not be reached ({(failure.Reason ?? failure.Message).TrimEnd('.')}), and the cache holds no {what} ({files}) of this revision."),
+                failure.InnerException ?? failure) { IsTransient = true, Reason = failure.Reason };
+        return Error(null, 404, $"the repository has no {what}: none of {files} exists" + (settings.Offline ? " in the cache (offline)." : "."));
     }
 
     private async Task ResolveAdapterFilesAsync()
@@ -124,7 +134,7 @@ internal sealed class HubResolution
         {
             throw Error(SafetensorsIndexFile, null, $"the shard index is not valid JSON: {ex.Message}", ex);
         }
-        catch (IOException ex)
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw Error(SafetensorsIndexFile, null, $"cannot read the shard index: {ex.Message}", ex);
         }
@@ -132,6 +142,21 @@ internal sealed class HubResolution
 
     /// <summary>Brings one file into the snapshot and returns its path, or <c>null</c> when an optional file does not exist.</summary>
     private async Task<string?> GetFileAsync(string fileName, bool required)
+    {
+        try
+        {
+            return await GetFileCoreAsync(fileName, required).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            // A read-only, full or damaged cache directory: the caller needs the path, not a bare file-system error.
+            throw Error(fileName, null,
+                $"the cache '{settings.CacheDir}' cannot be used ({ex.Message.TrimEnd('.')}). Check its permissions and free space, or choose another "
+                + "directory (HubOptions.CacheDir or HF_HUB_CACHE).", ex);
+        }
+    }
+
+    private async Task<string?> GetFileCoreAsync(string fileName, bool required)
     {
         cancellationToken.ThrowIfCancellationRequested();
         if (!HubNames.IsValidFileName(fileName))
@@ -149,7 +174,11 @@ internal sealed class HubResolution
         FileMetadata? metadata;
         try
         {
-            metadata = await WithRetriesAsync(fileName, () => FetchMetadataAsync(revision, fileName)).ConfigureAwait(false);
+            metadata = await WithRetriesAsync(
+                fileName,
+                settings.MetadataDeadline,
+                () => $"asking the hub about the file took longer than HubOptions.MetadataDeadline ({Duration(settings.MetadataDeadline)})",
+                token => FetchMetadataAsync(revision, fileName, token)).ConfigureAwait(false);
         }
         catch (HubException ex) when (ex.IsTransient)
         {
@@ -228,26 +257,31 @@ internal sealed class HubResolution
         }
     }
 
-    private sealed record FileMetadata(string Commit, string Etag, long Size, Uri Location);
+    /// <summary>What the hub says about one file.</summary>
+    /// <param name="Commit">The commit the revision resolved to.</param>
+    /// <param name="Etag">The blob's name: sha256 for LFS files, the git blob sha1 otherwise.</param>
+    /// <param name="Size">The announced size; <c>null</c> when the hub announced none (then the download is bounded by <see cref="HubOptions.MaxFileSize"/>).</param>
+    /// <param name="Location">Where the bytes are fetched: the CDN a redirect named, or the resolve URL itself.</param>
+    private sealed record FileMetadata(string Commit, string Etag, long? Size, Uri Location);
 
     /// <summary>
     /// HEAD on the resolve URL. Relative redirects (a renamed repository) are followed; an absolute one points at the CDN, and its
     /// response already carries the metadata. Returns <c>null</c> for an optional file the repository does not have.
     /// </summary>
-    private async Task<FileMetadata?> FetchMetadataAsync(string revision, string fileName)
+    private async Task<FileMetadata?> FetchMetadataAsync(string revision, string fileName, CancellationToken token)
     {
         var uri = HubNames.ResolveUrl(settings.Endpoint, repoId, revision, fileName);
         for (var hop = 0; hop <= MaxRedirects; hop++)
         {
-            using var response = await client.SendAsync(HttpMethod.Head, uri, settings, 0, settings.MetadataTimeout, cancellationToken).ConfigureAwait(false);
+            using var response = await client.SendAsync(HttpMethod.Head, uri, settings, 0, settings.MetadataTimeout, token).ConfigureAwait(false);
             var location = response.Headers.Location;
             if (IsRedirect(response.StatusCode) && location is not null && !location.IsAbsoluteUri)
             {
-                uri = new Uri(uri, location);
+                uri = RedirectTarget(fileName, uri, location);
                 continue;
             }
             if (IsRedirect(response.StatusCode) || response.IsSuccessStatusCode)
-                return ReadMetadata(response, fileName, location is { IsAbsoluteUri: true } ? location : uri);
+                return ReadMetadata(response, fileName, location is { IsAbsoluteUri: true } ? RedirectTarget(fileName, uri, location) : uri);
 
             var commit = Header(response, "X-Repo-Commit");
             if (IsEntryNotFound(response, commit))
@@ -269,16 +303,19 @@ internal sealed class HubResolution
     {
         var commit = Header(response, "X-Repo-Commit");
         var etag = NormalizeEtag(Header(response, "X-Linked-Etag") ?? response.Headers.ETag?.ToString());
+        // A redirect's own Content-Length is the length of its empty body, not the file's.
         var sizeText = Header(response, "X-Linked-Size");
-        long? size = sizeText is not null && long.TryParse(sizeText, out var linked) ? linked : response.Content.Headers.ContentLength;
-        if (commit is null || etag is null || size is null)
+        long? size = sizeText is null ? (IsRedirect(response.StatusCode) ? null : response.Content.Headers.ContentLength)
+            : long.TryParse(sizeText, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var linked) ? linked
+            : throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed X-Linked-Size '{Shorten(sizeText)}'.");
+        if (commit is null || etag is null)
             throw Error(fileName, (int)response.StatusCode,
-                $"the hub's answer lacks {(commit is null ? "X-Repo-Commit" : etag is null ? "ETag" : "the file size")}; is the endpoint '{settings.Endpoint}' a Hugging Face hub?");
+                $"the hub's answer lacks {(commit is null ? "X-Repo-Commit" : "ETag")}; is the endpoint '{settings.Endpoint}' a Hugging Face hub?");
         if (!HubNames.IsCommitHash(commit))
             throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed commit '{Shorten(commit)}'.");
         if (!HubNames.IsValidEtag(etag))
             throw Error(fileName, (int)response.StatusCode, $"the hub answered with a malformed etag '{Shorten(etag)}'.");
-        return new FileMetadata(commit, etag, size.Value, location);
+        return new FileMetadata(commit, etag, size, location);
     }
 
     /// <summary>
@@ -287,13 +324,24 @@ internal sealed class HubResolution
     /// </summary>
     private async Task DownloadBlobAsync(string fileName, FileMetadata metadata)
     {
+        if (metadata.Size > settings.MaxFileSize)
+            throw Error(fileName, null,
+                $"the hub announces {FormatBytes(metadata.Size.Value)}, more than HubOptions.MaxFileSize ({FormatBytes(settings.MaxFileSize)}); nothing was downloaded.");
         var incomplete = cache.IncompletePath(metadata.Etag);
         Directory.CreateDirectory(Path.GetDirectoryName(incomplete)!);
         var started = Stopwatch.StartNew();
         logger.LogInformation("Downloading {File} of {RepoId} ({Size} bytes) from {Host}", fileName, repoId, metadata.Size, metadata.Location.Host);
 
         using var sha256 = new RunningSha256();
-        await WithRetriesAsync(fileName, () => DownloadAttemptAsync(fileName, metadata, incomplete, sha256)).ConfigureAwait(false);
+        var deadline = settings.DownloadDeadlineFor(metadata.Size);
+        await WithRetriesAsync(
+            fileName,
+            deadline,
+            () => $"the download took longer than {(settings.DownloadDeadline is null ? "its default deadline" : "HubOptions.DownloadDeadline")} ({Duration(deadline)}) "
+                + $"with {FormatBytes(LengthOf(incomplete))}{(metadata.Size is { } size ? $" of {FormatBytes(size)}" : "")} received; "
+                + "the partial file is kept and a later call resumes it"
+                + (settings.DownloadDeadline is null ? " (HubOptions.DownloadDeadline allows more time)." : "."),
+            token => DownloadAttemptAsync(fileName, metadata, incomplete, sha256, token)).ConfigureAwait(false);
 
         var (checksum, actual) = HubNames.IsSha256(metadata.Etag) ? ("sha256", sha256.Finish())
             : HubNames.IsGitBlobSha1(metadata.Etag) ? ("git blob sha1", GitBlobSha1(incomplete))
@@ -304,11 +352,14 @@ internal sealed class HubResolution
             throw Error(fileName, null,
                 $"the downloaded file is corrupt: its {checksum} is {actual}, the hub announced {metadata.Etag}. The partial file was deleted; try again.");
         }
+        var length = LengthOf(incomplete);
         File.Move(incomplete, cache.BlobPath(metadata.Etag), overwrite: true);
         filesDownloaded++;
-        bytesDownloaded += metadata.Size;
-        logger.LogInformation("Downloaded {File} of {RepoId}: {Size} bytes in {Seconds:0.0} s", fileName, repoId, metadata.Size, started.Elapsed.TotalSeconds);
+        bytesDownloaded += length;
+        logger.LogInformation("Downloaded {File} of {RepoId}: {Size} bytes in {Seconds:0.0} s", fileName, repoId, length, started.Elapsed.TotalSeconds);
     }
+
+    private static long LengthOf(string path) => new FileInfo(path) is { Exists: true } info ? info.Length : 0;
 
     /// <summary>
     /// The git object id of a file, which the hub sends as the etag of files not stored in LFS (configs, tokenizer JSON):
@@ -332,16 +383,22 @@ internal sealed class HubResolution
         return Convert.ToHexStringLower(sha1.GetHashAndReset());
     }
 
-    /// <summary>One GET from where the <c>.incomplete</c> file ends; succeeds once the file has the announced size and is fully hashed.</summary>
-    private async Task<bool> DownloadAttemptAsync(string fileName, FileMetadata metadata, string incomplete, RunningSha256 sha256)
+    /// <summary>
+    /// One GET from where the <c>.incomplete</c> file ends; succeeds once the file has the announced size (or, with none announced,
+    /// the body ended) and is fully hashed. Free space is checked before anything is requested, and nothing past the announced
+    /// size, or past <see cref="HubOptions.MaxFileSize"/> when none was announced, is ever written.
+    /// </summary>
+    private async Task<bool> DownloadAttemptAsync(string fileName, FileMetadata metadata, string incomplete, RunningSha256 sha256, CancellationToken token)
     {
-        await using var file = new FileStream(incomplete, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.Read, 1, FileOptions.Asynchronous);
-        if (file.Length > metadata.Size) Truncate(file, sha256);
-        await sha256.CatchUpAsync(file, cancellationToken).ConfigureAwait(false);
+        await using var file = client.Storage.OpenIncomplete(incomplete);
+        var expected = metadata.Size;
+        if (file.Length > expected) Truncate(file, sha256);
+        await sha256.CatchUpAsync(file, token).ConfigureAwait(false);
 
-        if (file.Length < metadata.Size)
+        if (expected is null || file.Length < expected)
         {
-            using var response = await GetFollowingRedirectsAsync(fileName, metadata.Location, file.Length).ConfigureAwait(false);
+            if (expected is { } size) EnsureSpace(fileName, incomplete, size - file.Length);
+            using var response = await GetFollowingRedirectsAsync(fileName, metadata.Location, file.Length, token).ConfigureAwait(false);
             if (response.StatusCode == HttpStatusCode.RequestedRangeNotSatisfiable || (response.StatusCode == HttpStatusCode.OK && file.Length > 0))
             {
                 logger.LogInformation("The server did not resume {File} at byte {Offset} (HTTP {Status}); starting over", fileName, file.Length, (int)response.StatusCode);
@@ -358,31 +415,79 @@ internal sealed class HubResolution
                 throw ErrorFromResponse(response, fileName);
             }
 
-            var body = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false);
-            await CopyBodyAsync(body, file, sha256, fileName, metadata.Size).ConfigureAwait(false);
-            await file.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+            // What this response says the whole file holds: it must agree with the hub, and it sizes a file the hub did not.
+            if (response.Content.Headers.ContentLength is { } contentLength)
+            {
+                var end = file.Length + contentLength;
+                if (expected is { } announced && end != announced)
+                    throw Error(fileName, null,
+                        $"the hub announced {FormatBytes(announced)} but the download server sends {FormatBytes(end)}; nothing more was written.");
+                if (expected is null)
+                {
+                    if (end > settings.MaxFileSize)
+                        throw Error(fileName, null,
+                            $"the download server announces {FormatBytes(end)}, more than HubOptions.MaxFileSize ({FormatBytes(settings.MaxFileSize)}); nothing more was written.");
+                    EnsureSpace(fileName, incomplete, contentLength);
+                    expected = end;
+                }
+            }
+
+            await CopyBodyAsync(response, file, sha256, fileName, incomplete, expected, token).ConfigureAwait(false);
+            try
+            {
+                await file.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (IOException ex)
+            {
+                throw WriteFailed(fileName, incomplete, ex);
+            }
         }
 
-        if (file.Length < metadata.Size)
-            throw new HubTransientFailure(null, $"the connection ended after {file.Length} of {metadata.Size} bytes");
-        if (file.Length > metadata.Size)
-        {
-            Truncate(file, sha256);
-            throw Error(fileName, null, $"the server sent more than the announced {metadata.Size} bytes; the partial file was discarded.");
-        }
+        if (file.Length < expected)
+            throw new HubTransientFailure(null, $"the connection ended after {file.Length} of {expected} bytes");
         return true;
     }
 
-    private static void Truncate(FileStream file, RunningSha256 sha256)
+    /// <summary>
+    /// Refuses, before a byte is requested, a download that cannot fit. huggingface_hub only warns here; a warning does not
+    /// stop a multi-gigabyte file from filling the disk other programs need.
+    /// </summary>
+    private void EnsureSpace(string fileName, string incomplete, long neededBytes)
+    {
+        if (neededBytes <= 0) return;
+        var directory = Path.GetDirectoryName(incomplete)!;
+        if (client.Storage.AvailableBytes(directory) is { } free && free < neededBytes)
+            throw Error(fileName, null,
+                $"not enough disk space: the download needs {FormatBytes(neededBytes)} more in '{directory}', whose file system has {FormatBytes(free)} free. "
+                + "Free some space or move the cache (HubOptions.CacheDir or HF_HUB_CACHE); nothing was downloaded.");
+    }
+
+    private HubException WriteFailed(string fileName, string incomplete, IOException exception)
+    {
+        var free = client.Storage.AvailableBytes(Path.GetDirectoryName(incomplete)!);
+        var message = IsDiskFull(exception)
+            ? $"the disk is full: writing '{incomplete}' failed ({exception.Message}){(free is { } bytes ? $" with {FormatBytes(bytes)} free" : "")}. "
+              + "Free some space or move the cache (HubOptions.CacheDir or HF_HUB_CACHE); the partial file is kept and a later call resumes it."
+            : $"writing '{incomplete}' failed: {exception.Message}";
+        return Error(fileName, null, message, exception);
+    }
+
+    /// <summary>ENOSPC (28 on Linux and macOS), or Windows' ERROR_DISK_FULL and ERROR_HANDLE_DISK_FULL.</summary>
+    private static bool IsDiskFull(IOException exception) =>
+        exception.HResult is 28 or unchecked((int)0x80070070) or unchecked((int)0x80070027);
+
+    private static void Truncate(Stream file, RunningSha256 sha256)
     {
         file.SetLength(0);
         sha256.Reset();
     }
 
-    private async Task CopyBodyAsync(Stream body, FileStream file, RunningSha256 sha256, string fileName, long totalBytes)
+    private async Task CopyBodyAsync(
+        HttpResponseMessage response, Stream file, RunningSha256 sha256, string fileName, string incomplete, long? expected, CancellationToken token)
     {
+        var limit = expected ?? settings.MaxFileSize;
         var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
-        using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        using var idle = CancellationTokenSource.CreateLinkedTokenSource(token);
         var clock = Stopwatch.StartNew();
         var lastReport = TimeSpan.Zero;
         long received = 0;
@@ -390,6 +495,15 @@ internal sealed class HubResolution
         file.Seek(0, SeekOrigin.End);
         try
         {
+            Stream body;
+            try
+            {
+                body = await response.Content.ReadAsStreamAsync(token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException or HttpRequestException)
+            {
+                throw new HubTransientFailure(null, $"the connection was lost: {ex.Message}", ex);
+            }
             while (true)
             {
                 idle.CancelAfter(settings.ReadTimeout);
@@ -398,7 +512,7 @@ internal sealed class HubResolution
                 {
                     read = await body.ReadAsync(buffer, idle.Token).ConfigureAwait(false);
                 }
-                catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+                catch (OperationCanceledException ex) when (!token.IsCancellationRequested)
                 {
                     throw new HubTransientFailure(null, $"no data for {settings.ReadTimeout.TotalSeconds:0.#} s", ex);
                 }
@@ -408,17 +522,33 @@ internal sealed class HubResolution
                 }
                 if (read == 0) break;
 
+                // Not one byte past the size: a server that keeps sending must not fill the disk before the size check.
+                if (offset + received + read > limit)
+                {
+                    Truncate(file, sha256);
+                    throw Error(fileName, null, expected is not null
+                        ? $"the server sent more than the announced {FormatBytes(limit)}; the download was stopped there and the partial file discarded."
+                        : $"the server announced no size and sent more than HubOptions.MaxFileSize ({FormatBytes(limit)}); the download was stopped there and the partial file discarded.");
+                }
+
                 // Written whatever the token says: the file must end exactly where the hashed bytes end to stay resumable.
-                await file.WriteAsync(buffer.AsMemory(0, read), CancellationToken.None).ConfigureAwait(false);
+                try
+                {
+                    await file.WriteAsync(buffer.AsMemory(0, read), CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (IOException ex)
+                {
+                    throw WriteFailed(fileName, incomplete, ex);
+                }
                 sha256.Append(buffer.AsSpan(0, read));
                 received += read;
                 if (clock.Elapsed - lastReport >= ProgressInterval)
                 {
                     lastReport = clock.Elapsed;
-                    Report(fileName, offset + received, totalBytes, received, clock.Elapsed);
+                    Report(fileName, offset + received, expected ?? 0, received, clock.Elapsed);
                 }
             }
-            Report(fileName, offset + received, totalBytes, received, clock.Elapsed);
+            Report(fileName, offset + received, expected ?? offset + received, received, clock.Elapsed);
         }
         finally
         {
@@ -448,7 +578,7 @@ internal sealed class HubResolution
         }
 
         /// <summary>Hashes the part of the file not hashed yet; starts over if the file shrank underneath.</summary>
-        public async Task CatchUpAsync(FileStream file, CancellationToken cancellationToken)
+        public async Task CatchUpAsync(Stream file, CancellationToken cancellationToken)
         {
             if (file.Length < hashedBytes) Reset();
             var buffer = ArrayPool<byte>.Shared.Rent(1 << 20);
@@ -474,46 +604,110 @@ internal sealed class HubResolution
         progress?.Report(new DownloadProgress(fileName, onDisk, totalBytes, elapsed > TimeSpan.Zero ? received / elapsed.TotalSeconds : 0));
 
     /// <summary>GET that follows redirects itself, so the token (sent only to the endpoint's origin) never leaks to the CDN.</summary>
-    private async Task<HttpResponseMessage> GetFollowingRedirectsAsync(string fileName, Uri uri, long rangeStart)
+    private async Task<HttpResponseMessage> GetFollowingRedirectsAsync(string fileName, Uri uri, long rangeStart, CancellationToken token)
     {
         for (var hop = 0; hop <= MaxRedirects; hop++)
         {
-            var response = await client.SendAsync(HttpMethod.Get, uri, settings, rangeStart, settings.ReadTimeout, cancellationToken).ConfigureAwait(false);
+            var response = await client.SendAsync(HttpMethod.Get, uri, settings, rangeStart, settings.ReadTimeout, token).ConfigureAwait(false);
             if (!IsRedirect(response.StatusCode) || response.Headers.Location is not { } location) return response;
             response.Dispose();
-            uri = new Uri(uri, location);
+            uri = RedirectTarget(fileName, uri, location);
         }
         throw Error(fileName, null, $"more than {MaxRedirects} redirects.");
     }
 
-    private async Task<T> WithRetriesAsync<T>(string fileName, Func<Task<T>> attempt)
+    /// <summary>
+    /// Where a redirect leads, if it may be followed: http(s) only, and never from https down to http. requests (and so
+    /// huggingface_hub) follows a downgrade and only drops the token; here a file whose etag is no checksum would then rest on
+    /// an unauthenticated connection alone, and neither the hub nor its CDN ever redirects that way.
+    /// </summary>
+    private Uri RedirectTarget(string fileName, Uri from, Uri location)
+    {
+        Uri target;
+        try
+        {
+            target = new Uri(from, location);
+        }
+        catch (UriFormatException ex)
+        {
+            throw Error(fileName, null, $"refused a redirect from {from.Host} to a malformed location '{Shorten(location.OriginalString)}'.", ex);
+        }
+        if (target.Scheme is not ("http" or "https"))
+            throw Error(fileName, null,
+                $"refused a redirect from {from.Host} to '{Shorten(target.GetLeftPart(UriPartial.Path))}': only http and https locations are followed.");
+        if (from.Scheme == "https" && target.Scheme == "http")
+            throw Error(fileName, null,
+                $"refused a redirect from {from.Host} to '{Shorten(target.GetLeftPart(UriPartial.Path))}': a download that started on https never continues on plain http.");
+        return target;
+    }
+
+    /// <summary>
+    /// Runs one network step (a metadata request, or one file's download) with retries, within an overall deadline that
+    /// covers every attempt and every wait between them; the caller's cancellation ends it at once as itself.
+    /// </summary>
+    private async Task<T> WithRetriesAsync<T>(string fileName, TimeSpan deadline, Func<string> deadlineMessage, Func<CancellationToken, Task<T>> attempt)
     {
         var policy = client.RetryPolicy;
+        using var step = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        // CancelAfter accepts at most 2³²−2 ms (49 days); a longer deadline is none in practice.
+        if (deadline != Timeout.InfiniteTimeSpan && deadline < TimeSpan.FromDays(49)) step.CancelAfter(deadline);
+        HubException DeadlinePassed(Exception inner)
+        {
+            var reason = deadlineMessage();
+            return new HubException(repoId, settings.Revision, fileName, null, Scrub(reason), inner) { IsTransient = true, Reason = reason };
+        }
+
         for (var number = 1; ; number++)
         {
             try
             {
-                return await attempt().ConfigureAwait(false);
+                return await attempt(step.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException ex) when (step.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+            {
+                throw DeadlinePassed(ex);
             }
             catch (HubTransientFailure failure) when (number < policy.MaxAttempts)
             {
                 var delay = policy.DelayBefore(number, failure.RetryAfter);
                 logger.LogWarning("{File} of {RepoId}: {Reason}; retry {Retry} of {Retries} in {Delay:0.##} s",
                     fileName, repoId, failure.Message, number, policy.MaxAttempts - 1, delay.TotalSeconds);
-                await Task.Delay(delay, cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await Task.Delay(delay, step.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException ex) when (!cancellationToken.IsCancellationRequested)
+                {
+                    throw DeadlinePassed(ex);
+                }
             }
             catch (HubTransientFailure failure)
             {
                 var message = failure.StatusCode switch
                 {
-                    429 => $"rate limited by the hub (HTTP 429) after {number} attempts; wait a while, or pass a token (HubOptions.Token or HF_TOKEN) for a higher limit.",
+                    429 when settings.Token is null =>
+                        $"rate limited by the hub (HTTP 429) after {number} attempts; wait a while, or pass a token (HubOptions.Token or HF_TOKEN) for a higher limit.",
+                    429 => $"rate limited by the hub (HTTP 429) after {number} attempts, with the token's limit; wait a while and try again.",
                     { } status => $"the hub answered HTTP {status} after {number} attempts; try again later.",
                     null => $"{failure.Message} (after {number} attempts).",
                 };
-                throw new HubException(repoId, settings.Revision, fileName, failure.StatusCode, Scrub(message), failure.InnerException) { IsTransient = true };
+                throw new HubException(repoId, settings.Revision, fileName, failure.StatusCode, Scrub(message), failure.InnerException)
+                {
+                    IsTransient = true,
+                    Reason = Scrub(message),
+                };
             }
         }
     }
+
+    private static string Duration(TimeSpan span) =>
+        span == Timeout.InfiniteTimeSpan ? "none"
+        : span < TimeSpan.FromMinutes(2) ? $"{span.TotalSeconds.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture)} s"
+        : span < TimeSpan.FromHours(2) ? $"{span.TotalMinutes.ToString("0.#", System.Globalization.CultureInfo.InvariantCulture)} min"
+        : $"{span.TotalHours.ToString("0.#", System.Globalization.CultureInfo.InvariantCulture)} h";
+
+    private static string FormatBytes(long bytes) =>
+        string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes:N0} bytes ({bytes / 1e6:0.##} MB)");
 
     private static bool IsEntryNotFound(HttpResponseMessage response, string? commit) =>
         response.StatusCode == HttpStatusCode.NotFound

@@ -11,10 +11,35 @@ internal sealed record HubSettings(
     bool Offline,
     string Revision,
     TimeSpan MetadataTimeout,
-    TimeSpan ReadTimeout)
+    TimeSpan ReadTimeout,
+    TimeSpan MetadataDeadline,
+    TimeSpan? DownloadDeadline,
+    long MaxFileSize)
 {
     internal const string DefaultEndpoint = "https://huggingface.co";
     private static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// Above every metadata request's worst case under the default retries (6 × 10 s plus at most 40 s of waits), so by default
+    /// it only ends what the per-request timeouts cannot: a server that keeps asking for retries.
+    /// </summary>
+    internal static readonly TimeSpan DefaultMetadataDeadline = TimeSpan.FromMinutes(2);
+
+    /// <summary>The hub's own limit for one file (50 GB); rinna's largest checkpoint file is 7.4 GB.</summary>
+    internal const long DefaultMaxFileSize = 50L << 30;
+
+    /// <summary>The slowest average rate a download may keep when <see cref="HubOptions.DownloadDeadline"/> is not set.</summary>
+    internal const long MinimumDownloadRate = 64 << 10;
+
+    /// <summary>Headroom of the default download deadline for connecting, redirects and a few retries.</summary>
+    private static readonly TimeSpan DownloadDeadlineBase = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// The overall deadline of one file's download: <see cref="HubOptions.DownloadDeadline"/>, or one minute plus the time the
+    /// file takes at <see cref="MinimumDownloadRate"/>, so a trickling server ends in minutes for a config and hours for a checkpoint.
+    /// </summary>
+    public TimeSpan DownloadDeadlineFor(long? size) =>
+        DownloadDeadline ?? DownloadDeadlineBase + TimeSpan.FromSeconds((double)(size ?? MaxFileSize) / MinimumDownloadRate);
 
     public static HubSettings Resolve(HubOptions? options, Func<string, string?> environment)
     {
@@ -50,9 +75,20 @@ internal sealed record HubSettings(
             token,
             offline,
             options.Revision is { Length: > 0 } revision ? revision : HubClient.DefaultRevision,
-            Seconds(Env("HF_HUB_ETAG_TIMEOUT")) ?? DefaultTimeout,
-            Seconds(Env("HF_HUB_DOWNLOAD_TIMEOUT")) ?? DefaultTimeout);
+            Positive(options.MetadataTimeout, nameof(HubOptions.MetadataTimeout)) ?? Seconds(Env("HF_HUB_ETAG_TIMEOUT")) ?? DefaultTimeout,
+            Positive(options.DownloadTimeout, nameof(HubOptions.DownloadTimeout)) ?? Seconds(Env("HF_HUB_DOWNLOAD_TIMEOUT")) ?? DefaultTimeout,
+            Positive(options.MetadataDeadline, nameof(HubOptions.MetadataDeadline)) ?? DefaultMetadataDeadline,
+            Positive(options.DownloadDeadline, nameof(HubOptions.DownloadDeadline)),
+            options.MaxFileSize is { } maxFileSize
+                ? (maxFileSize > 0 ? maxFileSize : throw new ArgumentOutOfRangeException(nameof(options), maxFileSize, "HubOptions.MaxFileSize must be positive."))
+                : DefaultMaxFileSize);
     }
+
+    /// <summary>A time limit as the caller set it: positive, or <see cref="Timeout.InfiniteTimeSpan"/> for none.</summary>
+    private static TimeSpan? Positive(TimeSpan? value, string name) =>
+        value is null || value > TimeSpan.Zero || value == Timeout.InfiniteTimeSpan
+            ? value
+            : throw new ArgumentOutOfRangeException("options", value, $"HubOptions.{name} must be positive (or Timeout.InfiniteTimeSpan for no limit).");
 
     /// <summary>huggingface_hub's truthy spellings of a boolean environment variable.</summary>
     private static bool IsTrue(string? value) =>

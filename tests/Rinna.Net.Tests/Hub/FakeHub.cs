@@ -17,7 +17,20 @@ namespace Rinna.Net.Tests.Hub;
 /// A Hugging Face hub on 127.0.0.1 speaking the resolve protocol huggingface_hub relies on: HEAD/GET
 /// <c>/{org}/{name}/resolve/{revision}/{file}</c> with <c>X-Repo-Commit</c> and a git-sha1 <c>ETag</c> for small files, a 302 to
 /// a CDN at <c>localhost</c> (another host name, same listener) with <c>X-Linked-Etag</c> = sha256 and <c>X-Linked-Size</c>
-/// for LFS files, <c>X-Error-Code</c> on errors, and <c>Range</c> on the CDN. Faults are injected per test.
+/// for LFS files, <c>X-Error-Code</c> on errors, and <c>Range</c> on the CDN. Faults are injected per test, each naming one file:
+/// <list type="bullet">
+/// <item><b>cut</b>: <see cref="DropFile"/> sends some bytes, then drops the connection once; <see cref="StallFile"/> sends some,
+/// then sends nothing until the client hangs up.</item>
+/// <item><b>slow</b>: <see cref="TrickleFile"/> sends one byte every <see cref="TrickleInterval"/>, for ever.</item>
+/// <item><b>lying</b>: <see cref="CorruptFile"/> flips a byte (the etag lies); <see cref="SizeLie"/> announces a size off by a
+/// delta; <see cref="UnannouncedSizeFile"/> announces no size at all (no <c>X-Linked-Size</c>, no <c>Content-Length</c>).</item>
+/// <item><b>endless</b>: <see cref="EndlessFile"/> is sent without <c>Content-Length</c>, its content followed by zeros until the
+/// client hangs up (at most <see cref="EndlessLimitBytes"/>, so a client that never stops fails instead of filling the disk).</item>
+/// <item><b>redirecting</b>: <see cref="ResolveRedirect"/> sends the resolve request of an LFS file to any location (another
+/// scheme or host); <see cref="CdnRedirect"/> makes the CDN answer with a second redirect.</item>
+/// <item>anything else: <see cref="Intercept"/> answers a request itself; <see cref="IgnoreRange"/> serves whole files only.</item>
+/// </list>
+/// Slow and endless bodies apply to plain files (served by the resolve URL) and LFS files (served by the CDN) alike.
 /// </summary>
 internal sealed class FakeHub : IAsyncDisposable
 {
@@ -74,6 +87,29 @@ internal sealed class FakeHub : IAsyncDisposable
     /// <summary>The CDN answers every GET with the whole file (200), as a server without Range support does.</summary>
     public bool IgnoreRange { get; set; }
 
+    /// <summary>GETs of this file announce its size, then send one byte every <see cref="TrickleInterval"/> until the client hangs up.</summary>
+    public string? TrickleFile { get; set; }
+
+    public TimeSpan TrickleInterval { get; set; } = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>GETs of this file send no <c>Content-Length</c>: the content, then zeros until the client hangs up.</summary>
+    public string? EndlessFile { get; set; }
+
+    /// <summary>How many bytes past the content an endless body sends at most.</summary>
+    public long EndlessLimitBytes { get; set; } = 256L << 20;
+
+    /// <summary>Metadata of this file announces no size: neither <c>X-Linked-Size</c> nor <c>Content-Length</c>.</summary>
+    public string? UnannouncedSizeFile { get; set; }
+
+    /// <summary>Metadata of this file announces its size plus this delta (negative: less than the real size).</summary>
+    public (string File, long Delta)? SizeLie { get; set; }
+
+    /// <summary>The resolve request of this LFS file redirects to this location (with the real metadata headers).</summary>
+    public (string File, string Location)? ResolveRedirect { get; set; }
+
+    /// <summary>CDN GETs of this file answer 302 to this location instead of the content.</summary>
+    public (string File, string Location)? CdnRedirect { get; set; }
+
     public FakeRepo AddRepo(string repoId, params string[] sourceDirectories)
     {
         var repo = new FakeRepo(repoId);
@@ -119,18 +155,26 @@ internal sealed class FakeHub : IAsyncDisposable
         if (!repo.Files.TryGetValue(fileName, out var file))
             return Fail(response, 404, "EntryNotFound", $"{fileName} does not exist on \"{revision}\"");
 
+        long? announced = fileName == UnannouncedSizeFile ? null
+            : file.Content.Length + (SizeLie is { } lie && lie.File == fileName ? lie.Delta : 0);
         if (file.IsLfs)
         {
             response.StatusCode = 302;
-            response.Headers.Location = $"http://localhost:{Port}/cdn/{file.Sha256}?X-Amz-Signature=signed";
+            response.Headers.Location = ResolveRedirect is { } redirect && redirect.File == fileName
+                ? redirect.Location
+                : $"http://localhost:{Port}/cdn/{file.Sha256}?X-Amz-Signature=signed";
             response.Headers["X-Linked-Etag"] = $"\"{file.Sha256}\"";
-            response.Headers["X-Linked-Size"] = file.Content.Length.ToString();
+            if (announced is { } size) response.Headers["X-Linked-Size"] = size.ToString();
             response.Headers.ETag = $"\"{file.GitSha1}\"";
             return Task.CompletedTask;
         }
         response.Headers.ETag = $"\"{file.GitSha1}\"";
-        response.ContentLength = file.Content.Length;
-        return context.Request.Method == "HEAD" ? Task.CompletedTask : response.Body.WriteAsync(file.Content).AsTask();
+        if (context.Request.Method == "HEAD")
+        {
+            response.ContentLength = announced;
+            return Task.CompletedTask;
+        }
+        return SendBodyAsync(context, file.Name, file.Content, 0);
     }
 
     private async Task ServeCdnAsync(HttpContext context, string sha256)
@@ -149,12 +193,23 @@ internal sealed class FakeHub : IAsyncDisposable
             content = (byte[])content.Clone();
             content[content.Length / 2] ^= 0xFF;
         }
+        if (CdnRedirect is { } redirect && redirect.File == file.Name)
+        {
+            context.Response.StatusCode = 302;
+            context.Response.Headers.Location = redirect.Location;
+            return;
+        }
         long start = 0;
         if (!IgnoreRange && context.Request.Headers.Range.ToString() is { Length: > 0 } range)
         {
             start = long.Parse(range["bytes=".Length..].TrimEnd('-'));
             context.Response.StatusCode = 206;
             context.Response.Headers.ContentRange = $"bytes {start}-{content.Length - 1}/{content.Length}";
+        }
+        if (file.Name == TrickleFile || file.Name == EndlessFile)
+        {
+            await SendBodyAsync(context, file.Name, content, start);
+            return;
         }
         context.Response.ContentLength = content.Length - start;
 
@@ -181,6 +236,40 @@ internal sealed class FakeHub : IAsyncDisposable
             return;
         }
         await context.Response.Body.WriteAsync(content.AsMemory((int)start));
+    }
+
+    /// <summary>A GET's body: trickled, endless, or whole with its <c>Content-Length</c>.</summary>
+    private async Task SendBodyAsync(HttpContext context, string fileName, byte[] content, long start)
+    {
+        var response = context.Response;
+        var aborted = context.RequestAborted;
+        try
+        {
+            if (fileName == EndlessFile)
+            {
+                await response.Body.WriteAsync(content.AsMemory((int)start), aborted);
+                var zeros = new byte[64 << 10];
+                for (long sent = 0; sent < EndlessLimitBytes; sent += zeros.Length)
+                    await response.Body.WriteAsync(zeros, aborted);
+                return;
+            }
+            response.ContentLength = content.Length - start;
+            if (fileName == TrickleFile)
+            {
+                for (var at = (int)start; at < content.Length; at++)
+                {
+                    await response.Body.WriteAsync(content.AsMemory(at, 1), aborted);
+                    await response.Body.FlushAsync(aborted);
+                    await Task.Delay(TrickleInterval, aborted);
+                }
+                return;
+            }
+            await response.Body.WriteAsync(content.AsMemory((int)start), aborted);
+        }
+        catch (Exception ex) when (ex is OperationCanceledException or IOException || aborted.IsCancellationRequested)
+        {
+            // The client hung up, which is how every hostile body is meant to end.
+        }
     }
 
     private static Task Fail(HttpResponse response, int status, string errorCode, string message)

@@ -17,7 +17,7 @@ public sealed class FromPretrainedThroughHubTests : IAsyncLifetime, IDisposable
 
     public void Dispose() => sandbox.Dispose();
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("tiny-neox-rinna")]
     [InlineData("tiny-neox-pythia")]
     [InlineData("tiny-neox-rinna-bin")]
@@ -38,7 +38,7 @@ public sealed class FromPretrainedThroughHubTests : IAsyncLifetime, IDisposable
         Assert.Equal(requestsBefore, hub.Requests.Count);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task UnknownRepoIsAHubException()
     {
         using var client = sandbox.CreateClient();

@@ -29,7 +29,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
 
     private FakeRepo AddTinyRinna() => hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna"), Fixtures.Tokenizer("bilingual-lookalike"));
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task FreshDownloadLaysOutTheCacheLikeHuggingfaceHub()
     {
         var repo = AddTinyRinna();
@@ -58,7 +58,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains(sandbox.Logger.Lines, line => line.Contains("Downloaded model.safetensors"));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task SecondResolutionDownloadsNothingAndOfflineModesReuseTheCache()
     {
         AddTinyRinna();
@@ -81,7 +81,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Equal(requestsAfterDownload, hub.Requests.Count);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task ShardedCheckpointBringsEveryShardTheIndexNames()
     {
         var repo = hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-pythia"));
@@ -95,7 +95,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.False(File.Exists(Path.Combine(directory, "pytorch_model.bin")));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task PytorchBinIsTheFallbackWhenTheRevisionHasNoSafetensors()
     {
         var repo = hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna-bin"));
@@ -113,7 +113,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Equal(directory, offline);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task PullRequestRevisionIsEscapedInTheUrlAndCachedUnderRefsRefsPr()
     {
         const string prCommit = "aaaabbbbccccddddeeeeffff0000111122223333";
@@ -130,7 +130,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Equal(directory, await client.ResolveAsync(RepoId, HubFileSet.Model, new HubOptions { Revision = "refs/pr/1", LocalFilesOnly = true }));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task DroppedConnectionResumesWithRangeAndTheResultIsVerified()
     {
         var repo = AddTinyRinna();
@@ -150,7 +150,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.False(File.Exists(incomplete));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task StalledTransfersTimeOutAndResume()
     {
         var repo = AddTinyRinna();
@@ -176,7 +176,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains(sandbox.Logger.Lines, line => line.Contains("no data for 0.3 s"));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task UnreachableHubWithoutACacheNamesTheHost()
     {
         using var client = sandbox.CreateClient();
@@ -189,7 +189,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains($"after {HubSandbox.FastRetries.MaxAttempts} attempts", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task ServerWithoutRangeSupportRestartsTheFileFromScratch()
     {
         var repo = AddTinyRinna();
@@ -206,7 +206,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains(hub.Requests, r => r.Host == "localhost" && r.Range == "bytes=1000-");
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task CorruptBodyIsRejectedAndNothingEntersTheSnapshot()
     {
         var repo = AddTinyRinna();
@@ -224,7 +224,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.False(File.Exists(Path.Combine(sandbox.SnapshotDir(RepoId), "model.safetensors")));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task TokenGoesToTheHubButNeverToTheRedirectHost()
     {
         const string token = "hf_ThisIsASecretToken1234567890";
@@ -239,7 +239,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.DoesNotContain(sandbox.Logger.Lines, line => line.Contains(token));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task TokenAndEndpointComeFromTheEnvironmentWhenOptionsAreUnset()
     {
         const string token = "hf_FromTheEnvironment0987654321";
@@ -252,7 +252,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.All(hub.Requests.Where(r => r.Host == "localhost"), r => Assert.Null(r.Authorization));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task GatedRepositoryWithoutTokenAsksForOne()
     {
         AddTinyRinna().RequiredToken = "hf_right";
@@ -267,7 +267,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains($"'{RepoId}' at revision 'main', file 'config.json'", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task RejectedTokenNeverAppearsInTheExceptionOrTheLogs()
     {
         const string wrongToken = "hf_WrongSecretValue5555555555";
@@ -291,7 +291,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.DoesNotContain(sandbox.Logger.Lines, line => line.Contains(wrongToken));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task UnknownRepositoryIsReportedWithItsId()
     {
         using var client = sandbox.CreateClient();
@@ -303,7 +303,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains("repository not found", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task UnknownRevisionIsReportedAsSuch()
     {
         AddTinyRinna();
@@ -317,7 +317,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains("'v9.9'", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task MissingRequiredFileIsA404NamingTheFile()
     {
         var repo = AddTinyRinna();
@@ -331,7 +331,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains("does not exist", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task RepositoryWithoutWeightsOrTokenizerSaysSo()
     {
         var repo = hub.AddRepo(RepoId);
@@ -346,7 +346,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains("spiece.model", tokenizer.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task RateLimitIsRetriedThenReported()
     {
         AddTinyRinna();
@@ -364,7 +364,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Equal(HubSandbox.FastRetries.MaxAttempts, hub.Requests.Count);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task ServerErrorsAreRetriedWithBackoff()
     {
         var repo = AddTinyRinna();
@@ -383,7 +383,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Contains(sandbox.Logger.Lines, line => line.Contains("HTTP 503") && line.Contains("retry 1"));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task UnreachableHubFallsBackToTheCache()
     {
         AddTinyRinna();
@@ -400,7 +400,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Equal(HubSandbox.FastRetries.MaxAttempts, hub.Requests.Count - requestsBefore); // one file's retries, then the cache only
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task CancellationMidFileLeavesAResumableIncompleteFile()
     {
         var repo = AddTinyRinna();
@@ -428,7 +428,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.True(size > 400_000);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task ConcurrentDownloadsOfOneFileProduceOneGoodBlob()
     {
         var repo = AddTinyRinna();
@@ -446,7 +446,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Empty(Directory.GetFiles(Path.Combine(sandbox.RepoDir(RepoId), "blobs"), "*.incomplete"));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task DownloadWaitsForTheLockHolderAndUsesTheBlobItWrote()
     {
         var repo = AddTinyRinna();
@@ -471,7 +471,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Equal(weights.Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("../../../escaped.safetensors")]
     [InlineData("/tmp/absolute.safetensors")]
     [InlineData("shards/../../escaped.safetensors")]
@@ -496,7 +496,7 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
         Assert.Empty(Directory.GetFiles("/tmp", "absolute.safetensors"));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task MalformedCommitFromTheServerNeverBecomesAPath()
     {
         AddTinyRinna().CommitHeader = "../../../outside";

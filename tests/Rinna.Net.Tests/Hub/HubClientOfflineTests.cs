@@ -51,7 +51,7 @@ public sealed class HubClientOfflineTests : IDisposable
         return snapshot;
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task SnapshotWrittenByPythonIsFoundWithLocalFilesOnly()
     {
         var snapshot = WritePythonCache();
@@ -65,7 +65,7 @@ public sealed class HubClientOfflineTests : IDisposable
             File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task HfHubOfflineAndHfHomeFindThePythonCache()
     {
         sandbox.Environment.Remove("HF_HUB_CACHE");
@@ -78,7 +78,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Equal(snapshot, await client.ResolveAsync(RepoId, HubFileSet.Model));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task TagsPullRequestRefsAndCommitHashesResolveOffline()
     {
         var snapshot = WritePythonCache("refs/pr/1");
@@ -91,7 +91,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Contains("'main'", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task LocalFilesOnlyWithoutACacheFailsClearlyWithoutNetwork()
     {
         using var client = sandbox.CreateClient();
@@ -106,7 +106,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Contains(sandbox.CacheDir, error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task OfflineWithAPartialCacheNamesTheMissingFile()
     {
         var snapshot = WritePythonCache();
@@ -120,7 +120,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Contains("offline", error.Message);
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task ExistingDirectoryIsUsedAsIs()
     {
         using var client = sandbox.CreateClient();
@@ -129,7 +129,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Equal(Path.GetFullPath(model), await client.ResolveAsync(model, HubFileSet.Model, new HubOptions { Endpoint = DeadEndpoint }));
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("./no/such/directory")]
     [InlineData("org/name/extra")]
     [InlineData("org--x/name")]
@@ -144,7 +144,7 @@ public sealed class HubClientOfflineTests : IDisposable
         Assert.Contains(modelIdOrPath, error.Message);
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("../../etc")]
     [InlineData("/main")]
     [InlineData("refs/../../x")]
@@ -240,6 +240,51 @@ public sealed class HubSettingsTests
         Assert.Equal(TimeSpan.FromSeconds(2.5), settings.MetadataTimeout);
         Assert.Equal(TimeSpan.FromSeconds(30), settings.ReadTimeout);
         Assert.Throws<ArgumentException>(() => Resolve(new() { ["HOME"] = "/h" }, new HubOptions { Endpoint = "ftp://x" }));
+    }
+
+    [Fact]
+    public void DownloadBoundsDefaultToTheHubsLimitsAndOptionsOverrideTheEnvironment()
+    {
+        var defaults = Resolve(new() { ["HOME"] = "/h" });
+        Assert.Equal(50L << 30, defaults.MaxFileSize);
+        Assert.Equal(TimeSpan.FromMinutes(2), defaults.MetadataDeadline);
+        Assert.Null(defaults.DownloadDeadline);
+        // One minute, plus the file at 64 KiB/s: a 3.69 MB tokenizer model gets about two minutes.
+        Assert.Equal(TimeSpan.FromSeconds(60 + 3_690_000 / 65536.0), defaults.DownloadDeadlineFor(3_690_000));
+        Assert.Equal(TimeSpan.FromSeconds(60 + (50L << 30) / 65536.0), defaults.DownloadDeadlineFor(null));
+
+        var set = Resolve(
+            new() { ["HOME"] = "/h", ["HF_HUB_ETAG_TIMEOUT"] = "7", ["HF_HUB_DOWNLOAD_TIMEOUT"] = "8" },
+            new HubOptions
+            {
+                MetadataTimeout = TimeSpan.FromSeconds(1),
+                DownloadTimeout = TimeSpan.FromSeconds(2),
+                MetadataDeadline = TimeSpan.FromSeconds(3),
+                DownloadDeadline = TimeSpan.FromSeconds(4),
+                MaxFileSize = 5,
+            });
+        Assert.Equal(TimeSpan.FromSeconds(1), set.MetadataTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(2), set.ReadTimeout);
+        Assert.Equal(TimeSpan.FromSeconds(3), set.MetadataDeadline);
+        Assert.Equal(TimeSpan.FromSeconds(4), set.DownloadDeadlineFor(7_000_000_000));
+        Assert.Equal(5, set.MaxFileSize);
+        Assert.Equal(Timeout.InfiniteTimeSpan, Resolve(new() { ["HOME"] = "/h" }, new HubOptions { DownloadDeadline = Timeout.InfiniteTimeSpan }).DownloadDeadlineFor(1));
+    }
+
+    [Theory]
+    [InlineData(nameof(HubOptions.MetadataTimeout))]
+    [InlineData(nameof(HubOptions.DownloadTimeout))]
+    [InlineData(nameof(HubOptions.MetadataDeadline))]
+    [InlineData(nameof(HubOptions.DownloadDeadline))]
+    [InlineData(nameof(HubOptions.MaxFileSize))]
+    public void ZeroOrNegativeBoundsAreRefusedNamingTheOption(string option)
+    {
+        var options = new HubOptions();
+        if (option == nameof(HubOptions.MaxFileSize)) options.MaxFileSize = 0;
+        else typeof(HubOptions).GetProperty(option)!.SetValue(options, TimeSpan.FromSeconds(-1));
+
+        var error = Assert.Throws<ArgumentOutOfRangeException>(() => Resolve(new() { ["HOME"] = "/h" }, options));
+        Assert.Contains($"HubOptions.{option}", error.Message);
     }
 
     [Theory]

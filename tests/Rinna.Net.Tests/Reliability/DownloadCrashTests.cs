@@ -36,7 +36,7 @@ public sealed class DownloadCrashTests : IAsyncLifetime
         LostTail,
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData(1, "model.safetensors", Damage.None)]
     [InlineData(2, "model.safetensors", Damage.ZeroedTail)]
     [InlineData(3, "model.safetensors", Damage.LostTail)]
@@ -121,7 +121,7 @@ public sealed class DownloadCrashTests : IAsyncLifetime
             Assert.Equal(repo.Files[name].Content, File.ReadAllBytes(Path.Combine(directory, name)));
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("model.safetensors", false)]
     [InlineData("model.safetensors", true)]
     [InlineData("config.json", false)]
@@ -150,7 +150,7 @@ public sealed class DownloadCrashTests : IAsyncLifetime
         Assert.False(File.Exists(blob + ".incomplete"));
     }
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task SnapshotLinkToADeletedBlobIsRepairedOnlineAndReportedOffline()
     {
         using var sandbox = new HubSandbox();
@@ -167,7 +167,7 @@ public sealed class DownloadCrashTests : IAsyncLifetime
         Assert.Equal(repo.Files["model.safetensors"].Content, File.ReadAllBytes(Path.Combine(directory, "model.safetensors")));
     }
 
-    [Theory]
+    [Theory(Timeout = HubSandbox.TestTimeoutMs)]
     [InlineData("model.safetensors", "X-Linked-Size", "+4096")] // LFS: the CDN serves less than announced
     [InlineData("model.safetensors", "X-Linked-Size", "-4096")] // LFS: the CDN serves more than announced
     [InlineData("model.safetensors", "X-Linked-Etag", "other content")] // LFS: the etag names other content

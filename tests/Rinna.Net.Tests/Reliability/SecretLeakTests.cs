@@ -26,7 +26,7 @@ public sealed class SecretLeakTests : IAsyncLifetime, IDisposable
 
     public void Dispose() => sandbox.Dispose();
 
-    [Fact]
+    [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task TokenNeverAppearsInLogsExceptionsOrFiles()
     {
         var repo = hub.AddRepo(RepoId, Fixtures.Model("tiny-neox-rinna"), Fixtures.Tokenizer("bilingual-lookalike"));
