@@ -38,7 +38,7 @@ public sealed class OpenAIEndpointTests : IAsyncLifetime
         await app.DisposeAsync();
     }
 
-    private static async Task<WebApplication> StartAsync(string modelId, ConcurrentQueue<string> logs)
+    internal static async Task<WebApplication> StartAsync(string modelId, ConcurrentQueue<string> logs)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders().AddProvider(new QueueLoggerProvider(logs));
@@ -58,7 +58,7 @@ public sealed class OpenAIEndpointTests : IAsyncLifetime
         return app;
     }
 
-    private static string Address(WebApplication app) =>
+    internal static string Address(WebApplication app) =>
         app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.Single();
 
     private ChatClient OpenAIChat() => new("rinna-demo", new ApiKeyCredential("not-needed"),
