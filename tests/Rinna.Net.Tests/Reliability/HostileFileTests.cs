@@ -117,6 +117,24 @@ public sealed class HostileFileTests : IDisposable
         AssertNoLargeAllocation(() => SafetensorsFile.Open(path).Dispose());
     }
 
+    [Fact]
+    public void AMessageQuotingAHugeTensorNameIsCut()
+    {
+        // The same 1 MB name declared twice: the error names the tensor, but not at the length of the name.
+        var name = new string('w', 1 << 20);
+        var header = $"{{\"{name}\":{{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}},\"{name}\":{{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}}}";
+        var path = Path.Combine(work.FullName, "model.safetensors");
+        var headerBytes = Encoding.UTF8.GetBytes(header);
+        var file = new byte[8 + headerBytes.Length + 8];
+        BinaryPrimitives.WriteInt64LittleEndian(file, headerBytes.Length);
+        headerBytes.CopyTo(file, 8);
+        File.WriteAllBytes(path, file);
+        var error = Assert.Throws<CheckpointException>(() => SafetensorsFile.Open(path).Dispose());
+        Assert.StartsWith($"{path}: tensor 'www", error.Message);
+        Assert.True(error.Message.Length <= RinnaException.MaxMessageLength, $"a message of {error.Message.Length} characters");
+        Assert.EndsWith("characters cut)", error.Message);
+    }
+
     [Theory]
     [InlineData(0x7FFF_FFFFUL)] // a pieces entry claiming 2 GiB
     [InlineData(1UL << 62)]
