@@ -87,6 +87,9 @@ internal sealed class PyTorchPickleFile : ITensorFile
             if (pickle.Length > MaxPickleBytes)
                 throw new CheckpointException(path, $"data.pkl is {pickle.Length} bytes; a state dict pickle is far smaller.");
             CheckExpansion(path, pickle);
+            long limit = MaxExpansion * fileLength + (64L << 20);
+            if (pickle.Length > limit)
+                throw new CheckpointException(path, $"data.pkl expands to {pickle.Length} bytes from a {fileLength}-byte file: a zip bomb or a corrupt archive.");
             var root = pickle.FullName[..^"/data.pkl".Length];
             var bytes = new byte[pickle.Length];
             using (var stream = pickle.Open()) stream.ReadExactly(bytes);
@@ -104,7 +107,6 @@ internal sealed class PyTorchPickleFile : ITensorFile
             foreach (var name in tensors.Keys) storages.Add(file.StorageEntry(name));
             long expanded = pickle.Length;
             foreach (var storage in storages) expanded += storage.Length;
-            long limit = MaxExpansion * fileLength + (64L << 20);
             if (expanded > limit)
                 throw new CheckpointException(path,
                     $"the archive's entries expand to {expanded} bytes from a {fileLength}-byte file, more than {MaxExpansion} times its size: a zip bomb or a corrupt archive.");

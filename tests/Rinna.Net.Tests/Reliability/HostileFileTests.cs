@@ -101,6 +101,20 @@ public sealed class HostileFileTests : IDisposable
         });
     }
 
+    [Fact]
+    public void ADeflatedPickleFarLargerThanItsArchiveIsRefusedUnread()
+    {
+        // 128 MiB of zeros deflate to about 128 KB: an honest zip whose data.pkl would be read whole into memory.
+        using (var zip = System.IO.Compression.ZipFile.Open(BinPath, System.IO.Compression.ZipArchiveMode.Create))
+        {
+            using var stream = zip.CreateEntry("archive/data.pkl", System.IO.Compression.CompressionLevel.Optimal).Open();
+            var zeros = new byte[1 << 20];
+            for (int i = 0; i < 128; i++) stream.Write(zeros);
+        }
+        var error = Assert.Throws<CheckpointException>(() => PyTorchPickleFile.Open(BinPath).Dispose());
+        Assert.Contains("data.pkl expands to 134217728 bytes", error.Message);
+    }
+
     [Theory]
     [InlineData("{\"w\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,16]}}")]
     [InlineData("{\"w\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,4000000000000]}}")]
