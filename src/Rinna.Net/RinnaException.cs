@@ -4,11 +4,25 @@ namespace Rinna.Net;
 /// <remarks>Argument validation of API calls uses the standard <see cref="ArgumentException"/> family instead.</remarks>
 public class RinnaException : Exception
 {
+    /// <summary>
+    /// The longest message kept: messages quote names from the files (tensors, pieces, fields), and a hostile file's
+    /// names may be megabytes long; the rest is cut and counted.
+    /// </summary>
+    public const int MaxMessageLength = 4096;
+
     /// <summary>Creates the exception with a message.</summary>
-    public RinnaException(string message) : base(message) { }
+    public RinnaException(string message) : base(Bound(message)) { }
 
     /// <summary>Creates the exception with a message and the exception that caused it.</summary>
-    public RinnaException(string message, Exception? innerException) : base(message, innerException) { }
+    public RinnaException(string message, Exception? innerException) : base(Bound(message), innerException) { }
+
+    private static string Bound(string message)
+    {
+        if (message is null || message.Length <= MaxMessageLength) return message!;
+        int kept = MaxMessageLength - 64;
+        if (char.IsHighSurrogate(message[kept - 1])) kept--;
+        return $"{message[..kept]}… ({message.Length - kept} more characters cut)";
+    }
 }
 
 /// <summary>A configuration file (<c>config.json</c>, <c>generation_config.json</c>, ...) is missing, unreadable or holds an invalid value.</summary>

@@ -68,8 +68,9 @@ public sealed class ModelCheckpoint : IDisposable
     /// <exception cref="CheckpointException">The tensor is absent or unreadable.</exception>
     public Tensor ReadTensor(string name, ScalarType? dtype = null)
     {
-        var entry = Owner(name)[name];
-        var tensor = empty(entry.Shape, dtype ?? entry.DType);
+        var owner = Owner(name);
+        var entry = owner[name];
+        var tensor = TensorAllocation.Empty(entry.Shape, dtype ?? entry.DType, owner.Path, name);
         try
         {
             ReadInto(name, tensor);

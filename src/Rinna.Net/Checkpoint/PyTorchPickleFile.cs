@@ -14,6 +14,12 @@ internal sealed class PyTorchPickleFile : ITensorFile
 {
     private const long MaxPickleBytes = 256L << 20;
 
+    /// <summary>
+    /// How many times its own size an archive may expand to. torch.save stores entries uncompressed (ratio 1) and floating
+    /// point weights hardly deflate, so only a zip bomb comes near: its storages are refused before they are allocated.
+    /// </summary>
+    private const long MaxExpansion = 16;
+
     private static readonly Dictionary<string, ScalarType> StorageTypes = new(StringComparer.Ordinal)
     {
         ["torch.FloatStorage"] = ScalarType.Float32,
@@ -48,9 +54,21 @@ internal sealed class PyTorchPickleFile : ITensorFile
     public static PyTorchPickleFile Open(string path)
     {
         ZipArchive archive;
+        long fileLength;
         try
         {
-            archive = ZipFile.OpenRead(path);
+            var (handle, length) = BoundedFile.OpenRegular(path);
+            fileLength = length;
+            var stream = new FileStream(handle, FileAccess.Read, 1 << 16);
+            try
+            {
+                archive = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: false);
+            }
+            catch
+            {
+                stream.Dispose();
+                throw;
+            }
         }
         catch (InvalidDataException ex)
         {
@@ -68,6 +86,10 @@ internal sealed class PyTorchPickleFile : ITensorFile
                 ?? throw new CheckpointException(path, "the archive has no '<root>/data.pkl' entry.");
             if (pickle.Length > MaxPickleBytes)
                 throw new CheckpointException(path, $"data.pkl is {pickle.Length} bytes; a state dict pickle is far smaller.");
+            CheckExpansion(path, pickle);
+            long limit = MaxExpansion * fileLength + (64L << 20);
+            if (pickle.Length > limit)
+                throw new CheckpointException(path, $"data.pkl expands to {pickle.Length} bytes from a {fileLength}-byte file: a zip bomb or a corrupt archive.");
             var root = pickle.FullName[..^"/data.pkl".Length];
             var bytes = new byte[pickle.Length];
             using (var stream = pickle.Open()) stream.ReadExactly(bytes);
@@ -81,7 +103,13 @@ internal sealed class PyTorchPickleFile : ITensorFile
             }
             var file = new PyTorchPickleFile(path, archive, root, tensors);
             // Every storage is checked against the archive before any tensor is allocated, as safetensors' header is.
-            foreach (var name in tensors.Keys) file.StorageEntry(name);
+            var storages = new HashSet<ZipArchiveEntry>();
+            foreach (var name in tensors.Keys) storages.Add(file.StorageEntry(name));
+            long expanded = pickle.Length;
+            foreach (var storage in storages) expanded += storage.Length;
+            if (expanded > limit)
+                throw new CheckpointException(path,
+                    $"the archive's entries expand to {expanded} bytes from a {fileLength}-byte file, more than {MaxExpansion} times its size: a zip bomb or a corrupt archive.");
             return file;
         }
         catch (Exception ex) when (ex is InvalidDataException or IOException or EndOfStreamException)
@@ -101,20 +129,45 @@ internal sealed class PyTorchPickleFile : ITensorFile
         var descriptor = Find(name);
         var entry = StorageEntry(name);
         int elementSize = ElementSize(descriptor.Entry.DType);
-        var storage = empty([entry.Length / elementSize], descriptor.Entry.DType);
+        // Only the elements this tensor spans are read: a storage shared with other tensors, or larger than its tensors
+        // need, costs nothing beyond them.
+        long extent = descriptor.RequiredStorageElements == 0 ? 0 : descriptor.RequiredStorageElements - descriptor.StorageOffset;
+        var storage = TensorAllocation.Empty([extent], descriptor.Entry.DType, Path, name);
         try
         {
-            using (var stream = entry.Open()) ReadAll(stream, storage, entry.Length);
-            using var strided = storage.as_strided(descriptor.Entry.Shape, descriptor.Stride, descriptor.StorageOffset);
+            if (extent > 0)
+            {
+                using var stream = entry.Open();
+                Skip(stream, descriptor.StorageOffset * elementSize);
+                ReadAll(stream, storage, extent * elementSize);
+            }
+            using var strided = storage.as_strided(descriptor.Entry.Shape, descriptor.Stride, 0);
             destination.copy_(strided);
         }
-        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException)
+        catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException or IOException)
         {
             throw new CheckpointException(Path, $"tensor '{name}': corrupt storage ({ex.Message}).", ex);
         }
         finally
         {
             storage.Dispose();
+        }
+    }
+
+    private static void Skip(Stream stream, long bytes)
+    {
+        if (bytes == 0) return;
+        if (stream.CanSeek)
+        {
+            stream.Seek(bytes, SeekOrigin.Current);
+            return;
+        }
+        var scratch = new byte[(int)Math.Min(bytes, 1 << 16)];
+        for (long left = bytes; left > 0;)
+        {
+            int read = stream.Read(scratch, 0, (int)Math.Min(left, scratch.Length));
+            if (read == 0) throw new EndOfStreamException($"the storage ends {left} bytes before the tensor's offset.");
+            left -= read;
         }
     }
 
@@ -126,16 +179,20 @@ internal sealed class PyTorchPickleFile : ITensorFile
         var descriptor = Find(name);
         var entryName = $"{root}/data/{descriptor.StorageKey}";
         var entry = archive.GetEntry(entryName) ?? throw new CheckpointException(Path, $"tensor '{name}': storage '{entryName}' is missing.");
-        // Deflate expands at most about 1032-fold, and torch.save stores entries uncompressed: a larger claimed size is a
-        // lie in the zip header, refused before the storage it claims is allocated.
-        if (entry.Length > entry.CompressedLength * 1032 + 1024)
-            throw new CheckpointException(Path,
-                $"tensor '{name}': storage '{entryName}' claims {entry.Length} bytes in {entry.CompressedLength} stored bytes; the archive is corrupt.");
+        CheckExpansion(Path, entry);
         int elementSize = ElementSize(descriptor.Entry.DType);
         if (entry.Length % elementSize != 0 || entry.Length / elementSize < descriptor.RequiredStorageElements)
             throw new CheckpointException(Path,
                 $"tensor '{name}': storage '{entryName}' has {entry.Length} bytes, too few for shape [{string.Join(", ", descriptor.Entry.Shape)}] at offset {descriptor.StorageOffset}.");
         return entry;
+    }
+
+    /// <summary>Deflate expands at most about 1032-fold: a larger claimed size is a lie in the zip header.</summary>
+    private static void CheckExpansion(string path, ZipArchiveEntry entry)
+    {
+        if (entry.Length > entry.CompressedLength * 1032 + 1024)
+            throw new CheckpointException(path,
+                $"'{entry.FullName}' claims {entry.Length} bytes in {entry.CompressedLength} stored bytes; the archive is corrupt.");
     }
 
     private TensorDescriptor Find(string name) =>

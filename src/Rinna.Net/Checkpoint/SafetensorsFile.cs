@@ -1,7 +1,6 @@
-using System.IO.MemoryMappedFiles;
-using System.Text;
-using System.Text.Json;
 using TorchSharp;
+using System.Text.Json;
+using Microsoft.Win32.SafeHandles;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Checkpoint;
@@ -20,26 +19,27 @@ public sealed record TensorEntry(string Name, ScalarType DType, long[] Shape, lo
 /// <summary>
 /// A <c>.safetensors</c> file read against the format specification: the header is parsed and validated
 /// (length bounds, dtypes, shape × element size == byte range, ranges inside the file and non-overlapping)
-/// before any tensor is touched, and tensor data is copied straight from a memory-mapped view into tensor storage.
+/// before any tensor is touched, and tensor data is read straight into tensor storage with positioned reads.
 /// </summary>
 /// <remarks>
-/// Each tensor is read through its own short-lived view, so mapped file pages leave the process's resident set as soon
-/// as the tensor is copied: loading a checkpoint never holds the file and the model in memory at once.
+/// The file is read, not memory-mapped: a mapped file truncated by another process while it is copied kills the process
+/// (SIGBUS), whereas a short read is an ordinary <see cref="CheckpointException"/>. Reads also copy faster than page faults
+/// on a mapping (see benchmarks/RESULTS.md), and the file's pages never count towards the process's resident set.
 /// </remarks>
 public sealed class SafetensorsFile : IDisposable
 {
     /// <summary>Largest header accepted (the reference implementation uses the same bound).</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
-    private readonly MemoryMappedFile map;
+    private readonly SafeFileHandle handle;
     private readonly Dictionary<string, (TensorEntry Entry, long Offset)> tensors;
     private bool disposed;
 
-    private SafetensorsFile(string path, MemoryMappedFile map,
+    private SafetensorsFile(string path, SafeFileHandle handle,
         Dictionary<string, (TensorEntry, long)> tensors, IReadOnlyDictionary<string, string> metadata)
     {
         Path = path;
-        this.map = map;
+        this.handle = handle;
         this.tensors = tensors;
         Metadata = metadata;
     }
@@ -64,29 +64,27 @@ public sealed class SafetensorsFile : IDisposable
     /// <exception cref="CheckpointException">The file is missing, truncated, a Git LFS pointer, or its header is invalid.</exception>
     public static SafetensorsFile Open(string path)
     {
-        FileStream stream;
+        SafeFileHandle handle;
+        long length;
         try
         {
-            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+            (handle, length) = BoundedFile.OpenRegular(path);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw new CheckpointException(path, $"cannot open the file ({ex.Message}).", ex);
         }
 
-        MemoryMappedFile? map = null;
         try
         {
-            long length = stream.Length;
-            var (headerLength, header) = ReadHeader(stream, path, length);
+            var (headerLength, header) = ReadHeader(handle, path, length);
             long dataStart = 8 + headerLength;
             var (tensors, metadata) = ParseHeader(header, path, length - dataStart, dataStart);
-            map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
-            return new SafetensorsFile(path, map, tensors, metadata);
+            return new SafetensorsFile(path, handle, tensors, metadata);
         }
         catch
         {
-            if (map is not null) map.Dispose(); else stream.Dispose();
+            handle.Dispose();
             throw;
         }
     }
@@ -108,7 +106,7 @@ public sealed class SafetensorsFile : IDisposable
         var target = dtype ?? entry.DType;
         if (target != entry.DType && (!ModelCheckpoint.IsFloatingPoint(entry.DType) || !ModelCheckpoint.IsFloatingPoint(target)))
             throw new CheckpointException(Path, $"tensor '{name}' is stored as {entry.DType} and cannot be converted to {target}.");
-        var tensor = empty(entry.Shape, target);
+        var tensor = TensorAllocation.Empty(entry.Shape, target, Path, name);
         try
         {
             ReadInto(name, tensor, chunkBytes);
@@ -134,35 +132,41 @@ public sealed class SafetensorsFile : IDisposable
             CopyInto(destination, offset, entry.ByteLength, chunkBytes);
             return;
         }
-        using var stored = empty(entry.Shape, entry.DType);
+        using var stored = TensorAllocation.Empty(entry.Shape, entry.DType, Path, name);
         CopyInto(stored, offset, entry.ByteLength, chunkBytes);
         destination.copy_(stored);
     }
 
-    /// <summary>Copies a byte range of the mapped file into a contiguous CPU tensor, in chunks a <see cref="Span{T}"/> can address.</summary>
-    private unsafe void CopyInto(Tensor destination, long fileOffset, long byteLength, int chunkBytes)
+    /// <summary>Reads a byte range of the file into a contiguous CPU tensor, in chunks a <see cref="Span{T}"/> can address.</summary>
+    /// <exception cref="CheckpointException">The file ends before the range does: it was truncated after it was opened.</exception>
+    private void CopyInto(Tensor destination, long fileOffset, long byteLength, int chunkBytes)
     {
         if (byteLength == 0) return;
         long elementSize = destination.ElementSize;
         using var flat = destination.view(-1);
         long elementsPerChunk = Math.Max(1, chunkBytes / elementSize);
-        using var view = map.CreateViewAccessor(fileOffset, byteLength, MemoryMappedFileAccess.Read);
-        byte* basePointer = null;
-        view.SafeMemoryMappedViewHandle.AcquirePointer(ref basePointer);
-        try
+        for (long first = 0; first * elementSize < byteLength; first += elementsPerChunk)
         {
-            basePointer += view.PointerOffset;
-            for (long first = 0; first * elementSize < byteLength; first += elementsPerChunk)
+            long count = Math.Min(elementsPerChunk, byteLength / elementSize - first);
+            using var chunk = flat.narrow(0, first, count);
+            var target = chunk.bytes;
+            long position = fileOffset + first * elementSize;
+            for (int done = 0; done < target.Length;)
             {
-                long count = Math.Min(elementsPerChunk, byteLength / elementSize - first);
-                using var chunk = flat.narrow(0, first, count);
-                var source = new ReadOnlySpan<byte>(basePointer + first * elementSize, checked((int)(count * elementSize)));
-                source.CopyTo(chunk.bytes);
+                int read;
+                try
+                {
+                    read = RandomAccess.Read(handle, target[done..], position + done);
+                }
+                catch (IOException ex)
+                {
+                    throw new CheckpointException(Path, $"cannot read the file at byte {position + done} ({ex.Message})", ex);
+                }
+                if (read == 0)
+                    throw new CheckpointException(Path,
+                        $"the file ends at byte {position + done}, inside tensor data that the header placed up to byte {fileOffset + byteLength}: it was truncated or replaced while it was read.");
+                done += read;
             }
-        }
-        finally
-        {
-            view.SafeMemoryMappedViewHandle.ReleasePointer();
         }
     }
 
@@ -171,17 +175,17 @@ public sealed class SafetensorsFile : IDisposable
     {
         if (disposed) return;
         disposed = true;
-        map.Dispose();
+        handle.Dispose();
     }
 
     private (TensorEntry Entry, long Offset) Find(string name) =>
         tensors.TryGetValue(name, out var found) ? found : throw new CheckpointException(Path, $"no tensor named '{name}'.");
 
 
-    private static (long Length, byte[] Header) ReadHeader(FileStream stream, string path, long fileLength)
+    private static (long Length, byte[] Header) ReadHeader(SafeFileHandle handle, string path, long fileLength)
     {
         Span<byte> prefix = stackalloc byte[8];
-        if (fileLength < 8 || stream.ReadAtLeast(prefix, 8, throwOnEndOfStream: false) < 8)
+        if (fileLength < 8 || ReadFully(handle, prefix, 0) < 8)
             throw new CheckpointException(path, $"truncated: the file has {fileLength} bytes, fewer than the 8-byte header length.");
         if (prefix.SequenceEqual("version "u8))
             throw new CheckpointException(path, "this is a Git LFS pointer file, not the weights. Fetch the real file (git lfs pull) or download the model.");
@@ -190,8 +194,21 @@ public sealed class SafetensorsFile : IDisposable
             throw new CheckpointException(path,
                 $"invalid header length {headerLength} (file has {fileLength} bytes; the header must fit and be at most {MaxHeaderBytes} bytes).");
         var header = new byte[headerLength];
-        stream.ReadExactly(header);
+        if (ReadFully(handle, header, 8) < header.Length)
+            throw new CheckpointException(path, $"truncated: the file ended inside the {headerLength}-byte header.");
         return (headerLength, header);
+    }
+
+    private static int ReadFully(SafeFileHandle handle, Span<byte> buffer, long offset)
+    {
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int read = RandomAccess.Read(handle, buffer[done..], offset + done);
+            if (read == 0) break;
+            done += read;
+        }
+        return done;
     }
 
     private static (Dictionary<string, (TensorEntry, long)>, IReadOnlyDictionary<string, string>) ParseHeader(

@@ -46,8 +46,10 @@ internal static class GptNeoXLoader
         var stored = entries["gpt_neox.embed_in.weight"].DType;
         var spec = options.DeviceMap ?? DeviceMapSpec.Cpu;
         var probeDType = ResolveDType(options.TorchDtype, stored, onCpu: false, logger).Compute;
-        var plan = DeviceMapPlanner.Plan(spec, Footprints(layout.Values, probeDType, quantization), ComputeDevice.DetectAvailable(), options.MaxMemory);
+        var footprints = Footprints(layout.Values, probeDType, quantization);
+        var plan = DeviceMapPlanner.Plan(spec, footprints, ComputeDevice.DetectAvailable(), options.MaxMemory);
         var (dtype, matrixDType) = ResolveDType(options.TorchDtype, stored, onCpu: plan.Values.Contains("cpu"), logger);
+        CheckMemory(checkpoint, footprints, plan, config);
         logger.LogInformation("Loading {Layers}-layer GPT-NeoX from {Files} ({Format}, stored {Stored}) as {DType}{Matrices}{Int8}, device map {Map}",
             config.NumHiddenLayers, string.Join(", ", checkpoint.Files), checkpoint.Format, stored, dtype,
             matrixDType != dtype ? $" with {matrixDType} matrices" : "", quantization.LoadIn8Bit ? " and int8 linear layers" : "", spec);
@@ -63,8 +65,8 @@ internal static class GptNeoXLoader
             var device = new Device(plan[weight.DeviceMapUnit]);
             // Checkpoint readers fill CPU memory; the weight moves to its device afterwards. Only float16 models stream
             // their matrices through the managed GEMV; an int8 model, float16 head included, keeps ordinary pages.
-            var tensor = WeightMemory.Allocate(weight.Shape, target, CPU, streamedPerToken: weight.IsLinearWeight
-                && target == ScalarType.Float16 && !quantization.LoadIn8Bit && device.type == TorchSharp.DeviceType.CPU);
+            var tensor = TensorAllocation.Guard(weight.Shape, target, string.Join(", ", checkpoint.Files), name, () => WeightMemory.Allocate(weight.Shape, target, CPU,
+                streamedPerToken: weight.IsLinearWeight && target == ScalarType.Float16 && !quantization.LoadIn8Bit && device.type == TorchSharp.DeviceType.CPU));
             try
             {
                 checkpoint.ReadInto(name, tensor);
@@ -78,8 +80,20 @@ internal static class GptNeoXLoader
             if (stored != target) WeightMemory.ReleaseFreed();
             if (device.type != TorchSharp.DeviceType.CPU)
             {
-                var moved = tensor.to(device);
-                tensor.Dispose();
+                Tensor moved;
+                try
+                {
+                    moved = tensor.to(device);
+                }
+                catch (System.Runtime.InteropServices.ExternalException ex)
+                {
+                    throw new CheckpointException(string.Join(", ", checkpoint.Files),
+                        $"tensor '{name}' ({TensorAllocation.Bytes(weight.Shape, target)} bytes) does not fit on {device}: {ex.Message.Split('\n')[0]}", ex);
+                }
+                finally
+                {
+                    tensor.Dispose();
+                }
                 tensor = moved;
             }
             options.LoadProgress?.Report(new LoadProgress(++loaded, layout.Count, name));
@@ -104,6 +118,27 @@ internal static class GptNeoXLoader
         if (merged is not null)
             logger.LogInformation("Merged LoRA adapter {Adapter} into {Layers} linear layers", merged.Directory, merged.Updates.Count);
         return model;
+    }
+
+    /// <summary>
+    /// Refuses a model whose weights for the cpu exceed the memory available, before any is allocated: a config and
+    /// checkpoint that agree on enormous sizes (a sparse file can claim terabytes) must fail as a checkpoint error, not
+    /// in the allocator or the OOM killer.
+    /// </summary>
+    private static void CheckMemory(ModelCheckpoint checkpoint, IReadOnlyList<ModuleFootprint> footprints,
+        IReadOnlyDictionary<string, string> plan, GptNeoXConfig config)
+    {
+        long onCpu = 0;
+        foreach (var module in footprints)
+        {
+            if (plan.TryGetValue(module.Name, out var device) && device == DeviceNames.Cpu)
+                onCpu = onCpu > long.MaxValue - module.Bytes ? long.MaxValue : onCpu + module.Bytes;
+        }
+        long available = MemoryInfo.AvailableBytes;
+        if (onCpu > available)
+            throw new CheckpointException(string.Join(", ", checkpoint.Files),
+                $"the weights config.json describes (hidden_size {config.HiddenSize}, {config.NumHiddenLayers} layers, vocab_size {config.VocabSize}) "
+                + $"take {onCpu} bytes in memory, more than the {available} bytes of memory available.");
     }
 
     private static LoraAdapter LoadAdapter(string adapter, IReadOnlyList<WeightSpec> layout)

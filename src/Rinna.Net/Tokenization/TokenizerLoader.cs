@@ -125,9 +125,9 @@ internal static class TokenizerLoader
         byte[] bytes;
         try
         {
-            bytes = File.ReadAllBytes(modelFile);
+            bytes = BoundedFile.ReadAllBytes(modelFile, SentencePieceModel.MaxFileBytes);
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new TokenizerException(modelFile, null, $"cannot read the SentencePiece model: {e.Message}", e);
         }
@@ -210,8 +210,7 @@ internal static class TokenizerLoader
         if (!File.Exists(path)) return null;
         try
         {
-            using var stream = File.OpenRead(path);
-            using var document = JsonDocument.Parse(stream);
+            using var document = JsonDocument.Parse(BoundedFile.ReadAllBytes(path));
             if (document.RootElement.ValueKind != JsonValueKind.Object)
                 throw new TokenizerException(path, null, $"expected a JSON object, found {document.RootElement.ValueKind}");
             if (JsonStrings.FindUnreadable(document.RootElement) is { } unreadable)
@@ -222,7 +221,7 @@ internal static class TokenizerLoader
         {
             throw new TokenizerException(path, null, $"invalid JSON: {e.Message}", e);
         }
-        catch (IOException e)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new TokenizerException(path, null, $"cannot read: {e.Message}", e);
         }

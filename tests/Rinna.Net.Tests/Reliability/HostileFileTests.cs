@@ -101,6 +101,20 @@ public sealed class HostileFileTests : IDisposable
         });
     }
 
+    [Fact]
+    public void ADeflatedPickleFarLargerThanItsArchiveIsRefusedUnread()
+    {
+        // 128 MiB of zeros deflate to about 128 KB: an honest zip whose data.pkl would be read whole into memory.
+        using (var zip = System.IO.Compression.ZipFile.Open(BinPath, System.IO.Compression.ZipArchiveMode.Create))
+        {
+            using var stream = zip.CreateEntry("archive/data.pkl", System.IO.Compression.CompressionLevel.Optimal).Open();
+            var zeros = new byte[1 << 20];
+            for (int i = 0; i < 128; i++) stream.Write(zeros);
+        }
+        var error = Assert.Throws<CheckpointException>(() => PyTorchPickleFile.Open(BinPath).Dispose());
+        Assert.Contains("data.pkl expands to 134217728 bytes", error.Message);
+    }
+
     [Theory]
     [InlineData("{\"w\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,16]}}")]
     [InlineData("{\"w\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,4000000000000]}}")]
@@ -115,6 +129,24 @@ public sealed class HostileFileTests : IDisposable
         headerBytes.CopyTo(file, 8);
         File.WriteAllBytes(path, file);
         AssertNoLargeAllocation(() => SafetensorsFile.Open(path).Dispose());
+    }
+
+    [Fact]
+    public void AMessageQuotingAHugeTensorNameIsCut()
+    {
+        // The same 1 MB name declared twice: the error names the tensor, but not at the length of the name.
+        var name = new string('w', 1 << 20);
+        var header = $"{{\"{name}\":{{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}},\"{name}\":{{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}}}";
+        var path = Path.Combine(work.FullName, "model.safetensors");
+        var headerBytes = Encoding.UTF8.GetBytes(header);
+        var file = new byte[8 + headerBytes.Length + 8];
+        BinaryPrimitives.WriteInt64LittleEndian(file, headerBytes.Length);
+        headerBytes.CopyTo(file, 8);
+        File.WriteAllBytes(path, file);
+        var error = Assert.Throws<CheckpointException>(() => SafetensorsFile.Open(path).Dispose());
+        Assert.StartsWith($"{path}: tensor 'www", error.Message);
+        Assert.True(error.Message.Length <= RinnaException.MaxMessageLength, $"a message of {error.Message.Length} characters");
+        Assert.EndsWith("characters cut)", error.Message);
     }
 
     [Theory]

@@ -122,9 +122,17 @@ internal sealed class LoraAdapter : IDisposable
     {
         if (!ModelCheckpoint.IsFloatingPoint(entry.DType))
             throw new CheckpointException(file.Path, $"'{key}' is {entry.DType}, not floating point.");
-        var tensor = empty(entry.Shape, ScalarType.Float32);
-        file.ReadInto(key, tensor);
-        return tensor;
+        var tensor = TensorAllocation.Empty(entry.Shape, ScalarType.Float32, file.Path, key);
+        try
+        {
+            file.ReadInto(key, tensor);
+            return tensor;
+        }
+        catch
+        {
+            tensor.Dispose();
+            throw;
+        }
     }
 
     public void Dispose()

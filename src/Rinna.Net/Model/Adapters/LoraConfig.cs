@@ -79,7 +79,7 @@ public sealed record LoraConfig
         string text;
         try
         {
-            text = File.ReadAllText(path);
+            text = BoundedFile.ReadAllText(path);
         }
         catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {

@@ -80,24 +80,14 @@ internal sealed class FastTokenizerDefinition
     {
         try
         {
-            FileSystemInfo info = new FileInfo(path);
-            if (info.LinkTarget is not null) info = info.ResolveLinkTarget(returnFinalTarget: true) ?? info;
-            if (info is not FileInfo { Exists: true } file) throw new TokenizerException(path, null, "not a regular file");
-            // Devices, pipes and procfs entries report size 0; opening a pipe would block, so they are refused unread.
-            if (file.Length == 0) throw new TokenizerException(path, null, "the file is empty or not a regular file");
-            if (file.Length > MaxFileBytes) throw new TokenizerException(path, null, $"{file.Length} bytes is above the {MaxFileBytes >> 20} MiB limit for a tokenizer.json");
-            using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-            var buffer = new byte[file.Length];
-            var total = 0;
-            while (total < buffer.Length)
+            // Devices and pipes are refused unopened by BoundedFile; an empty file cannot be a tokenizer either.
+            var (handle, length) = BoundedFile.OpenRegular(path);
+            using (handle)
             {
-                var read = stream.Read(buffer, total, buffer.Length - total);
-                if (read == 0) break;
-                total += read;
+                if (length == 0) throw new TokenizerException(path, null, "the file is empty or not a regular file");
+                if (length > MaxFileBytes) throw new TokenizerException(path, null, $"{length} bytes is above the {MaxFileBytes >> 20} MiB limit for a tokenizer.json");
+                return BoundedFile.ReadAll(handle, length, (int)MaxFileBytes);
             }
-
-            if (stream.ReadByte() >= 0) throw new TokenizerException(path, null, "the file grew while it was read");
-            return total == buffer.Length ? buffer : buffer[..total];
         }
         catch (IOException e)
         {

@@ -30,6 +30,18 @@ internal sealed record ModelProto(
 {
     private const string DefaultUnknownSurface = " \u2047 ";
 
+    /// <summary>
+    /// Most pieces accepted: the largest real vocabularies have about 262k; this leaves four times that and bounds the
+    /// id-indexed tables.
+    /// </summary>
+    public const int MaxPieces = 1 << 20;
+
+    /// <summary>
+    /// Longest piece accepted, in UTF-8 bytes. Trained pieces are at most <c>max_sentencepiece_length</c> characters
+    /// (16 by default) and user-defined symbols are short markers; a piece of megabytes only costs memory in the trie.
+    /// </summary>
+    public const int MaxPieceBytes = 4096;
+
     /// <summary>Parses a serialized <c>ModelProto</c>.</summary>
     /// <exception cref="FormatException">The bytes are not a well-formed model proto.</exception>
     public static ModelProto Parse(ReadOnlySpan<byte> bytes)
@@ -50,6 +62,7 @@ internal sealed record ModelProto(
             {
                 case 1:
                     ProtoWireReader.Expect(wire, ProtoWireReader.WireLengthDelimited, "pieces");
+                    if (pieces.Count == MaxPieces) throw new FormatException($"the model has more than {MaxPieces} pieces");
                     pieces.Add(ParsePiece(reader.ReadBytes(), pieces.Count));
                     break;
                 case 2:
@@ -88,7 +101,7 @@ internal sealed record ModelProto(
             {
                 case 1:
                     ProtoWireReader.Expect(wire, ProtoWireReader.WireLengthDelimited, "piece");
-                    piece = reader.ReadString();
+                    piece = reader.ReadString(MaxPieceBytes, $"piece {index}");
                     break;
                 case 2:
                     ProtoWireReader.Expect(wire, ProtoWireReader.WireFixed32, "score");

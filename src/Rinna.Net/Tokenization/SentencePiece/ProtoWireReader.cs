@@ -70,9 +70,13 @@ internal ref struct ProtoWireReader
         return slice;
     }
 
-    public string ReadString()
+    public string ReadString() => ReadString(int.MaxValue, "string field");
+
+    /// <summary>A string field of at most <paramref name="maxBytes"/> UTF-8 bytes, checked before it is decoded.</summary>
+    public string ReadString(int maxBytes, string what)
     {
         var bytes = ReadBytes();
+        if (bytes.Length > maxBytes) throw new FormatException($"{what} has {bytes.Length} bytes, more than the {maxBytes} a piece may have");
         try
         {
             return StrictUtf8.GetString(bytes);

@@ -24,6 +24,12 @@ internal sealed class SentencePieceModel
 {
     private const float UnknownPenalty = 10f;
 
+    /// <summary>
+    /// Largest model file read. Real models are far smaller (rinna's are about 0.8 MB; 250k-piece vocabularies such as
+    /// mT5's or Gemma's 4–5 MB), and the segmentation trie grows with the bytes of the pieces, so this bounds its memory.
+    /// </summary>
+    public const int MaxFileBytes = 16 << 20;
+
     private readonly string[] pieces;
     private readonly float[] scores;
     private readonly SentencePieceType[] types;
