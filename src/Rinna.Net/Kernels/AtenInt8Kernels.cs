@@ -85,15 +85,25 @@ internal static class AtenInt8Kernels
     /// <param name="threshold">Outlier threshold; zero or less means pure int8.</param>
     internal static Tensor Linear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
     {
-        if (!IsScriptAvailable || !IntMmAccepts(weight)) return FallbackLinear(x, weight, weightScale, bias, threshold);
-        if (SingleRowInt8.TryQuantize(x, threshold, out var quantized, out var scale))
+        bool script = IsScriptAvailable && IntMmAccepts(weight);
+        if ((script || Int8Gemv.IsPreferredForDecode) && SingleRowInt8.TryQuantize(x, threshold, out var quantized, out var scale))
         {
             using (quantized)
-            using (var accumulator = Compiled.Value.Unit!.invoke<Tensor>(ProductFunction, quantized, weight))
-                return SingleRowInt8.Rescale(accumulator, scale, weightScale, bias, x.dtype);
+            {
+                Tensor? accumulator = Int8Gemv.IsPreferredForDecode && Int8Gemv.TryMultiply(quantized, weight, out var managed) ? managed
+                    : script ? Product(quantized, weight) : null;
+                if (accumulator is not null)
+                    using (accumulator)
+                        return SingleRowInt8.Rescale(accumulator, scale, weightScale, bias, x.dtype);
+            }
         }
-        return ScriptLinear(x, weight, weightScale, bias, threshold);
+        return script ? ScriptLinear(x, weight, weightScale, bias, threshold) : FallbackLinear(x, weight, weightScale, bias, threshold);
     }
+
+    /// <summary>The integer product alone, <c>_int_mm(xq, weightᵀ)</c> (int8 → int32); throws when the script is unavailable.</summary>
+    internal static Tensor Product(Tensor quantized, Tensor weight) =>
+        (Compiled.Value.Unit ?? throw new InvalidOperationException($"TorchScript int8 kernels are unavailable: {ScriptFailure}"))
+            .invoke<Tensor>(ProductFunction, quantized, weight);
 
     /// <summary>The TorchScript path; throws when it is unavailable.</summary>
     internal static Tensor ScriptLinear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)

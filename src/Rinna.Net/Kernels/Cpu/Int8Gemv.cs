@@ -1,0 +1,213 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Rinna.Net.Native;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Kernels.Cpu;
+
+/// <summary>The widths of <see cref="Int8Gemv"/>'s dot products.</summary>
+internal enum Int8GemvVariant
+{
+    /// <summary>x64 with AVX-512 BW: 64 products per step with <c>vpmaddwd</c>.</summary>
+    Avx512,
+
+    /// <summary>x64 with AVX2: 32 products per step with <c>vpmaddwd</c> (no VNNI needed).</summary>
+    Avx2,
+
+    /// <summary>.NET's portable 128-bit vectors (NEON on Arm64, SSE on x64): widening multiplies.</summary>
+    Vector128,
+}
+
+/// <summary>
+/// The int8 × int8 → int32 product of LLM.int8() for one row of quantized activations (a decode step), in managed
+/// vector code on libtorch's OpenMP threads: <c>acc[n] = Σₖ W[n,k] · x[k]</c>, exactly what ATen's <c>_int_mm</c> returns.
+/// </summary>
+/// <remarks>
+/// Why: without VNNI, oneDNN's int8 GEMM behind <c>_int_mm</c> is compute-bound for a single row, and int8 decode ran
+/// several times slower than the memory bandwidth allows (benchmarks/RESULTS.md). A single-row product needs one
+/// multiply-add per weight byte; <c>vpmaddwd</c> on sign-extended bytes does 16 (AVX2) or 32 (AVX-512) of them per
+/// instruction, which keeps up with memory on any AVX2 CPU. Integer sums are exact in any order (|acc| ≤ 127²·K &lt; 2³¹
+/// for K &lt; 133,000), so every variant returns the same bits as <c>_int_mm</c>.
+/// </remarks>
+internal static unsafe class Int8Gemv
+{
+    /// <summary>Weights fetched ahead of use (4 KiB, one page), as in <see cref="Float16Gemv"/>.</summary>
+    private const int PrefetchAhead = 4096;
+
+    /// <summary>Each thread claims this share of the rows at a time: long contiguous weight streams, with some room for balancing.</summary>
+    private const int ClaimsPerThread = 4;
+
+    /// <summary>The longest row whose sums cannot overflow int32: 127² · K &lt; 2³¹.</summary>
+    private const int MaxColumns = 133_000;
+
+    /// <summary>The widest variant this CPU runs in hardware; <c>null</c> when none is (the caller then uses <c>_int_mm</c>).</summary>
+    public static Int8GemvVariant? DefaultVariant { get; } =
+        IsAccelerated(Int8GemvVariant.Avx512) ? Int8GemvVariant.Avx512
+        : IsAccelerated(Int8GemvVariant.Avx2) ? Int8GemvVariant.Avx2
+        : IsAccelerated(Int8GemvVariant.Vector128) ? Int8GemvVariant.Vector128
+        : null;
+
+    /// <summary>Whether this path can run: a variant in hardware and libtorch's OpenMP team found.</summary>
+    public static bool IsSupported { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
+
+    /// <summary>
+    /// Whether int8 decode steps use this kernel rather than <c>_int_mm</c>: on CPUs without VNNI, where oneDNN's single-row
+    /// product is compute-bound, or wherever the variant measured faster (benchmarks/RESULTS.md, <c>Int8GemvBenchmarks</c>).
+    /// <c>RINNA_INT8_GEMV=0</c> or <c>1</c> overrides the choice (to compare the two on a new CPU).
+    /// </summary>
+    public static bool IsPreferredForDecode { get; internal set; } = IsSupported && (Environment.GetEnvironmentVariable("RINNA_INT8_GEMV") switch
+    {
+        "0" => false,
+        "1" => true,
+        _ => !(AvxVnni.IsSupported || Avx10v1.IsSupported) || MeasuredFasterThanIntMmWithVnni,
+    });
+
+    /// <summary>Set from the measurement on a VNNI CPU: whether the managed product beat <c>_int_mm</c> there too.</summary>
+    private const bool MeasuredFasterThanIntMmWithVnni = false;
+
+    /// <summary>Whether the CPU runs <paramref name="variant"/> in hardware.</summary>
+    public static bool IsAccelerated(Int8GemvVariant variant) => variant switch
+    {
+        Int8GemvVariant.Avx512 => Avx512BW.IsSupported,
+        Int8GemvVariant.Avx2 => Avx2.IsSupported,
+        Int8GemvVariant.Vector128 => Vector128.IsHardwareAccelerated,
+        _ => false,
+    };
+
+    private struct Job
+    {
+        public sbyte* Weight;
+        public sbyte* Input;
+        public int* Output;
+        public int Rows;
+        public int Columns;
+        public int RowsPerClaim;
+        public int NextRow;
+        public Int8GemvVariant Variant;
+    }
+
+    /// <summary>
+    /// <c>x · Wᵀ</c> as int32 <c>[1, N]</c> for one contiguous CPU row <paramref name="x"/> <c>[1, K]</c> of int8 and the
+    /// contiguous int8 <paramref name="weight"/> <c>[N, K]</c>; false, doing nothing, for anything else.
+    /// </summary>
+    public static bool TryMultiply(Tensor x, Tensor weight, out Tensor result)
+    {
+        result = null!;
+        return IsSupported && TryMultiply(x, weight, out result, DefaultVariant!.Value);
+    }
+
+    /// <summary><see cref="TryMultiply(Tensor, Tensor, out Tensor)"/> with a chosen variant, which must be accelerated; for tests and benchmarks.</summary>
+    internal static bool TryMultiply(Tensor x, Tensor weight, out Tensor result, Int8GemvVariant variant)
+    {
+        result = null!;
+        if (!IsAccelerated(variant) || !LibTorchOpenMp.IsAvailable || !Eligible(x, weight)) return false;
+        int rows = (int)weight.size(0), columns = (int)weight.size(1);
+        var output = empty(1, rows, dtype: ScalarType.Int32);
+        fixed (byte* inputBytes = x.bytes)
+        fixed (byte* weightBytes = weight.bytes)
+        fixed (byte* outputBytes = output.bytes)
+        {
+            int threads = get_num_threads();
+            var job = new Job
+            {
+                Weight = (sbyte*)weightBytes, Input = (sbyte*)inputBytes, Output = (int*)outputBytes,
+                Rows = rows, Columns = columns, RowsPerClaim = Math.Max(16, rows / (ClaimsPerThread * threads)), Variant = variant,
+            };
+            LibTorchOpenMp.Run(&RunRows, &job, threads);
+        }
+        result = output;
+        return true;
+    }
+
+    private static bool Eligible(Tensor x, Tensor weight)
+    {
+        static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
+        return OnCpuContiguous(x) && x.dtype == ScalarType.Int8 && x.dim() == 2 && x.size(0) == 1
+            && OnCpuContiguous(weight) && weight.dtype == ScalarType.Int8 && weight.dim() == 2 && weight.size(1) == x.size(1)
+            && weight.size(1) <= MaxColumns && weight.numel() <= int.MaxValue;
+    }
+
+    [UnmanagedCallersOnly]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RunRows(void* state)
+    {
+        var job = (Job*)state;
+        int first;
+        while ((first = Interlocked.Add(ref job->NextRow, job->RowsPerClaim) - job->RowsPerClaim) < job->Rows)
+        {
+            int end = Math.Min(job->Rows, first + job->RowsPerClaim);
+            for (int row = first; row < end; row++)
+                job->Output[row] = Dot(job->Variant, job->Weight + (long)row * job->Columns, job->Input, job->Columns);
+        }
+    }
+
+    private static int Dot(Int8GemvVariant variant, sbyte* weight, sbyte* input, int columns) => variant switch
+    {
+        Int8GemvVariant.Avx512 => Dot512(weight, input, columns),
+        Int8GemvVariant.Avx2 => Dot256(weight, input, columns),
+        _ => Dot128(weight, input, columns),
+    };
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int Dot512(sbyte* weight, sbyte* input, int columns)
+    {
+        Vector512<int> a0 = default, a1 = default;
+        int c = 0;
+        for (; c + 64 <= columns; c += 64)
+        {
+            // Prefetches never fault, so running past the end of the weight is harmless.
+            Sse.Prefetch0(weight + c + PrefetchAhead);
+            a0 += Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(weight + c)),
+                Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(input + c)));
+            a1 += Avx512BW.MultiplyAddAdjacent(Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(weight + c + 32)),
+                Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(input + c + 32)));
+        }
+        int sum = Vector512.Sum(a0 + a1);
+        return sum + Tail(weight, input, c, columns);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int Dot256(sbyte* weight, sbyte* input, int columns)
+    {
+        Vector256<int> a0 = default, a1 = default;
+        int c = 0;
+        for (; c + 32 <= columns; c += 32)
+        {
+            Sse.Prefetch0(weight + c + PrefetchAhead);
+            a0 += Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight + c)),
+                Avx2.ConvertToVector256Int16(Sse2.LoadVector128(input + c)));
+            a1 += Avx2.MultiplyAddAdjacent(Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight + c + 16)),
+                Avx2.ConvertToVector256Int16(Sse2.LoadVector128(input + c + 16)));
+        }
+        int sum = Vector256.Sum(a0 + a1);
+        return sum + Tail(weight, input, c, columns);
+    }
+
+    /// <summary>Portable: products of sign-extended bytes fit int16 exactly (|w·x| ≤ 127²), then widen into int32 sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static int Dot128(sbyte* weight, sbyte* input, int columns)
+    {
+        Vector128<int> a0 = default, a1 = default;
+        int c = 0;
+        for (; c + 16 <= columns; c += 16)
+        {
+            var (wLow, wHigh) = Vector128.Widen(Vector128.Load(weight + c));
+            var (xLow, xHigh) = Vector128.Widen(Vector128.Load(input + c));
+            var (p0, p1) = Vector128.Widen(wLow * xLow);
+            var (p2, p3) = Vector128.Widen(wHigh * xHigh);
+            a0 += p0 + p1;
+            a1 += p2 + p3;
+        }
+        int sum = Vector128.Sum(a0 + a1);
+        return sum + Tail(weight, input, c, columns);
+    }
+
+    private static int Tail(sbyte* weight, sbyte* input, int from, int columns)
+    {
+        int sum = 0;
+        for (int c = from; c < columns; c++) sum += weight[c] * input[c];
+        return sum;
+    }
+}

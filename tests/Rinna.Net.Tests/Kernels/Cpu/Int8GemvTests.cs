@@ -1,0 +1,112 @@
+using Rinna.Net.Kernels;
+using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Native;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Tests.Kernels.Cpu;
+
+/// <summary>
+/// <see cref="Int8Gemv"/>, every variant on every machine where the CPU runs it, against ATen's <c>_int_mm</c> and
+/// against int64 sums: integer products must be equal bit for bit.
+/// </summary>
+public class Int8GemvTests
+{
+    public Int8GemvTests() => TorchSharpNativeLoader.EnsureInstalled();
+
+    public static TheoryData<string, int, int> Cases
+    {
+        get
+        {
+            // N, K: K below, at and past the 16-, 32- and 64-wide steps, odd and prime sizes, rinna-4b's long rows.
+            (int, int)[] shapes = [(1, 1), (3, 15), (17, 16), (5, 17), (9, 63), (33, 64), (2, 65), (100, 1031), (7, 11269), (1000, 256), (64, 2816)];
+            var data = new TheoryData<string, int, int>();
+            foreach (var variant in Enum.GetNames<Int8GemvVariant>())
+                foreach (var (n, k) in shapes) data.Add(variant, n, k);
+            return data;
+        }
+    }
+
+    private static (Tensor X, Tensor W) Operands(int n, int k, int seed)
+    {
+        var gen = new Generator((ulong)seed);
+        // The full int8 range, extremes included, as quantized activations and weights reach ±127.
+        var x = randint(-127, 128, [1, k], generator: gen).to(ScalarType.Int8);
+        var w = randint(-127, 128, [n, k], generator: gen).to(ScalarType.Int8);
+        return (x, w);
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void EqualsIntegerSumsExactly(string variantName, int n, int k)
+    {
+        var variant = Enum.Parse<Int8GemvVariant>(variantName);
+        if (!Int8Gemv.IsAccelerated(variant)) Assert.Skip($"{variant} is not accelerated on this CPU.");
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime was not found.");
+        using var scope = NewDisposeScope();
+        var (x, w) = Operands(n, k, n * 7919 + k);
+        Assert.True(Int8Gemv.TryMultiply(x, w, out var result, variant));
+        var expected = x.to(ScalarType.Int64).matmul(w.to(ScalarType.Int64).t()).to(ScalarType.Int32);
+        Assert.Equal(ScalarType.Int32, result.dtype);
+        Assert.Equal(new long[] { 1, n }, result.shape);
+        Assert.True(expected.eq(result).all().item<bool>(), $"{variant} {n}×{k} differs from the integer sums");
+    }
+
+    [Fact]
+    public void EqualsAtensIntMmOnRinna4bsShape()
+    {
+        if (Int8Gemv.DefaultVariant is not { } variant || !Int8Gemv.IsSupported) { Assert.Skip("no Int8Gemv variant runs on this CPU."); return; }
+        if (!AtenInt8Kernels.IsScriptAvailable) Assert.Skip($"the TorchScript int8 product is unavailable: {AtenInt8Kernels.ScriptFailure}");
+        using var scope = NewDisposeScope();
+        var (x, w) = Operands(2816, 11264, 3);
+        Assert.True(Int8Gemv.TryMultiply(x, w, out var managed, variant));
+        var aten = AtenInt8Kernels.Product(x, w);
+        Assert.True(aten.eq(managed).all().item<bool>());
+    }
+
+    [Fact]
+    public void RefusesWhatItDoesNotTake()
+    {
+        using var scope = NewDisposeScope();
+        var (x, w) = Operands(4, 32, 1);
+        Assert.False(Int8Gemv.TryMultiply(x.to(ScalarType.Float32), w, out _));
+        Assert.False(Int8Gemv.TryMultiply(x.repeat(2, 1), w, out _));           // two rows: the GEMM's job
+        Assert.False(Int8Gemv.TryMultiply(x[.., ..16], w, out _));              // K mismatch
+        Assert.False(Int8Gemv.TryMultiply(x, w.t(), out _));                    // not contiguous
+    }
+}
+
+/// <summary>The int8 layer's decode step through <see cref="Int8Gemv"/> equals the step through <c>_int_mm</c> bit for bit.</summary>
+[Collection(nameof(Int8GemvPreferenceCollection))]
+public class Int8GemvDecodeTests
+{
+    [Theory]
+    [InlineData(ScalarType.BFloat16, true)]
+    [InlineData(ScalarType.Float32, false)]
+    public void ADecodeRowThroughTheManagedProductEqualsTheIntMmPath(ScalarType dtype, bool withBias)
+    {
+        TorchSharpNativeLoader.EnsureInstalled();
+        if (!Int8Gemv.IsSupported) Assert.Skip("no Int8Gemv variant runs on this CPU.");
+        if (!AtenInt8Kernels.IsScriptAvailable) Assert.Skip($"the TorchScript int8 product is unavailable: {AtenInt8Kernels.ScriptFailure}");
+        using var scope = NewDisposeScope();
+        var gen = new Generator(5);
+        using var layer = new Rinna.Net.Model.Quantization.Int8Linear(randn(700, 2816, generator: gen) * 0.02, withBias ? randn(700, generator: gen) : null);
+        var x = randn(1, 2816, generator: gen).to(dtype);
+        bool preferred = Int8Gemv.IsPreferredForDecode;
+        try
+        {
+            Int8Gemv.IsPreferredForDecode = false;
+            var viaIntMm = layer.forward(x);
+            Int8Gemv.IsPreferredForDecode = true;
+            var viaManaged = layer.forward(x);
+            Assert.True(viaIntMm.eq(viaManaged).all().item<bool>(), "the two int8 decode paths differ");
+        }
+        finally
+        {
+            Int8Gemv.IsPreferredForDecode = preferred;
+        }
+    }
+}
+
+/// <summary>Tests that switch <see cref="Int8Gemv.IsPreferredForDecode"/> run one at a time.</summary>
+[CollectionDefinition(nameof(Int8GemvPreferenceCollection), DisableParallelization = true)]
+public sealed class Int8GemvPreferenceCollection;
