@@ -4,6 +4,7 @@ using System.Text;
 using Rinna.Net.Checkpoint;
 using Rinna.Net.Generation;
 using Rinna.Net.Model;
+using Rinna.Net.Model.Adapters;
 using Rinna.Net.Tokenization;
 using static TorchSharp.torch;
 
@@ -70,6 +71,30 @@ public sealed class ParserFuzzTests(ITestOutputHelper output) : IDisposable
             foreach (var name in checkpoint.Entries.Keys.Take(3))
             {
                 using var tensor = checkpoint.ReadTensor(name);
+            }
+        });
+    }
+
+    [Fact]
+    public void LoraAdapterConfigAndWeights()
+    {
+        var fixture = Fixtures.Path("adapters", "lora-tiny-rinna");
+        var config = File.ReadAllText(Path.Combine(fixture, "adapter_config.json"));
+        var weights = File.ReadAllBytes(Path.Combine(fixture, "adapter_model.safetensors"));
+        var layout = GptNeoXWeightLayout.For(GptNeoXConfig.FromFile(Path.Combine(Fixtures.Model("tiny-neox-rinna"), "config.json")));
+        var configPath = Path.Combine(work.FullName, "adapter_config.json");
+        var weightsPath = Path.Combine(work.FullName, "adapter_model.safetensors");
+
+        FuzzRunner.Run("adapter_config.json+adapter_model.safetensors", 1000, output, m =>
+        {
+            bool mutateConfig = m.Next(2) == 0;
+            File.WriteAllText(configPath, mutateConfig ? m.MutateJson(config) : config);
+            File.WriteAllBytes(weightsPath, mutateConfig ? weights : m.Next(3) == 0 ? weights[..m.Next(weights.Length)] : m.MutateBytes(weights));
+            // An adapter that loads must also merge: every update's delta is computed as the loader would.
+            using var adapter = LoraAdapter.Load(work.FullName, layout);
+            foreach (var update in adapter.Updates.Values)
+            {
+                using var delta = update.Delta();
             }
         });
     }

@@ -95,12 +95,16 @@ public sealed record LoraConfig
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(json) as JsonObject ?? throw new AdapterConfigException(sourceName, null, "expected a JSON object.");
+            // Duplicate keys are refused, as in config.json: two readers must not disagree on which value counts.
+            root = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { MaxDepth = 64, AllowDuplicateProperties = false }) as JsonObject
+                ?? throw new AdapterConfigException(sourceName, null, "expected a JSON object.");
         }
         catch (JsonException ex)
         {
             throw new AdapterConfigException(sourceName, null, $"not valid JSON ({ex.Message}).");
         }
+        if (JsonStrings.FindUnreadable(root) is { } unreadable)
+            throw new AdapterConfigException(sourceName, null, $"{unreadable} is not valid Unicode text (an escaped lone surrogate).");
         AdapterConfigException Bad(string field, string why) => new(sourceName, field, why);
 
         var peftType = Str(root, "peft_type", sourceName);
@@ -156,9 +160,8 @@ public sealed record LoraConfig
         IReadOnlyList<int>? layers = root["layers_to_transform"] switch
         {
             null => null,
-            JsonArray list => list.Select(n => n is not null && n.GetValueKind() == JsonValueKind.Number ? n.GetValue<int>()
-                : throw Bad("layers_to_transform", "expected an integer or a list of integers.")).ToArray(),
-            var node when node.GetValueKind() == JsonValueKind.Number => [node.GetValue<int>()],
+            JsonArray list => list.Select(n => LayerIndex(n, sourceName)).ToArray(),
+            var node when node.GetValueKind() == JsonValueKind.Number => [LayerIndex(node, sourceName)],
             _ => throw Bad("layers_to_transform", "expected an integer or a list of integers."),
         };
         IReadOnlyList<string>? layersPattern = root["layers_pattern"] switch
@@ -279,6 +282,12 @@ public sealed record LoraConfig
             throw new AdapterConfigException(source, field, $"expected a positive integer, got {value}.");
         return (int)value;
     }
+
+    private static int LayerIndex(JsonNode? node, string? source) =>
+        node is not null && node.GetValueKind() == JsonValueKind.Number && node.GetValue<double>() is var value
+            && value == Math.Floor(value) && value is >= 0 and <= int.MaxValue
+            ? (int)value
+            : throw new AdapterConfigException(source, "layers_to_transform", "expected a layer index (an integer from 0) or a list of them.");
 
     private static string[] StringList(JsonArray list, string field, string? source) =>
         list.Select(n => n is not null && n.GetValueKind() == JsonValueKind.String ? n.GetValue<string>()
