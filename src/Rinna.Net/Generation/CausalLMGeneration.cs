@@ -82,6 +82,23 @@ public static class CausalLMGeneration
             newTokens = clamped;
             config = config with { MaxNewTokens = newTokens };
         }
+        int rows = (int)inputIds.shape[0] * (config.NumBeams > 1 ? config.NumBeams : config.NumReturnSequences);
+        if (config.MaxCacheBytes is long budget)
+        {
+            long perToken = CacheBytesPerToken(model, rows);
+            long fits = budget / perToken;
+            if (fits < promptLength + 1L)
+                throw new ArgumentException($"The prompt of {promptLength} tokens needs {(promptLength + 1L) * perToken} bytes of KV cache to answer; "
+                    + $"GenerationConfig.MaxCacheBytes allows {budget}.", nameof(config));
+            if (promptLength + (long)newTokens > fits)
+            {
+                int clamped = (int)(fits - promptLength);
+                model.Logger.LogWarning("{Requested} new tokens after a {Prompt}-token prompt need more KV cache than MaxCacheBytes ({Budget} bytes) allows; generating at most {Clamped}",
+                    newTokens, promptLength, budget, clamped);
+                newTokens = clamped;
+                config = config with { MaxNewTokens = newTokens };
+            }
+        }
         // Room for the prompt and a short answer; the caches double as tokens come, so memory follows what is generated,
         // not what was asked for.
         int reserve = promptLength + Math.Min(newTokens, InitialAnswerReserve);
@@ -103,7 +120,7 @@ public static class CausalLMGeneration
             ids = ids.repeat_interleave(copies, 0);
             mask = mask.repeat_interleave(copies, 0);
         }
-        using var stepper = new ModelStepper(model, mask, reserve);
+        using var stepper = new ModelStepper(model, mask, reserve, promptLength + newTokens);
         Func<StreamingDecoder>? createDecoder = tokenizer is null ? null : () => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true);
         ILogitsProcessor[]? extra = tokenizer is not null && tokenizer.Count < model.Config.VocabSize
             ? [new VocabularyLimitLogitsProcessor(tokenizer.Count)]
@@ -119,6 +136,14 @@ public static class CausalLMGeneration
         output.Sequences.MoveToOuterDisposeScope();
         return output;
     }
+    /// <summary>KV cache bytes per token over all layers and rows: float32 keys (as HF keeps them) and values in the compute dtype.</summary>
+    private static long CacheBytesPerToken(GptNeoXForCausalLM model, int rows)
+    {
+        var c = model.Config;
+        long valueBytes = model.ComputeDType switch { ScalarType.Float32 => 4, _ => 2 };
+        return (long)rows * c.NumHiddenLayers * c.HiddenSize * (sizeof(float) + valueBytes);
+    }
+
     private static GenerationOutput Assisted(GptNeoXForCausalLM model, GptNeoXForCausalLM assistant, Tensor ids, Tensor mask, int reserve,
         ModelStepper stepper, GenerationConfig config, Func<StreamingDecoder>? createDecoder, Action<GenerationTracker>? onStep,
         IEnumerable<ILogitsProcessor>? extra, CancellationToken cancellationToken)

@@ -136,6 +136,14 @@ public sealed record GenerationConfig
     public int? PromptLookupNumTokens { get; init; }
 
     /// <summary>
+    /// The most bytes one generation's KV cache may hold, over all layers and rows (keys in float32, values in the
+    /// model's dtype); <c>null</c> sets no limit beyond the model's context. Not a Hugging Face setting: a server sets it
+    /// so that no request can take more memory than its share. A request whose prompt and new tokens would need more
+    /// generates as many tokens as fit, with a logged warning; a prompt that alone needs more is refused.
+    /// </summary>
+    public long? MaxCacheBytes { get; init; }
+
+    /// <summary>
     /// <c>num_assistant_tokens</c>: how many tokens an assistant model proposes per round at first (assisted decoding,
     /// <c>Generate(..., assistantModel: ...)</c>); <see cref="NumAssistantTokensSchedule"/> then adjusts it.
     /// </summary>
@@ -198,6 +206,7 @@ public sealed record GenerationConfig
             LengthPenalty = Pick(LengthPenalty, overrides.LengthPenalty, d.LengthPenalty),
             EarlyStopping = Pick(EarlyStopping, overrides.EarlyStopping, d.EarlyStopping),
             PromptLookupNumTokens = overrides.PromptLookupNumTokens ?? PromptLookupNumTokens,
+            MaxCacheBytes = overrides.MaxCacheBytes ?? MaxCacheBytes,
             NumAssistantTokens = Pick(NumAssistantTokens, overrides.NumAssistantTokens, d.NumAssistantTokens),
             NumAssistantTokensSchedule = Pick(NumAssistantTokensSchedule, overrides.NumAssistantTokensSchedule, d.NumAssistantTokensSchedule),
         };
@@ -261,6 +270,7 @@ public sealed record GenerationConfig
         if (!Enum.IsDefined(NumAssistantTokensSchedule))
             Fail(nameof(NumAssistantTokensSchedule), NumAssistantTokensSchedule, "it must be Heuristic, HeuristicTransient or Constant.");
         if (PromptLookupNumTokens is < 1) Fail(nameof(PromptLookupNumTokens), PromptLookupNumTokens, "it must be at least 1 (null disables it).");
+        if (MaxCacheBytes is < 1) Fail(nameof(MaxCacheBytes), MaxCacheBytes, "it must be positive (null sets no limit).");
         if (NumBeams > 1)
         {
             if (NumReturnSequences > NumBeams)

@@ -17,10 +17,11 @@ internal sealed class ModelStepper : IDisposable
     /// <param name="model">The model.</param>
     /// <param name="attentionMask">The prompts' mask <c>[batch, prompt]</c> (int64, on the model's device); copied.</param>
     /// <param name="reservedLength">Tokens to reserve cache room for.</param>
-    public ModelStepper(GptNeoXForCausalLM model, Tensor attentionMask, int reservedLength)
+    /// <param name="maxLength">The most tokens the cache will hold, so that growing never allocates past it.</param>
+    public ModelStepper(GptNeoXForCausalLM model, Tensor attentionMask, int reservedLength, int maxLength = int.MaxValue)
     {
         this.model = model;
-        cache = new KeyValueCache(model.Config.NumHiddenLayers, reservedLength);
+        cache = new KeyValueCache(model.Config.NumHiddenLayers, reservedLength, maxLength);
         mask = attentionMask.to(ScalarType.Int64).clone().DetachFromDisposeScope();
     }
 

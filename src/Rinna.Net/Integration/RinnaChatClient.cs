@@ -174,6 +174,7 @@ public sealed class RinnaChatClient : IChatClient
             RepetitionPenalty = repetitionPenalty,
             StopStrings = options?.StopSequences is { Count: > 0 } stops ? stops.ToArray() : null,
             Seed = options?.Seed,
+            MaxCacheBytes = defaults.MaxCacheBytes,
             EosTokenId = eosTokenId is int eos ? [eos] : null,
             PadTokenId = padTokenId,
         };

@@ -68,6 +68,12 @@ public sealed class RinnaOptions
     /// <summary>Default top-k (transformers' default: 50; 0 turns it off).</summary>
     public int TopK { get; set; } = 50;
 
+    /// <summary>
+    /// The most bytes of KV cache one request may hold (<see cref="Generation.GenerationConfig.MaxCacheBytes"/>); an answer
+    /// that would need more is cut short with a logged warning. <c>null</c> (the default) limits requests by the context only.
+    /// </summary>
+    public long? MaxCacheBytes { get; set; }
+
     /// <summary>Default repetition penalty (rinna's cards: 1.1).</summary>
     public double RepetitionPenalty { get; set; } = 1.1;
 

@@ -17,14 +17,19 @@ public sealed class KeyValueCache : IDisposable
     /// <summary>Creates an empty cache.</summary>
     /// <param name="layers">Number of attention layers.</param>
     /// <param name="reservedLength">Tokens to allocate room for up front (prompt + new tokens); 0 allocates what the first call needs.</param>
-    public KeyValueCache(int layers, int reservedLength = 0)
+    /// <param name="maxLength">The most tokens callers will store: growth by doubling stops there (a call that needs more still gets it).</param>
+    public KeyValueCache(int layers, int reservedLength = 0, int maxLength = int.MaxValue)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(layers);
         ArgumentOutOfRangeException.ThrowIfNegative(reservedLength);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
         keys = new Tensor?[layers];
         values = new Tensor?[layers];
         reserved = reservedLength;
+        this.maxLength = maxLength;
     }
+
+    private readonly int maxLength;
 
     /// <summary>Number of tokens cached.</summary>
     public int Length { get; private set; }
@@ -58,7 +63,8 @@ public sealed class KeyValueCache : IDisposable
     {
         var current = keys[layer];
         if (current is not null && current.size(2) >= needed && current.size(0) == batch) return (current, values[layer]!);
-        int capacity = Math.Max(needed, Math.Max(reserved, current is null ? 0 : 2 * (int)current.size(2)));
+        long doubled = current is null ? 0 : 2L * current.size(2);
+        int capacity = Math.Max(needed, (int)Math.Min(maxLength, Math.Max(reserved, doubled)));
         long[] shape = [batch, heads, capacity, headSize];
         var newKeys = zeros(shape, keyType, device).DetachFromDisposeScope();
         var newValues = zeros(shape, valueType, device).DetachFromDisposeScope();

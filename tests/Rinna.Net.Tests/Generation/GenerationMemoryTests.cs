@@ -50,4 +50,26 @@ public sealed class GenerationMemoryTests : IDisposable
         Assert.Equal(model.Config.MaxPositionEmbeddings, sequences.shape[1]);
         Assert.Equal(FinishReason.Length, output.Rows[0].FinishReason);
     }
+
+    [Fact]
+    public async Task MaxCacheBytesCutsTheAnswerWhereTheCacheWouldExceedIt()
+    {
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"));
+        var c = model.Config;
+        long perToken = (long)c.NumHiddenLayers * c.HiddenSize * (sizeof(float) + (model.ComputeDType == ScalarType.Float32 ? 4 : 2));
+        using var prompt = tensor(new long[] { 17, 301, 45, 99, 512 }).unsqueeze(0);
+        var greedy = new GenerationConfig { MaxNewTokens = 40 };
+        using var full = model.Generate(prompt, greedy).Sequences;
+        Assert.True(full.shape[1] > 12, "the greedy answer must be longer than the budget allows for this test to cut it");
+        // Room for the prompt and 7 new tokens: the answer is the greedy answer's first 7 tokens.
+        var output = model.Generate(prompt, greedy with { MaxCacheBytes = (5 + 7) * perToken + perToken / 2 });
+        Assert.Equal(5 + 7, output.Sequences.shape[1]);
+        Assert.True(full.narrow(1, 0, 12).eq(output.Sequences).all().item<bool>());
+        Assert.Equal(FinishReason.Length, output.Rows[0].FinishReason);
+        output.Sequences.Dispose();
+
+        var ex = Assert.Throws<ArgumentException>(() => model.Generate(prompt, greedy with { MaxCacheBytes = 5 * perToken }));
+        Assert.Contains("MaxCacheBytes", ex.Message);
+        Assert.Throws<ArgumentException>(() => model.Generate(prompt, greedy with { MaxCacheBytes = 0 }));
+    }
 }

@@ -40,4 +40,19 @@ public class KeyValueCacheTests
         Assert.True(k.narrow(2, 2, 1).equal(keys.narrow(2, 3, 1)).all().item<bool>());
         Assert.Throws<ArgumentOutOfRangeException>(() => cache.Truncate(3));
     }
+
+    [Fact]
+    public void GrowthByDoublingStopsAtTheMaximumLength()
+    {
+        using var cache = new KeyValueCache(1, reservedLength: 4, maxLength: 10);
+        using var token = ones(1, 2, 1, 2);
+        for (int past = 0; past < 10; past++)
+        {
+            cache.Write(0, token, token, past);
+            cache.Advance(1, 1);
+            // 4, then 8, then 10 rather than 16.
+            Assert.InRange(cache.Capacity, past + 1, 10);
+        }
+        Assert.Equal(10, cache.Capacity);
+    }
 }
