@@ -113,13 +113,24 @@ internal sealed record HubSettings(
         try
         {
             if (!File.Exists(path)) return null;
-            // At most a few KB: a token file that is a device or a huge file must not be read whole.
-            using var stream = File.OpenRead(path);
-            var buffer = new byte[MaxTokenFileBytes + 1];
-            int read = stream.ReadAtLeast(buffer, buffer.Length, throwOnEndOfStream: false);
-            if (read > MaxTokenFileBytes)
-                throw new ArgumentException($"The stored hub token file {path} is larger than {MaxTokenFileBytes} bytes; it is not a token.");
-            return System.Text.Encoding.UTF8.GetString(buffer, 0, read).Trim() is { Length: > 0 } token ? token : null;
+            // A regular file of at most a few KB: a device, a named pipe or a huge file must not be read (or waited on).
+            Microsoft.Win32.SafeHandles.SafeFileHandle handle;
+            long length;
+            try
+            {
+                (handle, length) = BoundedFile.OpenRegular(path);
+            }
+            catch (IOException ex)
+            {
+                throw new ArgumentException($"The stored hub token file {path} cannot be read as a token: {ex.Message}", ex);
+            }
+            using (handle)
+            {
+                if (length > MaxTokenFileBytes)
+                    throw new ArgumentException($"The stored hub token file {path} is larger than {MaxTokenFileBytes} bytes; it is not a token.");
+                var bytes = BoundedFile.ReadAll(handle, length, MaxTokenFileBytes);
+                return System.Text.Encoding.UTF8.GetString(bytes).Trim() is { Length: > 0 } token ? token : null;
+            }
         }
         catch (IOException)
         {

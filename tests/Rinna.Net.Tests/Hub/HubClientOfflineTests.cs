@@ -304,4 +304,23 @@ public sealed class HubSettingsTests
         var error = Assert.Throws<ArgumentException>(() => Resolve(new() { ["HOME"] = "/home/u", ["HF_TOKEN_PATH"] = "/dev/zero" }));
         Assert.Contains("/dev/zero", error.Message);
     }
+
+    [Fact]
+    public async Task AStoredTokenFileThatIsANamedPipeIsRefusedWithoutWaiting()
+    {
+        if (!OperatingSystem.IsLinux()) Assert.Skip("named pipes are made with mkfifo on Linux.");
+        var fifo = Path.Combine(Path.GetTempPath(), $"rinna-token-fifo-{Guid.NewGuid():N}");
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", fifo)) await mkfifo.WaitForExitAsync(TestContext.Current.CancellationToken);
+        try
+        {
+            // Opening a FIFO for reading blocks until a writer comes; the check must fail at once instead.
+            var resolve = Task.Run(() => Resolve(new() { ["HOME"] = "/home/u", ["HF_TOKEN_PATH"] = fifo }));
+            var error = await Assert.ThrowsAsync<ArgumentException>(() => resolve.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken));
+            Assert.Contains(fifo, error.Message);
+        }
+        finally
+        {
+            File.Delete(fifo);
+        }
+    }
 }
