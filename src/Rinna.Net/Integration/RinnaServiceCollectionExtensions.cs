@@ -34,6 +34,53 @@ public static class RinnaServiceCollectionExtensions
         return AddCore(services);
     }
 
+    /// <summary>
+    /// Adds a second (third, ...) model side by side with others: the same services as
+    /// <see cref="AddRinna(IServiceCollection, Action{RinnaOptions})"/> registered under <paramref name="serviceKey"/>
+    /// (resolve them with <c>GetRequiredKeyedService&lt;IChatClient&gt;(key)</c> or <c>[FromKeyedServices(key)]</c>), each
+    /// with its own options, load, retry and scheduler.
+    /// </summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="serviceKey">The key of this model's services; its string form names its options.</param>
+    /// <param name="configure">Sets this model's options.</param>
+    public static IServiceCollection AddKeyedRinna(this IServiceCollection services, object serviceKey, Action<RinnaOptions> configure)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configure);
+        services.Configure(OptionsName(serviceKey), configure);
+        return AddKeyedCore(services, serviceKey);
+    }
+
+    /// <summary>As <see cref="AddKeyedRinna(IServiceCollection, object, Action{RinnaOptions})"/>, binding the options from a configuration section.</summary>
+    public static IServiceCollection AddKeyedRinna(this IServiceCollection services, object serviceKey, IConfiguration configuration)
+    {
+        ArgumentNullException.ThrowIfNull(services);
+        ArgumentNullException.ThrowIfNull(configuration);
+        services.Configure<RinnaOptions>(OptionsName(serviceKey), configuration);
+        return AddKeyedCore(services, serviceKey);
+    }
+
+    private static string OptionsName(object serviceKey)
+    {
+        ArgumentNullException.ThrowIfNull(serviceKey);
+        return "Rinna:" + (serviceKey.ToString() is { Length: > 0 } name ? name
+            : throw new ArgumentException("The service key must have a non-empty string form (it names the options).", nameof(serviceKey)));
+    }
+
+    private static IServiceCollection AddKeyedCore(IServiceCollection services, object serviceKey)
+    {
+        string name = OptionsName(serviceKey);
+        if (services.Any(d => d.IsKeyedService && Equals(d.ServiceKey, serviceKey) && d.ServiceType == typeof(RinnaModelHost)))
+            throw new ArgumentException($"A Rinna model is already registered under the key '{serviceKey}'.", nameof(serviceKey));
+        services.AddKeyedSingleton(serviceKey, (sp, _) => new RinnaModelHost(
+            Options.Create(sp.GetRequiredService<IOptionsMonitor<RinnaOptions>>().Get(name)), sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()));
+        services.AddKeyedSingleton(serviceKey, (sp, key) => sp.GetRequiredKeyedService<RinnaModelHost>(key).GetAsync().GetAwaiter().GetResult().Model);
+        services.AddKeyedSingleton(serviceKey, (sp, key) => sp.GetRequiredKeyedService<RinnaModelHost>(key).GetAsync().GetAwaiter().GetResult().Tokenizer);
+        services.AddKeyedSingleton<IChatClient>(serviceKey, (sp, key) => new RinnaChatClient(sp.GetRequiredKeyedService<RinnaModelHost>(key)));
+        services.AddSingleton<IHostedService>(sp => new RinnaPreloader(sp.GetRequiredKeyedService<RinnaModelHost>(serviceKey)));
+        return services;
+    }
+
     private static IServiceCollection AddCore(IServiceCollection services)
     {
         services.TryAddSingleton<RinnaModelHost>();
@@ -46,11 +93,11 @@ public static class RinnaServiceCollectionExtensions
     }
 
     /// <summary>Loads the model while the host starts when <see cref="RinnaOptions.LoadOnStart"/> is set.</summary>
-    private sealed class RinnaPreloader(RinnaModelHost host, IOptions<RinnaOptions> options) : IHostedService
+    private sealed class RinnaPreloader(RinnaModelHost host) : IHostedService
     {
         public async Task StartAsync(CancellationToken cancellationToken)
         {
-            if (options.Value.LoadOnStart) await host.GetAsync(cancellationToken).ConfigureAwait(false);
+            if (host.Options.LoadOnStart) await host.GetAsync(cancellationToken).ConfigureAwait(false);
         }
 
         public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
