@@ -26,7 +26,16 @@ if (args is ["--serve-decode", var serveShape, var serveDType])
         decode.DecodeToken();
         Console.WriteLine((GenerationBenchmarks.DecodeSteps / clock.Elapsed.TotalSeconds).ToString("F3", CultureInfo.InvariantCulture));
     }
-    return;
+    return 0;
+}
+
+// --load-test [demo|pythia-160m] [clients] [seconds]: the endpoint under a crowd of clients (EndpointLoadTest).
+if (args is ["--load-test", ..])
+{
+    var shape = args.Length > 1 ? (args[1] == "demo" ? ModelShapes.Demo : args[1]) : ModelShapes.Demo;
+    int clients = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 32;
+    int seconds = args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 600;
+    return await EndpointLoadTest.RunAsync(shape, clients, seconds);
 }
 
 var isShort = args.Contains("--short");
@@ -49,3 +58,4 @@ var loadBefore = File.ReadAllText("/proc/loadavg");
 var summaries = BenchmarkSwitcher.FromAssembly(typeof(ModelShapes).Assembly).Run(args, config);
 var loadAfter = File.ReadAllText("/proc/loadavg");
 Report.Write(summaries.ToList(), isShort, loadBefore, loadAfter);
+return 0;
