@@ -70,21 +70,7 @@ public static class CausalLMGeneration
         if (inputIds.dim() != 2 || inputIds.shape[1] == 0)
             throw new ArgumentException($"input ids must be [batch, seq] with seq > 0; got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
         int promptLength = (int)inputIds.shape[1];
-        int newTokens = config.ResolveMaxNewTokens(promptLength);
-        int context = model.Config.MaxPositionEmbeddings;
-        // Positions past max_position_embeddings were never trained (RoPE scaling extends them), so a longer request is
-        // clamped with a warning, as transformers warns.
-        if (model.Config.RopeScaling is null && (long)promptLength + newTokens > context)
-        {
-            int clamped = Math.Max(1, context - promptLength);
-            model.Logger.LogWarning("{Requested} new tokens after a {Prompt}-token prompt exceed the model's {Context} positions; generating at most {Clamped}",
-                newTokens, promptLength, context, clamped);
-            newTokens = clamped;
-            config = config with { MaxNewTokens = newTokens };
-        }
-        // Room for the prompt and a short answer; the caches double as tokens come, so memory follows what is generated,
-        // not what was asked for.
-        int reserve = promptLength + Math.Min(newTokens, InitialAnswerReserve);
+        (config, int reserve) = FitToContext(model, config, promptLength);
         if (assistantModel is not null && (config.NumBeams > 1 || config.PromptLookupNumTokens is not null))
             throw new ArgumentException("An assistant model works with greedy decoding or sampling, not with beam search or prompt lookup.", nameof(assistantModel));
         if (config.NumBeams > 1 && onStep is not null)
@@ -119,6 +105,27 @@ public static class CausalLMGeneration
         output.Sequences.MoveToOuterDisposeScope();
         return output;
     }
+    /// <summary>
+    /// The settings with the answer clamped to the model's positions (with a warning, as transformers warns), and the
+    /// cache room to reserve: the prompt and a short answer, since caches double as tokens come, so memory follows
+    /// what is generated, not what was asked for.
+    /// </summary>
+    internal static (GenerationConfig Config, int Reserve) FitToContext(GptNeoXForCausalLM model, GenerationConfig config, int promptLength)
+    {
+        int newTokens = config.ResolveMaxNewTokens(promptLength);
+        int context = model.Config.MaxPositionEmbeddings;
+        // Positions past max_position_embeddings were never trained (RoPE scaling extends them).
+        if (model.Config.RopeScaling is null && (long)promptLength + newTokens > context)
+        {
+            int clamped = Math.Max(1, context - promptLength);
+            model.Logger.LogWarning("{Requested} new tokens after a {Prompt}-token prompt exceed the model's {Context} positions; generating at most {Clamped}",
+                newTokens, promptLength, context, clamped);
+            newTokens = clamped;
+            config = config with { MaxNewTokens = newTokens };
+        }
+        return (config, promptLength + Math.Min(newTokens, InitialAnswerReserve));
+    }
+
     private static GenerationOutput Assisted(GptNeoXForCausalLM model, GptNeoXForCausalLM assistant, Tensor ids, Tensor mask, int reserve,
         ModelStepper stepper, GenerationConfig config, Func<StreamingDecoder>? createDecoder, Action<GenerationTracker>? onStep,
         IEnumerable<ILogitsProcessor>? extra, CancellationToken cancellationToken)

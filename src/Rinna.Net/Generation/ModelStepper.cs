@@ -34,8 +34,36 @@ internal sealed class ModelStepper : IDisposable
     /// </summary>
     public Tensor Forward(Tensor tokens, bool allPositions = false)
     {
+        var (current, positions) = MaskAndPositions(tokens.size(1));
+        using var output = model.Forward(tokens, current, positions, cache, useCache: true, lastPositionOnly: !allPositions);
+        return allPositions ? output.Logits.clone() : output.Logits.select(1, 0).clone();
+    }
+
+    /// <summary>
+    /// Feeds one token to each of several single-sequence steppers of one model in one pass (continuous batching): the
+    /// linear layers run over all rows at once, and each row's attention, mask and positions are what
+    /// <see cref="Forward"/> would use for it alone. Returns the float32 logits, <c>[rows, vocab]</c>.
+    /// </summary>
+    /// <param name="rows">The steppers, each holding one sequence, all over the same model.</param>
+    /// <param name="tokens">One token per stepper, <c>[rows, 1]</c>.</param>
+    public static Tensor ForwardRows(IReadOnlyList<ModelStepper> rows, Tensor tokens)
+    {
+        if (rows.Count == 0) throw new ArgumentException("No rows to step.", nameof(rows));
+        var model = rows[0].model;
+        if (rows.Any(r => r.model != model || r.mask.size(0) != 1))
+            throw new ArgumentException("Rows stepped together must each hold one sequence of the same model.", nameof(rows));
+        using var scope = NewDisposeScope();
+        var inputs = rows.Select(r => r.MaskAndPositions(1)).ToArray();
+        var positions = cat(inputs.Select(i => i.Positions).ToArray(), 0);
+        return model.ForwardRows(tokens, rows.Select(r => r.cache).ToArray(), inputs.Select(i => (Tensor?)i.Mask).ToArray(), positions)
+            .MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The mask over the cached tokens and <paramref name="fed"/> new ones, and the new tokens' positions.</summary>
+    private (Tensor Mask, Tensor Positions) MaskAndPositions(long fed)
+    {
         int past = cache.Length;
-        long fed = tokens.size(1), total = past + fed;
+        long total = past + fed;
         if (mask.size(1) < total)
         {
             // Every token after the prompt is real, so the mask only ever grows by ones.
@@ -46,8 +74,7 @@ internal sealed class ModelStepper : IDisposable
         var current = mask.narrow(1, 0, total);
         // HF's prepare_inputs_for_generation: positions count real tokens only; pads get position 1.
         var positions = current.cumsum(-1).sub_(1).masked_fill_(current.eq(0), 1).narrow(1, past, fed);
-        using var output = model.Forward(tokens, current, positions, cache, useCache: true, lastPositionOnly: !allPositions);
-        return allPositions ? output.Logits.clone() : output.Logits.select(1, 0).clone();
+        return (current, positions);
     }
 
     /// <summary>Beam search: row <c>i</c> of the cache becomes old row <c>beamIndices[i]</c>.</summary>
