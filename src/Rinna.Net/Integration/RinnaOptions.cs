@@ -83,6 +83,14 @@ public sealed class RinnaOptions
     /// </summary>
     public TimeSpan LoadRetryDelay { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// The most requests decoded together in one batch (continuous batching); later ones wait in arrival order. Each
+    /// row holds its own KV cache, so memory grows with this bound times the longest conversation. The default, 8,
+    /// is where a CPU's decode step stops costing about the same for every added row, and keeps float16 weights on
+    /// their one-row kernel, so answers equal those of requests run alone.
+    /// </summary>
+    public int MaxBatchSize { get; set; } = ContinuousBatchingScheduler.DefaultMaxBatchSize;
+
     /// <summary>The longest wait between load attempts.</summary>
     public TimeSpan MaxLoadRetryDelay { get; set; } = TimeSpan.FromMinutes(1);
 }
