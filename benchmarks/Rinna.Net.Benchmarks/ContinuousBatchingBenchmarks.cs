@@ -13,6 +13,8 @@ namespace Rinna.Net.Benchmarks;
 /// Aggregate greedy tokens/s of 8 concurrent requests against 1, both through the continuous batching scheduler, in
 /// the same run: each request has its own 12–19-token prompt (prefilled alone, one admission per step) and generates
 /// <see cref="NewTokens"/> tokens. The "× 1 stream" column is the aggregate throughput over the one-stream case's.
+/// Each case also prints the p50 and p99 of the time between a request's consecutive tokens (its own stream's
+/// per-token latency) to its log, as <c>// per-token latency</c>.
 /// </summary>
 [Config(typeof(StreamsConfig))]
 public class ContinuousBatchingBenchmarks
@@ -21,6 +23,7 @@ public class ContinuousBatchingBenchmarks
     private GptNeoXForCausalLM model = null!;
     private ContinuousBatchingScheduler scheduler = null!;
     private int[][] prompts = null!;
+    private readonly List<long> intervals = [];
 
     [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = ModelShapes.Demo;
@@ -48,6 +51,12 @@ public class ContinuousBatchingBenchmarks
     public void Cleanup()
     {
         PeakMemory.Record($"{nameof(ContinuousBatchingBenchmarks)}/{Shape}/{DType}");
+        if (intervals.Count > 0)
+        {
+            var sorted = intervals.Order().ToArray();
+            double Percentile(double p) => sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))] * 1e3 / System.Diagnostics.Stopwatch.Frequency;
+            Console.WriteLine($"// per-token latency {Shape} {DType}: p50 {Percentile(0.5):F1} ms, p99 {Percentile(0.99):F1} ms over {sorted.Length} intervals");
+        }
         scheduler.Dispose();
         model.Dispose();
     }
@@ -61,7 +70,17 @@ public class ContinuousBatchingBenchmarks
     private int Run(int streams)
     {
         var config = new GenerationConfig { MaxNewTokens = NewTokens, MinNewTokens = NewTokens, EosTokenId = [3], PadTokenId = 0 };
-        var requests = Enumerable.Range(0, streams).Select(i => scheduler.GenerateAsync(prompts[i], config)).ToArray();
+        var requests = Enumerable.Range(0, streams).Select(i =>
+        {
+            long last = 0;
+            // Runs on the scheduler's thread between steps: a timestamp and, after the first token, one interval.
+            return scheduler.GenerateAsync(prompts[i], config, onStep: _ =>
+            {
+                long now = System.Diagnostics.Stopwatch.GetTimestamp();
+                if (last != 0) intervals.Add(now - last);
+                last = now;
+            });
+        }).ToArray();
         Task.WaitAll(requests);
         return requests.Sum(r => r.Result.TokenIds.Count);
     }

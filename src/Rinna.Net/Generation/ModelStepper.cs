@@ -12,6 +12,7 @@ internal sealed class ModelStepper : IDisposable
 {
     private readonly GptNeoXForCausalLM model;
     private readonly KeyValueCache cache;
+    private readonly bool padded;
     private Tensor mask;
 
     /// <param name="model">The model.</param>
@@ -22,6 +23,7 @@ internal sealed class ModelStepper : IDisposable
         this.model = model;
         cache = new KeyValueCache(model.Config.NumHiddenLayers, reservedLength);
         mask = attentionMask.to(ScalarType.Int64).clone().DetachFromDisposeScope();
+        padded = mask.eq(0).any().item<bool>();
     }
 
     /// <summary>Tokens in the cache.</summary>
@@ -35,7 +37,7 @@ internal sealed class ModelStepper : IDisposable
     public Tensor Forward(Tensor tokens, bool allPositions = false)
     {
         var (current, positions) = MaskAndPositions(tokens.size(1));
-        using var output = model.Forward(tokens, current, positions, cache, useCache: true, lastPositionOnly: !allPositions);
+        using var output = model.Forward(tokens, padded ? current : null, positions, cache, useCache: true, lastPositionOnly: !allPositions);
         return allPositions ? output.Logits.clone() : output.Logits.select(1, 0).clone();
     }
 
@@ -55,11 +57,15 @@ internal sealed class ModelStepper : IDisposable
         using var scope = NewDisposeScope();
         var inputs = rows.Select(r => r.MaskAndPositions(1)).ToArray();
         var positions = cat(inputs.Select(i => i.Positions).ToArray(), 0);
-        return model.ForwardRows(tokens, rows.Select(r => r.cache).ToArray(), inputs.Select(i => (Tensor?)i.Mask).ToArray(), positions)
+        return model.ForwardRows(tokens, rows.Select(r => r.cache).ToArray(), rows.Zip(inputs, (r, i) => r.padded ? i.Mask : null).ToArray(), positions)
             .MoveToOuterDisposeScope();
     }
 
-    /// <summary>The mask over the cached tokens and <paramref name="fed"/> new ones, and the new tokens' positions.</summary>
+    /// <summary>
+    /// The mask over the cached tokens and <paramref name="fed"/> new ones, and the new tokens' positions. Without padding
+    /// the model gets no mask (an all-ones mask changes nothing but would keep the decode step off the attention
+    /// backends, which take only calls without padding).
+    /// </summary>
     private (Tensor Mask, Tensor Positions) MaskAndPositions(long fed)
     {
         int past = cache.Length;

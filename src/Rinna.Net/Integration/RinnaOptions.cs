@@ -86,8 +86,8 @@ public sealed class RinnaOptions
     /// <summary>
     /// The most requests decoded together in one batch (continuous batching); later ones wait in arrival order. Each
     /// row holds its own KV cache, so memory grows with this bound times the longest conversation. The default, 8,
-    /// is where a CPU's decode step stops costing about the same for every added row, and keeps float16 weights on
-    /// their one-row kernel, so answers equal those of requests run alone.
+    /// is the number of concurrent streams the benchmarks measure; float16 weights also switch from row-by-row
+    /// products to a converted bfloat16 product above 8 rows.
     /// </summary>
     public int MaxBatchSize { get; set; } = ContinuousBatchingScheduler.DefaultMaxBatchSize;
 
