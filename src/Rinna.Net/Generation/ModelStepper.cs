@@ -36,8 +36,10 @@ internal sealed class ModelStepper : IDisposable
     /// </summary>
     public Tensor Forward(Tensor tokens, bool allPositions = false)
     {
-        var (current, positions) = MaskAndPositions(tokens.size(1));
-        using var output = model.Forward(tokens, padded ? current : null, positions, cache, useCache: true, lastPositionOnly: !allPositions);
+        // Without padding the model's own positions (past .. past + n - 1) are HF's, and passing no mask keeps the step
+        // on the attention backends, which take only unpadded calls.
+        var (current, positions) = padded ? MaskAndPositions(tokens.size(1)) : (null, null);
+        using var output = model.Forward(tokens, current, positions, cache, useCache: true, lastPositionOnly: !allPositions);
         return allPositions ? output.Logits.clone() : output.Logits.select(1, 0).clone();
     }
 
@@ -55,17 +57,24 @@ internal sealed class ModelStepper : IDisposable
         if (rows.Any(r => r.model != model || r.mask.size(0) != 1))
             throw new ArgumentException("Rows stepped together must each hold one sequence of the same model.", nameof(rows));
         using var scope = NewDisposeScope();
-        var inputs = rows.Select(r => r.MaskAndPositions(1)).ToArray();
-        var positions = cat(inputs.Select(i => i.Positions).ToArray(), 0);
-        return model.ForwardRows(tokens, rows.Select(r => r.cache).ToArray(), rows.Zip(inputs, (r, i) => r.padded ? i.Mask : null).ToArray(), positions)
+        var masks = new Tensor?[rows.Count];
+        var positions = new long[rows.Count];
+        for (int i = 0; i < rows.Count; i++)
+        {
+            var row = rows[i];
+            if (!row.padded)
+            {
+                positions[i] = row.cache.Length;
+                continue;
+            }
+            (masks[i], var position) = row.MaskAndPositions(1);
+            positions[i] = position.item<long>();
+        }
+        return model.ForwardRows(tokens, rows.Select(r => r.cache).ToArray(), masks, tensor(positions, ScalarType.Int64).unsqueeze(1))
             .MoveToOuterDisposeScope();
     }
 
-    /// <summary>
-    /// The mask over the cached tokens and <paramref name="fed"/> new ones, and the new tokens' positions. Without padding
-    /// the model gets no mask (an all-ones mask changes nothing but would keep the decode step off the attention
-    /// backends, which take only calls without padding).
-    /// </summary>
+    /// <summary>The mask over the cached tokens and <paramref name="fed"/> new ones, and the new tokens' positions (for padded prompts).</summary>
     private (Tensor Mask, Tensor Positions) MaskAndPositions(long fed)
     {
         int past = cache.Length;

@@ -252,8 +252,12 @@ internal sealed class GptNeoXModel : nn.Module
         if (min < 0 || max >= config.VocabSize)
             throw new ArgumentException($"token id {(min < 0 ? min : max)} is outside the vocabulary [0, {config.VocabSize}).", nameof(inputIds));
 
-        // Each row's rotary rows and padding bias are what a call for that row alone computes (dynamic NTK scaling
-        // depends on the row's own length, so the tables are not shared).
+        // Each row's rotary rows and padding bias are what a call for that row alone computes. A position's rotary row
+        // depends on nothing else, so one lookup serves all rows, except with dynamic NTK scaling, whose base follows
+        // each row's own length.
+        var positions = positionIds.to(device);
+        bool dynamic = config.RopeScaling is { Type: "dynamic" };
+        var (sharedCos, sharedSin) = dynamic ? (null, null) : rotary.Tables(positions, caches.Max(c => c.Length) + 1);
         var attentionRows = new AttentionRow[rows];
         for (int row = 0; row < rows; row++)
         {
@@ -263,7 +267,8 @@ internal sealed class GptNeoXModel : nn.Module
             var mask = attentionMasks[row];
             if (mask is not null && (mask.dim() != 2 || mask.size(0) != 1 || mask.size(1) != cache.Length + 1))
                 throw new ArgumentException($"row {row}: the mask must be [1, past + 1] = [1, {cache.Length + 1}]; got [{string.Join(", ", mask.shape)}].", nameof(attentionMasks));
-            var (cos, sin) = rotary.Tables(positionIds.narrow(0, row, 1).to(device), cache.Length + 1);
+            var (cos, sin) = dynamic ? rotary.Tables(positions.narrow(0, row, 1), cache.Length + 1)
+                : (sharedCos!.narrow(0, row, 1), sharedSin!.narrow(0, row, 1));
             attentionRows[row] = new AttentionRow(cos, sin, mask is null ? null : GptNeoXForCausalLM.PaddingBias(mask.to(device)), cache);
         }
 
