@@ -21,7 +21,7 @@ namespace Rinna.Net.Generation;
 /// running rows wait for at most one prefill per token). What can differ from a request run alone is the rounding of the
 /// linear layers' products over several rows (libtorch's multi-row product does not sum in the order of its one-row
 /// product: a few ulps in float32), so a greedy token can change only where two candidates tie that closely; with int8
-/// weights the outlier columns also depend on the other rows (see docs/generation.md).
+/// weights the outlier columns also depend on the other rows (see docs/usage.md).
 /// </para>
 /// <para>
 /// Requests wait in arrival order (FIFO) while <see cref="MaxBatchSize"/> rows are active. The loop runs on its own
@@ -41,6 +41,7 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     private readonly ILogger logger;
     private Thread? loop;
     private bool disposed;
+    private bool disposedFromLoop;
     private volatile int activeRows;
 
     /// <summary>Creates a scheduler; its loop starts with the first request.</summary>
@@ -150,11 +151,8 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
         // Called from a request's callback, the loop is this thread: it ends when the callback returns.
         if (running is not null && running != Thread.CurrentThread) running.Join();
         if (running is null) FailWaiting();
-        if (running is null || running != Thread.CurrentThread)
-        {
-            stopping.Dispose();
-            arrived.Dispose();
-        }
+        if (running == Thread.CurrentThread) disposedFromLoop = true;
+        else ReleaseSignals();
     }
 
     /// <inheritdoc cref="Dispose"/>
@@ -196,7 +194,14 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
             activeRows = 0;
             lock (gate) disposed = true;
             FailWaiting();
+            if (disposedFromLoop) ReleaseSignals();
         }
+    }
+
+    private void ReleaseSignals()
+    {
+        stopping.Dispose();
+        arrived.Dispose();
     }
 
     private void FailWaiting()
