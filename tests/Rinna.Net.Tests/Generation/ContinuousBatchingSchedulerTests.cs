@@ -81,6 +81,37 @@ public sealed class ContinuousBatchingSchedulerTests
     }
 
     [Fact]
+    public async Task RowsPastTheContextWithDynamicRopeScalingKeepTheirOwnRotaryBase()
+    {
+        // Dynamic NTK scaling grows the rotary base with a sequence's own length once it passes max_position_embeddings,
+        // so rows of different lengths need different tables in the same step.
+        var directory = Directory.CreateTempSubdirectory("rinna-batch-ntk-").FullName;
+        try
+        {
+            foreach (var file in Directory.GetFiles(Fixtures.Model("tiny-neox-rinna")))
+                File.Copy(file, Path.Combine(directory, Path.GetFileName(file)));
+            var configPath = Path.Combine(directory, "config.json");
+            var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
+            json["max_position_embeddings"] = 16;
+            json["rope_scaling"] = new System.Text.Json.Nodes.JsonObject { ["type"] = "dynamic", ["factor"] = 2.0 };
+            File.WriteAllText(configPath, json.ToJsonString());
+            using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory);
+            var configs = new[] { 30, 12, 20 }.Select(n => new GenerationConfig { MaxNewTokens = n, EosTokenId = null }).ToArray();
+            int[][] prompts = [Prompts[2], Prompts[0], Prompts[3]];
+            var expected = prompts.Select((p, i) => Alone(model, p, configs[i])).ToArray();
+
+            await using var scheduler = new ContinuousBatchingScheduler(model);
+            var results = await WhenAll(SubmitStaggered(scheduler, prompts, configs, [0, 2, 6]));
+            for (int i = 0; i < prompts.Length; i++) Assert.Equal(expected[i], results[i].TokenIds);
+            Assert.True(scheduler.LargestBatch >= 2);
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
+        }
+    }
+
+    [Fact]
     public async Task BatchedStepLogitsEqualEachRowsOwnStepWithinFloat32Rounding()
     {
         // Attention, masks and positions are each row's own, so the only difference left is the linear layers' rounding:
