@@ -48,8 +48,9 @@ public sealed class CausalLMOutput : IDisposable
 /// </summary>
 /// <remarks>
 /// Create it with <c>AutoModelForCausalLM.FromPretrainedAsync</c>. Inference runs without autograd and frees every
-/// temporary tensor before returning. Thread safety: one forward pass or generation at a time per instance; concurrent
-/// callers must serialise (the generation and hosting layers do).
+/// temporary tensor before returning. Thread safety: the weights are only read, so generations on separate caches may
+/// run from several threads (tested with two), but they then share the cores; to serve concurrent requests, batch them
+/// with <c>ContinuousBatchingScheduler</c> (what the hosting layer does) instead.
 /// </remarks>
 public sealed class GptNeoXForCausalLM : nn.Module
 {
