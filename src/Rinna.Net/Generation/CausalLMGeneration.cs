@@ -70,38 +70,9 @@ public static class CausalLMGeneration
         if (inputIds.dim() != 2 || inputIds.shape[1] == 0)
             throw new ArgumentException($"input ids must be [batch, seq] with seq > 0; got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
         int promptLength = (int)inputIds.shape[1];
-        int newTokens = config.ResolveMaxNewTokens(promptLength);
-        int context = model.Config.MaxPositionEmbeddings;
-        // Positions past max_position_embeddings were never trained (RoPE scaling extends them), so a longer request is
-        // clamped with a warning, as transformers warns.
-        if (model.Config.RopeScaling is null && (long)promptLength + newTokens > context)
-        {
-            int clamped = Math.Max(1, context - promptLength);
-            model.Logger.LogWarning("{Requested} new tokens after a {Prompt}-token prompt exceed the model's {Context} positions; generating at most {Clamped}",
-                newTokens, promptLength, context, clamped);
-            newTokens = clamped;
-            config = config with { MaxNewTokens = newTokens };
-        }
         int rows = (int)inputIds.shape[0] * (config.NumBeams > 1 ? config.NumBeams : config.NumReturnSequences);
-        if (config.MaxCacheBytes is long budget)
-        {
-            long perToken = CacheBytesPerToken(model, rows);
-            long fits = budget / perToken;
-            if (fits < promptLength + 1L)
-                throw new ArgumentException($"The prompt of {promptLength} tokens needs {(promptLength + 1L) * perToken} bytes of KV cache to answer; "
-                    + $"GenerationConfig.MaxCacheBytes allows {budget}.", nameof(config));
-            if (promptLength + (long)newTokens > fits)
-            {
-                int clamped = (int)(fits - promptLength);
-                model.Logger.LogWarning("{Requested} new tokens after a {Prompt}-token prompt need more KV cache than MaxCacheBytes ({Budget} bytes) allows; generating at most {Clamped}",
-                    newTokens, promptLength, budget, clamped);
-                newTokens = clamped;
-                config = config with { MaxNewTokens = newTokens };
-            }
-        }
-        // Room for the prompt and a short answer; the caches double as tokens come, so memory follows what is generated,
-        // not what was asked for.
-        int reserve = promptLength + Math.Min(newTokens, InitialAnswerReserve);
+        (config, int reserve) = FitToContext(model, config, promptLength, rows);
+        int newTokens = config.MaxNewTokens!.Value;
         if (assistantModel is not null && (config.NumBeams > 1 || config.PromptLookupNumTokens is not null))
             throw new ArgumentException("An assistant model works with greedy decoding or sampling, not with beam search or prompt lookup.", nameof(assistantModel));
         if (config.NumBeams > 1 && onStep is not null)
@@ -136,6 +107,43 @@ public static class CausalLMGeneration
         output.Sequences.MoveToOuterDisposeScope();
         return output;
     }
+
+    /// <summary>
+    /// The settings with the answer clamped to the model's positions (with a warning, as transformers warns) and to
+    /// <see cref="GenerationConfig.MaxCacheBytes"/>, and the cache room to reserve: the prompt and a short answer, since
+    /// caches double as tokens come, so memory follows what is generated, not what was asked for.
+    /// </summary>
+    /// <exception cref="ArgumentException">The prompt alone needs more KV cache than <see cref="GenerationConfig.MaxCacheBytes"/> allows.</exception>
+    internal static (GenerationConfig Config, int Reserve) FitToContext(GptNeoXForCausalLM model, GenerationConfig config, int promptLength, int rows = 1)
+    {
+        int newTokens = config.ResolveMaxNewTokens(promptLength);
+        int context = model.Config.MaxPositionEmbeddings;
+        // Positions past max_position_embeddings were never trained (RoPE scaling extends them).
+        if (model.Config.RopeScaling is null && (long)promptLength + newTokens > context)
+        {
+            int clamped = Math.Max(1, context - promptLength);
+            model.Logger.LogWarning("{Requested} new tokens after a {Prompt}-token prompt exceed the model's {Context} positions; generating at most {Clamped}",
+                newTokens, promptLength, context, clamped);
+            newTokens = clamped;
+        }
+        if (config.MaxCacheBytes is long budget)
+        {
+            long perToken = CacheBytesPerToken(model, rows);
+            long fits = budget / perToken;
+            if (fits < promptLength + 1L)
+                throw new ArgumentException($"The prompt of {promptLength} tokens needs {(promptLength + 1L) * perToken} bytes of KV cache to answer; "
+                    + $"GenerationConfig.MaxCacheBytes allows {budget}.", nameof(config));
+            if (promptLength + (long)newTokens > fits)
+            {
+                int clamped = (int)(fits - promptLength);
+                model.Logger.LogWarning("{Requested} new tokens after a {Prompt}-token prompt need more KV cache than MaxCacheBytes ({Budget} bytes) allows; generating at most {Clamped}",
+                    newTokens, promptLength, budget, clamped);
+                newTokens = clamped;
+            }
+        }
+        return (config with { MaxNewTokens = newTokens }, promptLength + Math.Min(newTokens, InitialAnswerReserve));
+    }
+
     /// <summary>KV cache bytes per token over all layers and rows: float32 keys (as HF keeps them) and values in the compute dtype.</summary>
     private static long CacheBytesPerToken(GptNeoXForCausalLM model, int rows)
     {

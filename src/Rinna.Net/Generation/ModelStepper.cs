@@ -12,6 +12,7 @@ internal sealed class ModelStepper : IDisposable
 {
     private readonly GptNeoXForCausalLM model;
     private readonly KeyValueCache cache;
+    private readonly bool padded;
     private Tensor mask;
 
     /// <param name="model">The model.</param>
@@ -23,6 +24,7 @@ internal sealed class ModelStepper : IDisposable
         this.model = model;
         cache = new KeyValueCache(model.Config.NumHiddenLayers, reservedLength, maxLength);
         mask = attentionMask.to(ScalarType.Int64).clone().DetachFromDisposeScope();
+        padded = mask.eq(0).any().item<bool>();
     }
 
     /// <summary>Tokens in the cache.</summary>
@@ -35,8 +37,49 @@ internal sealed class ModelStepper : IDisposable
     /// </summary>
     public Tensor Forward(Tensor tokens, bool allPositions = false)
     {
+        // Without padding the model's own positions (past .. past + n - 1) are HF's, and passing no mask keeps the step
+        // on the attention backends, which take only unpadded calls.
+        var (current, positions) = padded ? MaskAndPositions(tokens.size(1)) : (null, null);
+        using var output = model.Forward(tokens, current, positions, cache, useCache: true, lastPositionOnly: !allPositions);
+        return allPositions ? output.Logits.clone() : output.Logits.select(1, 0).clone();
+    }
+
+    /// <summary>
+    /// Feeds one token to each of several single-sequence steppers of one model in one pass (continuous batching): the
+    /// linear layers run over all rows at once, and each row's attention, mask and positions are what
+    /// <see cref="Forward"/> would use for it alone. Returns the float32 logits, <c>[rows, vocab]</c>.
+    /// </summary>
+    /// <param name="rows">The steppers, each holding one sequence, all over the same model.</param>
+    /// <param name="tokens">One token per stepper, <c>[rows, 1]</c>.</param>
+    public static Tensor ForwardRows(IReadOnlyList<ModelStepper> rows, Tensor tokens)
+    {
+        if (rows.Count == 0) throw new ArgumentException("No rows to step.", nameof(rows));
+        var model = rows[0].model;
+        if (rows.Any(r => r.model != model || r.mask.size(0) != 1))
+            throw new ArgumentException("Rows stepped together must each hold one sequence of the same model.", nameof(rows));
+        using var scope = NewDisposeScope();
+        var masks = new Tensor?[rows.Count];
+        var positions = new long[rows.Count];
+        for (int i = 0; i < rows.Count; i++)
+        {
+            var row = rows[i];
+            if (!row.padded)
+            {
+                positions[i] = row.cache.Length;
+                continue;
+            }
+            (masks[i], var position) = row.MaskAndPositions(1);
+            positions[i] = position.item<long>();
+        }
+        return model.ForwardRows(tokens, rows.Select(r => r.cache).ToArray(), masks, tensor(positions, ScalarType.Int64).unsqueeze(1))
+            .MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The mask over the cached tokens and <paramref name="fed"/> new ones, and the new tokens' positions (for padded prompts).</summary>
+    private (Tensor Mask, Tensor Positions) MaskAndPositions(long fed)
+    {
         int past = cache.Length;
-        long fed = tokens.size(1), total = past + fed;
+        long total = past + fed;
         if (mask.size(1) < total)
         {
             // Every token after the prompt is real, so the mask only ever grows by ones.
@@ -47,8 +90,7 @@ internal sealed class ModelStepper : IDisposable
         var current = mask.narrow(1, 0, total);
         // HF's prepare_inputs_for_generation: positions count real tokens only; pads get position 1.
         var positions = current.cumsum(-1).sub_(1).masked_fill_(current.eq(0), 1).narrow(1, past, fed);
-        using var output = model.Forward(tokens, current, positions, cache, useCache: true, lastPositionOnly: !allPositions);
-        return allPositions ? output.Logits.clone() : output.Logits.select(1, 0).clone();
+        return (current, positions);
     }
 
     /// <summary>Beam search: row <c>i</c> of the cache becomes old row <c>beamIndices[i]</c>.</summary>

@@ -88,7 +88,12 @@ public static class TextGeneration
         }
     }
 
-    private static Tensor EncodePrompt(GptNeoXForCausalLM model, PreTrainedTokenizer tokenizer, string prompt)
+    private static Tensor EncodePrompt(GptNeoXForCausalLM model, PreTrainedTokenizer tokenizer, string prompt) =>
+        tensor(EncodePromptIds(model, tokenizer, prompt).Select(i => (long)i).ToArray(), ScalarType.Int64).unsqueeze(0);
+
+    /// <summary>The prompt's ids as the model cards encode it (no special tokens), checked to fit the model.</summary>
+    /// <exception cref="ArgumentException">The prompt is empty or longer than the model's context.</exception>
+    internal static int[] EncodePromptIds(GptNeoXForCausalLM model, PreTrainedTokenizer tokenizer, string prompt)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(tokenizer);
@@ -99,6 +104,6 @@ public static class TextGeneration
             throw new ArgumentException(
                 $"The prompt has {ids.Length} tokens; the model was trained on at most {model.Config.MaxPositionEmbeddings} " +
                 "(max_position_embeddings), so nothing sensible can follow it. Shorten the prompt.", nameof(prompt));
-        return tensor(ids.Select(i => (long)i).ToArray(), ScalarType.Int64).unsqueeze(0);
+        return ids;
     }
 }

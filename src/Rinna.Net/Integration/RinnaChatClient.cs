@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Threading.Channels;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Logging;
 using Rinna.Net.Generation;
@@ -9,7 +10,8 @@ namespace Rinna.Net.Integration;
 /// <summary>
 /// <see cref="IChatClient"/> over a rinna model: the conversation becomes rinna's <c>ユーザー: … / システム: …</c> prompt,
 /// <see cref="ChatOptions"/> become Hugging Face generation settings, and the reply is decoded (streamed piece by piece
-/// on request). Requests on one model are served one at a time.
+/// on request). Concurrent requests on one model are decoded together by the host's
+/// <see cref="ContinuousBatchingScheduler"/>, each with its own settings, seed, stop strings and stream.
 /// </summary>
 /// <remarks>
 /// Mapped: <see cref="ChatOptions.Temperature"/> (0 means greedy), <see cref="ChatOptions.TopP"/>, <see cref="ChatOptions.TopK"/>,
@@ -42,8 +44,11 @@ public sealed class RinnaChatClient : IChatClient
         CancellationToken cancellationToken = default)
     {
         var (prompt, config) = await PrepareAsync(messages, options, cancellationToken).ConfigureAwait(false);
-        var result = await host.RunExclusiveAsync((model, tokenizer) =>
-            model.GenerateText(tokenizer, prompt, config, cancellationToken), cancellationToken).ConfigureAwait(false);
+        var (model, tokenizer) = await host.GetAsync(cancellationToken).ConfigureAwait(false);
+        var scheduler = await host.GetSchedulerAsync(cancellationToken).ConfigureAwait(false);
+        var ids = TextGeneration.EncodePromptIds(model, tokenizer, prompt);
+        var row = await scheduler.GenerateAsync(ids, config, tokenizer, cancellationToken: cancellationToken).ConfigureAwait(false);
+        var result = new GeneratedText(row.Text ?? "", row.TokenIds, ids.Length, row.FinishReason, row.StopString);
         if (result.FinishReason == GenFinishReason.Cancelled) throw new OperationCanceledException(cancellationToken);
         var text = host.PromptBuilder.PostProcess(result.Text);
         // An answer cut at the next speaker's label ends with the separator that came before it.
@@ -69,17 +74,34 @@ public sealed class RinnaChatClient : IChatClient
     {
         var (prompt, config) = await PrepareAsync(messages, options, cancellationToken).ConfigureAwait(false);
         var (model, tokenizer) = await host.GetAsync(cancellationToken).ConfigureAwait(false);
+        var scheduler = await host.GetSchedulerAsync(cancellationToken).ConfigureAwait(false);
+        var ids = TextGeneration.EncodePromptIds(model, tokenizer, prompt);
         var responseId = Guid.NewGuid().ToString("N");
-        using (await host.AcquireAsync(cancellationToken).ConfigureAwait(false))
+        var pieces = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        // Abandoning the enumeration cancels the request too: its row leaves the batch at the next step.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var generation = scheduler.GenerateAsync(ids, config, tokenizer, onStep: tracker =>
+        {
+            var piece = tracker.TakeText(0);
+            if (piece.Length > 0) pieces.Writer.TryWrite(piece);
+        }, cancellationToken: stop.Token);
+        _ = generation.ContinueWith(t => pieces.Writer.TryComplete(t.Exception?.InnerException), CancellationToken.None,
+            TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        try
         {
             var output = host.PromptBuilder.CreateOutputStream();
-            GeneratedText? result = null;
-            await foreach (var piece in TextGeneration.StreamAsync(model, tokenizer, prompt, config, r => result = r, cancellationToken).ConfigureAwait(false))
+            await foreach (var piece in pieces.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
             {
                 var text = output.Push(piece);
                 if (text.Length > 0) yield return Update(text, responseId, null);
             }
-            yield return Update(output.Flush(), responseId, MapFinishReason(result!.FinishReason));
+            var row = await generation.ConfigureAwait(false);
+            if (row.FinishReason == GenFinishReason.Cancelled) throw new OperationCanceledException(cancellationToken);
+            yield return Update(output.Flush(), responseId, MapFinishReason(row.FinishReason));
+        }
+        finally
+        {
+            await stop.CancelAsync().ConfigureAwait(false);
         }
     }
 

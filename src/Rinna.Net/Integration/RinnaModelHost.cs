@@ -10,8 +10,9 @@ namespace Rinna.Net.Integration;
 
 /// <summary>
 /// Owns one loaded model and its tokenizer for a host: loads them once (on first use, or at start), hands them out,
-/// and disposes them with the container. Generation requests on the shared model are serialised (one at a time, in
-/// arrival order), which keeps latency predictable and memory bounded on CPUs where one request already uses every core.
+/// and disposes them with the container. Chat requests on the shared model go through one
+/// <see cref="ContinuousBatchingScheduler"/> (<see cref="GetSchedulerAsync"/>): concurrent requests are decoded together,
+/// at most <see cref="RinnaOptions.MaxBatchSize"/> at a time, the rest waiting in arrival order.
 /// </summary>
 public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
 {
@@ -22,6 +23,7 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     private DateTimeOffset retryAfter;
     private int failures;
     private readonly SemaphoreSlim gate = new(1, 1);
+    private ContinuousBatchingScheduler? scheduler;
     private bool disposed;
 
     /// <summary>Creates the host; nothing is loaded until <see cref="GetAsync"/>.</summary>
@@ -29,6 +31,8 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     {
         this.options = options.Value;
         this.loggerFactory = loggerFactory;
+        if (this.options.MaxBatchSize < 1)
+            throw new ArgumentException($"RinnaOptions.MaxBatchSize must be at least 1; got {this.options.MaxBatchSize}.", nameof(options));
         if (string.IsNullOrWhiteSpace(this.options.ModelId))
             throw new ArgumentException("RinnaOptions.ModelId is required (a model id such as rinna/bilingual-gpt-neox-4b-instruction-ppo, or a directory).", nameof(options));
         PromptBuilder = RinnaChatPromptBuilder.ForModel(this.options.ModelId,
@@ -76,7 +80,26 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         }
     }
 
-    /// <summary>Runs <paramref name="work"/> with exclusive use of the model (requests are served one at a time).</summary>
+    /// <summary>
+    /// The scheduler every chat request on the model goes through, created with the model (loading it on the first call,
+    /// as <see cref="GetAsync"/> does).
+    /// </summary>
+    /// <exception cref="ObjectDisposedException">The host was disposed.</exception>
+    public async Task<ContinuousBatchingScheduler> GetSchedulerAsync(CancellationToken cancellationToken = default)
+    {
+        var (model, _) = await GetAsync(cancellationToken).ConfigureAwait(false);
+        lock (loading)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            return scheduler ??= new ContinuousBatchingScheduler(model, options.MaxBatchSize,
+                loggerFactory?.CreateLogger<ContinuousBatchingScheduler>());
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="work"/> with exclusive use of the model among callers of this method and
+    /// <see cref="AcquireAsync"/> (they are served one at a time); the scheduler's batch may run beside it.
+    /// </summary>
     public async Task<T> RunExclusiveAsync<T>(Func<GptNeoXForCausalLM, PreTrainedTokenizer, T> work, CancellationToken cancellationToken)
     {
         var (model, tokenizer) = await GetAsync(cancellationToken).ConfigureAwait(false);
@@ -91,7 +114,7 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         }
     }
 
-    /// <summary>Waits for exclusive use of the model; dispose the result to release it.</summary>
+    /// <summary>Waits for exclusive use of the model among callers of this method and <see cref="RunExclusiveAsync"/>; dispose the result to release it.</summary>
     public async Task<IDisposable> AcquireAsync(CancellationToken cancellationToken)
     {
         await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -101,8 +124,15 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     /// <inheritdoc />
     public void Dispose()
     {
-        if (disposed) return;
-        disposed = true;
+        ContinuousBatchingScheduler? running;
+        lock (loading)
+        {
+            if (disposed) return;
+            disposed = true;
+            running = scheduler;
+        }
+        // The loop stops after its current step (its requests fail with ObjectDisposedException) before the model goes.
+        running?.Dispose();
         lock (loading)
             if (loaded is { IsCompletedSuccessfully: true }) loaded.Result.Model.Dispose();
         gate.Dispose();

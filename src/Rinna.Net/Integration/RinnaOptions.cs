@@ -89,6 +89,14 @@ public sealed class RinnaOptions
     /// </summary>
     public TimeSpan LoadRetryDelay { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// The most requests decoded together in one batch (continuous batching); later ones wait in arrival order. Each
+    /// row holds its own KV cache, so memory grows with this bound times the longest conversation. The default, 8,
+    /// is the number of concurrent streams the benchmarks measure; float16 weights also switch from row-by-row
+    /// products to a converted bfloat16 product above 8 rows.
+    /// </summary>
+    public int MaxBatchSize { get; set; } = ContinuousBatchingScheduler.DefaultMaxBatchSize;
+
     /// <summary>The longest wait between load attempts.</summary>
     public TimeSpan MaxLoadRetryDelay { get; set; } = TimeSpan.FromMinutes(1);
 }

@@ -14,7 +14,7 @@ public static class RinnaServiceCollectionExtensions
 {
     /// <summary>
     /// Adds <see cref="RinnaModelHost"/> (loads once; disposed with the container), <see cref="GptNeoXForCausalLM"/>,
-    /// <see cref="PreTrainedTokenizer"/> and <see cref="IChatClient"/> (<see cref="RinnaChatClient"/>, requests served one at a time).
+    /// <see cref="PreTrainedTokenizer"/> and <see cref="IChatClient"/> (<see cref="RinnaChatClient"/>; concurrent requests share one continuous batch).
     /// The model loads on first use, or when the host starts if <see cref="RinnaOptions.LoadOnStart"/> is set.
     /// </summary>
     public static IServiceCollection AddRinna(this IServiceCollection services, Action<RinnaOptions> configure)

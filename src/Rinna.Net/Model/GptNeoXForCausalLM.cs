@@ -48,8 +48,9 @@ public sealed class CausalLMOutput : IDisposable
 /// </summary>
 /// <remarks>
 /// Create it with <c>AutoModelForCausalLM.FromPretrainedAsync</c>. Inference runs without autograd and frees every
-/// temporary tensor before returning. Thread safety: one forward pass or generation at a time per instance; concurrent
-/// callers must serialise (the generation and hosting layers do).
+/// temporary tensor before returning. Thread safety: the weights are only read, so generations on separate caches may
+/// run from several threads (tested with two), but they then share the cores; to serve concurrent requests, batch them
+/// with <c>ContinuousBatchingScheduler</c> (what the hosting layer does) instead.
 /// </remarks>
 public sealed class GptNeoXForCausalLM : nn.Module
 {
@@ -143,6 +144,25 @@ public sealed class GptNeoXForCausalLM : nn.Module
         return result;
     }
 
+    /// <summary>
+    /// One decode step for rows that each have their own cache (continuous batching): the linear layers run once over
+    /// all rows, attention runs row by row against each row's cache exactly as <see cref="Forward"/> would for that row
+    /// alone. Every cache gets its row's token appended.
+    /// </summary>
+    /// <param name="inputIds">One new token per row, <c>[rows, 1]</c> (int64).</param>
+    /// <param name="caches">Each row's cache (one sequence each), in row order.</param>
+    /// <param name="attentionMasks">Each row's mask <c>[1, past + 1]</c>, or <c>null</c> for none (as <see cref="Forward"/>'s argument).</param>
+    /// <param name="positionIds">Each row's position, <c>[rows, 1]</c>.</param>
+    /// <returns>Float32 logits of the new tokens, <c>[rows, vocab]</c>.</returns>
+    /// <exception cref="ArgumentException">Shapes that do not fit the model or each other.</exception>
+    internal Tensor ForwardRows(Tensor inputIds, IReadOnlyList<KeyValueCache> caches, IReadOnlyList<Tensor?> attentionMasks, Tensor positionIds)
+    {
+        using var grad = training ? null : torch.no_grad();
+        using var scope = NewDisposeScope();
+        var hidden = gpt_neox.ForwardRows(inputIds, caches, attentionMasks, positionIds);
+        return embed_out.call(hidden.to(HeadDevice)).to(ScalarType.Float32).select(1, 0).MoveToOuterDisposeScope();
+    }
+
     /// <summary>Builds the additive attention bias HF uses for a 2-D padding mask: 0 where attended, the dtype's minimum where masked.</summary>
     internal static Tensor PaddingBias(Tensor attentionMask) =>
         (1.0f - attentionMask.to(ScalarType.Float32)).mul_(float.MinValue).unsqueeze(1).unsqueeze(1);
@@ -218,7 +238,55 @@ internal sealed class GptNeoXModel : nn.Module
         cache?.Advance((int)length, (int)batch);
         return (hidden, states);
     }
+
+    /// <summary>One new token per row, each row with its own cache, mask and position (see <see cref="GptNeoXForCausalLM.ForwardRows"/>).</summary>
+    public Tensor ForwardRows(Tensor inputIds, IReadOnlyList<KeyValueCache> caches, IReadOnlyList<Tensor?> attentionMasks, Tensor positionIds)
+    {
+        int rows = caches.Count;
+        if (inputIds.dim() != 2 || inputIds.size(0) != rows || inputIds.size(1) != 1 || rows == 0)
+            throw new ArgumentException($"input ids must be [rows, 1] with one row per cache ({rows}); got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
+        if (attentionMasks.Count != rows || !positionIds.shape.SequenceEqual(inputIds.shape))
+            throw new ArgumentException($"every row needs a mask (or null) and a position; got {attentionMasks.Count} masks and positions [{string.Join(", ", positionIds.shape)}].", nameof(attentionMasks));
+        var device = embed_in.Weight.device;
+        var ids = inputIds.to(device);
+        var (min, max) = (ids.min().item<long>(), ids.max().item<long>());
+        if (min < 0 || max >= config.VocabSize)
+            throw new ArgumentException($"token id {(min < 0 ? min : max)} is outside the vocabulary [0, {config.VocabSize}).", nameof(inputIds));
+
+        // Each row's rotary rows and padding bias are what a call for that row alone computes. A position's rotary row
+        // depends on nothing else, so one lookup serves all rows, except with dynamic NTK scaling, whose base follows
+        // each row's own length.
+        var positions = positionIds.to(device);
+        bool dynamic = config.RopeScaling is { Type: "dynamic" };
+        var (sharedCos, sharedSin) = dynamic ? (null, null) : rotary.Tables(positions, caches.Max(c => c.Length) + 1);
+        var attentionRows = new AttentionRow[rows];
+        for (int row = 0; row < rows; row++)
+        {
+            var cache = caches[row];
+            if (cache.Length > 0 && cache.BatchSize != 1)
+                throw new ArgumentException($"row {row}: a cache of {cache.BatchSize} sequences; each row needs its own.", nameof(caches));
+            var mask = attentionMasks[row];
+            if (mask is not null && (mask.dim() != 2 || mask.size(0) != 1 || mask.size(1) != cache.Length + 1))
+                throw new ArgumentException($"row {row}: the mask must be [1, past + 1] = [1, {cache.Length + 1}]; got [{string.Join(", ", mask.shape)}].", nameof(attentionMasks));
+            var (cos, sin) = dynamic ? rotary.Tables(positions.narrow(0, row, 1), cache.Length + 1)
+                : (sharedCos!.narrow(0, row, 1), sharedSin!.narrow(0, row, 1));
+            attentionRows[row] = new AttentionRow(cos, sin, mask is null ? null : GptNeoXForCausalLM.PaddingBias(mask.to(device)), cache);
+        }
+
+        var hidden = embed_in.call(ids);
+        for (int i = 0; i < layers.Count; i++)
+        {
+            using var layerScope = NewDisposeScope();
+            hidden = layers[i].ForwardRows(hidden, attentionRows, i).MoveToOuterDisposeScope();
+        }
+        hidden = final_layer_norm.call(hidden.to(final_layer_norm.Weight.device));
+        foreach (var cache in caches) cache.Advance(1, 1);
+        return hidden;
+    }
 }
+
+/// <summary>One row of a step over rows with their own caches: its rotary rows, padding bias and cache.</summary>
+internal readonly record struct AttentionRow(Tensor Cos, Tensor Sin, Tensor? PaddingBias, KeyValueCache Cache);
 
 /// <summary>One transformer block: <c>gpt_neox.layers.N</c>.</summary>
 internal sealed class GptNeoXLayer : nn.Module
@@ -247,17 +315,27 @@ internal sealed class GptNeoXLayer : nn.Module
     public Tensor Forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? paddingBias, KeyValueCache? cache, int index, int past)
     {
         var device = Device;
-        hidden = hidden.to(device);
+        return Forward(hidden, (x, residual) =>
+            attention.Forward(x, cos.to(device), sin.to(device), paddingBias?.to(device), cache, index, past, residual));
+    }
+
+    /// <summary>The block for rows with their own caches: the same math, attention row by row.</summary>
+    public Tensor ForwardRows(Tensor hidden, IReadOnlyList<AttentionRow> rows, int index) =>
+        Forward(hidden, (x, residual) => attention.ForwardRows(x, rows, index, residual));
+
+    /// <param name="hidden">The block's input.</param>
+    /// <param name="attend">Attention over its argument, plus the residual when given.</param>
+    private Tensor Forward(Tensor hidden, Func<Tensor, Tensor?, Tensor> attend)
+    {
+        hidden = hidden.to(Device);
         if (useParallelResidual)
         {
             // x = x + attn(ln1(x)) + mlp(ln2(x))
-            var attentionOutput = attention.Forward(input_layernorm.call(hidden), cos.to(device), sin.to(device),
-                paddingBias?.to(device), cache, index, past, residual: null);
+            var attentionOutput = attend(input_layernorm.call(hidden), null);
             return mlp.Forward(post_attention_layernorm.call(hidden), residual: attentionOutput).add_(hidden);
         }
         // x = x + attn(ln1(x)); x = x + mlp(ln2(x))
-        var afterAttention = attention.Forward(input_layernorm.call(hidden), cos.to(device), sin.to(device),
-            paddingBias?.to(device), cache, index, past, residual: hidden);
+        var afterAttention = attend(input_layernorm.call(hidden), hidden);
         return mlp.Forward(post_attention_layernorm.call(afterAttention), residual: afterAttention);
     }
 }
@@ -287,13 +365,29 @@ internal sealed class GptNeoXAttention : nn.Module
 
     /// <summary>Attention over <paramref name="hidden"/>, plus <paramref name="residual"/> when given.</summary>
     public Tensor Forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? paddingBias, KeyValueCache? cache, int layerIndex, int past,
-        Tensor? residual)
+        Tensor? residual) =>
+        dense.Forward(Attend(query_key_value.call(hidden), cos, sin, paddingBias, cache, layerIndex, past), Activation.Identity, residual);
+
+    /// <summary>
+    /// Attention for rows with their own caches: the projections run once over all rows (one product, not one per
+    /// row), and each row attends to its own cache as it would alone.
+    /// </summary>
+    public Tensor ForwardRows(Tensor hidden, IReadOnlyList<AttentionRow> rows, int layerIndex, Tensor? residual)
     {
-        long batch = hidden.size(0), length = hidden.size(1);
         var projected = query_key_value.call(hidden);
+        var device = projected.device;
+        var contexts = rows.Select((row, i) => Attend(projected.narrow(0, i, 1), row.Cos.to(device), row.Sin.to(device),
+            row.PaddingBias?.to(device), row.Cache, layerIndex, row.Cache.Length)).ToArray();
+        return dense.Forward(cat(contexts, 0), Activation.Identity, residual);
+    }
+
+    /// <summary>Rotary embedding, cache write and attention from the fused projection <c>[batch, seq, 3·hidden]</c> to the context <c>[batch, seq, hidden]</c>.</summary>
+    private Tensor Attend(Tensor projected, Tensor cos, Tensor sin, Tensor? paddingBias, KeyValueCache? cache, int layerIndex, int past)
+    {
+        long batch = projected.size(0), length = projected.size(1);
         // A backend with a kernel for this device and phase may take the whole call; the math below is the reference.
         if (AttentionBackends.TryAttend(new AttentionCall(projected, cos, sin, paddingBias, cache, layerIndex, past, headSize, rotaryNdims), out var fused))
-            return dense.Forward(fused, Activation.Identity, residual);
+            return fused;
 
         // [batch, seq, 3*hidden] → [batch, heads, seq, 3*head_size]; each head holds its own q, k, v side by side.
         var qkv = projected.view(batch, length, heads, 3 * headSize).permute(0, 2, 1, 3);
@@ -310,8 +404,7 @@ internal sealed class GptNeoXAttention : nn.Module
         if (cache is not null) (key, value) = cache.Write(layerIndex, key, value, past);
 
         // [batch, heads, seq, head_size] → [batch, seq, hidden]
-        var context = Attend(query, key, value, paddingBias, past).permute(0, 2, 1, 3).reshape(batch, length, heads * headSize);
-        return dense.Forward(context, Activation.Identity, residual);
+        return Attend(query, key, value, paddingBias, past).permute(0, 2, 1, 3).reshape(batch, length, heads * headSize);
     }
 
     private Tensor ApplyRotary(Tensor x, Tensor cos, Tensor sin)

@@ -136,15 +136,47 @@ public sealed class ChatClientTests : IDisposable
     }
 
     [Fact]
-    public async Task ConcurrentRequestsAreServedOneAtATimeWithCorrectAnswers()
+    public async Task ConcurrentRequestsShareTheBatchAndGetTheSequentialAnswers()
     {
-        await using var provider = Services();
+        await using var provider = Services(o => o.MaxNewTokens = 24);
         var chat = provider.GetRequiredService<IChatClient>();
-        string[] questions = ["一", "two", "三つ目", "four"];
+        string[] questions = ["一", "two", "三つ目", "four", "五番目の質問です"];
         var sequential = new List<string>();
         foreach (var q in questions) sequential.Add((await chat.GetResponseAsync([new ChatMessage(ChatRole.User, q)])).Text);
         var parallel = await Task.WhenAll(questions.Select(q => chat.GetResponseAsync([new ChatMessage(ChatRole.User, q)])));
+        var streamed = await Task.WhenAll(questions.Select(async q =>
+        {
+            var text = "";
+            await foreach (var update in chat.GetStreamingResponseAsync([new ChatMessage(ChatRole.User, q)])) text += update.Text;
+            return text;
+        }));
         Assert.Equal(sequential, parallel.Select(r => r.Text));
+        Assert.Equal(sequential, streamed);
+        var scheduler = await provider.GetRequiredService<RinnaModelHost>().GetSchedulerAsync();
+        Assert.Equal(ContinuousBatchingScheduler.DefaultMaxBatchSize, scheduler.MaxBatchSize);
+    }
+
+    [Fact]
+    public async Task DisposingTheHostStopsTheBatchWithoutWaitingForItsRequests()
+    {
+        var provider = Services(o => o.MaxNewTokens = 200);
+        var chat = provider.GetRequiredService<IChatClient>();
+        var host = provider.GetRequiredService<RinnaModelHost>();
+        var firstPiece = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var streaming = Task.Run(async () =>
+        {
+            await foreach (var update in chat.GetStreamingResponseAsync([new ChatMessage(ChatRole.User, "長い話をして")]))
+                if (update.Text.Length > 0) firstPiece.TrySetResult();
+        });
+        await firstPiece.Task;
+        await provider.DisposeAsync();
+
+        // The stream either ended before the loop stopped or fails with the documented exception; it never hangs.
+        var error = await Record.ExceptionAsync(() => streaming);
+        Assert.True(error is null or ObjectDisposedException, $"unexpected {error}");
+        await Assert.ThrowsAsync<ObjectDisposedException>(() => host.GetSchedulerAsync());
+        Assert.Throws<ArgumentException>(() => new RinnaModelHost(Microsoft.Extensions.Options.Options.Create(
+            new RinnaOptions { ModelId = tiny.Directory, MaxBatchSize = 0 })));
     }
 
     [Fact]

@@ -1,0 +1,395 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Rinna.Net.Model;
+using Rinna.Net.Tokenization;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Generation;
+
+/// <summary>
+/// Serves concurrent generation requests on one model from one running decode loop (continuous batching, as vLLM and
+/// TGI do): a request joins the batch between two steps, each step feeds every active row's last token through the
+/// model in one pass (one product per linear layer over all rows, which on a memory-bound CPU costs about what one row
+/// costs), and a row that finishes or is cancelled leaves at once.
+/// </summary>
+/// <remarks>
+/// <para>
+/// Each request keeps its own KV cache, generation settings, logits processors, random generator, token budget,
+/// end-of-sequence ids and stop strings, so its tokens do not depend on what else is in the batch: attention runs row by
+/// row against the row's own cache with the mask and positions <see cref="CausalLMGeneration.Generate(GptNeoXForCausalLM, Tensor, GenerationConfig?, Tensor?, PreTrainedTokenizer?, Action{GenerationTracker}?, CancellationToken, GptNeoXForCausalLM?)"/>
+/// would use, and a prompt is prefilled on its own, in one pass, as <c>Generate</c> does (one admission per step, so
+/// running rows wait for at most one prefill per token). What can differ from a request run alone is the rounding of the
+/// linear layers' products over several rows (libtorch's multi-row product does not sum in the order of its one-row
+/// product: a few ulps in float32), so a greedy token can change only where two candidates tie that closely; with int8
+/// weights the outlier columns also depend on the other rows (see docs/usage.md).
+/// </para>
+/// <para>
+/// Requests wait in arrival order (FIFO) while <see cref="MaxBatchSize"/> rows are active. The loop runs on its own
+/// thread, started by the first request. Beam search, prompt lookup and assisted decoding are not batched: run them
+/// with <c>Generate</c>.
+/// </para>
+/// </remarks>
+public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
+{
+    /// <summary>The default bound on rows decoded together.</summary>
+    public const int DefaultMaxBatchSize = 8;
+
+    private readonly Lock gate = new();
+    private readonly LinkedList<Request> waiting = new();
+    private readonly SemaphoreSlim arrived = new(0);
+    private readonly CancellationTokenSource stopping = new();
+    private readonly ILogger logger;
+    private Thread? loop;
+    private bool disposed;
+    private bool disposedFromLoop;
+    private volatile int activeRows;
+
+    /// <summary>Creates a scheduler; its loop starts with the first request.</summary>
+    /// <param name="model">The model every request runs on. The scheduler does not own it.</param>
+    /// <param name="maxBatchSize">The most rows decoded together; further requests wait in arrival order.</param>
+    /// <param name="logger">Where failures of a batched step are logged; <c>null</c> logs nothing.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxBatchSize"/> is below 1.</exception>
+    public ContinuousBatchingScheduler(GptNeoXForCausalLM model, int maxBatchSize = DefaultMaxBatchSize, ILogger? logger = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchSize, 1);
+        Model = model;
+        MaxBatchSize = maxBatchSize;
+        this.logger = logger ?? NullLogger.Instance;
+    }
+
+    /// <summary>The model the requests run on.</summary>
+    public GptNeoXForCausalLM Model { get; }
+
+    /// <summary>The most rows decoded together.</summary>
+    public int MaxBatchSize { get; }
+
+    /// <summary>Rows in the running batch after the last step (for diagnostics).</summary>
+    public int ActiveRows => activeRows;
+
+    /// <summary>Requests waiting for a row (for diagnostics).</summary>
+    public int QueuedRequests
+    {
+        get
+        {
+            lock (gate) return waiting.Count;
+        }
+    }
+
+    /// <summary>The most rows one decode step has run together so far (tests read it to see that rows were batched).</summary>
+    internal int LargestBatch { get; private set; }
+
+    /// <summary>
+    /// Generates a continuation of <paramref name="inputIds"/> in the shared batch: what
+    /// <c>model.Generate(inputIds, config, tokenizer: tokenizer, onStep: onStep)</c> returns for its one row.
+    /// </summary>
+    /// <param name="inputIds">The prompt's token ids (no padding).</param>
+    /// <param name="config">Decoding settings (greedy or sampling); <c>null</c> means the model's <c>generation_config</c>.</param>
+    /// <param name="tokenizer">The model's tokenizer: needed for stop strings, gives the text, and keeps ids it cannot decode from being generated.</param>
+    /// <param name="onStep">
+    /// Called after each of this request's tokens with its tracker (one row: stream with <c>TakeText(0)</c>). It runs on
+    /// the scheduler's thread between steps, so it must be quick; an exception from it fails this request only.
+    /// </param>
+    /// <param name="logitsProcessors">Extra processors for this request, run after the built-in ones.</param>
+    /// <param name="cancellationToken">
+    /// Checked before every step: the request leaves the batch (or the queue) and its task completes with the tokens so
+    /// far and <see cref="FinishReason.Cancelled"/>, as <c>Generate</c> does; other requests are not disturbed.
+    /// </param>
+    /// <returns>The generated ids, why they stopped and, with a tokenizer, the text.</returns>
+    /// <exception cref="ArgumentException">
+    /// The prompt is empty, the settings are invalid or ask for beam search, prompt lookup or several sequences, or stop
+    /// strings come without a tokenizer. A prompt the model rejects (ids outside the vocabulary) fails the task instead.
+    /// </exception>
+    /// <exception cref="ObjectDisposedException">The scheduler was disposed (also the task's exception for requests still running then).</exception>
+    public Task<GeneratedSequence> GenerateAsync(IReadOnlyList<int> inputIds, GenerationConfig? config = null, PreTrainedTokenizer? tokenizer = null,
+        Action<GenerationTracker>? onStep = null, IEnumerable<ILogitsProcessor>? logitsProcessors = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(inputIds);
+        if (inputIds.Count == 0) throw new ArgumentException("The prompt is empty: generation needs at least one token.", nameof(inputIds));
+        config ??= Model.GenerationConfig();
+        config.Validate();
+        if (config.NumBeams > 1 || config.PromptLookupNumTokens is not null || config.NumReturnSequences > 1)
+            throw new ArgumentException("Continuous batching serves greedy decoding and sampling of one sequence per request; run beam search, " +
+                "prompt lookup or several returned sequences with Generate.", nameof(config));
+        (config, int reserve) = CausalLMGeneration.FitToContext(Model, config, inputIds.Count);
+        var processors = tokenizer is not null && tokenizer.Count < Model.Config.VocabSize
+            ? [new VocabularyLimitLogitsProcessor(tokenizer.Count), .. logitsProcessors ?? []]
+            : logitsProcessors?.ToArray();
+        // Built here so that bad settings throw to the caller, not inside the loop.
+        var request = new Request(inputIds.Select(i => (long)i).ToArray(), reserve,
+            new GenerationTracker(config, 1, inputIds.Count, tokenizer is null ? null : () => tokenizer.CreateStreamingDecoder(skipSpecialTokens: true)),
+            LogitsProcessorList.Create(config, inputIds.Count, processors), TokenSampler.Create(config), onStep, cancellationToken);
+        lock (gate)
+        {
+            if (disposed)
+            {
+                request.Dispose();
+                throw new ObjectDisposedException(nameof(ContinuousBatchingScheduler));
+            }
+            waiting.AddLast(request);
+            if (loop is null)
+            {
+                loop = new Thread(Run) { IsBackground = true, Name = "Rinna continuous batching" };
+                loop.UnsafeStart();
+            }
+        }
+        arrived.Release();
+        return request.Completion.Task;
+    }
+
+    /// <summary>Stops the loop after its current step; requests not finished by then fail with <see cref="ObjectDisposedException"/>.</summary>
+    public void Dispose()
+    {
+        Thread? running;
+        lock (gate)
+        {
+            if (disposed) return;
+            disposed = true;
+            running = loop;
+        }
+        stopping.Cancel();
+        // Called from a request's callback, the loop is this thread: it ends when the callback returns.
+        if (running is not null && running != Thread.CurrentThread) running.Join();
+        if (running is null) FailWaiting();
+        if (running == Thread.CurrentThread) disposedFromLoop = true;
+        else ReleaseSignals();
+    }
+
+    /// <inheritdoc cref="Dispose"/>
+    public ValueTask DisposeAsync()
+    {
+        Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    private void Run()
+    {
+        var active = new List<Request>();
+        try
+        {
+            while (!stopping.IsCancellationRequested)
+            {
+                if (active.Count == 0) arrived.Wait(stopping.Token);
+                Leave(active, r => r.CancellationToken.IsCancellationRequested, cancel: true);
+                Admit(active);
+                if (active.Count > 0) Step(active);
+                Leave(active, r => r.Tracker.IsDone, cancel: false);
+                activeRows = active.Count;
+            }
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+        }
+        catch (Exception e)
+        {
+            // Only a bug gets here (each request's own failures are caught where they happen); fail everything rather than hang callers.
+            logger.LogError(e, "The continuous batching loop failed");
+            foreach (var request in active) request.Fail(e);
+            active.Clear();
+        }
+        finally
+        {
+            var stopped = new ObjectDisposedException(nameof(ContinuousBatchingScheduler), "The scheduler was disposed before the request finished.");
+            foreach (var request in active) request.Fail(stopped);
+            activeRows = 0;
+            lock (gate) disposed = true;
+            FailWaiting();
+            if (disposedFromLoop) ReleaseSignals();
+        }
+    }
+
+    private void ReleaseSignals()
+    {
+        stopping.Dispose();
+        arrived.Dispose();
+    }
+
+    private void FailWaiting()
+    {
+        Request[] left;
+        lock (gate)
+        {
+            left = [.. waiting];
+            waiting.Clear();
+        }
+        var stopped = new ObjectDisposedException(nameof(ContinuousBatchingScheduler), "The scheduler was disposed before the request started.");
+        foreach (var request in left) request.Fail(stopped);
+    }
+
+    /// <summary>Ends the rows <paramref name="leaves"/> picks: cancelled ones get <see cref="FinishReason.Cancelled"/>.</summary>
+    private static void Leave(List<Request> active, Func<Request, bool> leaves, bool cancel)
+    {
+        for (int i = active.Count - 1; i >= 0; i--)
+        {
+            if (!leaves(active[i])) continue;
+            if (cancel) active[i].Tracker.Cancel();
+            active[i].Complete();
+            active.RemoveAt(i);
+        }
+    }
+
+    /// <summary>
+    /// Drops cancelled requests from the queue and prefills the first waiting one if a row is free. One prefill per step
+    /// keeps the running rows' wait per token to one prompt's prefill.
+    /// </summary>
+    private void Admit(List<Request> active)
+    {
+        Request? next = null;
+        var cancelled = new List<Request>();
+        lock (gate)
+        {
+            for (var node = waiting.First; node is not null;)
+            {
+                var following = node.Next;
+                if (node.Value.CancellationToken.IsCancellationRequested)
+                {
+                    cancelled.Add(node.Value);
+                    waiting.Remove(node);
+                }
+                node = following;
+            }
+            if (active.Count < MaxBatchSize && waiting.First is { } first)
+            {
+                next = first.Value;
+                waiting.RemoveFirst();
+            }
+        }
+        foreach (var request in cancelled)
+        {
+            request.Tracker.Cancel();
+            request.Complete();
+        }
+        if (next is null) return;
+        try
+        {
+            next.Prefill(Model);
+            if (next.Tracker.IsDone) next.Complete();
+            else active.Add(next);
+        }
+        catch (Exception e)
+        {
+            next.Fail(e);
+        }
+    }
+
+    /// <summary>One decode step over every active row; a row whose work throws fails alone.</summary>
+    private void Step(List<Request> active)
+    {
+        LargestBatch = Math.Max(LargestBatch, active.Count);
+        Tensor logits;
+        using (var scope = NewDisposeScope())
+        {
+            try
+            {
+                var tokens = tensor(active.Select(r => r.LastToken).ToArray(), ScalarType.Int64, Model.Device).unsqueeze(1);
+                logits = ModelStepper.ForwardRows(active.Select(r => r.Stepper!).ToArray(), tokens).MoveToOuterDisposeScope();
+            }
+            catch (Exception e) when (active.Count > 1)
+            {
+                // The batched pass cannot say whose row broke it: step each row alone (the caches only advance at the end
+                // of a pass, so the failed pass left them as they were), failing only the rows that fail alone.
+                logger.LogWarning(e, "A batched step over {Rows} rows failed; stepping each row alone", active.Count);
+                foreach (var request in active.ToArray()) Guard(request, () => request.StepAlone());
+                return;
+            }
+            catch (Exception e)
+            {
+                active[0].Fail(e);
+                active.Clear();
+                return;
+            }
+        }
+        using (logits)
+        using (var scope = NewDisposeScope())
+        {
+            var rows = active.ToArray();
+            for (int i = 0; i < rows.Length; i++)
+            {
+                var row = logits.narrow(0, i, 1);
+                Guard(rows[i], () => rows[i].Advance(row));
+            }
+        }
+
+        void Guard(Request request, Action work)
+        {
+            try
+            {
+                work();
+            }
+            catch (Exception e)
+            {
+                request.Fail(e);
+                active.Remove(request);
+            }
+        }
+    }
+
+    /// <summary>One request's row: its cache, sequence so far, logits pipeline, sampler and tracker.</summary>
+    private sealed class Request(long[] prompt, int reserve, GenerationTracker tracker, LogitsProcessorList pipeline, TokenSampler sampler,
+        Action<GenerationTracker>? onStep, CancellationToken cancellationToken) : IDisposable
+    {
+        private Tensor? sequences;
+
+        public GenerationTracker Tracker { get; } = tracker;
+
+        public CancellationToken CancellationToken { get; } = cancellationToken;
+
+        public TaskCompletionSource<GeneratedSequence> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public ModelStepper? Stepper { get; private set; }
+
+        public long LastToken { get; private set; }
+
+        /// <summary>Runs the prompt through the model on its own cache and picks the first token, as <c>Generate</c>'s first step does.</summary>
+        public void Prefill(GptNeoXForCausalLM model)
+        {
+            using var scope = NewDisposeScope();
+            var ids = tensor(prompt, ScalarType.Int64, model.Device).unsqueeze(0);
+            Stepper = new ModelStepper(model, ones_like(ids), reserve, prompt.Length + Tracker.MaxNewTokens);
+            sequences = ids.DetachFromDisposeScope();
+            Advance(Stepper.Forward(ids));
+        }
+
+        /// <summary>This row's step without the others (after a batched step failed).</summary>
+        public void StepAlone()
+        {
+            using var scope = NewDisposeScope();
+            Advance(ModelStepper.ForwardRows([Stepper!], tensor(new[] { LastToken }, ScalarType.Int64, sequences!.device).unsqueeze(1)));
+        }
+
+        /// <summary>Picks the next token from this row's logits <c>[1, vocab]</c>, as <see cref="GenerationLoop"/>'s step does.</summary>
+        public void Advance(Tensor logits)
+        {
+            using var scope = NewDisposeScope();
+            var current = sequences!;
+            var scores = pipeline.Process(current, logits.to(ScalarType.Float32, current.device));
+            var appended = Tracker.Advance(sampler.Next(scores)).unsqueeze(1);
+            sequences = cat([current, appended], 1).DetachFromDisposeScope();
+            current.Dispose();
+            LastToken = appended.item<long>();
+            onStep?.Invoke(Tracker);
+        }
+
+        public void Complete()
+        {
+            var result = Tracker.GetSequences()[0];
+            Dispose();
+            Completion.TrySetResult(result);
+        }
+
+        public void Fail(Exception error)
+        {
+            Dispose();
+            Completion.TrySetException(error);
+        }
+
+        public void Dispose()
+        {
+            Stepper?.Dispose();
+            Stepper = null;
+            sequences?.Dispose();
+            sequences = null;
+            sampler.Dispose();
+        }
+    }
+}
