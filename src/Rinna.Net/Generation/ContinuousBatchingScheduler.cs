@@ -48,15 +48,33 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     /// <param name="model">The model every request runs on. The scheduler does not own it.</param>
     /// <param name="maxBatchSize">The most rows decoded together; further requests wait in arrival order.</param>
     /// <param name="logger">Where failures of a batched step are logged; <c>null</c> logs nothing.</param>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxBatchSize"/> is below 1.</exception>
-    public ContinuousBatchingScheduler(GptNeoXForCausalLM model, int maxBatchSize = DefaultMaxBatchSize, ILogger? logger = null)
+    /// <param name="prefixCacheBytes">
+    /// Bytes of finished requests' KV caches kept for reuse (0 keeps none): a request whose prompt starts with the
+    /// tokens of a kept cache, at least 16 of them, as a chat's next turn starts with the conversation so far, prefills
+    /// only the rest. The least recently used caches leave first.
+    /// </param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxBatchSize"/> is below 1, or <paramref name="prefixCacheBytes"/> is negative.</exception>
+    public ContinuousBatchingScheduler(GptNeoXForCausalLM model, int maxBatchSize = DefaultMaxBatchSize, ILogger? logger = null, long prefixCacheBytes = 0)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchSize, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(prefixCacheBytes);
         Model = model;
         MaxBatchSize = maxBatchSize;
         this.logger = logger ?? NullLogger.Instance;
+        prefixes = prefixCacheBytes > 0 ? new PrefixCache(prefixCacheBytes) : null;
     }
+
+    private readonly PrefixCache? prefixes;
+
+    /// <summary>Prompt tokens whose keys and values came from a kept cache instead of a prefill (diagnostics and tests).</summary>
+    internal long ReusedPromptTokens { get; private set; }
+
+    /// <summary>Prompt tokens prefilled (diagnostics and tests).</summary>
+    internal long PrefilledPromptTokens { get; private set; }
+
+    /// <summary>Bytes of KV cache kept for reuse now.</summary>
+    public long PrefixCacheSize => prefixes?.SizeInBytes ?? 0;
 
     /// <summary>The model the requests run on.</summary>
     public GptNeoXForCausalLM Model { get; }
@@ -151,6 +169,7 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
         // Called from a request's callback, the loop is this thread: it ends when the callback returns.
         if (running is not null && running != Thread.CurrentThread) running.Join();
         if (running is null) FailWaiting();
+        if (running != Thread.CurrentThread) prefixes?.Dispose();
         if (running == Thread.CurrentThread) disposedFromLoop = true;
         else ReleaseSignals();
     }
@@ -194,7 +213,11 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
             activeRows = 0;
             lock (gate) disposed = true;
             FailWaiting();
-            if (disposedFromLoop) ReleaseSignals();
+            if (disposedFromLoop)
+            {
+                prefixes?.Dispose();
+                ReleaseSignals();
+            }
         }
     }
 
@@ -217,13 +240,13 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     }
 
     /// <summary>Ends the rows <paramref name="leaves"/> picks: cancelled ones get <see cref="FinishReason.Cancelled"/>.</summary>
-    private static void Leave(List<Request> active, Func<Request, bool> leaves, bool cancel)
+    private void Leave(List<Request> active, Func<Request, bool> leaves, bool cancel)
     {
         for (int i = active.Count - 1; i >= 0; i--)
         {
             if (!leaves(active[i])) continue;
             if (cancel) active[i].Tracker.Cancel();
-            active[i].Complete();
+            active[i].Complete(prefixes);
             active.RemoveAt(i);
         }
     }
@@ -257,13 +280,15 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
         foreach (var request in cancelled)
         {
             request.Tracker.Cancel();
-            request.Complete();
+            request.Complete(null);
         }
         if (next is null) return;
         try
         {
-            next.Prefill(Model);
-            if (next.Tracker.IsDone) next.Complete();
+            int reused = next.Prefill(Model, prefixes);
+            ReusedPromptTokens += reused;
+            PrefilledPromptTokens += next.PromptLength - reused;
+            if (next.Tracker.IsDone) next.Complete(prefixes);
             else active.Add(next);
         }
         catch (Exception e)
@@ -340,14 +365,30 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
 
         public long LastToken { get; private set; }
 
-        /// <summary>Runs the prompt through the model on its own cache and picks the first token, as <c>Generate</c>'s first step does.</summary>
-        public void Prefill(GptNeoXForCausalLM model)
+        public int PromptLength => prompt.Length;
+
+        /// <summary>
+        /// Runs the prompt through the model and picks the first token, as <c>Generate</c>'s first step does: on a kept
+        /// cache that already holds a prefix of the prompt when <paramref name="prefixes"/> has one (only the rest is
+        /// prefilled), else on a new cache. Returns the prompt tokens taken from a kept cache.
+        /// </summary>
+        public int Prefill(GptNeoXForCausalLM model, PrefixCache? prefixes)
         {
             using var scope = NewDisposeScope();
             var ids = tensor(prompt, ScalarType.Int64, model.Device).unsqueeze(0);
-            Stepper = new ModelStepper(model, ones_like(ids), reserve, prompt.Length + Tracker.MaxNewTokens);
             sequences = ids.DetachFromDisposeScope();
+            int maxLength = prompt.Length + Tracker.MaxNewTokens;
+            if (prefixes?.Take(prompt) is { } hit)
+            {
+                var (kept, reused) = hit;
+                Stepper = kept;
+                kept.EnsureMaxLength(maxLength);
+                Advance(kept.Forward(ids.narrow(1, reused, prompt.Length - reused)));
+                return reused;
+            }
+            Stepper = new ModelStepper(model, ones_like(ids), reserve, maxLength);
             Advance(Stepper.Forward(ids));
+            return 0;
         }
 
         /// <summary>This row's step without the others (after a batched step failed).</summary>
@@ -370,9 +411,17 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
             onStep?.Invoke(Tracker);
         }
 
-        public void Complete()
+        /// <summary>Ends the request with its result; its cache goes to <paramref name="prefixes"/> for a later request, if there is a pool.</summary>
+        public void Complete(PrefixCache? prefixes)
         {
             var result = Tracker.GetSequences()[0];
+            if (prefixes is not null && Stepper is { CachedLength: > 0 } stepper && sequences is not null)
+            {
+                // The cache holds every token fed so far: all of the sequence but the last token picked.
+                using (var held = sequences.narrow(1, 0, stepper.CachedLength).cpu())
+                    prefixes.Add(held.data<long>().ToArray(), stepper);
+                Stepper = null;
+            }
             Dispose();
             Completion.TrySetResult(result);
         }

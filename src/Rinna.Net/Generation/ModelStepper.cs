@@ -30,6 +30,12 @@ internal sealed class ModelStepper : IDisposable
     /// <summary>Tokens in the cache.</summary>
     public int CachedLength => cache.Length;
 
+    /// <summary>Bytes of native memory the cache holds.</summary>
+    public long CacheBytes => cache.SizeInBytes;
+
+    /// <summary>Lets the cache grow (by doubling) up to <paramref name="maxLength"/> tokens, for a request longer than the one it was made for.</summary>
+    public void EnsureMaxLength(int maxLength) => cache.MaxLength = Math.Max(cache.MaxLength, maxLength);
+
     /// <summary>
     /// Feeds <paramref name="tokens"/> <c>[batch, n]</c> after the cached ones (left-padded prompts on the first call)
     /// and returns the float32 logits of the last position, <c>[batch, vocab]</c>, or of all <c>n</c> positions,

@@ -31,6 +31,8 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     {
         this.options = options.Value;
         this.loggerFactory = loggerFactory;
+        if (this.options.PrefixCacheBytes < 0)
+            throw new ArgumentException($"RinnaOptions.PrefixCacheBytes must be 0 or more; got {this.options.PrefixCacheBytes}.", nameof(options));
         if (this.options.MaxBatchSize < 1)
             throw new ArgumentException($"RinnaOptions.MaxBatchSize must be at least 1; got {this.options.MaxBatchSize}.", nameof(options));
         if (string.IsNullOrWhiteSpace(this.options.ModelId))
@@ -92,7 +94,7 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         {
             ObjectDisposedException.ThrowIf(disposed, this);
             return scheduler ??= new ContinuousBatchingScheduler(model, options.MaxBatchSize,
-                loggerFactory?.CreateLogger<ContinuousBatchingScheduler>());
+                loggerFactory?.CreateLogger<ContinuousBatchingScheduler>(), options.PrefixCacheBytes);
         }
     }
 

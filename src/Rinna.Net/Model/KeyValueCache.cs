@@ -26,10 +26,11 @@ public sealed class KeyValueCache : IDisposable
         keys = new Tensor?[layers];
         values = new Tensor?[layers];
         reserved = reservedLength;
-        this.maxLength = maxLength;
+        MaxLength = maxLength;
     }
 
-    private readonly int maxLength;
+    /// <summary>The most tokens callers will store: growth by doubling stops there. A cache lent to a longer request raises it.</summary>
+    internal int MaxLength { get; set; }
 
     /// <summary>Number of tokens cached.</summary>
     public int Length { get; private set; }
@@ -64,7 +65,7 @@ public sealed class KeyValueCache : IDisposable
         var current = keys[layer];
         if (current is not null && current.size(2) >= needed && current.size(0) == batch) return (current, values[layer]!);
         long doubled = current is null ? 0 : 2L * current.size(2);
-        int capacity = Math.Max(needed, (int)Math.Min(maxLength, Math.Max(reserved, doubled)));
+        int capacity = Math.Max(needed, (int)Math.Min(MaxLength, Math.Max(reserved, doubled)));
         long[] shape = [batch, heads, capacity, headSize];
         var newKeys = zeros(shape, keyType, device).DetachFromDisposeScope();
         var newValues = zeros(shape, valueType, device).DetachFromDisposeScope();
