@@ -24,8 +24,11 @@ public class SpeculativeDecodingBenchmarks
     private GptNeoXForCausalLM model = null!;
     private List<int[]> prompts = null!;
 
-    [Params(ModelShapes.Demo, "rinna-4b-L4")]
+    [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = ModelShapes.Demo;
+
+    /// <summary>The demo model and rinna-4b's shape with 4 layers; <c>RINNA_BENCH_SHAPES</c> narrows them.</summary>
+    public static IEnumerable<string> Shapes => BenchmarkSettings.Only(BenchmarkSettings.ShapesVariable, [ModelShapes.Demo, "rinna-4b-L4"]);
 
     [Params("Quoting", "Free")]
     public string Text { get; set; } = "Quoting";
