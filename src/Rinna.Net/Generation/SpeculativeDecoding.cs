@@ -17,6 +17,11 @@ internal interface ICandidateGenerator
 
     /// <summary>Learns how many of the last call's <paramref name="proposed"/> tokens the model accepted.</summary>
     void Update(int proposed, int accepted);
+
+    /// <summary>Learns what the last round cost: <paramref name="tokens"/> appended in <paramref name="elapsed"/> with <paramref name="proposed"/> proposals.</summary>
+    void Observe(int proposed, int tokens, TimeSpan elapsed)
+    {
+    }
 }
 
 /// <summary>
@@ -51,11 +56,13 @@ internal sealed class PromptLookupCandidateGenerator(int numOutputTokens, int ma
 }
 
 /// <summary>
-/// Stops proposing while proposals keep being rejected, so speculation on text that does not repeat its context
-/// costs (almost) nothing: after two rejected rounds in a row it pauses for 4 steps, and each pause that ends in
-/// another rejected round doubles the next, up to 64 steps (one verification of rejected proposals per 65 tokens at
-/// worst). An accepted proposal ends the pauses. Proposals never change greedy output, only how many model calls it
-/// takes; Hugging Face's prompt lookup has no such fallback.
+/// Stops proposing while proposals do not pay, so speculation on text that does not repeat its context costs (almost)
+/// nothing: after two failed rounds in a row it pauses for 4 steps, and each pause that ends in another failed round
+/// doubles the next, up to 64 steps (one failed verification per 65 tokens at worst). A round fails when the model
+/// rejected all its proposals, or when it took longer per token than plain steps do (measured on the steps without
+/// proposals: on a small model, or a CPU where several rows cost more than one, accepted proposals can still lose).
+/// A round that pays ends the pauses. Proposals never change greedy output, only how many model calls it takes, so
+/// timing may steer them; Hugging Face's prompt lookup has no such fallback.
 /// </summary>
 internal sealed class FallbackCandidateGenerator(ICandidateGenerator inner) : ICandidateGenerator
 {
@@ -66,14 +73,26 @@ internal sealed class FallbackCandidateGenerator(ICandidateGenerator inner) : IC
     private int nextPause = FirstPause;
     private int pausedSteps;
 
+    /// <summary>Every this many rounds with proposals, one plain step keeps the plain cost it is compared with current.</summary>
+    private const int PlainProbeInterval = 32;
+    private int roundsSincePlain;
+
     public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount)
     {
         if (pausedSteps > 0)
         {
             pausedSteps--;
+            roundsSincePlain = 0;
             return [];
         }
-        return inner.GetCandidates(sequence, maxCount);
+        if (++roundsSincePlain > PlainProbeInterval || (plainSecondsPerToken is null && roundsSincePlain > 2))
+        {
+            roundsSincePlain = 0;
+            return [];
+        }
+        var candidates = inner.GetCandidates(sequence, maxCount);
+        if (candidates.Length == 0) roundsSincePlain = 0;
+        return candidates;
     }
 
     public Tensor? CandidateScores => inner.CandidateScores;
@@ -84,10 +103,42 @@ internal sealed class FallbackCandidateGenerator(ICandidateGenerator inner) : IC
         if (proposed == 0) return;
         if (accepted > 0)
         {
+            // Kept until Observe says whether the round also paid in time.
+            beforeSuccess = (misses, nextPause);
             misses = 0;
             nextPause = FirstPause;
             return;
         }
+        beforeSuccess = null;
+        Miss();
+    }
+
+    private (int Misses, int NextPause)? beforeSuccess;
+
+    /// <summary>Seconds per token of steps without proposals (an exponential average), once one was seen.</summary>
+    private double? plainSecondsPerToken;
+
+    public void Observe(int proposed, int tokens, TimeSpan elapsed)
+    {
+        inner.Observe(proposed, tokens, elapsed);
+        if (tokens <= 0) return;
+        double perToken = elapsed.TotalSeconds / tokens;
+        if (proposed == 0)
+        {
+            plainSecondsPerToken = plainSecondsPerToken is { } average ? 0.7 * average + 0.3 * perToken : perToken;
+            return;
+        }
+        // Slower than plain decoding although proposals were accepted: as good as rejected.
+        if (plainSecondsPerToken is { } plain && perToken > plain && beforeSuccess is { } state)
+        {
+            (misses, nextPause) = state;
+            Miss();
+        }
+        beforeSuccess = null;
+    }
+
+    private void Miss()
+    {
         if (++misses < MissesBeforePause) return;
         pausedSteps = nextPause;
         nextPause = Math.Min(nextPause * 2, LongestPause);
@@ -137,6 +188,7 @@ internal static class SpeculativeDecoding
                 break;
             }
             using var scope = NewDisposeScope();
+            long started = System.Diagnostics.Stopwatch.GetTimestamp();
             int before = sequence.Count;
             // Proposals past the token budget could never be kept; the model's own next token always can.
             var candidates = generator.GetCandidates(sequence, tracker.MaxNewTokens - tracker.Steps - 1);
@@ -159,6 +211,8 @@ internal static class SpeculativeDecoding
                 if (tracker.IsDone) break;
             }
             generator.Update(candidates.Length, accepted);
+            // The first round also prefilled the prompt, so it says nothing about a step's cost.
+            if (modelCalls > 1) generator.Observe(candidates.Length, sequence.Count - before, System.Diagnostics.Stopwatch.GetElapsedTime(started));
             // Every token but the last appended has its keys computed on the final history; the rest are rejected proposals.
             stepper.Truncate(Math.Min(stepper.CachedLength, sequence.Count - 1));
         }
