@@ -37,6 +37,12 @@ public static class BenchmarkCheckpoints
             TorchDtype = TorchDtype.Float16,
             QuantizationConfig = new QuantizationConfig { LoadIn8Bit = true, SkipModules = [] },
         },
+        // load_in_4bit with NF4 (bnb_4bit_quant_type="nf4"), float16 for the rest, as the int8 entry above.
+        "Nf4" => new ModelLoadOptions
+        {
+            TorchDtype = TorchDtype.Float16,
+            QuantizationConfig = new QuantizationConfig { LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4 },
+        },
         _ => throw new ArgumentException($"unknown dtype '{dtype}'", nameof(dtype)),
     };
 }
