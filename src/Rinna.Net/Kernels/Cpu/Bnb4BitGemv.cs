@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 
@@ -20,7 +21,8 @@ internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor
 /// <c>x · Wᵀ + b</c> for one row of activations and a bitsandbytes 4-bit weight on the CPU (a decode step), in managed
 /// code on libtorch's OpenMP threads. The weight is dequantized in registers: each code is looked up in the 16-entry
 /// code book, the block's products are summed, and the sum is scaled by the block's absmax, so the float weight is never
-/// built. Three variants (<see cref="Bnb4BitGemvVariant"/>): portable 256- and 128-bit vectors and scalar code.
+/// built. Four variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), portable
+/// 256- and 128-bit vectors, and scalar code.
 /// </summary>
 /// <remarks>
 /// The vector variants read 16 code bytes (32 weights) at a time, which lie in one block when the row length is a
@@ -35,13 +37,15 @@ internal static unsafe class Bnb4BitGemv
 
     /// <summary>The widest variant this CPU accelerates (scalar where it accelerates none).</summary>
     public static Bnb4BitGemvVariant DefaultVariant { get; } =
-        IsAccelerated(Bnb4BitGemvVariant.Vector256) ? Bnb4BitGemvVariant.Vector256
+        IsAccelerated(Bnb4BitGemvVariant.Avx512) ? Bnb4BitGemvVariant.Avx512
+        : IsAccelerated(Bnb4BitGemvVariant.Vector256) ? Bnb4BitGemvVariant.Vector256
         : IsAccelerated(Bnb4BitGemvVariant.Vector128) ? Bnb4BitGemvVariant.Vector128
         : Bnb4BitGemvVariant.Scalar;
 
     /// <summary>Whether <paramref name="variant"/> runs in hardware here (every variant is correct everywhere).</summary>
     public static bool IsAccelerated(Bnb4BitGemvVariant variant) => variant switch
     {
+        Bnb4BitGemvVariant.Avx512 => Avx512F.IsSupported,
         Bnb4BitGemvVariant.Vector256 => Vector256.IsHardwareAccelerated,
         Bnb4BitGemvVariant.Vector128 => Vector128.IsHardwareAccelerated,
         _ => true,
@@ -75,10 +79,14 @@ internal static unsafe class Bnb4BitGemv
     public static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result)
         => TryMultiply(x, weight, bias, out result, DefaultVariant);
 
-    /// <summary><see cref="TryMultiply(Tensor, Bnb4BitMatrix, Tensor?, out Tensor)"/> with a chosen variant; for tests and benchmarks.</summary>
+    /// <summary>
+    /// <see cref="TryMultiply(Tensor, Bnb4BitMatrix, Tensor?, out Tensor)"/> with a chosen variant; for tests and
+    /// benchmarks. The AVX-512 variant runs only where the CPU has it; the others run everywhere.
+    /// </summary>
     internal static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result, Bnb4BitGemvVariant variant)
     {
         result = null!;
+        if (variant == Bnb4BitGemvVariant.Avx512 && !Avx512F.IsSupported) return false;
         if (!LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias)) return false;
         int rows = weight.Rows, columns = weight.Columns;
         bool grouped = variant != Bnb4BitGemvVariant.Scalar && columns % Group == 0;
@@ -163,8 +171,12 @@ internal static unsafe class Bnb4BitGemv
             for (int row = first; row < end; row++)
             {
                 long start = (long)row * job->Columns;
-                float value = !job->Grouped ? RowScalar(job, start)
-                    : job->Variant == Bnb4BitGemvVariant.Vector256 ? Row256(job, start) : Row128(job, start);
+                float value = !job->Grouped ? RowScalar(job, start) : job->Variant switch
+                {
+                    Bnb4BitGemvVariant.Avx512 => Row512(job, start),
+                    Bnb4BitGemvVariant.Vector256 => Row256(job, start),
+                    _ => Row128(job, start),
+                };
                 if (job->Bias != null) value += job->Bias[row];
                 if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
                 else ((float*)job->Output)[row] = value;
@@ -201,6 +213,39 @@ internal static unsafe class Bnb4BitGemv
             total += partial * Scale(job, block);
         }
         return total;
+    }
+
+    /// <summary>
+    /// 16 code bytes widened to 16 int lanes hold the even weights in bits 4–7 and the odd ones in bits 0–3;
+    /// <c>vpermps</c> reads only the low 4 bits of each lane, so the odd weights need no mask.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Row512(Job* job, long start)
+    {
+        var table = Avx512F.LoadVector512(job->Code);
+        Vector512<float> total0 = Vector512<float>.Zero, total1 = Vector512<float>.Zero;
+        float* x = job->Input;
+        byte* codes = job->Codes + (start >> 1);
+        int columns = job->Columns, g = 0;
+        for (; g + 2 * Group <= columns; g += 2 * Group)
+        {
+            var first = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
+            var second = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2 + Group / 2));
+            var sum0 = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(first, 4)), Avx512F.LoadVector512(x + g));
+            var sum1 = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(second, 4)), Avx512F.LoadVector512(x + g + Group));
+            sum0 = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, first), Avx512F.LoadVector512(x + g + 16), sum0);
+            sum1 = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, second), Avx512F.LoadVector512(x + g + Group + 16), sum1);
+            total0 = Avx512F.FusedMultiplyAdd(sum0, Vector512.Create(Scale(job, (start + g) >> 6)), total0);
+            total1 = Avx512F.FusedMultiplyAdd(sum1, Vector512.Create(Scale(job, (start + g + Group) >> 6)), total1);
+        }
+        if (g < columns)
+        {
+            var last = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
+            var sum = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(last, 4)), Avx512F.LoadVector512(x + g));
+            sum = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, last), Avx512F.LoadVector512(x + g + 16), sum);
+            total0 = Avx512F.FusedMultiplyAdd(sum, Vector512.Create(Scale(job, (start + g) >> 6)), total0);
+        }
+        return Vector512.Sum(total0 + total1);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -297,4 +342,7 @@ internal enum Bnb4BitGemvVariant
 
     /// <summary>256-bit portable vectors: AVX2 on x64.</summary>
     Vector256,
+
+    /// <summary>AVX-512 intrinsics (a 16-entry permute per 16 weights).</summary>
+    Avx512,
 }

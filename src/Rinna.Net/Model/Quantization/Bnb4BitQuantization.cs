@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Model.Quantization;
@@ -214,10 +215,41 @@ public static class Bnb4BitQuantization
         return scaled + offset;
     }
 
-    /// <summary>Writes <c>code[q] · absmax</c> (float32) for as many values as <paramref name="destination"/> holds, from flat index <paramref name="start"/>.</summary>
+    private static readonly Lazy<ulong[]> nf4Pairs = new(() => PairTable(Nf4Code));
+    private static readonly Lazy<ulong[]> fp4Pairs = new(() => PairTable(Fp4Code));
+
+    /// <summary>For each byte, its two code-book values as adjacent floats (high nibble first in memory).</summary>
+    private static ulong[] PairTable(float[] code)
+    {
+        var pairs = new ulong[256];
+        for (int b = 0; b < 256; b++)
+            pairs[b] = (uint)BitConverter.SingleToInt32Bits(code[b >> 4]) | ((ulong)(uint)BitConverter.SingleToInt32Bits(code[b & 0x0F]) << 32);
+        return pairs;
+    }
+
+    /// <summary>
+    /// Writes <c>code[q] · absmax</c> (float32) for as many values as <paramref name="destination"/> holds, from flat index
+    /// <paramref name="start"/>: whole blocks through a byte-to-pair table and a vector product, the rest one by one.
+    /// </summary>
     internal static void DequantizeRange(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, float[] code, long start, Span<float> destination)
     {
-        for (int i = 0; i < destination.Length; i++)
+        int done = 0;
+        if (start % BlockSize == 0 && (code == Nf4Code || code == Fp4Code))
+        {
+            var pairs = code == Nf4Code ? nf4Pairs.Value : fp4Pairs.Value;
+            for (; done + BlockSize <= destination.Length; done += BlockSize)
+            {
+                long at = start + done;
+                var bytes = packed.Slice((int)(at >> 1), BlockSize / 2);
+                var block = destination.Slice(done, BlockSize);
+                var values = MemoryMarshal.Cast<float, ulong>(block);
+                for (int j = 0; j < bytes.Length; j++) values[j] = pairs[bytes[j]];
+                var scale = Vector256.Create(absmax[(int)(at / BlockSize)]);
+                for (int i = 0; i < BlockSize; i += Vector256<float>.Count)
+                    (Vector256.Create(block.Slice(i, Vector256<float>.Count)) * scale).CopyTo(block.Slice(i, Vector256<float>.Count));
+            }
+        }
+        for (int i = done; i < destination.Length; i++)
         {
             long at = start + i;
             int q = (packed[(int)(at >> 1)] >> ((at & 1) == 0 ? 4 : 0)) & 0x0F;
