@@ -1,3 +1,4 @@
+using System.Numerics;
 using Rinna.Net.Kernels;
 using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Layers;
@@ -25,6 +26,15 @@ public sealed class Bnb4BitLinear : LinearLayer
     private const long QuantizeChunkElements = 1 << 20;
 
     private const string NestedAbsmaxName = "nested_absmax";
+
+    /// <summary>Weights dequantized at once on the prompt path: a 16 MiB float32 scratch buffer per thread.</summary>
+    private const long ScratchElements = 4L << 20;
+
+    [ThreadStatic]
+    private static Tensor? floatScratch;
+
+    [ThreadStatic]
+    private static Tensor? typedScratch;
 
     // Field names are the buffer names, so TorchSharp's reflective Module.to() re-registers each buffer once.
     private Tensor weight;
@@ -164,16 +174,76 @@ public sealed class Bnb4BitLinear : LinearLayer
             output = product;
         else
         {
-            var computeDType = ComputeDType ?? input.dtype;
             using (no_grad())
-            {
-                // The whole float weight exists only for this product (as bitsandbytes' matmul_4bit does for prompts).
-                var dense = DequantizeWeight(computeDType);
-                output = nn.functional.linear(rows.to(computeDType), dense, bias?.to(computeDType)).to(input.dtype);
-                dense.Dispose();
-            }
+                output = weight.device_type == DeviceType.CPU
+                    ? BlockwiseProduct(rows.to(ComputeDType ?? input.dtype)).to(input.dtype)
+                    : DenseProduct(rows);
         }
         return output.reshape(outputShape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Off the CPU: the whole weight dequantized for this product, as bitsandbytes' <c>matmul_4bit</c> does.</summary>
+    private Tensor DenseProduct(Tensor rows)
+    {
+        var computeDType = ComputeDType ?? rows.dtype;
+        using var dense = DequantizeWeight(computeDType);
+        return nn.functional.linear(rows.to(computeDType), dense, bias?.to(computeDType)).to(rows.dtype);
+    }
+
+    /// <summary>
+    /// Several rows on the CPU: a block of output features at a time is dequantized into this thread's reused scratch
+    /// buffer, converted to the compute dtype and multiplied, so no allocation grows with the layer (allocating and
+    /// faulting in a fresh float32 copy of a large layer cost more than the product itself).
+    /// </summary>
+    private Tensor BlockwiseProduct(Tensor input)
+    {
+        var dtype = input.dtype;
+        long blockRows = Math.Clamp(ScratchElements / InFeatures, 1, OutFeatures);
+        // Blocks of rows start on 64-element boundaries of the flattened weight, where whole-block dequantization applies.
+        long alignment = Bnb4BitQuantization.BlockSize / (long)BigInteger.GreatestCommonDivisor(InFeatures, Bnb4BitQuantization.BlockSize);
+        blockRows = Math.Min(OutFeatures, Math.Max(alignment, blockRows / alignment * alignment));
+        var scales = BlockScales();
+        var output = empty(input.size(0), OutFeatures, dtype);
+        var typedBias = bias?.to(dtype);
+        for (long first = 0; first < OutFeatures; first += blockRows)
+        {
+            long count = Math.Min(blockRows, OutFeatures - first);
+            var block = DequantizeRows(first, count, scales, dtype);
+            using var product = nn.functional.linear(input, block, typedBias?.narrow(0, first, count));
+            output.narrow(1, first, count).copy_(product);
+        }
+        return output;
+    }
+
+    /// <summary>Rows <c>[first, first + count)</c> of the weight in <paramref name="dtype"/>, in this thread's scratch buffers.</summary>
+    private Tensor DequantizeRows(long first, long count, float[] scales, ScalarType dtype)
+    {
+        long elements = count * InFeatures, start = first * InFeatures;
+        var scratch = Scratch(ref floatScratch, elements, ScalarType.Float32);
+        var packed = weight;
+        int parts = (int)Math.Max(1, Math.Min(Environment.ProcessorCount, elements / (16 * 1024)));
+        long partElements = (elements / parts + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize * Bnb4BitQuantization.BlockSize;
+        Parallel.For(0, parts, part =>
+        {
+            long from = part * partElements, length = Math.Min(partElements, elements - from);
+            if (length <= 0) return;
+            var target = Bnb4BitQuantization.AsFloats(scratch).Slice((int)from, (int)length);
+            Bnb4BitQuantization.DequantizeRange(packed.bytes, scales, code, start + from, target);
+        });
+        var dense = scratch.narrow(0, 0, elements).view(count, InFeatures);
+        if (dtype == ScalarType.Float32) return dense;
+        return Scratch(ref typedScratch, elements, dtype).narrow(0, 0, elements).view(count, InFeatures).copy_(dense);
+    }
+
+    /// <summary>A thread's scratch buffer of <paramref name="dtype"/>, grown to at least <paramref name="elements"/>; never in a dispose scope.</summary>
+    private static Tensor Scratch(ref Tensor? buffer, long elements, ScalarType dtype)
+    {
+        if (buffer is null || buffer.numel() < elements || buffer.dtype != dtype)
+        {
+            buffer?.Dispose();
+            buffer = empty(elements, dtype).DetachFromDisposeScope();
+        }
+        return buffer;
     }
 
     /// <summary>

@@ -146,6 +146,25 @@ public class Bnb4BitQuantizationTests
         Assert.True(nested.WeightBytes <= 0.52 * 256_000, $"{nested.WeightBytes}");
     }
 
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void PromptsMatchTheDequantizedWeightAcrossScratchBlocks(ScalarType computeDType)
+    {
+        // 3000 × 1500 exceeds one 4 Mi-element scratch block; 1500 is not a multiple of 64, so blocks of rows must
+        // start on the flattened weight's 64-element boundaries.
+        using var scope = NewDisposeScope();
+        var gen = new Generator(11);
+        var weight = randn(3000, 1500, generator: gen) * 0.05;
+        using var layer = new Bnb4BitLinear(weight, randn(3000, generator: gen), Bnb4BitQuantization.Nf4, useDoubleQuant: true, computeDType);
+        var x = randn(2, 3, 1500, generator: gen);
+        var actual = layer.call(x);
+        Assert.Equal(new long[] { 2, 3, 3000 }, actual.shape);
+        var expected = x.to(computeDType).matmul(layer.DequantizeWeight(computeDType).t()).to(ScalarType.Float32) + layer.Bias!;
+        var tolerance = computeDType == ScalarType.Float32 ? 1e-4 : 0.05;
+        Assert.True((actual - expected).abs().max().item<float>() <= tolerance);
+    }
+
     [Fact]
     public void ConvertingTheModuleKeepsTheCodes()
     {
