@@ -1,4 +1,6 @@
+using System.Buffers;
 using System.Numerics;
+using System.Runtime.InteropServices;
 using Rinna.Net.Kernels;
 using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Layers;
@@ -80,16 +82,15 @@ public sealed class Bnb4BitLinear : LinearLayer
         if (useDoubleQuant)
         {
             var (scaleCodes, nested, mean) = Bnb4BitQuantization.DoubleQuantize(scales);
-            absmax = tensor(scaleCodes, ScalarType.Byte).to(device).DetachFromDisposeScope();
-            nestedAbsmax = tensor(nested, ScalarType.Float32).to(device).DetachFromDisposeScope();
+            absmax = OnDevice(tensor(scaleCodes, ScalarType.Byte), device);
+            nestedAbsmax = OnDevice(tensor(nested, ScalarType.Float32), device);
             offset = mean;
         }
         else
         {
-            absmax = tensor(scales, ScalarType.Float32).to(device).DetachFromDisposeScope();
+            absmax = OnDevice(tensor(scales, ScalarType.Float32), device);
         }
-        this.weight = packed.to(device).DetachFromDisposeScope();
-        if (!ReferenceEquals(this.weight, packed)) packed.Dispose();
+        this.weight = OnDevice(packed, device);
         this.bias = bias?.to(ScalarType.Float32, device, copy: true).DetachFromDisposeScope();
         register_buffer(nameof(weight), this.weight);
         register_buffer(nameof(absmax), absmax);
@@ -294,28 +295,83 @@ public sealed class Bnb4BitLinear : LinearLayer
     protected override nn.Module _to(Device device, ScalarType dtype, bool non_blocking)
         => _to(device.type, device.index, non_blocking);
 
+    /// <summary>The CPU tensor itself on the CPU, else a copy on <paramref name="device"/> (the CPU one disposed).</summary>
+    private static Tensor OnDevice(Tensor cpu, Device device)
+    {
+        if (device.type == DeviceType.CPU) return cpu.DetachFromDisposeScope();
+        var moved = cpu.to(device).DetachFromDisposeScope();
+        cpu.Dispose();
+        return moved;
+    }
+
     private Bnb4BitMatrix Matrix() => new(weight, code, absmax, nestedAbsmax, offset,
         nestedAbsmax is null ? null : Bnb4BitQuantization.DynamicMap, (int)OutFeatures, (int)InFeatures);
 
-    /// <summary>Quantizes the flattened weight chunk by chunk (chunks start on block boundaries), in parallel.</summary>
+    /// <summary>
+    /// Quantizes the flattened weight chunk by chunk (chunks start on block boundaries), in parallel. A CPU weight is read
+    /// in place and widened into pooled managed buffers: native allocations from the worker threads would each leave
+    /// memory in a malloc arena.
+    /// </summary>
     private static (Tensor Packed, float[] Absmax) Quantize(Tensor weight, bool nf4)
     {
         long total = weight.numel();
         long blocks = (total + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize;
         var packed = empty((total + 1) / 2, dtype: ScalarType.Byte).DetachFromDisposeScope();
         var scales = new float[blocks];
-        using var flat = weight.detach().reshape(-1);
-        var chunks = (int)((total + QuantizeChunkElements - 1) / QuantizeChunkElements);
-        Parallel.For(0, chunks, chunk =>
+        bool inPlace = weight.device_type == DeviceType.CPU && weight.is_contiguous() && total * weight.ElementSize <= int.MaxValue;
+        var source = inPlace ? weight : weight.to(ScalarType.Float32, CPU).contiguous();
+        try
         {
-            long start = chunk * QuantizeChunkElements;
-            long length = Math.Min(QuantizeChunkElements, total - start);
-            using var values = flat.narrow(0, start, length).to(ScalarType.Float32, CPU, copy: true).contiguous();
-            var source = Bnb4BitQuantization.AsFloats(values);
-            var target = packed.bytes.Slice((int)(start / 2), (int)((length + 1) / 2));
-            var blockScales = scales.AsSpan((int)(start / Bnb4BitQuantization.BlockSize), (int)((length + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize));
-            Bnb4BitQuantization.QuantizeBlocks(source, nf4, target, blockScales);
-        });
+            var dtype = source.dtype;
+            var chunks = (int)((total + QuantizeChunkElements - 1) / QuantizeChunkElements);
+            Parallel.For(0, chunks, chunk =>
+            {
+                long start = chunk * QuantizeChunkElements;
+                int length = (int)Math.Min(QuantizeChunkElements, total - start);
+                var buffer = ArrayPool<float>.Shared.Rent(length);
+                try
+                {
+                    var values = buffer.AsSpan(0, length);
+                    Widen(source, dtype, start, values);
+                    var target = packed.bytes.Slice((int)(start / 2), (length + 1) / 2);
+                    var blockScales = scales.AsSpan((int)(start / Bnb4BitQuantization.BlockSize), (length + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize);
+                    Bnb4BitQuantization.QuantizeBlocks(values, nf4, target, blockScales);
+                }
+                finally
+                {
+                    ArrayPool<float>.Shared.Return(buffer);
+                }
+            });
+        }
+        finally
+        {
+            if (!inPlace) source.Dispose();
+        }
         return (packed, scales);
+    }
+
+    /// <summary>Elements <c>[start, start + values.Length)</c> of a contiguous CPU tensor as float32 (exact for 16-bit types).</summary>
+    private static void Widen(Tensor source, ScalarType dtype, long start, Span<float> values)
+    {
+        var bytes = source.bytes;
+        switch (dtype)
+        {
+            case ScalarType.Float32:
+                MemoryMarshal.Cast<byte, float>(bytes).Slice((int)start, values.Length).CopyTo(values);
+                break;
+            case ScalarType.Float16:
+                var halves = MemoryMarshal.Cast<byte, Half>(bytes).Slice((int)start, values.Length);
+                for (int i = 0; i < values.Length; i++) values[i] = (float)halves[i];
+                break;
+            case ScalarType.BFloat16:
+                BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, values.Length), values);
+                break;
+            case ScalarType.Float64:
+                var doubles = MemoryMarshal.Cast<byte, double>(bytes).Slice((int)start, values.Length);
+                for (int i = 0; i < values.Length; i++) values[i] = (float)doubles[i];
+                break;
+            default:
+                throw new ArgumentException($"4-bit quantization reads float32, float16, bfloat16 or float64 weights, not {dtype}.");
+        }
     }
 }
