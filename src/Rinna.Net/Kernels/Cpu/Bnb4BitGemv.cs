@@ -21,8 +21,8 @@ internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor
 /// <c>x · Wᵀ + b</c> for one row of activations and a bitsandbytes 4-bit weight on the CPU (a decode step), in managed
 /// code on libtorch's OpenMP threads. The weight is dequantized in registers: each code is looked up in the 16-entry
 /// code book, the block's products are summed, and the sum is scaled by the block's absmax, so the float weight is never
-/// built. Four variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), portable
-/// 256- and 128-bit vectors, and scalar code.
+/// built. Five variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), AVX2,
+/// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code.
 /// </summary>
 /// <remarks>
 /// The vector variants read 16 code bytes (32 weights) at a time, which lie in one block when the row length is a
@@ -38,6 +38,7 @@ internal static unsafe class Bnb4BitGemv
     /// <summary>The widest variant this CPU accelerates (scalar where it accelerates none).</summary>
     public static Bnb4BitGemvVariant DefaultVariant { get; } =
         IsAccelerated(Bnb4BitGemvVariant.Avx512) ? Bnb4BitGemvVariant.Avx512
+        : IsAccelerated(Bnb4BitGemvVariant.Avx2) ? Bnb4BitGemvVariant.Avx2
         : IsAccelerated(Bnb4BitGemvVariant.Vector256) ? Bnb4BitGemvVariant.Vector256
         : IsAccelerated(Bnb4BitGemvVariant.Vector128) ? Bnb4BitGemvVariant.Vector128
         : Bnb4BitGemvVariant.Scalar;
@@ -46,6 +47,7 @@ internal static unsafe class Bnb4BitGemv
     public static bool IsAccelerated(Bnb4BitGemvVariant variant) => variant switch
     {
         Bnb4BitGemvVariant.Avx512 => Avx512F.IsSupported,
+        Bnb4BitGemvVariant.Avx2 => Avx2.IsSupported && Fma.IsSupported,
         Bnb4BitGemvVariant.Vector256 => Vector256.IsHardwareAccelerated,
         Bnb4BitGemvVariant.Vector128 => Vector128.IsHardwareAccelerated,
         _ => true,
@@ -81,12 +83,12 @@ internal static unsafe class Bnb4BitGemv
 
     /// <summary>
     /// <see cref="TryMultiply(Tensor, Bnb4BitMatrix, Tensor?, out Tensor)"/> with a chosen variant; for tests and
-    /// benchmarks. The AVX-512 variant runs only where the CPU has it; the others run everywhere.
+    /// benchmarks. The AVX-512 and AVX2 variants run only where the CPU has them; the others run everywhere.
     /// </summary>
     internal static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result, Bnb4BitGemvVariant variant)
     {
         result = null!;
-        if (variant == Bnb4BitGemvVariant.Avx512 && !Avx512F.IsSupported) return false;
+        if (variant is Bnb4BitGemvVariant.Avx512 or Bnb4BitGemvVariant.Avx2 && !IsAccelerated(variant)) return false;
         if (!LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias)) return false;
         int rows = weight.Rows, columns = weight.Columns;
         bool grouped = variant != Bnb4BitGemvVariant.Scalar && columns % Group == 0;
@@ -174,6 +176,7 @@ internal static unsafe class Bnb4BitGemv
                 float value = !job->Grouped ? RowScalar(job, start) : job->Variant switch
                 {
                     Bnb4BitGemvVariant.Avx512 => Row512(job, start),
+                    Bnb4BitGemvVariant.Avx2 => RowAvx2(job, start),
                     Bnb4BitGemvVariant.Vector256 => Row256(job, start),
                     _ => Row128(job, start),
                 };
@@ -247,6 +250,35 @@ internal static unsafe class Bnb4BitGemv
         }
         return Vector512.Sum(total0 + total1);
     }
+
+    /// <summary>
+    /// <see cref="Row512"/> on AVX2: 8 code bytes widened to 8 int lanes; <c>vpermps</c> reads the low 3 bits of each
+    /// lane from two 8-entry halves of the code book, and bit 3, shifted into the sign, picks the half.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float RowAvx2(Job* job, long start)
+    {
+        var lower = Avx.LoadVector256(job->Code);
+        var upper = Avx.LoadVector256(job->Code + 8);
+        var total = Vector256<float>.Zero;
+        float* x = job->Input;
+        byte* codes = job->Codes + (start >> 1);
+        for (int g = 0; g < job->Columns; g += Group)
+        {
+            var first = Avx2.ConvertToVector256Int32(codes + g / 2);
+            var second = Avx2.ConvertToVector256Int32(codes + g / 2 + 8);
+            var sum0 = Avx.Multiply(Lookup8(lower, upper, Avx2.ShiftRightLogical(first, 4)), Avx.LoadVector256(x + g));
+            var sum1 = Avx.Multiply(Lookup8(lower, upper, Avx2.ShiftRightLogical(second, 4)), Avx.LoadVector256(x + g + 8));
+            sum0 = Fma.MultiplyAdd(Lookup8(lower, upper, first), Avx.LoadVector256(x + g + 16), sum0);
+            sum1 = Fma.MultiplyAdd(Lookup8(lower, upper, second), Avx.LoadVector256(x + g + 24), sum1);
+            total = Fma.MultiplyAdd(Avx.Add(sum0, sum1), Vector256.Create(Scale(job, (start + g) >> 6)), total);
+        }
+        return Vector256.Sum(total);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Lookup8(Vector256<float> lower, Vector256<float> upper, Vector256<int> index)
+        => Avx.BlendVariable(Avx2.PermuteVar8x32(lower, index), Avx2.PermuteVar8x32(upper, index), Avx2.ShiftLeftLogical(index, 28).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Row256(Job* job, long start)
@@ -345,4 +377,7 @@ internal enum Bnb4BitGemvVariant
 
     /// <summary>AVX-512 intrinsics (a 16-entry permute per 16 weights).</summary>
     Avx512,
+
+    /// <summary>AVX2 + FMA intrinsics (two 8-entry permutes and a blend per 8 weights, no masking).</summary>
+    Avx2,
 }

@@ -31,7 +31,8 @@ public class Bnb4BitGemvTests
     {
         if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
         var chosen = Enum.Parse<Bnb4BitGemvVariant>(variant);
-        if (chosen == Bnb4BitGemvVariant.Avx512 && !Bnb4BitGemv.IsAccelerated(chosen)) Assert.Skip("This CPU has no AVX-512; the portable variants run here.");
+        if (chosen is Bnb4BitGemvVariant.Avx512 or Bnb4BitGemvVariant.Avx2 && !Bnb4BitGemv.IsAccelerated(chosen))
+            Assert.Skip($"This CPU has no {chosen}; the portable variants run here.");
         using var scope = NewDisposeScope();
         var gen = new Generator((ulong)(n * 100_000 + k));
         var weight = randn(n, k, generator: gen) * 0.05;
