@@ -37,6 +37,16 @@ public static class BenchmarkCheckpoints
             TorchDtype = TorchDtype.Float16,
             QuantizationConfig = new QuantizationConfig { LoadIn8Bit = true, SkipModules = [] },
         },
+        // load_in_4bit with NF4, float16 for the rest as the int8 entry above, and prompts in bfloat16
+        // (bnb_4bit_compute_dtype=torch.bfloat16, the usual QLoRA-style setting; float32 prompts run at float32 speed).
+        "Nf4" => new ModelLoadOptions
+        {
+            TorchDtype = TorchDtype.Float16,
+            QuantizationConfig = new QuantizationConfig
+            {
+                LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4, Bnb4BitComputeDtype = TorchDtype.BFloat16,
+            },
+        },
         _ => throw new ArgumentException($"unknown dtype '{dtype}'", nameof(dtype)),
     };
 }

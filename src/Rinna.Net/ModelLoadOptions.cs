@@ -40,7 +40,16 @@ public class ModelLoadOptions : HubOptions
     /// </summary>
     public bool LoadIn8Bit { get; set; }
 
-    /// <summary>HF's <c>quantization_config</c> (<c>BitsAndBytesConfig</c>): threshold and modules to skip.</summary>
+    /// <summary>
+    /// HF's <c>load_in_4bit</c>: quantize every linear layer except the output head to 4 bits while loading, as
+    /// bitsandbytes does (blocks of 64 weights, NF4 or FP4 codes, an absmax scale per block). Shorthand for
+    /// <see cref="QuantizationConfig"/> with <c>LoadIn4Bit</c> set, whose <c>Bnb4BitQuantType</c> (<c>"fp4"</c> by
+    /// default, <c>"nf4"</c>), <c>Bnb4BitUseDoubleQuant</c> and <c>Bnb4BitComputeDtype</c> apply. Cannot be combined with
+    /// <see cref="LoadIn8Bit"/>.
+    /// </summary>
+    public bool LoadIn4Bit { get; set; }
+
+    /// <summary>HF's <c>quantization_config</c> (<c>BitsAndBytesConfig</c>): 8- or 4-bit, their settings, and modules to skip.</summary>
     public QuantizationConfig? QuantizationConfig { get; set; }
 
     /// <summary>

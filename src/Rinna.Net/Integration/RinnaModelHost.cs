@@ -185,6 +185,8 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
             QuantizationConfig = new QuantizationConfig
             {
                 LoadIn8Bit = options.LoadIn8Bit, Int8Threshold = options.Int8Threshold, SkipModules = options.Int8SkipModules ?? ["embed_out"],
+                LoadIn4Bit = options.LoadIn4Bit, Bnb4BitQuantType = options.Bnb4BitQuantType,
+                Bnb4BitUseDoubleQuant = options.Bnb4BitUseDoubleQuant, Bnb4BitComputeDtype = options.Bnb4BitComputeDtype,
             },
             DeviceMap = options.DeviceMap is { } map ? (DeviceMapSpec)map : null,
             MaxMemory = options.MaxMemory is { } budgets ? ToMaxMemory(budgets) : null,

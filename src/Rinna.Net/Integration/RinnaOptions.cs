@@ -38,8 +38,20 @@ public sealed class RinnaOptions
     /// <summary>LLM.int8()'s outlier threshold (<see cref="Model.Quantization.QuantizationConfig.Int8Threshold"/>).</summary>
     public double Int8Threshold { get; set; } = Model.Quantization.QuantizationConfig.DefaultInt8Threshold;
 
-    /// <summary>Modules int8 leaves in floating point; <c>null</c> means the output head (<c>embed_out</c>), as transformers does.</summary>
+    /// <summary>Modules int8 (or 4-bit) leaves in floating point; <c>null</c> means the output head (<c>embed_out</c>), as transformers does.</summary>
     public string[]? Int8SkipModules { get; set; }
+
+    /// <summary>Quantize the linear layers to 4 bits (bitsandbytes' NF4/FP4) while loading: transformers' <c>load_in_4bit=True</c>.</summary>
+    public bool LoadIn4Bit { get; set; }
+
+    /// <summary>The 4-bit type, <c>"nf4"</c> or <c>"fp4"</c> (<see cref="Model.Quantization.QuantizationConfig.Bnb4BitQuantType"/>).</summary>
+    public string Bnb4BitQuantType { get; set; } = Model.Quantization.Bnb4BitQuantization.Fp4;
+
+    /// <summary>Quantize the 4-bit block scales again (<see cref="Model.Quantization.QuantizationConfig.Bnb4BitUseDoubleQuant"/>).</summary>
+    public bool Bnb4BitUseDoubleQuant { get; set; }
+
+    /// <summary>The dtype 4-bit layers multiply prompts in (<see cref="Model.Quantization.QuantizationConfig.Bnb4BitComputeDtype"/>).</summary>
+    public TorchDtype Bnb4BitComputeDtype { get; set; } = TorchDtype.Float32;
 
     /// <summary>The device map: <c>auto</c>, <c>balanced</c>, <c>sequential</c>, <c>cpu</c> or a device such as <c>cuda:0</c>; <c>null</c> means the CPU.</summary>
     public string? DeviceMap { get; set; }

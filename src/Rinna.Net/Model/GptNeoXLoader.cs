@@ -38,6 +38,10 @@ internal static class GptNeoXLoader
         var quantization = new QuantizationConfig
         {
             LoadIn8Bit = requested.LoadIn8Bit || options.LoadIn8Bit,
+            LoadIn4Bit = requested.LoadIn4Bit || options.LoadIn4Bit,
+            Bnb4BitQuantType = requested.Bnb4BitQuantType,
+            Bnb4BitUseDoubleQuant = requested.Bnb4BitUseDoubleQuant,
+            Bnb4BitComputeDtype = requested.Bnb4BitComputeDtype,
             Int8Threshold = requested.Int8Threshold,
             SkipModules = requested.SkipModules,
         };
@@ -52,7 +56,8 @@ internal static class GptNeoXLoader
         CheckMemory(checkpoint, footprints, plan, config);
         logger.LogInformation("Loading {Layers}-layer GPT-NeoX from {Files} ({Format}, stored {Stored}) as {DType}{Matrices}{Int8}, device map {Map}",
             config.NumHiddenLayers, string.Join(", ", checkpoint.Files), checkpoint.Format, stored, dtype,
-            matrixDType != dtype ? $" with {matrixDType} matrices" : "", quantization.LoadIn8Bit ? " and int8 linear layers" : "", spec);
+            matrixDType != dtype ? $" with {matrixDType} matrices" : "",
+            quantization.LoadIn8Bit ? " and int8 linear layers" : quantization.LoadIn4Bit ? $" and 4-bit {quantization.Bnb4BitQuantType} linear layers" : "", spec);
 
         int loaded = 0;
         var source = new ParameterSource(dtype, (name, shape) =>
@@ -66,7 +71,8 @@ internal static class GptNeoXLoader
             // Checkpoint readers fill CPU memory; the weight moves to its device afterwards. Only float16 models stream
             // their matrices through the managed GEMV; an int8 model, float16 head included, keeps ordinary pages.
             var tensor = TensorAllocation.Guard(weight.Shape, target, string.Join(", ", checkpoint.Files), name, () => WeightMemory.Allocate(weight.Shape, target, CPU,
-                streamedPerToken: weight.IsLinearWeight && target == ScalarType.Float16 && !quantization.LoadIn8Bit && device.type == TorchSharp.DeviceType.CPU));
+                streamedPerToken: weight.IsLinearWeight && target == ScalarType.Float16 && !quantization.LoadIn8Bit && !quantization.LoadIn4Bit
+                    && device.type == TorchSharp.DeviceType.CPU));
             try
             {
                 checkpoint.ReadInto(name, tensor);
@@ -166,6 +172,21 @@ internal static class GptNeoXLoader
 
     private static LinearLayer CreateLinear(string name, Parameter weight, Parameter? bias, ScalarType computeDType, QuantizationConfig quantization)
     {
+        if (quantization.LoadIn4Bit && quantization.ShouldQuantize(name))
+        {
+            var fourBit = new Bnb4BitLinear(weight, bias, quantization.Bnb4BitQuantType, quantization.Bnb4BitUseDoubleQuant,
+                quantization.Bnb4BitComputeDtype switch
+                {
+                    TorchDtype.Auto => null,
+                    TorchDtype.Float16 => ScalarType.Float16,
+                    TorchDtype.BFloat16 => ScalarType.BFloat16,
+                    _ => ScalarType.Float32,
+                });
+            weight.Dispose();
+            bias?.Dispose();
+            WeightMemory.ReleaseFreed();
+            return fourBit;
+        }
         if (!quantization.LoadIn8Bit || !quantization.ShouldQuantize(name))
             return weight.dtype == ScalarType.Float16 && computeDType != ScalarType.Float16
                 ? new Float16Linear(weight, bias)
@@ -179,7 +200,7 @@ internal static class GptNeoXLoader
     }
 
     private static bool IsQuantized(WeightSpec weight, QuantizationConfig quantization) =>
-        quantization.LoadIn8Bit && weight.IsLinearWeight && quantization.ShouldQuantize(weight.LinearModule!);
+        (quantization.LoadIn8Bit || quantization.LoadIn4Bit) && weight.IsLinearWeight && quantization.ShouldQuantize(weight.LinearModule!);
 
     /// <summary>Bytes each device-map unit will hold after dtype conversion and quantization, in the model's order.</summary>
     internal static IReadOnlyList<ModuleFootprint> Footprints(IEnumerable<WeightSpec> layout, ScalarType dtype, QuantizationConfig quantization)
@@ -192,11 +213,15 @@ internal static class GptNeoXLoader
         {
             var unit = weight.DeviceMapUnit;
             if (!bytes.ContainsKey(unit)) { bytes[unit] = 0; order.Add(unit); }
-            bool quantized = quantization.LoadIn8Bit && weight.LinearModule is { } module && quantization.ShouldQuantize(module);
+            bool quantized = weight.LinearModule is { } module && quantization.ShouldQuantize(module);
             if (!quantized) bytes[unit] += weight.Elements * element;
             else if (weight.IsLinearWeight)
-                bytes[unit] += Int8Linear.StorageBytes(weight.Shape[0], weight.Shape[1],
-                    hasBias: weights.Any(w => w.Name == weight.LinearModule + ".bias"));
+            {
+                bool hasBias = weights.Any(w => w.Name == weight.LinearModule + ".bias");
+                bytes[unit] += quantization.LoadIn4Bit
+                    ? Bnb4BitLinear.StorageBytes(weight.Shape[0], weight.Shape[1], hasBias, quantization.Bnb4BitUseDoubleQuant)
+                    : Int8Linear.StorageBytes(weight.Shape[0], weight.Shape[1], hasBias);
+            }
         }
         // A tied head holds no weights of its own but is still a unit of the map.
         if (!bytes.ContainsKey("embed_out")) { bytes["embed_out"] = 0; order.Add("embed_out"); }
@@ -232,6 +257,12 @@ internal static class GptNeoXLoader
     {
         var expected = layout.ToDictionary(kv => kv.Key, kv => kv.Value.Shape, StringComparer.Ordinal);
         var file = string.Join(", ", checkpoint.Files);
+        // Checkpoints saved by bitsandbytes after load_in_4bit/8bit carry their quantization state next to packed weights.
+        var quantState = entries.Keys.FirstOrDefault(name => name.Contains(".quant_state.bitsandbytes__", StringComparison.Ordinal)
+            || name.EndsWith(".weight.absmax", StringComparison.Ordinal) || name.EndsWith(".SCB", StringComparison.Ordinal));
+        if (quantState is not null)
+            throw new CheckpointException(file, $"the checkpoint is already quantized by bitsandbytes ({quantState}); pre-quantized checkpoints are not supported. "
+                + "Load the original floating-point checkpoint with LoadIn4Bit or LoadIn8Bit instead.");
         var missing = expected.Keys.Where(name => !entries.ContainsKey(name)).Order(StringComparer.Ordinal).ToList();
         var unexpected = entries.Keys.Where(name => !expected.ContainsKey(name) && !GptNeoXWeightLayout.IsIgnoredCheckpointKey(name)
             && !(config.TieWordEmbeddings && name == "embed_out.weight")).Order(StringComparer.Ordinal).ToList();

@@ -41,6 +41,27 @@ public sealed class RinnaModelHostTests : IDisposable
     }
 
     [Fact]
+    public async Task ConfigurationSaysLoadIn4Bit()
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Rinna:ModelId"] = tiny.Directory,
+            ["Rinna:LoadIn4Bit"] = "true",
+            ["Rinna:Bnb4BitQuantType"] = "nf4",
+            ["Rinna:Bnb4BitUseDoubleQuant"] = "true",
+        }).Build();
+        var services = new ServiceCollection();
+        services.AddLogging();
+        services.AddRinna(configuration.GetSection("Rinna"));
+        await using var provider = services.BuildServiceProvider();
+
+        var model = provider.GetRequiredService<GptNeoXForCausalLM>();
+        var layers = model.modules().OfType<Bnb4BitLinear>().ToList();
+        Assert.Equal(4 * model.Config.NumHiddenLayers, layers.Count);
+        Assert.All(layers, layer => Assert.True(layer.QuantType == "nf4" && layer.UsesDoubleQuant));
+    }
+
+    [Fact]
     public async Task AFailedLoadIsTriedAgainAfterItsDelay()
     {
         var directory = Path.Combine(tiny.Directory, "later");

@@ -43,4 +43,36 @@ public class QuantizationConfigTests
         Assert.Throws<ArgumentException>(() => new QuantizationConfig { SkipModules = ["embed_out", " "] }.Validate());
         new QuantizationConfig { Int8Threshold = 0, SkipModules = [] }.Validate();
     }
+
+    [Fact]
+    public void FourBitDefaultsFollowBitsAndBytesConfig()
+    {
+        var config = new QuantizationConfig();
+        Assert.False(config.LoadIn4Bit);
+        Assert.Equal("fp4", config.Bnb4BitQuantType);
+        Assert.False(config.Bnb4BitUseDoubleQuant);
+        Assert.Equal(TorchDtype.Float32, config.Bnb4BitComputeDtype);
+        config.LoadIn4Bit = true;
+        Assert.True(config.ShouldQuantize("gpt_neox.layers.0.mlp.dense_h_to_4h"));
+        Assert.False(config.ShouldQuantize("embed_out"));
+    }
+
+    [Fact]
+    public void EightAndFourBitTogetherAreRefusedNamingBoth()
+    {
+        var error = Assert.Throws<ArgumentException>(() => new QuantizationConfig { LoadIn8Bit = true, LoadIn4Bit = true }.Validate());
+        Assert.Contains("LoadIn8Bit", error.Message);
+        Assert.Contains("LoadIn4Bit", error.Message);
+    }
+
+    [Theory]
+    [InlineData("int4")]
+    [InlineData("NF4")]
+    [InlineData("")]
+    public void AnUnknownFourBitTypeIsRefusedByName(string type)
+    {
+        var error = Assert.Throws<ArgumentException>(() => new QuantizationConfig { LoadIn4Bit = true, Bnb4BitQuantType = type }.Validate());
+        Assert.Contains($"\"{type}\"", error.Message);
+        Assert.Equal("Bnb4BitQuantType", error.ParamName);
+    }
 }

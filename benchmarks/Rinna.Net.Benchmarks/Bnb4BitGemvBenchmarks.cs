@@ -1,0 +1,58 @@
+using BenchmarkDotNet.Attributes;
+using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Model.Quantization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Benchmarks;
+
+/// <summary>
+/// One decode row through rinna-4b's largest product (<c>dense_h_to_4h</c>, 11264 × 2816) in NF4 on 2 threads: each
+/// <see cref="Bnb4BitGemv"/> variant against the prompt path (dequantize to float32, then libtorch's GEMV), with the
+/// bfloat16 input and output the model uses.
+/// </summary>
+public class Bnb4BitGemvBenchmarks
+{
+    private Bnb4BitLinear layer = null!;
+    private Tensor input = null!;
+    private Bnb4BitMatrix matrix;
+
+    /// <summary>The kernel: a <see cref="Bnb4BitGemvVariant"/> name, or <c>Dequantize</c>.</summary>
+    [Params("Dequantize", "Scalar", "Vector128", "Vector256", "Avx2", "Avx512")]
+    public string Kernel { get; set; } = "Dequantize";
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        Native.TorchSharpNativeLoader.EnsureInstalled();
+        torch.set_num_threads(2);
+        var gen = new Generator(1);
+        using var weight = randn(11264, 2816, generator: gen) * 0.02;
+        layer = new Bnb4BitLinear(weight, randn(11264, generator: gen), Bnb4BitQuantization.Nf4);
+        input = randn(1, 2816, generator: gen).to(ScalarType.BFloat16);
+        matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 11264, 2816);
+        Console.WriteLine($"// Bnb4BitGemv: decode uses {Bnb4BitGemv.DefaultVariant} here");
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        layer.Dispose();
+        input.Dispose();
+    }
+
+    [Benchmark]
+    public float Product()
+    {
+        using var scope = NewDisposeScope();
+        Tensor output;
+        if (Kernel == "Dequantize")
+        {
+            using var dense = layer.DequantizeWeight();
+            output = nn.functional.linear(input.to(ScalarType.Float32), dense, layer.Bias).to(ScalarType.BFloat16);
+        }
+        else if (!Bnb4BitGemv.TryMultiply(input, matrix, layer.Bias, out output, Enum.Parse<Bnb4BitGemvVariant>(Kernel)))
+            throw new NotSupportedException($"{Kernel} could not run here.");
+        return output[0, 0].to(ScalarType.Float32).item<float>();
+    }
+}

@@ -1,0 +1,383 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Rinna.Net.Native;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Kernels.Cpu;
+
+/// <summary>
+/// A 4-bit weight in bitsandbytes' layout, as <see cref="Bnb4BitGemv"/> reads it: packed codes of the flattened
+/// <c>[Rows, Columns]</c> weight (first element of a pair in the high nibble), a 16-entry code book, and a scale per 64
+/// elements: float32 <paramref name="Absmax"/>, or with <paramref name="NestedAbsmax"/> uint8 codes into
+/// <paramref name="NestedCode"/> scaled per 256 blocks, plus <paramref name="Offset"/>.
+/// </summary>
+internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor Absmax, Tensor? NestedAbsmax, float Offset,
+    float[]? NestedCode, int Rows, int Columns);
+
+/// <summary>
+/// <c>x · Wᵀ + b</c> for one row of activations and a bitsandbytes 4-bit weight on the CPU (a decode step), in managed
+/// code on libtorch's OpenMP threads. The weight is dequantized in registers: each code is looked up in the 16-entry
+/// code book, the block's products are summed, and the sum is scaled by the block's absmax, so the float weight is never
+/// built. Five variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), AVX2,
+/// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code.
+/// </summary>
+/// <remarks>
+/// The vector variants read 16 code bytes (32 weights) at a time, which lie in one block when the row length is a
+/// multiple of 32: the high nibbles are the even weights and the low nibbles the odd ones, so the activations are
+/// reordered once per call (evens, then odds, per 32) instead of interleaving nibbles per row. Other row lengths (blocks
+/// then straddle rows) take the scalar loop. Results agree with <c>x · dequantize(W)ᵀ</c> to float32 accumulation.
+/// </remarks>
+internal static unsafe class Bnb4BitGemv
+{
+    private const int ClaimsPerThread = 4;
+    private const int Group = 32;
+
+    /// <summary>The widest variant this CPU accelerates (scalar where it accelerates none).</summary>
+    public static Bnb4BitGemvVariant DefaultVariant { get; } =
+        IsAccelerated(Bnb4BitGemvVariant.Avx512) ? Bnb4BitGemvVariant.Avx512
+        : IsAccelerated(Bnb4BitGemvVariant.Avx2) ? Bnb4BitGemvVariant.Avx2
+        : IsAccelerated(Bnb4BitGemvVariant.Vector256) ? Bnb4BitGemvVariant.Vector256
+        : IsAccelerated(Bnb4BitGemvVariant.Vector128) ? Bnb4BitGemvVariant.Vector128
+        : Bnb4BitGemvVariant.Scalar;
+
+    /// <summary>Whether <paramref name="variant"/> runs in hardware here (every variant is correct everywhere).</summary>
+    public static bool IsAccelerated(Bnb4BitGemvVariant variant) => variant switch
+    {
+        Bnb4BitGemvVariant.Avx512 => Avx512F.IsSupported,
+        Bnb4BitGemvVariant.Avx2 => Avx2.IsSupported && Fma.IsSupported,
+        Bnb4BitGemvVariant.Vector256 => Vector256.IsHardwareAccelerated,
+        Bnb4BitGemvVariant.Vector128 => Vector128.IsHardwareAccelerated,
+        _ => true,
+    };
+
+    private struct Job
+    {
+        public byte* Codes;
+        public float* Code;
+        public void* Absmax;
+        public float* Nested;
+        public float* NestedCode;
+        public float Offset;
+        public float* Input;
+        public float* Bias;
+        public void* Output;
+        public bool OutputIsBFloat16;
+        public int Rows;
+        public int Columns;
+        public int RowsPerClaim;
+        public int NextRow;
+        public bool Grouped;
+        public Bnb4BitGemvVariant Variant;
+    }
+
+    /// <summary>
+    /// Computes <c>x · Wᵀ + b</c> for a single contiguous CPU row <paramref name="x"/> (float32 or bfloat16, <c>[1, K]</c>)
+    /// and an optional float32 <paramref name="bias"/>, in x's dtype. Returns false, doing nothing, where libgomp is not
+    /// loaded or the operands do not fit.
+    /// </summary>
+    public static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result)
+        => TryMultiply(x, weight, bias, out result, DefaultVariant);
+
+    /// <summary>
+    /// <see cref="TryMultiply(Tensor, Bnb4BitMatrix, Tensor?, out Tensor)"/> with a chosen variant; for tests and
+    /// benchmarks. The AVX-512 and AVX2 variants run only where the CPU has them; the others run everywhere.
+    /// </summary>
+    internal static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result, Bnb4BitGemvVariant variant)
+    {
+        result = null!;
+        if (variant is Bnb4BitGemvVariant.Avx512 or Bnb4BitGemvVariant.Avx2 && !IsAccelerated(variant)) return false;
+        if (!LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias)) return false;
+        int rows = weight.Rows, columns = weight.Columns;
+        bool grouped = variant != Bnb4BitGemvVariant.Scalar && columns % Group == 0;
+        var pooled = ArrayPool<float>.Shared.Rent(columns);
+        try
+        {
+            var input = pooled.AsSpan(0, columns);
+            if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
+            else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
+            if (grouped) EvensThenOdds(input);
+            var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
+            fixed (float* inputs = pooled)
+            fixed (float* code = weight.Code)
+            fixed (float* nestedCode = weight.NestedCode)
+            fixed (byte* codes = weight.Codes.bytes)
+            fixed (byte* absmax = weight.Absmax.bytes)
+            fixed (byte* nested = weight.NestedAbsmax is null ? default : weight.NestedAbsmax.bytes)
+            fixed (byte* biasBytes = bias is null ? default : bias.bytes)
+            fixed (byte* outputBytes = output.bytes)
+            {
+                int threads = get_num_threads();
+                var job = new Job
+                {
+                    Codes = codes, Code = code, Absmax = absmax, Nested = (float*)nested, NestedCode = nestedCode, Offset = weight.Offset,
+                    Input = inputs, Bias = (float*)biasBytes, Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16,
+                    Rows = rows, Columns = columns, RowsPerClaim = Math.Max(8, rows / (ClaimsPerThread * threads)),
+                    Grouped = grouped, Variant = variant,
+                };
+                LibTorchOpenMp.Run(&RunRows, &job, threads);
+            }
+            result = output;
+            return true;
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(pooled);
+        }
+    }
+
+    private static bool Eligible(Tensor x, Bnb4BitMatrix weight, Tensor? bias)
+    {
+        static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
+        long elements = (long)weight.Rows * weight.Columns;
+        return OnCpuContiguous(x) && x.dim() >= 1 && x.numel() == x.size(-1) && x.size(-1) == weight.Columns
+            && x.dtype is ScalarType.Float32 or ScalarType.BFloat16
+            && weight.Code.Length == 16 && OnCpuContiguous(weight.Codes) && weight.Codes.dtype == ScalarType.Byte
+            && weight.Codes.numel() == (elements + 1) / 2 && elements / 2 < int.MaxValue
+            && OnCpuContiguous(weight.Absmax)
+            && (weight.NestedAbsmax is null
+                ? weight.Absmax.dtype == ScalarType.Float32
+                : weight.Absmax.dtype == ScalarType.Byte && weight.NestedCode is { Length: 256 } && OnCpuContiguous(weight.NestedAbsmax)
+                    && weight.NestedAbsmax.dtype == ScalarType.Float32)
+            && weight.Absmax.numel() == (elements + 63) / 64
+            && (bias is null || (OnCpuContiguous(bias) && bias.dtype == ScalarType.Float32 && bias.numel() == weight.Rows));
+    }
+
+    /// <summary>Reorders each 32 activations as its 16 even-indexed ones, then its 16 odd-indexed ones.</summary>
+    private static void EvensThenOdds(Span<float> input)
+    {
+        Span<float> group = stackalloc float[Group];
+        for (int g = 0; g < input.Length; g += Group)
+        {
+            var source = input.Slice(g, Group);
+            for (int t = 0; t < Group / 2; t++)
+            {
+                group[t] = source[2 * t];
+                group[Group / 2 + t] = source[2 * t + 1];
+            }
+            group.CopyTo(source);
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RunRows(void* state)
+    {
+        var job = (Job*)state;
+        int first;
+        while ((first = Interlocked.Add(ref job->NextRow, job->RowsPerClaim) - job->RowsPerClaim) < job->Rows)
+        {
+            int end = Math.Min(job->Rows, first + job->RowsPerClaim);
+            for (int row = first; row < end; row++)
+            {
+                long start = (long)row * job->Columns;
+                float value = !job->Grouped ? RowScalar(job, start) : job->Variant switch
+                {
+                    Bnb4BitGemvVariant.Avx512 => Row512(job, start),
+                    Bnb4BitGemvVariant.Avx2 => RowAvx2(job, start),
+                    Bnb4BitGemvVariant.Vector256 => Row256(job, start),
+                    _ => Row128(job, start),
+                };
+                if (job->Bias != null) value += job->Bias[row];
+                if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
+                else ((float*)job->Output)[row] = value;
+            }
+        }
+    }
+
+    /// <summary>The float32 scale of block <paramref name="block"/>: stored, or <c>code[q] · absmax2 + offset</c> (two roundings, as bitsandbytes).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float Scale(Job* job, long block)
+    {
+        if (job->Nested == null) return ((float*)job->Absmax)[block];
+        float scaled = job->NestedCode[((byte*)job->Absmax)[block]] * job->Nested[block >> 8];
+        return scaled + job->Offset;
+    }
+
+    /// <summary>One row element by element, a block's products summed before its scale is applied.</summary>
+    private static float RowScalar(Job* job, long start)
+    {
+        int columns = job->Columns;
+        float total = 0;
+        int c = 0;
+        while (c < columns)
+        {
+            long block = (start + c) >> 6;
+            int end = (int)Math.Min(columns, ((block + 1) << 6) - start);
+            float partial = 0;
+            for (; c < end; c++)
+            {
+                long at = start + c;
+                int q = (job->Codes[at >> 1] >> ((at & 1) == 0 ? 4 : 0)) & 0x0F;
+                partial += job->Code[q] * job->Input[c];
+            }
+            total += partial * Scale(job, block);
+        }
+        return total;
+    }
+
+    /// <summary>
+    /// 16 code bytes widened to 16 int lanes hold the even weights in bits 4–7 and the odd ones in bits 0–3;
+    /// <c>vpermps</c> reads only the low 4 bits of each lane, so the odd weights need no mask.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Row512(Job* job, long start)
+    {
+        var table = Avx512F.LoadVector512(job->Code);
+        Vector512<float> total0 = Vector512<float>.Zero, total1 = Vector512<float>.Zero;
+        float* x = job->Input;
+        byte* codes = job->Codes + (start >> 1);
+        int columns = job->Columns, g = 0;
+        for (; g + 2 * Group <= columns; g += 2 * Group)
+        {
+            var first = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
+            var second = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2 + Group / 2));
+            var sum0 = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(first, 4)), Avx512F.LoadVector512(x + g));
+            var sum1 = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(second, 4)), Avx512F.LoadVector512(x + g + Group));
+            sum0 = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, first), Avx512F.LoadVector512(x + g + 16), sum0);
+            sum1 = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, second), Avx512F.LoadVector512(x + g + Group + 16), sum1);
+            total0 = Avx512F.FusedMultiplyAdd(sum0, Vector512.Create(Scale(job, (start + g) >> 6)), total0);
+            total1 = Avx512F.FusedMultiplyAdd(sum1, Vector512.Create(Scale(job, (start + g + Group) >> 6)), total1);
+        }
+        if (g < columns)
+        {
+            var last = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
+            var sum = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(last, 4)), Avx512F.LoadVector512(x + g));
+            sum = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, last), Avx512F.LoadVector512(x + g + 16), sum);
+            total0 = Avx512F.FusedMultiplyAdd(sum, Vector512.Create(Scale(job, (start + g) >> 6)), total0);
+        }
+        return Vector512.Sum(total0 + total1);
+    }
+
+    /// <summary>
+    /// <see cref="Row512"/> on AVX2: 8 code bytes widened to 8 int lanes; <c>vpermps</c> reads the low 3 bits of each
+    /// lane from two 8-entry halves of the code book, and bit 3, shifted into the sign, picks the half.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float RowAvx2(Job* job, long start)
+    {
+        var lower = Avx.LoadVector256(job->Code);
+        var upper = Avx.LoadVector256(job->Code + 8);
+        var total = Vector256<float>.Zero;
+        float* x = job->Input;
+        byte* codes = job->Codes + (start >> 1);
+        for (int g = 0; g < job->Columns; g += Group)
+        {
+            var first = Avx2.ConvertToVector256Int32(codes + g / 2);
+            var second = Avx2.ConvertToVector256Int32(codes + g / 2 + 8);
+            var sum0 = Avx.Multiply(Lookup8(lower, upper, Avx2.ShiftRightLogical(first, 4)), Avx.LoadVector256(x + g));
+            var sum1 = Avx.Multiply(Lookup8(lower, upper, Avx2.ShiftRightLogical(second, 4)), Avx.LoadVector256(x + g + 8));
+            sum0 = Fma.MultiplyAdd(Lookup8(lower, upper, first), Avx.LoadVector256(x + g + 16), sum0);
+            sum1 = Fma.MultiplyAdd(Lookup8(lower, upper, second), Avx.LoadVector256(x + g + 24), sum1);
+            total = Fma.MultiplyAdd(Avx.Add(sum0, sum1), Vector256.Create(Scale(job, (start + g) >> 6)), total);
+        }
+        return Vector256.Sum(total);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Lookup8(Vector256<float> lower, Vector256<float> upper, Vector256<int> index)
+        => Avx.BlendVariable(Avx2.PermuteVar8x32(lower, index), Avx2.PermuteVar8x32(upper, index), Avx2.ShiftLeftLogical(index, 28).AsSingle());
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Row256(Job* job, long start)
+    {
+        var lower = Vector256.Load(job->Code);
+        var upper = Vector256.Load(job->Code + 8);
+        var nibble = Vector128.Create((byte)0x0F);
+        var total = Vector256<float>.Zero;
+        float* x = job->Input;
+        for (int g = 0; g < job->Columns; g += Group)
+        {
+            long at = start + g;
+            var bytes = Vector128.Load(job->Codes + (at >> 1));
+            var high = Vector128.ShiftRightLogical(bytes, 4);
+            var low = bytes & nibble;
+            var highWide = Vector256.Create(Vector128.WidenLower(high), Vector128.WidenUpper(high));
+            var lowWide = Vector256.Create(Vector128.WidenLower(low), Vector128.WidenUpper(low));
+            var sum = Lookup(lower, upper, Vector256.WidenLower(highWide)) * Vector256.Load(x + g);
+            sum = Vector256.FusedMultiplyAdd(Lookup(lower, upper, Vector256.WidenUpper(highWide)), Vector256.Load(x + g + 8), sum);
+            sum = Vector256.FusedMultiplyAdd(Lookup(lower, upper, Vector256.WidenLower(lowWide)), Vector256.Load(x + g + 16), sum);
+            sum = Vector256.FusedMultiplyAdd(Lookup(lower, upper, Vector256.WidenUpper(lowWide)), Vector256.Load(x + g + 24), sum);
+            total = Vector256.FusedMultiplyAdd(sum, Vector256.Create(Scale(job, at >> 6)), total);
+        }
+        return Vector256.Sum(total);
+    }
+
+    /// <summary>Eight code-book values by 4-bit index: two 8-entry shuffles, chosen by bit 3.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Lookup(Vector256<float> lower, Vector256<float> upper, Vector256<uint> index)
+    {
+        var i = index.AsInt32();
+        var low3 = i & Vector256.Create(7);
+        return Vector256.ConditionalSelect(Vector256.GreaterThan(i, Vector256.Create(7)).AsSingle(),
+            Vector256.Shuffle(upper, low3), Vector256.Shuffle(lower, low3));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float Row128(Job* job, long start)
+    {
+        var q0 = Vector128.Load(job->Code);
+        var q1 = Vector128.Load(job->Code + 4);
+        var q2 = Vector128.Load(job->Code + 8);
+        var q3 = Vector128.Load(job->Code + 12);
+        var nibble = Vector128.Create((byte)0x0F);
+        var total = Vector128<float>.Zero;
+        float* x = job->Input;
+        for (int g = 0; g < job->Columns; g += Group)
+        {
+            long at = start + g;
+            var bytes = Vector128.Load(job->Codes + (at >> 1));
+            var high = Vector128.ShiftRightLogical(bytes, 4);
+            var low = bytes & nibble;
+            var sum = Vector128<float>.Zero;
+            sum = Half(q0, q1, q2, q3, Vector128.WidenLower(high), x + g, sum);
+            sum = Half(q0, q1, q2, q3, Vector128.WidenUpper(high), x + g + 8, sum);
+            sum = Half(q0, q1, q2, q3, Vector128.WidenLower(low), x + g + 16, sum);
+            sum = Half(q0, q1, q2, q3, Vector128.WidenUpper(low), x + g + 24, sum);
+            total = Vector128.FusedMultiplyAdd(sum, Vector128.Create(Scale(job, at >> 6)), total);
+        }
+        return Vector128.Sum(total);
+    }
+
+    /// <summary>Adds eight looked-up weights times eight activations to <paramref name="sum"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Half(Vector128<float> q0, Vector128<float> q1, Vector128<float> q2, Vector128<float> q3,
+        Vector128<ushort> indices, float* x, Vector128<float> sum)
+    {
+        sum = Vector128.FusedMultiplyAdd(Lookup(q0, q1, q2, q3, Vector128.WidenLower(indices)), Vector128.Load(x), sum);
+        return Vector128.FusedMultiplyAdd(Lookup(q0, q1, q2, q3, Vector128.WidenUpper(indices)), Vector128.Load(x + 4), sum);
+    }
+
+    /// <summary>Four code-book values by 4-bit index: four 4-entry shuffles, chosen by bits 2 and 3.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> Lookup(Vector128<float> q0, Vector128<float> q1, Vector128<float> q2, Vector128<float> q3, Vector128<uint> index)
+    {
+        var i = index.AsInt32();
+        var low2 = i & Vector128.Create(3);
+        var bit2 = Vector128.Equals(i & Vector128.Create(4), Vector128.Create(4)).AsSingle();
+        var first = Vector128.ConditionalSelect(bit2, Vector128.Shuffle(q1, low2), Vector128.Shuffle(q0, low2));
+        var second = Vector128.ConditionalSelect(bit2, Vector128.Shuffle(q3, low2), Vector128.Shuffle(q2, low2));
+        return Vector128.ConditionalSelect(Vector128.GreaterThan(i, Vector128.Create(7)).AsSingle(), second, first);
+    }
+}
+
+/// <summary>The vector width of <see cref="Bnb4BitGemv"/>.</summary>
+internal enum Bnb4BitGemvVariant
+{
+    /// <summary>Element by element: the fallback, and the path of rows whose length is not a multiple of 32.</summary>
+    Scalar,
+
+    /// <summary>128-bit portable vectors: NEON on Arm64, SSE on x64.</summary>
+    Vector128,
+
+    /// <summary>256-bit portable vectors: AVX2 on x64.</summary>
+    Vector256,
+
+    /// <summary>AVX-512 intrinsics (a 16-entry permute per 16 weights).</summary>
+    Avx512,
+
+    /// <summary>AVX2 + FMA intrinsics (two 8-entry permutes and a blend per 8 weights, no masking).</summary>
+    Avx2,
+}

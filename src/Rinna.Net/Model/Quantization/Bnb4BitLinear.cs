@@ -1,0 +1,377 @@
+using System.Buffers;
+using System.Numerics;
+using System.Runtime.InteropServices;
+using Rinna.Net.Kernels;
+using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Model.Layers;
+using TorchSharp;
+using TorchSharp.Utils;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Model.Quantization;
+
+/// <summary>
+/// A linear layer with 4-bit weights, the counterpart of bitsandbytes' <c>Linear4bit</c> for inference: the flattened
+/// <c>[out, in]</c> weight is cut into blocks of 64, each stored as 4-bit NF4 or FP4 codes with a float32 absmax scale
+/// (or, with double quantization, an 8-bit scale plus a float32 scale per 256 blocks), exactly as bitsandbytes'
+/// <c>quantize_4bit</c> stores it (<see cref="Bnb4BitQuantization"/>).
+/// </summary>
+/// <remarks>
+/// A single row (a decode step) on the CPU goes through a managed GEMV that dequantizes in registers
+/// (<see cref="Bnb4BitGemv"/>) and never builds the float weight. Several rows (a prompt) dequantize the whole weight to
+/// the compute dtype, multiply with libtorch, and free it at once. The float weight given to the constructor is read
+/// block by block and not kept: the layer holds about 0.56 byte per weight (0.52 with double quantization).
+/// </remarks>
+public sealed class Bnb4BitLinear : LinearLayer
+{
+    /// <summary>Float elements converted at once while quantizing (a multiple of the block size): 4 MiB of float32.</summary>
+    private const long QuantizeChunkElements = 1 << 20;
+
+    private const string NestedAbsmaxName = "nested_absmax";
+
+    /// <summary>Weights dequantized at once on the prompt path: a 16 MiB float32 scratch buffer per thread.</summary>
+    private const long ScratchElements = 4L << 20;
+
+    [ThreadStatic]
+    private static Tensor? floatScratch;
+
+    [ThreadStatic]
+    private static Tensor? typedScratch;
+
+    // Field names are the buffer names, so TorchSharp's reflective Module.to() re-registers each buffer once.
+    private Tensor weight;
+    private Tensor absmax;
+
+    [ComponentName(Name = NestedAbsmaxName)]
+    private Tensor? nestedAbsmax;
+
+    private Tensor? bias;
+    private readonly float offset;
+    private readonly float[] code;
+
+    /// <summary>Quantizes a float weight (and takes an optional bias) into a new 4-bit layer.</summary>
+    /// <param name="weight">The float weight <c>[out_features, in_features]</c> (float32, float16 or bfloat16, on any device).
+    /// It is read, not kept or modified.</param>
+    /// <param name="bias">The optional bias <c>[out_features]</c>, stored as float32.</param>
+    /// <param name="quantType"><see cref="Bnb4BitQuantization.Nf4"/> or <see cref="Bnb4BitQuantization.Fp4"/>.</param>
+    /// <param name="useDoubleQuant">Quantize the block scales again to 8 bits (bitsandbytes' <c>compress_statistics</c>).</param>
+    /// <param name="computeDType">The dtype prompts are multiplied in; <c>null</c> means the input's.</param>
+    /// <exception cref="ArgumentException">The weight is not a 2-D floating-point tensor, the bias does not match it, or
+    /// the quant type is unknown.</exception>
+    public Bnb4BitLinear(Tensor weight, Tensor? bias = null, string quantType = Bnb4BitQuantization.Nf4, bool useDoubleQuant = false,
+        ScalarType? computeDType = ScalarType.Float32)
+        : base(nameof(Bnb4BitLinear))
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.dim() != 2 || !weight.is_floating_point())
+            throw new ArgumentException($"The weight must be a 2-D floating-point tensor [out_features, in_features], got {weight.dtype} [{string.Join(", ", weight.shape)}].", nameof(weight));
+        if (bias is not null && (bias.dim() != 1 || bias.size(0) != weight.size(0) || !bias.is_floating_point()))
+            throw new ArgumentException($"The bias must be a floating-point vector of {weight.size(0)} elements, got {bias.dtype} [{string.Join(", ", bias.shape)}].", nameof(bias));
+        code = Bnb4BitQuantization.CodeOf(quantType);
+        if (weight.numel() > 2L * int.MaxValue)
+            throw new ArgumentException($"The weight has {weight.numel()} elements; 4-bit layers hold at most {2L * int.MaxValue}.", nameof(weight));
+        if (computeDType is { } c && c is not (ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16))
+            throw new ArgumentException($"The compute dtype must be float32, float16 or bfloat16, got {c}.", nameof(computeDType));
+
+        QuantType = quantType;
+        OutFeatures = weight.size(0);
+        InFeatures = weight.size(1);
+        ComputeDType = computeDType;
+        var device = weight.device;
+        var (packed, scales) = Quantize(weight, code == Bnb4BitQuantization.Nf4Code);
+        if (useDoubleQuant)
+        {
+            var (scaleCodes, nested, mean) = Bnb4BitQuantization.DoubleQuantize(scales);
+            absmax = OnDevice(tensor(scaleCodes, ScalarType.Byte), device);
+            nestedAbsmax = OnDevice(tensor(nested, ScalarType.Float32), device);
+            offset = mean;
+        }
+        else
+        {
+            absmax = OnDevice(tensor(scales, ScalarType.Float32), device);
+        }
+        this.weight = OnDevice(packed, device);
+        this.bias = bias?.to(ScalarType.Float32, device, copy: true).DetachFromDisposeScope();
+        register_buffer(nameof(weight), this.weight);
+        register_buffer(nameof(absmax), absmax);
+        if (nestedAbsmax is not null) register_buffer(NestedAbsmaxName, nestedAbsmax);
+        if (this.bias is not null) register_buffer(nameof(bias), this.bias);
+    }
+
+    /// <summary>Input features (the weight's second dimension).</summary>
+    public long InFeatures { get; }
+
+    /// <summary>Output features (the weight's first dimension).</summary>
+    public long OutFeatures { get; }
+
+    /// <summary>The 4-bit data type, <c>"nf4"</c> or <c>"fp4"</c>.</summary>
+    public string QuantType { get; }
+
+    /// <summary>Whether the block scales are themselves 8-bit quantized.</summary>
+    public bool UsesDoubleQuant => nestedAbsmax is not null;
+
+    /// <summary>The dtype prompts are multiplied in, or <c>null</c> for the input's dtype.</summary>
+    public ScalarType? ComputeDType { get; }
+
+    /// <summary>
+    /// The packed codes, uint8 <c>[(out·in + 1) / 2]</c>: element <c>2j</c> of the flattened weight in the high nibble of
+    /// byte <c>j</c>, element <c>2j + 1</c> in the low nibble (bitsandbytes' layout).
+    /// </summary>
+    public Tensor Weight => weight;
+
+    /// <summary>
+    /// The block scales: float32 <c>[blocks]</c>, or with double quantization their uint8 codes in the dynamic map.
+    /// </summary>
+    public Tensor Absmax => absmax;
+
+    /// <summary>With double quantization, the float32 scale of each 256 block scales; otherwise <c>null</c>.</summary>
+    public Tensor? NestedAbsmax => nestedAbsmax;
+
+    /// <summary>With double quantization, the mean subtracted from the block scales before quantizing them; otherwise 0.</summary>
+    public float Offset => offset;
+
+    /// <summary>The bias <c>[out_features]</c> as float32, or <c>null</c>.</summary>
+    public Tensor? Bias => bias;
+
+    /// <summary>Bytes of the quantized weight: the packed codes and the block scales (and the nested scales with double quantization).</summary>
+    public long WeightBytes => weight.numel() + absmax.numel() * absmax.ElementSize + (nestedAbsmax is null ? 0 : nestedAbsmax.numel() * 4 + sizeof(float));
+
+    /// <summary>
+    /// The bytes a <see cref="Bnb4BitLinear"/> of this shape holds (codes, scales, float32 bias); to size modules for a
+    /// device map before anything is loaded.
+    /// </summary>
+    /// <param name="outFeatures">Output features (weight rows).</param>
+    /// <param name="inFeatures">Input features (weight columns).</param>
+    /// <param name="hasBias">Whether the layer has a bias.</param>
+    /// <param name="useDoubleQuant">Whether the block scales are 8-bit.</param>
+    public static long StorageBytes(long outFeatures, long inFeatures, bool hasBias, bool useDoubleQuant)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(outFeatures);
+        ArgumentOutOfRangeException.ThrowIfNegative(inFeatures);
+        long n = outFeatures * inFeatures, blocks = (n + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize;
+        long scales = useDoubleQuant
+            ? blocks + 4 * ((blocks + Bnb4BitQuantization.AbsmaxBlockSize - 1) / Bnb4BitQuantization.AbsmaxBlockSize) + 4
+            : 4 * blocks;
+        return (n + 1) / 2 + scales + (hasBias ? 4 * outFeatures : 0);
+    }
+
+    /// <summary>Computes <c>input · Wᵀ + bias</c> with the 4-bit weight.</summary>
+    /// <param name="input">Activations <c>[..., in_features]</c> in a floating dtype, on the layer's device.</param>
+    /// <returns><c>[..., out_features]</c> in the input's dtype.</returns>
+    /// <exception cref="ArgumentException">The input is not floating point or its last dimension is not <see cref="InFeatures"/>.</exception>
+    public override Tensor forward(Tensor input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        if (!input.is_floating_point() || input.dim() == 0 || input.size(-1) != InFeatures)
+            throw new ArgumentException($"Bnb4BitLinear expects floating-point input [..., {InFeatures}], got {input.dtype} [{string.Join(", ", input.shape)}].", nameof(input));
+
+        using var scope = NewDisposeScope();
+        var outputShape = TensorShapes.WithLastDimension(input, OutFeatures);
+        var rows = input.reshape(-1, InFeatures);
+        Tensor output;
+        if (rows.size(0) == 0)
+            output = empty(0, OutFeatures, dtype: input.dtype, device: input.device);
+        else if (rows.size(0) == 1 && weight.device_type == DeviceType.CPU && Bnb4BitGemv.TryMultiply(rows, Matrix(), bias, out var product))
+            output = product;
+        else
+        {
+            using (no_grad())
+                output = weight.device_type == DeviceType.CPU
+                    ? BlockwiseProduct(rows.to(ComputeDType ?? input.dtype)).to(input.dtype)
+                    : DenseProduct(rows);
+        }
+        return output.reshape(outputShape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Off the CPU: the whole weight dequantized for this product, as bitsandbytes' <c>matmul_4bit</c> does.</summary>
+    private Tensor DenseProduct(Tensor rows)
+    {
+        var computeDType = ComputeDType ?? rows.dtype;
+        using var dense = DequantizeWeight(computeDType);
+        return nn.functional.linear(rows.to(computeDType), dense, bias?.to(computeDType)).to(rows.dtype);
+    }
+
+    /// <summary>
+    /// Several rows on the CPU: a block of output features at a time is dequantized into this thread's reused scratch
+    /// buffer, converted to the compute dtype and multiplied, so no allocation grows with the layer (allocating and
+    /// faulting in a fresh float32 copy of a large layer cost more than the product itself).
+    /// </summary>
+    private Tensor BlockwiseProduct(Tensor input)
+    {
+        var dtype = input.dtype;
+        long blockRows = Math.Clamp(ScratchElements / InFeatures, 1, OutFeatures);
+        // Blocks of rows start on 64-element boundaries of the flattened weight, where whole-block dequantization applies.
+        long alignment = Bnb4BitQuantization.BlockSize / (long)BigInteger.GreatestCommonDivisor(InFeatures, Bnb4BitQuantization.BlockSize);
+        blockRows = Math.Min(OutFeatures, Math.Max(alignment, blockRows / alignment * alignment));
+        var scales = BlockScales();
+        var output = empty(input.size(0), OutFeatures, dtype);
+        var typedBias = bias?.to(dtype);
+        for (long first = 0; first < OutFeatures; first += blockRows)
+        {
+            long count = Math.Min(blockRows, OutFeatures - first);
+            var block = DequantizeRows(first, count, scales, dtype);
+            using var product = nn.functional.linear(input, block, typedBias?.narrow(0, first, count));
+            output.narrow(1, first, count).copy_(product);
+        }
+        return output;
+    }
+
+    /// <summary>Rows <c>[first, first + count)</c> of the weight in <paramref name="dtype"/>, in this thread's scratch buffers.</summary>
+    private Tensor DequantizeRows(long first, long count, float[] scales, ScalarType dtype)
+    {
+        long elements = count * InFeatures, start = first * InFeatures;
+        var scratch = Scratch(ref floatScratch, elements, ScalarType.Float32);
+        var packed = weight;
+        int parts = (int)Math.Max(1, Math.Min(Environment.ProcessorCount, elements / (16 * 1024)));
+        long partElements = (elements / parts + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize * Bnb4BitQuantization.BlockSize;
+        Parallel.For(0, parts, part =>
+        {
+            long from = part * partElements, length = Math.Min(partElements, elements - from);
+            if (length <= 0) return;
+            var target = Bnb4BitQuantization.AsFloats(scratch).Slice((int)from, (int)length);
+            Bnb4BitQuantization.DequantizeRange(packed.bytes, scales, code, start + from, target);
+        });
+        var dense = scratch.narrow(0, 0, elements).view(count, InFeatures);
+        if (dtype == ScalarType.Float32) return dense;
+        return Scratch(ref typedScratch, elements, dtype).narrow(0, 0, elements).view(count, InFeatures).copy_(dense);
+    }
+
+    /// <summary>A thread's scratch buffer of <paramref name="dtype"/>, grown to at least <paramref name="elements"/>; never in a dispose scope.</summary>
+    private static Tensor Scratch(ref Tensor? buffer, long elements, ScalarType dtype)
+    {
+        if (buffer is null || buffer.numel() < elements || buffer.dtype != dtype)
+        {
+            buffer?.Dispose();
+            buffer = empty(elements, dtype).DetachFromDisposeScope();
+        }
+        return buffer;
+    }
+
+    /// <summary>
+    /// The dequantized weight <c>[out_features, in_features]</c>: each element <c>code[q] · absmax</c> in float32, exactly
+    /// bitsandbytes' <c>dequantize_4bit</c>, then converted to <paramref name="dtype"/>, on the layer's device.
+    /// </summary>
+    /// <param name="dtype">The dtype of the result (float32 gives bitsandbytes' values exactly).</param>
+    public Tensor DequantizeWeight(ScalarType dtype = ScalarType.Float32)
+    {
+        var device = weight.device;
+        var dense = empty([OutFeatures, InFeatures], ScalarType.Float32);
+        var packed = weight.device_type == DeviceType.CPU ? weight : weight.cpu();
+        var scales = BlockScales();
+        long total = OutFeatures * InFeatures;
+        var chunks = (int)((total + QuantizeChunkElements - 1) / QuantizeChunkElements);
+        var destination = dense;
+        Parallel.For(0, chunks, chunk =>
+        {
+            long start = chunk * QuantizeChunkElements;
+            int length = (int)Math.Min(QuantizeChunkElements, total - start);
+            var target = Bnb4BitQuantization.AsFloats(destination).Slice((int)start, length);
+            Bnb4BitQuantization.DequantizeRange(packed.bytes, scales, code, start, target);
+        });
+        if (!ReferenceEquals(packed, weight)) packed.Dispose();
+        if (dtype == ScalarType.Float32 && device.type == DeviceType.CPU) return dense;
+        var converted = dense.to(dtype, device);
+        dense.Dispose();
+        return converted;
+    }
+
+    /// <summary>The float32 scale of every block (dequantized from 8 bits under double quantization).</summary>
+    internal float[] BlockScales()
+    {
+        using var scales = absmax.cpu();
+        if (nestedAbsmax is null) return Bnb4BitQuantization.AsFloats(scales).ToArray();
+        using var nested = nestedAbsmax.cpu();
+        var codes = scales.bytes;
+        var result = new float[codes.Length];
+        for (int b = 0; b < result.Length; b++)
+            result[b] = Bnb4BitQuantization.DequantizeAbsmax(codes, Bnb4BitQuantization.AsFloats(nested), offset, b);
+        return result;
+    }
+
+    /// <summary>Keeps 4-bit codes and float32 scales whatever dtype the model is converted to.</summary>
+    protected override nn.Module _to(ScalarType dtype, bool non_blocking) => this;
+
+    /// <summary>Moves the buffers to <paramref name="device"/>; the storage dtypes stay as they are.</summary>
+    protected override nn.Module _to(Device device, ScalarType dtype, bool non_blocking)
+        => _to(device.type, device.index, non_blocking);
+
+    /// <summary>The CPU tensor itself on the CPU, else a copy on <paramref name="device"/> (the CPU one disposed).</summary>
+    private static Tensor OnDevice(Tensor cpu, Device device)
+    {
+        if (device.type == DeviceType.CPU) return cpu.DetachFromDisposeScope();
+        var moved = cpu.to(device).DetachFromDisposeScope();
+        cpu.Dispose();
+        return moved;
+    }
+
+    private Bnb4BitMatrix Matrix() => new(weight, code, absmax, nestedAbsmax, offset,
+        nestedAbsmax is null ? null : Bnb4BitQuantization.DynamicMap, (int)OutFeatures, (int)InFeatures);
+
+    /// <summary>
+    /// Quantizes the flattened weight chunk by chunk (chunks start on block boundaries), in parallel. A CPU weight is read
+    /// in place and widened into pooled managed buffers: native allocations from the worker threads would each leave
+    /// memory in a malloc arena.
+    /// </summary>
+    private static (Tensor Packed, float[] Absmax) Quantize(Tensor weight, bool nf4)
+    {
+        long total = weight.numel();
+        long blocks = (total + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize;
+        var packed = empty((total + 1) / 2, dtype: ScalarType.Byte).DetachFromDisposeScope();
+        var scales = new float[blocks];
+        bool inPlace = weight.device_type == DeviceType.CPU && weight.is_contiguous() && total * weight.ElementSize <= int.MaxValue;
+        var source = inPlace ? weight : weight.to(ScalarType.Float32, CPU).contiguous();
+        try
+        {
+            var dtype = source.dtype;
+            var chunks = (int)((total + QuantizeChunkElements - 1) / QuantizeChunkElements);
+            Parallel.For(0, chunks, chunk =>
+            {
+                long start = chunk * QuantizeChunkElements;
+                int length = (int)Math.Min(QuantizeChunkElements, total - start);
+                var buffer = ArrayPool<float>.Shared.Rent(length);
+                try
+                {
+                    var values = buffer.AsSpan(0, length);
+                    Widen(source, dtype, start, values);
+                    var target = packed.bytes.Slice((int)(start / 2), (length + 1) / 2);
+                    var blockScales = scales.AsSpan((int)(start / Bnb4BitQuantization.BlockSize), (length + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize);
+                    Bnb4BitQuantization.QuantizeBlocks(values, nf4, target, blockScales);
+                }
+                finally
+                {
+                    ArrayPool<float>.Shared.Return(buffer);
+                }
+            });
+        }
+        finally
+        {
+            if (!inPlace) source.Dispose();
+        }
+        return (packed, scales);
+    }
+
+    /// <summary>Elements <c>[start, start + values.Length)</c> of a contiguous CPU tensor as float32 (exact for 16-bit types).</summary>
+    private static void Widen(Tensor source, ScalarType dtype, long start, Span<float> values)
+    {
+        var bytes = source.bytes;
+        switch (dtype)
+        {
+            case ScalarType.Float32:
+                MemoryMarshal.Cast<byte, float>(bytes).Slice((int)start, values.Length).CopyTo(values);
+                break;
+            case ScalarType.Float16:
+                var halves = MemoryMarshal.Cast<byte, Half>(bytes).Slice((int)start, values.Length);
+                for (int i = 0; i < values.Length; i++) values[i] = (float)halves[i];
+                break;
+            case ScalarType.BFloat16:
+                BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, values.Length), values);
+                break;
+            case ScalarType.Float64:
+                var doubles = MemoryMarshal.Cast<byte, double>(bytes).Slice((int)start, values.Length);
+                for (int i = 0; i < values.Length; i++) values[i] = (float)doubles[i];
+                break;
+            default:
+                throw new ArgumentException($"4-bit quantization reads float32, float16, bfloat16 or float64 weights, not {dtype}.");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Model.Quantization;
+
+/// <summary>
+/// bitsandbytes' blockwise 4-bit quantization (<c>quantize_4bit</c> / <c>dequantize_4bit</c>), with its NF4 and FP4
+/// code books and its double quantization of the block scales, re-expressed from bitsandbytes' CUDA kernels so that the
+/// dequantized weights are bit for bit bitsandbytes' (docs/quantization.md lists the definitions and the commit read).
+/// </summary>
+public static class Bnb4BitQuantization
+{
+    /// <summary>The FP4 data type name (transformers' default <c>bnb_4bit_quant_type</c>).</summary>
+    public const string Fp4 = "fp4";
+
+    /// <summary>The NF4 (NormalFloat4) data type name.</summary>
+    public const string Nf4 = "nf4";
+
+    /// <summary>Weights per block of the flattened <c>[out, in]</c> weight, each with its own absmax scale.</summary>
+    public const int BlockSize = 64;
+
+    /// <summary>Block scales per block of the second (8-bit) quantization under double quantization.</summary>
+    public const int AbsmaxBlockSize = 256;
+
+    /// <summary>NF4's 16 values by code, as bitsandbytes' <c>nf4_dequantization_lut</c> holds them (float32).</summary>
+    internal static readonly float[] Nf4Code =
+    [
+        -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+        -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+        0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+        0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
+    ];
+
+    /// <summary>
+    /// FP4's 16 values by code: bitsandbytes' <c>fp4_dequantization_lut</c> for the three low bits, negated when bit 3
+    /// (the sign) is set, as its <c>dDequantizeFP4Tree</c> does (so code 8 is −0).
+    /// </summary>
+    internal static readonly float[] Fp4Code =
+    [
+        0.0f, 0.005208333333f, 0.66666667f, 1.0f, 0.33333333f, 0.5f, 0.16666667f, 0.25f,
+        -0.0f, -0.005208333333f, -0.66666667f, -1.0f, -0.33333333f, -0.5f, -0.16666667f, -0.25f,
+    ];
+
+    private static readonly Lazy<float[]> dynamicMap = new(CreateDynamicMap);
+
+    /// <summary>The code book of <paramref name="quantType"/> (<see cref="Fp4"/> or <see cref="Nf4"/>).</summary>
+    internal static float[] CodeOf(string quantType) => quantType switch
+    {
+        Fp4 => Fp4Code,
+        Nf4 => Nf4Code,
+        _ => throw new ArgumentException($"The 4-bit type must be \"{Fp4}\" or \"{Nf4}\", got \"{quantType}\".", nameof(quantType)),
+    };
+
+    /// <summary>bitsandbytes' signed 8-bit dynamic map (<c>create_dynamic_map()</c>), the code of the double-quantized scales.</summary>
+    internal static float[] DynamicMap => dynamicMap.Value;
+
+    /// <summary>
+    /// The FP4 code of a normalized value by bitsandbytes' <c>dQuantizeFP4</c> decision tree: sign bit 3, and the
+    /// magnitude placed against the midpoints between FP4's magnitudes (divided by 12, FP4's largest).
+    /// A NaN (0/0 of an all-zero block) falls through every comparison to code 0, as on the GPU.
+    /// </summary>
+    internal static byte QuantizeFp4(float x)
+    {
+        int sign = x < 0 ? 0b1000 : 0;
+        float a = MathF.Abs(x);
+        int code;
+        if (a > 0.29166667f)
+            code = a > 0.583333f ? (a > 0.8333333f ? 0b011 : 0b010) : (a > 0.4166667f ? 0b101 : 0b100);
+        else if (a > 0.0859375f)
+            code = a > 0.20833333f ? 0b111 : 0b110;
+        else
+            code = a > 0.00260417f ? 0b001 : 0b000;
+        return (byte)(code + sign);
+    }
+
+    /// <summary>
+    /// The NF4 code of a normalized value by bitsandbytes' <c>dQuantizeNF4</c> tree: a binary search against the
+    /// thresholds it hard-codes (midpoints of neighbouring NF4 values, as float32 literals). NaN gives code 0.
+    /// </summary>
+    internal static byte QuantizeNf4(float x)
+    {
+        if (x > 0.03979014977812767f)
+        {
+            if (x > 0.3893125355243683f)
+                return x > 0.6427869200706482f ? (x > 0.8614784181118011f ? (byte)15 : (byte)14) : (x > 0.5016634166240692f ? (byte)13 : (byte)12);
+            return x > 0.2035212516784668f ? (x > 0.2920137718319893f ? (byte)11 : (byte)10) : (x > 0.1202552504837513f ? (byte)9 : (byte)8);
+        }
+        if (x > -0.33967943489551544f)
+            return x > -0.13791173323988914f ? (x > -0.045525018125772476f ? (byte)7 : (byte)6) : (x > -0.23460740596055984f ? (byte)5 : (byte)4);
+        return x > -0.6106329262256622f ? (x > -0.4599952697753906f ? (byte)3 : (byte)2) : (x > -0.8480964004993439f ? (byte)1 : (byte)0);
+    }
+
+    /// <summary>
+    /// The index of <paramref name="x"/> in the sorted 256-entry <paramref name="code"/> by bitsandbytes' non-stochastic
+    /// <c>dQuantize</c>: a 7-step binary search, then the nearer of the found entry and its neighbour on x's side, with
+    /// the midpoint computed in float32 (ties to the found entry).
+    /// </summary>
+    internal static byte QuantizeDynamic(ReadOnlySpan<float> code, float x)
+    {
+        int pivot = 127, upperPivot = 255, lowerPivot = 0;
+        float lower = -1.0f, upper = 1.0f, value = code[pivot];
+        for (int step = 64; step > 0; step >>= 1)
+        {
+            if (x > value) { lowerPivot = pivot; lower = value; pivot += step; }
+            else { upperPivot = pivot; upper = value; pivot -= step; }
+            value = code[pivot];
+        }
+        if (upperPivot == 255) upper = code[255];
+        if (lowerPivot == 0) lower = code[0];
+        if (x > value) return (byte)(x > (upper + value) * 0.5f ? upperPivot : pivot);
+        return (byte)(x < (lower + value) * 0.5f ? lowerPivot : pivot);
+    }
+
+    /// <summary>
+    /// bitsandbytes' <c>create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)</c>: for i = 0..6, the means of
+    /// neighbouring points of <c>torch.linspace(0.1, 1, 2^i + 1)</c> (float32) times ±10^(i−6), then 0 and 1, sorted.
+    /// </summary>
+    /// <remarks>
+    /// linspace is written out as ATen's CPU kernel computes it: <c>step = (end − start) / (steps − 1)</c>, the first half
+    /// <c>start + step·k</c>, the second half <c>end − step·(steps − 1 − k)</c>, each a fused multiply-add because the
+    /// compiler contracts them in ATen's AVX2, AVX-512 and Arm64 builds (the kernels x64 and Arm CPUs run). Computing it
+    /// here rather than calling libtorch keeps the map the same on every machine.
+    /// </remarks>
+    private static float[] CreateDynamicMap()
+    {
+        var data = new List<float>(256) { 0f, 1.0f };
+        for (int i = 0; i < 7; i++)
+        {
+            int steps = (1 << i) + 1;
+            float start = 0.1f, end = 1.0f, step = (end - start) / (steps - 1);
+            // 10 ** (i - 6) as Python evaluates it, converted to float32 as ATen converts a scalar factor.
+            float scale = (float)(i == 6 ? 1.0 : Math.Pow(10, i - 6));
+            float previous = start;
+            for (int k = 1; k < steps; k++)
+            {
+                float point = k < steps / 2 ? MathF.FusedMultiplyAdd(step, k, start) : MathF.FusedMultiplyAdd(-step, steps - 1 - k, end);
+                float mean = (previous + point) / 2.0f;
+                data.Add(mean * scale);
+                data.Add(mean * -scale);
+                previous = point;
+            }
+        }
+        data.Sort();
+        return data.ToArray();
+    }
+
+    /// <summary>
+    /// Quantizes a float32 span (a slice of the flattened weight starting at a block boundary, of even length unless it
+    /// is the end) into packed codes and block scales, as bitsandbytes' <c>kQuantizeBlockwise</c> with an NF4/FP4 data
+    /// type: the block's absmax (padded with zeros), each value times <c>1 / absmax</c> in float32, the code of that, two
+    /// codes per byte with the first value in the high nibble.
+    /// </summary>
+    internal static void QuantizeBlocks(ReadOnlySpan<float> values, bool nf4, Span<byte> packed, Span<float> absmax)
+    {
+        int blocks = (values.Length + BlockSize - 1) / BlockSize;
+        for (int b = 0; b < blocks; b++)
+        {
+            var block = values.Slice(b * BlockSize, Math.Min(BlockSize, values.Length - b * BlockSize));
+            float max = 0f; // the kernel pads a partial block with zeros, so its max is never below 0
+            foreach (var v in block)
+            {
+                float a = MathF.Abs(v);
+                if (a > max) max = a; // as fmaxf: a NaN weight does not become the scale
+            }
+            absmax[b] = max;
+            float inverse = 1.0f / max;
+            for (int i = 0; i < block.Length; i += 2)
+            {
+                // The value past the end of an odd-length tensor is the kernel's zero padding.
+                float first = block[i] * inverse, second = (i + 1 < block.Length ? block[i + 1] : 0f) * inverse;
+                packed[(b * BlockSize + i) / 2] = nf4
+                    ? (byte)((QuantizeNf4(first) << 4) | QuantizeNf4(second))
+                    : (byte)((QuantizeFp4(first) << 4) | QuantizeFp4(second));
+            }
+        }
+    }
+
+    /// <summary>
+    /// Double quantization of float32 block scales, as bitsandbytes' <c>quantize_4bit(compress_statistics=True)</c>:
+    /// the offset is their mean (libtorch's float32 mean), and <c>absmax − offset</c> is quantized in blocks of 256 with
+    /// the dynamic map (<see cref="QuantizeDynamic"/> of the value times <c>1 / block absmax</c>).
+    /// </summary>
+    internal static (byte[] Codes, float[] Absmax, float Offset) DoubleQuantize(float[] absmax)
+    {
+        float offset;
+        using (var t = from_array(absmax))
+        using (var mean = t.mean())
+            offset = mean.item<float>();
+        var code = DynamicMap;
+        var codes = new byte[absmax.Length];
+        var absmax2 = new float[(absmax.Length + AbsmaxBlockSize - 1) / AbsmaxBlockSize];
+        var centered = new float[AbsmaxBlockSize];
+        for (int j = 0; j < absmax2.Length; j++)
+        {
+            int start = j * AbsmaxBlockSize, length = Math.Min(AbsmaxBlockSize, absmax.Length - start);
+            float max = 0f;
+            for (int i = 0; i < length; i++)
+            {
+                centered[i] = absmax[start + i] - offset;
+                float a = MathF.Abs(centered[i]);
+                if (a > max) max = a;
+            }
+            absmax2[j] = max;
+            float inverse = 1.0f / max;
+            for (int i = 0; i < length; i++) codes[start + i] = QuantizeDynamic(code, centered[i] * inverse);
+        }
+        return (codes, absmax2, offset);
+    }
+
+    /// <summary>The scale of block <paramref name="block"/> after double quantization: <c>code[q] · absmax2 + offset</c>, two float32 roundings.</summary>
+    internal static float DequantizeAbsmax(ReadOnlySpan<byte> codes, ReadOnlySpan<float> absmax2, float offset, int block)
+    {
+        float scaled = DynamicMap[codes[block]] * absmax2[block / AbsmaxBlockSize];
+        return scaled + offset;
+    }
+
+    private static readonly Lazy<ulong[]> nf4Pairs = new(() => PairTable(Nf4Code));
+    private static readonly Lazy<ulong[]> fp4Pairs = new(() => PairTable(Fp4Code));
+
+    /// <summary>For each byte, its two code-book values as adjacent floats (high nibble first in memory).</summary>
+    private static ulong[] PairTable(float[] code)
+    {
+        var pairs = new ulong[256];
+        for (int b = 0; b < 256; b++)
+            pairs[b] = (uint)BitConverter.SingleToInt32Bits(code[b >> 4]) | ((ulong)(uint)BitConverter.SingleToInt32Bits(code[b & 0x0F]) << 32);
+        return pairs;
+    }
+
+    /// <summary>
+    /// Writes <c>code[q] · absmax</c> (float32) for as many values as <paramref name="destination"/> holds, from flat index
+    /// <paramref name="start"/>: whole blocks through a byte-to-pair table and a vector product, the rest one by one.
+    /// </summary>
+    internal static void DequantizeRange(ReadOnlySpan<byte> packed, ReadOnlySpan<float> absmax, float[] code, long start, Span<float> destination)
+    {
+        int done = 0;
+        if (start % BlockSize == 0 && (code == Nf4Code || code == Fp4Code))
+        {
+            var pairs = code == Nf4Code ? nf4Pairs.Value : fp4Pairs.Value;
+            for (; done + BlockSize <= destination.Length; done += BlockSize)
+            {
+                long at = start + done;
+                var bytes = packed.Slice((int)(at >> 1), BlockSize / 2);
+                var block = destination.Slice(done, BlockSize);
+                var values = MemoryMarshal.Cast<float, ulong>(block);
+                for (int j = 0; j < bytes.Length; j++) values[j] = pairs[bytes[j]];
+                var scale = Vector256.Create(absmax[(int)(at / BlockSize)]);
+                for (int i = 0; i < BlockSize; i += Vector256<float>.Count)
+                    (Vector256.Create(block.Slice(i, Vector256<float>.Count)) * scale).CopyTo(block.Slice(i, Vector256<float>.Count));
+            }
+        }
+        for (int i = done; i < destination.Length; i++)
+        {
+            long at = start + i;
+            int q = (packed[(int)(at >> 1)] >> ((at & 1) == 0 ? 4 : 0)) & 0x0F;
+            destination[i] = code[q] * absmax[(int)(at / BlockSize)];
+        }
+    }
+
+    internal static Span<float> AsFloats(Tensor t) => MemoryMarshal.Cast<byte, float>(t.bytes);
+}
