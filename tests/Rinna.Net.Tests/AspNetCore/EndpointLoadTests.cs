@@ -11,6 +11,7 @@ namespace Rinna.Net.Tests.AspNetCore;
 /// some cancelling mid-answer, on the demo model. Every answer that completes must be the model's greedy answer for its
 /// question, byte for byte, and the process's memory must not grow with the number of requests served.
 /// </summary>
+[Collection(SerialMemoryCollection.Name)]
 public sealed class EndpointLoadTests
 {
     private static readonly string[] Questions =
