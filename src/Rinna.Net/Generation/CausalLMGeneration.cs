@@ -12,6 +12,9 @@ public static class CausalLMGeneration
     /// <summary>New tokens the KV cache has room for before it first grows.</summary>
     private const int InitialAnswerReserve = 16;
 
+    /// <summary>Per model, whether prompt lookup has been paying (see <see cref="FallbackCandidateGenerator"/>).</summary>
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<GptNeoXForCausalLM, SpeculationMemory> SpeculationMemories = new();
+
     private static readonly ConditionalWeakTable<GptNeoXForCausalLM, GenerationConfig> Defaults = new();
 
     /// <summary>
@@ -99,7 +102,7 @@ public static class CausalLMGeneration
         var output = config switch
         {
             { NumBeams: > 1 } => BeamSearch.Run(ids, fed => stepper.Forward(fed), stepper.Reorder, config, createDecoder, extra, cancellationToken),
-            { PromptLookupNumTokens: int k } => SpeculativeDecoding.Run(ids, stepper, new FallbackCandidateGenerator(new PromptLookupCandidateGenerator(k)), config,
+            { PromptLookupNumTokens: int k } => SpeculativeDecoding.Run(ids, stepper, new FallbackCandidateGenerator(new PromptLookupCandidateGenerator(k), SpeculationMemories.GetOrCreateValue(model)), config,
                 createDecoder, onStep, extra, cancellationToken),
             _ when assistantModel is not null => Assisted(model, assistantModel, ids, mask, reserve, stepper, config, createDecoder, onStep, extra, cancellationToken),
             _ => GenerationLoop.Run(ids, fed => stepper.Forward(fed), config, createDecoder, onStep, extra, cancellationToken),

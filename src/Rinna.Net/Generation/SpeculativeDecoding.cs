@@ -63,15 +63,38 @@ internal sealed class PromptLookupCandidateGenerator(int numOutputTokens, int ma
 /// proposals: on a small model, or a CPU where several rows cost more than one, accepted proposals can still lose).
 /// A round that pays ends the pauses. Proposals never change greedy output, only how many model calls it takes, so
 /// timing may steer them; Hugging Face's prompt lookup has no such fallback.
+/// <para>
+/// With a <see cref="SpeculationMemory"/> (one per model) a generation starts where the last one on the model left off:
+/// short answers end before the pauses grow, so a model on which speculation does not pay would otherwise pay the
+/// first probes in every answer. A round that pays in a later answer ends the pauses as before.
+/// </para>
 /// </summary>
-internal sealed class FallbackCandidateGenerator(ICandidateGenerator inner) : ICandidateGenerator
+internal sealed class FallbackCandidateGenerator : ICandidateGenerator
 {
     private const int MissesBeforePause = 2;
     private const int FirstPause = 4;
     private const int LongestPause = 64;
+    private readonly ICandidateGenerator inner;
+    private readonly SpeculationMemory? memory;
     private int misses;
     private int nextPause = FirstPause;
     private int pausedSteps;
+
+    public FallbackCandidateGenerator(ICandidateGenerator inner, SpeculationMemory? memory = null)
+    {
+        this.inner = inner;
+        this.memory = memory;
+        if (memory?.Recall() is { } state)
+        {
+            (nextPause, plainSecondsPerToken) = state;
+            // Still in the pausing regime: begin with the last pause, and probe after it.
+            if (nextPause > FirstPause)
+            {
+                pausedSteps = nextPause / 2;
+                misses = MissesBeforePause - 1;
+            }
+        }
+    }
 
     /// <summary>Every this many rounds with proposals, one plain step keeps the plain cost it is compared with current.</summary>
     private const int PlainProbeInterval = 32;
@@ -107,6 +130,7 @@ internal sealed class FallbackCandidateGenerator(ICandidateGenerator inner) : IC
             beforeSuccess = (misses, nextPause);
             misses = 0;
             nextPause = FirstPause;
+            memory?.Remember(nextPause, plainSecondsPerToken);
             return;
         }
         beforeSuccess = null;
@@ -144,6 +168,24 @@ internal sealed class FallbackCandidateGenerator(ICandidateGenerator inner) : IC
         nextPause = Math.Min(nextPause * 2, LongestPause);
         // The round after a pause probes once: a miss there pauses again at once, for longer.
         misses = MissesBeforePause - 1;
+        memory?.Remember(nextPause, plainSecondsPerToken);
+    }
+}
+
+/// <summary>What <see cref="FallbackCandidateGenerator"/> learned on one model: the pause it reached and the cost of a plain step.</summary>
+internal sealed class SpeculationMemory
+{
+    private readonly Lock gate = new();
+    private (int NextPause, double? PlainSecondsPerToken)? state;
+
+    public (int NextPause, double? PlainSecondsPerToken)? Recall()
+    {
+        lock (gate) return state;
+    }
+
+    public void Remember(int nextPause, double? plainSecondsPerToken)
+    {
+        lock (gate) state = (nextPause, plainSecondsPerToken);
     }
 }
 

@@ -124,3 +124,46 @@ public class FallbackCandidateGeneratorTimingTests
         Assert.InRange(fast.Count(p => !p), 1, 200 / 32 + 2);
     }
 }
+
+/// <summary>What one generation learned on a model carries to the next one on the same model.</summary>
+public class SpeculationMemoryTests
+{
+    private sealed class AlwaysProposing : ICandidateGenerator
+    {
+        public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount) => [1, 2];
+
+        public void Update(int proposed, int accepted)
+        {
+        }
+    }
+
+    private static int ProposingRounds(FallbackCandidateGenerator generator, int rounds, int accepted)
+    {
+        int proposing = 0;
+        for (int i = 0; i < rounds; i++)
+        {
+            var candidates = generator.GetCandidates([5], 10);
+            if (candidates.Length > 0) proposing++;
+            generator.Update(candidates.Length, candidates.Length > 0 ? accepted : 0);
+            generator.Observe(candidates.Length, 1, TimeSpan.FromMilliseconds(candidates.Length > 0 ? 1 : 10));
+        }
+        return proposing;
+    }
+
+    [Fact]
+    public void AnswersAfterOnesWhereProposalsFailedStartPausedAndAnAcceptanceResumesThem()
+    {
+        var memory = new SpeculationMemory();
+        // A long answer where nothing is accepted drives the pauses to 64 steps.
+        ProposingRounds(new FallbackCandidateGenerator(new AlwaysProposing(), memory), 300, accepted: 0);
+        // The next 32-token answer on the same model starts paused: at most one probe, where a fresh one would propose in several rounds.
+        int remembered = ProposingRounds(new FallbackCandidateGenerator(new AlwaysProposing(), memory), 32, accepted: 0);
+        int fresh = ProposingRounds(new FallbackCandidateGenerator(new AlwaysProposing()), 32, accepted: 0);
+        Assert.InRange(remembered, 0, 1);
+        Assert.True(fresh >= 4, $"a fresh generator proposed in {fresh} rounds");
+        // An answer whose probe is accepted resumes proposing, and so does the answer after it.
+        int resumed = ProposingRounds(new FallbackCandidateGenerator(new AlwaysProposing(), memory), 80, accepted: 1);
+        Assert.True(resumed > 30, $"{resumed} of 80 rounds proposed after an acceptance");
+        Assert.True(ProposingRounds(new FallbackCandidateGenerator(new AlwaysProposing(), memory), 20, accepted: 1) >= 18);
+    }
+}
