@@ -59,8 +59,9 @@ internal sealed class PromptLookupCandidateGenerator(int numOutputTokens, int ma
 /// Stops proposing while proposals do not pay, so speculation on text that does not repeat its context costs (almost)
 /// nothing: after two failed rounds in a row it pauses for 4 steps, and each pause that ends in another failed round
 /// doubles the next, up to 64 steps (one failed verification per 65 tokens at worst). A round fails when the model
-/// rejected all its proposals, or when it took longer per token than plain steps do (measured on the steps without
-/// proposals: on a small model, or a CPU where several rows cost more than one, accepted proposals can still lose).
+/// rejected all its proposals, or when rounds with proposals have been taking longer per token, on average, than plain
+/// steps (timed on the steps without proposals: on a small model, or a CPU where several rows cost more than one,
+/// accepted proposals can still lose).
 /// A round that pays ends the pauses. Proposals never change greedy output, only how many model calls it takes, so
 /// timing may steer them; Hugging Face's prompt lookup has no such fallback.
 /// <para>
@@ -86,7 +87,7 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
         this.memory = memory;
         if (memory?.Recall() is { } state)
         {
-            (nextPause, plainSecondsPerToken) = state;
+            (nextPause, plainSecondsPerToken, speculativeSecondsPerToken) = state;
             // Still in the pausing regime: begin with the last pause, and probe after it.
             if (nextPause > FirstPause)
             {
@@ -130,7 +131,7 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
             beforeSuccess = (misses, nextPause);
             misses = 0;
             nextPause = FirstPause;
-            memory?.Remember(nextPause, plainSecondsPerToken);
+            memory?.Remember(nextPause, plainSecondsPerToken, speculativeSecondsPerToken);
             return;
         }
         beforeSuccess = null;
@@ -142,6 +143,9 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
     /// <summary>Seconds per token of steps without proposals (an exponential average), once one was seen.</summary>
     private double? plainSecondsPerToken;
 
+    /// <summary>Seconds per token of rounds with proposals, accepted or not (an exponential average).</summary>
+    private double? speculativeSecondsPerToken;
+
     public void Observe(int proposed, int tokens, TimeSpan elapsed)
     {
         inner.Observe(proposed, tokens, elapsed);
@@ -152,8 +156,10 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
             plainSecondsPerToken = plainSecondsPerToken is { } average ? 0.7 * average + 0.3 * perToken : perToken;
             return;
         }
-        // Slower than plain decoding although proposals were accepted: as good as rejected.
-        if (plainSecondsPerToken is { } plain && perToken > plain && beforeSuccess is { } state)
+        // Rounds with proposals are judged on average, failed ones included: rare acceptances between many rejections
+        // must not keep speculation alive when, all told, it is slower than plain decoding.
+        speculativeSecondsPerToken = speculativeSecondsPerToken is { } mean ? 0.7 * mean + 0.3 * perToken : perToken;
+        if (plainSecondsPerToken is { } plain && speculativeSecondsPerToken > plain && beforeSuccess is { } state)
         {
             (misses, nextPause) = state;
             Miss();
@@ -168,7 +174,7 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
         nextPause = Math.Min(nextPause * 2, LongestPause);
         // The round after a pause probes once: a miss there pauses again at once, for longer.
         misses = MissesBeforePause - 1;
-        memory?.Remember(nextPause, plainSecondsPerToken);
+        memory?.Remember(nextPause, plainSecondsPerToken, speculativeSecondsPerToken);
     }
 }
 
@@ -176,16 +182,16 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
 internal sealed class SpeculationMemory
 {
     private readonly Lock gate = new();
-    private (int NextPause, double? PlainSecondsPerToken)? state;
+    private (int NextPause, double? PlainSecondsPerToken, double? SpeculativeSecondsPerToken)? state;
 
-    public (int NextPause, double? PlainSecondsPerToken)? Recall()
+    public (int NextPause, double? PlainSecondsPerToken, double? SpeculativeSecondsPerToken)? Recall()
     {
         lock (gate) return state;
     }
 
-    public void Remember(int nextPause, double? plainSecondsPerToken)
+    public void Remember(int nextPause, double? plainSecondsPerToken, double? speculativeSecondsPerToken)
     {
-        lock (gate) state = (nextPause, plainSecondsPerToken);
+        lock (gate) state = (nextPause, plainSecondsPerToken, speculativeSecondsPerToken);
     }
 }
 

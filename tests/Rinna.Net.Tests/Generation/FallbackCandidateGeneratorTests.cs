@@ -125,6 +125,37 @@ public class FallbackCandidateGeneratorTimingTests
     }
 }
 
+/// <summary>Rare accepted rounds between rejected ones do not keep speculation alive when it loses on average.</summary>
+public class FallbackCandidateGeneratorAverageTests
+{
+    private sealed class AlwaysProposing : ICandidateGenerator
+    {
+        public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount) => [1, 2, 3];
+
+        public void Update(int proposed, int accepted)
+        {
+        }
+    }
+
+    [Fact]
+    public void AlternatingAcceptedAndRejectedRoundsThatLoseOnAveragePause()
+    {
+        // Plain steps: 10 ms per token. Every other round keeps a proposal (2 tokens in 15 ms: 7.5 ms per token, a win
+        // on its own); the others keep none (1 token in 15 ms). On average 11.25 ms per token: slower than plain.
+        var generator = new FallbackCandidateGenerator(new AlwaysProposing());
+        int proposing = 0, speculativeRound = 0;
+        for (int i = 0; i < 300; i++)
+        {
+            var candidates = generator.GetCandidates([5, 6], 10);
+            int accepted = candidates.Length > 0 && speculativeRound++ % 2 == 1 ? 1 : 0;
+            if (candidates.Length > 0) proposing++;
+            generator.Update(candidates.Length, accepted);
+            generator.Observe(candidates.Length, accepted + 1, TimeSpan.FromMilliseconds(candidates.Length > 0 ? 15 : 10));
+        }
+        Assert.True(proposing < 60, $"{proposing} of 300 rounds proposed");
+    }
+}
+
 /// <summary>What one generation learned on a model carries to the next one on the same model.</summary>
 public class SpeculationMemoryTests
 {
