@@ -227,6 +227,10 @@ internal static class SpeculativeDecoding
         List<long> sequence;
         using (var prompt = inputIds.cpu()) sequence = prompt.data<long>().ToList();
         int modelCalls = 0, proposed = 0, acceptedTotal = 0;
+        // The prompt but its last token is prefilled first, so that the first round with proposals computes the output
+        // head for its proposals only, not for every prompt position (a 65,536 × hidden product per position on rinna).
+        if (promptLength > 1)
+            using (NewDisposeScope()) stepper.Forward(inputIds.narrow(1, 0, promptLength - 1));
 
         while (!tracker.IsDone)
         {
@@ -242,9 +246,12 @@ internal static class SpeculativeDecoding
             var candidates = generator.GetCandidates(sequence, tracker.MaxNewTokens - tracker.Steps - 1);
             var fedIds = sequence.Skip(stepper.CachedLength).Concat(candidates).ToArray();
             var fed = tensor(fedIds, [1, fedIds.Length], ScalarType.Int64, device);
-            var logits = stepper.Forward(fed, allPositions: true).to(ScalarType.Float32, device);
+            // Logits are needed at the last fed token and at each proposal; a round without proposals is a plain step.
+            var logits = candidates.Length > 0
+                ? stepper.Forward(fed, allPositions: true).to(ScalarType.Float32, device)
+                : stepper.Forward(fed).unsqueeze(1).to(ScalarType.Float32, device);
             var history = tensor(sequence.Concat(candidates).ToArray(), [1, before + candidates.Length], ScalarType.Int64, device);
-            int first = fedIds.Length - candidates.Length - 1;
+            int first = candidates.Length > 0 ? fedIds.Length - candidates.Length - 1 : 0;
             var picks = generator.CandidateScores is { } proposerScores && config.DoSample && candidates.Length > 0
                 ? SpeculativeSampling(candidates, proposerScores, i => pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]), sampler)
                 : Verify(candidates, i => pipeline.Process(history.narrow(1, 0, before + i), logits[.., first + i, ..]), sampler);
