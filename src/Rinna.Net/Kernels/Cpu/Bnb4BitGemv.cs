@@ -32,7 +32,6 @@ internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor
 /// </remarks>
 internal static unsafe class Bnb4BitGemv
 {
-    private const int ClaimsPerThread = 4;
     private const int Group = 32;
 
     /// <summary>The widest variant this CPU accelerates (scalar where it accelerates none).</summary>
@@ -67,8 +66,7 @@ internal static unsafe class Bnb4BitGemv
         public bool OutputIsBFloat16;
         public int Rows;
         public int Columns;
-        public int RowsPerClaim;
-        public int NextRow;
+        public RowClaims Claims;
         public bool Grouped;
         public Bnb4BitGemvVariant Variant;
     }
@@ -114,7 +112,7 @@ internal static unsafe class Bnb4BitGemv
                 {
                     Codes = codes, Code = code, Absmax = absmax, Nested = (float*)nested, NestedCode = nestedCode, Offset = weight.Offset,
                     Input = inputs, Bias = (float*)biasBytes, Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16,
-                    Rows = rows, Columns = columns, RowsPerClaim = Math.Max(8, rows / (ClaimsPerThread * threads)),
+                    Rows = rows, Columns = columns, Claims = new RowClaims(rows, threads, 8),
                     Grouped = grouped, Variant = variant,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
@@ -166,10 +164,8 @@ internal static unsafe class Bnb4BitGemv
     private static void RunRows(void* state)
     {
         var job = (Job*)state;
-        int first;
-        while ((first = Interlocked.Add(ref job->NextRow, job->RowsPerClaim) - job->RowsPerClaim) < job->Rows)
+        while (job->Claims.TryClaim(out int first, out int end))
         {
-            int end = Math.Min(job->Rows, first + job->RowsPerClaim);
             for (int row = first; row < end; row++)
             {
                 long start = (long)row * job->Columns;

@@ -39,8 +39,6 @@ internal static unsafe class Float16Gemv
     /// hardware prefetcher, which stops at page boundaries, would; it measured best among 1–16 KiB and none.
     /// </summary>
     private const int PrefetchAhead = 2048;
-    /// <summary>Each thread claims this share of the rows at a time: long contiguous weight streams, with some room for balancing.</summary>
-    private const int ClaimsPerThread = 4;
 
     /// <summary>
     /// The variant decode uses, or <c>null</c> to leave it to libtorch: AVX-512 where the CPU has it. The portable
@@ -73,8 +71,7 @@ internal static unsafe class Float16Gemv
         public void* Residual;
         public int Rows;
         public int Columns;
-        public int RowsPerClaim;
-        public int NextRow;
+        public RowClaims Claims;
         public Float16GemvVariant Variant;
     }
 
@@ -116,7 +113,7 @@ internal static unsafe class Float16Gemv
                 int threads = get_num_threads();
                 var job = new Job
                 {
-                    RowsPerClaim = Math.Max(16, rows / (ClaimsPerThread * threads)),
+                    Claims = new RowClaims(rows, threads, 16),
                     Weight = (ushort*)weightBytes, Input = input, Bias = biasBytes, BiasIsBFloat16 = bias?.dtype == ScalarType.BFloat16,
                     Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
                     Gelu = gelu, Residual = residualBytes, Variant = variant,
@@ -184,10 +181,8 @@ internal static unsafe class Float16Gemv
     private static void RunRows(void* state)
     {
         var job = (Job*)state;
-        int first;
-        while ((first = Interlocked.Add(ref job->NextRow, job->RowsPerClaim) - job->RowsPerClaim) < job->Rows)
+        while (job->Claims.TryClaim(out int first, out int end))
         {
-            int end = Math.Min(job->Rows, first + job->RowsPerClaim);
             bool bfloat16 = job->OutputIsBFloat16;
             for (int row = first; row < end; row++)
             {

@@ -36,8 +36,6 @@ internal static unsafe class Int8Gemv
     /// <summary>Weights fetched ahead of use (4 KiB, one page), as in <see cref="Float16Gemv"/>.</summary>
     private const int PrefetchAhead = 4096;
 
-    /// <summary>Each thread claims this share of the rows at a time: long contiguous weight streams, with some room for balancing.</summary>
-    private const int ClaimsPerThread = 4;
 
     /// <summary>The longest row whose sums cannot overflow int32: 127² · K &lt; 2³¹.</summary>
     private const int MaxColumns = 133_000;
@@ -83,8 +81,7 @@ internal static unsafe class Int8Gemv
         public int* Output;
         public int Rows;
         public int Columns;
-        public int RowsPerClaim;
-        public int NextRow;
+        public RowClaims Claims;
         public Int8GemvVariant Variant;
     }
 
@@ -113,7 +110,7 @@ internal static unsafe class Int8Gemv
             var job = new Job
             {
                 Weight = (sbyte*)weightBytes, Input = (sbyte*)inputBytes, Output = (int*)outputBytes,
-                Rows = rows, Columns = columns, RowsPerClaim = Math.Max(16, rows / (ClaimsPerThread * threads)), Variant = variant,
+                Rows = rows, Columns = columns, Claims = new RowClaims(rows, threads, 16), Variant = variant,
             };
             LibTorchOpenMp.Run(&RunRows, &job, threads);
         }
@@ -134,10 +131,8 @@ internal static unsafe class Int8Gemv
     private static void RunRows(void* state)
     {
         var job = (Job*)state;
-        int first;
-        while ((first = Interlocked.Add(ref job->NextRow, job->RowsPerClaim) - job->RowsPerClaim) < job->Rows)
+        while (job->Claims.TryClaim(out int first, out int end))
         {
-            int end = Math.Min(job->Rows, first + job->RowsPerClaim);
             for (int row = first; row < end; row++)
                 job->Output[row] = Dot(job->Variant, job->Weight + (long)row * job->Columns, job->Input, job->Columns);
         }
