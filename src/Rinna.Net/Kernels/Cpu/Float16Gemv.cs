@@ -31,7 +31,7 @@ namespace Rinna.Net.Kernels.Cpu;
 /// </remarks>
 internal static unsafe class Float16Gemv
 {
-    private const float Up = 72057594037927936f; // 2^56
+    internal const float Up = 72057594037927936f; // 2^56
     private const float MaxActivation = 18446744073709551616f; // 2^64
 
     /// <summary>
@@ -154,7 +154,7 @@ internal static unsafe class Float16Gemv
     }
 
     /// <summary>Writes <c>x · 2⁵⁶</c> as float32; false if some |x| exceeds 2⁶⁴ or is NaN.</summary>
-    private static bool ScaleInput(Tensor x, Span<float> scaled)
+    internal static bool ScaleInput(Tensor x, Span<float> scaled)
     {
         if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(scaled);
         else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), scaled);
@@ -199,7 +199,7 @@ internal static unsafe class Float16Gemv
     }
 
     /// <summary>The value as the output dtype holds it: what a libtorch operation returning bfloat16 would pass to the next.</summary>
-    private static float ToOutput(float value, bool bfloat16) => bfloat16 ? BFloat16Bits.Widen(BFloat16Bits.Round(value)) : value;
+    internal static float ToOutput(float value, bool bfloat16) => bfloat16 ? BFloat16Bits.Widen(BFloat16Bits.Round(value)) : value;
 
     /// <summary>
     /// The exact GELU as libtorch computes it in float32, <c>x · ½ · (1 + erf(x · √½))</c>, operation by operation, so that
@@ -316,7 +316,7 @@ internal static unsafe class Float16Gemv
     /// best of nine alternating runs; true if the subnormal block is more than three times as slow. A microcode assist costs
     /// on the order of a hundred cycles per instruction, so real penalties are far above that, and a busy machine is not.
     /// </summary>
-    private static bool SubnormalsAreSlow(Float16GemvVariant variant)
+    internal static bool SubnormalsAreSlow(Float16GemvVariant variant)
     {
         const int Rows = 64, Columns = 1024;
         var normal = new ushort[Rows * Columns];

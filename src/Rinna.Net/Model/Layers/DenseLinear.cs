@@ -1,4 +1,6 @@
 using Rinna.Net.Kernels;
+using Rinna.Net.Kernels.Cpu;
+using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -24,12 +26,18 @@ internal sealed class DenseLinear : LinearLayer
     public override Tensor forward(Tensor x) => LinearRows(x, weight, bias);
 
     /// <summary>
-    /// <c>linear</c> over the input flattened to rows. libtorch's CPU <c>linear</c> takes a far slower path when a 3-D
+    /// <c>linear</c> over the input flattened to rows; a float32 product of a few rows on the CPU (a continuous-batching
+    /// step) goes through <see cref="MultiRowGemv"/>, which reads the weight once instead of having MKL copy it first.
+    /// libtorch's CPU <c>linear</c> takes a far slower path when a 3-D
     /// input carries a large stride on a size-1 dimension, which is exactly what narrowing the last position out of a
     /// prompt produces; flattening first gives it plain row-major rows.
     /// </summary>
     internal static Tensor LinearRows(Tensor x, Tensor weight, Tensor? bias)
     {
+        if (weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32 && x.dim() >= 2 && x.size(-1) == weight.size(1)
+            && x.numel() > x.size(-1) && x.numel() <= MultiRowGemv.MaxRows * x.size(-1) && weight.device_type == DeviceType.CPU
+            && MultiRowGemv.TryMultiply(x.is_contiguous() ? x : x.contiguous(), weight, bias, out var rows))
+            return rows;
         if (x.dim() == 2) return F.linear(x, weight, bias);
         return F.linear(x.reshape(-1, x.size(-1)), weight, bias).view(TensorShapes.WithLastDimension(x, weight.size(0)));
     }

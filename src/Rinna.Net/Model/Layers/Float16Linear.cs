@@ -38,7 +38,7 @@ internal sealed class Float16Linear : LinearLayer
     private readonly Parameter weight;
     private readonly Parameter? bias;
 
-    /// <summary>Whether one-row products may use <see cref="Float16Gemv"/>: decided at the first such product, when the weight holds its values.</summary>
+    /// <summary>Whether products of a few rows may use the managed GEMVs: decided at the first such product, when the weight holds its values.</summary>
     private bool? managedGemv;
 
     /// <param name="weight">The float16 weight <c>[out_features, in_features]</c>, kept as given.</param>
@@ -68,8 +68,8 @@ internal sealed class Float16Linear : LinearLayer
     }
 
     /// <summary>
-    /// <c>activation(x · Wᵀ + b) + residual</c>: a single row with no activation or the exact GELU in one pass of
-    /// <see cref="Float16Gemv"/>, anything else as the separate operations.
+    /// <c>activation(x · Wᵀ + b) + residual</c>: up to <see cref="MultiRowGemv.MaxRows"/> rows with no activation or the
+    /// exact GELU in one pass of the managed GEMVs, anything else as the separate operations.
     /// </summary>
     internal override Tensor Forward(Tensor x, Activation activation, Tensor? residual = null) =>
         activation is Activation.Identity or Activation.Gelu && TryForwardRow(x, activation == Activation.Gelu, residual, out var fused)
@@ -77,16 +77,24 @@ internal sealed class Float16Linear : LinearLayer
             : base.Forward(x, activation, residual);
 
     /// <summary>
-    /// <c>gelu?(x · Wᵀ + b) + residual</c> for a single row <c>x [..., in_features]</c> in one pass of <see cref="Float16Gemv"/>;
-    /// false, doing nothing, where that path does not apply.
+    /// <c>gelu?(x · Wᵀ + b) + residual</c> for <c>x [..., in_features]</c> of one row (<see cref="Float16Gemv"/>) or up to
+    /// <see cref="MultiRowGemv.MaxRows"/> rows (<see cref="MultiRowGemv"/>, a continuous-batching step) in one pass over
+    /// the weight; false, doing nothing, where those paths do not apply.
     /// </summary>
     private bool TryForwardRow(Tensor x, bool gelu, Tensor? residual, out Tensor output)
     {
         output = null!;
-        if (!Float16Gemv.IsSupported || weight.device_type != DeviceType.CPU || x.numel() != weight.size(1)) return false;
+        long columns = weight.size(1);
+        if (weight.device_type != DeviceType.CPU || x.dim() == 0 || x.size(-1) != columns) return false;
+        long rows = x.numel() / columns;
+        if (rows == 1 ? !Float16Gemv.IsSupported : rows > MultiRowGemv.MaxRows || !MultiRowGemv.SupportsFloat16) return false;
         // A weight with infinities or NaNs keeps libtorch's float16 semantics; checked once, not per token.
         managedGemv ??= weight.is_contiguous() && weight.numel() * sizeof(short) <= int.MaxValue && Float16Gemv.IsFinite(weight);
-        return managedGemv.Value && Float16Gemv.TryMultiply(x.is_contiguous() ? x : x.contiguous(), weight, bias, out output, gelu, residual);
+        if (!managedGemv.Value) return false;
+        var input = x.is_contiguous() ? x : x.contiguous();
+        return rows == 1
+            ? Float16Gemv.TryMultiply(input, weight, bias, out output, gelu, residual)
+            : MultiRowGemv.TryMultiply(input, weight, bias, out output, gelu, residual);
     }
 
     private Tensor RowByRowGemv(Tensor rows)

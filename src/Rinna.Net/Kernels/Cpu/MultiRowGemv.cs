@@ -1,0 +1,346 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using Rinna.Net.Native;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Kernels.Cpu;
+
+/// <summary>
+/// <c>x · Wᵀ + b</c> for a few rows of activations (2 to <see cref="MaxRows"/>: a continuous-batching decode step) and a
+/// float16 or float32 weight on the CPU, reading the weight once for all rows, in managed vector code on libtorch's
+/// OpenMP threads, with the bias, the optional exact GELU and residual and the conversion to the activations' dtype in
+/// the same pass (each rounded as <see cref="Float16Gemv"/> rounds them).
+/// </summary>
+/// <remarks>
+/// Why: on a CPU a decode step is bound by reading the weights, so rows decoded together should cost about one row.
+/// libtorch's answers for a handful of rows read them several times: its float16 path is one GEMV per row, and MKL's
+/// float32 GEMM copies (packs) the whole weight on every call before multiplying, which for a few rows costs more than
+/// the product (benchmarks/RESULTS.md). Here each weight row is loaded once and multiplied with four activation rows
+/// per pass while it sits in L1. The variants are those of <see cref="Float16Gemv"/> and compute the same bits.
+/// </remarks>
+internal static unsafe class MultiRowGemv
+{
+    /// <summary>The most activation rows one call takes; larger batches are GEMMs and go to libtorch.</summary>
+    public const int MaxRows = 8;
+
+    private const int RowsPerPass = 4;
+
+    /// <summary>The variant used: the widest the CPU runs in hardware (unlike one row, libtorch has nothing better for a few rows).</summary>
+    public static Float16GemvVariant? DefaultVariant { get; } =
+        Float16Gemv.IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512
+        : Float16Gemv.IsAccelerated(Float16GemvVariant.Vector256) ? Float16GemvVariant.Vector256
+        : Float16Gemv.IsAccelerated(Float16GemvVariant.Vector128) ? Float16GemvVariant.Vector128
+        : null;
+
+    /// <summary>Whether the managed path runs for float16 weights: a variant, libtorch's libgomp, and no penalty for subnormal operands.</summary>
+    public static bool SupportsFloat16 { get; } = DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && !Float16Gemv.SubnormalsAreSlow(chosen);
+
+    /// <summary>Whether the managed path runs for float32 weights.</summary>
+    public static bool SupportsFloat32 { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
+
+    private struct Job
+    {
+        public byte* Weight;
+        public bool WeightIsFloat16;
+        public float* Input;
+        public int InputRows;
+        public void* Bias;
+        public bool BiasIsBFloat16;
+        public void* Output;
+        public bool OutputIsBFloat16;
+        public bool Gelu;
+        public void* Residual;
+        public int Rows;
+        public int Columns;
+        public float OutputScale;
+        public RowClaims Claims;
+        public Float16GemvVariant Variant;
+    }
+
+    /// <summary>
+    /// Computes <c>x · Wᵀ + b</c> for <paramref name="x"/> <c>[..., K]</c> holding 2 to <see cref="MaxRows"/> rows (bfloat16 or
+    /// float32, contiguous, CPU) and the contiguous <paramref name="weight"/> <c>[N, K]</c> (float16, or float32 with
+    /// float32 activations), with an optional bias <c>[N]</c> in bfloat16 or float32; returns x's shape with N last, in
+    /// x's dtype. Optionally the exact GELU of that, and a <paramref name="residual"/> of the output's shape added last.
+    /// Returns false, doing nothing, for anything else. A float16 weight must hold no infinities or NaNs (the caller checks once).
+    /// </summary>
+    public static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null)
+    {
+        result = null!;
+        bool supported = weight.dtype == ScalarType.Float16 ? SupportsFloat16 : SupportsFloat32;
+        return supported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value);
+    }
+
+    /// <summary><see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be accelerated; for tests and benchmarks.</summary>
+    internal static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu, Tensor? residual, Float16GemvVariant variant)
+    {
+        result = null!;
+        if (!Float16Gemv.IsAccelerated(variant) || !LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias, residual)) return false;
+        int rows = (int)weight.size(0), columns = (int)weight.size(1), inputRows = (int)(x.numel() / columns);
+        bool float16 = weight.dtype == ScalarType.Float16;
+        var pooled = ArrayPool<float>.Shared.Rent(inputRows * columns);
+        try
+        {
+            var input = pooled.AsSpan(0, inputRows * columns);
+            if (float16 ? !Float16Gemv.ScaleInput(x, input) : !CopyInput(x, input)) return false;
+            var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
+            fixed (float* inputPointer = pooled)
+            fixed (byte* weightBytes = weight.bytes)
+            fixed (byte* biasBytes = bias is null ? default : bias.bytes)
+            fixed (byte* outputBytes = output.bytes)
+            fixed (byte* residualBytes = residual is null ? default : residual.bytes)
+            {
+                int threads = get_num_threads();
+                var job = new Job
+                {
+                    Claims = new RowClaims(rows, threads, 16),
+                    Weight = weightBytes, WeightIsFloat16 = float16, Input = inputPointer, InputRows = inputRows,
+                    Bias = biasBytes, BiasIsBFloat16 = bias?.dtype == ScalarType.BFloat16,
+                    Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
+                    Gelu = gelu, Residual = residualBytes, Variant = variant, OutputScale = float16 ? Float16Gemv.Up : 1f,
+                };
+                LibTorchOpenMp.Run(&RunRows, &job, threads);
+            }
+            result = output;
+            return true;
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(pooled);
+        }
+    }
+
+    private static bool Eligible(Tensor x, Tensor weight, Tensor? bias, Tensor? residual)
+    {
+        static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
+        if (!OnCpuContiguous(x) || x.dim() < 2 || x.dtype is not (ScalarType.BFloat16 or ScalarType.Float32)
+            || !OnCpuContiguous(weight) || weight.dim() != 2 || weight.size(1) != x.size(-1) || weight.size(1) == 0
+            || weight.numel() * weight.element_size() > int.MaxValue)
+            return false;
+        long inputRows = x.numel() / x.size(-1);
+        bool weightFits = weight.dtype == ScalarType.Float16 || (weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32);
+        return weightFits && inputRows >= 2 && inputRows <= MaxRows
+            && (bias is null || (OnCpuContiguous(bias) && bias.dim() == 1 && bias.size(0) == weight.size(0)
+                && bias.dtype is ScalarType.BFloat16 or ScalarType.Float32))
+            && (residual is null || (OnCpuContiguous(residual) && residual.numel() == inputRows * weight.size(0) && residual.dtype == x.dtype));
+    }
+
+    /// <summary>The activations as float32, unscaled (a float32 weight needs no exponent shift); false on NaN or infinity, which libtorch handles.</summary>
+    private static bool CopyInput(Tensor x, Span<float> input)
+    {
+        MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
+        return !input.ContainsAnyExceptInRange(float.MinValue, float.MaxValue);
+    }
+
+    [UnmanagedCallersOnly]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RunRows(void* state)
+    {
+        var job = (Job*)state;
+        float* sums = stackalloc float[RowsPerPass];
+        float** inputs = stackalloc float*[RowsPerPass];
+        int columns = job->Columns, rows = job->Rows;
+        bool bfloat16 = job->OutputIsBFloat16;
+        while (job->Claims.TryClaim(out int first, out int end))
+        {
+            for (int row = first; row < end; row++)
+            {
+                byte* weight = job->Weight + (long)row * columns * (job->WeightIsFloat16 ? sizeof(ushort) : sizeof(float));
+                float bias = job->Bias == null ? 0f
+                    : job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
+                for (int pass = 0; pass < job->InputRows; pass += RowsPerPass)
+                {
+                    int count = Math.Min(RowsPerPass, job->InputRows - pass);
+                    // A short last pass repeats its first row; those sums are not written.
+                    for (int i = 0; i < RowsPerPass; i++) inputs[i] = job->Input + (long)(pass + (i < count ? i : 0)) * columns;
+                    if (job->WeightIsFloat16) Dot4<Float16Weight>(job->Variant, weight, inputs, columns, sums);
+                    else Dot4<Float32Weight>(job->Variant, weight, inputs, columns, sums);
+                    for (int i = 0; i < count; i++)
+                    {
+                        long at = (long)(pass + i) * rows + row;
+                        float value = sums[i] * job->OutputScale + bias;
+                        if (job->Gelu) value = Float16Gemv.Gelu(Float16Gemv.ToOutput(value, bfloat16));
+                        if (job->Residual != null)
+                            value = Float16Gemv.ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[at]) : ((float*)job->Residual)[at]);
+                        if (bfloat16) ((ushort*)job->Output)[at] = BFloat16Bits.Round(value);
+                        else ((float*)job->Output)[at] = value;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Σ w·x of one weight row with four activation rows, in one pass over the weight row.</summary>
+    private static void Dot4<TWeight>(Float16GemvVariant variant, byte* weight, float** inputs, int columns, float* sums)
+        where TWeight : IGemvWeight
+    {
+        switch (variant)
+        {
+            case Float16GemvVariant.Avx512: Dot4x512<TWeight>(weight, inputs, columns, sums); break;
+            case Float16GemvVariant.Vector256: Dot4x256<TWeight>(weight, inputs, columns, sums); break;
+            default: Dot4x128<TWeight>(weight, inputs, columns, sums); break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x512<TWeight>(byte* weight, float** inputs, int columns, float* sums) where TWeight : IGemvWeight
+    {
+        float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        int c = 0;
+        for (; c + 32 <= columns; c += 32)
+        {
+            // One page ahead of the stream, as Float16Gemv does; prefetches never fault.
+            Sse.Prefetch0(weight + (c * TWeight.Size) + 4096);
+            var w = TWeight.Load512(weight, c);
+            var v = TWeight.Load512(weight, c + 16);
+            a0 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x0 + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x1 + c), a1);
+            a2 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x2 + c), a2);
+            a3 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x3 + c), a3);
+            b0 = Avx512F.FusedMultiplyAdd(v, Avx512F.LoadVector512(x0 + c + 16), b0);
+            b1 = Avx512F.FusedMultiplyAdd(v, Avx512F.LoadVector512(x1 + c + 16), b1);
+            b2 = Avx512F.FusedMultiplyAdd(v, Avx512F.LoadVector512(x2 + c + 16), b2);
+            b3 = Avx512F.FusedMultiplyAdd(v, Avx512F.LoadVector512(x3 + c + 16), b3);
+        }
+        for (; c + 16 <= columns; c += 16)
+        {
+            var w = TWeight.Load512(weight, c);
+            a0 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x0 + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x1 + c), a1);
+            a2 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x2 + c), a2);
+            a3 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x3 + c), a3);
+        }
+        sums[0] = Tail<TWeight>(Vector512.Sum(a0 + b0), weight, x0, c, columns);
+        sums[1] = Tail<TWeight>(Vector512.Sum(a1 + b1), weight, x1, c, columns);
+        sums[2] = Tail<TWeight>(Vector512.Sum(a2 + b2), weight, x2, c, columns);
+        sums[3] = Tail<TWeight>(Vector512.Sum(a3 + b3), weight, x3, c, columns);
+    }
+
+    /// <summary>The portable 256-bit form of <see cref="Dot4x512{TWeight}"/>: AVX2 on x64.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x256<TWeight>(byte* weight, float** inputs, int columns, float* sums) where TWeight : IGemvWeight
+    {
+        float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        int c = 0;
+        for (; c + 16 <= columns; c += 16)
+        {
+            if (Sse.IsSupported) Sse.Prefetch0(weight + (c * TWeight.Size) + 4096);
+            var w = TWeight.Load256(weight, c);
+            var v = TWeight.Load256(weight, c + 8);
+            a0 = Vector256.FusedMultiplyAdd(w, Vector256.Load(x0 + c), a0);
+            a1 = Vector256.FusedMultiplyAdd(w, Vector256.Load(x1 + c), a1);
+            a2 = Vector256.FusedMultiplyAdd(w, Vector256.Load(x2 + c), a2);
+            a3 = Vector256.FusedMultiplyAdd(w, Vector256.Load(x3 + c), a3);
+            b0 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x0 + c + 8), b0);
+            b1 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x1 + c + 8), b1);
+            b2 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x2 + c + 8), b2);
+            b3 = Vector256.FusedMultiplyAdd(v, Vector256.Load(x3 + c + 8), b3);
+        }
+        for (; c + 8 <= columns; c += 8)
+        {
+            var w = TWeight.Load256(weight, c);
+            a0 = Vector256.FusedMultiplyAdd(w, Vector256.Load(x0 + c), a0);
+            a1 = Vector256.FusedMultiplyAdd(w, Vector256.Load(x1 + c), a1);
+            a2 = Vector256.FusedMultiplyAdd(w, Vector256.Load(x2 + c), a2);
+            a3 = Vector256.FusedMultiplyAdd(w, Vector256.Load(x3 + c), a3);
+        }
+        sums[0] = Tail<TWeight>(Vector256.Sum(a0 + b0), weight, x0, c, columns);
+        sums[1] = Tail<TWeight>(Vector256.Sum(a1 + b1), weight, x1, c, columns);
+        sums[2] = Tail<TWeight>(Vector256.Sum(a2 + b2), weight, x2, c, columns);
+        sums[3] = Tail<TWeight>(Vector256.Sum(a3 + b3), weight, x3, c, columns);
+    }
+
+    /// <summary>The portable 128-bit form of <see cref="Dot4x512{TWeight}"/>: NEON on Arm64, SSE on x64.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x128<TWeight>(byte* weight, float** inputs, int columns, float* sums) where TWeight : IGemvWeight
+    {
+        float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        Vector128<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        int c = 0;
+        for (; c + 8 <= columns; c += 8)
+        {
+            if (Sse.IsSupported) Sse.Prefetch0(weight + (c * TWeight.Size) + 4096);
+            var w = TWeight.Load128(weight, c);
+            var v = TWeight.Load128(weight, c + 4);
+            a0 = Vector128.FusedMultiplyAdd(w, Vector128.Load(x0 + c), a0);
+            a1 = Vector128.FusedMultiplyAdd(w, Vector128.Load(x1 + c), a1);
+            a2 = Vector128.FusedMultiplyAdd(w, Vector128.Load(x2 + c), a2);
+            a3 = Vector128.FusedMultiplyAdd(w, Vector128.Load(x3 + c), a3);
+            b0 = Vector128.FusedMultiplyAdd(v, Vector128.Load(x0 + c + 4), b0);
+            b1 = Vector128.FusedMultiplyAdd(v, Vector128.Load(x1 + c + 4), b1);
+            b2 = Vector128.FusedMultiplyAdd(v, Vector128.Load(x2 + c + 4), b2);
+            b3 = Vector128.FusedMultiplyAdd(v, Vector128.Load(x3 + c + 4), b3);
+        }
+        sums[0] = Tail<TWeight>(Vector128.Sum(a0 + b0), weight, x0, c, columns);
+        sums[1] = Tail<TWeight>(Vector128.Sum(a1 + b1), weight, x1, c, columns);
+        sums[2] = Tail<TWeight>(Vector128.Sum(a2 + b2), weight, x2, c, columns);
+        sums[3] = Tail<TWeight>(Vector128.Sum(a3 + b3), weight, x3, c, columns);
+    }
+
+    private static float Tail<TWeight>(float sum, byte* weight, float* input, int c, int columns) where TWeight : IGemvWeight
+    {
+        for (; c < columns; c++) sum += TWeight.Load(weight, c) * input[c];
+        return sum;
+    }
+
+    /// <summary>How a weight format turns its elements into float32 operands.</summary>
+    private interface IGemvWeight
+    {
+        /// <summary>Bytes per element.</summary>
+        static abstract int Size { get; }
+
+        static abstract float Load(byte* row, int column);
+
+        static abstract Vector128<float> Load128(byte* row, int column);
+
+        static abstract Vector256<float> Load256(byte* row, int column);
+
+        static abstract Vector512<float> Load512(byte* row, int column);
+    }
+
+    /// <summary>float16 as float32 <c>w · 2⁻¹¹²</c> (see <see cref="Float16Gemv"/>): the activations come scaled by 2⁵⁶ and the sums are scaled back.</summary>
+    private readonly struct Float16Weight : IGemvWeight
+    {
+        private const int Mask = unchecked((int)0x8FFFE000);
+
+        public static int Size => sizeof(ushort);
+
+        public static float Load(byte* row, int column) => BitConverter.Int32BitsToSingle((((short*)row)[column] << 13) & Mask);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector128<float> Load128(byte* row, int column) =>
+            (Vector128.ShiftLeft(Vector128.WidenLower(Vector128.CreateScalar(*(long*)((short*)row + column)).AsInt16()), 13)
+                & Vector128.Create(Mask)).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load256(byte* row, int column)
+        {
+            var bits = Vector128.Load((short*)row + column);
+            return (Vector256.ShiftLeft(Vector256.Create(Vector128.WidenLower(bits), Vector128.WidenUpper(bits)), 13) & Vector256.Create(Mask)).AsSingle();
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load512(byte* row, int column) =>
+            Avx512F.And(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)row + column)), 13),
+                Vector512.Create(Mask)).AsSingle();
+    }
+
+    /// <summary>float32 as it is.</summary>
+    private readonly struct Float32Weight : IGemvWeight
+    {
+        public static int Size => sizeof(float);
+
+        public static float Load(byte* row, int column) => ((float*)row)[column];
+
+        public static Vector128<float> Load128(byte* row, int column) => Vector128.Load((float*)row + column);
+
+        public static Vector256<float> Load256(byte* row, int column) => Vector256.Load((float*)row + column);
+
+        public static Vector512<float> Load512(byte* row, int column) => Vector512.Load((float*)row + column);
+    }
+}

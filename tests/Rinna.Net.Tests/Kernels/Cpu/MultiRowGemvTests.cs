@@ -1,0 +1,143 @@
+using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Model.Layers;
+using Rinna.Net.Native;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Rinna.Net.Tests.Kernels.Cpu;
+
+public class MultiRowGemvTests
+{
+    public MultiRowGemvTests() => TorchSharpNativeLoader.EnsureInstalled();
+
+    /// <summary>Every variant on every machine (those the CPU does not accelerate are reported as skipped), both weight formats, odd shapes, 2 to 8 rows.</summary>
+    public static TheoryData<string, string, int, int, int, bool> Shapes
+    {
+        get
+        {
+            // N, K, rows, bias: K below, at and past the 4- to 32-wide steps, odd and prime sizes, rinna-4b's long rows; short last passes.
+            (int, int, int, bool)[] shapes =
+            [
+                (1, 1, 2, false), (3, 15, 3, true), (17, 16, 4, false), (5, 17, 5, true), (9, 63, 8, true), (33, 64, 7, false),
+                (2, 65, 6, true), (100, 1031, 8, true), (7, 11269, 2, false), (300, 192, 8, true),
+            ];
+            var data = new TheoryData<string, string, int, int, int, bool>();
+            foreach (var variant in Enum.GetNames<Float16GemvVariant>())
+                foreach (var dtype in new[] { "Float16", "Float32" })
+                    foreach (var (n, k, rows, bias) in shapes) data.Add(variant, dtype, n, k, rows, bias);
+            return data;
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Shapes))]
+    public void EveryRowMatchesAFloat64ProductWithinFloat32Accumulation(string variant, string weightType, int n, int k, int rows, bool withBias)
+    {
+        Require(variant);
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)(n * 100_000 + k * 10 + rows));
+        var weight = (randn(n, k, generator: gen) * 0.05).to(Enum.Parse<ScalarType>(weightType));
+        var x = randn(rows, 1, k, generator: gen);
+        var bias = withBias ? randn(n, generator: gen) : null;
+
+        Assert.True(Multiply(variant, x, weight, bias, out var y));
+
+        Assert.Equal(ScalarType.Float32, y.dtype);
+        Assert.Equal(new long[] { rows, 1, n }, y.shape);
+        var w64 = weight.to(ScalarType.Float64);
+        var x64 = x.to(ScalarType.Float64).view(rows, k);
+        var expected = x64.matmul(w64.t());
+        if (bias is not null) expected = expected.add(bias.to(ScalarType.Float64));
+        // float32 sums of k exact products: each element is within about k · 2⁻²⁴ of Σ|w·x| (plus the bias' own rounding).
+        var bound = x64.abs().matmul(w64.abs().t()).mul(k * Math.Pow(2, -24)).add(1e-30);
+        if (bias is not null) bound = bound.add(bias.to(ScalarType.Float64).abs().mul(Math.Pow(2, -23)));
+        var excess = (y.view(rows, n).to(ScalarType.Float64) - expected).abs() - bound;
+        Assert.True(excess.max().item<double>() <= 0, $"an element is {excess.max().item<double>()} beyond float32 accumulation error");
+    }
+
+    public static TheoryData<string> Variants => new(Enum.GetNames<Float16GemvVariant>());
+
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void GeluAndResidualAreRoundedAsTheSeparateBFloat16OperationsWould(string variant)
+    {
+        Require(variant);
+        using var scope = NewDisposeScope();
+        var gen = new Generator(11);
+        const int N = 70, K = 130, Rows = 6;
+        var weight = (randn(N, K, generator: gen) * 0.1).to(ScalarType.Float16);
+        var bias = randn(N, generator: gen).to(ScalarType.BFloat16);
+        var x = randn(Rows, 1, K, generator: gen).to(ScalarType.BFloat16);
+        var residual = randn(Rows, 1, N, generator: gen).to(ScalarType.BFloat16);
+
+        Assert.True(Multiply(variant, x, weight, bias, out var product));
+        Assert.True(Multiply(variant, x, weight, bias, out var fused, gelu: true, residual: residual));
+
+        Assert.Equal(ScalarType.BFloat16, fused.dtype);
+        // libtorch's own GELU and sum on the kernel's rounded product: equal but for GELU's last bit now and then (its erf is
+        // a different approximation), so within one bfloat16 unit of the result.
+        var separate = F.gelu(product.to(ScalarType.Float32)).to(ScalarType.BFloat16).add(residual).to(ScalarType.Float32);
+        var unit = separate.abs().mul(Math.Pow(2, -7)).add(1e-30);
+        var excess = (fused.to(ScalarType.Float32) - separate).abs() - unit;
+        Assert.True(excess.max().item<float>() <= 0, $"an element is {excess.max().item<float>()} beyond one bfloat16 unit");
+    }
+
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void LeavesWhatItDoesNotTakeToTheCaller(string variant)
+    {
+        Require(variant);
+        using var scope = NewDisposeScope();
+        var weight = randn(4, 8).to(ScalarType.Float16);
+        Assert.False(Multiply(variant, randn(1, 8), weight, null, out _));                                  // one row: Float16Gemv's
+        Assert.False(Multiply(variant, randn(MultiRowGemv.MaxRows + 1, 8), weight, null, out _));          // a GEMM: libtorch's
+        Assert.False(Multiply(variant, randn(8, 2).t(), randn(4, 2).to(ScalarType.Float16), null, out _)); // not contiguous
+        Assert.False(Multiply(variant, randn(2, 8).to(ScalarType.BFloat16), randn(4, 8), null, out _));    // float32 weight, bfloat16 rows
+        var poisoned = randn(3, 8);
+        poisoned[1, 5] = float.NaN;
+        Assert.False(Multiply(variant, poisoned, randn(4, 8), null, out _));
+        Assert.False(Multiply(variant, poisoned, weight, null, out _));
+    }
+
+    [Fact]
+    public void UsesTheWidestVariantTheCpuAccelerates()
+    {
+        var expected = Float16Gemv.IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512
+            : Float16Gemv.IsAccelerated(Float16GemvVariant.Vector256) ? Float16GemvVariant.Vector256
+            : Float16Gemv.IsAccelerated(Float16GemvVariant.Vector128) ? Float16GemvVariant.Vector128
+            : (Float16GemvVariant?)null;
+        Assert.Equal(expected, MultiRowGemv.DefaultVariant);
+    }
+
+    [Fact]
+    public void DenseAndFloat16LayersTakeTheKernelForAFewRowsAndKeepLibTorchsResultsWithinRounding()
+    {
+        if (!MultiRowGemv.SupportsFloat32 || !MultiRowGemv.SupportsFloat16) Assert.Skip("the multi-row kernel does not run on this CPU.");
+        using var scope = NewDisposeScope();
+        var gen = new Generator(5);
+        var x = randn(8, 1, 96, generator: gen);
+        var dense = new DenseLinear(new TorchSharp.Modules.Parameter(randn(40, 96, generator: gen), false),
+            new TorchSharp.Modules.Parameter(randn(40, generator: gen), false));
+        var viaLayer = dense.call(x);
+        Assert.True(MultiRowGemv.TryMultiply(x, dense.Weight, dense.get_parameter("bias"), out var viaKernel));
+        Assert.Equal(new long[] { 8, 1, 40 }, viaLayer.shape);
+        Assert.True(viaLayer.equal(viaKernel).all().item<bool>(), "DenseLinear should take the multi-row kernel for 8 float32 rows");
+        Assert.True(viaLayer.allclose(F.linear(x, dense.Weight, dense.get_parameter("bias")), rtol: 1e-5, atol: 1e-5));
+
+        var half = new Float16Linear(new TorchSharp.Modules.Parameter((randn(40, 96, generator: gen) * 0.1).to(ScalarType.Float16), false), null);
+        var rows = x.to(ScalarType.BFloat16);
+        var viaHalfLayer = half.call(rows);
+        Assert.True(MultiRowGemv.TryMultiply(rows, half.get_parameter("weight")!, null, out var viaHalfKernel));
+        Assert.True(viaHalfLayer.equal(viaHalfKernel).all().item<bool>(), "Float16Linear should take the multi-row kernel for 8 rows");
+    }
+
+    private static void Require(string variant)
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime was not found; the kernel runs on its threads.");
+        if (!Float16Gemv.IsAccelerated(Enum.Parse<Float16GemvVariant>(variant))) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
+    }
+
+    private static bool Multiply(string variant, Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null) =>
+        MultiRowGemv.TryMultiply(x, weight, bias, out result, gelu, residual, Enum.Parse<Float16GemvVariant>(variant));
+}
