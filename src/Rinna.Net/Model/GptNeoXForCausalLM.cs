@@ -272,12 +272,15 @@ internal sealed class GptNeoXModel : nn.Module
                 : (sharedCos!.narrow(0, row, 1), sharedSin!.narrow(0, row, 1));
             attentionRows[row] = new AttentionRow(cos, sin, mask is null ? null : GptNeoXForCausalLM.PaddingBias(mask.to(device)), cache);
         }
+        // All rows' rotary rows side by side, for attention backends that take every row in one call.
+        var batch = new AttentionBatch(attentionRows,
+            sharedCos ?? cat(attentionRows.Select(r => r.Cos).ToArray(), 0), sharedSin ?? cat(attentionRows.Select(r => r.Sin).ToArray(), 0));
 
         var hidden = embed_in.call(ids);
         for (int i = 0; i < layers.Count; i++)
         {
             using var layerScope = NewDisposeScope();
-            hidden = layers[i].ForwardRows(hidden, attentionRows, i).MoveToOuterDisposeScope();
+            hidden = layers[i].ForwardRows(hidden, batch, i).MoveToOuterDisposeScope();
         }
         hidden = final_layer_norm.call(hidden.to(final_layer_norm.Weight.device));
         foreach (var cache in caches) cache.Advance(1, 1);
@@ -287,6 +290,9 @@ internal sealed class GptNeoXModel : nn.Module
 
 /// <summary>One row of a step over rows with their own caches: its rotary rows, padding bias and cache.</summary>
 internal readonly record struct AttentionRow(Tensor Cos, Tensor Sin, Tensor? PaddingBias, KeyValueCache Cache);
+
+/// <summary>A step's rows, and all their rotary rows in one tensor each (<c>[rows, ..., rotary_dims]</c>).</summary>
+internal sealed record AttentionBatch(IReadOnlyList<AttentionRow> Rows, Tensor Cos, Tensor Sin);
 
 /// <summary>One transformer block: <c>gpt_neox.layers.N</c>.</summary>
 internal sealed class GptNeoXLayer : nn.Module
@@ -320,7 +326,7 @@ internal sealed class GptNeoXLayer : nn.Module
     }
 
     /// <summary>The block for rows with their own caches: the same math, attention row by row.</summary>
-    public Tensor ForwardRows(Tensor hidden, IReadOnlyList<AttentionRow> rows, int index) =>
+    public Tensor ForwardRows(Tensor hidden, AttentionBatch rows, int index) =>
         Forward(hidden, (x, residual) => attention.ForwardRows(x, rows, index, residual));
 
     /// <param name="hidden">The block's input.</param>
@@ -370,12 +376,17 @@ internal sealed class GptNeoXAttention : nn.Module
 
     /// <summary>
     /// Attention for rows with their own caches: the projections run once over all rows (one product, not one per
-    /// row), and each row attends to its own cache as it would alone.
+    /// row), and each row attends to its own cache as it would alone: all rows in one backend call where a backend
+    /// takes them, else row by row.
     /// </summary>
-    public Tensor ForwardRows(Tensor hidden, IReadOnlyList<AttentionRow> rows, int layerIndex, Tensor? residual)
+    public Tensor ForwardRows(Tensor hidden, AttentionBatch batch, int layerIndex, Tensor? residual)
     {
         var projected = query_key_value.call(hidden);
         var device = projected.device;
+        var rows = batch.Rows;
+        if (rows.All(r => r.PaddingBias is null) && AttentionBackends.TryAttendRows(new AttentionRowsCall(projected, batch.Cos.to(device),
+                batch.Sin.to(device), rows.Select(r => r.Cache).ToArray(), layerIndex, headSize, rotaryNdims), out var together))
+            return dense.Forward(together, Activation.Identity, residual);
         var contexts = rows.Select((row, i) => Attend(projected.narrow(0, i, 1), row.Cos.to(device), row.Sin.to(device),
             row.PaddingBias?.to(device), row.Cache, layerIndex, row.Cache.Length)).ToArray();
         return dense.Forward(cat(contexts, 0), Activation.Identity, residual);

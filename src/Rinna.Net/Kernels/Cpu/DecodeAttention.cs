@@ -32,12 +32,19 @@ internal static unsafe class DecodeAttention
         public void* Projected;
         public bool ProjectedIsBFloat16;
         public float* Cos, Sin;
-        public float* Keys;
-        public void* Values;
+        public CacheRow* Rows;
         public void* Output;
-        public long CacheHeadStride, CacheBatchStride;
-        public int Heads, Units, Past, HeadSize, RotaryDims, NextUnit;
+        public int Heads, Units, MaxKeys, HeadSize, RotaryDims, NextUnit;
         public float Scale;
+    }
+
+    /// <summary>Where one batch row's cache of this layer lives: its keys and values at head 0, the distance between heads, the tokens before this one.</summary>
+    private struct CacheRow
+    {
+        public float* Keys;
+        public byte* Values;
+        public long HeadStride;
+        public int Past;
     }
 
     /// <summary>
@@ -57,27 +64,70 @@ internal static unsafe class DecodeAttention
         int batch = (int)projected.size(0), heads = (int)(projected.size(2) / (3 * headSize));
         if (!Matches(keys, ScalarType.Float32, batch, heads, headSize, past) || !Matches(values, projected.dtype, batch, heads, headSize, past)) return false;
 
+        var rows = new (Tensor Keys, Tensor Values, int Past)[batch];
+        for (int b = 0; b < batch; b++) rows[b] = (keys, values, past);
+        context = Run(projected, cos, sin, rows, headSize, rotaryDims, sameStorage: true);
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="TryStep"/> for rows that each have their own cache (continuous batching): row <c>b</c> of
+    /// <paramref name="projected"/> <c>[rows, 1, heads · 3 · d]</c> is stored at position <c>past_b</c> of its own storage
+    /// <c>[1, heads, capacity, d]</c> and attends over its positions <c>0 .. past_b</c>, as a call for it alone would;
+    /// one pass on the OpenMP team for all rows and heads. Returns false, touching nothing, for anything else.
+    /// </summary>
+    public static bool TryStepRows(Tensor projected, Tensor cos, Tensor sin, IReadOnlyList<(Tensor Keys, Tensor Values, int Past)> rows,
+        int headSize, int rotaryDims, out Tensor context)
+    {
+        context = null!;
+        if (rows.Count == 0 || rows.Count != projected.size(0)) return false;
+        foreach (var row in rows)
+            if (!Accepts(projected, cos, sin, row.Past, headSize, rotaryDims)) return false;
+        int heads = (int)(projected.size(2) / (3 * headSize));
+        foreach (var row in rows)
+            if (!Matches(row.Keys, ScalarType.Float32, 1, heads, headSize, row.Past) || !Matches(row.Values, projected.dtype, 1, heads, headSize, row.Past)) return false;
+        context = Run(projected, cos, sin, rows, headSize, rotaryDims, sameStorage: false);
+        return true;
+    }
+
+    /// <summary>Runs a step whose arguments were checked; with <paramref name="sameStorage"/> row b is batch row b of one storage, else each row's batch row 0.</summary>
+    private static Tensor Run(Tensor projected, Tensor cos, Tensor sin, IReadOnlyList<(Tensor Keys, Tensor Values, int Past)> rows, int headSize,
+        int rotaryDims, bool sameStorage)
+    {
+        int batch = rows.Count, heads = (int)(projected.size(2) / (3 * headSize));
         var result = empty(batch, 1, (long)heads * headSize, dtype: projected.dtype);
+        var cacheRows = new CacheRow[batch];
+        int maxKeys = 0;
         fixed (byte* projectedBytes = projected.bytes)
         fixed (byte* cosBytes = cos.bytes)
         fixed (byte* sinBytes = sin.bytes)
-        fixed (byte* keyBytes = keys.bytes)
-        fixed (byte* valueBytes = values.bytes)
         fixed (byte* outputBytes = result.bytes)
+        fixed (CacheRow* cacheRowPointers = cacheRows)
         {
+            // Each storage is pinned by its tensor (libtorch never moves it); fixed only yields the address.
+            for (int b = 0; b < batch; b++)
+            {
+                var (keys, values, past) = rows[b];
+                long offset = sameStorage ? b * keys.stride(0) : 0;
+                fixed (byte* keyBytes = keys.bytes)
+                fixed (byte* valueBytes = values.bytes)
+                    cacheRows[b] = new CacheRow
+                    {
+                        Keys = (float*)keyBytes + offset, Values = valueBytes + offset * values.element_size(), HeadStride = keys.stride(1), Past = past,
+                    };
+                maxKeys = Math.Max(maxKeys, past + 1);
+            }
             var job = new Job
             {
                 Projected = projectedBytes, ProjectedIsBFloat16 = projected.dtype == ScalarType.BFloat16,
-                Cos = (float*)cosBytes, Sin = (float*)sinBytes, Keys = (float*)keyBytes, Values = valueBytes, Output = outputBytes,
-                CacheHeadStride = keys.stride(1), CacheBatchStride = keys.stride(0),
-                Heads = heads, Units = batch * heads, Past = past, HeadSize = headSize, RotaryDims = rotaryDims,
+                Cos = (float*)cosBytes, Sin = (float*)sinBytes, Rows = cacheRowPointers, Output = outputBytes,
+                Heads = heads, Units = batch * heads, MaxKeys = maxKeys, HeadSize = headSize, RotaryDims = rotaryDims,
                 Scale = 1.0f / MathF.Sqrt(headSize),
             };
             if (LibTorchOpenMp.IsAvailable) LibTorchOpenMp.Run(&RunHeads, &job, get_num_threads());
             else StepHeads(&job);
         }
-        context = result;
-        return true;
+        return result;
     }
 
     /// <summary>Whether <see cref="TryStep"/> takes a step of this shape, before any cache storage is prepared for it.</summary>
@@ -102,25 +152,28 @@ internal static unsafe class DecodeAttention
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void StepHeads(Job* job)
     {
-        int keys = job->Past + 1, d = job->HeadSize;
-        float* scores = stackalloc float[keys];
+        int d = job->HeadSize;
+        float* scores = stackalloc float[job->MaxKeys];
         float* query = stackalloc float[d];
         float* sum = stackalloc float[d];
         int unit;
         while ((unit = Interlocked.Increment(ref job->NextUnit) - 1) < job->Units)
         {
             int b = unit / job->Heads, h = unit % job->Heads;
-            long cacheHead = b * job->CacheBatchStride + h * job->CacheHeadStride;
+            var row = job->Rows[b];
+            int past = row.Past, keys = past + 1;
+            long cacheHead = h * row.HeadStride;
             long source = (long)unit * 3 * d; // [batch, 1, heads, 3, d]: unit = b * heads + h
             float* cos = job->Cos + (long)b * job->RotaryDims, sin = job->Sin + (long)b * job->RotaryDims;
-            float* keyRows = job->Keys + cacheHead;
+            float* keyRows = row.Keys + cacheHead;
+            void* valueRows = job->ProjectedIsBFloat16 ? (ushort*)row.Values + cacheHead : (float*)row.Values + cacheHead;
             // q, then k straight into its cache row
             Rotate(job, source, cos, sin, query);
-            Rotate(job, source + d, cos, sin, keyRows + (long)job->Past * d);
+            Rotate(job, source + d, cos, sin, keyRows + (long)past * d);
             if (job->ProjectedIsBFloat16)
-                new ReadOnlySpan<ushort>((ushort*)job->Projected + source + 2 * d, d).CopyTo(new Span<ushort>((ushort*)job->Values + cacheHead + (long)job->Past * d, d));
+                new ReadOnlySpan<ushort>((ushort*)job->Projected + source + 2 * d, d).CopyTo(new Span<ushort>((ushort*)valueRows + (long)past * d, d));
             else
-                new ReadOnlySpan<float>((float*)job->Projected + source + 2 * d, d).CopyTo(new Span<float>((float*)job->Values + cacheHead + (long)job->Past * d, d));
+                new ReadOnlySpan<float>((float*)job->Projected + source + 2 * d, d).CopyTo(new Span<float>((float*)valueRows + (long)past * d, d));
 
             float max = float.NegativeInfinity;
             int t = 0;
@@ -133,8 +186,8 @@ internal static unsafe class DecodeAttention
             for (; t < keys; t++) max = MathF.Max(max, scores[t] = Dot(query, keyRows + (long)t * d, d));
             float total = Exponentiate(scores, keys, max, job->Scale);
 
-            if (job->ProjectedIsBFloat16) WeightedSum<ushort, FromBFloat16>(scores, (ushort*)job->Values + cacheHead, keys, d, sum);
-            else WeightedSum<float, FromFloat32>(scores, (float*)job->Values + cacheHead, keys, d, sum);
+            if (job->ProjectedIsBFloat16) WeightedSum<ushort, FromBFloat16>(scores, (ushort*)valueRows, keys, d, sum);
+            else WeightedSum<float, FromFloat32>(scores, (float*)valueRows, keys, d, sum);
 
             long outputOffset = (long)unit * d;
             for (int i = 0; i < d; i++)

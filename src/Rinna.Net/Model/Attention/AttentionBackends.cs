@@ -16,6 +16,15 @@ internal static class AttentionBackends
         context = null!;
         return false;
     }
+
+    /// <summary>The first backend that takes <paramref name="call"/>'s rows in one call, or false.</summary>
+    public static bool TryAttendRows(in AttentionRowsCall call, out Tensor context)
+    {
+        foreach (var backend in Backends)
+            if (backend.TryAttendRows(call, out context)) return true;
+        context = null!;
+        return false;
+    }
 }
 
 /// <summary>
@@ -35,5 +44,25 @@ internal sealed class CpuDecodeAttention : IAttentionBackend
         var (keys, values) = cache.Storage(call.Layer, batch, heads, call.HeadSize, ScalarType.Float32, projected.dtype,
             projected.device, call.Past, call.Past + 1);
         return DecodeAttention.TryStep(projected, call.Cos, call.Sin, keys, values, call.Past, call.HeadSize, call.RotaryDims, out context);
+    }
+
+    public bool TryAttendRows(in AttentionRowsCall call, out Tensor context)
+    {
+        context = null!;
+        var projected = call.Projected;
+        foreach (var cache in call.Caches)
+            if (cache.Length > 0 && cache.BatchSize != 1
+                || !DecodeAttention.Accepts(projected, call.Cos, call.Sin, cache.Length, call.HeadSize, call.RotaryDims))
+                return false;
+        long heads = projected.size(2) / (3 * call.HeadSize);
+        var rows = new (Tensor Keys, Tensor Values, int Past)[call.Caches.Count];
+        for (int i = 0; i < rows.Length; i++)
+        {
+            var cache = call.Caches[i];
+            var (keys, values) = cache.Storage(call.Layer, 1, heads, call.HeadSize, ScalarType.Float32, projected.dtype, projected.device,
+                cache.Length, cache.Length + 1);
+            rows[i] = (keys, values, cache.Length);
+        }
+        return DecodeAttention.TryStepRows(projected, call.Cos, call.Sin, rows, call.HeadSize, call.RotaryDims, out context);
     }
 }

@@ -68,6 +68,53 @@ public class DecodeAttentionTests
         }
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void RowsWithTheirOwnCachesInOneCallEqualEachRowAloneBitForBit(bool bfloat16)
+    {
+        using var scope = NewDisposeScope();
+        const int Heads = 3, HeadSize = 16, Rotary = 8;
+        int[] pasts = [0, 5, 40, 17]; // an empty cache, and one (40: reserved for its history only) that must grow
+        var gen = new Generator(23);
+        var dtype = bfloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        var projected = randn(pasts.Length, 1, Heads * 3L * HeadSize, generator: gen).to(dtype);
+        var angles = rand(pasts.Length, 1, 1, Rotary, generator: gen).mul(50);
+        var (cos, sin) = (angles.cos(), angles.sin());
+        var together = new List<KeyValueCache>();
+        var alone = new List<KeyValueCache>();
+        foreach (int past in pasts)
+        {
+            var (keys, values) = (randn(1, Heads, past, HeadSize, generator: gen), randn(1, Heads, past, HeadSize, generator: gen).to(dtype));
+            foreach (var caches in new[] { together, alone })
+            {
+                var cache = new KeyValueCache(1, past == 40 ? 0 : past + 1);
+                if (past > 0) cache.Write(0, keys, values, 0);
+                cache.Advance(past, 1);
+                caches.Add(cache);
+            }
+        }
+        try
+        {
+            var backend = new CpuDecodeAttention();
+            Assert.True(backend.TryAttendRows(new AttentionRowsCall(projected, cos, sin, together, 0, HeadSize, Rotary), out var actual));
+            for (int row = 0; row < pasts.Length; row++)
+            {
+                Assert.True(backend.TryAttend(new AttentionCall(projected.narrow(0, row, 1), cos.narrow(0, row, 1), sin.narrow(0, row, 1), null,
+                    alone[row], 0, pasts[row], HeadSize, Rotary), out var expected));
+                Assert.Equal(expected.bytes.ToArray(), actual.narrow(0, row, 1).contiguous().bytes.ToArray());
+                var (k1, v1) = together[row].Write(0, empty(1, Heads, 0, HeadSize), empty(1, Heads, 0, HeadSize, dtype), pasts[row] + 1);
+                var (k2, v2) = alone[row].Write(0, empty(1, Heads, 0, HeadSize), empty(1, Heads, 0, HeadSize, dtype), pasts[row] + 1);
+                Assert.Equal(k2.contiguous().bytes.ToArray(), k1.contiguous().bytes.ToArray());
+                Assert.Equal(v2.contiguous().bytes.ToArray(), v1.contiguous().bytes.ToArray());
+            }
+        }
+        finally
+        {
+            foreach (var cache in together.Concat(alone)) cache.Dispose();
+        }
+    }
+
     [Fact]
     public void RefusesOtherInputsWithoutTouchingTheCache()
     {
