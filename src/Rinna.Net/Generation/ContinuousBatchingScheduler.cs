@@ -17,8 +17,9 @@ namespace Rinna.Net.Generation;
 /// Each request keeps its own KV cache, generation settings, logits processors, random generator, token budget,
 /// end-of-sequence ids and stop strings, so its tokens do not depend on what else is in the batch: attention runs row by
 /// row against the row's own cache with the mask and positions <see cref="CausalLMGeneration.Generate(GptNeoXForCausalLM, Tensor, GenerationConfig?, Tensor?, PreTrainedTokenizer?, Action{GenerationTracker}?, CancellationToken, GptNeoXForCausalLM?)"/>
-/// would use, and a prompt is prefilled on its own, in one pass, as <c>Generate</c> does (one admission per step, so
-/// running rows wait for at most one prefill per token). What can differ from a request run alone is the rounding of the
+/// would use, and a prompt is prefilled on its own, as <c>Generate</c> does, in chunks of at most
+/// <see cref="PrefillChunkTokens"/> tokens with a decode step of the running rows between chunks (one admission at a
+/// time, so running rows wait for at most one chunk per token). What can differ from a request run alone is the rounding of the
 /// linear layers' products over several rows (libtorch's multi-row product does not sum in the order of its one-row
 /// product: a few ulps in float32), so a greedy token can change only where two candidates tie that closely; with int8
 /// weights the outlier columns also depend on the other rows (see docs/usage.md).
@@ -33,6 +34,9 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
 {
     /// <summary>The default bound on rows decoded together.</summary>
     public const int DefaultMaxBatchSize = 8;
+
+    /// <summary>The default bound on prompt tokens prefilled between two decode steps.</summary>
+    public const int DefaultPrefillChunkTokens = 256;
 
     private readonly Lock gate = new();
     private readonly LinkedList<Request> waiting = new();
@@ -53,14 +57,23 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     /// tokens of a kept cache, at least 16 of them, as a chat's next turn starts with the conversation so far, prefills
     /// only the rest. The least recently used caches leave first.
     /// </param>
-    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxBatchSize"/> is below 1, or <paramref name="prefixCacheBytes"/> is negative.</exception>
-    public ContinuousBatchingScheduler(GptNeoXForCausalLM model, int maxBatchSize = DefaultMaxBatchSize, ILogger? logger = null, long prefixCacheBytes = 0)
+    /// <param name="prefillChunkTokens">
+    /// The most prompt tokens prefilled between two decode steps: a long prompt is prefilled in chunks of this size, one
+    /// per step, so that the rows already decoding keep producing tokens meanwhile (vLLM's chunked prefill).
+    /// </param>
+    /// <exception cref="ArgumentOutOfRangeException">
+    /// <paramref name="maxBatchSize"/> or <paramref name="prefillChunkTokens"/> is below 1, or <paramref name="prefixCacheBytes"/> is negative.
+    /// </exception>
+    public ContinuousBatchingScheduler(GptNeoXForCausalLM model, int maxBatchSize = DefaultMaxBatchSize, ILogger? logger = null, long prefixCacheBytes = 0,
+        int prefillChunkTokens = DefaultPrefillChunkTokens)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxBatchSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(prefillChunkTokens, 1);
         ArgumentOutOfRangeException.ThrowIfNegative(prefixCacheBytes);
         Model = model;
         MaxBatchSize = maxBatchSize;
+        PrefillChunkTokens = prefillChunkTokens;
         this.logger = logger ?? NullLogger.Instance;
         prefixes = prefixCacheBytes > 0 ? new PrefixCache(prefixCacheBytes) : null;
     }
@@ -81,6 +94,12 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
 
     /// <summary>The most rows decoded together.</summary>
     public int MaxBatchSize { get; }
+
+    /// <summary>The most prompt tokens prefilled between two decode steps.</summary>
+    public int PrefillChunkTokens { get; }
+
+    /// <summary>The most prompt tokens one prefill call has fed so far (tests read it to see that prompts were chunked).</summary>
+    internal int LargestPrefillChunk { get; private set; }
 
     /// <summary>Rows in the running batch after the last step (for diagnostics).</summary>
     public int ActiveRows => activeRows;
@@ -188,7 +207,7 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
         {
             while (!stopping.IsCancellationRequested)
             {
-                if (active.Count == 0) arrived.Wait(stopping.Token);
+                if (active.Count == 0 && admitting is null) arrived.Wait(stopping.Token);
                 Leave(active, r => r.CancellationToken.IsCancellationRequested, cancel: true);
                 Admit(active);
                 if (active.Count > 0) Step(active);
@@ -205,11 +224,15 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
             logger.LogError(e, "The continuous batching loop failed");
             foreach (var request in active) request.Fail(e);
             active.Clear();
+            admitting?.Fail(e);
+            admitting = null;
         }
         finally
         {
             var stopped = new ObjectDisposedException(nameof(ContinuousBatchingScheduler), "The scheduler was disposed before the request finished.");
             foreach (var request in active) request.Fail(stopped);
+            admitting?.Fail(stopped);
+            admitting = null;
             activeRows = 0;
             lock (gate) disposed = true;
             FailWaiting();
@@ -251,13 +274,16 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
         }
     }
 
+    /// <summary>The request being prefilled, chunk by chunk, before it joins the batch.</summary>
+    private Request? admitting;
+
     /// <summary>
-    /// Drops cancelled requests from the queue and prefills the first waiting one if a row is free. One prefill per step
-    /// keeps the running rows' wait per token to one prompt's prefill.
+    /// Drops cancelled requests from the queue, takes the first waiting one if a row is free and none is being
+    /// prefilled, and prefills one chunk of the request being admitted; it joins the batch with its first token once its
+    /// whole prompt is in. One chunk per step keeps the running rows' wait per token to one chunk's prefill.
     /// </summary>
     private void Admit(List<Request> active)
     {
-        Request? next = null;
         var cancelled = new List<Request>();
         lock (gate)
         {
@@ -271,28 +297,37 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
                 }
                 node = following;
             }
-            if (active.Count < MaxBatchSize && waiting.First is { } first)
+            if (admitting is null && active.Count < MaxBatchSize && waiting.First is { } first)
             {
-                next = first.Value;
+                admitting = first.Value;
                 waiting.RemoveFirst();
             }
+        }
+        if (admitting?.CancellationToken.IsCancellationRequested == true)
+        {
+            cancelled.Add(admitting);
+            admitting = null;
         }
         foreach (var request in cancelled)
         {
             request.Tracker.Cancel();
             request.Complete(null);
         }
-        if (next is null) return;
+        if (admitting is not { } next) return;
         try
         {
-            int reused = next.Prefill(Model, prefixes);
+            var (reused, fed, done) = next.Prefill(Model, prefixes, PrefillChunkTokens);
             ReusedPromptTokens += reused;
-            PrefilledPromptTokens += next.PromptLength - reused;
+            PrefilledPromptTokens += fed;
+            LargestPrefillChunk = Math.Max(LargestPrefillChunk, fed);
+            if (!done) return;
+            admitting = null;
             if (next.Tracker.IsDone) next.Complete(prefixes);
             else active.Add(next);
         }
         catch (Exception e)
         {
+            admitting = null;
             next.Fail(e);
         }
     }
@@ -367,28 +402,38 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
 
         public int PromptLength => prompt.Length;
 
+        /// <summary>Prompt tokens in this row's cache so far.</summary>
+        private int prefilled;
+
         /// <summary>
-        /// Runs the prompt through the model and picks the first token, as <c>Generate</c>'s first step does: on a kept
-        /// cache that already holds a prefix of the prompt when <paramref name="prefixes"/> has one (only the rest is
-        /// prefilled), else on a new cache. Returns the prompt tokens taken from a kept cache.
+        /// Feeds the next at most <paramref name="chunk"/> prompt tokens through the model and, once the whole prompt is in,
+        /// picks the first token, as <c>Generate</c>'s first step does. The first call starts on a kept cache that
+        /// already holds a prefix of the prompt when <paramref name="prefixes"/> has one (only the rest is prefilled),
+        /// else on a new cache. Returns the prompt tokens taken from a kept cache, those fed, and whether the prompt is in.
         /// </summary>
-        public int Prefill(GptNeoXForCausalLM model, PrefixCache? prefixes)
+        public (int Reused, int Fed, bool Done) Prefill(GptNeoXForCausalLM model, PrefixCache? prefixes, int chunk)
         {
             using var scope = NewDisposeScope();
-            var ids = tensor(prompt, ScalarType.Int64, model.Device).unsqueeze(0);
-            sequences = ids.DetachFromDisposeScope();
-            int maxLength = prompt.Length + Tracker.MaxNewTokens;
-            if (prefixes?.Take(prompt) is { } hit)
+            int reused = 0;
+            if (Stepper is null)
             {
-                var (kept, reused) = hit;
-                Stepper = kept;
-                kept.EnsureMaxLength(maxLength);
-                Advance(kept.Forward(ids.narrow(1, reused, prompt.Length - reused)));
-                return reused;
+                var ids = tensor(prompt, ScalarType.Int64, model.Device).unsqueeze(0);
+                sequences = ids.DetachFromDisposeScope();
+                int maxLength = prompt.Length + Tracker.MaxNewTokens;
+                if (prefixes?.Take(prompt) is { } hit)
+                {
+                    (Stepper, reused) = hit;
+                    Stepper.EnsureMaxLength(maxLength);
+                }
+                else Stepper = new ModelStepper(model, ones_like(ids), reserve, maxLength);
+                prefilled = reused;
             }
-            Stepper = new ModelStepper(model, ones_like(ids), reserve, maxLength);
-            Advance(Stepper.Forward(ids));
-            return 0;
+            int fed = Math.Min(chunk, prompt.Length - prefilled);
+            var logits = Stepper.Forward(sequences!.narrow(1, prefilled, fed));
+            prefilled += fed;
+            bool done = prefilled == prompt.Length;
+            if (done) Advance(logits);
+            return (reused, fed, done);
         }
 
         /// <summary>This row's step without the others (after a batched step failed).</summary>

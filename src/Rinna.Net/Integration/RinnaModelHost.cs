@@ -35,6 +35,8 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
             throw new ArgumentException($"RinnaOptions.PrefixCacheBytes must be 0 or more; got {this.options.PrefixCacheBytes}.", nameof(options));
         if (this.options.MaxBatchSize < 1)
             throw new ArgumentException($"RinnaOptions.MaxBatchSize must be at least 1; got {this.options.MaxBatchSize}.", nameof(options));
+        if (this.options.PrefillChunkTokens < 1)
+            throw new ArgumentException($"RinnaOptions.PrefillChunkTokens must be at least 1; got {this.options.PrefillChunkTokens}.", nameof(options));
         if (string.IsNullOrWhiteSpace(this.options.ModelId))
             throw new ArgumentException("RinnaOptions.ModelId is required (a model id such as rinna/bilingual-gpt-neox-4b-instruction-ppo, or a directory).", nameof(options));
         PromptBuilder = RinnaChatPromptBuilder.ForModel(this.options.ModelId,
@@ -94,7 +96,7 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         {
             ObjectDisposedException.ThrowIf(disposed, this);
             return scheduler ??= new ContinuousBatchingScheduler(model, options.MaxBatchSize,
-                loggerFactory?.CreateLogger<ContinuousBatchingScheduler>(), options.PrefixCacheBytes);
+                loggerFactory?.CreateLogger<ContinuousBatchingScheduler>(), options.PrefixCacheBytes, options.PrefillChunkTokens);
         }
     }
 

@@ -104,10 +104,17 @@ public sealed class RinnaOptions
     /// <summary>
     /// The most requests decoded together in one batch (continuous batching); later ones wait in arrival order. Each
     /// row holds its own KV cache, so memory grows with this bound times the longest conversation. The default, 8,
-    /// is the number of concurrent streams the benchmarks measure; float16 weights also switch from row-by-row
-    /// products to a converted bfloat16 product above 8 rows.
+    /// is the number of concurrent streams the benchmarks measure; up to 8 rows, float16 and float32 products read each
+    /// weight once for all rows, above that they go to libtorch's GEMM.
     /// </summary>
     public int MaxBatchSize { get; set; } = ContinuousBatchingScheduler.DefaultMaxBatchSize;
+
+    /// <summary>
+    /// The most prompt tokens prefilled between two decode steps: a long prompt joining a running batch is prefilled in
+    /// chunks of this size, with a decode step of the other rows between chunks, so their answers keep streaming.
+    /// Smaller chunks mean steadier streams and a slower first token for the new request. Default 256.
+    /// </summary>
+    public int PrefillChunkTokens { get; set; } = ContinuousBatchingScheduler.DefaultPrefillChunkTokens;
 
     /// <summary>
     /// Bytes of finished requests' KV caches kept so that a request repeating their tokens (a chat's next turn repeats the

@@ -80,6 +80,42 @@ public sealed class ContinuousBatchingSchedulerTests
         Assert.True(scheduler.LargestBatch >= 3, $"at most {scheduler.LargestBatch} rows were decoded together");
     }
 
+    [Theory]
+    [InlineData("tiny-neox-rinna")]
+    [InlineData("tiny-neox-pythia")]
+    public async Task ALongPromptIsPrefilledInChunksWhileTheRunningRowKeepsDecoding(string fixture)
+    {
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(fixture));
+        var random = new Random(3);
+        int[] longPrompt = [2, .. Enumerable.Range(0, 40).Select(_ => random.Next(4, model.Config.VocabSize))];
+        var running = new GenerationConfig { MaxNewTokens = 30, EosTokenId = null };
+        var joining = new GenerationConfig { MaxNewTokens = 10, EosTokenId = null };
+        var expectedRunning = Alone(model, Prompts[0], running);
+        var expectedJoining = Alone(model, longPrompt, joining);
+
+        await using var scheduler = new ContinuousBatchingScheduler(model, prefillChunkTokens: 8);
+        Task<GeneratedSequence>? joined = null;
+        int joinedAtStep = -1, stepsBeforeItsFirstToken = -1;
+        var first = scheduler.GenerateAsync(Prompts[0], running, onStep: tracker =>
+        {
+            if (tracker.Steps == 2)
+            {
+                joinedAtStep = tracker.Steps;
+                joined = scheduler.GenerateAsync(longPrompt, joining, onStep: t =>
+                {
+                    if (t.Steps == 1) stepsBeforeItsFirstToken = tracker.Steps - joinedAtStep;
+                });
+            }
+        });
+        var result = await first;
+
+        Assert.Equal(expectedRunning, result.TokenIds);
+        Assert.Equal(expectedJoining, (await joined!).TokenIds);
+        Assert.Equal(8, scheduler.LargestPrefillChunk);
+        // 41 prompt tokens in chunks of 8 take six prefills, with the running row decoding a token after each of the first five.
+        Assert.True(stepsBeforeItsFirstToken >= 5, $"the running row got {stepsBeforeItsFirstToken} tokens while the long prompt was prefilled");
+    }
+
     [Fact]
     public async Task RowsPastTheContextWithDynamicRopeScalingKeepTheirOwnRotaryBase()
     {
