@@ -104,8 +104,8 @@ public sealed class RinnaOptions
     /// <summary>
     /// The most requests decoded together in one batch (continuous batching); later ones wait in arrival order. Each
     /// row holds its own KV cache, so memory grows with this bound times the longest conversation. The default, 8,
-    /// is the number of concurrent streams the benchmarks measure; up to 8 rows, float16 and float32 products read each
-    /// weight once for all rows, above that they go to libtorch's GEMM.
+    /// is the number of concurrent streams the benchmarks measure; float16 and float32 products of up to 32 rows read each
+    /// weight once for all rows (above that they go to libtorch's GEMM).
     /// </summary>
     public int MaxBatchSize { get; set; } = ContinuousBatchingScheduler.DefaultMaxBatchSize;
 

@@ -166,8 +166,8 @@ public class GptNeoXReferenceTests
     }
 
     /// <summary>
-    /// float16 on the CPU keeps every matrix in float16 (decoded by libtorch's float16 GEMV, prompts of more than
-    /// <see cref="Float16Linear.GemvRowLimit"/> tokens converted block by block to bfloat16) and the rest in bfloat16;
+    /// float16 on the CPU keeps every matrix in float16 (decoded by the managed GEMVs or libtorch's float16 GEMV, prompts of
+    /// more than <see cref="Kernels.Cpu.MultiRowGemv.MaxRows"/> tokens converted block by block to bfloat16) and the rest in bfloat16;
     /// the prompts and greedy runs below go through both kernels.
     /// </summary>
     [Theory]

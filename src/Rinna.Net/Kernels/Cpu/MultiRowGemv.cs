@@ -9,7 +9,8 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
-/// <c>x · Wᵀ + b</c> for a few rows of activations (2 to <see cref="MaxRows"/>: a continuous-batching decode step) and a
+/// <c>x · Wᵀ + b</c> for a few rows of activations (2 to <see cref="MaxRows"/>: a continuous-batching decode step or a
+/// short prompt) and a
 /// float16 or float32 weight on the CPU, reading the weight once for all rows, in managed vector code on libtorch's
 /// OpenMP threads, with the bias, the optional exact GELU and residual and the conversion to the activations' dtype in
 /// the same pass (each rounded as <see cref="Float16Gemv"/> rounds them).
@@ -23,8 +24,12 @@ namespace Rinna.Net.Kernels.Cpu;
 /// </remarks>
 internal static unsafe class MultiRowGemv
 {
-    /// <summary>The most activation rows one call takes; larger batches are GEMMs and go to libtorch.</summary>
-    public const int MaxRows = 8;
+    /// <summary>
+    /// The most activation rows one call takes; larger ones are GEMMs and go to libtorch. Up to here reading each weight
+    /// once and multiplying it in registers beats libtorch's float16 path (the weight converted to bfloat16 first, which
+    /// costs more than a whole short prompt) and MKL's float32 GEMM (the weight copied before multiplying).
+    /// </summary>
+    public const int MaxRows = 32;
 
     private const int RowsPerPass = 4;
 
@@ -140,37 +145,163 @@ internal static unsafe class MultiRowGemv
     private static void RunRows(void* state)
     {
         var job = (Job*)state;
-        float* sums = stackalloc float[RowsPerPass];
+        float* sums = stackalloc float[MaxWeightRows * RowsPerPass];
         float** inputs = stackalloc float*[RowsPerPass];
         int columns = job->Columns, rows = job->Rows;
-        bool bfloat16 = job->OutputIsBFloat16;
+        long rowBytes = (long)columns * (job->WeightIsFloat16 ? sizeof(ushort) : sizeof(float));
+        int group = WeightRowsPerPass(job->Variant);
         while (job->Claims.TryClaim(out int first, out int end))
         {
-            for (int row = first; row < end; row++)
+            for (int row = first; row < end;)
             {
-                byte* weight = job->Weight + (long)row * columns * (job->WeightIsFloat16 ? sizeof(ushort) : sizeof(float));
-                float bias = job->Bias == null ? 0f
-                    : job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
+                // Weight rows in groups share each load of the activations (which, not the weight stream, bound this
+                // kernel); the few rows left at the end of a claim go one at a time.
+                int weightRows = end - row >= group ? group : 1;
+                byte* weight = job->Weight + row * rowBytes;
                 for (int pass = 0; pass < job->InputRows; pass += RowsPerPass)
                 {
                     int count = Math.Min(RowsPerPass, job->InputRows - pass);
                     // A short last pass repeats its first row; those sums are not written.
                     for (int i = 0; i < RowsPerPass; i++) inputs[i] = job->Input + (long)(pass + (i < count ? i : 0)) * columns;
-                    if (job->WeightIsFloat16) Dot4<Float16Weight>(job->Variant, weight, inputs, columns, sums);
-                    else Dot4<Float32Weight>(job->Variant, weight, inputs, columns, sums);
-                    for (int i = 0; i < count; i++)
-                    {
-                        long at = (long)(pass + i) * rows + row;
-                        float value = sums[i] * job->OutputScale + bias;
-                        if (job->Gelu) value = Float16Gemv.Gelu(Float16Gemv.ToOutput(value, bfloat16));
-                        if (job->Residual != null)
-                            value = Float16Gemv.ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[at]) : ((float*)job->Residual)[at]);
-                        if (bfloat16) ((ushort*)job->Output)[at] = BFloat16Bits.Round(value);
-                        else ((float*)job->Output)[at] = value;
-                    }
+                    if (job->WeightIsFloat16) Dot<Float16Weight>(job->Variant, weightRows, weight, rowBytes, inputs, columns, sums);
+                    else Dot<Float32Weight>(job->Variant, weightRows, weight, rowBytes, inputs, columns, sums);
+                    for (int w = 0; w < weightRows; w++)
+                        for (int i = 0; i < count; i++)
+                            Write(job, row + w, (long)(pass + i) * rows + row + w, sums[w * RowsPerPass + i]);
                 }
+                row += weightRows;
             }
         }
+    }
+
+    /// <summary>Output element <paramref name="at"/> (of weight row <paramref name="row"/>) from its sum: scale, bias, GELU, residual, rounding.</summary>
+    private static void Write(Job* job, int row, long at, float sum)
+    {
+        bool bfloat16 = job->OutputIsBFloat16;
+        float value = sum * job->OutputScale;
+        if (job->Bias != null) value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
+        if (job->Gelu) value = Float16Gemv.Gelu(Float16Gemv.ToOutput(value, bfloat16));
+        if (job->Residual != null)
+            value = Float16Gemv.ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[at]) : ((float*)job->Residual)[at]);
+        if (bfloat16) ((ushort*)job->Output)[at] = BFloat16Bits.Round(value);
+        else ((float*)job->Output)[at] = value;
+    }
+
+    /// <summary>The most weight rows a pass multiplies together.</summary>
+    private const int MaxWeightRows = 4;
+
+    /// <summary>Weight rows per pass: as many as the variant's registers hold accumulators for (4 × 4 in AVX-512's 32, 2 × 4 in AVX2's 16).</summary>
+    private static int WeightRowsPerPass(Float16GemvVariant variant) => variant switch
+    {
+        Float16GemvVariant.Avx512 => 4,
+        Float16GemvVariant.Vector256 => 2,
+        _ => 1,
+    };
+
+    /// <summary>
+    /// Σ w·x of <paramref name="weightRows"/> consecutive weight rows (1, or the variant's group) with four activation
+    /// rows: <c>sums[w · 4 + i]</c>.
+    /// </summary>
+    private static void Dot<TWeight>(Float16GemvVariant variant, int weightRows, byte* weight, long rowBytes, float** inputs, int columns, float* sums)
+        where TWeight : IGemvWeight
+    {
+        if (weightRows == 1) Dot4<TWeight>(variant, weight, inputs, columns, sums);
+        else if (variant == Float16GemvVariant.Avx512) Dot4x4x512<TWeight>(weight, rowBytes, inputs, columns, sums);
+        else Dot2x4x256<TWeight>(weight, rowBytes, inputs, columns, sums);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x4x512<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* sums) where TWeight : IGemvWeight
+    {
+        float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        byte* w0 = weight, w1 = weight + rowBytes, w2 = weight + 2 * rowBytes, w3 = weight + 3 * rowBytes;
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default, a30 = default, a31 = default, a32 = default, a33 = default;
+        int c = 0;
+        for (; c + 16 <= columns; c += 16)
+        {
+            var v0 = Avx512F.LoadVector512(x0 + c);
+            var v1 = Avx512F.LoadVector512(x1 + c);
+            var v2 = Avx512F.LoadVector512(x2 + c);
+            var v3 = Avx512F.LoadVector512(x3 + c);
+            var w = TWeight.Load512(w0, c);
+            a00 = Avx512F.FusedMultiplyAdd(w, v0, a00);
+            a01 = Avx512F.FusedMultiplyAdd(w, v1, a01);
+            a02 = Avx512F.FusedMultiplyAdd(w, v2, a02);
+            a03 = Avx512F.FusedMultiplyAdd(w, v3, a03);
+            w = TWeight.Load512(w1, c);
+            a10 = Avx512F.FusedMultiplyAdd(w, v0, a10);
+            a11 = Avx512F.FusedMultiplyAdd(w, v1, a11);
+            a12 = Avx512F.FusedMultiplyAdd(w, v2, a12);
+            a13 = Avx512F.FusedMultiplyAdd(w, v3, a13);
+            w = TWeight.Load512(w2, c);
+            a20 = Avx512F.FusedMultiplyAdd(w, v0, a20);
+            a21 = Avx512F.FusedMultiplyAdd(w, v1, a21);
+            a22 = Avx512F.FusedMultiplyAdd(w, v2, a22);
+            a23 = Avx512F.FusedMultiplyAdd(w, v3, a23);
+            w = TWeight.Load512(w3, c);
+            a30 = Avx512F.FusedMultiplyAdd(w, v0, a30);
+            a31 = Avx512F.FusedMultiplyAdd(w, v1, a31);
+            a32 = Avx512F.FusedMultiplyAdd(w, v2, a32);
+            a33 = Avx512F.FusedMultiplyAdd(w, v3, a33);
+        }
+        Finish512<TWeight>(a00, a01, a02, a03, w0, inputs, c, columns, sums);
+        Finish512<TWeight>(a10, a11, a12, a13, w1, inputs, c, columns, sums + 4);
+        Finish512<TWeight>(a20, a21, a22, a23, w2, inputs, c, columns, sums + 8);
+        Finish512<TWeight>(a30, a31, a32, a33, w3, inputs, c, columns, sums + 12);
+    }
+
+    /// <summary>One weight row's four sums from its accumulators, with the columns the vector loop left.</summary>
+    private static void Finish512<TWeight>(Vector512<float> s0, Vector512<float> s1, Vector512<float> s2, Vector512<float> s3, byte* weight,
+        float** inputs, int c, int columns, float* sums) where TWeight : IGemvWeight
+    {
+        // The four horizontal sums together (halving, then pairwise adds across the four): a third of the instructions
+        // of four separate sums, which matters for the short rows of small models.
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(Half(s0), Half(s1)), Avx.HorizontalAdd(Half(s2), Half(s3)));
+        var four = h.GetLower() + h.GetUpper();
+        for (int i = 0; i < RowsPerPass; i++) sums[i] = Tail<TWeight>(four.GetElement(i), weight, inputs[i], c, columns);
+
+        static Vector256<float> Half(Vector512<float> v) => v.GetLower() + v.GetUpper();
+    }
+
+    /// <summary>The portable 256-bit form of <see cref="Dot4x4x512{TWeight}"/> for two weight rows (AVX2 has 16 vector registers).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot2x4x256<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* sums) where TWeight : IGemvWeight
+    {
+        float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        byte* w0 = weight, w1 = weight + rowBytes;
+        Vector256<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
+        int c = 0;
+        for (; c + 8 <= columns; c += 8)
+        {
+            if (Sse.IsSupported)
+            {
+                Sse.Prefetch0(w0 + (c * TWeight.Size) + 4096);
+                Sse.Prefetch0(w1 + (c * TWeight.Size) + 4096);
+            }
+            var v0 = Vector256.Load(x0 + c);
+            var v1 = Vector256.Load(x1 + c);
+            var v2 = Vector256.Load(x2 + c);
+            var v3 = Vector256.Load(x3 + c);
+            var w = TWeight.Load256(w0, c);
+            a00 = Vector256.FusedMultiplyAdd(w, v0, a00);
+            a01 = Vector256.FusedMultiplyAdd(w, v1, a01);
+            a02 = Vector256.FusedMultiplyAdd(w, v2, a02);
+            a03 = Vector256.FusedMultiplyAdd(w, v3, a03);
+            w = TWeight.Load256(w1, c);
+            a10 = Vector256.FusedMultiplyAdd(w, v0, a10);
+            a11 = Vector256.FusedMultiplyAdd(w, v1, a11);
+            a12 = Vector256.FusedMultiplyAdd(w, v2, a12);
+            a13 = Vector256.FusedMultiplyAdd(w, v3, a13);
+        }
+        sums[0] = Tail<TWeight>(Vector256.Sum(a00), w0, x0, c, columns);
+        sums[1] = Tail<TWeight>(Vector256.Sum(a01), w0, x1, c, columns);
+        sums[2] = Tail<TWeight>(Vector256.Sum(a02), w0, x2, c, columns);
+        sums[3] = Tail<TWeight>(Vector256.Sum(a03), w0, x3, c, columns);
+        sums[4] = Tail<TWeight>(Vector256.Sum(a10), w1, x0, c, columns);
+        sums[5] = Tail<TWeight>(Vector256.Sum(a11), w1, x1, c, columns);
+        sums[6] = Tail<TWeight>(Vector256.Sum(a12), w1, x2, c, columns);
+        sums[7] = Tail<TWeight>(Vector256.Sum(a13), w1, x3, c, columns);
     }
 
     /// <summary>Σ w·x of one weight row with four activation rows, in one pass over the weight row.</summary>
@@ -214,18 +345,7 @@ internal static unsafe class MultiRowGemv
             a2 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x2 + c), a2);
             a3 = Avx512F.FusedMultiplyAdd(w, Avx512F.LoadVector512(x3 + c), a3);
         }
-        // The four horizontal sums together (halving, then pairwise adds across the four): a third of the instructions
-        // of four separate sums, which matters for the short rows of small models.
-        var h01 = Avx.HorizontalAdd(Half(a0 + b0), Half(a1 + b1));
-        var h23 = Avx.HorizontalAdd(Half(a2 + b2), Half(a3 + b3));
-        var h = Avx.HorizontalAdd(h01, h23);
-        var four = h.GetLower() + h.GetUpper();
-        sums[0] = Tail<TWeight>(four.GetElement(0), weight, x0, c, columns);
-        sums[1] = Tail<TWeight>(four.GetElement(1), weight, x1, c, columns);
-        sums[2] = Tail<TWeight>(four.GetElement(2), weight, x2, c, columns);
-        sums[3] = Tail<TWeight>(four.GetElement(3), weight, x3, c, columns);
-
-        static Vector256<float> Half(Vector512<float> v) => v.GetLower() + v.GetUpper();
+        Finish512<TWeight>(a0 + b0, a1 + b1, a2 + b2, a3 + b3, weight, inputs, c, columns, sums);
     }
 
     /// <summary>The portable 256-bit form of <see cref="Dot4x512{TWeight}"/>: AVX2 on x64.</summary>

@@ -27,7 +27,7 @@ internal sealed class DenseLinear : LinearLayer
 
     /// <summary>
     /// <c>linear</c> over the input flattened to rows; a float32 product of a few rows on the CPU (a continuous-batching
-    /// step) goes through <see cref="MultiRowGemv"/>, which reads the weight once instead of having MKL copy it first.
+    /// step, a short prompt) goes through <see cref="MultiRowGemv"/>, which reads the weight once instead of having MKL copy it first.
     /// libtorch's CPU <c>linear</c> takes a far slower path when a 3-D
     /// input carries a large stride on a size-1 dimension, which is exactly what narrowing the last position out of a
     /// prompt produces; flattening first gives it plain row-major rows.

@@ -15,8 +15,9 @@ namespace Rinna.Net.Model.Layers;
 /// Float16 GEMVs stream about twice as fast as libtorch's bfloat16 GEMV on CPUs, which makes float16 the decode format.
 /// One row (a decode step) goes through <see cref="Float16Gemv"/> where the CPU supports it (product, bias, conversion
 /// and the GELU or residual sum that follows, in one managed pass on libtorch's threads), otherwise through libtorch's
-/// float16 GEMV. libtorch has no fast float16 GEMM on CPUs without AVX512-FP16, so a prompt converts the weight to
-/// bfloat16 one block at a time into a reused scratch buffer and multiplies there. Memory stays at two bytes per weight;
+/// float16 GEMV; up to <see cref="MultiRowGemv.MaxRows"/> rows (a continuous-batching step, a short prompt) go through
+/// <see cref="MultiRowGemv"/> the same way. libtorch has no fast float16 GEMM on CPUs without AVX512-FP16, so a longer
+/// prompt converts the weight to bfloat16 one block at a time into a reused scratch buffer and multiplies there. Memory stays at two bytes per weight;
 /// the scratch buffer is at most
 /// <see cref="ConversionBlockElements"/> bfloat16 elements per thread that ran a prompt. Off the CPU the weight is
 /// simply used in float16.
@@ -24,8 +25,9 @@ namespace Rinna.Net.Model.Layers;
 internal sealed class Float16Linear : LinearLayer
 {
     /// <summary>
-    /// Inputs of up to this many rows run row by row through the float16 GEMV: a few weight streams still beat
-    /// converting the weight to bfloat16 (an order of magnitude slower than streaming it) and running the GEMM.
+    /// Where <see cref="MultiRowGemv"/> does not run, inputs of up to this many rows run row by row through libtorch's
+    /// float16 GEMV: a few weight streams still beat converting the weight to bfloat16 (an order of magnitude slower
+    /// than streaming it) and running the GEMM.
     /// </summary>
     internal const int GemvRowLimit = 8;
 

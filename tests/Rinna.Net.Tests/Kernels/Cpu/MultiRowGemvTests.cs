@@ -11,7 +11,7 @@ public class MultiRowGemvTests
 {
     public MultiRowGemvTests() => TorchSharpNativeLoader.EnsureInstalled();
 
-    /// <summary>Every variant on every machine (those the CPU does not accelerate are reported as skipped), both weight formats, odd shapes, 2 to 8 rows.</summary>
+    /// <summary>Every variant on every machine (those the CPU does not accelerate are reported as skipped), both weight formats, odd shapes, 2 to 32 rows.</summary>
     public static TheoryData<string, string, int, int, int, bool> Shapes
     {
         get
@@ -20,7 +20,7 @@ public class MultiRowGemvTests
             (int, int, int, bool)[] shapes =
             [
                 (1, 1, 2, false), (3, 15, 3, true), (17, 16, 4, false), (5, 17, 5, true), (9, 63, 8, true), (33, 64, 7, false),
-                (2, 65, 6, true), (100, 1031, 8, true), (7, 11269, 2, false), (300, 192, 8, true),
+                (2, 65, 6, true), (100, 1031, 8, true), (7, 11269, 2, false), (300, 192, 8, true), (40, 300, 32, true), (5, 70, 17, false),
             ];
             var data = new TheoryData<string, string, int, int, int, bool>();
             foreach (var variant in Enum.GetNames<Float16GemvVariant>())

@@ -1,3 +1,4 @@
+using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Layers;
 using Rinna.Net.Model;
 using Rinna.Net.Native;
@@ -13,9 +14,10 @@ public class Float16LinearTests
 
     public static TheoryData<int, int, int> Shapes => new()
     {
-        // M, K, N: one token, the GEMV row limit and one past it (the bfloat16 GEMM path), odd and prime sizes.
+        // M, K, N: one token, the row-by-row and multi-row limits and one past each (the latter: the bfloat16 GEMM path), odd and prime sizes.
         { 1, 7, 5 }, { 1, 1031, 17 }, { 3, 13, 9 }, { Float16Linear.GemvRowLimit, 129, 31 },
-        { Float16Linear.GemvRowLimit + 1, 129, 31 }, { 40, 100, 67 }, { 2, 64, 1 },
+        { Float16Linear.GemvRowLimit + 1, 129, 31 }, { MultiRowGemv.MaxRows, 129, 31 }, { MultiRowGemv.MaxRows + 1, 129, 31 },
+        { 40, 100, 67 }, { 2, 64, 1 },
     };
 
     [Theory]
@@ -43,7 +45,7 @@ public class Float16LinearTests
         long n = 3001, k = 4099;
         Assert.True(n * k > Float16Linear.ConversionBlockElements && (n * k) % Float16Linear.ConversionBlockElements != 0);
         var (layer, weight, bias) = Create(n, k, gen);
-        var x = randn(Float16Linear.GemvRowLimit + 3, k, generator: gen).to(ScalarType.BFloat16);
+        var x = randn(MultiRowGemv.MaxRows + 3, k, generator: gen).to(ScalarType.BFloat16);
 
         AssertCloseToFloat64(x, weight, bias, layer.call(x));
     }
