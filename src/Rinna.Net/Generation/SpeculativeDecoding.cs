@@ -227,10 +227,6 @@ internal static class SpeculativeDecoding
         List<long> sequence;
         using (var prompt = inputIds.cpu()) sequence = prompt.data<long>().ToList();
         int modelCalls = 0, proposed = 0, acceptedTotal = 0;
-        // The prompt but its last token is prefilled first, so that the first round with proposals computes the output
-        // head for its proposals only, not for every prompt position (a 65,536 × hidden product per position on rinna).
-        if (promptLength > 1)
-            using (NewDisposeScope()) stepper.Forward(inputIds.narrow(1, 0, promptLength - 1));
 
         while (!tracker.IsDone)
         {
@@ -244,6 +240,10 @@ internal static class SpeculativeDecoding
             int before = sequence.Count;
             // Proposals past the token budget could never be kept; the model's own next token always can.
             var candidates = generator.GetCandidates(sequence, tracker.MaxNewTokens - tracker.Steps - 1);
+            // A first round with proposals prefills the prompt but its last token apart, so that the output head runs for
+            // the proposals only, not for every prompt position; without proposals it is plain decoding's prefill.
+            if (candidates.Length > 0 && stepper.CachedLength == 0 && promptLength > 1)
+                stepper.Forward(inputIds.narrow(1, 0, promptLength - 1));
             var fedIds = sequence.Skip(stepper.CachedLength).Concat(candidates).ToArray();
             var fed = tensor(fedIds, [1, fedIds.Length], ScalarType.Int64, device);
             // Logits are needed at the last fed token and at each proposal; a round without proposals is a plain step.
