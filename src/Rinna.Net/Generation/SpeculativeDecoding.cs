@@ -58,13 +58,13 @@ internal sealed class PromptLookupCandidateGenerator(int numOutputTokens, int ma
 /// <summary>
 /// Stops proposing while proposals do not pay in time, so speculation on text that does not repeat its context costs
 /// (almost) nothing: after two missed rounds in a row it pauses for 4 steps, and each pause that ends in another miss
-/// doubles the next, up to 64 steps; a pause also lasts at least 32 times what recent rounds with proposals cost beyond
-/// plain steps for their tokens, so a failed probe costs about 3 % at most however expensive verification is. A round
-/// with proposals misses unless it paid: all its proposals rejected, or accepted but not clearly cheaper per token than
-/// plain steps, or cheaper while the recent rounds with proposals, all told, were not. Only a round that paid ends the
-/// pauses. Plain steps are timed on the steps without proposals (one every 33 rounds while proposing). Proposals never
-/// change greedy output, only how many model calls it takes, so timing may steer them; Hugging Face's prompt lookup
-/// has no such fallback.
+/// doubles the next, up to 64 steps. A pause also lasts at least 32 times the plain steps that recent rounds with
+/// proposals lost (up to 1024 steps), so a failed probe costs about 3 % at most however expensive verification is, and
+/// the pause after it is no shorter. A round with proposals misses unless it paid: all its proposals rejected, or
+/// accepted but not clearly cheaper per token than plain steps, or cheaper while the recent rounds with proposals, all
+/// told, were not. Only a round that paid ends the pauses. Plain steps are timed on the steps without proposals (one
+/// every 33 rounds while proposing). Proposals never change greedy output, only how many model calls it takes, so
+/// timing may steer them; Hugging Face's prompt lookup has no such fallback.
 /// <para>
 /// With a <see cref="SpeculationMemory"/> (one per model) a generation starts where the last one on the model left off:
 /// short answers end before the pauses grow, so a model on which speculation does not pay would otherwise pay the
@@ -180,7 +180,8 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
     {
         if (++misses < MissesBeforePause) return;
         pausedSteps = Pause();
-        state = state with { NextPause = Math.Min(state.NextPause * 2, LongestPause) };
+        // Pauses never shrink but through a round that pays, so a noisy plain-step time cannot shorten a costly one.
+        state = state with { NextPause = Math.Max(pausedSteps, Math.Min(pausedSteps * 2, LongestPause)) };
         // The round after a pause probes once: a miss there pauses again at once, for longer.
         misses = MissesBeforePause - 1;
     }
