@@ -56,13 +56,14 @@ internal sealed class PromptLookupCandidateGenerator(int numOutputTokens, int ma
 }
 
 /// <summary>
-/// Stops proposing while proposals do not pay, so speculation on text that does not repeat its context costs (almost)
-/// nothing: after two failed rounds in a row it pauses for 4 steps, and each pause that ends in another failed round
-/// doubles the next, up to 64 steps (one failed verification per 65 tokens at worst). A round fails when the model
-/// rejected all its proposals, or when rounds with proposals have been taking longer per token, on average, than plain
-/// steps (timed on the steps without proposals: on a small model, or a CPU where several rows cost more than one,
-/// accepted proposals can still lose).
-/// A round that pays ends the pauses. Proposals never change greedy output, only how many model calls it takes, so
+/// Stops proposing while proposals do not pay in time, so speculation on text that does not repeat its context costs
+/// (almost) nothing: after two missed rounds in a row it pauses for 4 steps, and each pause that ends in another miss
+/// doubles the next, up to 64 steps. A pause also lasts at least 32 times the plain steps that recent rounds with
+/// proposals lost (up to 1024 steps), so a failed probe costs about 3 % at most however expensive verification is, and
+/// the pause after it is no shorter. A round with proposals misses unless it paid: all its proposals rejected, or
+/// accepted but not clearly cheaper per token than plain steps, or cheaper while the recent rounds with proposals, all
+/// told, were not. Only a round that paid ends the pauses. Plain steps are timed on the steps without proposals (one
+/// every 33 rounds while proposing). Proposals never change greedy output, only how many model calls it takes, so
 /// timing may steer them; Hugging Face's prompt lookup has no such fallback.
 /// <para>
 /// With a <see cref="SpeculationMemory"/> (one per model) a generation starts where the last one on the model left off:
@@ -75,31 +76,41 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
     private const int MissesBeforePause = 2;
     private const int FirstPause = 4;
     private const int LongestPause = 64;
+
+    /// <summary>Every this many rounds with proposals, one plain step keeps the plain cost it is compared with current.</summary>
+    private const int PlainProbeInterval = 32;
+
+    /// <summary>A round pays below this share of a plain step's cost per token: timing noise and rounds that only break even must not keep speculation alive.</summary>
+    private const double PaysBelow = 0.9;
+
+    /// <summary>What each earlier round with proposals keeps of its weight per new one: the average follows the last few rounds, so text that starts quoting resumes proposals within a probe or two.</summary>
+    private const double Decay = 0.6;
+
+    /// <summary>Plain steps a pause lasts at least per plain step's worth that recent rounds with proposals lost, and the most that makes.</summary>
+    private const int PausePerLostStep = 32;
+    private const int LongestCostlyPause = 1024;
+
     private readonly ICandidateGenerator inner;
     private readonly SpeculationMemory? memory;
+    private SpeculationState state = new(FirstPause, null, 0, 0, 0);
     private int misses;
-    private int nextPause = FirstPause;
     private int pausedSteps;
+    private int roundsSincePlain;
+    private int lastAccepted;
 
     public FallbackCandidateGenerator(ICandidateGenerator inner, SpeculationMemory? memory = null)
     {
         this.inner = inner;
         this.memory = memory;
-        if (memory?.Recall() is { } state)
+        if (memory?.Recall() is not { } saved) return;
+        state = saved;
+        // Still in the pausing regime: begin with the last pause, and probe after it.
+        if (state.NextPause > FirstPause)
         {
-            (nextPause, plainSecondsPerToken, speculativeSecondsPerToken) = state;
-            // Still in the pausing regime: begin with the last pause, and probe after it.
-            if (nextPause > FirstPause)
-            {
-                pausedSteps = nextPause / 2;
-                misses = MissesBeforePause - 1;
-            }
+            pausedSteps = Pause() / 2;
+            misses = MissesBeforePause - 1;
         }
     }
-
-    /// <summary>Every this many rounds with proposals, one plain step keeps the plain cost it is compared with current.</summary>
-    private const int PlainProbeInterval = 32;
-    private int roundsSincePlain;
 
     public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount)
     {
@@ -109,7 +120,7 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
             roundsSincePlain = 0;
             return [];
         }
-        if (++roundsSincePlain > PlainProbeInterval || (plainSecondsPerToken is null && roundsSincePlain > 2))
+        if (++roundsSincePlain > PlainProbeInterval || (state.PlainSecondsPerToken is null && roundsSincePlain > 2))
         {
             roundsSincePlain = 0;
             return [];
@@ -124,74 +135,86 @@ internal sealed class FallbackCandidateGenerator : ICandidateGenerator
     public void Update(int proposed, int accepted)
     {
         inner.Update(proposed, accepted);
-        if (proposed == 0) return;
-        if (accepted > 0)
-        {
-            // Kept until Observe says whether the round also paid in time.
-            beforeSuccess = (misses, nextPause);
-            misses = 0;
-            nextPause = FirstPause;
-            memory?.Remember(nextPause, plainSecondsPerToken, speculativeSecondsPerToken);
-            return;
-        }
-        beforeSuccess = null;
-        Miss();
+        lastAccepted = accepted;
     }
 
-    private (int Misses, int NextPause)? beforeSuccess;
-
-    /// <summary>Seconds per token of steps without proposals (an exponential average), once one was seen.</summary>
-    private double? plainSecondsPerToken;
-
-    /// <summary>Seconds per token of rounds with proposals, accepted or not (an exponential average).</summary>
-    private double? speculativeSecondsPerToken;
-
+    /// <summary>Judges the round <see cref="Update"/> reported, on its time (rounds the loop does not time are not judged).</summary>
     public void Observe(int proposed, int tokens, TimeSpan elapsed)
     {
         inner.Observe(proposed, tokens, elapsed);
         if (tokens <= 0) return;
-        double perToken = elapsed.TotalSeconds / tokens;
+        double seconds = elapsed.TotalSeconds;
         if (proposed == 0)
         {
-            plainSecondsPerToken = plainSecondsPerToken is { } average ? 0.7 * average + 0.3 * perToken : perToken;
+            state = state with { PlainSecondsPerToken = state.PlainSecondsPerToken is { } average ? 0.7 * average + 0.3 * seconds / tokens : seconds / tokens };
+            memory?.Remember(state);
             return;
         }
-        // Rounds with proposals are judged on average, failed ones included: rare acceptances between many rejections
-        // must not keep speculation alive when, all told, it is slower than plain decoding.
-        speculativeSecondsPerToken = speculativeSecondsPerToken is { } mean ? 0.7 * mean + 0.3 * perToken : perToken;
-        if (plainSecondsPerToken is { } plain && speculativeSecondsPerToken > plain && beforeSuccess is { } state)
+        // Seconds over tokens of recent rounds, not an average of per-round ratios: what the rounds cost per generated token.
+        state = state with
         {
-            (misses, nextPause) = state;
+            RoundSeconds = Decay * state.RoundSeconds + seconds, RoundTokens = Decay * state.RoundTokens + tokens, Rounds = Decay * state.Rounds + 1,
+        };
+        // A rejected round gives one token for more than a plain step costs; an accepted one pays only if clearly cheaper
+        // per token than plain steps, and only while recent rounds with proposals were too.
+        if (lastAccepted == 0)
+        {
             Miss();
         }
-        beforeSuccess = null;
+        else if (state.PlainSecondsPerToken is { } plain)
+        {
+            if (seconds / tokens < PaysBelow * plain && state.RoundSeconds / state.RoundTokens < PaysBelow * plain)
+            {
+                misses = 0;
+                state = state with { NextPause = FirstPause };
+            }
+            else
+            {
+                Miss();
+            }
+        }
+        memory?.Remember(state);
     }
 
     private void Miss()
     {
         if (++misses < MissesBeforePause) return;
-        pausedSteps = nextPause;
-        nextPause = Math.Min(nextPause * 2, LongestPause);
+        pausedSteps = Pause();
+        // Pauses never shrink but through a round that pays, so a noisy plain-step time cannot shorten a costly one.
+        state = state with { NextPause = Math.Max(pausedSteps, Math.Min(pausedSteps * 2, LongestPause)) };
         // The round after a pause probes once: a miss there pauses again at once, for longer.
         misses = MissesBeforePause - 1;
-        memory?.Remember(nextPause, plainSecondsPerToken, speculativeSecondsPerToken);
+    }
+
+    /// <summary>The next pause, longer where recent rounds with proposals cost several plain steps more than their tokens are worth.</summary>
+    private int Pause()
+    {
+        if (state.PlainSecondsPerToken is not { } plain || state.Rounds == 0) return state.NextPause;
+        double lostSteps = (state.RoundSeconds - state.RoundTokens * plain) / (state.Rounds * plain);
+        return Math.Max(state.NextPause, (int)Math.Min(LongestCostlyPause, Math.Ceiling(PausePerLostStep * lostSteps)));
     }
 }
 
-/// <summary>What <see cref="FallbackCandidateGenerator"/> learned on one model: the pause it reached and the cost of a plain step.</summary>
+/// <summary>
+/// What <see cref="FallbackCandidateGenerator"/> has learned: the next pause, seconds per token of plain steps (an
+/// exponential average), and the seconds, tokens and number of recent rounds with proposals (sums that decay per round).
+/// </summary>
+internal readonly record struct SpeculationState(int NextPause, double? PlainSecondsPerToken, double RoundSeconds, double RoundTokens, double Rounds);
+
+/// <summary>What <see cref="FallbackCandidateGenerator"/> learned on one model, for the next generation on it.</summary>
 internal sealed class SpeculationMemory
 {
     private readonly Lock gate = new();
-    private (int NextPause, double? PlainSecondsPerToken, double? SpeculativeSecondsPerToken)? state;
+    private SpeculationState? state;
 
-    public (int NextPause, double? PlainSecondsPerToken, double? SpeculativeSecondsPerToken)? Recall()
+    public SpeculationState? Recall()
     {
         lock (gate) return state;
     }
 
-    public void Remember(int nextPause, double? plainSecondsPerToken, double? speculativeSecondsPerToken)
+    public void Remember(SpeculationState learned)
     {
-        lock (gate) state = (nextPause, plainSecondsPerToken, speculativeSecondsPerToken);
+        lock (gate) state = learned;
     }
 }
 
@@ -227,10 +250,6 @@ internal static class SpeculativeDecoding
         List<long> sequence;
         using (var prompt = inputIds.cpu()) sequence = prompt.data<long>().ToList();
         int modelCalls = 0, proposed = 0, acceptedTotal = 0;
-        // The prompt but its last token is prefilled first, so that the first round with proposals computes the output
-        // head for its proposals only, not for every prompt position (a 65,536 × hidden product per position on rinna).
-        if (promptLength > 1)
-            using (NewDisposeScope()) stepper.Forward(inputIds.narrow(1, 0, promptLength - 1));
 
         while (!tracker.IsDone)
         {
@@ -244,6 +263,10 @@ internal static class SpeculativeDecoding
             int before = sequence.Count;
             // Proposals past the token budget could never be kept; the model's own next token always can.
             var candidates = generator.GetCandidates(sequence, tracker.MaxNewTokens - tracker.Steps - 1);
+            // A first round with proposals prefills the prompt but its last token apart, so that the output head runs for
+            // the proposals only, not for every prompt position; without proposals it is plain decoding's prefill.
+            if (candidates.Length > 0 && stepper.CachedLength == 0 && promptLength > 1)
+                stepper.Forward(inputIds.narrow(1, 0, promptLength - 1));
             var fedIds = sequence.Skip(stepper.CachedLength).Concat(candidates).ToArray();
             var fed = tensor(fedIds, [1, fedIds.Length], ScalarType.Int64, device);
             // Logits are needed at the last fed token and at each proposal; a round without proposals is a plain step.

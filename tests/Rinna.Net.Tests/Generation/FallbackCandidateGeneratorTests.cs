@@ -138,10 +138,10 @@ public class FallbackCandidateGeneratorAverageTests
     }
 
     [Fact]
-    public void AlternatingAcceptedAndRejectedRoundsThatLoseOnAveragePause()
+    public void AlternatingAcceptedAndRejectedRoundsThatOnlyBreakEvenPause()
     {
         // Plain steps: 10 ms per token. Every other round keeps a proposal (2 tokens in 15 ms: 7.5 ms per token, a win
-        // on its own); the others keep none (1 token in 15 ms). On average 11.25 ms per token: slower than plain.
+        // on its own); the others keep none (1 token in 15 ms). Together 3 tokens in 30 ms: no faster than plain.
         var generator = new FallbackCandidateGenerator(new AlwaysProposing());
         int proposing = 0, speculativeRound = 0;
         for (int i = 0; i < 300; i++)
@@ -153,6 +153,87 @@ public class FallbackCandidateGeneratorAverageTests
             generator.Observe(candidates.Length, accepted + 1, TimeSpan.FromMilliseconds(candidates.Length > 0 ? 15 : 10));
         }
         Assert.True(proposing < 60, $"{proposing} of 300 rounds proposed");
+    }
+}
+
+/// <summary>Proposals continue only where they pay in time per token; elsewhere they cost a few percent at most.</summary>
+public class FallbackCandidateGeneratorCostTests
+{
+    private const double PlainMs = 20;
+
+    /// <summary>Proposes ten tokens whenever asked.</summary>
+    private sealed class ProposingTen : ICandidateGenerator
+    {
+        public long[] GetCandidates(IReadOnlyList<long> sequence, int maxCount) => [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
+        public void Update(int proposed, int accepted)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="rounds"/> rounds; the n-th round with proposals keeps <c>round(n).Accepted</c> of them in
+    /// <c>round(n).Ms</c>, plain steps take <paramref name="plainMs"/>. Returns how many rounds proposed and the time
+    /// against plain decoding's.
+    /// </summary>
+    private static (int Proposing, double TimeRatio) Run(FallbackCandidateGenerator generator, int rounds, Func<int, (int Accepted, double Ms)> round,
+        double plainMs = PlainMs)
+    {
+        int proposing = 0, tokens = 0;
+        double ms = 0;
+        for (int i = 0; i < rounds; i++)
+        {
+            var candidates = generator.GetCandidates([5, 6], 10);
+            var (accepted, roundMs) = candidates.Length > 0 ? round(proposing++) : (0, plainMs);
+            generator.Update(candidates.Length, accepted);
+            generator.Observe(candidates.Length, accepted + 1, TimeSpan.FromMilliseconds(roundMs));
+            tokens += accepted + 1;
+            ms += roundMs;
+        }
+        return (proposing, ms / (tokens * plainMs));
+    }
+
+    [Fact]
+    public void RareCheapRoundsAmongCostlyRejectionsEndUpPausingLong()
+    {
+        // rinna-4b's shape in int8 on a CPU: verifying ten proposals costs about eight plain steps. Every tenth round
+        // keeps 9 of them (10 tokens in 160 ms, cheaper per token than plain steps); the others keep none. All told 19
+        // tokens per 1.6 s, four times plain decoding's cost: pauses must grow past 64 steps, to where a failed probe
+        // costs a few percent (one failed probe per 65 tokens would cost about 11 %).
+        var (proposing, ratio) = Run(new FallbackCandidateGenerator(new ProposingTen()), 3000, n => n % 10 == 9 ? (9, 160) : (0, 160));
+        Assert.True(ratio < 1.05, $"{ratio:F3} times plain decoding's time, {proposing} of 3000 rounds proposed");
+    }
+
+    [Fact]
+    public void AcceptedRoundsThatSaveLittlePause()
+    {
+        // Every round keeps one proposal: 2 tokens in 38 ms, 5 % under plain steps' 40 ms, within timing noise.
+        var (proposing, _) = Run(new FallbackCandidateGenerator(new ProposingTen()), 300, _ => (1, 38));
+        Assert.True(proposing < 30, $"{proposing} of 300 rounds proposed");
+    }
+
+    [Fact]
+    public void SlowerPlainStepsDoNotShortenAPauseThatCostlyRoundsSet()
+    {
+        var memory = new SpeculationMemory();
+        Run(new FallbackCandidateGenerator(new ProposingTen(), memory), 300, _ => (0, 160));
+        // Short answers on the same model while a neighbour's load makes plain steps four times slower, then as before:
+        // the remembered pause outlasts each of them, however the plain-step time moves.
+        int probes = Enumerable.Range(0, 8).Sum(answer =>
+            Run(new FallbackCandidateGenerator(new ProposingTen(), memory), 32, _ => (0, 160), answer < 4 ? 80 : PlainMs).Proposing);
+        Assert.Equal(0, probes);
+    }
+
+    [Fact]
+    public void RoundsThatPayClearlyKeepProposingAfterLosingOnes()
+    {
+        // 100 rounds' worth of costly rejections, then every round keeps all ten proposals (11 tokens in 40 ms): proposals
+        // resume after the pause those rejections set and one more (the first good probe still averages with them).
+        var generator = new FallbackCandidateGenerator(new ProposingTen());
+        Run(generator, 100, _ => (0, 160));
+        var (proposing, ratio) = Run(generator, 1000, _ => (10, 40));
+        Assert.True(proposing > 550, $"{proposing} of 1000 rounds proposed");
+        Assert.True(ratio < 0.4, $"{ratio:F3} times plain decoding's time");
     }
 }
 
