@@ -17,9 +17,9 @@ namespace Rinna.Net.Generation;
 /// Each request keeps its own KV cache, generation settings, logits processors, random generator, token budget,
 /// end-of-sequence ids and stop strings, so its tokens do not depend on what else is in the batch: attention runs row by
 /// row against the row's own cache with the mask and positions <see cref="CausalLMGeneration.Generate(GptNeoXForCausalLM, Tensor, GenerationConfig?, Tensor?, PreTrainedTokenizer?, Action{GenerationTracker}?, CancellationToken, GptNeoXForCausalLM?)"/>
-/// would use, and a prompt is prefilled on its own, as <c>Generate</c> does, in chunks of at most
-/// <see cref="PrefillChunkTokens"/> tokens with a decode step of the running rows between chunks (one admission at a
-/// time, so running rows wait for at most one chunk per token). What can differ from a request run alone is the rounding of the
+/// would use, and a prompt is prefilled on its own, as <c>Generate</c> does; between two decode steps at most
+/// <see cref="PrefillChunkTokens"/> prompt tokens are prefilled (several short prompts, or one chunk of a long one), so
+/// running rows wait for at most that much prefill per token. What can differ from a request run alone is the rounding of the
 /// linear layers' products over several rows (libtorch's multi-row product does not sum in the order of its one-row
 /// product: a few ulps in float32), so a greedy token can change only where two candidates tie that closely; with int8
 /// weights the outlier columns also depend on the other rows (see docs/usage.md).
@@ -58,8 +58,9 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     /// only the rest. The least recently used caches leave first.
     /// </param>
     /// <param name="prefillChunkTokens">
-    /// The most prompt tokens prefilled between two decode steps: a long prompt is prefilled in chunks of this size, one
-    /// per step, so that the rows already decoding keep producing tokens meanwhile (vLLM's chunked prefill).
+    /// The most prompt tokens prefilled between two decode steps: short prompts arriving together are all prefilled in
+    /// one step, and a long prompt in chunks of this size, one per step, so that the rows already decoding keep
+    /// producing tokens meanwhile (vLLM's chunked prefill).
     /// </param>
     /// <exception cref="ArgumentOutOfRangeException">
     /// <paramref name="maxBatchSize"/> or <paramref name="prefillChunkTokens"/> is below 1, or <paramref name="prefixCacheBytes"/> is negative.
@@ -278,9 +279,10 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     private Request? admitting;
 
     /// <summary>
-    /// Drops cancelled requests from the queue, takes the first waiting one if a row is free and none is being
-    /// prefilled, and prefills one chunk of the request being admitted; it joins the batch with its first token once its
-    /// whole prompt is in. One chunk per step keeps the running rows' wait per token to one chunk's prefill.
+    /// Drops cancelled requests from the queue and prefills waiting requests while rows are free, at most
+    /// <see cref="PrefillChunkTokens"/> prompt tokens in all: several short prompts join in the same step (so requests
+    /// that arrive together decode together from the start), and a long one is prefilled a chunk per step. A request
+    /// joins the batch with its first token once its whole prompt is in.
     /// </summary>
     private void Admit(List<Request> active)
     {
@@ -297,11 +299,6 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
                 }
                 node = following;
             }
-            if (admitting is null && active.Count < MaxBatchSize && waiting.First is { } first)
-            {
-                admitting = first.Value;
-                waiting.RemoveFirst();
-            }
         }
         if (admitting?.CancellationToken.IsCancellationRequested == true)
         {
@@ -313,22 +310,35 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
             request.Tracker.Cancel();
             request.Complete(null);
         }
-        if (admitting is not { } next) return;
-        try
+        for (int budget = PrefillChunkTokens; budget > 0;)
         {
-            var (reused, fed, done) = next.Prefill(Model, prefixes, PrefillChunkTokens);
-            ReusedPromptTokens += reused;
-            PrefilledPromptTokens += fed;
-            LargestPrefillChunk = Math.Max(LargestPrefillChunk, fed);
-            if (!done) return;
-            admitting = null;
-            if (next.Tracker.IsDone) next.Complete(prefixes);
-            else active.Add(next);
-        }
-        catch (Exception e)
-        {
-            admitting = null;
-            next.Fail(e);
+            lock (gate)
+            {
+                if (admitting is null && active.Count < MaxBatchSize && waiting.First is { } first)
+                {
+                    admitting = first.Value;
+                    waiting.RemoveFirst();
+                }
+            }
+            if (admitting is not { } next) return;
+            try
+            {
+                var (reused, fed, done) = next.Prefill(Model, prefixes, budget);
+                ReusedPromptTokens += reused;
+                PrefilledPromptTokens += fed;
+                LargestPrefillChunk = Math.Max(LargestPrefillChunk, fed);
+                budget -= fed;
+                if (!done) return;
+                admitting = null;
+                if (next.Tracker.IsDone) next.Complete(prefixes);
+                else active.Add(next);
+            }
+            catch (Exception e)
+            {
+                admitting = null;
+                next.Fail(e);
+                return;
+            }
         }
     }
 

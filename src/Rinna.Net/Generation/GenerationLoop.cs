@@ -23,7 +23,7 @@ public sealed record GenerationOutput(Tensor Sequences, IReadOnlyList<GeneratedS
 }
 
 /// <summary>The work speculative decoding did for one generation.</summary>
-/// <param name="ModelCalls">Forward passes of the model after the prompt: one per round, each verifying that round's proposals.</param>
+/// <param name="ModelCalls">Forward passes of the model, one per round (the first round may be the prompt's own pass), each verifying that round's proposals.</param>
 /// <param name="ProposedTokens">Tokens proposed (by prompt lookup or the assistant model) over all rounds.</param>
 /// <param name="AcceptedTokens">Proposed tokens the model agreed with and kept.</param>
 public sealed record SpeculationStatistics(int ModelCalls, int ProposedTokens, int AcceptedTokens)

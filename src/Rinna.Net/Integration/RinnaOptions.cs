@@ -110,8 +110,9 @@ public sealed class RinnaOptions
     public int MaxBatchSize { get; set; } = ContinuousBatchingScheduler.DefaultMaxBatchSize;
 
     /// <summary>
-    /// The most prompt tokens prefilled between two decode steps: a long prompt joining a running batch is prefilled in
-    /// chunks of this size, with a decode step of the other rows between chunks, so their answers keep streaming.
+    /// The most prompt tokens prefilled between two decode steps: short prompts arriving together join in one step, and a
+    /// long prompt joining a running batch is prefilled in chunks of this size, with a decode step of the other rows
+    /// between chunks, so their answers keep streaming.
     /// Smaller chunks mean steadier streams and a slower first token for the new request. Default 256.
     /// </summary>
     public int PrefillChunkTokens { get; set; } = ContinuousBatchingScheduler.DefaultPrefillChunkTokens;

@@ -117,6 +117,37 @@ public sealed class ContinuousBatchingSchedulerTests
     }
 
     [Fact]
+    public async Task ShortPromptsThatArriveTogetherJoinInTheSameStep()
+    {
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"));
+        var config = new GenerationConfig { MaxNewTokens = 12, EosTokenId = null };
+        int[][] later = [Prompts[2], Prompts[3], Prompts[4]];
+        var expected = later.Select(p => Alone(model, p, config)).ToArray();
+
+        await using var scheduler = new ContinuousBatchingScheduler(model);
+        var joinedAt = new int[later.Length];
+        var tasks = new Task<GeneratedSequence>[later.Length];
+        var first = scheduler.GenerateAsync(Prompts[0], new GenerationConfig { MaxNewTokens = 20, EosTokenId = null }, onStep: tracker =>
+        {
+            if (tracker.Steps != 2) return;
+            for (int i = 0; i < later.Length; i++)
+            {
+                int index = i;
+                tasks[i] = scheduler.GenerateAsync(later[i], config, onStep: t =>
+                {
+                    if (t.Steps == 1) joinedAt[index] = tracker.Steps;
+                });
+            }
+        });
+        await first;
+
+        for (int i = 0; i < later.Length; i++) Assert.Equal(expected[i], (await tasks[i]).TokenIds);
+        // All three prompts (24 tokens) fit one step's prefill budget, so they got their first tokens in the same step.
+        Assert.All(joinedAt, step => Assert.Equal(joinedAt[0], step));
+        Assert.Equal(4, scheduler.LargestBatch);
+    }
+
+    [Fact]
     public async Task RowsPastTheContextWithDynamicRopeScalingKeepTheirOwnRotaryBase()
     {
         // Dynamic NTK scaling grows the rotary base with a sequence's own length once it passes max_position_embeddings,

@@ -175,6 +175,7 @@ internal static unsafe class MultiRowGemv
     }
 
     /// <summary>Output element <paramref name="at"/> (of weight row <paramref name="row"/>) from its sum: scale, bias, GELU, residual, rounding.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Write(Job* job, int row, long at, float sum)
     {
         bool bfloat16 = job->OutputIsBFloat16;
@@ -202,6 +203,7 @@ internal static unsafe class MultiRowGemv
     /// Σ w·x of <paramref name="weightRows"/> consecutive weight rows (1, or the variant's group) with four activation
     /// rows: <c>sums[w · 4 + i]</c>.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Dot<TWeight>(Float16GemvVariant variant, int weightRows, byte* weight, long rowBytes, float** inputs, int columns, float* sums)
         where TWeight : IGemvWeight
     {
@@ -252,6 +254,7 @@ internal static unsafe class MultiRowGemv
     }
 
     /// <summary>One weight row's four sums from its accumulators, with the columns the vector loop left.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Finish512<TWeight>(Vector512<float> s0, Vector512<float> s1, Vector512<float> s2, Vector512<float> s3, byte* weight,
         float** inputs, int c, int columns, float* sums) where TWeight : IGemvWeight
     {
@@ -305,6 +308,7 @@ internal static unsafe class MultiRowGemv
     }
 
     /// <summary>Σ w·x of one weight row with four activation rows, in one pass over the weight row.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Dot4<TWeight>(Float16GemvVariant variant, byte* weight, float** inputs, int columns, float* sums)
         where TWeight : IGemvWeight
     {
@@ -410,6 +414,7 @@ internal static unsafe class MultiRowGemv
         sums[3] = Tail<TWeight>(Vector128.Sum(a3 + b3), weight, x3, c, columns);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static float Tail<TWeight>(float sum, byte* weight, float* input, int c, int columns) where TWeight : IGemvWeight
     {
         for (; c < columns; c++) sum += TWeight.Load(weight, c) * input[c];
