@@ -24,6 +24,18 @@ public static class BenchmarkCheckpoints
         return directory;
     }
 
+    /// <summary>
+    /// What every model benchmark's setup does: loads TorchSharp's native libraries (before the first torch call, for
+    /// Debian 12's libstdc++), runs libtorch on 2 threads, and loads <paramref name="shape"/> with the options of
+    /// <paramref name="dtype"/> (or <paramref name="options"/>).
+    /// </summary>
+    public static GptNeoXForCausalLM Load(string shape, string dtype, ModelLoadOptions? options = null)
+    {
+        Native.TorchSharpNativeLoader.EnsureInstalled();
+        TorchSharp.torch.set_num_threads(2);
+        return AutoModelForCausalLM.FromPretrainedAsync(Ensure(shape), options ?? Options(dtype)).GetAwaiter().GetResult();
+    }
+
     public static ModelLoadOptions Options(string dtype) => dtype switch
     {
         "Float32" => new ModelLoadOptions { TorchDtype = TorchDtype.Float32 },

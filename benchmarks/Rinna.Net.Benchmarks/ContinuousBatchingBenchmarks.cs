@@ -38,10 +38,7 @@ public class ContinuousBatchingBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        Rinna.Net.Native.TorchSharpNativeLoader.EnsureInstalled(); // before the first torch call (Debian 12 libstdc++)
-        torch.set_num_threads(2);
-        model = AutoModelForCausalLM.FromPretrainedAsync(BenchmarkCheckpoints.Ensure(Shape), BenchmarkCheckpoints.Options(DType))
-            .GetAwaiter().GetResult();
+        model = BenchmarkCheckpoints.Load(Shape, DType);
         scheduler = new ContinuousBatchingScheduler(model, maxBatchSize: 8);
         var random = new Random(7);
         prompts = Enumerable.Range(0, 8).Select(i => Enumerable.Range(0, 12 + i).Select(_ => random.Next(4, model.Config.VocabSize)).ToArray()).ToArray();

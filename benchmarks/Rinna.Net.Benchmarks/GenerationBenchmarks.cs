@@ -28,10 +28,7 @@ public class GenerationBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        Rinna.Net.Native.TorchSharpNativeLoader.EnsureInstalled(); // before the first torch call (Debian 12 libstdc++)
-        torch.set_num_threads(2);
-        model = AutoModelForCausalLM.FromPretrainedAsync(BenchmarkCheckpoints.Ensure(Shape), BenchmarkCheckpoints.Options(DType))
-            .GetAwaiter().GetResult();
+        model = BenchmarkCheckpoints.Load(Shape, DType);
         var random = new Random(7);
         Tensor Ids(int n) => tensor(Enumerable.Range(0, n).Select(_ => (long)random.Next(4, model.Config.VocabSize)).ToArray()).unsqueeze(0);
         prompt128 = Ids(128);

@@ -36,10 +36,7 @@ public class PrefixCacheBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        Rinna.Net.Native.TorchSharpNativeLoader.EnsureInstalled(); // before the first torch call (Debian 12 libstdc++)
-        torch.set_num_threads(2);
-        model = AutoModelForCausalLM.FromPretrainedAsync(BenchmarkCheckpoints.Ensure(Shape), BenchmarkCheckpoints.Options(DType))
-            .GetAwaiter().GetResult();
+        model = BenchmarkCheckpoints.Load(Shape, DType);
         warm = new ContinuousBatchingScheduler(model, prefixCacheBytes: 1L << 30);
         cold = new ContinuousBatchingScheduler(model);
         // The conversation's prompts, each the previous prompt, its greedy answer and a new question (answers computed once).

@@ -36,11 +36,8 @@ public class SpeculativeDecodingBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        Rinna.Net.Native.TorchSharpNativeLoader.EnsureInstalled(); // before the first torch call (Debian 12 libstdc++)
-        torch.set_num_threads(2);
         // The demo model as it ships; rinna-4b's shape as the model card loads it (int8 layers, float16 head).
-        var options = Shape == ModelShapes.Demo ? new ModelLoadOptions() : BenchmarkCheckpoints.Options("Int8");
-        model = AutoModelForCausalLM.FromPretrainedAsync(BenchmarkCheckpoints.Ensure(Shape), options).GetAwaiter().GetResult();
+        model = BenchmarkCheckpoints.Load(Shape, "Int8", Shape == ModelShapes.Demo ? new ModelLoadOptions() : null);
         prompts = SpeculationPrompts.Get(Text, AutoTokenizer.FromDirectory(ModelShapes.DemoDirectory()));
     }
 
