@@ -1,6 +1,5 @@
 using Rinna.Net.Kernels;
 using Rinna.Net.Kernels.Cpu;
-using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -34,9 +33,9 @@ internal sealed class DenseLinear : LinearLayer
     /// </summary>
     internal static Tensor LinearRows(Tensor x, Tensor weight, Tensor? bias)
     {
-        if (weight.dtype == ScalarType.Float32 && x.dtype == ScalarType.Float32 && x.dim() >= 2 && x.size(-1) == weight.size(1)
-            && x.numel() > x.size(-1) && x.numel() <= MultiRowGemv.MaxRows * x.size(-1) && weight.device_type == DeviceType.CPU
-            && MultiRowGemv.TryMultiply(x.is_contiguous() ? x : x.contiguous(), weight, bias, out var rows))
+        // Float32 weights only (the kernel's float16 path needs the finiteness check Float16Linear makes), and never for
+        // one row, so a decode step pays nothing for asking; the kernel decides the rest (CPU, float32 rows, at most MaxRows).
+        if (weight.dtype == ScalarType.Float32 && x.numel() > x.size(-1) && x.is_contiguous() && MultiRowGemv.TryMultiply(x, weight, bias, out var rows))
             return rows;
         if (x.dim() == 2) return F.linear(x, weight, bias);
         return F.linear(x.reshape(-1, x.size(-1)), weight, bias).view(TensorShapes.WithLastDimension(x, weight.size(0)));

@@ -58,7 +58,7 @@ internal sealed class Float16Linear : LinearLayer
     /// <summary><c>x · Wᵀ + b</c> for <c>x [..., in_features]</c>, returned in <c>x</c>'s dtype.</summary>
     public override Tensor forward(Tensor x)
     {
-        if (TryForwardRow(x, gelu: false, residual: null, out var single)) return single;
+        if (TryForwardFewRows(x, gelu: false, residual: null, out var single)) return single;
         using var scope = NewDisposeScope();
         var rows = x.reshape(-1, weight.size(1));
         var product = weight.device_type != DeviceType.CPU ? F.linear(rows.to(ScalarType.Float16), weight)
@@ -74,7 +74,7 @@ internal sealed class Float16Linear : LinearLayer
     /// exact GELU in one pass of the managed GEMVs, anything else as the separate operations.
     /// </summary>
     internal override Tensor Forward(Tensor x, Activation activation, Tensor? residual = null) =>
-        activation is Activation.Identity or Activation.Gelu && TryForwardRow(x, activation == Activation.Gelu, residual, out var fused)
+        activation is Activation.Identity or Activation.Gelu && TryForwardFewRows(x, activation == Activation.Gelu, residual, out var fused)
             ? fused
             : base.Forward(x, activation, residual);
 
@@ -83,7 +83,7 @@ internal sealed class Float16Linear : LinearLayer
     /// <see cref="MultiRowGemv.MaxRows"/> rows (<see cref="MultiRowGemv"/>, a continuous-batching step) in one pass over
     /// the weight; false, doing nothing, where those paths do not apply.
     /// </summary>
-    private bool TryForwardRow(Tensor x, bool gelu, Tensor? residual, out Tensor output)
+    private bool TryForwardFewRows(Tensor x, bool gelu, Tensor? residual, out Tensor output)
     {
         output = null!;
         long columns = weight.size(1);
