@@ -35,6 +35,9 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     /// <summary>The default bound on rows decoded together.</summary>
     public const int DefaultMaxBatchSize = 8;
 
+    /// <summary>A kept cache lent to a longer request grows to that request's length plus a quarter: a few more turns fit before it is copied again.</summary>
+    private const int KeptCacheHeadroomDivisor = 4;
+
     /// <summary>The default bound on prompt tokens prefilled between two decode steps.</summary>
     public const int DefaultPrefillChunkTokens = 256;
 
@@ -433,7 +436,9 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
                 if (prefixes?.Take(prompt) is { } hit)
                 {
                     (Stepper, reused) = hit;
-                    Stepper.EnsureMaxLength(maxLength);
+                    // A kept cache that must grow grows past this request, so a conversation's next turns fit in it: growing
+                    // to each turn's exact length copied the whole history every turn.
+                    Stepper.EnsureMaxLength(Math.Max(maxLength, Math.Min(model.Config.MaxPositionEmbeddings, maxLength + maxLength / KeptCacheHeadroomDivisor)));
                 }
                 else Stepper = new ModelStepper(model, ones_like(ids), reserve, maxLength);
                 prefilled = reused;

@@ -42,6 +42,29 @@ public sealed class PrefixCacheTests
     }
 
     [Fact]
+    public async Task AKeptCacheGrowsAheadOfTheConversationSoItsNextTurnsAreNotCopiedEachTime()
+    {
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"));
+        var config = new GenerationConfig { MaxNewTokens = 12, MinNewTokens = 12, EosTokenId = null };
+        await using var scheduler = new ContinuousBatchingScheduler(model, prefixCacheBytes: 64L << 20);
+        var conversation = Enumerable.Range(10, 100).ToList();
+        var sizes = new List<long>();
+        for (int turn = 0; turn < 6; turn++)
+        {
+            var prompt = conversation.ToArray();
+            var answer = await scheduler.GenerateAsync(prompt, config);
+            Assert.Equal(model.Generate(prompt, config)[prompt.Length..], answer.TokenIds);
+            sizes.Add(scheduler.PrefixCacheSize);
+            conversation.AddRange([.. answer.TokenIds, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+        }
+        // Each turn adds 21 tokens to a history of 100-200: sized to each request alone, the kept cache grew (and copied
+        // the history) on every turn; grown ahead, turns fit in what an earlier one left.
+        int grew = sizes.Zip(sizes.Skip(1)).Count(pair => pair.Second > pair.First);
+        Assert.InRange(grew, 1, 2);
+        Assert.True(scheduler.ReusedPromptTokens > 500, $"{scheduler.ReusedPromptTokens} prompt tokens came from kept caches");
+    }
+
+    [Fact]
     public async Task TwoConversationsEachReuseTheirOwnHistoryAndTheBoundEvictsTheOldest()
     {
         using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"));
