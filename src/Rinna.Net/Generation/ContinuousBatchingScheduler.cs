@@ -17,9 +17,9 @@ namespace Rinna.Net.Generation;
 /// Each request keeps its own KV cache, generation settings, logits processors, random generator, token budget,
 /// end-of-sequence ids and stop strings, so its tokens do not depend on what else is in the batch: attention runs row by
 /// row against the row's own cache with the mask and positions <see cref="CausalLMGeneration.Generate(GptNeoXForCausalLM, Tensor, GenerationConfig?, Tensor?, PreTrainedTokenizer?, Action{GenerationTracker}?, CancellationToken, GptNeoXForCausalLM?)"/>
-/// would use, and a prompt is prefilled on its own, as <c>Generate</c> does; between two decode steps at most
-/// <see cref="PrefillChunkTokens"/> prompt tokens are prefilled (several short prompts, or one chunk of a long one), so
-/// running rows wait for at most that much prefill per token. What can differ from a request run alone is the rounding of the
+/// would use. Between two decode steps at most <see cref="PrefillChunkTokens"/> prompt tokens are prefilled (several short
+/// prompts, or one chunk of a long one), in one pass whose linear layers run over all of them and whose attention runs
+/// prompt by prompt, so running rows wait for at most that much prefill per token. What can differ from a request run alone is the rounding of the
 /// linear layers' products over several rows (libtorch's multi-row product does not sum in the order of its one-row
 /// product: a few ulps in float32), so a greedy token can change only where two candidates tie that closely; with int8
 /// weights the outlier columns also depend on the other rows (see docs/usage.md).
@@ -102,7 +102,7 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     /// <summary>The most prompt tokens prefilled between two decode steps.</summary>
     public int PrefillChunkTokens { get; }
 
-    /// <summary>The most prompt tokens one prefill call has fed so far (tests read it to see that prompts were chunked).</summary>
+    /// <summary>The most prompt tokens one prefill pass has fed so far (tests read it to see that prompts were chunked).</summary>
     internal int LargestPrefillChunk { get; private set; }
 
     /// <summary>Rows in the running batch after the last step (for diagnostics).</summary>
@@ -313,35 +313,105 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
             request.Tracker.Cancel();
             request.Complete(null);
         }
+        // The prompts (or chunks) prefilled in this step, fed through the model together.
+        var feeding = new List<(Request Request, int Tokens)>();
         for (int budget = PrefillChunkTokens; budget > 0;)
         {
             lock (gate)
             {
-                if (admitting is null && active.Count < MaxBatchSize && waiting.First is { } first)
+                if (admitting is null && active.Count + feeding.Count < MaxBatchSize && waiting.First is { } first)
                 {
                     admitting = first.Value;
                     waiting.RemoveFirst();
                 }
             }
-            if (admitting is not { } next) return;
+            if (admitting is not { } next) break;
             try
             {
-                var (reused, fed, done) = next.Prefill(Model, prefixes, budget);
-                ReusedPromptTokens += reused;
-                PrefilledPromptTokens += fed;
-                LargestPrefillChunk = Math.Max(LargestPrefillChunk, fed);
-                budget -= fed;
-                if (!done) return;
-                admitting = null;
-                if (next.Tracker.IsDone) next.Complete(prefixes);
-                else active.Add(next);
+                ReusedPromptTokens += next.Start(Model, prefixes);
             }
             catch (Exception e)
             {
                 admitting = null;
                 next.Fail(e);
+                continue;
+            }
+            int tokens = Math.Min(budget, next.PromptTokensLeft);
+            feeding.Add((next, tokens));
+            budget -= tokens;
+            // A prompt longer than what is left of the budget goes on in the next step.
+            if (tokens < next.PromptTokensLeft) break;
+            admitting = null;
+        }
+        if (feeding.Count > 0) Prefill(active, feeding);
+    }
+
+    /// <summary>
+    /// Feeds this step's prompt chunks through the model in one pass (one product per linear layer over all their tokens)
+    /// and lets each request whose prompt is now in pick its first token and join <paramref name="active"/>.
+    /// </summary>
+    private void Prefill(List<Request> active, List<(Request Request, int Tokens)> feeding)
+    {
+        Tensor logits;
+        using (var scope = NewDisposeScope())
+        {
+            try
+            {
+                logits = feeding.Count == 1
+                    ? feeding[0].Request.Forward(feeding[0].Tokens)
+                    : ModelStepper.ForwardPacked(feeding.Select(f => f.Request.Stepper!).ToArray(), feeding.Select(f => f.Request.Chunk(f.Tokens)).ToArray());
+                logits = logits.MoveToOuterDisposeScope();
+            }
+            catch (Exception e) when (feeding.Count > 1)
+            {
+                // As in Step: the caches advance only at the end of a pass, so each request can be prefilled alone.
+                logger.LogWarning(e, "A prefill of {Rows} prompts together failed; prefilling each alone", feeding.Count);
+                foreach (var (request, tokens) in feeding)
+                    Guard(request, () =>
+                    {
+                        using var alone = request.Forward(tokens);
+                        Fed(request, tokens, alone);
+                    });
                 return;
             }
+            catch (Exception e)
+            {
+                Fail(feeding[0].Request, e);
+                return;
+            }
+        }
+        using (logits)
+            for (int i = 0; i < feeding.Count; i++)
+            {
+                var (request, tokens) = feeding[i];
+                Guard(request, () => Fed(request, tokens, logits.narrow(0, i, 1)));
+            }
+        LargestPrefillChunk = Math.Max(LargestPrefillChunk, feeding.Sum(f => f.Tokens));
+
+        void Fed(Request request, int tokens, Tensor rowLogits)
+        {
+            PrefilledPromptTokens += tokens;
+            if (!request.Fed(tokens, rowLogits)) return;
+            if (request.Tracker.IsDone) request.Complete(prefixes);
+            else active.Add(request);
+        }
+
+        void Guard(Request request, Action work)
+        {
+            try
+            {
+                work();
+            }
+            catch (Exception e)
+            {
+                Fail(request, e);
+            }
+        }
+
+        void Fail(Request request, Exception e)
+        {
+            if (admitting == request) admitting = null;
+            request.Fail(e);
         }
     }
 
@@ -418,37 +488,51 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
         /// <summary>Prompt tokens in this row's cache so far.</summary>
         private int prefilled;
 
+        /// <summary>Prompt tokens not yet in this row's cache.</summary>
+        public int PromptTokensLeft => prompt.Length - prefilled;
+
         /// <summary>
-        /// Feeds the next at most <paramref name="chunk"/> prompt tokens through the model and, once the whole prompt is in,
-        /// picks the first token, as <c>Generate</c>'s first step does. The first call starts on a kept cache that
-        /// already holds a prefix of the prompt when <paramref name="prefixes"/> has one (only the rest is prefilled),
-        /// else on a new cache. Returns the prompt tokens taken from a kept cache, those fed, and whether the prompt is in.
+        /// Gives the row its cache on first call: a kept cache that already holds a prefix of the prompt when
+        /// <paramref name="prefixes"/> has one (only the rest is prefilled), else a new one. Returns the prompt tokens
+        /// taken from a kept cache (0 after the first call).
         /// </summary>
-        public (int Reused, int Fed, bool Done) Prefill(GptNeoXForCausalLM model, PrefixCache? prefixes, int chunk)
+        public int Start(GptNeoXForCausalLM model, PrefixCache? prefixes)
         {
+            if (Stepper is not null) return 0;
             using var scope = NewDisposeScope();
+            var ids = tensor(prompt, ScalarType.Int64, model.Device).unsqueeze(0);
+            sequences = ids.DetachFromDisposeScope();
+            int maxLength = prompt.Length + Tracker.MaxNewTokens;
             int reused = 0;
-            if (Stepper is null)
+            if (prefixes?.Take(prompt) is { } hit)
             {
-                var ids = tensor(prompt, ScalarType.Int64, model.Device).unsqueeze(0);
-                sequences = ids.DetachFromDisposeScope();
-                int maxLength = prompt.Length + Tracker.MaxNewTokens;
-                if (prefixes?.Take(prompt) is { } hit)
-                {
-                    (Stepper, reused) = hit;
-                    // A kept cache that must grow grows past this request, so a conversation's next turns fit in it: growing
-                    // to each turn's exact length copied the whole history every turn.
-                    Stepper.EnsureMaxLength(Math.Max(maxLength, Math.Min(model.Config.MaxPositionEmbeddings, maxLength + maxLength / KeptCacheHeadroomDivisor)));
-                }
-                else Stepper = new ModelStepper(model, ones_like(ids), reserve, maxLength);
-                prefilled = reused;
+                (Stepper, reused) = hit;
+                // A kept cache that must grow grows past this request, so a conversation's next turns fit in it: growing
+                // to each turn's exact length copied the whole history every turn.
+                Stepper.EnsureMaxLength(Math.Max(maxLength, Math.Min(model.Config.MaxPositionEmbeddings, maxLength + maxLength / KeptCacheHeadroomDivisor)));
             }
-            int fed = Math.Min(chunk, prompt.Length - prefilled);
-            var logits = Stepper.Forward(sequences!.narrow(1, prefilled, fed));
-            prefilled += fed;
-            bool done = prefilled == prompt.Length;
-            if (done) Advance(logits);
-            return (reused, fed, done);
+            else Stepper = new ModelStepper(model, ones_like(ids), reserve, maxLength);
+            prefilled = reused;
+            return reused;
+        }
+
+        /// <summary>The next <paramref name="tokens"/> prompt tokens, <c>[1, tokens]</c>.</summary>
+        public Tensor Chunk(int tokens) => sequences!.narrow(1, prefilled, tokens);
+
+        /// <summary>Feeds the next <paramref name="tokens"/> prompt tokens through the model alone; returns the last one's logits <c>[1, vocab]</c>.</summary>
+        public Tensor Forward(int tokens) => Stepper!.Forward(Chunk(tokens));
+
+        /// <summary>
+        /// Records that the next <paramref name="tokens"/> prompt tokens were fed and, once the whole prompt is in, picks the
+        /// first token from <paramref name="logits"/> (the last prompt token's), as <c>Generate</c>'s first step does.
+        /// Returns whether the prompt is in.
+        /// </summary>
+        public bool Fed(int tokens, Tensor logits)
+        {
+            prefilled += tokens;
+            if (prefilled < prompt.Length) return false;
+            Advance(logits);
+            return true;
         }
 
         /// <summary>This row's step without the others (after a batched step failed).</summary>

@@ -81,6 +81,22 @@ internal sealed class ModelStepper : IDisposable
             .MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Feeds each of several single-sequence steppers of one model its own tokens in one pass (continuous batching's
+    /// prefill of several prompts): the linear layers run once over all rows' tokens, and each row's attention is what
+    /// <see cref="Forward"/> would compute for it alone. Returns the float32 logits of each row's last token, <c>[rows, vocab]</c>.
+    /// </summary>
+    /// <param name="rows">The steppers, each holding one sequence without padding, all over the same model.</param>
+    /// <param name="tokens">Each stepper's new tokens, <c>[1, n]</c>.</param>
+    public static Tensor ForwardPacked(IReadOnlyList<ModelStepper> rows, IReadOnlyList<Tensor> tokens)
+    {
+        if (rows.Count == 0) throw new ArgumentException("No rows to feed.", nameof(rows));
+        var model = rows[0].model;
+        if (rows.Any(r => r.model != model || r.mask.size(0) != 1 || r.padded))
+            throw new ArgumentException("Rows fed together must each hold one unpadded sequence of the same model.", nameof(rows));
+        return model.ForwardPacked(tokens, rows.Select(r => r.cache).ToArray());
+    }
+
     /// <summary>The mask over the cached tokens and <paramref name="fed"/> new ones, and the new tokens' positions (for padded prompts).</summary>
     private (Tensor Mask, Tensor Positions) MaskAndPositions(long fed)
     {

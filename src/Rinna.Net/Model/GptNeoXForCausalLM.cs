@@ -163,6 +163,24 @@ public sealed class GptNeoXForCausalLM : nn.Module
         return embed_out.call(hidden.to(HeadDevice)).to(ScalarType.Float32).select(1, 0).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// Several rows' next tokens in one pass, each row with its own cache and any number of tokens (continuous batching's
+    /// prefill of several prompts, or chunks of them): the linear layers run once over all the rows' tokens side by side,
+    /// and each row's attention is what <see cref="Forward"/> computes for that row alone. Every cache gets its row's
+    /// tokens appended.
+    /// </summary>
+    /// <param name="inputIds">Each row's new tokens, <c>[1, n]</c> (int64), in row order.</param>
+    /// <param name="caches">Each row's cache (one sequence each, without padding), in row order.</param>
+    /// <returns>Float32 logits of each row's last token, <c>[rows, vocab]</c>.</returns>
+    /// <exception cref="ArgumentException">Shapes that do not fit the model or each other.</exception>
+    internal Tensor ForwardPacked(IReadOnlyList<Tensor> inputIds, IReadOnlyList<KeyValueCache> caches)
+    {
+        using var grad = training ? null : torch.no_grad();
+        using var scope = NewDisposeScope();
+        var last = gpt_neox.ForwardPacked(inputIds, caches);
+        return embed_out.call(last.to(HeadDevice)).to(ScalarType.Float32).select(0, 0).MoveToOuterDisposeScope();
+    }
+
     /// <summary>Builds the additive attention bias HF uses for a 2-D padding mask: 0 where attended, the dtype's minimum where masked.</summary>
     internal static Tensor PaddingBias(Tensor attentionMask) =>
         (1.0f - attentionMask.to(ScalarType.Float32)).mul_(float.MinValue).unsqueeze(1).unsqueeze(1);
@@ -286,7 +304,63 @@ internal sealed class GptNeoXModel : nn.Module
         foreach (var cache in caches) cache.Advance(1, 1);
         return hidden;
     }
+
+    /// <summary>
+    /// Rows of any number of new tokens, each with its own cache, side by side in one sequence <c>[1, Σn]</c> (see
+    /// <see cref="GptNeoXForCausalLM.ForwardPacked"/>); returns the final hidden state of each row's last token, <c>[1, rows, hidden]</c>.
+    /// </summary>
+    public Tensor ForwardPacked(IReadOnlyList<Tensor> inputIds, IReadOnlyList<KeyValueCache> caches)
+    {
+        int rows = caches.Count;
+        if (rows == 0 || inputIds.Count != rows)
+            throw new ArgumentException($"every row needs its tokens and a cache; got {inputIds.Count} token rows and {rows} caches.", nameof(inputIds));
+        var device = embed_in.Weight.device;
+        var packedRows = new PackedRow[rows];
+        var positions = new Tensor[rows];
+        int offset = 0;
+        for (int row = 0; row < rows; row++)
+        {
+            var (ids, cache) = (inputIds[row], caches[row]);
+            if (ids.dim() != 2 || ids.size(0) != 1 || ids.size(1) == 0)
+                throw new ArgumentException($"row {row}: tokens must be [1, n] with n > 0; got [{string.Join(", ", ids.shape)}].", nameof(inputIds));
+            if (cache.Length > 0 && cache.BatchSize != 1)
+                throw new ArgumentException($"row {row}: a cache of {cache.BatchSize} sequences; each row needs its own.", nameof(caches));
+            int tokens = (int)ids.size(1);
+            positions[row] = arange(cache.Length, cache.Length + tokens, ScalarType.Int64, device);
+            packedRows[row] = new PackedRow(offset, tokens, null!, null!, cache);
+            offset = checked(offset + tokens);
+        }
+        var packed = cat(inputIds.Select(ids => ids.to(device)).ToArray(), 1);
+        var (min, max) = (packed.min().item<long>(), packed.max().item<long>());
+        if (min < 0 || max >= config.VocabSize)
+            throw new ArgumentException($"token id {(min < 0 ? min : max)} is outside the vocabulary [0, {config.VocabSize}).", nameof(inputIds));
+
+        // As in ForwardRows: one table lookup serves every row, except with dynamic NTK scaling, whose base follows each row's length.
+        bool dynamic = config.RopeScaling is { Type: "dynamic" };
+        var (sharedCos, sharedSin) = dynamic ? (null, null)
+            : rotary.Tables(cat(positions, 0).unsqueeze(0), caches.Max(c => c.Length) + packedRows.Max(r => r.Tokens));
+        for (int row = 0; row < rows; row++)
+        {
+            var (cos, sin) = dynamic ? rotary.Tables(positions[row].unsqueeze(0), caches[row].Length + packedRows[row].Tokens)
+                : (sharedCos!.narrow(2, packedRows[row].Offset, packedRows[row].Tokens), sharedSin!.narrow(2, packedRows[row].Offset, packedRows[row].Tokens));
+            packedRows[row] = packedRows[row] with { Cos = cos, Sin = sin };
+        }
+
+        var hidden = embed_in.call(packed);
+        for (int i = 0; i < layers.Count; i++)
+        {
+            using var layerScope = NewDisposeScope();
+            hidden = layers[i].ForwardPacked(hidden, packedRows, i).MoveToOuterDisposeScope();
+        }
+        var lastTokens = tensor(packedRows.Select(r => (long)(r.Offset + r.Tokens - 1)).ToArray(), ScalarType.Int64, hidden.device);
+        hidden = final_layer_norm.call(hidden.index_select(1, lastTokens).to(final_layer_norm.Weight.device));
+        foreach (var row in packedRows) row.Cache.Advance(row.Tokens, 1);
+        return hidden;
+    }
 }
+
+/// <summary>One row of a packed pass: where its tokens sit in the pass, its rotary rows and its cache.</summary>
+internal readonly record struct PackedRow(int Offset, int Tokens, Tensor Cos, Tensor Sin, KeyValueCache Cache);
 
 /// <summary>One row of a step over rows with their own caches: its rotary rows, padding bias and cache.</summary>
 internal readonly record struct AttentionRow(Tensor Cos, Tensor Sin, Tensor? PaddingBias, KeyValueCache Cache);
@@ -328,6 +402,10 @@ internal sealed class GptNeoXLayer : nn.Module
     /// <summary>The block for rows with their own caches: the same math, attention row by row.</summary>
     public Tensor ForwardRows(Tensor hidden, AttentionBatch rows, int index) =>
         Forward(hidden, (x, residual) => attention.ForwardRows(x, rows, index, residual));
+
+    /// <summary>The block for rows packed side by side: the same math, attention row by row over each row's own tokens.</summary>
+    public Tensor ForwardPacked(Tensor hidden, IReadOnlyList<PackedRow> rows, int index) =>
+        Forward(hidden, (x, residual) => attention.ForwardPacked(x, rows, index, residual));
 
     /// <param name="hidden">The block's input.</param>
     /// <param name="attend">Attention over its argument, plus the residual when given.</param>
@@ -390,6 +468,19 @@ internal sealed class GptNeoXAttention : nn.Module
         var contexts = rows.Select((row, i) => Attend(projected.narrow(0, i, 1), row.Cos.to(device), row.Sin.to(device),
             row.PaddingBias?.to(device), row.Cache, layerIndex, row.Cache.Length)).ToArray();
         return dense.Forward(cat(contexts, 0), Activation.Identity, residual);
+    }
+
+    /// <summary>
+    /// Attention for rows packed side by side in <paramref name="hidden"/> <c>[1, Σn, hidden]</c>: the projections run once
+    /// over all rows' tokens, and each row attends over its own cache and tokens as a call for it alone would.
+    /// </summary>
+    public Tensor ForwardPacked(Tensor hidden, IReadOnlyList<PackedRow> rows, int layerIndex, Tensor? residual)
+    {
+        var projected = query_key_value.call(hidden);
+        var device = projected.device;
+        var contexts = rows.Select(row => Attend(projected.narrow(1, row.Offset, row.Tokens), row.Cos.to(device), row.Sin.to(device),
+            null, row.Cache, layerIndex, row.Cache.Length)).ToArray();
+        return dense.Forward(cat(contexts, 1), Activation.Identity, residual);
     }
 
     /// <summary>Rotary embedding, cache write and attention from the fused projection <c>[batch, seq, 3·hidden]</c> to the context <c>[batch, seq, hidden]</c>.</summary>

@@ -142,8 +142,9 @@ public sealed class ContinuousBatchingSchedulerTests
         await first;
 
         for (int i = 0; i < later.Length; i++) Assert.Equal(expected[i], (await tasks[i]).TokenIds);
-        // All three prompts (24 tokens) fit one step's prefill budget, so they got their first tokens in the same step.
+        // All three prompts fit one step's prefill budget, so they went through one pass and got their first tokens in the same step.
         Assert.All(joinedAt, step => Assert.Equal(joinedAt[0], step));
+        Assert.Equal(later.Sum(p => p.Length), scheduler.LargestPrefillChunk);
         Assert.Equal(4, scheduler.LargestBatch);
     }
 
@@ -213,6 +214,74 @@ public sealed class ContinuousBatchingSchedulerTests
         finally
         {
             foreach (var s in steppers.Concat(aloneSteppers)) s.Dispose();
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task PackedPrefillLogitsAndCachesEqualEachRowsOwnPrefillWithinFloat32Rounding(bool dynamicRope)
+    {
+        // Prompts admitted in the same step go through one pass: their tokens side by side through the linear layers,
+        // attention prompt by prompt. Rows here start from different cache lengths (a new prompt, a chunk after an earlier
+        // chunk, one token after a kept prefix), and with dynamic NTK scaling past the context each keeps its own base.
+        var directory = Directory.CreateTempSubdirectory("rinna-packed-").FullName;
+        try
+        {
+            foreach (var file in Directory.GetFiles(Fixtures.Model("tiny-neox-rinna")))
+                File.Copy(file, Path.Combine(directory, Path.GetFileName(file)));
+            if (dynamicRope)
+            {
+                var configPath = Path.Combine(directory, "config.json");
+                var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
+                json["max_position_embeddings"] = 8;
+                json["rope_scaling"] = new System.Text.Json.Nodes.JsonObject { ["type"] = "dynamic", ["factor"] = 2.0 };
+                File.WriteAllText(configPath, json.ToJsonString());
+            }
+            using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory);
+            using var scope = NewDisposeScope();
+            // (tokens already cached, tokens fed together) per row
+            (int[] Before, int[] Fed)[] rows =
+            [
+                ([], Prompts[2]),
+                (Prompts[0], Prompts[4]),
+                (Prompts[2], [7]),
+                ([], Prompts[1]),
+            ];
+            Tensor Ids(int[] ids) => tensor(ids.Select(t => (long)t).ToArray()).unsqueeze(0);
+            ModelStepper Stepper((int[] Before, int[] Fed) row)
+            {
+                var stepper = new ModelStepper(model, ones(1, row.Before.Length + row.Fed.Length, ScalarType.Int64), 4);
+                if (row.Before.Length > 0) stepper.Forward(Ids(row.Before));
+                return stepper;
+            }
+            var packed = rows.Select(Stepper).ToArray();
+            var alone = rows.Select(Stepper).ToArray();
+            try
+            {
+                var logits = ModelStepper.ForwardPacked(packed, rows.Select(r => Ids(r.Fed)).ToArray());
+                Assert.Equal([rows.Length, model.Config.VocabSize], logits.shape);
+                var next = new long[rows.Length];
+                for (int i = 0; i < rows.Length; i++)
+                {
+                    var expected = alone[i].Forward(Ids(rows[i].Fed));
+                    TensorAssert.Close(expected, logits.narrow(0, i, 1), 1e-5, 1e-5, $"row {i}");
+                    next[i] = expected.argmax(-1).item<long>();
+                    Assert.Equal(alone[i].CachedLength, packed[i].CachedLength);
+                }
+                // What the pass wrote to each cache is what the row's own prefill wrote: the next step agrees too.
+                var step = ModelStepper.ForwardRows(packed, tensor(next).unsqueeze(1));
+                for (int i = 0; i < rows.Length; i++)
+                    TensorAssert.Close(alone[i].Forward(tensor(new[] { next[i] }).unsqueeze(1)), step.narrow(0, i, 1), 1e-5, 1e-5, $"next step, row {i}");
+            }
+            finally
+            {
+                foreach (var s in packed.Concat(alone)) s.Dispose();
+            }
+        }
+        finally
+        {
+            Directory.Delete(directory, recursive: true);
         }
     }
 
