@@ -51,6 +51,28 @@ public class Float16LinearTests
     }
 
     [Fact]
+    public void APromptMultipliesTheWeightRoundedToBFloat16AsADirectConversionWould()
+    {
+        using var scope = NewDisposeScope();
+        // The GEMM path converts through float32; that must round every finite float16 to the bfloat16 a direct
+        // conversion gives (float16 widens to float32 exactly), so check all of them.
+        var values = Enumerable.Range(0, 1 << 16).Select(bits => (float)BitConverter.Int16BitsToHalf((short)bits)).Where(float.IsFinite).ToArray();
+        Assert.Equal(63488, values.Length);
+        var finite = tensor(values).to(ScalarType.Float16);
+        Assert.Equal(values, finite.to(ScalarType.Float32).data<float>().ToArray());
+        Assert.Equal(Bits(finite.to(ScalarType.BFloat16)), Bits(finite.to(ScalarType.Float32).to(ScalarType.BFloat16)));
+
+        var gen = new Generator(17);
+        var (layer, weight, bias) = Create(300, 129, gen);
+        var x = randn(MultiRowGemv.MaxRows + 5, 129, generator: gen).to(ScalarType.BFloat16);
+        var expected = nn.functional.linear(x, weight.to(ScalarType.BFloat16)).add_(bias);
+        Assert.Equal(Bits(expected), Bits(layer.call(x)));
+
+        // bfloat16 widens to float32 exactly, so equal float32 bit patterns mean equal bfloat16 ones.
+        static int[] Bits(Tensor t) => t.to(ScalarType.Float32).data<float>().ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
+    }
+
+    [Fact]
     public void KeepsLeadingDimensionsAndTheInputDType()
     {
         using var scope = NewDisposeScope();
