@@ -11,8 +11,9 @@ namespace Rinna.Net.Benchmarks;
 
 /// <summary>
 /// Aggregate greedy tokens/s of 8 concurrent requests against 1, both through the continuous batching scheduler, in
-/// the same run: each request has its own 12–19-token prompt (prefilled alone, one admission per step) and generates
-/// <see cref="NewTokens"/> tokens. The "× 1 stream" column is the aggregate throughput over the one-stream case's.
+/// the same run: each request has its own 12–19-token prompt (the eight arrive together, so they are prefilled in one
+/// pass) and generates <see cref="NewTokens"/> tokens. <c>benchmarks/batch-peer.sh</c> runs it between two runs of
+/// llama.cpp's batched decoding on the same weights. The "× 1 stream" column is the aggregate throughput over the one-stream case's.
 /// Each case also prints the p50 and p99 of the time between a request's consecutive tokens (its own stream's
 /// per-token latency) to its log, as <c>// per-token latency</c>.
 /// </summary>
@@ -24,6 +25,7 @@ public class ContinuousBatchingBenchmarks
     private ContinuousBatchingScheduler scheduler = null!;
     private int[][] prompts = null!;
     private readonly List<long> intervals = [];
+    private int streams;
 
     [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = ModelShapes.Demo;
@@ -52,7 +54,7 @@ public class ContinuousBatchingBenchmarks
         {
             var sorted = intervals.Order().ToArray();
             double Percentile(double p) => sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))] * 1e3 / System.Diagnostics.Stopwatch.Frequency;
-            Console.WriteLine($"// per-token latency {Shape} {DType}: p50 {Percentile(0.5):F1} ms, p99 {Percentile(0.99):F1} ms over {sorted.Length} intervals");
+            Console.WriteLine($"// per-token latency {Shape} {DType}, {streams} stream(s): p50 {Percentile(0.5):F1} ms, p99 {Percentile(0.99):F1} ms over {sorted.Length} intervals");
         }
         scheduler.Dispose();
         model.Dispose();
@@ -66,6 +68,7 @@ public class ContinuousBatchingBenchmarks
 
     private int Run(int streams)
     {
+        this.streams = streams;
         var config = new GenerationConfig { MaxNewTokens = NewTokens, MinNewTokens = NewTokens, EosTokenId = [3], PadTokenId = 0 };
         var requests = Enumerable.Range(0, streams).Select(i =>
         {
