@@ -46,6 +46,26 @@ public sealed class ContinuousBatchingSchedulerTests
         return tasks;
     }
 
+    /// <summary>
+    /// A temporary copy of the tiny rinna fixture; with <paramref name="dynamicRopeFrom"/>, its context is that many
+    /// positions and dynamic NTK scaling (factor 2) grows the rotary base past it. The caller deletes it.
+    /// </summary>
+    private static string RinnaFixtureCopy(int? dynamicRopeFrom)
+    {
+        var directory = Directory.CreateTempSubdirectory("rinna-batch-").FullName;
+        foreach (var file in Directory.GetFiles(Fixtures.Model("tiny-neox-rinna")))
+            File.Copy(file, Path.Combine(directory, Path.GetFileName(file)));
+        if (dynamicRopeFrom is { } positions)
+        {
+            var configPath = Path.Combine(directory, "config.json");
+            var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
+            json["max_position_embeddings"] = positions;
+            json["rope_scaling"] = new System.Text.Json.Nodes.JsonObject { ["type"] = "dynamic", ["factor"] = 2.0 };
+            File.WriteAllText(configPath, json.ToJsonString());
+        }
+        return directory;
+    }
+
     private static async Task<GeneratedSequence[]> WhenAll(Task<GeneratedSequence>[] tasks)
     {
         var results = new GeneratedSequence[tasks.Length];
@@ -153,16 +173,9 @@ public sealed class ContinuousBatchingSchedulerTests
     {
         // Dynamic NTK scaling grows the rotary base with a sequence's own length once it passes max_position_embeddings,
         // so rows of different lengths need different tables in the same step.
-        var directory = Directory.CreateTempSubdirectory("rinna-batch-ntk-").FullName;
+        var directory = RinnaFixtureCopy(dynamicRopeFrom: 16);
         try
         {
-            foreach (var file in Directory.GetFiles(Fixtures.Model("tiny-neox-rinna")))
-                File.Copy(file, Path.Combine(directory, Path.GetFileName(file)));
-            var configPath = Path.Combine(directory, "config.json");
-            var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
-            json["max_position_embeddings"] = 16;
-            json["rope_scaling"] = new System.Text.Json.Nodes.JsonObject { ["type"] = "dynamic", ["factor"] = 2.0 };
-            File.WriteAllText(configPath, json.ToJsonString());
             using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory);
             var configs = new[] { 30, 12, 20 }.Select(n => new GenerationConfig { MaxNewTokens = n, EosTokenId = null }).ToArray();
             int[][] prompts = [Prompts[2], Prompts[0], Prompts[3]];
@@ -225,19 +238,9 @@ public sealed class ContinuousBatchingSchedulerTests
         // Prompts admitted in the same step go through one pass: their tokens side by side through the linear layers,
         // attention prompt by prompt. Rows here start from different cache lengths (a new prompt, a chunk after an earlier
         // chunk, one token after a kept prefix), and with dynamic NTK scaling past the context each keeps its own base.
-        var directory = Directory.CreateTempSubdirectory("rinna-packed-").FullName;
+        var directory = RinnaFixtureCopy(dynamicRopeFrom: dynamicRope ? 8 : null);
         try
         {
-            foreach (var file in Directory.GetFiles(Fixtures.Model("tiny-neox-rinna")))
-                File.Copy(file, Path.Combine(directory, Path.GetFileName(file)));
-            if (dynamicRope)
-            {
-                var configPath = Path.Combine(directory, "config.json");
-                var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(configPath))!.AsObject();
-                json["max_position_embeddings"] = 8;
-                json["rope_scaling"] = new System.Text.Json.Nodes.JsonObject { ["type"] = "dynamic", ["factor"] = 2.0 };
-                File.WriteAllText(configPath, json.ToJsonString());
-            }
             using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory);
             using var scope = NewDisposeScope();
             // (tokens already cached, tokens fed together) per row
