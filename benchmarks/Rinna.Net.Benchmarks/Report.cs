@@ -15,7 +15,9 @@ public static class Report
         var md = new StringBuilder();
         md.AppendLine($"# Rinna.Net benchmark results ({(isShort ? "short" : "full")} run, {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
         md.AppendLine();
-        md.AppendLine($"Machine: {Environment.ProcessorCount} cores, {Environment.OSVersion}; load average before `{loadBefore.Trim()}`, after `{loadAfter.Trim()}`.");
+        md.AppendLine($"Machine: {KernelChoices.Cpu()}, {Environment.OSVersion}; load average before `{loadBefore.Trim()}`, after `{loadAfter.Trim()}`.");
+        md.AppendLine();
+        md.AppendLine("Kernels: " + string.Join("; ", KernelChoices.Describe()) + ".");
         md.AppendLine();
 
         double? bandwidth = reports.FirstOrDefault(r => r.BenchmarkCase.Descriptor.WorkloadMethod.Name == "ReadOneGiB")?.ResultStatistics is { } bw

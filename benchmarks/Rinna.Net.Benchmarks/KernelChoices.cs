@@ -1,0 +1,40 @@
+using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Native;
+
+namespace Rinna.Net.Benchmarks;
+
+/// <summary>The CPU a run measured and which kernel each phase takes on it, for the report: figures differ by ISA.</summary>
+public static class KernelChoices
+{
+    /// <summary>The CPU's model name and the instruction sets the kernels choose by.</summary>
+    public static string Cpu()
+    {
+        string model = "unknown CPU", flags = "";
+        if (File.Exists("/proc/cpuinfo"))
+            foreach (var line in File.ReadLines("/proc/cpuinfo"))
+            {
+                if (line.StartsWith("model name", StringComparison.Ordinal)) model = line[(line.IndexOf(':') + 1)..].Trim();
+                else if (line.StartsWith("flags", StringComparison.Ordinal) || line.StartsWith("Features", StringComparison.Ordinal))
+                {
+                    var present = line[(line.IndexOf(':') + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries).ToHashSet();
+                    flags = string.Join(" ", new[] { "avx2", "f16c", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "asimd" }
+                        .Where(present.Contains));
+                    break;
+                }
+            }
+        return $"{model} ({Environment.ProcessorCount} CPUs; {flags})";
+    }
+
+    /// <summary>One line per phase: the managed kernel and variant it runs, or the libtorch path it falls back to.</summary>
+    public static IEnumerable<string> Describe()
+    {
+        string team = LibTorchOpenMp.IsAvailable ? "" : " (no OpenMP interop: libtorch's kernels run instead)";
+        yield return "float16 decode, one row: " + (Float16Gemv.IsSupported ? $"Float16Gemv {Float16Gemv.DefaultVariant}" : "libtorch's float16 GEMV") + team;
+        yield return "2-32 rows (batched steps, short prompts): " + (MultiRowGemv.DefaultVariant is { } rows
+            ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? "yes" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
+            : "libtorch");
+        yield return "int8 decode: " + (Int8Gemv.IsPreferredForDecode ? $"Int8Gemv {Int8Gemv.DefaultVariant}" : "oneDNN's _int_mm");
+        yield return $"4-bit decode: Bnb4BitGemv {Bnb4BitGemv.DefaultVariant}";
+        yield return "decode attention: DecodeAttention" + (LibTorchOpenMp.IsAvailable ? " on libtorch's OpenMP team" : ", one thread");
+    }
+}
