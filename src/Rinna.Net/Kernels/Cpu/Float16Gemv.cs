@@ -181,41 +181,39 @@ internal static unsafe class Float16Gemv
     private static void RunRows(void* state)
     {
         var job = (Job*)state;
+        const int Block = 64;
+        float* values = stackalloc float[Block];
+        bool bfloat16 = job->OutputIsBFloat16;
         while (job->Claims.TryClaim(out int first, out int end))
         {
-            bool bfloat16 = job->OutputIsBFloat16;
-            for (int row = first; row < end; row++)
+            // A block of rows at a time, so that their GELUs run four to a vector.
+            for (int start = first; start < end; start += Block)
             {
-                float value = Dot(job->Variant, job->Weight + (long)row * job->Columns, job->Input, job->Columns) * Up;
-                if (job->Bias != null)
-                    value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
-                if (job->Gelu) value = Gelu(ToOutput(value, bfloat16));
-                if (job->Residual != null)
-                    value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[row]) : ((float*)job->Residual)[row]);
-                if (bfloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
-                else ((float*)job->Output)[row] = value;
+                int count = Math.Min(Block, end - start);
+                for (int i = 0; i < count; i++)
+                {
+                    int row = start + i;
+                    float value = Dot(job->Variant, job->Weight + (long)row * job->Columns, job->Input, job->Columns) * Up;
+                    if (job->Bias != null)
+                        value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
+                    values[i] = job->Gelu ? ToOutput(value, bfloat16) : value;
+                }
+                if (job->Gelu) ExactGelu.Apply(new Span<float>(values, count));
+                for (int i = 0; i < count; i++)
+                {
+                    int row = start + i;
+                    float value = values[i];
+                    if (job->Residual != null)
+                        value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[row]) : ((float*)job->Residual)[row]);
+                    if (bfloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
+                    else ((float*)job->Output)[row] = value;
+                }
             }
         }
     }
 
     /// <summary>The value as the output dtype holds it: what a libtorch operation returning bfloat16 would pass to the next.</summary>
     internal static float ToOutput(float value, bool bfloat16) => bfloat16 ? BFloat16Bits.Widen(BFloat16Bits.Round(value)) : value;
-
-    /// <summary>
-    /// The exact GELU as libtorch computes it in float32, <c>x · ½ · (1 + erf(x · √½))</c>, operation by operation, so that
-    /// it rounds (and, for very negative x, cancels to zero) where libtorch's does. erf is <c>1 − erfc</c> with
-    /// Numerical Recipes' Chebyshev fit of erfc in float64 (relative error below 1.2·10⁻⁷), so <c>1 + erf</c> is within
-    /// about two float32 units of libtorch's own approximation.
-    /// </summary>
-    internal static float Gelu(float x)
-    {
-        float scaled = x * 0.70710677f;
-        double z = Math.Abs(scaled), t = 1 / (1 + 0.5 * z);
-        double erfc = t * Math.Exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
-            + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
-        float erf = (float)(scaled >= 0 ? 1 - erfc : erfc - 1);
-        return x * 0.5f * (1 + erf);
-    }
 
     /// <summary>Σ w·x over one weight row, in the scaled domain (a result of <c>w · x · 2⁻⁵⁶</c>).</summary>
     private static float Dot(Float16GemvVariant variant, ushort* weight, float* input, int columns) => variant switch

@@ -167,21 +167,31 @@ internal static unsafe class MultiRowGemv
                     else Dot<Float32Weight>(job->Variant, weightRows, weight, rowBytes, inputs, columns, sums);
                     for (int w = 0; w < weightRows; w++)
                         for (int i = 0; i < count; i++)
-                            Write(job, row + w, (long)(pass + i) * rows + row + w, sums[w * RowsPerPass + i]);
+                            sums[w * RowsPerPass + i] = Prepare(job, row + w, sums[w * RowsPerPass + i]);
+                    if (job->Gelu) ExactGelu.Apply(new Span<float>(sums, weightRows * RowsPerPass));
+                    for (int w = 0; w < weightRows; w++)
+                        for (int i = 0; i < count; i++)
+                            Store(job, (long)(pass + i) * rows + row + w, sums[w * RowsPerPass + i]);
                 }
                 row += weightRows;
             }
         }
     }
 
-    /// <summary>Output element <paramref name="at"/> (of weight row <paramref name="row"/>) from its sum: scale, bias, GELU, residual, rounding.</summary>
+    /// <summary>An output of weight row <paramref name="row"/> from its sum, up to the GELU: scaled, biased, and rounded to the output dtype when a GELU follows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Write(Job* job, int row, long at, float sum)
+    private static float Prepare(Job* job, int row, float sum)
     {
-        bool bfloat16 = job->OutputIsBFloat16;
         float value = sum * job->OutputScale;
         if (job->Bias != null) value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
-        if (job->Gelu) value = Float16Gemv.Gelu(Float16Gemv.ToOutput(value, bfloat16));
+        return job->Gelu ? Float16Gemv.ToOutput(value, job->OutputIsBFloat16) : value;
+    }
+
+    /// <summary>Output element <paramref name="at"/> from its value after the GELU: residual and rounding.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(Job* job, long at, float value)
+    {
+        bool bfloat16 = job->OutputIsBFloat16;
         if (job->Residual != null)
             value = Float16Gemv.ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[at]) : ((float*)job->Residual)[at]);
         if (bfloat16) ((ushort*)job->Output)[at] = BFloat16Bits.Round(value);
