@@ -62,10 +62,7 @@ internal static unsafe class Int8Gemv
         _ => !(AvxVnni.IsSupported || Avx10v1.IsSupported) || MeasuredFasterThanIntMmWithVnni,
     });
 
-    /// <summary>
-    /// Set from the measurement on a VNNI CPU (benchmarks/RESULTS.md, 2026-12-02 evening): whole-model int8 decode there
-    /// was 11–26 % faster through this kernel than through <c>_int_mm</c> on rinna-4b and pythia-160m.
-    /// </summary>
+    /// <summary>Whether this kernel also beat <c>_int_mm</c> inside the model on a VNNI CPU (it did: benchmarks/RESULTS.md).</summary>
     private const bool MeasuredFasterThanIntMmWithVnni = true;
 
     /// <summary>Whether the CPU runs <paramref name="variant"/> in hardware.</summary>
