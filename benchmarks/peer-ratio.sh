@@ -11,7 +11,8 @@
 #   FINE=8 bash benchmarks/peer-ratio.sh               # decode: each pair 8 times, alternating every ~30 s (see below)
 #
 # PAIRS lists ours:theirs, a benchmark dtype (BenchmarkCheckpoints.Options) against a GGUF type of the same checkpoint
-# (default: Float16:f16 Int8:q8_0; Int8All:q8_0 quantizes the head as Q8_0 does).
+# (default: Float16:f16 Int8:q8_0; Int8All:q8_0 quantizes the head as Q8_0 does; Nf4:q4_0 is the 4-bit pair, its GGUF
+# written by peers/gguf_q4_0.py, Q4_0 head included, as `llama-quantize --pure`).
 # SHAPE is one of the benchmark shapes (default rinna-4b, the full 36-layer model: its checkpoint takes 7.6 GB of /tmp and
 # each GGUF as much again; one decode round of two pairs takes about 6 minutes).
 # FINE=N (decode only) loads our model once (Rinna.Net.Benchmarks --serve-decode, the same DecodeToken code as the
@@ -74,7 +75,9 @@ for pair in $PAIRS; do
   gguf="$WORK/$SHAPE-${pair#*:}.gguf"
   if [ ! -f "$gguf" ]; then
     echo "# converting $CHECKPOINT to $gguf"
-    $PY "$PEERS/hf_to_gguf_neox.py" "$CHECKPOINT" --outtype "${pair#*:}" --outfile "$gguf.tmp" >/dev/null
+    converter="$PEERS/hf_to_gguf_neox.py"
+    [ "${pair#*:}" = q4_0 ] && converter="$ROOT/benchmarks/peers/gguf_q4_0.py" # the shared converter has no Q4_0
+    $PY "$converter" "$CHECKPOINT" --outtype "${pair#*:}" --outfile "$gguf.tmp" >/dev/null
     mv "$gguf.tmp" "$gguf"
   fi
 done
