@@ -5,6 +5,7 @@
 //   dotnet run -c Release --project samples/TrainDemoModel -- chat-tune [--chat-steps 400]   (continues the saved model on a dialogue-heavy mix)
 //   dotnet run -c Release --project samples/TrainDemoModel -- report [--out DIR] [--compare DIR]   (samples, perplexity, TRAINING.md, loss.png)
 //   dotnet run -c Release --project samples/TrainDemoModel -- perplexity [--out DIR]   (held-out perplexity of the model in DIR)
+//   dotnet run -c Release --project samples/TrainDemoModel -- quantization [--out DIR]   (the same under each dtype and quantization)
 // The run's records (training.log, loss.csv, training-summary.json) go to --records, by default artifacts/train-demo-model.
 using System.Diagnostics;
 using System.Globalization;
@@ -65,8 +66,11 @@ try
             foreach (var score in await Perplexity.MeasureAsync(settings.OutputDirectory, Corpus.Load(settings.CorpusDirectory).Split().HeldOut))
                 Console.WriteLine($"{score.Part}: {score.Tokens} tokens, {score.Characters} characters, token perplexity {score.TokenPerplexity:F2}, character perplexity {score.CharacterPerplexity:F3}");
             break;
+        case "quantization":
+            await Perplexity.CompareLoadOptionsAsync(settings.OutputDirectory, Corpus.Load(settings.CorpusDirectory).Split().HeldOut, Console.Out);
+            break;
         default:
-            Console.Error.WriteLine("usage: TrainDemoModel train|chat-tune|report|perplexity [--steps N] [--seed N] [--threads N] [--max-minutes M] [--out DIR] " +
+            Console.Error.WriteLine("usage: TrainDemoModel train|chat-tune|report|perplexity|quantization [--steps N] [--seed N] [--threads N] [--max-minutes M] [--out DIR] " +
                 "[--chat-steps N] [--supplement-repeats N] [--records DIR] [--corpus DIR] [--normalizer-from spiece.model] [--compare DIR]");
             return 2;
     }
