@@ -96,6 +96,15 @@ public sealed class GptNeoXForCausalLM : nn.Module
     /// </summary>
     public Device Device => gpt_neox.EmbedIn.Weight.device;
 
+    /// <summary>
+    /// The bytes the model's weights take as loaded, after dtype and quantization: every parameter and buffer (4-bit
+    /// codes and scales, int8 weights and scales included), a tensor shared by two modules (tied embeddings) counted once.
+    /// transformers' <c>get_memory_footprint()</c>; a KV cache is not part of it.
+    /// </summary>
+    public long GetMemoryFootprint() => parameters().Concat(buffers())
+        .DistinctBy(t => t.Handle)
+        .Sum(t => t.numel() * t.ElementSize);
+
     private Device HeadDevice => embed_out is TiedLinear ? Device : DeviceOf(embed_out);
 
     private static Device DeviceOf(nn.Module module) =>

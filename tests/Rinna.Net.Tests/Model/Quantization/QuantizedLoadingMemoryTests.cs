@@ -46,7 +46,7 @@ public sealed class QuantizedLoadingMemoryTests : IDisposable
         });
         long peak = ProcessMemory.PeakResidentBytes - before;
 
-        long modelBytes = model.parameters().Concat(model.buffers()).Sum(t => t.NumberOfElements * t.ElementSize);
+        long modelBytes = model.GetMemoryFootprint();
         Assert.InRange(modelBytes, (long)(modelShareMin * checkpointBytes), (long)(modelShareMax * checkpointBytes));
         Assert.True(peak <= peakOverModel * modelBytes,
             $"peak {peak / 1e6:F0} MB while loading a {modelBytes / 1e6:F0} MB {bits}-bit model from a {checkpointBytes / 1e6:F0} MB checkpoint");
