@@ -10,17 +10,12 @@
 # LLamaSharp 0.30 from NuGet. A measuring tool, not a dependency of the library. Run it on an otherwise idle machine.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PEERS="$ROOT/../shared/peers"
+source "$(dirname "${BASH_SOURCE[0]}")/peer-common.sh"
 PAIRS="${PAIRS:-Float16:f16 Int8:q8_0}"
 SHAPE="${SHAPE:-rinna-4b-L4}"
-WORK="${PEER_WORK:-${TMPDIR:-/tmp}/rinna-net-peer}"
-CHECKPOINT="${TMPDIR:-/tmp}/rinna-net-bench/$SHAPE"
-PY=/usr/bin/python3
 
-[ -d "$PEERS" ] || { echo "batch-peer: $PEERS is missing (the shared peer benchmark must sit next to the repository)" >&2; exit 1; }
-mkdir -p "$WORK"
-echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+peer_require batch-peer
+echo "# $(peer_cpu)"
 echo "# building the benchmarks and llamabatch"
 dotnet build -c Release "$ROOT/benchmarks/Rinna.Net.Benchmarks" >/dev/null
 dotnet build -c Release "$ROOT/benchmarks/peers/llamabatch/llamabatch.csproj" -o "$WORK/llamabatch" >/dev/null
@@ -31,16 +26,7 @@ theirs() { # theirs GGUF_TYPE
 
 for pair in $PAIRS; do
   ours="${pair%%:*}" type="${pair#*:}"
-  if [ ! -f "$CHECKPOINT/.complete" ]; then
-    echo "# writing the random $SHAPE checkpoint"
-    (cd "$ROOT" && RINNA_BENCH_SHAPES="$SHAPE" RINNA_BENCH_DTYPES="$ours" dotnet run -c Release --no-build \
-      --project benchmarks/Rinna.Net.Benchmarks -- --list flat >/dev/null)
-  fi
-  if [ ! -f "$WORK/$SHAPE-$type.gguf" ]; then
-    echo "# converting $CHECKPOINT to $type"
-    $PY "$PEERS/hf_to_gguf_neox.py" "$CHECKPOINT" --outtype "$type" --outfile "$WORK/$SHAPE-$type.gguf.tmp" >/dev/null
-    mv "$WORK/$SHAPE-$type.gguf.tmp" "$WORK/$SHAPE-$type.gguf"
-  fi
+  peer_gguf "$SHAPE" "$type" >/dev/null
   theirs "$type"
   (cd "$ROOT" && RINNA_BENCH_SHAPES="$SHAPE" RINNA_BENCH_DTYPES="$ours" dotnet run -c Release --no-build \
     --project benchmarks/Rinna.Net.Benchmarks -- --short --filter '*ContinuousBatching*' --artifacts "$WORK/bdn-batch-$ours" \

@@ -22,28 +22,22 @@
 # not a dependency of the library. Needs Debian's python3-numpy for the converter. Run it on an idle machine.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PEERS="$ROOT/../shared/peers"
+source "$(dirname "${BASH_SOURCE[0]}")/peer-common.sh"
 ROUNDS="${1:-3}"
 PHASE="${PHASE:-decode}"
 PAIRS="${PAIRS:-Float16:f16 Int8:q8_0}"
 SHAPE="${SHAPE:-rinna-4b}"
-WORK="${PEER_WORK:-${TMPDIR:-/tmp}/rinna-net-peer}"
-PY=/usr/bin/python3
 
-[ -d "$PEERS" ] || { echo "peer-ratio: $PEERS is missing (the shared peer benchmark must sit next to the repository)" >&2; exit 1; }
+peer_require peer-ratio
 case "$PHASE" in
   decode) OURS_METHOD=DecodeToken; PEER_ARGS=(--prefill 64 --decode 32); PEER_FIELD=decode_tok_s_median ;;
   prefill) OURS_METHOD=PrefillToken512; PEER_ARGS=(--prefill 512 --decode 1); PEER_FIELD=prefill_tok_s_median ;;
   *) echo "peer-ratio: PHASE must be decode or prefill, not '$PHASE'" >&2; exit 2 ;;
 esac
-mkdir -p "$WORK"
 
 echo "# building the benchmarks and the llama.cpp peer"
 dotnet build -c Release "$ROOT/benchmarks/Rinna.Net.Benchmarks" >/dev/null
-mkdir -p "$WORK/llamabench"
-cp "$PEERS/llamabench/Program.cs" "$PEERS/llamabench/llamabench.csproj" "$WORK/llamabench/"
-dotnet build -c Release "$WORK/llamabench/llamabench.csproj" -o "$WORK/llamabench/out" >/dev/null
+peer_build_llamabench
 
 ours() { # ours DTYPE -> tokens/s of OURS_METHOD on SHAPE from BenchmarkDotNet's CSV
   local artifacts="$WORK/bdn-$1"
@@ -66,21 +60,8 @@ theirs() { # theirs GGUF_TYPE -> median tokens/s of llama.cpp on the same checkp
   grep '^RESULT' "$log" | tr ' ' '\n' | sed -n "s/^$PEER_FIELD=//p"
 }
 
-# The checkpoint is the one the benchmarks generate; a run that measures nothing creates it.
-(cd "$ROOT" && RINNA_BENCH_SHAPES="$SHAPE" dotnet run -c Release --no-build --project benchmarks/Rinna.Net.Benchmarks -- \
-  --filter '*NoSuchBenchmark*' --artifacts "$WORK/bdn-none" > "$WORK/checkpoint.log" 2>&1)
-CHECKPOINT="${TMPDIR:-/tmp}/rinna-net-bench/$SHAPE"
-[ -f "$CHECKPOINT/.complete" ] || { echo "peer-ratio: no benchmark checkpoint at $CHECKPOINT (see $WORK/checkpoint.log)" >&2; exit 1; }
-for pair in $PAIRS; do
-  gguf="$WORK/$SHAPE-${pair#*:}.gguf"
-  if [ ! -f "$gguf" ]; then
-    echo "# converting $CHECKPOINT to $gguf"
-    converter="$PEERS/hf_to_gguf_neox.py"
-    [ "${pair#*:}" = q4_0 ] && converter="$ROOT/benchmarks/peers/gguf_q4_0.py" # the shared converter has no Q4_0
-    $PY "$converter" "$CHECKPOINT" --outtype "${pair#*:}" --outfile "$gguf.tmp" >/dev/null
-    mv "$gguf.tmp" "$gguf"
-  fi
-done
+CHECKPOINT="$(peer_checkpoint "$SHAPE")"
+for pair in $PAIRS; do peer_gguf "$SHAPE" "${pair#*:}" >/dev/null; done
 
 evict() { # evict FILE...: drop files from the page cache, so that llama.cpp's mmap of its GGUF does not compete with them
   $PY -c "

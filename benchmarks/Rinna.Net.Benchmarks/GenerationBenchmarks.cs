@@ -14,6 +14,9 @@ public class GenerationBenchmarks
     private Tensor prompt128 = null!, prompt512 = null!, decodePrompt = null!;
     private KeyValueCache cache = null!;
 
+    /// <summary>The loaded model (after <see cref="Setup"/>), for reports that size it.</summary>
+    internal GptNeoXForCausalLM Model => model;
+
     [ParamsSource(nameof(Shapes))]
     public string Shape { get; set; } = "pythia-160m";
 

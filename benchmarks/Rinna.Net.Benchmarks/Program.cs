@@ -10,6 +10,7 @@ using Rinna.Net.Benchmarks;
 // --short: rinna-4b measured with 4 of its 36 layers and few iterations, so the whole suite takes minutes.
 // RINNA_BENCH_SHAPES / RINNA_BENCH_DTYPES (comma-separated) narrow the shapes and dtypes, e.g. for a full-size rinna-4b run.
 // Benchmark on an idle machine: with 2 cores, any other CPU load slows libtorch's threads 4-6x. The load is recorded.
+// --machine-row SHAPE DTYPE [N]: load, prefill-512, decode and peak memory of one dtype, for benchmarks/machine-table.sh.
 // --serve-decode SHAPE DTYPE: loads one model, then times one DecodeToken run per line read from stdin and prints its tokens/s,
 // so that benchmarks/peer-ratio.sh (FINE=N) can alternate it with llama.cpp every few seconds without reloading either.
 if (args is ["--serve-decode", var serveShape, var serveDType])
@@ -32,6 +33,10 @@ if (args is ["--serve-decode", var serveShape, var serveDType])
     }
     return 0;
 }
+
+// --machine-row SHAPE DTYPE [REPETITIONS]: one of our rows of benchmarks/machine-table.sh (MachineRow).
+if (args is ["--machine-row", var rowShape, var rowDType, ..])
+    return MachineRow.Run(rowShape, rowDType, args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 3);
 
 // --load-test [demo|pythia-160m] [clients] [seconds]: the endpoint under a crowd of clients (EndpointLoadTest).
 if (args is ["--load-test", ..])
