@@ -360,8 +360,7 @@ public sealed class Bnb4BitLinear : LinearLayer
                 MemoryMarshal.Cast<byte, float>(bytes).Slice((int)start, values.Length).CopyTo(values);
                 break;
             case ScalarType.Float16:
-                var halves = MemoryMarshal.Cast<byte, Half>(bytes).Slice((int)start, values.Length);
-                for (int i = 0; i < values.Length; i++) values[i] = (float)halves[i];
+                Float16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, values.Length), values);
                 break;
             case ScalarType.BFloat16:
                 BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, values.Length), values);

@@ -154,9 +154,17 @@ public static class Bnb4BitQuantization
     internal static void QuantizeBlocks(ReadOnlySpan<float> values, bool nf4, Span<byte> packed, Span<float> absmax)
     {
         int blocks = (values.Length + BlockSize - 1) / BlockSize;
+        Span<int> codes = stackalloc int[BlockSize];
         for (int b = 0; b < blocks; b++)
         {
             var block = values.Slice(b * BlockSize, Math.Min(BlockSize, values.Length - b * BlockSize));
+            if (block.Length == BlockSize && Vector256.IsHardwareAccelerated)
+            {
+                absmax[b] = CodeFullBlock(block, nf4, codes);
+                var pairs = packed.Slice(b * BlockSize / 2, BlockSize / 2);
+                for (int i = 0; i < pairs.Length; i++) pairs[i] = (byte)((codes[2 * i] << 4) | codes[2 * i + 1]);
+                continue;
+            }
             float max = 0f; // the kernel pads a partial block with zeros, so its max is never below 0
             foreach (var v in block)
             {
@@ -174,6 +182,61 @@ public static class Bnb4BitQuantization
                     : (byte)((QuantizeFp4(first) << 4) | QuantizeFp4(second));
             }
         }
+    }
+
+    // The thresholds of QuantizeNf4's and QuantizeFp4's decision trees in ascending order: a tree that goes up on x > t
+    // returns how many thresholds lie below x, which vectors count without the branches (random weights mispredict half of them).
+    private static readonly float[] Nf4Thresholds =
+    [
+        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f, -0.23460740596055984f,
+        -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f, 0.1202552504837513f, 0.2035212516784668f,
+        0.2920137718319893f, 0.3893125355243683f, 0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
+    ];
+
+    private static readonly float[] Fp4Thresholds = [0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f];
+
+    /// <summary>FP4's magnitude code by the number of thresholds below the magnitude (the tree's leaves in ascending order).</summary>
+    private static readonly Vector256<int>[] Fp4ByCount = [.. new[] { 0, 1, 6, 7, 4, 5, 2, 3 }.Select(c => Vector256.Create(c))];
+
+    /// <summary>
+    /// One full block on 256-bit vectors, the same float32 operations as the scalar path: the absmax (NaN never wins a
+    /// comparison), each value times <c>1 / absmax</c>, and its code; returns the absmax.
+    /// </summary>
+    private static float CodeFullBlock(ReadOnlySpan<float> block, bool nf4, Span<int> codes)
+    {
+        int width = Vector256<float>.Count;
+        var max = Vector256<float>.Zero;
+        for (int i = 0; i < BlockSize; i += width)
+        {
+            var a = Vector256.Abs(Vector256.Create(block.Slice(i, width)));
+            max = Vector256.ConditionalSelect(Vector256.GreaterThan(a, max), a, max);
+        }
+        float absmax = 0f;
+        for (int lane = 0; lane < width; lane++)
+            if (max[lane] > absmax) absmax = max[lane];
+        var inverse = Vector256.Create(1.0f / absmax);
+        for (int i = 0; i < BlockSize; i += width)
+        {
+            var x = Vector256.Create(block.Slice(i, width)) * inverse;
+            Vector256<int> code;
+            if (nf4)
+            {
+                code = Vector256<int>.Zero;
+                foreach (var t in Nf4Thresholds) code -= Vector256.GreaterThan(x, Vector256.Create(t)).AsInt32();
+            }
+            else
+            {
+                var a = Vector256.Abs(x);
+                var below = Vector256<int>.Zero;
+                foreach (var t in Fp4Thresholds) below -= Vector256.GreaterThan(a, Vector256.Create(t)).AsInt32();
+                code = Vector256<int>.Zero;
+                for (int k = 1; k < Fp4ByCount.Length; k++)
+                    code |= Vector256.Equals(below, Vector256.Create(k)) & Fp4ByCount[k];
+                code |= Vector256.LessThan(x, Vector256<float>.Zero).AsInt32() & Vector256.Create(0b1000);
+            }
+            code.CopyTo(codes.Slice(i, width));
+        }
+        return absmax;
     }
 
     /// <summary>

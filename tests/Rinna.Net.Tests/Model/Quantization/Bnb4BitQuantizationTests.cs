@@ -92,6 +92,51 @@ public class Bnb4BitQuantizationTests
         Assert.Equal(fused.Select(BitConverter.SingleToInt32Bits), points.data<float>().ToArray().Select(BitConverter.SingleToInt32Bits));
     }
 
+    /// <summary>
+    /// Whole blocks are coded on vectors; every value must get the code the scalar trees give <c>value · (1 / absmax)</c>,
+    /// with NaN weights, signed zeros, values landing on the thresholds and an all-NaN block among them.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void WholeBlocksCodeAsTheTreesDo(bool nf4)
+    {
+        var random = new Random(nf4 ? 11 : 12);
+        const int blocks = 400;
+        var values = new float[blocks * Bnb4BitQuantization.BlockSize];
+        for (int i = 0; i < values.Length; i++) values[i] = (float)(random.NextDouble() * 2 - 1) * (1 + i % 7);
+        var thresholds = nf4 ? Bnb4BitReference.Nf4Thresholds : [0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f];
+        // Block 1 has absmax 1 (its first value), so its values are the thresholds themselves and their neighbours.
+        for (int i = 64; i < 128; i++) values[i] = (float)(random.NextDouble() - 0.5);
+        values[64] = 1f;
+        for (int k = 0; k < thresholds.Length; k++)
+        {
+            values[65 + 3 * k] = thresholds[k];
+            values[66 + 3 * k] = MathF.BitIncrement(thresholds[k]);
+            values[67 + 3 * k] = -thresholds[k];
+        }
+        values[130] = float.NaN; values[131] = 0f; values[132] = -0f;
+        for (int i = 192; i < 256; i++) values[i] = float.NaN; // block 3: every comparison false
+
+        var packed = new byte[values.Length / 2];
+        var absmax = new float[blocks];
+        Bnb4BitQuantization.QuantizeBlocks(values, nf4, packed, absmax);
+        for (int b = 0; b < blocks; b++)
+        {
+            var block = values.AsSpan(b * 64, 64);
+            float max = 0f;
+            foreach (var v in block) if (MathF.Abs(v) > max) max = MathF.Abs(v);
+            Assert.Equal(BitConverter.SingleToInt32Bits(max), BitConverter.SingleToInt32Bits(absmax[b]));
+            float inverse = 1.0f / max;
+            for (int i = 0; i < 64; i++)
+            {
+                int expected = nf4 ? Bnb4BitQuantization.QuantizeNf4(block[i] * inverse) : Bnb4BitQuantization.QuantizeFp4(block[i] * inverse);
+                int actual = (packed[(b * 64 + i) / 2] >> (i % 2 == 0 ? 4 : 0)) & 0x0F;
+                Assert.True(expected == actual, $"block {b}, element {i} ({block[i]:R}): expected code {expected}, got {actual}");
+            }
+        }
+    }
+
     [Fact]
     public void CodeBooksAreBitsandbytesTablesAndTreesSplitAtTheirMidpoints()
     {
