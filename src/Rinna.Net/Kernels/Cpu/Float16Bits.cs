@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
 namespace Rinna.Net.Kernels.Cpu;
@@ -13,6 +14,7 @@ internal static class Float16Bits
     /// into float32's places and scaled by 2¹¹², which is exact for normal and subnormal values alike; a vector holding an
     /// infinity or NaN (which that scaling would turn into infinity) converts one value at a time instead.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Widen(ReadOnlySpan<ushort> source, Span<float> destination)
     {
         if (destination.Length < source.Length) throw new ArgumentException("The destination is shorter than the source.", nameof(destination));

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using static TorchSharp.torch;
@@ -202,6 +203,7 @@ public static class Bnb4BitQuantization
     /// One full block on 256-bit vectors, the same float32 operations as the scalar path: the absmax (NaN never wins a
     /// comparison), each value times <c>1 / absmax</c>, and its code; returns the absmax.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float CodeFullBlock(ReadOnlySpan<float> block, bool nf4, Span<int> codes)
     {
         int width = Vector256<float>.Count;

@@ -1,4 +1,9 @@
+using System.Runtime.CompilerServices;
+using System.Buffers;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using Rinna.Net.Kernels;
+using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Layers;
 using TorchSharp;
 using TorchSharp.Utils;
@@ -132,12 +137,18 @@ public sealed class Int8Linear : LinearLayer
     protected override nn.Module _to(Device device, ScalarType dtype, bool non_blocking)
         => _to(device.type, device.index, non_blocking);
 
-    /// <summary>Per-row absmax quantization, one block of rows at a time so that only a block is ever in float32.</summary>
-    private static (Tensor Quantized, Tensor Scale) QuantizeRows(Tensor weight, Device device, Func<long[], ScalarType, Device, Tensor> allocate)
+    /// <summary>
+    /// Per-row absmax quantization: <c>scale = absmax / 127</c>, <c>round(w / scale)</c> half to even. A CPU weight is
+    /// quantized row by row in managed code (<see cref="TryQuantizeRowsOnCpu"/>); otherwise, or where a row holds an
+    /// infinity or NaN, libtorch quantizes one block of rows at a time so that only a block is ever in float32.
+    /// </summary>
+    internal static (Tensor Quantized, Tensor Scale) QuantizeRows(Tensor weight, Device device, Func<long[], ScalarType, Device, Tensor> allocate,
+        bool managed = true)
     {
         var (outFeatures, inFeatures) = (weight.size(0), weight.size(1));
         var quantized = allocate([outFeatures, inFeatures], ScalarType.Int8, device).DetachFromDisposeScope();
         var scale = empty(outFeatures, dtype: ScalarType.Float32, device: device).DetachFromDisposeScope();
+        if (managed && TryQuantizeRowsOnCpu(weight, quantized, scale)) return (quantized, scale);
         var rowsPerBlock = Math.Max(1, QuantizeBlockElements / Math.Max(1, inFeatures));
         using (no_grad())
         {
@@ -155,5 +166,99 @@ public sealed class Int8Linear : LinearLayer
             }
         }
         return (quantized, scale);
+    }
+
+    /// <summary>
+    /// The libtorch path's float32 operations, fused into one pass per row on pooled buffers: libtorch's path allocated
+    /// a fresh 4 MiB float32 block per step, whose page faults and four passes made loading the model card's int8 take
+    /// three times as long as loading float16. The divisor is clamped at 1e-30 as there; returns false (the caller then
+    /// redoes every row with libtorch) where the tensors are not contiguous CPU ones of a 16- or 32-bit float type, or a
+    /// row holds an infinity or NaN, whose propagation through the division is libtorch's to define.
+    /// </summary>
+    private static bool TryQuantizeRowsOnCpu(Tensor weight, Tensor quantized, Tensor scale)
+    {
+        static bool Cpu(Tensor t) => t.device_type == DeviceType.CPU && t.is_contiguous();
+        var dtype = weight.dtype;
+        if (!Cpu(weight) || !Cpu(quantized) || !Cpu(scale) || dtype is not (ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float32)
+            || weight.numel() * weight.ElementSize > int.MaxValue || !Vector256.IsHardwareAccelerated)
+            return false;
+        int rows = (int)weight.size(0), columns = (int)weight.size(1);
+        const int RowsPerTask = 16;
+        int nonFinite = 0;
+        Parallel.For(0, (rows + RowsPerTask - 1) / RowsPerTask, (task, state) =>
+        {
+            var pooled = ArrayPool<float>.Shared.Rent(columns);
+            try
+            {
+                var values = pooled.AsSpan(0, columns);
+                var scales = MemoryMarshal.Cast<byte, float>(scale.bytes);
+                var codes = MemoryMarshal.Cast<byte, sbyte>(quantized.bytes);
+                for (int row = task * RowsPerTask; row < Math.Min(rows, (task + 1) * RowsPerTask); row++)
+                {
+                    long start = (long)row * columns;
+                    var bytes = weight.bytes;
+                    if (dtype == ScalarType.Float16) Float16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, columns), values);
+                    else if (dtype == ScalarType.BFloat16) BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, columns), values);
+                    else MemoryMarshal.Cast<byte, float>(bytes).Slice((int)start, columns).CopyTo(values);
+                    if (!QuantizeRow(values, codes.Slice((int)start, columns), out scales[row]))
+                    {
+                        Interlocked.Exchange(ref nonFinite, 1);
+                        state.Stop();
+                        return;
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(pooled);
+            }
+        });
+        return nonFinite == 0;
+    }
+
+    /// <summary>One row: its scale (absmax / 127) and <c>round(w / max(scale, 1e-30))</c>; false if the row is not all finite.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static bool QuantizeRow(ReadOnlySpan<float> values, Span<sbyte> codes, out float scale)
+    {
+        int width = Vector256<float>.Count, c = 0;
+        var max = Vector256<float>.Zero;
+        var infinity = Vector256.Create(float.PositiveInfinity);
+        var finite = Vector256<int>.AllBitsSet;
+        for (; c + width <= values.Length; c += width)
+        {
+            var a = Vector256.Abs(Vector256.Create(values.Slice(c, width)));
+            finite &= Vector256.LessThan(a, infinity).AsInt32();
+            max = Vector256.Max(max, a);
+        }
+        float absmax = 0f;
+        for (int lane = 0; lane < width; lane++) absmax = MathF.Max(absmax, max[lane]);
+        for (; c < values.Length; c++)
+        {
+            float a = MathF.Abs(values[c]);
+            if (!(a < float.PositiveInfinity)) return Fail(out scale);
+            absmax = MathF.Max(absmax, a);
+        }
+        if (finite != Vector256<int>.AllBitsSet) return Fail(out scale);
+        scale = absmax / 127.0f;
+        float divisor = MathF.Max(scale, 1e-30f);
+        var divisors = Vector256.Create(divisor);
+        c = 0;
+        for (; c + 4 * width <= values.Length; c += 4 * width)
+        {
+            var low = Vector256.Narrow(Quantize(values, c, divisors), Quantize(values, c + width, divisors));
+            var high = Vector256.Narrow(Quantize(values, c + 2 * width, divisors), Quantize(values, c + 3 * width, divisors));
+            Vector256.Narrow(low, high).CopyTo(codes.Slice(c, 4 * width));
+        }
+        for (; c < values.Length; c++) codes[c] = (sbyte)MathF.Round(values[c] / divisor, MidpointRounding.ToEven);
+        return true;
+
+        static bool Fail(out float scale)
+        {
+            scale = float.NaN;
+            return false;
+        }
+
+        static Vector256<int> Quantize(ReadOnlySpan<float> values, int at, Vector256<float> divisors)
+            => Vector256.ConvertToInt32(Vector256.Round(Vector256.Create(values.Slice(at, Vector256<float>.Count)) / divisors));
     }
 }

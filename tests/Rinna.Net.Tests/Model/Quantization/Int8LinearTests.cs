@@ -38,6 +38,41 @@ public class Int8LinearTests
         Assert.True((error - scale / 2).max().item<double>() <= 1e-7);
     }
 
+    /// <summary>
+    /// The managed row-by-row quantization gives libtorch's codes and scales bit for bit, for each weight dtype, with a
+    /// zero row, values exactly half a step apart (ties), widths with and without a vector tail, and rows holding an
+    /// infinity or NaN, which go back to libtorch's path.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float16, 200, false)]
+    [InlineData(ScalarType.BFloat16, 200, false)]
+    [InlineData(ScalarType.Float32, 200, false)]
+    [InlineData(ScalarType.Float32, 37, false)]
+    [InlineData(ScalarType.Float16, 200, true)]
+    public void ManagedQuantizationEqualsLibTorchs(ScalarType dtype, int columns, bool nonFinite)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)(columns * 10 + (int)dtype));
+        var weight = (randn(70, columns, generator: gen) * 0.05).to(dtype);
+        weight[3] = zeros(columns, dtype: dtype);
+        // Row 5: absmax 63.5 (scale 0.5) and values in steps of 0.25, so w / scale lands on halves and rounds to even.
+        weight[5] = (arange(columns, dtype: ScalarType.Float32) % 255 * 0.25 - 31.75).to(dtype);
+        weight[5, 0] = 63.5f;
+        if (nonFinite)
+        {
+            weight[7, 3] = float.PositiveInfinity;
+            weight[9, 1] = float.NaN;
+        }
+        Tensor Allocate(long[] shape, ScalarType type, Device device) => empty(shape, type, device);
+        var (managedCodes, managedScale) = Int8Linear.QuantizeRows(weight, CPU, Allocate);
+        var (torchCodes, torchScale) = Int8Linear.QuantizeRows(weight, CPU, Allocate, managed: false);
+        using (managedCodes) using (managedScale) using (torchCodes) using (torchScale)
+        {
+            Assert.Equal(torchCodes.bytes.ToArray(), managedCodes.bytes.ToArray());
+            Assert.Equal(torchScale.bytes.ToArray(), managedScale.bytes.ToArray());
+        }
+    }
+
     [Theory]
     [MemberData(nameof(OddShapes))]
     public void PureInt8MatchesExactIntegerArithmetic(int m, int k, int n)
