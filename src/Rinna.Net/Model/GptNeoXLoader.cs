@@ -70,9 +70,11 @@ internal static class GptNeoXLoader
             var device = new Device(plan[weight.DeviceMapUnit]);
             // Checkpoint readers fill CPU memory; the weight moves to its device afterwards. Only float16 models stream
             // their matrices through the managed GEMV; an int8 model, float16 head included, keeps ordinary pages.
-            var tensor = TensorAllocation.Guard(weight.Shape, target, string.Join(", ", checkpoint.Files), name, () => WeightMemory.Allocate(weight.Shape, target, CPU,
-                streamedPerToken: weight.IsLinearWeight && target == ScalarType.Float16 && !quantization.LoadIn8Bit && !quantization.LoadIn4Bit
-                    && device.type == TorchSharp.DeviceType.CPU));
+            var tensor = TensorAllocation.Guard(weight.Shape, target, string.Join(", ", checkpoint.Files), name, () => quantization.LoadIn8Bit && IsQuantized(weight, quantization)
+                ? WeightMemory.AllocateStaging(weight.Shape, target)
+                : WeightMemory.Allocate(weight.Shape, target, CPU,
+                    streamedPerToken: weight.IsLinearWeight && target == ScalarType.Float16 && !quantization.LoadIn8Bit && !quantization.LoadIn4Bit
+                        && device.type == TorchSharp.DeviceType.CPU));
             try
             {
                 checkpoint.ReadInto(name, tensor);
