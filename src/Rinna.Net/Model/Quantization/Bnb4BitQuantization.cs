@@ -56,40 +56,42 @@ public static class Bnb4BitQuantization
     /// <summary>bitsandbytes' signed 8-bit dynamic map (<c>create_dynamic_map()</c>), the code of the double-quantized scales.</summary>
     internal static float[] DynamicMap => dynamicMap.Value;
 
+    // The thresholds bitsandbytes' dQuantizeNF4 and dQuantizeFP4 decision trees hard-code (midpoints of neighbouring code
+    // values as float32 literals), ascending. A tree that goes up on x > t returns how many thresholds lie below x, so
+    // both the scalar and the vector code count them instead of branching (random weights mispredict half the branches).
+    private static readonly float[] Nf4Thresholds =
+    [
+        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f, -0.23460740596055984f,
+        -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f, 0.1202552504837513f, 0.2035212516784668f,
+        0.2920137718319893f, 0.3893125355243683f, 0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
+    ];
+
+    /// <summary>dQuantizeFP4's magnitude thresholds: the midpoints between FP4's magnitudes (divided by 12, FP4's largest).</summary>
+    private static readonly float[] Fp4Thresholds = [0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f];
+
+    /// <summary>FP4's 3-bit magnitude code by the number of thresholds below the magnitude (the tree's leaves in ascending order).</summary>
+    private static readonly int[] Fp4CodeByCount = [0b000, 0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011];
+
+    private static readonly Vector256<int>[] Fp4CodeByCountVectors = [.. Fp4CodeByCount.Select(c => Vector256.Create(c))];
+
     /// <summary>
-    /// The FP4 code of a normalized value by bitsandbytes' <c>dQuantizeFP4</c> decision tree: sign bit 3, and the
-    /// magnitude placed against the midpoints between FP4's magnitudes (divided by 12, FP4's largest).
-    /// A NaN (0/0 of an all-zero block) falls through every comparison to code 0, as on the GPU.
+    /// The FP4 code of a normalized value, as bitsandbytes' <c>dQuantizeFP4</c>: sign bit 3, and the magnitude placed
+    /// against <see cref="Fp4Thresholds"/>. A NaN (0/0 of an all-zero block) exceeds no threshold: code 0, as on the GPU.
     /// </summary>
     internal static byte QuantizeFp4(float x)
     {
-        int sign = x < 0 ? 0b1000 : 0;
         float a = MathF.Abs(x);
-        int code;
-        if (a > 0.29166667f)
-            code = a > 0.583333f ? (a > 0.8333333f ? 0b011 : 0b010) : (a > 0.4166667f ? 0b101 : 0b100);
-        else if (a > 0.0859375f)
-            code = a > 0.20833333f ? 0b111 : 0b110;
-        else
-            code = a > 0.00260417f ? 0b001 : 0b000;
-        return (byte)(code + sign);
+        int below = 0;
+        foreach (var t in Fp4Thresholds) below += a > t ? 1 : 0;
+        return (byte)(Fp4CodeByCount[below] | (x < 0 ? 0b1000 : 0));
     }
 
-    /// <summary>
-    /// The NF4 code of a normalized value by bitsandbytes' <c>dQuantizeNF4</c> tree: a binary search against the
-    /// thresholds it hard-codes (midpoints of neighbouring NF4 values, as float32 literals). NaN gives code 0.
-    /// </summary>
+    /// <summary>The NF4 code of a normalized value, as bitsandbytes' <c>dQuantizeNF4</c>: the thresholds below it. NaN gives code 0.</summary>
     internal static byte QuantizeNf4(float x)
     {
-        if (x > 0.03979014977812767f)
-        {
-            if (x > 0.3893125355243683f)
-                return x > 0.6427869200706482f ? (x > 0.8614784181118011f ? (byte)15 : (byte)14) : (x > 0.5016634166240692f ? (byte)13 : (byte)12);
-            return x > 0.2035212516784668f ? (x > 0.2920137718319893f ? (byte)11 : (byte)10) : (x > 0.1202552504837513f ? (byte)9 : (byte)8);
-        }
-        if (x > -0.33967943489551544f)
-            return x > -0.13791173323988914f ? (x > -0.045525018125772476f ? (byte)7 : (byte)6) : (x > -0.23460740596055984f ? (byte)5 : (byte)4);
-        return x > -0.6106329262256622f ? (x > -0.4599952697753906f ? (byte)3 : (byte)2) : (x > -0.8480964004993439f ? (byte)1 : (byte)0);
+        int below = 0;
+        foreach (var t in Nf4Thresholds) below += x > t ? 1 : 0;
+        return (byte)below;
     }
 
     /// <summary>
@@ -185,20 +187,6 @@ public static class Bnb4BitQuantization
         }
     }
 
-    // The thresholds of QuantizeNf4's and QuantizeFp4's decision trees in ascending order: a tree that goes up on x > t
-    // returns how many thresholds lie below x, which vectors count without the branches (random weights mispredict half of them).
-    private static readonly float[] Nf4Thresholds =
-    [
-        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f, -0.23460740596055984f,
-        -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f, 0.1202552504837513f, 0.2035212516784668f,
-        0.2920137718319893f, 0.3893125355243683f, 0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
-    ];
-
-    private static readonly float[] Fp4Thresholds = [0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f];
-
-    /// <summary>FP4's magnitude code by the number of thresholds below the magnitude (the tree's leaves in ascending order).</summary>
-    private static readonly Vector256<int>[] Fp4ByCount = [.. new[] { 0, 1, 6, 7, 4, 5, 2, 3 }.Select(c => Vector256.Create(c))];
-
     /// <summary>
     /// One full block on 256-bit vectors, the same float32 operations as the scalar path: the absmax (NaN never wins a
     /// comparison), each value times <c>1 / absmax</c>, and its code; returns the absmax.
@@ -232,8 +220,8 @@ public static class Bnb4BitQuantization
                 var below = Vector256<int>.Zero;
                 foreach (var t in Fp4Thresholds) below -= Vector256.GreaterThan(a, Vector256.Create(t)).AsInt32();
                 code = Vector256<int>.Zero;
-                for (int k = 1; k < Fp4ByCount.Length; k++)
-                    code |= Vector256.Equals(below, Vector256.Create(k)) & Fp4ByCount[k];
+                for (int k = 1; k < Fp4CodeByCountVectors.Length; k++)
+                    code |= Vector256.Equals(below, Vector256.Create(k)) & Fp4CodeByCountVectors[k];
                 code |= Vector256.LessThan(x, Vector256<float>.Zero).AsInt32() & Vector256.Create(0b1000);
             }
             code.CopyTo(codes.Slice(i, width));

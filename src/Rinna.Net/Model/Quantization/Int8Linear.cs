@@ -193,10 +193,10 @@ public sealed class Int8Linear : LinearLayer
                 var values = pooled.AsSpan(0, columns);
                 var scales = MemoryMarshal.Cast<byte, float>(scale.bytes);
                 var codes = MemoryMarshal.Cast<byte, sbyte>(quantized.bytes);
+                var bytes = weight.bytes;
                 for (int row = task * RowsPerTask; row < Math.Min(rows, (task + 1) * RowsPerTask); row++)
                 {
                     long start = (long)row * columns;
-                    var bytes = weight.bytes;
                     if (dtype == ScalarType.Float16) Float16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, columns), values);
                     else if (dtype == ScalarType.BFloat16) BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, columns), values);
                     else MemoryMarshal.Cast<byte, float>(bytes).Slice((int)start, columns).CopyTo(values);

@@ -93,19 +93,19 @@ public class Bnb4BitQuantizationTests
     }
 
     /// <summary>
-    /// Whole blocks are coded on vectors; every value must get the code the scalar trees give <c>value · (1 / absmax)</c>,
-    /// with NaN weights, signed zeros, values landing on the thresholds and an all-NaN block among them.
+    /// Whole blocks are coded on vectors; every value must get the reference's code of <c>value · (1 / absmax)</c>, with
+    /// NaN weights, signed zeros, values landing on the thresholds and an all-NaN block among them.
     /// </summary>
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
-    public void WholeBlocksCodeAsTheTreesDo(bool nf4)
+    public void WholeBlocksCodeAsTheReferenceDoes(bool nf4)
     {
         var random = new Random(nf4 ? 11 : 12);
         const int blocks = 400;
         var values = new float[blocks * Bnb4BitQuantization.BlockSize];
         for (int i = 0; i < values.Length; i++) values[i] = (float)(random.NextDouble() * 2 - 1) * (1 + i % 7);
-        var thresholds = nf4 ? Bnb4BitReference.Nf4Thresholds : [0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f];
+        var thresholds = nf4 ? Bnb4BitReference.Nf4Thresholds : Bnb4BitReference.Fp4Thresholds;
         // Block 1 has absmax 1 (its first value), so its values are the thresholds themselves and their neighbours.
         for (int i = 64; i < 128; i++) values[i] = (float)(random.NextDouble() - 0.5);
         values[64] = 1f;
@@ -130,7 +130,7 @@ public class Bnb4BitQuantizationTests
             float inverse = 1.0f / max;
             for (int i = 0; i < 64; i++)
             {
-                int expected = nf4 ? Bnb4BitQuantization.QuantizeNf4(block[i] * inverse) : Bnb4BitQuantization.QuantizeFp4(block[i] * inverse);
+                int expected = Bnb4BitReference.CodeOf(block[i] * inverse, nf4);
                 int actual = (packed[(b * 64 + i) / 2] >> (i % 2 == 0 ? 4 : 0)) & 0x0F;
                 Assert.True(expected == actual, $"block {b}, element {i} ({block[i]:R}): expected code {expected}, got {actual}");
             }
