@@ -5,6 +5,7 @@
 #   bash benchmarks/machine-table.sh                       # rinna-4b (36 layers): Float16:f16 Int8:q8_0 Nf4:q4_0
 #   SHAPE=pythia-160m ROUNDS=3 bash benchmarks/machine-table.sh
 #   PAIRS="BFloat16:bf16 Float16:f16" bash benchmarks/machine-table.sh
+#   ISA=avx2 bash benchmarks/machine-table.sh              # as on an AVX2 + FMA + F16C CPU (see peer-common.sh)
 #
 # PAIRS lists ours:theirs as in peer-ratio.sh. Each round measures our row (Rinna.Net.Benchmarks --machine-row: one
 # process, load then prefill-512 and decode, medians of 3) and then llama.cpp's (llamabench, no mmap so that load reads
@@ -18,7 +19,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/peer-common.sh"
 PAIRS="${PAIRS:-Float16:f16 Int8:q8_0 Nf4:q4_0}"
 SHAPE="${SHAPE:-rinna-4b}"
 ROUNDS="${ROUNDS:-1}"
-RAW="$WORK/machine-table-$SHAPE.txt"
+RAW="$WORK/machine-table-$SHAPE${ISA:+-$ISA}.txt"
 
 peer_require machine-table
 echo "# building the benchmarks and the llama.cpp peer" >&2
@@ -36,8 +37,10 @@ for round in $(seq 1 "$ROUNDS"); do
     ours="${pair%%:*}" type="${pair#*:}" gguf="$WORK/$SHAPE-${pair#*:}.gguf"
     echo "# round $round: $ours" >&2
     cat "$CHECKPOINT"/*.safetensors > /dev/null
-    line="$(cd "$ROOT" && dotnet run -c Release --no-build --project benchmarks/Rinna.Net.Benchmarks -- --machine-row "$SHAPE" "$ours" 3 \
-      2> "$WORK/machine-row.log" | grep '^RESULT')" || { tail -20 "$WORK/machine-row.log" >&2; exit 1; }
+    out="$(cd "$ROOT" && dotnet run -c Release --no-build --project benchmarks/Rinna.Net.Benchmarks -- --machine-row "$SHAPE" "$ours" 3 \
+      2> "$WORK/machine-row.log")" || { tail -20 "$WORK/machine-row.log" >&2; exit 1; }
+    line="$(grep '^RESULT' <<< "$out")" || { echo "$out" | tail -20 >&2; exit 1; }
+    grep -q '^kernels ' "$RAW" || grep '^KERNELS' <<< "$out" | sed 's/^KERNELS/kernels/' >> "$RAW"
     echo "ours $ours $type ${line#RESULT }" >> "$RAW"
     echo "# round $round: llama.cpp $type" >&2
     cat "$gguf" > /dev/null

@@ -10,6 +10,19 @@ PEERS="$ROOT/../shared/peers"
 WORK="${PEER_WORK:-${TMPDIR:-/tmp}/rinna-net-peer}"
 PY=/usr/bin/python3
 
+# ISA=avx2 measures both sides as on a CPU with AVX2, FMA and F16C but no AVX-512 or VNNI (the CI machine's kind): each
+# runtime is told to stop at AVX2. .NET's intrinsics then report AVX-512 and AVX-VNNI absent, so our kernels take their
+# AVX2/Vector256 paths and LLamaSharp, which asks .NET, loads its avx2 build of llama.cpp; libtorch's kernels and MKL
+# (float prompts) are capped by their own switches. oneDNN is not: capped, its int8 products (_int_mm, int8 prompts) come
+# out wrong on this CPU, so int8 prompts still use VNNI and their prefill figures overstate an AVX2 CPU. Same cores and
+# memory, so it shows the kernels, not another chip.
+case "${ISA:-native}" in
+  native) ;;
+  avx2) export DOTNET_EnableAVX512=0 DOTNET_EnableAVXVNNI=0 DOTNET_EnableAVX10v1=0 DOTNET_EnableAVX10v2=0 \
+      ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ;;
+  *) echo "ISA must be native or avx2, not '$ISA'" >&2; exit 2 ;;
+esac
+
 peer_require() { # peer_require SCRIPT_NAME: fail early when the shared peer tools are not beside the repository
   [ -d "$PEERS" ] || { echo "$1: $PEERS is missing (the shared peer benchmark must sit next to the repository)" >&2; exit 1; }
   mkdir -p "$WORK"
@@ -17,7 +30,7 @@ peer_require() { # peer_require SCRIPT_NAME: fail early when the shared peer too
 
 peer_cpu() { # one line naming the CPU and its load, for every printed figure
   echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs, flags:$(grep -m1 '^flags' /proc/cpuinfo \
-    | tr ' ' '\n' | grep -E '^(avx2|f16c|fma|avx512f|avx512_vnni|avx512_bf16|avx_vnni|asimd|asimddp)$' | tr '\n' ' ' | sed 's/ $//;s/^/ /'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    | tr ' ' '\n' | grep -E '^(avx2|f16c|fma|avx512f|avx512_vnni|avx512_bf16|avx_vnni|asimd|asimddp)$' | tr '\n' ' ' | sed 's/ $//;s/^/ /')${ISA:+, limited to $ISA in every runtime (ISA=$ISA)}, load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 peer_build_llamabench() { # builds ../shared/peers/llamabench into $WORK/llamabench/out

@@ -1,5 +1,6 @@
 using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Native;
+using System.Runtime.Intrinsics.X86;
 
 namespace Rinna.Net.Benchmarks;
 
@@ -22,7 +23,10 @@ public static class KernelChoices
                     break;
                 }
             }
-        return $"{model} ({Environment.ProcessorCount} CPUs; {flags})";
+        // DOTNET_EnableAVX512=0 and the like (benchmarks' ISA=avx2) hide instruction sets the CPU has: say what .NET uses.
+        string capped = (flags.Contains("avx512f", StringComparison.Ordinal) && !Avx512F.IsSupported ? " avx512f" : "")
+            + (flags.Contains("avx_vnni", StringComparison.Ordinal) && !AvxVnni.IsSupported ? " avx_vnni" : "");
+        return $"{model} ({Environment.ProcessorCount} CPUs; {flags}{(capped.Length > 0 ? $"; disabled for .NET:{capped}" : "")})";
     }
 
     /// <summary>One line per phase: the managed kernel and variant it runs, or the libtorch path it falls back to.</summary>

@@ -29,4 +29,6 @@ for (ours, theirs), sides in rows.items():
     print(f"| {name} | load s (warm page cache) | {o('load_s'):.1f} | {t('load_s'):.1f} | {o('load_s') / t('load_s'):.2f} | |")
     print(f"| {name} | peak RSS MB | {o('peak_rss_mb'):.0f} | {t('peak_rss_MB'):.0f} | {o('peak_rss_mb') / t('peak_rss_MB'):.2f} | |")
     print(f"| {name} | weights MB | {o('weights_mb'):.0f} | {t('size'):.0f} | {o('weights_mb') / t('size'):.2f} | |")
+kernels = next((l[8:] for l in lines if l.startswith("kernels ")), None)
+if kernels: print(f"\nOur kernels: {kernels}.")
 print(f"\n{len(next(iter(rows.values()))['ours'])} round(s); decode after a 64-token prompt, 32 tokens; raw lines in {raw}")

@@ -1,5 +1,6 @@
 using Rinna.Net.Kernels;
 using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Native;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -17,10 +18,11 @@ namespace Rinna.Net.Model.Layers;
 /// and the GELU or residual sum that follows, in one managed pass on libtorch's threads), otherwise through libtorch's
 /// float16 GEMV; up to <see cref="MultiRowGemv.MaxRows"/> rows (a continuous-batching step, a short prompt) go through
 /// <see cref="MultiRowGemv"/> the same way. libtorch has no fast float16 GEMM on CPUs without AVX512-FP16, so a longer
-/// prompt converts the weight to bfloat16 one block at a time into a reused scratch buffer and multiplies there. Memory stays at two bytes per weight;
-/// the scratch buffers are at most
-/// <see cref="ConversionBlockElements"/> float32 and bfloat16 elements per thread that ran a prompt. Off the CPU the weight is
-/// simply used in float16.
+/// prompt converts the weight one block at a time into a reused scratch buffer and multiplies there: to bfloat16 where the
+/// CPU multiplies bfloat16 in hardware (<see cref="CpuFeatures.HasBFloat16Arithmetic"/>), to float32 elsewhere, where
+/// libtorch's bfloat16 GEMM is emulated and measured 2.3× slower than float32's. Memory stays at two bytes per weight; the
+/// scratch buffers are at most <see cref="ConversionBlockElements"/> float32 and bfloat16 elements per thread that ran a
+/// prompt. Off the CPU the weight is simply used in float16.
 /// </remarks>
 internal sealed class Float16Linear : LinearLayer
 {
@@ -31,7 +33,10 @@ internal sealed class Float16Linear : LinearLayer
     /// </summary>
     internal const int GemvRowLimit = 8;
 
-    /// <summary>Float16 elements converted to bfloat16 at once on the GEMM path: scratch buffers of 32 MiB (float32) and 16 MiB (bfloat16).</summary>
+    /// <summary>Whether prompts multiply in bfloat16 (the weight rounded to it) rather than in float32 (the weight exact).</summary>
+    internal static bool PromptsInBFloat16 { get; } = CpuFeatures.HasBFloat16Arithmetic;
+
+    /// <summary>Float16 elements converted at once on the GEMM path: scratch buffers of 32 MiB (float32) and 16 MiB (bfloat16).</summary>
     internal const long ConversionBlockElements = 8L << 20;
 
     [ThreadStatic]
@@ -66,7 +71,7 @@ internal sealed class Float16Linear : LinearLayer
         var rows = x.reshape(-1, weight.size(1));
         var product = weight.device_type != DeviceType.CPU ? F.linear(rows.to(ScalarType.Float16), weight)
             : rows.size(0) <= GemvRowLimit ? RowByRowGemv(rows)
-            : BlockwiseBFloat16Gemm(rows);
+            : BlockwiseGemm(rows, PromptsInBFloat16);
         var output = product.to(x.dtype);
         if (bias is not null) output = output.add_(bias);
         return output.view(TensorShapes.WithLastDimension(x, weight.size(0))).MoveToOuterDisposeScope();
@@ -109,20 +114,27 @@ internal sealed class Float16Linear : LinearLayer
         return cat(Enumerable.Range(0, (int)half.size(0)).Select(i => F.linear(half.narrow(0, i, 1), weight)).ToArray(), 0);
     }
 
-    private Tensor BlockwiseBFloat16Gemm(Tensor rows)
+    /// <summary>
+    /// <c>rows · Wᵀ</c> through a GEMM on the weight converted block by block: in bfloat16 (returned in bfloat16), or in
+    /// float32 (returned in float32, for the caller's single rounding).
+    /// </summary>
+    internal Tensor BlockwiseGemm(Tensor rows, bool inBFloat16)
     {
-        var input = rows.to(ScalarType.BFloat16);
+        var resultType = inBFloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        var input = rows.to(resultType);
         long outFeatures = weight.size(0), inFeatures = weight.size(1);
         long blockRows = Math.Clamp(ConversionBlockElements / inFeatures, 1, outFeatures);
         var (widened, scratch) = ConversionScratch(blockRows * inFeatures);
         // Through float32: libtorch's direct float16 → bfloat16 copy is scalar and took 3.5× as long as the two
         // vectorized copies, which round the same way (float16 widens to float32 exactly).
-        Tensor Block(long first, long count) =>
-            F.linear(input, scratch.narrow(0, 0, count * inFeatures).view(count, inFeatures)
-                .copy_(widened.narrow(0, 0, count * inFeatures).view(count, inFeatures).copy_(weight.narrow(0, first, count))));
+        Tensor Block(long first, long count)
+        {
+            var block = widened.narrow(0, 0, count * inFeatures).view(count, inFeatures).copy_(weight.narrow(0, first, count));
+            return F.linear(input, inBFloat16 ? scratch.narrow(0, 0, count * inFeatures).view(count, inFeatures).copy_(block) : block);
+        }
         if (blockRows == outFeatures) return Block(0, outFeatures);
 
-        var output = empty(input.size(0), outFeatures, ScalarType.BFloat16);
+        var output = empty(input.size(0), outFeatures, resultType);
         for (long first = 0; first < outFeatures; first += blockRows)
         {
             var count = Math.Min(blockRows, outFeatures - first);

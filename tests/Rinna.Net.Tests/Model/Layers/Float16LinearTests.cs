@@ -36,8 +36,10 @@ public class Float16LinearTests
         AssertCloseToFloat64(x, weight, bias, y);
     }
 
-    [Fact]
-    public void ConvertsWeightsLargerThanOneBlockBlockByBlock()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ConvertsWeightsLargerThanOneBlockBlockByBlock(bool inBFloat16)
     {
         using var scope = NewDisposeScope();
         var gen = new Generator(11);
@@ -47,11 +49,34 @@ public class Float16LinearTests
         var (layer, weight, bias) = Create(n, k, gen);
         var x = randn(MultiRowGemv.MaxRows + 3, k, generator: gen).to(ScalarType.BFloat16);
 
-        AssertCloseToFloat64(x, weight, bias, layer.call(x));
+        AssertCloseToFloat64(x, weight, bias, layer.BlockwiseGemm(x, inBFloat16).to(ScalarType.BFloat16).add_(bias));
     }
 
     [Fact]
-    public void APromptMultipliesTheWeightRoundedToBFloat16AsADirectConversionWould()
+    public void APromptTakesThePathThisCpuMultipliesFastest()
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(19);
+        var (layer, _, bias) = Create(40, 129, gen);
+        var x = randn(MultiRowGemv.MaxRows + 2, 129, generator: gen).to(ScalarType.BFloat16);
+        Assert.Equal(Bits(layer.BlockwiseGemm(x, Float16Linear.PromptsInBFloat16).to(ScalarType.BFloat16).add_(bias)), Bits(layer.call(x)));
+    }
+
+    [Fact]
+    public void APromptInFloat32MultipliesTheExactWeightAndRoundsOnce()
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator(23);
+        var (layer, weight, bias) = Create(300, 129, gen);
+        var x = randn(MultiRowGemv.MaxRows + 5, 129, generator: gen).to(ScalarType.BFloat16);
+        var expected = nn.functional.linear(x.to(ScalarType.Float32), weight.to(ScalarType.Float32)).to(ScalarType.BFloat16).add_(bias);
+        var actual = layer.BlockwiseGemm(x, inBFloat16: false);
+        Assert.Equal(ScalarType.Float32, actual.dtype);
+        Assert.Equal(Bits(expected), Bits(actual.to(ScalarType.BFloat16).add_(bias)));
+    }
+
+    [Fact]
+    public void APromptInBFloat16MultipliesTheWeightRoundedAsADirectConversionWould()
     {
         using var scope = NewDisposeScope();
         // The GEMM path converts through float32; that must round every finite float16 to the bfloat16 a direct
@@ -66,11 +91,11 @@ public class Float16LinearTests
         var (layer, weight, bias) = Create(300, 129, gen);
         var x = randn(MultiRowGemv.MaxRows + 5, 129, generator: gen).to(ScalarType.BFloat16);
         var expected = nn.functional.linear(x, weight.to(ScalarType.BFloat16)).add_(bias);
-        Assert.Equal(Bits(expected), Bits(layer.call(x)));
-
-        // bfloat16 widens to float32 exactly, so equal float32 bit patterns mean equal bfloat16 ones.
-        static int[] Bits(Tensor t) => t.to(ScalarType.Float32).data<float>().ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
+        Assert.Equal(Bits(expected), Bits(layer.BlockwiseGemm(x, inBFloat16: true).add_(bias)));
     }
+
+    /// <summary>bfloat16 widens to float32 exactly, so equal float32 bit patterns mean equal bfloat16 ones.</summary>
+    private static int[] Bits(Tensor t) => t.to(ScalarType.Float32).data<float>().ToArray().Select(BitConverter.SingleToInt32Bits).ToArray();
 
     [Fact]
     public void KeepsLeadingDimensionsAndTheInputDType()
