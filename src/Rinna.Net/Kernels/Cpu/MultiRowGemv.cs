@@ -462,10 +462,7 @@ internal static unsafe class MultiRowGemv
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Load256(byte* row, int column)
-        {
-            var bits = Vector128.Load((short*)row + column);
-            return (Vector256.ShiftLeft(Vector256.Create(Vector128.WidenLower(bits), Vector128.WidenUpper(bits)), 13) & Vector256.Create(Mask)).AsSingle();
-        }
+            => (Vector256.ShiftLeft(Float16Gemv.SignExtend256((short*)row + column), 13) & Vector256.Create(Mask)).AsSingle();
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load512(byte* row, int column) =>
