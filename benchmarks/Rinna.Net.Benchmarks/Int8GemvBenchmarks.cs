@@ -7,9 +7,10 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Benchmarks;
 
 /// <summary>
-/// One decode row through rinna-4b's largest int8 product (<c>dense_h_to_4h</c>, 11264 × 2816, 32 MB of weights) on
-/// 2 threads: each accelerated <see cref="Int8Gemv"/> variant against ATen's <c>_int_mm</c> (oneDNN), the integer
-/// product alone (both return the same int32 sums). Variants this CPU does not accelerate are reported as NA.
+/// One decode row, or the 8 rows of a continuous-batching step, through rinna-4b's largest int8 product
+/// (<c>dense_h_to_4h</c>, 11264 × 2816, 32 MB of weights) on 2 threads: each accelerated <see cref="Int8Gemv"/> variant
+/// against ATen's <c>_int_mm</c> (oneDNN), the integer product alone (both return the same int32 sums). Variants this
+/// CPU does not accelerate are reported as NA.
 /// </summary>
 public class Int8GemvBenchmarks
 {
@@ -19,6 +20,10 @@ public class Int8GemvBenchmarks
     [Params("IntMm", "Vector128", "Avx2", "Avx512")]
     public string Kernel { get; set; } = "IntMm";
 
+    /// <summary>Activation rows: a decode step's one, or a batch of eight.</summary>
+    [Params(1, 8)]
+    public int Rows { get; set; } = 1;
+
     [GlobalSetup]
     public void Setup()
     {
@@ -26,7 +31,7 @@ public class Int8GemvBenchmarks
         torch.set_num_threads(2);
         var gen = new Generator(1);
         weight = randint(-127, 128, [11264, 2816], generator: gen).to(ScalarType.Int8);
-        input = randint(-127, 128, [1, 2816], generator: gen).to(ScalarType.Int8);
+        input = randint(-127, 128, [Rows, 2816], generator: gen).to(ScalarType.Int8);
         Console.WriteLine($"// Int8Gemv: widest variant {Int8Gemv.DefaultVariant?.ToString() ?? "none"}, used for decode {Int8Gemv.IsPreferredForDecode}");
     }
 

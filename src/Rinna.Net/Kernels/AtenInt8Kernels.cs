@@ -12,7 +12,7 @@ namespace Rinna.Net.Kernels;
 /// <remarks>
 /// Why TorchScript: <c>_int_mm</c> streams the int8 weight faster than libtorch's bfloat16 GEMV streams twice the bytes
 /// on CPUs with VNNI, and a script invoke costs only microseconds. A prompt's whole forward runs in one script function, so it pays that overhead once per layer; a decode row
-/// calls only the product, and <see cref="SingleRowInt8"/> does the steps around it faster in managed code.
+/// calls only the product, and <see cref="RowwiseInt8"/> does the steps around it faster in managed code.
 /// A TorchScript compile error aborts the process, so <see cref="Script"/> is a tested constant compiled once per
 /// process. When TorchScript cannot be used at all, or a CUDA shape breaks cuBLASLt's int8 rules, the same arithmetic
 /// runs in plain TorchSharp (<see cref="FallbackLinear"/>), which converts the int8 weight to float one block at a time.
@@ -22,7 +22,7 @@ internal static class AtenInt8Kernels
     /// <summary>The name of the script function that computes the whole layer.</summary>
     private const string LinearFunction = "int8_linear";
 
-    /// <summary>The name of the script function that is only the integer product (for <see cref="SingleRowInt8"/>).</summary>
+    /// <summary>The name of the script function that is only the integer product (for <see cref="RowwiseInt8"/>).</summary>
     private const string ProductFunction = "int8_mm";
 
     /// <summary>
@@ -76,7 +76,7 @@ internal static class AtenInt8Kernels
 
     /// <summary>
     /// Computes <c>x · dequant(weight)ᵀ + bias</c> with LLM.int8() arithmetic, on the fastest path the shape allows: for
-    /// one CPU row without outliers the steps around the product run in <see cref="SingleRowInt8"/>, otherwise all in the script.
+    /// CPU rows without outliers (one, or up to <see cref="Int8Gemv.MaxRows"/> where <see cref="Int8Gemv"/> is preferred) the steps around the product run in <see cref="RowwiseInt8"/>, otherwise all in the script.
     /// </summary>
     /// <param name="x">Activations <c>[M,K]</c> in a floating dtype; the result has the same dtype.</param>
     /// <param name="weight">Quantized weight <c>[N,K]</c>, int8, row-major.</param>
@@ -86,15 +86,20 @@ internal static class AtenInt8Kernels
     internal static Tensor Linear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
     {
         bool script = IsScriptAvailable && IntMmAccepts(weight);
-        if ((script || Int8Gemv.IsPreferredForDecode) && SingleRowInt8.TryQuantize(x, threshold, out var quantized, out var scale))
+        // One row takes the managed steps around either product; a few rows only around the managed one, since the
+        // script computes those steps for all rows in about the same time as for one. Where Int8Gemv is preferred it
+        // also takes the few rows of a batched step: on CPUs without VNNI _int_mm is compute-bound for them as for one
+        // row, and on the VNNI machine an 8-row step of rinna-4b-L4 measured the same either way (benchmarks/RESULTS.md).
+        bool managedProduct = Int8Gemv.IsPreferredForDecode && x.size(0) <= Int8Gemv.MaxRows;
+        if ((managedProduct || (script && x.size(0) == 1)) && RowwiseInt8.TryQuantize(x, threshold, out var quantized, out var scales))
         {
             using (quantized)
             {
-                Tensor? accumulator = Int8Gemv.IsPreferredForDecode && Int8Gemv.TryMultiply(quantized, weight, out var managed) ? managed
+                Tensor? accumulator = managedProduct && Int8Gemv.TryMultiply(quantized, weight, out var managed) ? managed
                     : script ? Product(quantized, weight) : null;
                 if (accumulator is not null)
                     using (accumulator)
-                        return SingleRowInt8.Rescale(accumulator, scale, weightScale, bias, x.dtype);
+                        return RowwiseInt8.Rescale(accumulator, scales, weightScale, bias, x.dtype);
             }
         }
         return script ? ScriptLinear(x, weight, weightScale, bias, threshold) : FallbackLinear(x, weight, weightScale, bias, threshold);

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -21,8 +22,10 @@ internal enum Int8GemvVariant
 }
 
 /// <summary>
-/// The int8 × int8 → int32 product of LLM.int8() for one row of quantized activations (a decode step), in managed
-/// vector code on libtorch's OpenMP threads: <c>acc[n] = Σₖ W[n,k] · x[k]</c>, exactly what ATen's <c>_int_mm</c> returns.
+/// The int8 × int8 → int32 product of LLM.int8() for one row of quantized activations (a decode step) or a few (up to
+/// <see cref="MaxRows"/>: a continuous-batching step), in managed vector code on libtorch's OpenMP threads:
+/// <c>acc[m,n] = Σₖ W[n,k] · x[m,k]</c>, exactly what ATen's <c>_int_mm</c> returns. Each weight row is read from memory
+/// once for all activation rows, four at a time while it sits in L1.
 /// </summary>
 /// <remarks>
 /// Why: without VNNI, oneDNN's int8 GEMM behind <c>_int_mm</c> is compute-bound for a single row, and int8 decode ran
@@ -36,6 +39,12 @@ internal static unsafe class Int8Gemv
     /// <summary>Weights fetched ahead of use (4 KiB, one page), as in <see cref="Float16Gemv"/>.</summary>
     private const int PrefetchAhead = 4096;
 
+
+    /// <summary>The most activation rows one call takes (<see cref="MultiRowGemv.MaxRows"/>, the float path's limit).</summary>
+    public const int MaxRows = MultiRowGemv.MaxRows;
+
+    /// <summary>Activation rows multiplied with each weight row per pass.</summary>
+    private const int RowsPerPass = 4;
 
     /// <summary>The longest row whose sums cannot overflow int32: 127² · K &lt; 2³¹.</summary>
     private const int MaxColumns = 133_000;
@@ -78,6 +87,8 @@ internal static unsafe class Int8Gemv
     {
         public sbyte* Weight;
         public sbyte* Input;
+        public short* WideInput;
+        public int InputRows;
         public int* Output;
         public int Rows;
         public int Columns;
@@ -86,8 +97,8 @@ internal static unsafe class Int8Gemv
     }
 
     /// <summary>
-    /// <c>x · Wᵀ</c> as int32 <c>[1, N]</c> for one contiguous CPU row <paramref name="x"/> <c>[1, K]</c> of int8 and the
-    /// contiguous int8 <paramref name="weight"/> <c>[N, K]</c>; false, doing nothing, for anything else.
+    /// <c>x · Wᵀ</c> as int32 <c>[M, N]</c> for contiguous CPU rows <paramref name="x"/> <c>[M, K]</c> of int8 (1 ≤ M ≤
+    /// <see cref="MaxRows"/>) and the contiguous int8 <paramref name="weight"/> <c>[N, K]</c>; false, doing nothing, for anything else.
     /// </summary>
     public static bool TryMultiply(Tensor x, Tensor weight, out Tensor result)
     {
@@ -100,28 +111,51 @@ internal static unsafe class Int8Gemv
     {
         result = null!;
         if (!IsAccelerated(variant) || !LibTorchOpenMp.IsAvailable || !Eligible(x, weight)) return false;
-        int rows = (int)weight.size(0), columns = (int)weight.size(1);
-        var output = empty(1, rows, dtype: ScalarType.Int32);
-        fixed (byte* inputBytes = x.bytes)
-        fixed (byte* weightBytes = weight.bytes)
-        fixed (byte* outputBytes = output.bytes)
+        int rows = (int)weight.size(0), columns = (int)weight.size(1), inputRows = (int)x.size(0);
+        var output = empty(inputRows, rows, dtype: ScalarType.Int32);
+        // Several rows are sign-extended to int16 once, so that each weight load meets them as memory operands.
+        var wide = inputRows == 1 ? null : ArrayPool<short>.Shared.Rent(inputRows * columns);
+        try
         {
-            int threads = get_num_threads();
-            var job = new Job
+            fixed (byte* inputBytes = x.bytes)
+            fixed (short* wideInput = wide)
+            fixed (byte* weightBytes = weight.bytes)
+            fixed (byte* outputBytes = output.bytes)
             {
-                Weight = (sbyte*)weightBytes, Input = (sbyte*)inputBytes, Output = (int*)outputBytes,
-                Rows = rows, Columns = columns, Claims = new RowClaims(rows, threads, 16), Variant = variant,
-            };
-            LibTorchOpenMp.Run(&RunRows, &job, threads);
+                if (wide is not null) SignExtend((sbyte*)inputBytes, wideInput, inputRows * columns);
+                int threads = get_num_threads();
+                var job = new Job
+                {
+                    Weight = (sbyte*)weightBytes, Input = (sbyte*)inputBytes, WideInput = wideInput, InputRows = inputRows,
+                    Output = (int*)outputBytes, Rows = rows, Columns = columns, Claims = new RowClaims(rows, threads, 16), Variant = variant,
+                };
+                LibTorchOpenMp.Run(&RunRows, &job, threads);
+            }
+        }
+        finally
+        {
+            if (wide is not null) ArrayPool<short>.Shared.Return(wide);
         }
         result = output;
         return true;
     }
 
+    private static void SignExtend(sbyte* source, short* destination, int count)
+    {
+        int i = 0;
+        for (; i + Vector256<sbyte>.Count <= count; i += Vector256<sbyte>.Count)
+        {
+            var (low, high) = Vector256.Widen(Vector256.Load(source + i));
+            low.Store(destination + i);
+            high.Store(destination + i + Vector256<short>.Count);
+        }
+        for (; i < count; i++) destination[i] = source[i];
+    }
+
     private static bool Eligible(Tensor x, Tensor weight)
     {
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
-        return OnCpuContiguous(x) && x.dtype == ScalarType.Int8 && x.dim() == 2 && x.size(0) == 1
+        return OnCpuContiguous(x) && x.dtype == ScalarType.Int8 && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= MaxRows
             && OnCpuContiguous(weight) && weight.dtype == ScalarType.Int8 && weight.dim() == 2 && weight.size(1) == x.size(1)
             && weight.size(1) <= MaxColumns && weight.numel() <= int.MaxValue;
     }
@@ -131,11 +165,120 @@ internal static unsafe class Int8Gemv
     private static void RunRows(void* state)
     {
         var job = (Job*)state;
+        int columns = job->Columns, inputRows = job->InputRows;
+        short** inputs = stackalloc short*[RowsPerPass];
+        int* sums = stackalloc int[RowsPerPass];
         while (job->Claims.TryClaim(out int first, out int end))
         {
             for (int row = first; row < end; row++)
-                job->Output[row] = Dot(job->Variant, job->Weight + (long)row * job->Columns, job->Input, job->Columns);
+            {
+                var weight = job->Weight + (long)row * columns;
+                if (inputRows == 1)
+                {
+                    job->Output[row] = Dot(job->Variant, weight, job->Input, columns);
+                    continue;
+                }
+                for (int pass = 0; pass < inputRows; pass += RowsPerPass)
+                {
+                    int count = Math.Min(RowsPerPass, inputRows - pass);
+                    // A short last pass repeats its first row; those sums are not written.
+                    for (int i = 0; i < RowsPerPass; i++) inputs[i] = job->WideInput + (long)(pass + (i < count ? i : 0)) * columns;
+                    Dot4(job->Variant, weight, inputs, columns, sums);
+                    for (int i = 0; i < count; i++) job->Output[(long)(pass + i) * job->Rows + row] = sums[i];
+                }
+            }
         }
+    }
+
+    private static void Dot4(Int8GemvVariant variant, sbyte* weight, short** inputs, int columns, int* sums)
+    {
+        if (variant == Int8GemvVariant.Avx512) Dot4x512(weight, inputs, columns, sums);
+        else if (variant == Int8GemvVariant.Avx2) Dot4x256(weight, inputs, columns, sums);
+        else Dot4x128(weight, inputs, columns, sums);
+    }
+
+    /// <summary>One weight row with four sign-extended activation rows: 32 products per row and step.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x512(sbyte* weight, short** inputs, int columns, int* sums)
+    {
+        short* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
+        int c = 0;
+        for (; c + 32 <= columns; c += 32)
+        {
+            Sse.Prefetch0(weight + c + PrefetchAhead);
+            var w = Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(weight + c));
+            a0 += Avx512BW.MultiplyAddAdjacent(w, Avx512F.LoadVector512(x0 + c));
+            a1 += Avx512BW.MultiplyAddAdjacent(w, Avx512F.LoadVector512(x1 + c));
+            a2 += Avx512BW.MultiplyAddAdjacent(w, Avx512F.LoadVector512(x2 + c));
+            a3 += Avx512BW.MultiplyAddAdjacent(w, Avx512F.LoadVector512(x3 + c));
+        }
+        sums[0] = Vector512.Sum(a0) + Tail(weight, x0, c, columns);
+        sums[1] = Vector512.Sum(a1) + Tail(weight, x1, c, columns);
+        sums[2] = Vector512.Sum(a2) + Tail(weight, x2, c, columns);
+        sums[3] = Vector512.Sum(a3) + Tail(weight, x3, c, columns);
+    }
+
+    /// <summary>The AVX2 form of <see cref="Dot4x512"/>: 16 products per row and step.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x256(sbyte* weight, short** inputs, int columns, int* sums)
+    {
+        short* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
+        int c = 0;
+        for (; c + 32 <= columns; c += 32)
+        {
+            Sse.Prefetch0(weight + c + PrefetchAhead);
+            var w = Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight + c));
+            a0 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x0 + c));
+            a1 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x1 + c));
+            a2 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x2 + c));
+            a3 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x3 + c));
+            w = Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight + c + 16));
+            a0 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x0 + c + 16));
+            a1 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x1 + c + 16));
+            a2 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x2 + c + 16));
+            a3 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x3 + c + 16));
+        }
+        sums[0] = Vector256.Sum(a0) + Tail(weight, x0, c, columns);
+        sums[1] = Vector256.Sum(a1) + Tail(weight, x1, c, columns);
+        sums[2] = Vector256.Sum(a2) + Tail(weight, x2, c, columns);
+        sums[3] = Vector256.Sum(a3) + Tail(weight, x3, c, columns);
+    }
+
+    /// <summary>The portable form of <see cref="Dot4x512"/>: int16 products (exact, |w·x| ≤ 127²) widened into int32 sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Dot4x128(sbyte* weight, short** inputs, int columns, int* sums)
+    {
+        short* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        Vector128<int> a0 = default, a1 = default, a2 = default, a3 = default;
+        int c = 0;
+        for (; c + 16 <= columns; c += 16)
+        {
+            var (low, high) = Vector128.Widen(Vector128.Load(weight + c));
+            a0 += Products(low, high, x0 + c);
+            a1 += Products(low, high, x1 + c);
+            a2 += Products(low, high, x2 + c);
+            a3 += Products(low, high, x3 + c);
+        }
+        sums[0] = Vector128.Sum(a0) + Tail(weight, x0, c, columns);
+        sums[1] = Vector128.Sum(a1) + Tail(weight, x1, c, columns);
+        sums[2] = Vector128.Sum(a2) + Tail(weight, x2, c, columns);
+        sums[3] = Vector128.Sum(a3) + Tail(weight, x3, c, columns);
+
+        static Vector128<int> Products(Vector128<short> low, Vector128<short> high, short* x)
+        {
+            var (p0, p1) = Vector128.Widen(low * Vector128.Load(x));
+            var (p2, p3) = Vector128.Widen(high * Vector128.Load(x + 8));
+            return (p0 + p1) + (p2 + p3);
+        }
+    }
+
+    private static int Tail(sbyte* weight, short* input, int from, int columns)
+    {
+        int sum = 0;
+        for (int c = from; c < columns; c++) sum += weight[c] * input[c];
+        return sum;
     }
 
     private static int Dot(Int8GemvVariant variant, sbyte* weight, sbyte* input, int columns) => variant switch

@@ -235,8 +235,8 @@ public class Int8LinearTests
     }
 
     /// <summary>
-    /// A decode step's row takes the managed steps around the product (<see cref="SingleRowInt8"/>); they must give
-    /// exactly the script's bits, for rows read at an offset inside a larger tensor too.
+    /// A decode step's rows take the managed steps around the product (<see cref="RowwiseInt8"/>); they must give
+    /// exactly the script's bits, for rows read at an offset inside a larger tensor too, and for several rows at once.
     /// </summary>
     [Theory]
     [InlineData(1, 1, ScalarType.Float32, true)]
@@ -245,7 +245,7 @@ public class Int8LinearTests
     [InlineData(1031, 17, ScalarType.Float32, false)]
     [InlineData(2816, 8448, ScalarType.BFloat16, true)]
     [InlineData(640, 2816, ScalarType.Float32, true)]
-    public void SingleRowPathGivesTheScriptsBits(int k, int n, ScalarType dtype, bool withBias)
+    public void RowwisePathGivesTheScriptsBits(int k, int n, ScalarType dtype, bool withBias)
     {
         using var scope = NewDisposeScope();
         var gen = new Generator((ulong)(k * 31 + n));
@@ -255,7 +255,7 @@ public class Int8LinearTests
             for (int r = 0; r < 3; r++)
             {
                 var row = rows.narrow(0, r, 1); // rows 1 and 2 start at an offset in the storage
-                Assert.True(SingleRowInt8.TryQuantize(row, threshold, out var quantized, out _) || threshold == 6.0,
+                Assert.True(RowwiseInt8.TryQuantize(row, threshold, out var quantized, out _) || threshold == 6.0,
                     $"row {r} threshold {threshold} was not taken");
                 quantized?.Dispose();
                 var managed = AtenInt8Kernels.Linear(row, layer.Weight, layer.WeightScale, layer.Bias, threshold);
@@ -263,23 +263,34 @@ public class Int8LinearTests
                 Assert.Equal(dtype, managed.dtype);
                 Assert.True(managed.equal(script).all().item<bool>(), $"row {r}, threshold {threshold}: max diff {Int8Reference.MaxAbs(managed.to(ScalarType.Float32) - script.to(ScalarType.Float32))}");
             }
+        // The three rows as one continuous-batching step: each row on its own scale, as the script quantizes them.
+        foreach (var threshold in new[] { 0.0, 100.0 })
+        {
+            Assert.True(RowwiseInt8.TryQuantize(rows, threshold, out var quantized, out var scales));
+            Assert.Equal(3, scales.Length);
+            quantized.Dispose();
+            var managed = AtenInt8Kernels.Linear(rows, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+            var script = AtenInt8Kernels.ScriptLinear(rows, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+            Assert.True(managed.equal(script).all().item<bool>(), $"three rows, threshold {threshold}");
+        }
     }
 
     [Fact]
-    public void SingleRowPathLeavesOutliersAndOtherInputsToTheScript()
+    public void RowwisePathLeavesOutliersAndOtherInputsToTheScript()
     {
         using var scope = NewDisposeScope();
         var row = randn(1, 64, generator: new Generator(3));
         row[0, 5] = tensor(9f);
-        Assert.False(SingleRowInt8.TryQuantize(row, 6.0, out _, out _)); // an outlier feature: the decomposition is the script's
-        Assert.True(SingleRowInt8.TryQuantize(row, 0.0, out var pure, out _)); // threshold 0: pure int8 takes the row
+        Assert.False(RowwiseInt8.TryQuantize(row, 6.0, out _, out _)); // an outlier feature: the decomposition is the script's
+        Assert.True(RowwiseInt8.TryQuantize(row, 0.0, out var pure, out _)); // threshold 0: pure int8 takes the row
         pure.Dispose();
-        Assert.False(SingleRowInt8.TryQuantize(randn(2, 64), 6.0, out _, out _)); // a prompt
-        Assert.False(SingleRowInt8.TryQuantize(randn(1, 64).to(ScalarType.Float16), 6.0, out _, out _));
-        Assert.False(SingleRowInt8.TryQuantize(randn(1, 128).slice(1, 0, 128, 2), 6.0, out _, out _)); // not contiguous
+        Assert.False(RowwiseInt8.TryQuantize(randn(Int8Gemv.MaxRows + 1, 64), 6.0, out _, out _)); // a prompt
+        Assert.False(RowwiseInt8.TryQuantize(cat([randn(2, 64), row], 0), 6.0, out _, out _)); // one row's outlier is every row's column
+        Assert.False(RowwiseInt8.TryQuantize(randn(1, 64).to(ScalarType.Float16), 6.0, out _, out _));
+        Assert.False(RowwiseInt8.TryQuantize(randn(1, 128).slice(1, 0, 128, 2), 6.0, out _, out _)); // not contiguous
         var nan = randn(1, 64);
         nan[0, 40] = tensor(float.NaN);
-        Assert.False(SingleRowInt8.TryQuantize(nan, 0.0, out _, out _));
+        Assert.False(RowwiseInt8.TryQuantize(nan, 0.0, out _, out _));
     }
 
     [Fact]

@@ -6,71 +6,82 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
-/// The per-token steps around the int8 product for one row on the CPU (a decode step): absmax quantization of the
-/// activations before it, and the rescale, bias and dtype conversion after it, each one pass in managed code.
+/// The per-token steps around the int8 product for a decode step's row, or the few rows of a continuous-batching step,
+/// on the CPU: absmax quantization of each row's activations before it, and the rescale, bias and dtype conversion after
+/// it, each one pass in managed code.
 /// </summary>
 /// <remarks>
-/// Why: for one token these steps run on a few thousand elements, where ten separate ATen calls inside the TorchScript
-/// function cost a sizeable fraction of the product itself (benchmarks/RESULTS.md has the timings). They compute exactly
-/// what <see cref="AtenInt8Kernels.Script"/> computes, in the same float32 operations and order, so the results are bitwise equal (a test holds both paths to it). A row with an
-/// outlier feature, or any input this class does not handle, goes through the script instead.
+/// Why: for a few tokens these steps run on a few thousand elements per row, where ten separate ATen calls inside the
+/// TorchScript function cost a sizeable fraction of the product itself (benchmarks/RESULTS.md has the timings). They
+/// compute exactly what <see cref="AtenInt8Kernels.Script"/> computes, in the same float32 operations and order, so the
+/// results are bitwise equal (a test holds both paths to it). Rows are independent in the script unless one holds an
+/// outlier feature, whose column is then taken out of every row; so a step with any outlier, or any input this class
+/// does not handle, goes through the script instead.
 /// </remarks>
-internal static class SingleRowInt8
+internal static class RowwiseInt8
 {
     /// <summary>
-    /// Quantizes one contiguous CPU row of bfloat16 or float32 activations (the dtypes <see cref="Rescale(Tensor, float, Tensor, Tensor?, ScalarType)"/> produces): <c>round(x / scale)</c> with
-    /// <c>scale = max(absmax, 1e-30) / 127</c>. Returns false, doing nothing, when the row is not one this path takes or
-    /// when <paramref name="threshold"/> is positive and some magnitude exceeds it (the outlier decomposition is needed).
+    /// Quantizes contiguous CPU rows <c>[M, K]</c> (1 ≤ M ≤ <see cref="Int8Gemv.MaxRows"/>) of bfloat16 or float32
+    /// activations (the dtypes <see cref="Rescale(Tensor, float[], Tensor, Tensor?, ScalarType)"/> produces), each
+    /// <c>round(x / scale)</c> with its own <c>scale = max(absmax, 1e-30) / 127</c>. Returns false, doing nothing, when
+    /// the rows are not ones this path takes or when <paramref name="threshold"/> is positive and some magnitude exceeds it
+    /// (the outlier decomposition is needed).
     /// </summary>
-    public static bool TryQuantize(Tensor x, double threshold, out Tensor quantized, out float scale)
+    public static bool TryQuantize(Tensor x, double threshold, out Tensor quantized, out float[] scales)
     {
         quantized = null!;
-        scale = 0;
-        if (x.device_type != TorchSharp.DeviceType.CPU || x.dim() != 2 || x.size(0) != 1 || !x.is_contiguous()
-            || x.dtype is not (ScalarType.BFloat16 or ScalarType.Float32))
+        scales = null!;
+        if (x.device_type != TorchSharp.DeviceType.CPU || x.dim() != 2 || x.size(0) < 1 || x.size(0) > Int8Gemv.MaxRows
+            || !x.is_contiguous() || x.dtype is not (ScalarType.BFloat16 or ScalarType.Float32))
             return false;
-        int length = checked((int)x.size(1));
-        if (x.dtype == ScalarType.Float32) return TryQuantize(MemoryMarshal.Cast<byte, float>(x.bytes), threshold, out quantized, out scale);
+        int rows = (int)x.size(0), length = checked((int)x.size(1));
+        var rowScales = new float[rows];
         // bfloat16 rows are widened once into a pooled buffer; float32 rows are read where they are.
-        var pooled = ArrayPool<float>.Shared.Rent(length);
+        var pooled = x.dtype == ScalarType.BFloat16 ? ArrayPool<float>.Shared.Rent(rows * length) : null;
         try
         {
-            var values = pooled.AsSpan(0, length);
-            BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), values);
-            return TryQuantize(values, threshold, out quantized, out scale);
+            ReadOnlySpan<float> values = pooled is null ? MemoryMarshal.Cast<byte, float>(x.bytes) : pooled.AsSpan(0, rows * length);
+            if (pooled is not null) BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), pooled.AsSpan(0, rows * length));
+            for (int r = 0; r < rows; r++)
+            {
+                float absMax = AbsMax(values.Slice(r * length, length));
+                // NaN and infinity fall through to the script, which handles them as ATen does.
+                if (!float.IsFinite(absMax) || (threshold > 0.0 && absMax > threshold)) return false;
+                rowScales[r] = MathF.Max(absMax, 1e-30f) / 127.0f;
+            }
+            var codes = empty(rows, length, dtype: ScalarType.Int8);
+            var destination = MemoryMarshal.Cast<byte, sbyte>(codes.bytes);
+            for (int r = 0; r < rows; r++)
+                Quantize(values.Slice(r * length, length), rowScales[r], destination.Slice(r * length, length));
+            quantized = codes;
+            scales = rowScales;
+            return true;
         }
         finally
         {
-            ArrayPool<float>.Shared.Return(pooled);
+            if (pooled is not null) ArrayPool<float>.Shared.Return(pooled);
         }
-    }
-
-    private static bool TryQuantize(ReadOnlySpan<float> values, double threshold, out Tensor quantized, out float scale)
-    {
-        quantized = null!;
-        scale = 0;
-        float absMax = AbsMax(values);
-        // NaN and infinity fall through to the script, which handles them as ATen does.
-        if (!float.IsFinite(absMax) || (threshold > 0.0 && absMax > threshold)) return false;
-        scale = MathF.Max(absMax, 1e-30f) / 127.0f;
-        quantized = empty(1, values.Length, dtype: ScalarType.Int8);
-        Quantize(values, scale, MemoryMarshal.Cast<byte, sbyte>(quantized.bytes));
-        return true;
     }
 
     /// <summary>
     /// <c>accumulator · (scale · weightScale) + bias</c> as <paramref name="dtype"/> (bfloat16 or float32), for the int32
-    /// accumulator <c>[1, N]</c> of one row.
+    /// accumulator <c>[M, N]</c> of M rows, row m with <c>scales[m]</c>.
     /// </summary>
-    public static Tensor Rescale(Tensor accumulator, float scale, Tensor weightScale, Tensor? bias, ScalarType dtype)
+    public static Tensor Rescale(Tensor accumulator, float[] scales, Tensor weightScale, Tensor? bias, ScalarType dtype)
     {
-        int length = checked((int)accumulator.size(1));
+        int rows = (int)accumulator.size(0), length = checked((int)accumulator.size(1));
         var acc = MemoryMarshal.Cast<byte, int>(accumulator.bytes);
         var rowScale = MemoryMarshal.Cast<byte, float>(weightScale.bytes);
         var shift = bias is null ? default : MemoryMarshal.Cast<byte, float>(bias.bytes);
-        var result = empty(1, length, dtype: dtype);
-        if (dtype == ScalarType.Float32) Rescale(acc, scale, rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, float>(result.bytes));
-        else RescaleToBFloat16(acc, scale, rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, ushort>(result.bytes));
+        var result = empty(rows, length, dtype: dtype);
+        for (int r = 0; r < rows; r++)
+        {
+            var rowAcc = acc.Slice(r * length, length);
+            if (dtype == ScalarType.Float32)
+                Rescale(rowAcc, scales[r], rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, float>(result.bytes).Slice(r * length, length));
+            else
+                RescaleToBFloat16(rowAcc, scales[r], rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, ushort>(result.bytes).Slice(r * length, length));
+        }
         return result;
     }
 
