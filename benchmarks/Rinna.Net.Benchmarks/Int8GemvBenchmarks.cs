@@ -17,7 +17,7 @@ public class Int8GemvBenchmarks
     private Tensor weight = null!, input = null!;
 
     /// <summary>The kernel: an <see cref="Int8GemvVariant"/> name, or <c>IntMm</c>.</summary>
-    [Params("IntMm", "Vector128", "Avx2", "Avx512")]
+    [Params("IntMm", "Vector128", "Avx2", "Avx512", "AvxVnni")]
     public string Kernel { get; set; } = "IntMm";
 
     /// <summary>Activation rows: a decode step's one, or a batch of eight.</summary>
