@@ -21,8 +21,8 @@ namespace Rinna.Net.Model.Layers;
 /// prompt converts the weight one block at a time into a reused scratch buffer and multiplies there: to bfloat16 where the
 /// CPU multiplies bfloat16 in hardware (<see cref="CpuFeatures.HasBFloat16Arithmetic"/>), to float32 elsewhere, where
 /// libtorch's bfloat16 GEMM is emulated and measured 2.3× slower than float32's. Memory stays at two bytes per weight; the
-/// scratch buffers are at most <see cref="ConversionBlockElements"/> float32 and bfloat16 elements per thread that ran a
-/// prompt. Off the CPU the weight is simply used in float16.
+/// scratch buffers are at most <see cref="ConversionBlockElements"/> float32 elements (and as many bfloat16 ones on the
+/// bfloat16 path) per thread that ran a prompt. Off the CPU the weight is simply used in float16.
 /// </remarks>
 internal sealed class Float16Linear : LinearLayer
 {
@@ -124,13 +124,13 @@ internal sealed class Float16Linear : LinearLayer
         var input = rows.to(resultType);
         long outFeatures = weight.size(0), inFeatures = weight.size(1);
         long blockRows = Math.Clamp(ConversionBlockElements / inFeatures, 1, outFeatures);
-        var (widened, scratch) = ConversionScratch(blockRows * inFeatures);
+        var (widened, scratch) = ConversionScratch(blockRows * inFeatures, inBFloat16);
         // Through float32: libtorch's direct float16 → bfloat16 copy is scalar and took 3.5× as long as the two
         // vectorized copies, which round the same way (float16 widens to float32 exactly).
         Tensor Block(long first, long count)
         {
             var block = widened.narrow(0, 0, count * inFeatures).view(count, inFeatures).copy_(weight.narrow(0, first, count));
-            return F.linear(input, inBFloat16 ? scratch.narrow(0, 0, count * inFeatures).view(count, inFeatures).copy_(block) : block);
+            return F.linear(input, scratch is null ? block : scratch.narrow(0, 0, count * inFeatures).view(count, inFeatures).copy_(block));
         }
         if (blockRows == outFeatures) return Block(0, outFeatures);
 
@@ -144,18 +144,21 @@ internal sealed class Float16Linear : LinearLayer
     }
 
     /// <summary>
-    /// This thread's float32 and bfloat16 scratch buffers, grown to at least <paramref name="elements"/>; never part of a
-    /// dispose scope.
+    /// This thread's float32 scratch buffer and, for a bfloat16 GEMM, its bfloat16 one (else <c>null</c>), grown to at
+    /// least <paramref name="elements"/>; never part of a dispose scope.
     /// </summary>
-    private static (Tensor Float32, Tensor BFloat16) ConversionScratch(long elements)
+    private static (Tensor Float32, Tensor? BFloat16) ConversionScratch(long elements, bool bfloat16)
     {
-        if (conversionScratch is null || conversionScratch.numel() < elements)
+        if (widenedScratch is null || widenedScratch.numel() < elements)
         {
-            conversionScratch?.Dispose();
             widenedScratch?.Dispose();
-            conversionScratch = empty(elements, ScalarType.BFloat16).DetachFromDisposeScope();
             widenedScratch = empty(elements, ScalarType.Float32).DetachFromDisposeScope();
         }
-        return (widenedScratch!, conversionScratch);
+        if (bfloat16 && (conversionScratch is null || conversionScratch.numel() < elements))
+        {
+            conversionScratch?.Dispose();
+            conversionScratch = empty(elements, ScalarType.BFloat16).DetachFromDisposeScope();
+        }
+        return (widenedScratch, bfloat16 ? conversionScratch : null);
     }
 }
