@@ -1,4 +1,5 @@
 using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Model.Layers;
 using Rinna.Net.Native;
 using System.Runtime.Intrinsics.X86;
 
@@ -37,7 +38,8 @@ public static class KernelChoices
         yield return "2-32 rows (batched steps, short prompts): " + (MultiRowGemv.DefaultVariant is { } rows
             ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? "yes" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
             : "libtorch");
-        yield return "int8 decode: " + (Int8Gemv.IsPreferredForDecode ? $"Int8Gemv {Int8Gemv.DefaultVariant}" : "oneDNN's _int_mm");
+        yield return "int8 decode: " + (Int8Gemv.IsPreferredForDecode ? $"Int8Gemv {Int8Gemv.DefaultVariant}, 2-32 rows Int8Gemv {Int8Gemv.RowsVariant}" : "oneDNN's _int_mm");
+        yield return "float16 prompts (33+ rows): " + (Float16Linear.PromptsInBFloat16 ? "bfloat16 GEMM" : "float32 GEMM (no bfloat16 arithmetic)");
         yield return $"4-bit decode: Bnb4BitGemv {Bnb4BitGemv.DefaultVariant}";
         yield return "decode attention: DecodeAttention" + (LibTorchOpenMp.IsAvailable ? " on libtorch's OpenMP team" : ", one thread");
     }
