@@ -11,23 +11,12 @@ public static class KernelChoices
     /// <summary>The CPU's model name and the instruction sets the kernels choose by.</summary>
     public static string Cpu()
     {
-        string model = "unknown CPU", flags = "";
-        if (File.Exists("/proc/cpuinfo"))
-            foreach (var line in File.ReadLines("/proc/cpuinfo"))
-            {
-                if (line.StartsWith("model name", StringComparison.Ordinal)) model = line[(line.IndexOf(':') + 1)..].Trim();
-                else if (line.StartsWith("flags", StringComparison.Ordinal) || line.StartsWith("Features", StringComparison.Ordinal))
-                {
-                    var present = line[(line.IndexOf(':') + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries).ToHashSet();
-                    flags = string.Join(" ", new[] { "avx2", "f16c", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "asimd" }
-                        .Where(present.Contains));
-                    break;
-                }
-            }
+        string flags = string.Join(" ", new[] { "avx2", "f16c", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "asimd" }
+            .Where(CpuFeatures.Flags.Contains));
         // DOTNET_EnableAVX512=0 and the like (benchmarks' ISA=avx2) hide instruction sets the CPU has: say what .NET uses.
         string capped = (flags.Contains("avx512f", StringComparison.Ordinal) && !Avx512F.IsSupported ? " avx512f" : "")
             + (flags.Contains("avx_vnni", StringComparison.Ordinal) && !AvxVnni.IsSupported ? " avx_vnni" : "");
-        return $"{model} ({Environment.ProcessorCount} CPUs; {flags}{(capped.Length > 0 ? $"; disabled for .NET:{capped}" : "")})";
+        return $"{CpuFeatures.ModelName} ({Environment.ProcessorCount} CPUs; {flags}{(capped.Length > 0 ? $"; disabled for .NET:{capped}" : "")})";
     }
 
     /// <summary>One line per phase: the managed kernel and variant it runs, or the libtorch path it falls back to.</summary>

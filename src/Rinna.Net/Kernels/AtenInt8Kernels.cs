@@ -91,7 +91,8 @@ internal static class AtenInt8Kernels
         // also takes the few rows of a batched step: on CPUs without VNNI _int_mm is compute-bound for them as for one
         // row, and on the VNNI machine an 8-row step of rinna-4b-L4 measured the same either way (benchmarks/RESULTS.md).
         bool managedProduct = Int8Gemv.IsPreferredForDecode && x.size(0) <= Int8Gemv.MaxRows;
-        if ((managedProduct || (script && x.size(0) == 1)) && RowwiseInt8.TryQuantize(x, threshold, out var quantized, out var scales))
+        Span<float> scales = stackalloc float[Int8Gemv.MaxRows];
+        if ((managedProduct || (script && x.size(0) == 1)) && RowwiseInt8.TryQuantize(x, threshold, out var quantized, scales))
         {
             using (quantized)
             {
@@ -99,7 +100,7 @@ internal static class AtenInt8Kernels
                     : script ? Product(quantized, weight) : null;
                 if (accumulator is not null)
                     using (accumulator)
-                        return RowwiseInt8.Rescale(accumulator, scales, weightScale, bias, x.dtype);
+                        return RowwiseInt8.Rescale(accumulator, scales[..(int)x.size(0)], weightScale, bias, x.dtype);
             }
         }
         return script ? ScriptLinear(x, weight, weightScale, bias, threshold) : FallbackLinear(x, weight, weightScale, bias, threshold);

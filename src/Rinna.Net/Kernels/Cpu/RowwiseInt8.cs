@@ -22,20 +22,19 @@ internal static class RowwiseInt8
 {
     /// <summary>
     /// Quantizes contiguous CPU rows <c>[M, K]</c> (1 ≤ M ≤ <see cref="Int8Gemv.MaxRows"/>) of bfloat16 or float32
-    /// activations (the dtypes <see cref="Rescale(Tensor, float[], Tensor, Tensor?, ScalarType)"/> produces), each
+    /// activations (the dtypes <see cref="Rescale(Tensor, ReadOnlySpan{float}, Tensor, Tensor?, ScalarType)"/> produces), each
     /// <c>round(x / scale)</c> with its own <c>scale = max(absmax, 1e-30) / 127</c>. Returns false, doing nothing, when
     /// the rows are not ones this path takes or when <paramref name="threshold"/> is positive and some magnitude exceeds it
-    /// (the outlier decomposition is needed).
+    /// (the outlier decomposition is needed). Row m's scale goes to <c>scales[m]</c>; the caller's span (a stack buffer
+    /// of <see cref="Int8Gemv.MaxRows"/>) keeps the per-token path free of allocations.
     /// </summary>
-    public static bool TryQuantize(Tensor x, double threshold, out Tensor quantized, out float[] scales)
+    public static bool TryQuantize(Tensor x, double threshold, out Tensor quantized, Span<float> scales)
     {
         quantized = null!;
-        scales = null!;
-        if (x.device_type != TorchSharp.DeviceType.CPU || x.dim() != 2 || x.size(0) < 1 || x.size(0) > Int8Gemv.MaxRows
+        if (x.device_type != TorchSharp.DeviceType.CPU || x.dim() != 2 || x.size(0) < 1 || x.size(0) > Math.Min(Int8Gemv.MaxRows, scales.Length)
             || !x.is_contiguous() || x.dtype is not (ScalarType.BFloat16 or ScalarType.Float32))
             return false;
         int rows = (int)x.size(0), length = checked((int)x.size(1));
-        var rowScales = new float[rows];
         // bfloat16 rows are widened once into a pooled buffer; float32 rows are read where they are.
         var pooled = x.dtype == ScalarType.BFloat16 ? ArrayPool<float>.Shared.Rent(rows * length) : null;
         try
@@ -47,14 +46,13 @@ internal static class RowwiseInt8
                 float absMax = AbsMax(values.Slice(r * length, length));
                 // NaN and infinity fall through to the script, which handles them as ATen does.
                 if (!float.IsFinite(absMax) || (threshold > 0.0 && absMax > threshold)) return false;
-                rowScales[r] = MathF.Max(absMax, 1e-30f) / 127.0f;
+                scales[r] = MathF.Max(absMax, 1e-30f) / 127.0f;
             }
             var codes = empty(rows, length, dtype: ScalarType.Int8);
             var destination = MemoryMarshal.Cast<byte, sbyte>(codes.bytes);
             for (int r = 0; r < rows; r++)
-                Quantize(values.Slice(r * length, length), rowScales[r], destination.Slice(r * length, length));
+                Quantize(values.Slice(r * length, length), scales[r], destination.Slice(r * length, length));
             quantized = codes;
-            scales = rowScales;
             return true;
         }
         finally
@@ -67,20 +65,21 @@ internal static class RowwiseInt8
     /// <c>accumulator · (scale · weightScale) + bias</c> as <paramref name="dtype"/> (bfloat16 or float32), for the int32
     /// accumulator <c>[M, N]</c> of M rows, row m with <c>scales[m]</c>.
     /// </summary>
-    public static Tensor Rescale(Tensor accumulator, float[] scales, Tensor weightScale, Tensor? bias, ScalarType dtype)
+    public static Tensor Rescale(Tensor accumulator, ReadOnlySpan<float> scales, Tensor weightScale, Tensor? bias, ScalarType dtype)
     {
         int rows = (int)accumulator.size(0), length = checked((int)accumulator.size(1));
         var acc = MemoryMarshal.Cast<byte, int>(accumulator.bytes);
         var rowScale = MemoryMarshal.Cast<byte, float>(weightScale.bytes);
         var shift = bias is null ? default : MemoryMarshal.Cast<byte, float>(bias.bytes);
         var result = empty(rows, length, dtype: dtype);
+        var output = result.bytes;
         for (int r = 0; r < rows; r++)
         {
             var rowAcc = acc.Slice(r * length, length);
             if (dtype == ScalarType.Float32)
-                Rescale(rowAcc, scales[r], rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, float>(result.bytes).Slice(r * length, length));
+                Rescale(rowAcc, scales[r], rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, float>(output).Slice(r * length, length));
             else
-                RescaleToBFloat16(rowAcc, scales[r], rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, ushort>(result.bytes).Slice(r * length, length));
+                RescaleToBFloat16(rowAcc, scales[r], rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, ushort>(output).Slice(r * length, length));
         }
         return result;
     }

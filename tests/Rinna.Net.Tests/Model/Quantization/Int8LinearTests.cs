@@ -255,7 +255,7 @@ public class Int8LinearTests
             for (int r = 0; r < 3; r++)
             {
                 var row = rows.narrow(0, r, 1); // rows 1 and 2 start at an offset in the storage
-                Assert.True(RowwiseInt8.TryQuantize(row, threshold, out var quantized, out _) || threshold == 6.0,
+                Assert.True(RowwiseInt8.TryQuantize(row, threshold, out var quantized, new float[Int8Gemv.MaxRows]) || threshold == 6.0,
                     $"row {r} threshold {threshold} was not taken");
                 quantized?.Dispose();
                 var managed = AtenInt8Kernels.Linear(row, layer.Weight, layer.WeightScale, layer.Bias, threshold);
@@ -266,9 +266,11 @@ public class Int8LinearTests
         // The three rows as one continuous-batching step: each row on its own scale, as the script quantizes them.
         foreach (var threshold in new[] { 0.0, 100.0 })
         {
-            Assert.True(RowwiseInt8.TryQuantize(rows, threshold, out var quantized, out var scales));
-            Assert.Equal(3, scales.Length);
+            var scales = new float[Int8Gemv.MaxRows];
+            Assert.True(RowwiseInt8.TryQuantize(rows, threshold, out var quantized, scales));
             quantized.Dispose();
+            var absMax = rows.to(ScalarType.Float32).abs().amax([1]).data<float>().ToArray();
+            Assert.Equal(absMax.Select(m => m / 127f), scales.Take(3)); // each row on its own scale
             var managed = AtenInt8Kernels.Linear(rows, layer.Weight, layer.WeightScale, layer.Bias, threshold);
             var script = AtenInt8Kernels.ScriptLinear(rows, layer.Weight, layer.WeightScale, layer.Bias, threshold);
             Assert.True(managed.equal(script).all().item<bool>(), $"three rows, threshold {threshold}");
@@ -281,16 +283,16 @@ public class Int8LinearTests
         using var scope = NewDisposeScope();
         var row = randn(1, 64, generator: new Generator(3));
         row[0, 5] = tensor(9f);
-        Assert.False(RowwiseInt8.TryQuantize(row, 6.0, out _, out _)); // an outlier feature: the decomposition is the script's
-        Assert.True(RowwiseInt8.TryQuantize(row, 0.0, out var pure, out _)); // threshold 0: pure int8 takes the row
+        Assert.False(RowwiseInt8.TryQuantize(row, 6.0, out _, new float[Int8Gemv.MaxRows])); // an outlier feature: the decomposition is the script's
+        Assert.True(RowwiseInt8.TryQuantize(row, 0.0, out var pure, new float[Int8Gemv.MaxRows])); // threshold 0: pure int8 takes the row
         pure.Dispose();
-        Assert.False(RowwiseInt8.TryQuantize(randn(Int8Gemv.MaxRows + 1, 64), 6.0, out _, out _)); // a prompt
-        Assert.False(RowwiseInt8.TryQuantize(cat([randn(2, 64), row], 0), 6.0, out _, out _)); // one row's outlier is every row's column
-        Assert.False(RowwiseInt8.TryQuantize(randn(1, 64).to(ScalarType.Float16), 6.0, out _, out _));
-        Assert.False(RowwiseInt8.TryQuantize(randn(1, 128).slice(1, 0, 128, 2), 6.0, out _, out _)); // not contiguous
+        Assert.False(RowwiseInt8.TryQuantize(randn(Int8Gemv.MaxRows + 1, 64), 6.0, out _, new float[Int8Gemv.MaxRows])); // a prompt
+        Assert.False(RowwiseInt8.TryQuantize(cat([randn(2, 64), row], 0), 6.0, out _, new float[Int8Gemv.MaxRows])); // one row's outlier is every row's column
+        Assert.False(RowwiseInt8.TryQuantize(randn(1, 64).to(ScalarType.Float16), 6.0, out _, new float[Int8Gemv.MaxRows]));
+        Assert.False(RowwiseInt8.TryQuantize(randn(1, 128).slice(1, 0, 128, 2), 6.0, out _, new float[Int8Gemv.MaxRows])); // not contiguous
         var nan = randn(1, 64);
         nan[0, 40] = tensor(float.NaN);
-        Assert.False(RowwiseInt8.TryQuantize(nan, 0.0, out _, out _));
+        Assert.False(RowwiseInt8.TryQuantize(nan, 0.0, out _, new float[Int8Gemv.MaxRows]));
     }
 
     [Fact]
