@@ -20,7 +20,10 @@ public class Float16GemvTests
         // Without it every decode silently falls back to libtorch's kernels; the Linux LibTorch always ships libgomp.
         if (!OperatingSystem.IsLinux()) Assert.Skip("libtorch's OpenMP runtime is looked up on Linux only.");
         Assert.True(LibTorchOpenMp.IsAvailable);
-        if (Float16Gemv.DefaultVariant is not null) Assert.True(Float16Gemv.IsSupported, "AVX-512 and libgomp are here, so only the subnormal probe can have refused.");
+        // With a vector width and libgomp here, only the subnormal probe may refuse: it does on CPUs whose subnormal
+        // arithmetic takes microcode assists (Intel's), which a second run of the probe confirms by a wide margin.
+        if (Float16Gemv.DefaultVariant is { } variant)
+            Assert.True(Float16Gemv.IsSupported || Float16Gemv.SubnormalsAreSlow(variant), "refused although subnormals are not slow here");
     }
 
     /// <summary>Every variant, by name, on every machine: those the CPU does not accelerate are reported as skipped.</summary>
