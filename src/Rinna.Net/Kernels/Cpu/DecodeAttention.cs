@@ -199,25 +199,15 @@ internal static unsafe class DecodeAttention
         }
     }
 
-    /// <summary>
-    /// HF's <c>apply_rotary_pos_emb</c> for one head's q or k in float32: <c>x·cos + rotate_half(x)·sin</c> over the first
-    /// rotary dimensions (rotate_half([x1, x2]) = [−x2, x1]), the rest passed through.
-    /// </summary>
+    /// <summary>HF's rotary embedding of one head's q or k (<see cref="RotaryEmbedding"/>), read from the projection in its dtype.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Rotate(Job* job, long source, float* cos, float* sin, float* destination)
     {
-        int d = job->HeadSize, rotary = job->RotaryDims, half = rotary / 2;
+        int d = job->HeadSize;
         float* x = stackalloc float[d];
         if (job->ProjectedIsBFloat16) BFloat16Bits.Widen(new ReadOnlySpan<ushort>((ushort*)job->Projected + source, d), new Span<float>(x, d));
         else new ReadOnlySpan<float>((float*)job->Projected + source, d).CopyTo(new Span<float>(x, d));
-        for (int i = 0; i < rotary; i++)
-        {
-            float rotated = i < half ? -x[i + half] : x[i - half];
-            // Two rounded products, then the sum: what the separate float32 operations do (a fused multiply-add would not).
-            float withCos = x[i] * cos[i], withSin = rotated * sin[i];
-            destination[i] = withCos + withSin;
-        }
-        for (int i = rotary; i < d; i++) destination[i] = x[i];
+        RotaryEmbedding.Rotate(x, cos, sin, d, job->RotaryDims, destination);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -6,7 +6,7 @@ namespace Rinna.Net.Model.Attention;
 /// <summary>The attention backends a model offers each call to, in order, before computing attention itself.</summary>
 internal static class AttentionBackends
 {
-    private static readonly IAttentionBackend[] Backends = [new CpuDecodeAttention()];
+    private static readonly IAttentionBackend[] Backends = [new CpuDecodeAttention(), new CpuChunkAttention()];
 
     /// <summary>The first backend that takes <paramref name="call"/>, or false.</summary>
     public static bool TryAttend(in AttentionCall call, out Tensor context)
@@ -64,5 +64,33 @@ internal sealed class CpuDecodeAttention : IAttentionBackend
             rows[i] = (keys, values, cache.Length);
         }
         return DecodeAttention.TryStepRows(projected, call.Cos, call.Sin, rows, call.HeadSize, call.RotaryDims, out context);
+    }
+}
+
+/// <summary>
+/// Several new tokens after a cache on an AVX-512 CPU (no padding): <see cref="ChunkAttention"/> does the rotation, the
+/// cache write and the causal attention over the cache in one managed pass, where libtorch multiplied each head's
+/// queries by the whole history at a third of the machine's rate. A prompt without a cache stays with libtorch's fused
+/// causal kernel.
+/// </summary>
+internal sealed class CpuChunkAttention : IAttentionBackend
+{
+    public bool TryAttend(in AttentionCall call, out Tensor context)
+    {
+        context = null!;
+        var projected = call.Projected;
+        if (call.Cache is not { } cache || call.PaddingBias is not null || call.Past == 0 || ChunkAttention.DefaultVariant is null
+            || !ChunkAttention.Accepts(projected, call.Cos, call.Sin, call.Past, call.HeadSize, call.RotaryDims))
+            return false;
+        long batch = projected.size(0), tokens = projected.size(1), heads = projected.size(2) / (3 * call.HeadSize);
+        var (keys, values) = cache.Storage(call.Layer, batch, heads, call.HeadSize, ScalarType.Float32, projected.dtype,
+            projected.device, call.Past, call.Past + (int)tokens);
+        return ChunkAttention.TryStep(projected, call.Cos, call.Sin, keys, values, call.Past, call.HeadSize, call.RotaryDims, out context);
+    }
+
+    public bool TryAttendRows(in AttentionRowsCall call, out Tensor context)
+    {
+        context = null!;
+        return false;
     }
 }
