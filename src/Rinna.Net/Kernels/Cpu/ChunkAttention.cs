@@ -31,9 +31,9 @@ internal static unsafe class ChunkAttention
 
     /// <summary>
     /// The variant calls take on this CPU, or null to leave them to libtorch: the 512-bit one where AVX-512 runs it, which
-    /// measured 1.15–1.6× libtorch's attention for a chat turn over its history (benchmarks/RESULTS.md). On AVX2 the
-    /// 256-bit one measured about 5 % slower than libtorch's and Arm64 is unmeasured, so there libtorch keeps the call;
-    /// tests run every width the CPU accelerates.
+    /// measured 1.09× (BenchmarkDotNet) to 1.15–1.6× (paired probes) libtorch's speed for a chat turn over its history
+    /// (benchmarks/RESULTS.md). On AVX2 the 256-bit one measured about 5 % slower than libtorch's and Arm64 is unmeasured,
+    /// so there libtorch keeps the call; tests run every width the CPU accelerates.
     /// </summary>
     public static ChunkAttentionVariant? DefaultVariant { get; } =
         Vector512.IsHardwareAccelerated ? ChunkAttentionVariant.Vector512 : null;
