@@ -52,8 +52,8 @@ public class ChunkAttentionTests
 
         // HF's order: split the heads, rotate q and k in float32, append to the cache, then the explicit causal form.
         var qkv = projected.view(batch, tokens, heads, 3 * headSize).permute(0, 2, 1, 3);
-        var query = Rotate(qkv.narrow(-1, 0, headSize), cos, sin, rotaryDims);
-        var key = Rotate(qkv.narrow(-1, headSize, headSize), cos, sin, rotaryDims);
+        var query = DecodeAttentionTests.Rotate(qkv.narrow(-1, 0, headSize), cos, sin, rotaryDims);
+        var key = DecodeAttentionTests.Rotate(qkv.narrow(-1, headSize, headSize), cos, sin, rotaryDims);
         var (keys, values) = expectedCache.Write(0, key, qkv.narrow(-1, 2 * headSize, headSize).contiguous(), past);
         var scores = matmul(query, keys.transpose(-1, -2)).mul(1.0 / Math.Sqrt(headSize));
         var allowed = ones(tokens, past + tokens, ScalarType.Bool).tril(past);
@@ -158,16 +158,5 @@ public class ChunkAttentionTests
     private static void SkipUnlessAccelerated(string variant)
     {
         if (!ChunkAttention.IsAccelerated(Enum.Parse<ChunkAttentionVariant>(variant))) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
-    }
-
-    private static Tensor Rotate(Tensor x, Tensor cos, Tensor sin, int rotaryDims)
-    {
-        var x32 = x.to(ScalarType.Float32);
-        if (rotaryDims == 0) return x32.contiguous();
-        int half = rotaryDims / 2;
-        var rotated = x32.narrow(-1, 0, rotaryDims);
-        var rotatedHalf = cat([rotated.narrow(-1, half, half).neg(), rotated.narrow(-1, 0, half)], -1);
-        var embedded = rotated.mul(cos).add(rotatedHalf.mul(sin));
-        return rotaryDims == x.size(-1) ? embedded : cat([embedded, x32.narrow(-1, rotaryDims, x.size(-1) - rotaryDims)], -1);
     }
 }

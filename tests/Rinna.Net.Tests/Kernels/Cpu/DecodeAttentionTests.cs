@@ -152,7 +152,8 @@ public class DecodeAttentionTests
         Assert.Equal(0, cache.Capacity);
     }
 
-    private static Tensor Rotate(Tensor x, Tensor cos, Tensor sin, int rotaryDims)
+    /// <summary>HF's rotary embedding in libtorch operations, the reference for the managed attention kernels' rotation.</summary>
+    internal static Tensor Rotate(Tensor x, Tensor cos, Tensor sin, int rotaryDims)
     {
         var x32 = x.to(ScalarType.Float32);
         if (rotaryDims == 0) return x32.contiguous();
