@@ -99,7 +99,8 @@ internal static unsafe class ChunkAttention
         context = null!;
         if (variant is not { } chosen || !IsAccelerated(chosen) || !Accepts(projected, cos, sin, past, headSize, rotaryDims)) return false;
         int batch = (int)projected.size(0), tokens = (int)projected.size(1), heads = (int)(projected.size(2) / (3 * headSize));
-        if (!Matches(keys, ScalarType.Float32, batch, heads, headSize, past + tokens) || !Matches(values, projected.dtype, batch, heads, headSize, past + tokens))
+        if (!DecodeAttention.HoldsPositions(keys, ScalarType.Float32, batch, heads, headSize, past + tokens)
+            || !DecodeAttention.HoldsPositions(values, projected.dtype, batch, heads, headSize, past + tokens))
             return false;
 
         int lanes = chosen switch { ChunkAttentionVariant.Vector512 => 16, ChunkAttentionVariant.Vector256 => 8, _ => 4 };
@@ -156,10 +157,6 @@ internal static unsafe class ChunkAttention
         else here(job);
     }
 
-    private static bool Matches(Tensor store, ScalarType dtype, int batch, int heads, int headSize, int needed) =>
-        store.dtype == dtype && store.device_type == TorchSharp.DeviceType.CPU && store.is_contiguous() && store.dim() == 4
-        && store.size(0) == batch && store.size(1) == heads && store.size(2) >= needed && store.size(3) == headSize;
-
     [UnmanagedCallersOnly]
     private static void RunPrepare(void* state) => Prepare((Job*)state);
 
@@ -171,7 +168,6 @@ internal static unsafe class ChunkAttention
     private static void Prepare(Job* job)
     {
         int d = job->HeadSize, heads = job->Heads, tokens = job->Tokens, padded = job->PaddedTokens, rotary = job->RotaryDims;
-        float* x = stackalloc float[d];
         float* query = stackalloc float[d];
         int unit;
         while ((unit = Interlocked.Increment(ref job->NextUnit) - 1) < job->Units)
@@ -183,11 +179,9 @@ internal static unsafe class ChunkAttention
             {
                 long token = (long)b * tokens + t, source = (token * heads + h) * 3 * d, position = cacheHead + (long)(job->Past + t) * d;
                 float* cos = job->Cos + token * rotary, sin = job->Sin + token * rotary;
-                Widen(job, source, x);
-                RotaryEmbedding.Rotate(x, cos, sin, d, rotary, query);
+                RotaryEmbedding.RotateFrom(job->Projected, job->IsBFloat16, source, cos, sin, d, rotary, query);
                 for (int i = 0; i < d; i++) transposed[(long)i * padded + t] = query[i];
-                Widen(job, source + d, x);
-                RotaryEmbedding.Rotate(x, cos, sin, d, rotary, job->Keys + position);
+                RotaryEmbedding.RotateFrom(job->Projected, job->IsBFloat16, source + d, cos, sin, d, rotary, job->Keys + position);
                 if (job->IsBFloat16)
                     new ReadOnlySpan<ushort>((ushort*)job->Projected + source + 2 * d, d).CopyTo(new Span<ushort>((ushort*)job->Values + position, d));
                 else
@@ -196,13 +190,6 @@ internal static unsafe class ChunkAttention
             // The padding lanes of the last block hold zeros, so their scores are finite and simply unused.
             for (int i = 0; i < d; i++) new Span<float>(transposed + (long)i * padded + tokens, padded - tokens).Clear();
         }
-    }
-
-    private static void Widen(Job* job, long source, float* destination)
-    {
-        int d = job->HeadSize;
-        if (job->IsBFloat16) BFloat16Bits.Widen(new ReadOnlySpan<ushort>((ushort*)job->Projected + source, d), new Span<float>(destination, d));
-        else new ReadOnlySpan<float>((float*)job->Projected + source, d).CopyTo(new Span<float>(destination, d));
     }
 
     private static void Attend(Job* job)

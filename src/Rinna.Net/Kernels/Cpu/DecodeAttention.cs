@@ -62,7 +62,7 @@ internal static unsafe class DecodeAttention
         context = null!;
         if (!Accepts(projected, cos, sin, past, headSize, rotaryDims)) return false;
         int batch = (int)projected.size(0), heads = (int)(projected.size(2) / (3 * headSize));
-        if (!Matches(keys, ScalarType.Float32, batch, heads, headSize, past) || !Matches(values, projected.dtype, batch, heads, headSize, past)) return false;
+        if (!HoldsPositions(keys, ScalarType.Float32, batch, heads, headSize, past + 1) || !HoldsPositions(values, projected.dtype, batch, heads, headSize, past + 1)) return false;
 
         var rows = new (Tensor Keys, Tensor Values, int Past)[batch];
         for (int b = 0; b < batch; b++) rows[b] = (keys, values, past);
@@ -85,7 +85,7 @@ internal static unsafe class DecodeAttention
             if (!Accepts(projected, cos, sin, row.Past, headSize, rotaryDims)) return false;
         int heads = (int)(projected.size(2) / (3 * headSize));
         foreach (var row in rows)
-            if (!Matches(row.Keys, ScalarType.Float32, 1, heads, headSize, row.Past) || !Matches(row.Values, projected.dtype, 1, heads, headSize, row.Past)) return false;
+            if (!HoldsPositions(row.Keys, ScalarType.Float32, 1, heads, headSize, row.Past + 1) || !HoldsPositions(row.Values, projected.dtype, 1, heads, headSize, row.Past + 1)) return false;
         context = Run(projected, cos, sin, rows, headSize, rotaryDims, sameStorage: false);
         return true;
     }
@@ -142,9 +142,10 @@ internal static unsafe class DecodeAttention
             && RotaryRows(cos) && RotaryRows(sin) && past >= 0 && past < MaxKeys;
     }
 
-    private static bool Matches(Tensor store, ScalarType dtype, int batch, int heads, int headSize, int past) =>
+    /// <summary>Whether <paramref name="store"/> is a contiguous CPU cache storage <c>[batch, heads, ≥ needed, head_size]</c> of <paramref name="dtype"/>.</summary>
+    internal static bool HoldsPositions(Tensor store, ScalarType dtype, int batch, int heads, int headSize, int needed) =>
         store.dtype == dtype && store.device_type == TorchSharp.DeviceType.CPU && store.is_contiguous() && store.dim() == 4
-        && store.size(0) == batch && store.size(1) == heads && store.size(2) > past && store.size(3) == headSize;
+        && store.size(0) == batch && store.size(1) == heads && store.size(2) >= needed && store.size(3) == headSize;
 
     [UnmanagedCallersOnly]
     private static void RunHeads(void* state) => StepHeads((Job*)state);
@@ -168,8 +169,8 @@ internal static unsafe class DecodeAttention
             float* keyRows = row.Keys + cacheHead;
             void* valueRows = job->ProjectedIsBFloat16 ? (ushort*)row.Values + cacheHead : (float*)row.Values + cacheHead;
             // q, then k straight into its cache row
-            Rotate(job, source, cos, sin, query);
-            Rotate(job, source + d, cos, sin, keyRows + (long)past * d);
+            RotaryEmbedding.RotateFrom(job->Projected, job->ProjectedIsBFloat16, source, cos, sin, d, job->RotaryDims, query);
+            RotaryEmbedding.RotateFrom(job->Projected, job->ProjectedIsBFloat16, source + d, cos, sin, d, job->RotaryDims, keyRows + (long)past * d);
             if (job->ProjectedIsBFloat16)
                 new ReadOnlySpan<ushort>((ushort*)job->Projected + source + 2 * d, d).CopyTo(new Span<ushort>((ushort*)valueRows + (long)past * d, d));
             else
@@ -197,17 +198,6 @@ internal static unsafe class DecodeAttention
                 else ((float*)job->Output)[outputOffset + i] = value;
             }
         }
-    }
-
-    /// <summary>HF's rotary embedding of one head's q or k (<see cref="RotaryEmbedding"/>), read from the projection in its dtype.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Rotate(Job* job, long source, float* cos, float* sin, float* destination)
-    {
-        int d = job->HeadSize;
-        float* x = stackalloc float[d];
-        if (job->ProjectedIsBFloat16) BFloat16Bits.Widen(new ReadOnlySpan<ushort>((ushort*)job->Projected + source, d), new Span<float>(x, d));
-        else new ReadOnlySpan<float>((float*)job->Projected + source, d).CopyTo(new Span<float>(x, d));
-        RotaryEmbedding.Rotate(x, cos, sin, d, job->RotaryDims, destination);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -19,4 +19,16 @@ internal static unsafe class RotaryEmbedding
         }
         for (int i = rotaryDims; i < headSize; i++) destination[i] = x[i];
     }
+
+    /// <summary>
+    /// <see cref="Rotate(float*, float*, float*, int, int, float*)"/> of the head at element <paramref name="source"/> of a
+    /// fused projection held in bfloat16 or float32, widened to float32 first as HF's float32 rotary tables make it.
+    /// </summary>
+    public static void RotateFrom(void* projected, bool bfloat16, long source, float* cos, float* sin, int headSize, int rotaryDims, float* destination)
+    {
+        float* x = stackalloc float[headSize];
+        if (bfloat16) BFloat16Bits.Widen(new ReadOnlySpan<ushort>((ushort*)projected + source, headSize), new Span<float>(x, headSize));
+        else new ReadOnlySpan<float>((float*)projected + source, headSize).CopyTo(new Span<float>(x, headSize));
+        Rotate(x, cos, sin, headSize, rotaryDims, destination);
+    }
 }
