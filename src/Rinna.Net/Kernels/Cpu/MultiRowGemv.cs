@@ -40,16 +40,32 @@ internal static unsafe class MultiRowGemv
         : Float16Gemv.IsAccelerated(Float16GemvVariant.Vector128) ? Float16GemvVariant.Vector128
         : null;
 
-    /// <summary>Whether the managed path runs for float16 weights: a variant, libtorch's libgomp, and no penalty for subnormal operands.</summary>
-    public static bool SupportsFloat16 { get; } = DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && !Float16Gemv.SubnormalsAreSlow(chosen);
+    /// <summary>Whether the managed path runs for float16 weights: a variant and libtorch's libgomp.</summary>
+    public static bool SupportsFloat16 { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
+
+    /// <summary>
+    /// How float16 weights become float32 operands here: <see cref="Float16Widening.Scaled"/> (one shift, as
+    /// <see cref="Float16Gemv"/> does) unless this CPU takes a microcode assist for the subnormal operands that forms,
+    /// then <see cref="Float16Widening.Exact"/>. Both give the same bits; a few rows amortize the exact form's longer
+    /// widening over their products, where for one row libtorch's GEMV is as fast (benchmarks/RESULTS.md).
+    /// </summary>
+    public static Float16Widening Float16Widening { get; } =
+        DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && Float16Gemv.SubnormalsAreSlow(chosen) ? Float16Widening.Exact : Float16Widening.Scaled;
 
     /// <summary>Whether the managed path runs for float32 weights.</summary>
     public static bool SupportsFloat32 { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
 
+    private enum WeightFormat
+    {
+        Float32,
+        Float16Scaled,
+        Float16Exact,
+    }
+
     private struct Job
     {
         public byte* Weight;
-        public bool WeightIsFloat16;
+        public WeightFormat Format;
         public float* Input;
         public int InputRows;
         public void* Bias;
@@ -63,6 +79,11 @@ internal static unsafe class MultiRowGemv
         public float OutputScale;
         public RowClaims Claims;
         public Float16GemvVariant Variant;
+
+        /// <summary>Per-thread room for one group of weight rows widened to float32 (exact widening only), <see cref="ConvertedFloats"/> each.</summary>
+        public float* Converted;
+        public long ConvertedFloats;
+        public int NextConverted;
     }
 
     /// <summary>
@@ -76,21 +97,30 @@ internal static unsafe class MultiRowGemv
     {
         result = null!;
         bool supported = weight.dtype == ScalarType.Float16 ? SupportsFloat16 : SupportsFloat32;
-        return supported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value);
+        return supported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value, Float16Widening);
     }
 
-    /// <summary><see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be accelerated; for tests and benchmarks.</summary>
-    internal static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu, Tensor? residual, Float16GemvVariant variant)
+    /// <summary>
+    /// <see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be
+    /// accelerated, and a chosen float16 widening (ignored for float32 weights); for tests and benchmarks.
+    /// </summary>
+    internal static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu, Tensor? residual, Float16GemvVariant variant,
+        Float16Widening widening)
     {
         result = null!;
         if (!Float16Gemv.IsAccelerated(variant) || !LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias, residual)) return false;
         int rows = (int)weight.size(0), columns = (int)weight.size(1), inputRows = (int)(x.numel() / columns);
-        bool float16 = weight.dtype == ScalarType.Float16;
+        var format = weight.dtype != ScalarType.Float16 ? WeightFormat.Float32
+            : widening == Float16Widening.Exact ? WeightFormat.Float16Exact : WeightFormat.Float16Scaled;
         var pooled = ArrayPool<float>.Shared.Rent(inputRows * columns);
+        int threads = get_num_threads();
+        long convertedFloats = format == WeightFormat.Float16Exact ? (long)WeightRowsPerPass(variant) * columns : 0;
+        // Allocated here, not on the OpenMP threads, where an allocation failure could not be reported.
+        float* converted = convertedFloats == 0 ? null : (float*)NativeMemory.AlignedAlloc((nuint)(threads * convertedFloats * sizeof(float)), 64);
         try
         {
             var input = pooled.AsSpan(0, inputRows * columns);
-            if (float16 ? !Float16Gemv.ScaleInput(x, input) : !CopyInput(x, input)) return false;
+            if (format == WeightFormat.Float16Scaled ? !Float16Gemv.ScaleInput(x, input) : !CopyInput(x, input)) return false;
             var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
             fixed (float* inputPointer = pooled)
             fixed (byte* weightBytes = weight.bytes)
@@ -98,14 +128,14 @@ internal static unsafe class MultiRowGemv
             fixed (byte* outputBytes = output.bytes)
             fixed (byte* residualBytes = residual is null ? default : residual.bytes)
             {
-                int threads = get_num_threads();
                 var job = new Job
                 {
                     Claims = new RowClaims(rows, threads, 16),
-                    Weight = weightBytes, WeightIsFloat16 = float16, Input = inputPointer, InputRows = inputRows,
+                    Weight = weightBytes, Format = format, Input = inputPointer, InputRows = inputRows,
                     Bias = biasBytes, BiasIsBFloat16 = bias?.dtype == ScalarType.BFloat16,
                     Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
-                    Gelu = gelu, Residual = residualBytes, Variant = variant, OutputScale = float16 ? Float16Gemv.Up : 1f,
+                    Gelu = gelu, Residual = residualBytes, Variant = variant, OutputScale = format == WeightFormat.Float16Scaled ? Float16Gemv.Up : 1f,
+                    Converted = converted, ConvertedFloats = convertedFloats,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -115,6 +145,7 @@ internal static unsafe class MultiRowGemv
         finally
         {
             ArrayPool<float>.Shared.Return(pooled);
+            NativeMemory.AlignedFree(converted);
         }
     }
 
@@ -133,10 +164,11 @@ internal static unsafe class MultiRowGemv
             && (residual is null || (OnCpuContiguous(residual) && residual.numel() == inputRows * weight.size(0) && residual.dtype == x.dtype));
     }
 
-    /// <summary>The activations as float32, unscaled (a float32 weight needs no exponent shift); false on NaN or infinity, which libtorch handles.</summary>
+    /// <summary>The activations as float32, unscaled (for weights converted exactly); false on NaN or infinity, which libtorch handles.</summary>
     private static bool CopyInput(Tensor x, Span<float> input)
     {
-        MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
+        if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
+        else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
         return !input.ContainsAnyExceptInRange(float.MinValue, float.MaxValue);
     }
 
@@ -148,8 +180,10 @@ internal static unsafe class MultiRowGemv
         float* sums = stackalloc float[MaxWeightRows * RowsPerPass];
         float** inputs = stackalloc float*[RowsPerPass];
         int columns = job->Columns, rows = job->Rows;
-        long rowBytes = (long)columns * (job->WeightIsFloat16 ? sizeof(ushort) : sizeof(float));
+        long rowBytes = (long)columns * (job->Format == WeightFormat.Float32 ? sizeof(float) : sizeof(ushort));
         int group = WeightRowsPerPass(job->Variant);
+        var format = job->Format;
+        float* converted = job->Converted == null ? null : job->Converted + (Interlocked.Increment(ref job->NextConverted) - 1) * job->ConvertedFloats;
         while (job->Claims.TryClaim(out int first, out int end))
         {
             for (int row = first; row < end;)
@@ -158,13 +192,23 @@ internal static unsafe class MultiRowGemv
                 // kernel); the few rows left at the end of a claim go one at a time.
                 int weightRows = end - row >= group ? group : 1;
                 byte* weight = job->Weight + row * rowBytes;
+                long stride = rowBytes;
+                if (converted != null)
+                {
+                    // The exact widening costs more than the products of a pass, so it is done once per weight, into
+                    // float32 rows that every pass then reads from L1/L2, whatever the number of activation rows.
+                    for (int w = 0; w < weightRows; w++) WidenExact(job->Variant, (ushort*)(weight + w * rowBytes), converted + (long)w * columns, columns);
+                    weight = (byte*)converted;
+                    stride = (long)columns * sizeof(float);
+                    format = WeightFormat.Float32;
+                }
                 for (int pass = 0; pass < job->InputRows; pass += RowsPerPass)
                 {
                     int count = Math.Min(RowsPerPass, job->InputRows - pass);
                     // A short last pass repeats its first row; those sums are not written.
                     for (int i = 0; i < RowsPerPass; i++) inputs[i] = job->Input + (long)(pass + (i < count ? i : 0)) * columns;
-                    if (job->WeightIsFloat16) Dot<Float16Weight>(job->Variant, weightRows, weight, rowBytes, inputs, columns, sums);
-                    else Dot<Float32Weight>(job->Variant, weightRows, weight, rowBytes, inputs, columns, sums);
+                    if (format == WeightFormat.Float16Scaled) Dot<Float16Weight>(job->Variant, weightRows, weight, stride, inputs, columns, sums);
+                    else Dot<Float32Weight>(job->Variant, weightRows, weight, stride, inputs, columns, sums);
                     for (int w = 0; w < weightRows; w++)
                         for (int i = 0; i < count; i++)
                             sums[w * RowsPerPass + i] = Prepare(job, row + w, sums[w * RowsPerPass + i]);
@@ -470,6 +514,60 @@ internal static unsafe class MultiRowGemv
                 Vector512.Create(Mask)).AsSingle();
     }
 
+    /// <summary>
+    /// A float16 row to its exact float32 values, with no subnormal float32 ever formed (for CPUs that take a microcode
+    /// assist on one). Exponent and mantissa are moved into float32's places and the exponent rebiased by an integer add:
+    /// exact for normal values (<c>v ≥ 2⁻¹⁴</c>), while a float16 subnormal <c>m · 2⁻²⁴</c> comes out as
+    /// <c>v = 2⁻¹⁵ + m · 2⁻²⁵</c>, whose exact value is <c>2v − 2⁻¹⁴</c>. That is below <c>v</c> exactly when
+    /// <c>v &lt; 2⁻¹⁴</c>, so the minimum of the two picks the right one per lane without a mask; the sign is copied
+    /// last. Seven vector operations per vector against the scaled form's three. The caller passes no infinity or NaN
+    /// (the layer checks its weight once).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void WidenExact(Float16GemvVariant variant, ushort* source, float* destination, int columns)
+    {
+        const int Rebias = 112 << 23;
+        const int Sign = unchecked((int)0x80000000);
+        const float SmallestNormal = 1f / 16384; // 2⁻¹⁴
+        int c = 0;
+        if (variant == Float16GemvVariant.Avx512)
+        {
+            for (; c + 16 <= columns; c += 16)
+            {
+                Sse.Prefetch0(source + c + PrefetchAhead);
+                var bits = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)source + c));
+                var value = (Vector512.ShiftRightLogical(Vector512.ShiftLeft(bits, 17), 4) + Vector512.Create(Rebias)).AsSingle();
+                var exact = Vector512.MinNative(value, Vector512.FusedMultiplyAdd(value, Vector512.Create(2f), Vector512.Create(-SmallestNormal)));
+                Vector512.ConditionalSelect(Vector512.Create(Sign), bits, exact.AsInt32()).AsSingle().Store(destination + c);
+            }
+        }
+        else if (variant == Float16GemvVariant.Vector256)
+        {
+            for (; c + 8 <= columns; c += 8)
+            {
+                if (Sse.IsSupported) Sse.Prefetch0(source + c + PrefetchAhead);
+                var bits = Float16Gemv.SignExtend256((short*)source + c);
+                var value = (Vector256.ShiftRightLogical(Vector256.ShiftLeft(bits, 17), 4) + Vector256.Create(Rebias)).AsSingle();
+                var exact = Vector256.MinNative(value, Vector256.FusedMultiplyAdd(value, Vector256.Create(2f), Vector256.Create(-SmallestNormal)));
+                Vector256.ConditionalSelect(Vector256.Create(Sign), bits, exact.AsInt32()).AsSingle().Store(destination + c);
+            }
+        }
+        else
+        {
+            for (; c + 4 <= columns; c += 4)
+            {
+                var bits = Vector128.WidenLower(Vector128.CreateScalar(*(long*)(source + c)).AsInt16());
+                var value = (Vector128.ShiftRightLogical(Vector128.ShiftLeft(bits, 17), 4) + Vector128.Create(Rebias)).AsSingle();
+                var exact = Vector128.MinNative(value, Vector128.FusedMultiplyAdd(value, Vector128.Create(2f), Vector128.Create(-SmallestNormal)));
+                Vector128.ConditionalSelect(Vector128.Create(Sign), bits, exact.AsInt32()).AsSingle().Store(destination + c);
+            }
+        }
+        for (; c < columns; c++) destination[c] = (float)BitConverter.UInt16BitsToHalf(source[c]);
+    }
+
+    /// <summary>Weights fetched ahead of their widening: one page (4 KiB), as in <see cref="Float16Gemv"/>.</summary>
+    private const int PrefetchAhead = 2048;
+
     /// <summary>float32 as it is.</summary>
     private readonly struct Float32Weight : IGemvWeight
     {
@@ -483,4 +581,14 @@ internal static unsafe class MultiRowGemv
 
         public static Vector512<float> Load512(byte* row, int column) => Vector512.Load((float*)row + column);
     }
+}
+
+/// <summary>How <see cref="MultiRowGemv"/> turns float16 weights into float32 operands; both give the same bits.</summary>
+internal enum Float16Widening
+{
+    /// <summary>Shifted into float32's places as <c>w · 2⁻¹¹²</c>, activations scaled to match (<see cref="Float16Gemv"/>); float16 subnormals become float32 subnormal operands.</summary>
+    Scaled,
+
+    /// <summary>Converted to the exact float32 value without forming a subnormal, for CPUs that take a microcode assist on subnormal operands.</summary>
+    Exact,
 }

@@ -11,7 +11,10 @@ public class MultiRowGemvTests
 {
     public MultiRowGemvTests() => TorchSharpNativeLoader.EnsureInstalled();
 
-    /// <summary>Every variant on every machine (those the CPU does not accelerate are reported as skipped), both weight formats, odd shapes, 2 to 32 rows.</summary>
+    /// <summary>
+    /// Every variant on every machine (those the CPU does not accelerate are reported as skipped), both weight formats and
+    /// both float16 widenings, odd shapes, 2 to 32 rows.
+    /// </summary>
     public static TheoryData<string, string, int, int, int, bool> Shapes
     {
         get
@@ -24,24 +27,25 @@ public class MultiRowGemvTests
             ];
             var data = new TheoryData<string, string, int, int, int, bool>();
             foreach (var variant in Enum.GetNames<Float16GemvVariant>())
-                foreach (var dtype in new[] { "Float16", "Float32" })
-                    foreach (var (n, k, rows, bias) in shapes) data.Add(variant, dtype, n, k, rows, bias);
+                foreach (var format in new[] { "Float16 Scaled", "Float16 Exact", "Float32" })
+                    foreach (var (n, k, rows, bias) in shapes) data.Add(variant, format, n, k, rows, bias);
             return data;
         }
     }
 
     [Theory]
     [MemberData(nameof(Shapes))]
-    public void EveryRowMatchesAFloat64ProductWithinFloat32Accumulation(string variant, string weightType, int n, int k, int rows, bool withBias)
+    public void EveryRowMatchesAFloat64ProductWithinFloat32Accumulation(string variant, string format, int n, int k, int rows, bool withBias)
     {
         Require(variant);
         using var scope = NewDisposeScope();
         var gen = new Generator((ulong)(n * 100_000 + k * 10 + rows));
-        var weight = (randn(n, k, generator: gen) * 0.05).to(Enum.Parse<ScalarType>(weightType));
+        var weight = (randn(n, k, generator: gen) * 0.05).to(Enum.Parse<ScalarType>(format.Split(' ')[0]));
         var x = randn(rows, 1, k, generator: gen);
         var bias = withBias ? randn(n, generator: gen) : null;
+        var widening = format.EndsWith("Exact", StringComparison.Ordinal) ? Float16Widening.Exact : Float16Widening.Scaled;
 
-        Assert.True(Multiply(variant, x, weight, bias, out var y));
+        Assert.True(Multiply(variant, x, weight, bias, out var y, widening: widening));
 
         Assert.Equal(ScalarType.Float32, y.dtype);
         Assert.Equal(new long[] { rows, 1, n }, y.shape);
@@ -58,6 +62,46 @@ public class MultiRowGemvTests
 
     public static TheoryData<string> Variants => new(Enum.GetNames<Float16GemvVariant>());
 
+    /// <summary>
+    /// Every finite float16 value as a weight (subnormals, both zeros, the largest), against a float64 product: the exact
+    /// widening must convert each one exactly, and give the scaled widening's bits, whose activations and sums carry the
+    /// scale instead.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void BothWideningsConvertEveryFiniteFloat16ExactlyAndAgreeBitForBit(string variant)
+    {
+        Require(variant);
+        using var scope = NewDisposeScope();
+        var finite = Enumerable.Range(0, 1 << 16).Where(b => (b & 0x7C00) != 0x7C00).Select(b => (short)b).ToArray();
+        Assert.Equal(63_488, finite.Length);
+        const int K = 124; // not a multiple of any vector width, so the scalar tail converts some values too
+        var weight = empty(finite.Length / K, K, ScalarType.Float16);
+        weight.bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(finite.AsSpan());
+        var x = (randn(3, K, generator: new Generator(3)) * 1e-3).to(ScalarType.Float32);
+
+        Assert.True(Multiply(variant, x, weight, null, out var exact, widening: Float16Widening.Exact));
+        Assert.True(Multiply(variant, x, weight, null, out var scaled, widening: Float16Widening.Scaled));
+
+        Assert.True(exact.equal(scaled).all().item<bool>(), "the two widenings should give the same bits");
+        var w64 = weight.to(ScalarType.Float64);
+        var x64 = x.to(ScalarType.Float64);
+        var bound = x64.abs().matmul(w64.abs().t()).mul(K * Math.Pow(2, -24)).add(1e-300);
+        var excess = (exact.to(ScalarType.Float64) - x64.matmul(w64.t())).abs() - bound;
+        Assert.True(excess.max().item<double>() <= 0, $"an element is {excess.max().item<double>()} beyond float32 accumulation error");
+    }
+
+    [Fact]
+    public void WidensExactlyWhereSubnormalOperandsAreSlow()
+    {
+        if (MultiRowGemv.DefaultVariant is not { } variant || !LibTorchOpenMp.IsAvailable)
+        {
+            Assert.Skip("the multi-row kernel does not run here (no vector hardware or no libtorch OpenMP runtime).");
+            return;
+        }
+        Assert.Equal(Float16Gemv.SubnormalsAreSlow(variant) ? Float16Widening.Exact : Float16Widening.Scaled, MultiRowGemv.Float16Widening);
+    }
+
     [Theory]
     [MemberData(nameof(Variants))]
     public void GeluAndResidualAreRoundedAsTheSeparateBFloat16OperationsWould(string variant)
@@ -71,16 +115,19 @@ public class MultiRowGemvTests
         var x = randn(Rows, 1, K, generator: gen).to(ScalarType.BFloat16);
         var residual = randn(Rows, 1, N, generator: gen).to(ScalarType.BFloat16);
 
-        Assert.True(Multiply(variant, x, weight, bias, out var product));
-        Assert.True(Multiply(variant, x, weight, bias, out var fused, gelu: true, residual: residual));
+        foreach (var widening in Enum.GetValues<Float16Widening>())
+        {
+            Assert.True(Multiply(variant, x, weight, bias, out var product, widening: widening));
+            Assert.True(Multiply(variant, x, weight, bias, out var fused, gelu: true, residual: residual, widening: widening));
 
-        Assert.Equal(ScalarType.BFloat16, fused.dtype);
-        // libtorch's own GELU and sum on the kernel's rounded product: equal but for GELU's last bit now and then (its erf is
-        // a different approximation), so within one bfloat16 unit of the result.
-        var separate = F.gelu(product.to(ScalarType.Float32)).to(ScalarType.BFloat16).add(residual).to(ScalarType.Float32);
-        var unit = separate.abs().mul(Math.Pow(2, -7)).add(1e-30);
-        var excess = (fused.to(ScalarType.Float32) - separate).abs() - unit;
-        Assert.True(excess.max().item<float>() <= 0, $"an element is {excess.max().item<float>()} beyond one bfloat16 unit");
+            Assert.Equal(ScalarType.BFloat16, fused.dtype);
+            // libtorch's own GELU and sum on the kernel's rounded product: equal but for GELU's last bit now and then (its erf is
+            // a different approximation), so within one bfloat16 unit of the result.
+            var separate = F.gelu(product.to(ScalarType.Float32)).to(ScalarType.BFloat16).add(residual).to(ScalarType.Float32);
+            var unit = separate.abs().mul(Math.Pow(2, -7)).add(1e-30);
+            var excess = (fused.to(ScalarType.Float32) - separate).abs() - unit;
+            Assert.True(excess.max().item<float>() <= 0, $"{widening}: an element is {excess.max().item<float>()} beyond one bfloat16 unit");
+        }
     }
 
     [Theory]
@@ -98,6 +145,7 @@ public class MultiRowGemvTests
         poisoned[1, 5] = float.NaN;
         Assert.False(Multiply(variant, poisoned, randn(4, 8), null, out _));
         Assert.False(Multiply(variant, poisoned, weight, null, out _));
+        Assert.False(Multiply(variant, poisoned, weight, null, out _, widening: Float16Widening.Exact));
     }
 
     [Fact]
@@ -113,7 +161,7 @@ public class MultiRowGemvTests
     [Fact]
     public void DenseAndFloat16LayersTakeTheKernelForAFewRowsAndKeepLibTorchsResultsWithinRounding()
     {
-        if (!MultiRowGemv.SupportsFloat32 || !MultiRowGemv.SupportsFloat16) Assert.Skip("the multi-row kernel does not run on this CPU.");
+        if (!MultiRowGemv.SupportsFloat32 || !MultiRowGemv.SupportsFloat16) Assert.Skip("the multi-row kernel does not run here (no vector hardware or no libtorch OpenMP runtime).");
         using var scope = NewDisposeScope();
         var gen = new Generator(5);
         var x = randn(8, 1, 96, generator: gen);
@@ -138,6 +186,7 @@ public class MultiRowGemvTests
         if (!Float16Gemv.IsAccelerated(Enum.Parse<Float16GemvVariant>(variant))) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
     }
 
-    private static bool Multiply(string variant, Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null) =>
-        MultiRowGemv.TryMultiply(x, weight, bias, out result, gelu, residual, Enum.Parse<Float16GemvVariant>(variant));
+    private static bool Multiply(string variant, Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null,
+        Float16Widening widening = Float16Widening.Scaled) =>
+        MultiRowGemv.TryMultiply(x, weight, bias, out result, gelu, residual, Enum.Parse<Float16GemvVariant>(variant), widening);
 }
