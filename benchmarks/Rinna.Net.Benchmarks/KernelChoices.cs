@@ -23,7 +23,7 @@ public static class KernelChoices
     public static IEnumerable<string> Describe()
     {
         string team = LibTorchOpenMp.IsAvailable ? "" : " (no OpenMP interop: libtorch's kernels run instead)";
-        yield return "float16 decode, one row: " + (Float16Gemv.IsSupported ? $"Float16Gemv {Float16Gemv.DefaultVariant}" : "libtorch's float16 GEMV") + team;
+        yield return "float16 decode, one row: " + (Float16Gemv.IsSupported ? $"Float16Gemv {Float16Gemv.DefaultVariant}, {Float16Gemv.Widening.ToString().ToLowerInvariant()} widening" : "libtorch's float16 GEMV") + team;
         yield return "2-32 rows (batched steps, short prompts): " + (MultiRowGemv.DefaultVariant is { } rows
             ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? $"yes, {MultiRowGemv.Float16Widening.ToString().ToLowerInvariant()} widening" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
             : "libtorch");

@@ -25,8 +25,11 @@ namespace Rinna.Net.Kernels.Cpu;
 /// beforehand and the sum by 2⁵⁶ afterwards; powers of two are exact, so this is an ordinary float32 dot product
 /// unless a single product is below 2⁻⁷⁰ (negligible) or an activation exceeds 2⁶⁴ (such rows go to libtorch). Float16
 /// subnormal weights become float32 subnormal operands: free on some CPUs, but CPUs that take a
-/// microcode assist for them would be many times slower, so a one-time probe (<see cref="SubnormalsAreSlow"/>) turns
-/// this path off there. Weights with infinities or NaNs must not come here (the caller checks once).
+/// microcode assist for them (Intel's) would be many times slower, so a one-time probe (<see cref="SubnormalsAreSlow"/>)
+/// switches those to <see cref="Float16Widening.Exact"/>: four more integer and float operations per vector that give
+/// each weight's exact float32 value without forming a subnormal (<see cref="Float16Bits.Exact(Vector512{int})"/>), on
+/// unscaled activations. Both widenings compute the same bits. Weights with infinities or NaNs must not come here (the
+/// caller checks once).
 /// </para>
 /// </remarks>
 internal static unsafe class Float16Gemv
@@ -49,8 +52,20 @@ internal static unsafe class Float16Gemv
     public static Float16GemvVariant? DefaultVariant { get; } = IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512
         : Avx2.IsSupported ? Float16GemvVariant.Vector256 : null;
 
-    /// <summary>Whether decode takes the managed path: a default variant, libtorch's libgomp found, and no penalty for subnormal operands.</summary>
-    public static bool IsSupported { get; } = DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && !SubnormalsAreSlow(chosen);
+    /// <summary>
+    /// How float16 weights become float32 operands on this CPU: <see cref="Float16Widening.Scaled"/> unless subnormal
+    /// operands take a microcode assist here (<see cref="SubnormalsAreSlow"/>), then <see cref="Float16Widening.Exact"/>.
+    /// </summary>
+    public static Float16Widening Widening { get; } =
+        DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && SubnormalsAreSlow(chosen) ? Float16Widening.Exact : Float16Widening.Scaled;
+
+    /// <summary>
+    /// Whether decode takes the managed path: a default variant, libtorch's libgomp found, and a widening that measured
+    /// faster than libtorch's GEMV here. Where subnormals are slow that is AVX-512 only: the exact widening's 256-bit
+    /// form took 1.9× libtorch's F16C GEMV on an Intel CPU capped at AVX2 (benchmarks/RESULTS.md), so such CPUs keep libtorch.
+    /// </summary>
+    public static bool IsSupported { get; } = DefaultVariant is { } variant && LibTorchOpenMp.IsAvailable
+        && (Widening == Float16Widening.Scaled || variant == Float16GemvVariant.Avx512);
 
     /// <summary>Whether the CPU runs <paramref name="variant"/> in hardware (it is correct everywhere, but slow in software).</summary>
     public static bool IsAccelerated(Float16GemvVariant variant) => variant switch
@@ -75,6 +90,7 @@ internal static unsafe class Float16Gemv
         public int Columns;
         public RowClaims Claims;
         public Float16GemvVariant Variant;
+        public Float16Widening Widening;
     }
 
     /// <summary>
@@ -92,11 +108,15 @@ internal static unsafe class Float16Gemv
     public static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null)
     {
         result = null!;
-        return IsSupported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value);
+        return IsSupported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value, Widening);
     }
 
-    /// <summary><see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be accelerated; for tests and benchmarks.</summary>
-    internal static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu, Tensor? residual, Float16GemvVariant variant)
+    /// <summary>
+    /// <see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be
+    /// accelerated, and a chosen widening; for tests and benchmarks.
+    /// </summary>
+    internal static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu, Tensor? residual, Float16GemvVariant variant,
+        Float16Widening widening)
     {
         result = null!;
         if (!IsAccelerated(variant) || !LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias, residual)) return false;
@@ -104,7 +124,7 @@ internal static unsafe class Float16Gemv
         var pooled = ArrayPool<float>.Shared.Rent(columns);
         try
         {
-            if (!ScaleInput(x, pooled.AsSpan(0, columns))) return false;
+            if (widening == Float16Widening.Scaled ? !ScaleInput(x, pooled.AsSpan(0, columns)) : !WidenInput(x, pooled.AsSpan(0, columns))) return false;
             var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
             fixed (float* input = pooled)
             fixed (byte* weightBytes = weight.bytes)
@@ -118,7 +138,7 @@ internal static unsafe class Float16Gemv
                     Claims = new RowClaims(rows, threads, 16),
                     Weight = (ushort*)weightBytes, Input = input, Bias = biasBytes, BiasIsBFloat16 = bias?.dtype == ScalarType.BFloat16,
                     Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
-                    Gelu = gelu, Residual = residualBytes, Variant = variant,
+                    Gelu = gelu, Residual = residualBytes, Variant = variant, Widening = widening,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -155,6 +175,14 @@ internal static unsafe class Float16Gemv
             && (residual is null || (OnCpuContiguous(residual) && residual.numel() == weight.size(0) && residual.dtype == x.dtype));
     }
 
+    /// <summary>Writes <paramref name="x"/> as float32, unscaled; false if some element is NaN or infinite, which libtorch handles.</summary>
+    internal static bool WidenInput(Tensor x, Span<float> input)
+    {
+        if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
+        else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
+        return !input.ContainsAnyExceptInRange(float.MinValue, float.MaxValue);
+    }
+
     /// <summary>Writes <c>x · 2⁵⁶</c> as float32; false if some |x| exceeds 2⁶⁴ or is NaN.</summary>
     internal static bool ScaleInput(Tensor x, Span<float> scaled)
     {
@@ -186,6 +214,7 @@ internal static unsafe class Float16Gemv
         const int Block = 64;
         float* values = stackalloc float[Block];
         bool bfloat16 = job->OutputIsBFloat16;
+        float scale = job->Widening == Float16Widening.Scaled ? Up : 1f;
         while (job->Claims.TryClaim(out int first, out int end))
         {
             // A block of rows at a time, so that their GELUs run four to a vector.
@@ -195,7 +224,10 @@ internal static unsafe class Float16Gemv
                 for (int i = 0; i < count; i++)
                 {
                     int row = start + i;
-                    float value = Dot(job->Variant, job->Weight + (long)row * job->Columns, job->Input, job->Columns) * Up;
+                    ushort* weight = job->Weight + (long)row * job->Columns;
+                    float value = (job->Widening == Float16Widening.Scaled
+                        ? Dot<ScaledWidening>(job->Variant, weight, job->Input, job->Columns)
+                        : Dot<ExactWidening>(job->Variant, weight, job->Input, job->Columns)) * scale;
                     if (job->Bias != null)
                         value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
                     values[i] = job->Gelu ? ToOutput(value, bfloat16) : value;
@@ -217,18 +249,17 @@ internal static unsafe class Float16Gemv
     /// <summary>The value as the output dtype holds it: what a libtorch operation returning bfloat16 would pass to the next.</summary>
     internal static float ToOutput(float value, bool bfloat16) => bfloat16 ? BFloat16Bits.Widen(BFloat16Bits.Round(value)) : value;
 
-    /// <summary>Σ w·x over one weight row, in the scaled domain (a result of <c>w · x · 2⁻⁵⁶</c>).</summary>
-    private static float Dot(Float16GemvVariant variant, ushort* weight, float* input, int columns) => variant switch
+    /// <summary>Σ w·x over one weight row: with <see cref="ScaledWidening"/> in the scaled domain (a result of <c>w · x · 2⁻⁵⁶</c>).</summary>
+    private static float Dot<TWidening>(Float16GemvVariant variant, ushort* weight, float* input, int columns) where TWidening : IWidening => variant switch
     {
-        Float16GemvVariant.Avx512 => Dot512(weight, input, columns),
-        Float16GemvVariant.Vector256 => Dot256(weight, input, columns),
-        _ => Dot128(weight, input, columns),
+        Float16GemvVariant.Avx512 => Dot512<TWidening>(weight, input, columns),
+        Float16GemvVariant.Vector256 => Dot256<TWidening>(weight, input, columns),
+        _ => Dot128<TWidening>(weight, input, columns),
     };
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Dot512(ushort* weight, float* input, int columns)
+    private static float Dot512<TWidening>(ushort* weight, float* input, int columns) where TWidening : IWidening
     {
-        var mask = Vector512.Create(unchecked((int)0x8FFFE000));
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         int c = 0;
         for (; c + 64 <= columns; c += 64)
@@ -236,41 +267,39 @@ internal static unsafe class Float16Gemv
             // Prefetches never fault, so running past the end of the weight is harmless.
             Sse.Prefetch0(weight + c + PrefetchAhead);
             Sse.Prefetch0(weight + c + PrefetchAhead + 32);
-            a0 = Avx512F.FusedMultiplyAdd(Widen(weight + c, mask), Avx512F.LoadVector512(input + c), a0);
-            a1 = Avx512F.FusedMultiplyAdd(Widen(weight + c + 16, mask), Avx512F.LoadVector512(input + c + 16), a1);
-            a2 = Avx512F.FusedMultiplyAdd(Widen(weight + c + 32, mask), Avx512F.LoadVector512(input + c + 32), a2);
-            a3 = Avx512F.FusedMultiplyAdd(Widen(weight + c + 48, mask), Avx512F.LoadVector512(input + c + 48), a3);
+            a0 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c))), Avx512F.LoadVector512(input + c), a0);
+            a1 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 16))), Avx512F.LoadVector512(input + c + 16), a1);
+            a2 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 32))), Avx512F.LoadVector512(input + c + 32), a2);
+            a3 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 48))), Avx512F.LoadVector512(input + c + 48), a3);
         }
         for (; c + 16 <= columns; c += 16)
-            a0 = Avx512F.FusedMultiplyAdd(Widen(weight + c, mask), Avx512F.LoadVector512(input + c), a0);
-        return Tail(Vector512.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
+            a0 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c))), Avx512F.LoadVector512(input + c), a0);
+        return Tail<TWidening>(Vector512.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
     }
 
     /// <summary>The portable 256-bit form of <see cref="Dot512"/>: AVX2 on x64.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Dot256(ushort* weight, float* input, int columns)
+    private static float Dot256<TWidening>(ushort* weight, float* input, int columns) where TWidening : IWidening
     {
-        var mask = Vector256.Create(unchecked((int)0x8FFFE000));
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         int c = 0;
         for (; c + 32 <= columns; c += 32)
         {
             if (Sse.IsSupported) Sse.Prefetch0(weight + c + PrefetchAhead);
-            a0 = Vector256.FusedMultiplyAdd(Widen256(weight + c, mask), Vector256.Load(input + c), a0);
-            a1 = Vector256.FusedMultiplyAdd(Widen256(weight + c + 8, mask), Vector256.Load(input + c + 8), a1);
-            a2 = Vector256.FusedMultiplyAdd(Widen256(weight + c + 16, mask), Vector256.Load(input + c + 16), a2);
-            a3 = Vector256.FusedMultiplyAdd(Widen256(weight + c + 24, mask), Vector256.Load(input + c + 24), a3);
+            a0 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c)), Vector256.Load(input + c), a0);
+            a1 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c + 8)), Vector256.Load(input + c + 8), a1);
+            a2 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c + 16)), Vector256.Load(input + c + 16), a2);
+            a3 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c + 24)), Vector256.Load(input + c + 24), a3);
         }
         for (; c + 8 <= columns; c += 8)
-            a0 = Vector256.FusedMultiplyAdd(Widen256(weight + c, mask), Vector256.Load(input + c), a0);
-        return Tail(Vector256.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
+            a0 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c)), Vector256.Load(input + c), a0);
+        return Tail<TWidening>(Vector256.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
     }
 
     /// <summary>The portable 128-bit form of <see cref="Dot512"/>: NEON on Arm64, SSE on x64.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Dot128(ushort* weight, float* input, int columns)
+    private static float Dot128<TWidening>(ushort* weight, float* input, int columns) where TWidening : IWidening
     {
-        var mask = Vector128.Create(unchecked((int)0x8FFFE000));
         Vector128<float> a0 = default, a1 = default, a2 = default, a3 = default;
         int c = 0;
         for (; c + 16 <= columns; c += 16)
@@ -278,31 +307,67 @@ internal static unsafe class Float16Gemv
             if (Sse.IsSupported) Sse.Prefetch0(weight + c + PrefetchAhead);
             var w = Vector128.Load((short*)weight + c);
             var v = Vector128.Load((short*)weight + c + 8);
-            a0 = Vector128.FusedMultiplyAdd(Widen128(Vector128.WidenLower(w), mask), Vector128.Load(input + c), a0);
-            a1 = Vector128.FusedMultiplyAdd(Widen128(Vector128.WidenUpper(w), mask), Vector128.Load(input + c + 4), a1);
-            a2 = Vector128.FusedMultiplyAdd(Widen128(Vector128.WidenLower(v), mask), Vector128.Load(input + c + 8), a2);
-            a3 = Vector128.FusedMultiplyAdd(Widen128(Vector128.WidenUpper(v), mask), Vector128.Load(input + c + 12), a3);
+            a0 = Vector128.FusedMultiplyAdd(TWidening.Widen(Vector128.WidenLower(w)), Vector128.Load(input + c), a0);
+            a1 = Vector128.FusedMultiplyAdd(TWidening.Widen(Vector128.WidenUpper(w)), Vector128.Load(input + c + 4), a1);
+            a2 = Vector128.FusedMultiplyAdd(TWidening.Widen(Vector128.WidenLower(v)), Vector128.Load(input + c + 8), a2);
+            a3 = Vector128.FusedMultiplyAdd(TWidening.Widen(Vector128.WidenUpper(v)), Vector128.Load(input + c + 12), a3);
         }
-        return Tail(Vector128.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
+        return Tail<TWidening>(Vector128.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
     }
 
     /// <summary>Adds the columns from <paramref name="c"/> on, one at a time, to a vector loop's <paramref name="sum"/>.</summary>
-    private static float Tail(float sum, ushort* weight, float* input, int c, int columns)
+    private static float Tail<TWidening>(float sum, ushort* weight, float* input, int c, int columns) where TWidening : IWidening
     {
-        for (; c < columns; c++)
-            sum += BitConverter.Int32BitsToSingle(((short)weight[c] << 13) & unchecked((int)0x8FFFE000)) * input[c];
+        for (; c < columns; c++) sum += TWidening.Widen(weight[c]) * input[c];
         return sum;
     }
 
-    /// <summary>16 float16 weights as float32 <c>w · 2⁻¹¹²</c>: sign-extend, shift the exponent and mantissa into place, keep sign and value bits.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Widen(ushort* weight, Vector512<int> mask)
-        => Avx512F.And(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight)), 13), mask).AsSingle();
+    /// <summary>How float16 bits, sign-extended to int32, become float32 operands (one JIT-compiled copy of the loops per widening).</summary>
+    private interface IWidening
+    {
+        static abstract float Widen(ushort bits);
 
-    /// <summary>8 float16 weights as float32 <c>w · 2⁻¹¹²</c>, as <see cref="Widen"/> does, in portable operations.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Widen256(ushort* weight, Vector256<int> mask)
-        => (Vector256.ShiftLeft(SignExtend256((short*)weight), 13) & mask).AsSingle();
+        static abstract Vector128<float> Widen(Vector128<int> bits);
+
+        static abstract Vector256<float> Widen(Vector256<int> bits);
+
+        static abstract Vector512<float> Widen(Vector512<int> bits);
+    }
+
+    /// <summary>
+    /// <see cref="Float16Widening.Scaled"/>: float32 <c>w · 2⁻¹¹²</c> by shifting exponent and mantissa into place and
+    /// keeping the sign and value bits.
+    /// </summary>
+    private readonly struct ScaledWidening : IWidening
+    {
+        private const int Mask = unchecked((int)0x8FFFE000);
+
+        public static float Widen(ushort bits) => BitConverter.Int32BitsToSingle(((short)bits << 13) & Mask);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector128<float> Widen(Vector128<int> bits) => (Vector128.ShiftLeft(bits, 13) & Vector128.Create(Mask)).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Widen(Vector256<int> bits) => (Vector256.ShiftLeft(bits, 13) & Vector256.Create(Mask)).AsSingle();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Widen(Vector512<int> bits) => Avx512F.And(Avx512F.ShiftLeftLogical(bits, 13), Vector512.Create(Mask)).AsSingle();
+    }
+
+    /// <summary><see cref="Float16Widening.Exact"/>: each weight's exact float32 value (<see cref="Float16Bits.Exact(Vector512{int})"/>).</summary>
+    private readonly struct ExactWidening : IWidening
+    {
+        public static float Widen(ushort bits) => (float)BitConverter.UInt16BitsToHalf(bits);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector128<float> Widen(Vector128<int> bits) => Float16Bits.Exact(bits);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Widen(Vector256<int> bits) => Float16Bits.Exact(bits);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Widen(Vector512<int> bits) => Float16Bits.Exact(bits);
+    }
 
     /// <summary>
     /// 8 int16 sign-extended to int32: one <c>vpmovsxwd</c> from memory on AVX2, where the portable form (two half
@@ -316,12 +381,8 @@ internal static unsafe class Float16Gemv
         return Vector256.Create(Vector128.WidenLower(bits), Vector128.WidenUpper(bits));
     }
 
-    /// <summary>4 sign-extended float16 weights as float32 <c>w · 2⁻¹¹²</c>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Widen128(Vector128<int> bits, Vector128<int> mask) => (Vector128.ShiftLeft(bits, 13) & mask).AsSingle();
-
     /// <summary>
-    /// Times <see cref="Dot"/> over a block of subnormal float16 weights against a block of normal ones, single-threaded,
+    /// Times the scaled widening's dot product over a block of subnormal float16 weights against a block of normal ones, single-threaded,
     /// best of nine alternating runs; true if the subnormal block is more than three times as slow. A microcode assist costs
     /// on the order of a hundred cycles per instruction, so real penalties are far above that, and a busy machine is not.
     /// </summary>
@@ -345,7 +406,7 @@ internal static unsafe class Float16Gemv
             {
                 var clock = Stopwatch.StartNew();
                 float sink = 0;
-                for (int row = 0; row < Rows; row++) sink += Dot(variant, w + row * Columns, x, Columns);
+                for (int row = 0; row < Rows; row++) sink += Dot<ScaledWidening>(variant, w + row * Columns, x, Columns);
                 best = Math.Min(best, clock.ElapsedTicks + (sink == float.PositiveInfinity ? 1 : 0));
             }
             return best;
@@ -358,6 +419,19 @@ internal static unsafe class Float16Gemv
         }
         return subnormalTicks > 3 * Math.Max(1, normalTicks);
     }
+}
+
+/// <summary>How <see cref="Float16Gemv"/> and <see cref="MultiRowGemv"/> turn float16 weights into float32 operands; both give the same bits.</summary>
+internal enum Float16Widening
+{
+    /// <summary>
+    /// Shifted into float32's places as <c>w · 2⁻¹¹²</c> (three operations per vector), activations scaled to match;
+    /// float16 subnormals become float32 subnormal operands, which some CPUs (Intel's) handle by microcode assists.
+    /// </summary>
+    Scaled,
+
+    /// <summary>Each weight's exact float32 value, never forming a subnormal (<see cref="Float16Bits.Exact(Vector512{int})"/>; seven operations per vector).</summary>
+    Exact,
 }
 
 /// <summary>The vector width of <see cref="Float16Gemv"/>'s dot products.</summary>

@@ -44,10 +44,9 @@ internal static unsafe class MultiRowGemv
     public static bool SupportsFloat16 { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
 
     /// <summary>
-    /// How float16 weights become float32 operands here: <see cref="Float16Widening.Scaled"/> (one shift, as
-    /// <see cref="Float16Gemv"/> does) unless this CPU takes a microcode assist for the subnormal operands that forms,
-    /// then <see cref="Float16Widening.Exact"/>. Both give the same bits; a few rows amortize the exact form's longer
-    /// widening over their products, where for one row libtorch's GEMV is as fast (benchmarks/RESULTS.md).
+    /// How float16 weights become float32 operands here: <see cref="Float16Widening.Scaled"/> unless this CPU takes a
+    /// microcode assist for the subnormal operands that forms (<see cref="Float16Gemv.SubnormalsAreSlow"/>), then
+    /// <see cref="Float16Widening.Exact"/>, widened once per weight into float32 rows that every pass reads.
     /// </summary>
     public static Float16Widening Float16Widening { get; } =
         DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && Float16Gemv.SubnormalsAreSlow(chosen) ? Float16Widening.Exact : Float16Widening.Scaled;
@@ -114,15 +113,18 @@ internal static unsafe class MultiRowGemv
             : widening == Float16Widening.Exact ? WeightFormat.Float16Exact : WeightFormat.Float16Scaled;
         var pooled = ArrayPool<float>.Shared.Rent(inputRows * columns);
         int threads = get_num_threads();
-        long convertedFloats = format == WeightFormat.Float16Exact ? (long)WeightRowsPerPass(variant) * columns : 0;
-        // Allocated here, not on the OpenMP threads, where an allocation failure could not be reported.
-        float* converted = convertedFloats == 0 ? null : (float*)NativeMemory.AlignedAlloc((nuint)(threads * convertedFloats * sizeof(float)), 64);
+        // Per-thread room for the widened weight rows, a whole number of cache lines each: rented here, not on the OpenMP
+        // threads, where an allocation failure could not be reported, and pooled, since fresh pages cost more than the
+        // product of a small layer.
+        long convertedFloats = format == WeightFormat.Float16Exact ? ((long)WeightRowsPerPass(variant) * columns + 15) / 16 * 16 : 0;
+        var convertedPool = convertedFloats == 0 ? null : ArrayPool<float>.Shared.Rent((int)(threads * convertedFloats + 16));
         try
         {
             var input = pooled.AsSpan(0, inputRows * columns);
-            if (format == WeightFormat.Float16Scaled ? !Float16Gemv.ScaleInput(x, input) : !CopyInput(x, input)) return false;
+            if (format == WeightFormat.Float16Scaled ? !Float16Gemv.ScaleInput(x, input) : !Float16Gemv.WidenInput(x, input)) return false;
             var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
             fixed (float* inputPointer = pooled)
+            fixed (float* convertedPointer = convertedPool)
             fixed (byte* weightBytes = weight.bytes)
             fixed (byte* biasBytes = bias is null ? default : bias.bytes)
             fixed (byte* outputBytes = output.bytes)
@@ -135,7 +137,7 @@ internal static unsafe class MultiRowGemv
                     Bias = biasBytes, BiasIsBFloat16 = bias?.dtype == ScalarType.BFloat16,
                     Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
                     Gelu = gelu, Residual = residualBytes, Variant = variant, OutputScale = format == WeightFormat.Float16Scaled ? Float16Gemv.Up : 1f,
-                    Converted = converted, ConvertedFloats = convertedFloats,
+                    Converted = convertedPointer == null ? null : (float*)(((nint)convertedPointer + 63) & ~(nint)63), ConvertedFloats = convertedFloats,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -145,7 +147,7 @@ internal static unsafe class MultiRowGemv
         finally
         {
             ArrayPool<float>.Shared.Return(pooled);
-            NativeMemory.AlignedFree(converted);
+            if (convertedPool is not null) ArrayPool<float>.Shared.Return(convertedPool);
         }
     }
 
@@ -162,14 +164,6 @@ internal static unsafe class MultiRowGemv
             && (bias is null || (OnCpuContiguous(bias) && bias.dim() == 1 && bias.size(0) == weight.size(0)
                 && bias.dtype is ScalarType.BFloat16 or ScalarType.Float32))
             && (residual is null || (OnCpuContiguous(residual) && residual.numel() == inputRows * weight.size(0) && residual.dtype == x.dtype));
-    }
-
-    /// <summary>The activations as float32, unscaled (for weights converted exactly); false on NaN or infinity, which libtorch handles.</summary>
-    private static bool CopyInput(Tensor x, Span<float> input)
-    {
-        if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
-        else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
-        return !input.ContainsAnyExceptInRange(float.MinValue, float.MaxValue);
     }
 
     [UnmanagedCallersOnly]
@@ -514,31 +508,17 @@ internal static unsafe class MultiRowGemv
                 Vector512.Create(Mask)).AsSingle();
     }
 
-    /// <summary>
-    /// A float16 row to its exact float32 values, with no subnormal float32 ever formed (for CPUs that take a microcode
-    /// assist on one). Exponent and mantissa are moved into float32's places and the exponent rebiased by an integer add:
-    /// exact for normal values (<c>v ≥ 2⁻¹⁴</c>), while a float16 subnormal <c>m · 2⁻²⁴</c> comes out as
-    /// <c>v = 2⁻¹⁵ + m · 2⁻²⁵</c>, whose exact value is <c>2v − 2⁻¹⁴</c>. That is below <c>v</c> exactly when
-    /// <c>v &lt; 2⁻¹⁴</c>, so the minimum of the two picks the right one per lane without a mask; the sign is copied
-    /// last. Seven vector operations per vector against the scaled form's three. The caller passes no infinity or NaN
-    /// (the layer checks its weight once).
-    /// </summary>
+    /// <summary>A float16 row to its exact float32 values (<see cref="Float16Bits.Exact(Vector512{int})"/>), in the variant's width.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void WidenExact(Float16GemvVariant variant, ushort* source, float* destination, int columns)
     {
-        const int Rebias = 112 << 23;
-        const int Sign = unchecked((int)0x80000000);
-        const float SmallestNormal = 1f / 16384; // 2⁻¹⁴
         int c = 0;
         if (variant == Float16GemvVariant.Avx512)
         {
             for (; c + 16 <= columns; c += 16)
             {
                 Sse.Prefetch0(source + c + PrefetchAhead);
-                var bits = Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)source + c));
-                var value = (Vector512.ShiftRightLogical(Vector512.ShiftLeft(bits, 17), 4) + Vector512.Create(Rebias)).AsSingle();
-                var exact = Vector512.MinNative(value, Vector512.FusedMultiplyAdd(value, Vector512.Create(2f), Vector512.Create(-SmallestNormal)));
-                Vector512.ConditionalSelect(Vector512.Create(Sign), bits, exact.AsInt32()).AsSingle().Store(destination + c);
+                Float16Bits.Exact(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)source + c))).Store(destination + c);
             }
         }
         else if (variant == Float16GemvVariant.Vector256)
@@ -546,21 +526,13 @@ internal static unsafe class MultiRowGemv
             for (; c + 8 <= columns; c += 8)
             {
                 if (Sse.IsSupported) Sse.Prefetch0(source + c + PrefetchAhead);
-                var bits = Float16Gemv.SignExtend256((short*)source + c);
-                var value = (Vector256.ShiftRightLogical(Vector256.ShiftLeft(bits, 17), 4) + Vector256.Create(Rebias)).AsSingle();
-                var exact = Vector256.MinNative(value, Vector256.FusedMultiplyAdd(value, Vector256.Create(2f), Vector256.Create(-SmallestNormal)));
-                Vector256.ConditionalSelect(Vector256.Create(Sign), bits, exact.AsInt32()).AsSingle().Store(destination + c);
+                Float16Bits.Exact(Float16Gemv.SignExtend256((short*)source + c)).Store(destination + c);
             }
         }
         else
         {
             for (; c + 4 <= columns; c += 4)
-            {
-                var bits = Vector128.WidenLower(Vector128.CreateScalar(*(long*)(source + c)).AsInt16());
-                var value = (Vector128.ShiftRightLogical(Vector128.ShiftLeft(bits, 17), 4) + Vector128.Create(Rebias)).AsSingle();
-                var exact = Vector128.MinNative(value, Vector128.FusedMultiplyAdd(value, Vector128.Create(2f), Vector128.Create(-SmallestNormal)));
-                Vector128.ConditionalSelect(Vector128.Create(Sign), bits, exact.AsInt32()).AsSingle().Store(destination + c);
-            }
+                Float16Bits.Exact(Vector128.WidenLower(Vector128.CreateScalar(*(long*)(source + c)).AsInt16())).Store(destination + c);
         }
         for (; c < columns; c++) destination[c] = (float)BitConverter.UInt16BitsToHalf(source[c]);
     }
@@ -581,14 +553,4 @@ internal static unsafe class MultiRowGemv
 
         public static Vector512<float> Load512(byte* row, int column) => Vector512.Load((float*)row + column);
     }
-}
-
-/// <summary>How <see cref="MultiRowGemv"/> turns float16 weights into float32 operands; both give the same bits.</summary>
-internal enum Float16Widening
-{
-    /// <summary>Shifted into float32's places as <c>w · 2⁻¹¹²</c>, activations scaled to match (<see cref="Float16Gemv"/>); float16 subnormals become float32 subnormal operands.</summary>
-    Scaled,
-
-    /// <summary>Converted to the exact float32 value without forming a subnormal, for CPUs that take a microcode assist on subnormal operands.</summary>
-    Exact,
 }
