@@ -111,12 +111,14 @@ internal static unsafe class MultiRowGemv
         int rows = (int)weight.size(0), columns = (int)weight.size(1), inputRows = (int)(x.numel() / columns);
         var format = weight.dtype != ScalarType.Float16 ? WeightFormat.Float32
             : widening == Float16Widening.Exact ? WeightFormat.Float16Exact : WeightFormat.Float16Scaled;
-        var pooled = ArrayPool<float>.Shared.Rent(inputRows * columns);
         int threads = get_num_threads();
         // Per-thread room for the widened weight rows, a whole number of cache lines each: rented here, not on the OpenMP
         // threads, where an allocation failure could not be reported, and pooled, since fresh pages cost more than the
         // product of a small layer.
         long convertedFloats = format == WeightFormat.Float16Exact ? ((long)WeightRowsPerPass(variant) * columns + 15) / 16 * 16 : 0;
+        // Rows too long for pooled arrays stay with libtorch.
+        if ((long)inputRows * columns > Array.MaxLength || threads * convertedFloats + 16 > Array.MaxLength) return false;
+        var pooled = ArrayPool<float>.Shared.Rent(inputRows * columns);
         var convertedPool = convertedFloats == 0 ? null : ArrayPool<float>.Shared.Rent((int)(threads * convertedFloats + 16));
         try
         {
