@@ -12,11 +12,12 @@ public static class BenchmarkSettings
 
     /// <summary>
     /// Narrows a parameter list to the comma-separated values of an environment variable (e.g. RINNA_BENCH_DTYPES=Float16,Int8),
-    /// so that a long full-size run can measure only what is asked; unset keeps every value.
+    /// so that a long full-size run can measure only what is asked; unset keeps every value. Values in
+    /// <paramref name="onRequest"/> (the full-size model where a benchmark's default is its 4-layer cut) run only when named.
     /// </summary>
-    public static IEnumerable<string> Only(string variable, IEnumerable<string> values)
+    public static IEnumerable<string> Only(string variable, IEnumerable<string> values, IEnumerable<string>? onRequest = null)
     {
         var wanted = Environment.GetEnvironmentVariable(variable)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        return wanted is null or [] ? values : values.Where(wanted.Contains);
+        return wanted is null or [] ? values : values.Concat(onRequest ?? []).Where(wanted.Contains);
     }
 }
