@@ -25,7 +25,7 @@ public static class KernelChoices
         string team = LibTorchOpenMp.IsAvailable ? "" : " (no OpenMP interop: libtorch's kernels run instead)";
         yield return "float16 decode, one row: " + (Float16Gemv.IsSupported ? $"Float16Gemv {Float16Gemv.DefaultVariant}, {Float16Gemv.Widening.ToString().ToLowerInvariant()} widening" : "libtorch's float16 GEMV") + team;
         yield return "2-32 rows (batched steps, short prompts): " + (MultiRowGemv.DefaultVariant is { } rows
-            ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? $"yes, {MultiRowGemv.Float16Widening.ToString().ToLowerInvariant()} widening" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
+            ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? $"yes, {Float16Gemv.Widening.ToString().ToLowerInvariant()} widening" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
             : "libtorch");
         yield return "int8 decode: " + (Int8Gemv.IsPreferredForDecode ? $"Int8Gemv {Int8Gemv.DefaultVariant}, 2-32 rows Int8Gemv {Int8Gemv.RowsVariant}" : "oneDNN's _int_mm");
         yield return "float16 prompts (33+ rows): " + (Float16Linear.PromptsInBFloat16 ? "bfloat16 GEMM" : "float32 GEMM (no bfloat16 arithmetic)");

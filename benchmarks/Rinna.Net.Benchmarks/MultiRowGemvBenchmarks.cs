@@ -36,7 +36,7 @@ public class MultiRowGemvBenchmarks
         bool float16 = parts[1] == "Float16";
         weight = float16 ? (randn(size[0], size[1], generator: gen) * 0.02).to(ScalarType.Float16) : randn(size[0], size[1], generator: gen) * 0.05;
         input = float16 ? randn(Rows, 1, size[1], generator: gen).to(ScalarType.BFloat16) : randn(Rows, 1, size[1], generator: gen);
-        Console.WriteLine($"// MultiRowGemv: {MultiRowGemv.DefaultVariant?.ToString() ?? "not accelerated"} here, float16 widening {MultiRowGemv.Float16Widening}");
+        Console.WriteLine($"// MultiRowGemv: {MultiRowGemv.DefaultVariant?.ToString() ?? "not accelerated"} here, float16 widening {Float16Gemv.Widening}");
     }
 
     [GlobalCleanup]

@@ -52,12 +52,20 @@ internal static unsafe class Float16Gemv
     public static Float16GemvVariant? DefaultVariant { get; } = IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512
         : Avx2.IsSupported ? Float16GemvVariant.Vector256 : null;
 
+    /// <summary>The widest variant the CPU runs in hardware, or <c>null</c>: what a few rows use (<see cref="MultiRowGemv"/>), and what the subnormal probe times.</summary>
+    internal static Float16GemvVariant? WidestAccelerated { get; } =
+        IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512
+        : IsAccelerated(Float16GemvVariant.Vector256) ? Float16GemvVariant.Vector256
+        : IsAccelerated(Float16GemvVariant.Vector128) ? Float16GemvVariant.Vector128
+        : null;
+
     /// <summary>
-    /// How float16 weights become float32 operands on this CPU: <see cref="Float16Widening.Scaled"/> unless subnormal
-    /// operands take a microcode assist here (<see cref="SubnormalsAreSlow"/>), then <see cref="Float16Widening.Exact"/>.
+    /// How float16 weights become float32 operands on this CPU, for one row and for a few (<see cref="MultiRowGemv"/>):
+    /// <see cref="Float16Widening.Scaled"/> unless subnormal operands take a microcode assist here, then
+    /// <see cref="Float16Widening.Exact"/>. A property of the CPU, so the probe (<see cref="SubnormalsAreSlow"/>) runs once.
     /// </summary>
     public static Float16Widening Widening { get; } =
-        DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && SubnormalsAreSlow(chosen) ? Float16Widening.Exact : Float16Widening.Scaled;
+        LibTorchOpenMp.IsAvailable && WidestAccelerated is { } widest && SubnormalsAreSlow(widest) ? Float16Widening.Exact : Float16Widening.Scaled;
 
     /// <summary>
     /// Whether decode takes the managed path: a default variant, libtorch's libgomp found, and a widening that measured
@@ -340,18 +348,16 @@ internal static unsafe class Float16Gemv
     /// </summary>
     private readonly struct ScaledWidening : IWidening
     {
-        private const int Mask = unchecked((int)0x8FFFE000);
-
-        public static float Widen(ushort bits) => BitConverter.Int32BitsToSingle(((short)bits << 13) & Mask);
+        public static float Widen(ushort bits) => Float16Bits.Scaled(bits);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector128<float> Widen(Vector128<int> bits) => (Vector128.ShiftLeft(bits, 13) & Vector128.Create(Mask)).AsSingle();
+        public static Vector128<float> Widen(Vector128<int> bits) => Float16Bits.Scaled(bits);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Widen(Vector256<int> bits) => (Vector256.ShiftLeft(bits, 13) & Vector256.Create(Mask)).AsSingle();
+        public static Vector256<float> Widen(Vector256<int> bits) => Float16Bits.Scaled(bits);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Widen(Vector512<int> bits) => Avx512F.And(Avx512F.ShiftLeftLogical(bits, 13), Vector512.Create(Mask)).AsSingle();
+        public static Vector512<float> Widen(Vector512<int> bits) => Float16Bits.Scaled(bits);
     }
 
     /// <summary><see cref="Float16Widening.Exact"/>: each weight's exact float32 value (<see cref="Float16Bits.Exact(Vector512{int})"/>).</summary>

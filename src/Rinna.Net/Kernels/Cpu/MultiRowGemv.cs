@@ -34,22 +34,11 @@ internal static unsafe class MultiRowGemv
     private const int RowsPerPass = 4;
 
     /// <summary>The variant used: the widest the CPU runs in hardware (unlike one row, libtorch has nothing better for a few rows).</summary>
-    public static Float16GemvVariant? DefaultVariant { get; } =
-        Float16Gemv.IsAccelerated(Float16GemvVariant.Avx512) ? Float16GemvVariant.Avx512
-        : Float16Gemv.IsAccelerated(Float16GemvVariant.Vector256) ? Float16GemvVariant.Vector256
-        : Float16Gemv.IsAccelerated(Float16GemvVariant.Vector128) ? Float16GemvVariant.Vector128
-        : null;
+    public static Float16GemvVariant? DefaultVariant => Float16Gemv.WidestAccelerated;
 
     /// <summary>Whether the managed path runs for float16 weights: a variant and libtorch's libgomp.</summary>
     public static bool SupportsFloat16 { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
 
-    /// <summary>
-    /// How float16 weights become float32 operands here: <see cref="Float16Widening.Scaled"/> unless this CPU takes a
-    /// microcode assist for the subnormal operands that forms (<see cref="Float16Gemv.SubnormalsAreSlow"/>), then
-    /// <see cref="Float16Widening.Exact"/>, widened once per weight into float32 rows that every pass reads.
-    /// </summary>
-    public static Float16Widening Float16Widening { get; } =
-        DefaultVariant is { } chosen && LibTorchOpenMp.IsAvailable && Float16Gemv.SubnormalsAreSlow(chosen) ? Float16Widening.Exact : Float16Widening.Scaled;
 
     /// <summary>Whether the managed path runs for float32 weights.</summary>
     public static bool SupportsFloat32 { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
@@ -96,7 +85,8 @@ internal static unsafe class MultiRowGemv
     {
         result = null!;
         bool supported = weight.dtype == ScalarType.Float16 ? SupportsFloat16 : SupportsFloat32;
-        return supported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value, Float16Widening);
+        // The CPU's widening (Float16Gemv.Widening); the exact one is widened once per weight into float32 rows every pass reads.
+        return supported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value, Float16Gemv.Widening);
     }
 
     /// <summary>
@@ -489,25 +479,20 @@ internal static unsafe class MultiRowGemv
     /// <summary>float16 as float32 <c>w · 2⁻¹¹²</c> (see <see cref="Float16Gemv"/>): the activations come scaled by 2⁵⁶ and the sums are scaled back.</summary>
     private readonly struct Float16Weight : IGemvWeight
     {
-        private const int Mask = unchecked((int)0x8FFFE000);
-
         public static int Size => sizeof(ushort);
 
-        public static float Load(byte* row, int column) => BitConverter.Int32BitsToSingle((((short*)row)[column] << 13) & Mask);
+        public static float Load(byte* row, int column) => Float16Bits.Scaled(((ushort*)row)[column]);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector128<float> Load128(byte* row, int column) =>
-            (Vector128.ShiftLeft(Vector128.WidenLower(Vector128.CreateScalar(*(long*)((short*)row + column)).AsInt16()), 13)
-                & Vector128.Create(Mask)).AsSingle();
+            Float16Bits.Scaled(Vector128.WidenLower(Vector128.CreateScalar(*(long*)((short*)row + column)).AsInt16()));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Load256(byte* row, int column)
-            => (Vector256.ShiftLeft(Float16Gemv.SignExtend256((short*)row + column), 13) & Vector256.Create(Mask)).AsSingle();
+        public static Vector256<float> Load256(byte* row, int column) => Float16Bits.Scaled(Float16Gemv.SignExtend256((short*)row + column));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load512(byte* row, int column) =>
-            Avx512F.And(Avx512F.ShiftLeftLogical(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)row + column)), 13),
-                Vector512.Create(Mask)).AsSingle();
+            Float16Bits.Scaled(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)row + column)));
     }
 
     /// <summary>A float16 row to its exact float32 values (<see cref="Float16Bits.Exact(Vector512{int})"/>), in the variant's width.</summary>

@@ -91,17 +91,6 @@ public class MultiRowGemvTests
         Assert.True(excess.max().item<double>() <= 0, $"an element is {excess.max().item<double>()} beyond float32 accumulation error");
     }
 
-    [Fact]
-    public void WidensExactlyWhereSubnormalOperandsAreSlow()
-    {
-        if (MultiRowGemv.DefaultVariant is not { } variant || !LibTorchOpenMp.IsAvailable)
-        {
-            Assert.Skip("the multi-row kernel does not run here (no vector hardware or no libtorch OpenMP runtime).");
-            return;
-        }
-        Assert.Equal(Float16Gemv.SubnormalsAreSlow(variant) ? Float16Widening.Exact : Float16Widening.Scaled, MultiRowGemv.Float16Widening);
-    }
-
     [Theory]
     [MemberData(nameof(Variants))]
     public void GeluAndResidualAreRoundedAsTheSeparateBFloat16OperationsWould(string variant)
