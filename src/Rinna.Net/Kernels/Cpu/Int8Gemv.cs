@@ -21,8 +21,8 @@ internal enum Int8GemvVariant
     Vector128,
 
     /// <summary>
-    /// x64 with AVX-VNNI, for several rows: <c>vpdpbusd</c>, 32 products per instruction, on activations offset to
-    /// unsigned bytes (<c>x + 128</c>), the offset's share (<c>128 · Σw</c>) subtracted after.
+    /// x64 with AVX-VNNI, for several rows: <c>vpdpbusd</c>, 32 products per instruction, on weights offset to unsigned
+    /// bytes (<c>w + 128</c>, one sign-bit flip per load), the offset's share (<c>128 · Σx</c>, once per call) subtracted after.
     /// </summary>
     AvxVnni,
 }
@@ -52,8 +52,11 @@ internal static unsafe class Int8Gemv
     /// <summary>Activation rows multiplied with each weight row per pass.</summary>
     private const int RowsPerPass = 4;
 
-    /// <summary>The longest row whose offset sums cannot overflow int32 in the VNNI variant: 255 · 127 · K &lt; 2³¹.</summary>
-    private const int MaxOffsetColumns = 66_000;
+    /// <summary>The longest row whose offset sums cannot overflow int32 in the VNNI variant: 255 · 128 · K &lt; 2³¹.</summary>
+    private const int MaxOffsetColumns = 65_000;
+
+    /// <summary>Columns per step of <see cref="Dot2x4Vnni"/>; the columns past the last whole step are summed as integers.</summary>
+    private const int VnniStep = 32;
 
     /// <summary>The longest row whose sums cannot overflow int32: 127² · K &lt; 2³¹.</summary>
     private const int MaxColumns = 133_000;
@@ -106,7 +109,7 @@ internal static unsafe class Int8Gemv
         public sbyte* Weight;
         public sbyte* Input;
         public short* WideInput;
-        public byte* OffsetInput;
+        public int* InputSums;
         public int InputRows;
         public int* Output;
         public int Rows;
@@ -134,25 +137,26 @@ internal static unsafe class Int8Gemv
             return false;
         int rows = (int)weight.size(0), columns = (int)weight.size(1), inputRows = (int)x.size(0);
         var output = empty(inputRows, rows, dtype: ScalarType.Int32);
-        // Several rows are prepared once (sign-extended to int16, or offset to unsigned bytes for VNNI), so that each
-        // weight load meets them as memory operands.
+        // Several rows are sign-extended to int16 once, so that each weight load meets them as memory operands. VNNI
+        // takes the int8 rows as they are and needs only each row's sum for the weights' offset.
         bool vnni = variant == Int8GemvVariant.AvxVnni;
         var wide = inputRows == 1 || vnni ? null : ArrayPool<short>.Shared.Rent(inputRows * columns);
-        var offset = vnni ? ArrayPool<byte>.Shared.Rent(inputRows * columns) : null;
+        int* inputSums = stackalloc int[inputRows];
         try
         {
             fixed (byte* inputBytes = x.bytes)
             fixed (short* wideInput = wide)
-            fixed (byte* offsetInput = offset)
             fixed (byte* weightBytes = weight.bytes)
             fixed (byte* outputBytes = output.bytes)
             {
                 if (wide is not null) SignExtend((sbyte*)inputBytes, wideInput, inputRows * columns);
-                if (offset is not null) OffsetToUnsigned((sbyte*)inputBytes, offsetInput, inputRows * columns);
+                if (vnni)
+                    for (int i = 0; i < inputRows; i++)
+                        inputSums[i] = Sum((sbyte*)inputBytes + (long)i * columns, columns - columns % VnniStep);
                 int threads = get_num_threads();
                 var job = new Job
                 {
-                    Weight = (sbyte*)weightBytes, Input = (sbyte*)inputBytes, WideInput = wideInput, OffsetInput = offsetInput,
+                    Weight = (sbyte*)weightBytes, Input = (sbyte*)inputBytes, WideInput = wideInput, InputSums = inputSums,
                     InputRows = inputRows, Output = (int*)outputBytes, Rows = rows, Columns = columns,
                     Claims = new RowClaims(rows, threads, 16), Variant = variant,
                 };
@@ -162,7 +166,6 @@ internal static unsafe class Int8Gemv
         finally
         {
             if (wide is not null) ArrayPool<short>.Shared.Return(wide);
-            if (offset is not null) ArrayPool<byte>.Shared.Return(offset);
         }
         result = output;
         return true;
@@ -180,14 +183,11 @@ internal static unsafe class Int8Gemv
         for (; i < count; i++) destination[i] = source[i];
     }
 
-    /// <summary><c>x + 128</c> as unsigned bytes (flipping the sign bit), for <c>vpdpbusd</c>'s unsigned operand.</summary>
-    private static void OffsetToUnsigned(sbyte* source, byte* destination, int count)
+    private static int Sum(sbyte* source, int count)
     {
-        int i = 0;
-        var signBit = Vector256.Create((byte)0x80);
-        for (; i + Vector256<byte>.Count <= count; i += Vector256<byte>.Count)
-            (Vector256.Load((byte*)source + i) ^ signBit).Store(destination + i);
-        for (; i < count; i++) destination[i] = (byte)(source[i] + 128);
+        int sum = 0;
+        for (int i = 0; i < count; i++) sum += source[i];
+        return sum;
     }
 
     private static bool Eligible(Tensor x, Tensor weight)
@@ -206,14 +206,40 @@ internal static unsafe class Int8Gemv
         int columns = job->Columns, inputRows = job->InputRows;
         bool vnni = job->Variant == Int8GemvVariant.AvxVnni;
         short** inputs = stackalloc short*[RowsPerPass];
-        byte** offsetInputs = stackalloc byte*[RowsPerPass];
+        sbyte** byteInputs = stackalloc sbyte*[RowsPerPass];
+        int* inputSums = stackalloc int[RowsPerPass];
         int* sums = stackalloc int[RowsPerPass];
+        int* pairSums = stackalloc int[2 * RowsPerPass];
         while (job->Claims.TryClaim(out int first, out int end))
         {
             for (int row = first; row < end; row++)
             {
                 var weight = job->Weight + (long)row * columns;
-                if (inputRows == 1 && !vnni)
+                if (vnni)
+                {
+                    // Two weight rows at a time share each activation load; a last odd row is paired with itself.
+                    var next = row + 1 < end ? weight + columns : weight;
+                    for (int pass = 0; pass < inputRows; pass += RowsPerPass)
+                    {
+                        int count = Math.Min(RowsPerPass, inputRows - pass);
+                        // A short last pass repeats its first row; those sums are not written.
+                        for (int i = 0; i < RowsPerPass; i++)
+                        {
+                            int inputRow = pass + (i < count ? i : 0);
+                            byteInputs[i] = job->Input + (long)inputRow * columns;
+                            inputSums[i] = job->InputSums[inputRow];
+                        }
+                        Dot2x4Vnni(weight, next, byteInputs, inputSums, columns, pairSums);
+                        for (int i = 0; i < count; i++)
+                        {
+                            job->Output[(long)(pass + i) * job->Rows + row] = pairSums[i];
+                            if (next != weight) job->Output[(long)(pass + i) * job->Rows + row + 1] = pairSums[RowsPerPass + i];
+                        }
+                    }
+                    if (next != weight) row++;
+                    continue;
+                }
+                if (inputRows == 1)
                 {
                     job->Output[row] = Dot(job->Variant, weight, job->Input, columns);
                     continue;
@@ -221,15 +247,9 @@ internal static unsafe class Int8Gemv
                 for (int pass = 0; pass < inputRows; pass += RowsPerPass)
                 {
                     int count = Math.Min(RowsPerPass, inputRows - pass);
-                    // A short last pass repeats its first row; those sums are not written.
                     for (int i = 0; i < RowsPerPass; i++)
-                    {
-                        long at = (long)(pass + (i < count ? i : 0)) * columns;
-                        inputs[i] = job->WideInput + at;
-                        offsetInputs[i] = job->OffsetInput + at;
-                    }
-                    if (vnni) Dot4Vnni(weight, offsetInputs, columns, sums);
-                    else Dot4(job->Variant, weight, inputs, columns, sums);
+                        inputs[i] = job->WideInput + (long)(pass + (i < count ? i : 0)) * columns;
+                    Dot4(job->Variant, weight, inputs, columns, sums);
                     for (int i = 0; i < count; i++) job->Output[(long)(pass + i) * job->Rows + row] = sums[i];
                 }
             }
@@ -237,47 +257,50 @@ internal static unsafe class Int8Gemv
     }
 
     /// <summary>
-    /// One weight row with four offset activation rows: Σ (x+128)·w by <c>vpdpbusd</c> (four u8 × s8 products summed into
-    /// each int32 lane, exact), less 128 · Σw, which a fifth <c>vpdpbusd</c> against ones counts on the way.
+    /// Two weight rows with four activation rows: Σ (w+128)·x by <c>vpdpbusd</c> (four u8 × s8 products summed into each
+    /// int32 lane), less 128 · Σx, which the caller summed once per activation row (<paramref name="inputSums"/>, over
+    /// the whole <see cref="VnniStep"/>s). Offsetting the weight rather than the activations keeps Σw, which differs per
+    /// weight row, out of the loop (a sign-bit flip per 32 weights instead of a fifth <c>vpdpbusd</c>), and two weight
+    /// rows per pass load each activation vector once for two products: loads, not multiplies, bounded one row per pass.
+    /// Sums go to <paramref name="sums"/>[0..3] for <paramref name="weight"/> and [4..7] for <paramref name="weight1"/>.
+    /// Exact: the lanes wrap modulo 2³² and the result fits in int32.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot4Vnni(sbyte* weight, byte** inputs, int columns, int* sums)
+    private static void Dot2x4Vnni(sbyte* weight, sbyte* weight1, sbyte** inputs, int* inputSums, int columns, int* sums)
     {
-        byte* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
-        // Two sets of accumulators: vpdpbusd's latency, not its throughput, would bound one chain per row.
-        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default, weightSum = default;
-        Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default, weightSumB = default;
-        var ones = Vector256.Create((byte)1);
+        sbyte* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        // Eight independent accumulators keep vpdpbusd's latency hidden; the loop holds 12 of the 16 ymm registers.
+        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
+        var signBit = Vector256.Create((byte)0x80);
         int c = 0;
-        for (; c + 64 <= columns; c += 64)
+        for (; c + VnniStep <= columns; c += VnniStep)
         {
             Sse.Prefetch0(weight + c + PrefetchAhead);
-            var w = Avx.LoadVector256(weight + c);
-            a0 = AvxVnni.MultiplyWideningAndAdd(a0, Avx.LoadVector256(x0 + c), w);
-            a1 = AvxVnni.MultiplyWideningAndAdd(a1, Avx.LoadVector256(x1 + c), w);
-            a2 = AvxVnni.MultiplyWideningAndAdd(a2, Avx.LoadVector256(x2 + c), w);
-            a3 = AvxVnni.MultiplyWideningAndAdd(a3, Avx.LoadVector256(x3 + c), w);
-            weightSum = AvxVnni.MultiplyWideningAndAdd(weightSum, ones, w);
-            w = Avx.LoadVector256(weight + c + 32);
-            b0 = AvxVnni.MultiplyWideningAndAdd(b0, Avx.LoadVector256(x0 + c + 32), w);
-            b1 = AvxVnni.MultiplyWideningAndAdd(b1, Avx.LoadVector256(x1 + c + 32), w);
-            b2 = AvxVnni.MultiplyWideningAndAdd(b2, Avx.LoadVector256(x2 + c + 32), w);
-            b3 = AvxVnni.MultiplyWideningAndAdd(b3, Avx.LoadVector256(x3 + c + 32), w);
-            weightSumB = AvxVnni.MultiplyWideningAndAdd(weightSumB, ones, w);
+            Sse.Prefetch0(weight1 + c + PrefetchAhead);
+            var w = Avx.LoadVector256((byte*)weight + c) ^ signBit;
+            var v = Avx.LoadVector256((byte*)weight1 + c) ^ signBit;
+            var x = Avx.LoadVector256(x0 + c);
+            a0 = AvxVnni.MultiplyWideningAndAdd(a0, w, x);
+            b0 = AvxVnni.MultiplyWideningAndAdd(b0, v, x);
+            x = Avx.LoadVector256(x1 + c);
+            a1 = AvxVnni.MultiplyWideningAndAdd(a1, w, x);
+            b1 = AvxVnni.MultiplyWideningAndAdd(b1, v, x);
+            x = Avx.LoadVector256(x2 + c);
+            a2 = AvxVnni.MultiplyWideningAndAdd(a2, w, x);
+            b2 = AvxVnni.MultiplyWideningAndAdd(b2, v, x);
+            x = Avx.LoadVector256(x3 + c);
+            a3 = AvxVnni.MultiplyWideningAndAdd(a3, w, x);
+            b3 = AvxVnni.MultiplyWideningAndAdd(b3, v, x);
         }
-        a0 += b0; a1 += b1; a2 += b2; a3 += b3; weightSum += weightSumB;
-        int offset = 128 * Vector256.Sum(weightSum);
-        sums[0] = Vector256.Sum(a0) - offset + OffsetTail(weight, x0, c, columns);
-        sums[1] = Vector256.Sum(a1) - offset + OffsetTail(weight, x1, c, columns);
-        sums[2] = Vector256.Sum(a2) - offset + OffsetTail(weight, x2, c, columns);
-        sums[3] = Vector256.Sum(a3) - offset + OffsetTail(weight, x3, c, columns);
-    }
-
-    private static int OffsetTail(sbyte* weight, byte* input, int from, int columns)
-    {
-        int sum = 0;
-        for (int c = from; c < columns; c++) sum += weight[c] * (input[c] - 128);
-        return sum;
+        sums[0] = Vector256.Sum(a0) - 128 * inputSums[0] + Tail(weight, x0, c, columns);
+        sums[1] = Vector256.Sum(a1) - 128 * inputSums[1] + Tail(weight, x1, c, columns);
+        sums[2] = Vector256.Sum(a2) - 128 * inputSums[2] + Tail(weight, x2, c, columns);
+        sums[3] = Vector256.Sum(a3) - 128 * inputSums[3] + Tail(weight, x3, c, columns);
+        sums[4] = Vector256.Sum(b0) - 128 * inputSums[0] + Tail(weight1, x0, c, columns);
+        sums[5] = Vector256.Sum(b1) - 128 * inputSums[1] + Tail(weight1, x1, c, columns);
+        sums[6] = Vector256.Sum(b2) - 128 * inputSums[2] + Tail(weight1, x2, c, columns);
+        sums[7] = Vector256.Sum(b3) - 128 * inputSums[3] + Tail(weight1, x3, c, columns);
     }
 
     private static void Dot4(Int8GemvVariant variant, sbyte* weight, short** inputs, int columns, int* sums)

@@ -75,6 +75,9 @@ public class Int8GemvTests
         var (x, w) = Operands(n, k, m * 31 + n * 7919 + k, m);
         // The extremes in every row, so that a sum on the wrong row or a lost short-pass row shows.
         x[.., 0] = tensor((sbyte)-127);
+        // And int8's −128 on both sides, which the VNNI variant's weight offset maps to 0 (w + 128).
+        x[.., 1] = tensor((sbyte)-128);
+        w[.., 1] = tensor((sbyte)-128);
         Assert.True(Int8Gemv.TryMultiply(x, w, out var result, variant));
         var expected = x.to(ScalarType.Int64).matmul(w.to(ScalarType.Int64).t()).to(ScalarType.Int32);
         Assert.Equal(new long[] { m, n }, result.shape);
