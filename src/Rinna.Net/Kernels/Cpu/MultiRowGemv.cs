@@ -194,7 +194,16 @@ internal static unsafe class MultiRowGemv
                     // A short last pass repeats its first row; those sums are not written.
                     for (int i = 0; i < RowsPerPass; i++) inputs[i] = job->Input + (long)(pass + (i < count ? i : 0)) * columns;
                     if (format == WeightFormat.Float16Scaled) Dot<Float16Weight>(job->Variant, weightRows, weight, stride, inputs, columns, sums);
-                    else Dot<Float32Weight>(job->Variant, weightRows, weight, stride, inputs, columns, sums);
+                    else
+                    {
+                        // While the passes run on the widened rows, memory would idle: they fetch the next group's
+                        // float16 rows into L2 instead, 4 bytes per column and pass (a 4-row group in two passes), for
+                        // its widening to read from there.
+                        byte* next = null;
+                        long offset = (long)(pass / RowsPerPass) * columns * 4;
+                        if (converted != null && offset < weightRows * rowBytes) next = job->Weight + (row + weightRows) * rowBytes + offset;
+                        Dot<Float32Weight>(job->Variant, weightRows, weight, stride, inputs, columns, sums, next);
+                    }
                     for (int w = 0; w < weightRows; w++)
                         for (int i = 0; i < count; i++)
                             sums[w * RowsPerPass + i] = Prepare(job, row + w, sums[w * RowsPerPass + i]);
@@ -244,16 +253,16 @@ internal static unsafe class MultiRowGemv
     /// rows: <c>sums[w · 4 + i]</c>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot<TWeight>(Float16GemvVariant variant, int weightRows, byte* weight, long rowBytes, float** inputs, int columns, float* sums)
+    private static void Dot<TWeight>(Float16GemvVariant variant, int weightRows, byte* weight, long rowBytes, float** inputs, int columns, float* sums, byte* next = null)
         where TWeight : IGemvWeight
     {
         if (weightRows == 1) Dot4<TWeight>(variant, weight, inputs, columns, sums);
-        else if (variant == Float16GemvVariant.Avx512) Dot4x4x512<TWeight>(weight, rowBytes, inputs, columns, sums);
-        else Dot2x4x256<TWeight>(weight, rowBytes, inputs, columns, sums);
+        else if (variant == Float16GemvVariant.Avx512) Dot4x4x512<TWeight>(weight, rowBytes, inputs, columns, sums, next);
+        else Dot2x4x256<TWeight>(weight, rowBytes, inputs, columns, sums, next);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot4x4x512<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* sums) where TWeight : IGemvWeight
+    private static void Dot4x4x512<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* sums, byte* next) where TWeight : IGemvWeight
     {
         float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
         byte* w0 = weight, w1 = weight + rowBytes, w2 = weight + 2 * rowBytes, w3 = weight + 3 * rowBytes;
@@ -262,6 +271,7 @@ internal static unsafe class MultiRowGemv
         int c = 0;
         for (; c + 16 <= columns; c += 16)
         {
+            if (next != null) Sse.Prefetch1(next + c * 4);
             var v0 = Avx512F.LoadVector512(x0 + c);
             var v1 = Avx512F.LoadVector512(x1 + c);
             var v2 = Avx512F.LoadVector512(x2 + c);
@@ -309,7 +319,7 @@ internal static unsafe class MultiRowGemv
 
     /// <summary>The portable 256-bit form of <see cref="Dot4x4x512{TWeight}"/> for two weight rows (AVX2 has 16 vector registers).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot2x4x256<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* sums) where TWeight : IGemvWeight
+    private static void Dot2x4x256<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* sums, byte* next) where TWeight : IGemvWeight
     {
         float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
         byte* w0 = weight, w1 = weight + rowBytes;
@@ -317,7 +327,9 @@ internal static unsafe class MultiRowGemv
         int c = 0;
         for (; c + 8 <= columns; c += 8)
         {
-            if (Sse.IsSupported)
+            if (!Sse.IsSupported) { }
+            else if (next != null) Sse.Prefetch1(next + c * 4);
+            else
             {
                 Sse.Prefetch0(w0 + (c * TWeight.Size) + 4096);
                 Sse.Prefetch0(w1 + (c * TWeight.Size) + 4096);
