@@ -183,6 +183,7 @@ internal static unsafe class Int8Gemv
         for (; i < count; i++) destination[i] = source[i];
     }
 
+    /// <summary>Σx over a row's first <paramref name="count"/> values: what the VNNI variant's weight offset adds, 128 times over.</summary>
     private static int Sum(sbyte* source, int count)
     {
         int sum = 0;
@@ -247,6 +248,7 @@ internal static unsafe class Int8Gemv
                 for (int pass = 0; pass < inputRows; pass += RowsPerPass)
                 {
                     int count = Math.Min(RowsPerPass, inputRows - pass);
+                    // As above, a short last pass repeats its first row.
                     for (int i = 0; i < RowsPerPass; i++)
                         inputs[i] = job->WideInput + (long)(pass + (i < count ? i : 0)) * columns;
                     Dot4(job->Variant, weight, inputs, columns, sums);
