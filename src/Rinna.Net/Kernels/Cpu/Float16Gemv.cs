@@ -68,12 +68,12 @@ internal static unsafe class Float16Gemv
         LibTorchOpenMp.IsAvailable && WidestAccelerated is { } widest && SubnormalsAreSlow(widest) ? Float16Widening.Exact : Float16Widening.Scaled;
 
     /// <summary>
-    /// Whether decode takes the managed path: a default variant, libtorch's libgomp found, and a widening that measured
-    /// faster than libtorch's GEMV here. Where subnormals are slow that is AVX-512 only: the exact widening's 256-bit
-    /// form took 1.9× libtorch's F16C GEMV on an Intel CPU capped at AVX2 (benchmarks/RESULTS.md), so such CPUs keep libtorch.
+    /// Whether decode takes the managed path: a default variant and libtorch's libgomp found. With either widening it
+    /// decoded faster than libtorch's float16 GEMV in the model, including the exact widening's 256-bit form on an Intel
+    /// CPU capped at AVX2, where a lone weight small enough to stay in the last-level cache had measured it slower
+    /// (benchmarks/RESULTS.md, 2026-12-03 night).
     /// </summary>
-    public static bool IsSupported { get; } = DefaultVariant is { } variant && LibTorchOpenMp.IsAvailable
-        && (Widening == Float16Widening.Scaled || variant == Float16GemvVariant.Avx512);
+    public static bool IsSupported { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
 
     /// <summary>Whether the CPU runs <paramref name="variant"/> in hardware (it is correct everywhere, but slow in software).</summary>
     public static bool IsAccelerated(Float16GemvVariant variant) => variant switch

@@ -20,9 +20,8 @@ public class Float16GemvTests
         // Without it every decode silently falls back to libtorch's kernels; the Linux LibTorch always ships libgomp.
         if (!OperatingSystem.IsLinux()) Assert.Skip("libtorch's OpenMP runtime is looked up on Linux only.");
         Assert.True(LibTorchOpenMp.IsAvailable);
-        // With a vector width and libgomp, decode refuses only on a CPU with slow subnormals and no AVX-512.
-        if (Float16Gemv.DefaultVariant is { } variant)
-            Assert.Equal(Float16Gemv.Widening == Float16Widening.Scaled || variant == Float16GemvVariant.Avx512, Float16Gemv.IsSupported);
+        // With a vector width and libgomp, decode takes the managed path whichever widening the CPU needs.
+        Assert.Equal(Float16Gemv.DefaultVariant is not null, Float16Gemv.IsSupported);
     }
 
     [Fact]
