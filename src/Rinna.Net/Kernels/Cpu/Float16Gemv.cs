@@ -26,10 +26,10 @@ namespace Rinna.Net.Kernels.Cpu;
 /// unless a single product is below 2⁻⁷⁰ (negligible) or an activation exceeds 2⁶⁴ (such rows go to libtorch). Float16
 /// subnormal weights become float32 subnormal operands: free on some CPUs, but CPUs that take a
 /// microcode assist for them (Intel's) would be many times slower, so a one-time probe (<see cref="SubnormalsAreSlow"/>)
-/// switches those to <see cref="Float16Widening.Exact"/>: four more integer and float operations per vector that give
-/// each weight's exact float32 value without forming a subnormal (<see cref="Float16Bits.Exact(Vector512{int})"/>), on
-/// unscaled activations. Both widenings compute the same bits. Weights with infinities or NaNs must not come here (the
-/// caller checks once).
+/// switches those to <see cref="Float16Widening.Exact"/>: a vector of weights with a zero float16 exponent (about one
+/// in 25 for trained weights) takes each weight's exact float32 value (<see cref="Float16Bits.Exact(Vector512{int})"/>)
+/// scaled so that the products are the same, and every other vector the shifted form, which has no subnormal to form.
+/// Both widenings compute the same bits. Weights with infinities or NaNs must not come here (the caller checks once).
 /// </para>
 /// </remarks>
 internal static unsafe class Float16Gemv
@@ -132,7 +132,7 @@ internal static unsafe class Float16Gemv
         var pooled = ArrayPool<float>.Shared.Rent(columns);
         try
         {
-            if (widening == Float16Widening.Scaled ? !ScaleInput(x, pooled.AsSpan(0, columns)) : !WidenInput(x, pooled.AsSpan(0, columns))) return false;
+            if (!ScaleInput(x, pooled.AsSpan(0, columns))) return false;
             var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
             fixed (float* input = pooled)
             fixed (byte* weightBytes = weight.bytes)
@@ -222,7 +222,6 @@ internal static unsafe class Float16Gemv
         const int Block = 64;
         float* values = stackalloc float[Block];
         bool bfloat16 = job->OutputIsBFloat16;
-        float scale = job->Widening == Float16Widening.Scaled ? Up : 1f;
         while (job->Claims.TryClaim(out int first, out int end))
         {
             // A block of rows at a time, so that their GELUs run four to a vector.
@@ -235,7 +234,7 @@ internal static unsafe class Float16Gemv
                     ushort* weight = job->Weight + (long)row * job->Columns;
                     float value = (job->Widening == Float16Widening.Scaled
                         ? Dot<ScaledWidening>(job->Variant, weight, job->Input, job->Columns)
-                        : Dot<ExactWidening>(job->Variant, weight, job->Input, job->Columns)) * scale;
+                        : Dot<ExactWidening>(job->Variant, weight, job->Input, job->Columns)) * Up;
                     if (job->Bias != null)
                         value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
                     values[i] = job->Gelu ? ToOutput(value, bfloat16) : value;
@@ -275,13 +274,13 @@ internal static unsafe class Float16Gemv
             // Prefetches never fault, so running past the end of the weight is harmless.
             Sse.Prefetch0(weight + c + PrefetchAhead);
             Sse.Prefetch0(weight + c + PrefetchAhead + 32);
-            a0 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c))), Avx512F.LoadVector512(input + c), a0);
-            a1 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 16))), Avx512F.LoadVector512(input + c + 16), a1);
-            a2 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 32))), Avx512F.LoadVector512(input + c + 32), a2);
-            a3 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 48))), Avx512F.LoadVector512(input + c + 48), a3);
+            a0 = TWidening.MultiplyAdd(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c)), Avx512F.LoadVector512(input + c), a0);
+            a1 = TWidening.MultiplyAdd(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 16)), Avx512F.LoadVector512(input + c + 16), a1);
+            a2 = TWidening.MultiplyAdd(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 32)), Avx512F.LoadVector512(input + c + 32), a2);
+            a3 = TWidening.MultiplyAdd(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c + 48)), Avx512F.LoadVector512(input + c + 48), a3);
         }
         for (; c + 16 <= columns; c += 16)
-            a0 = Avx512F.FusedMultiplyAdd(TWidening.Widen(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c))), Avx512F.LoadVector512(input + c), a0);
+            a0 = TWidening.MultiplyAdd(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)weight + c)), Avx512F.LoadVector512(input + c), a0);
         return Tail<TWidening>(Vector512.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
     }
 
@@ -294,13 +293,13 @@ internal static unsafe class Float16Gemv
         for (; c + 32 <= columns; c += 32)
         {
             if (Sse.IsSupported) Sse.Prefetch0(weight + c + PrefetchAhead);
-            a0 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c)), Vector256.Load(input + c), a0);
-            a1 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c + 8)), Vector256.Load(input + c + 8), a1);
-            a2 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c + 16)), Vector256.Load(input + c + 16), a2);
-            a3 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c + 24)), Vector256.Load(input + c + 24), a3);
+            a0 = TWidening.MultiplyAdd(SignExtend256((short*)weight + c), Vector256.Load(input + c), a0);
+            a1 = TWidening.MultiplyAdd(SignExtend256((short*)weight + c + 8), Vector256.Load(input + c + 8), a1);
+            a2 = TWidening.MultiplyAdd(SignExtend256((short*)weight + c + 16), Vector256.Load(input + c + 16), a2);
+            a3 = TWidening.MultiplyAdd(SignExtend256((short*)weight + c + 24), Vector256.Load(input + c + 24), a3);
         }
         for (; c + 8 <= columns; c += 8)
-            a0 = Vector256.FusedMultiplyAdd(TWidening.Widen(SignExtend256((short*)weight + c)), Vector256.Load(input + c), a0);
+            a0 = TWidening.MultiplyAdd(SignExtend256((short*)weight + c), Vector256.Load(input + c), a0);
         return Tail<TWidening>(Vector256.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
     }
 
@@ -315,10 +314,10 @@ internal static unsafe class Float16Gemv
             if (Sse.IsSupported) Sse.Prefetch0(weight + c + PrefetchAhead);
             var w = Vector128.Load((short*)weight + c);
             var v = Vector128.Load((short*)weight + c + 8);
-            a0 = Vector128.FusedMultiplyAdd(TWidening.Widen(Vector128.WidenLower(w)), Vector128.Load(input + c), a0);
-            a1 = Vector128.FusedMultiplyAdd(TWidening.Widen(Vector128.WidenUpper(w)), Vector128.Load(input + c + 4), a1);
-            a2 = Vector128.FusedMultiplyAdd(TWidening.Widen(Vector128.WidenLower(v)), Vector128.Load(input + c + 8), a2);
-            a3 = Vector128.FusedMultiplyAdd(TWidening.Widen(Vector128.WidenUpper(v)), Vector128.Load(input + c + 12), a3);
+            a0 = TWidening.MultiplyAdd(Vector128.WidenLower(w), Vector128.Load(input + c), a0);
+            a1 = TWidening.MultiplyAdd(Vector128.WidenUpper(w), Vector128.Load(input + c + 4), a1);
+            a2 = TWidening.MultiplyAdd(Vector128.WidenLower(v), Vector128.Load(input + c + 8), a2);
+            a3 = TWidening.MultiplyAdd(Vector128.WidenUpper(v), Vector128.Load(input + c + 12), a3);
         }
         return Tail<TWidening>(Vector128.Sum((a0 + a1) + (a2 + a3)), weight, input, c, columns);
     }
@@ -326,20 +325,23 @@ internal static unsafe class Float16Gemv
     /// <summary>Adds the columns from <paramref name="c"/> on, one at a time, to a vector loop's <paramref name="sum"/>.</summary>
     private static float Tail<TWidening>(float sum, ushort* weight, float* input, int c, int columns) where TWidening : IWidening
     {
-        for (; c < columns; c++) sum += TWidening.Widen(weight[c]) * input[c];
+        for (; c < columns; c++) sum += TWidening.Product(weight[c], input[c]);
         return sum;
     }
 
-    /// <summary>How float16 bits, sign-extended to int32, become float32 operands (one JIT-compiled copy of the loops per widening).</summary>
+    /// <summary>
+    /// How float16 bits, sign-extended to int32, multiply activations scaled by 2⁵⁶ into sums of <c>w · x · 2⁻⁵⁶</c>
+    /// (one JIT-compiled copy of the loops per widening).
+    /// </summary>
     private interface IWidening
     {
-        static abstract float Widen(ushort bits);
+        static abstract float Product(ushort bits, float scaledInput);
 
-        static abstract Vector128<float> Widen(Vector128<int> bits);
+        static abstract Vector128<float> MultiplyAdd(Vector128<int> bits, Vector128<float> scaledInput, Vector128<float> sum);
 
-        static abstract Vector256<float> Widen(Vector256<int> bits);
+        static abstract Vector256<float> MultiplyAdd(Vector256<int> bits, Vector256<float> scaledInput, Vector256<float> sum);
 
-        static abstract Vector512<float> Widen(Vector512<int> bits);
+        static abstract Vector512<float> MultiplyAdd(Vector512<int> bits, Vector512<float> scaledInput, Vector512<float> sum);
     }
 
     /// <summary>
@@ -348,31 +350,56 @@ internal static unsafe class Float16Gemv
     /// </summary>
     private readonly struct ScaledWidening : IWidening
     {
-        public static float Widen(ushort bits) => Float16Bits.Scaled(bits);
+        public static float Product(ushort bits, float scaledInput) => Float16Bits.Scaled(bits) * scaledInput;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector128<float> Widen(Vector128<int> bits) => Float16Bits.Scaled(bits);
+        public static Vector128<float> MultiplyAdd(Vector128<int> bits, Vector128<float> scaledInput, Vector128<float> sum) =>
+            Vector128.FusedMultiplyAdd(Float16Bits.Scaled(bits), scaledInput, sum);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Widen(Vector256<int> bits) => Float16Bits.Scaled(bits);
+        public static Vector256<float> MultiplyAdd(Vector256<int> bits, Vector256<float> scaledInput, Vector256<float> sum) =>
+            Vector256.FusedMultiplyAdd(Float16Bits.Scaled(bits), scaledInput, sum);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Widen(Vector512<int> bits) => Float16Bits.Scaled(bits);
+        public static Vector512<float> MultiplyAdd(Vector512<int> bits, Vector512<float> scaledInput, Vector512<float> sum) =>
+            Avx512F.FusedMultiplyAdd(Float16Bits.Scaled(bits), scaledInput, sum);
     }
 
-    /// <summary><see cref="Float16Widening.Exact"/>: each weight's exact float32 value (<see cref="Float16Bits.Exact(Vector512{int})"/>).</summary>
+    /// <summary>
+    /// <see cref="Float16Widening.Exact"/> for one row: the scaled widening for every vector of weights whose float16
+    /// exponents are all nonzero (no subnormal, so no subnormal operand), and for a vector with a zero exponent each
+    /// weight's exact value (<see cref="Float16Bits.Exact(Vector512{int})"/>) times 2⁻⁵⁶ against the activations times
+    /// 2⁻⁵⁶. Both give the product <c>w · x · 2⁻⁵⁶</c> exactly before the one rounding of the multiply-add, so the sums
+    /// are the scaled widening's bits, without a subnormal operand. Trained weights hold about 0.24 % subnormals, so
+    /// about one vector of 16 in 25 takes the longer way; the common one costs two operations and a test instead of
+    /// the exact widening's seven.
+    /// </summary>
     private readonly struct ExactWidening : IWidening
     {
-        public static float Widen(ushort bits) => (float)BitConverter.UInt16BitsToHalf(bits);
+        private const float Down = 1f / Up;
+
+        public static float Product(ushort bits, float scaledInput) => (float)BitConverter.UInt16BitsToHalf(bits) * Down * (scaledInput * Down);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector128<float> Widen(Vector128<int> bits) => Float16Bits.Exact(bits);
+        public static Vector128<float> MultiplyAdd(Vector128<int> bits, Vector128<float> scaledInput, Vector128<float> sum) =>
+            Vector128.EqualsAny(bits & Vector128.Create(ExponentBits), Vector128<int>.Zero)
+                ? Vector128.FusedMultiplyAdd(Float16Bits.Exact(bits) * Down, scaledInput * Down, sum)
+                : Vector128.FusedMultiplyAdd(Float16Bits.Scaled(bits), scaledInput, sum);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector256<float> Widen(Vector256<int> bits) => Float16Bits.Exact(bits);
+        public static Vector256<float> MultiplyAdd(Vector256<int> bits, Vector256<float> scaledInput, Vector256<float> sum) =>
+            Vector256.EqualsAny(bits & Vector256.Create(ExponentBits), Vector256<int>.Zero)
+                ? Vector256.FusedMultiplyAdd(Float16Bits.Exact(bits) * Down, scaledInput * Down, sum)
+                : Vector256.FusedMultiplyAdd(Float16Bits.Scaled(bits), scaledInput, sum);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> Widen(Vector512<int> bits) => Float16Bits.Exact(bits);
+        public static Vector512<float> MultiplyAdd(Vector512<int> bits, Vector512<float> scaledInput, Vector512<float> sum) =>
+            Vector512.EqualsAny(bits & Vector512.Create(ExponentBits), Vector512<int>.Zero)
+                ? Avx512F.FusedMultiplyAdd(Float16Bits.Exact(bits) * Down, scaledInput * Down, sum)
+                : Avx512F.FusedMultiplyAdd(Float16Bits.Scaled(bits), scaledInput, sum);
+
+        /// <summary>float16's exponent field: zero for subnormals (and zeros).</summary>
+        private const int ExponentBits = 0x7C00;
     }
 
     /// <summary>
@@ -436,7 +463,11 @@ internal enum Float16Widening
     /// </summary>
     Scaled,
 
-    /// <summary>Each weight's exact float32 value, never forming a subnormal (<see cref="Float16Bits.Exact(Vector512{int})"/>; seven operations per vector).</summary>
+    /// <summary>
+    /// Never a subnormal operand: <see cref="MultiRowGemv"/> widens each weight to its exact float32 value
+    /// (<see cref="Float16Bits.Exact(Vector512{int})"/>, seven operations per vector), <see cref="Float16Gemv"/> does so
+    /// only for vectors holding a zero float16 exponent and shifts the rest as <see cref="Scaled"/> does.
+    /// </summary>
     Exact,
 }
 
