@@ -17,8 +17,10 @@ if (args is ["--serve-decode", var serveShape, var serveDType])
 {
     var decode = new GenerationBenchmarks { Shape = serveShape, DType = serveDType };
     decode.Setup();
-    // Warm-up: the first pairs of a FINE round ran low while the JIT's tiers settled.
-    for (int i = 0; i < 4; i++)
+    // Warm-up: the first pairs of a FINE round ran low while the JIT's tiers settled, and on the Intel VM a process
+    // decodes slowly for its first 10-15 s whatever the JIT does (benchmarks/RESULTS.md, 2026-12-03 night).
+    var warmUp = System.Diagnostics.Stopwatch.StartNew();
+    for (int i = 0; i < 4 || warmUp.Elapsed < TimeSpan.FromSeconds(20); i++)
     {
         decode.PrefillBeforeDecode();
         decode.DecodeToken();
