@@ -16,8 +16,7 @@
 # SHAPE is one of the benchmark shapes (default rinna-4b, the full 36-layer model: its checkpoint takes 7.6 GB of /tmp and
 # each GGUF as much again; one decode round of two pairs takes about 6 minutes).
 # FINE=N (decode only) loads our model once (Rinna.Net.Benchmarks --serve-decode, the same DecodeToken code as the
-# benchmark, timed by a plain stopwatch; it first decodes for 20 s, past the slow first seconds a process of ours shows
-# on some VMs, so pairs compare steady states) and alternates one 32-token decode of ours with one llama.cpp run (3 x 32 tokens),
+# benchmark, timed by a plain stopwatch; it first decodes for 20 s, so that pairs compare steady states) and alternates one 32-token decode of ours with one llama.cpp run (3 x 32 tokens),
 # N times per pair, printing every ratio and their median: pairs 30 s apart follow the drift far better than rounds.
 # llama.cpp is measured with ../shared/peers (LLamaSharp's build, converted with its own converter): a measuring tool,
 # not a dependency of the library. Needs Debian's python3-numpy for the converter. Run it on an idle machine.

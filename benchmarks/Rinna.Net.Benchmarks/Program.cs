@@ -17,8 +17,8 @@ if (args is ["--serve-decode", var serveShape, var serveDType])
 {
     var decode = new GenerationBenchmarks { Shape = serveShape, DType = serveDType };
     decode.Setup();
-    // Warm-up: the first pairs of a FINE round ran low while the JIT's tiers settled, and on the Intel VM a process
-    // decodes slowly for its first 10-15 s whatever the JIT does (benchmarks/RESULTS.md, 2026-12-03 night).
+    // Warm-up for at least 20 s, so that FINE pairs compare steady states: the first pairs ran low while the JIT's tiers
+    // settled, and until loading ran on its own thread a second libgomp team slowed the first seconds (benchmarks/RESULTS.md).
     var warmUp = System.Diagnostics.Stopwatch.StartNew();
     for (int i = 0; i < 4 || warmUp.Elapsed < TimeSpan.FromSeconds(20); i++)
     {

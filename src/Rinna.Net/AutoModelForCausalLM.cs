@@ -28,6 +28,8 @@ public static class AutoModelForCausalLM
         var adapter = options.Adapter is { } id
             ? await options.ForRevision(options.AdapterRevision).ResolveAsync(id, Hub.HubFileSet.Adapter, cancellationToken).ConfigureAwait(false)
             : null;
-        return await Task.Run(() => GptNeoXLoader.Load(directory, options, cancellationToken, adapter), cancellationToken).ConfigureAwait(false);
+        // A thread of its own, which exits after loading: see LibTorchOpenMp.RunOnOwnThread.
+        return await Native.LibTorchOpenMp.RunOnOwnThread(() => GptNeoXLoader.Load(directory, options, cancellationToken, adapter), "Rinna.Net model load",
+            cancellationToken).ConfigureAwait(false);
     }
 }

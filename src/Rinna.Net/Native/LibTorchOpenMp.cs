@@ -31,6 +31,30 @@ internal static unsafe class LibTorchOpenMp
         Parallel(body, state, (uint)Math.Max(1, threads), 0);
     }
 
+    /// <summary>
+    /// Runs <paramref name="work"/> on a new thread that ends with it, for one-off libtorch work such as loading a model.
+    /// </summary>
+    /// <remarks>
+    /// libgomp keeps a team of worker threads for every thread that has run a parallel operation, until that thread
+    /// exits. Loading on a .NET thread-pool thread left a second team for as long as the pool kept the thread (20 s when
+    /// idle, indefinitely when busy), and with more libgomp threads than cores libgomp stops spinning between parallel
+    /// regions and puts its workers to sleep: decode ran a third slower until then (benchmarks/RESULTS.md, 2026-12-03 night).
+    /// </remarks>
+    public static Task<T> RunOnOwnThread<T>(Func<T> work, string name, CancellationToken cancellationToken)
+    {
+        if (cancellationToken.IsCancellationRequested) return Task.FromCanceled<T>(cancellationToken);
+        var completion = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var thread = new Thread(() =>
+        {
+            try { completion.TrySetResult(work()); }
+            catch (OperationCanceledException e) when (e.CancellationToken == cancellationToken) { completion.TrySetCanceled(cancellationToken); }
+            catch (Exception e) { completion.TrySetException(e); }
+        })
+        { IsBackground = true, Name = name };
+        thread.Start();
+        return completion.Task;
+    }
+
     private static delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> Resolve()
     {
         if (!OperatingSystem.IsLinux()) return null;
