@@ -55,7 +55,9 @@ public static class TextGeneration
     {
         var pieces = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var worker = Task.Run(() =>
+        // A thread of its own that exits with the generation, so that no pool thread keeps a libgomp team
+        // (LibTorchOpenMp.RunOnOwnThread).
+        var worker = Native.LibTorchOpenMp.RunOnOwnThread(() =>
         {
             try
             {
@@ -74,7 +76,8 @@ public static class TextGeneration
             {
                 pieces.Writer.TryComplete(ex);
             }
-        }, CancellationToken.None);
+            return true;
+        }, "Rinna.Net generation", CancellationToken.None);
         try
         {
             await foreach (var piece in pieces.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))

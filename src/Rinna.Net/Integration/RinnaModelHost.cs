@@ -110,7 +110,8 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         await gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            return await Task.Run(() => work(model, tokenizer), cancellationToken).ConfigureAwait(false);
+            // A thread of its own, so that no pool thread keeps a libgomp team (LibTorchOpenMp.RunOnOwnThread).
+            return await Native.LibTorchOpenMp.RunOnOwnThread(() => work(model, tokenizer), "Rinna.Net exclusive work", cancellationToken).ConfigureAwait(false);
         }
         finally
         {
