@@ -17,8 +17,7 @@ if (args is ["--serve-decode", var serveShape, var serveDType])
 {
     var decode = new GenerationBenchmarks { Shape = serveShape, DType = serveDType };
     decode.Setup();
-    // Warm-up for at least 20 s, so that FINE pairs compare steady states: the first pairs ran low while the JIT's tiers
-    // settled, and until loading ran on its own thread a second libgomp team slowed the first seconds (benchmarks/RESULTS.md).
+    // Warm-up for at least 20 s, so that FINE pairs compare steady states, after the JIT's tiers have settled.
     var warmUp = System.Diagnostics.Stopwatch.StartNew();
     for (int i = 0; i < 4 || warmUp.Elapsed < TimeSpan.FromSeconds(20); i++)
     {

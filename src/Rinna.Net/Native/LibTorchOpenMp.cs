@@ -32,13 +32,14 @@ internal static unsafe class LibTorchOpenMp
     }
 
     /// <summary>
-    /// Runs <paramref name="work"/> on a new thread that ends with it, for one-off libtorch work such as loading a model.
+    /// Runs <paramref name="work"/> on a new thread that ends with it, for libtorch work that would otherwise run on a
+    /// .NET thread-pool thread (loading a model, a generation).
     /// </summary>
     /// <remarks>
     /// libgomp keeps a team of worker threads for every thread that has run a parallel operation, until that thread
-    /// exits. Loading on a .NET thread-pool thread left a second team for as long as the pool kept the thread (20 s when
-    /// idle, indefinitely when busy), and with more libgomp threads than cores libgomp stops spinning between parallel
-    /// regions and puts its workers to sleep: decode ran a third slower until then (benchmarks/RESULTS.md, 2026-12-03 night).
+    /// exits, and once it manages more threads than cores it stops spinning between parallel regions and puts its workers
+    /// to sleep. A pool thread keeps its team as long as the pool keeps the thread, so every parallel operation in the
+    /// process would pay a wake-up meanwhile (benchmarks/RESULTS.md).
     /// </remarks>
     public static Task<T> RunOnOwnThread<T>(Func<T> work, string name, CancellationToken cancellationToken)
     {

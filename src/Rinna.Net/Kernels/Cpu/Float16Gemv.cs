@@ -69,9 +69,8 @@ internal static unsafe class Float16Gemv
 
     /// <summary>
     /// Whether decode takes the managed path: a default variant and libtorch's libgomp found. With either widening it
-    /// decoded faster than libtorch's float16 GEMV in the model, including the exact widening's 256-bit form on an Intel
-    /// CPU capped at AVX2, where a lone weight small enough to stay in the last-level cache had measured it slower
-    /// (benchmarks/RESULTS.md, 2026-12-03 night).
+    /// decodes faster than libtorch's float16 GEMV in the model, the exact widening's 256-bit form included
+    /// (benchmarks/RESULTS.md).
     /// </summary>
     public static bool IsSupported { get; } = DefaultVariant is not null && LibTorchOpenMp.IsAvailable;
 

@@ -327,12 +327,14 @@ internal static unsafe class MultiRowGemv
         int c = 0;
         for (; c + 8 <= columns; c += 8)
         {
-            if (!Sse.IsSupported) { }
-            else if (next != null) Sse.Prefetch1(next + c * 4);
-            else
+            if (Sse.IsSupported)
             {
-                Sse.Prefetch0(w0 + (c * TWeight.Size) + 4096);
-                Sse.Prefetch0(w1 + (c * TWeight.Size) + 4096);
+                if (next != null) Sse.Prefetch1(next + c * 4);
+                else
+                {
+                    Sse.Prefetch0(w0 + (c * TWeight.Size) + 4096);
+                    Sse.Prefetch0(w1 + (c * TWeight.Size) + 4096);
+                }
             }
             var v0 = Vector256.Load(x0 + c);
             var v1 = Vector256.Load(x1 + c);
