@@ -66,6 +66,21 @@ public static class CausalLMGeneration
         Tensor? attentionMask = null, PreTrainedTokenizer? tokenizer = null, Action<GenerationTracker>? onStep = null,
         CancellationToken cancellationToken = default, GptNeoXForCausalLM? assistantModel = null)
     {
+        try
+        {
+            return GenerateOnThisThread(model, inputIds, config, attentionMask, tokenizer, onStep, cancellationToken, assistantModel);
+        }
+        finally
+        {
+            // A pool thread would keep the libgomp team this generation started for as long as the pool keeps the
+            // thread, and every other team would stop spinning meanwhile (LibTorchOpenMp.RunOnOwnThread).
+            Native.LibTorchOpenMp.ReleaseTeamOfPoolThread();
+        }
+    }
+
+    private static GenerationOutput GenerateOnThisThread(GptNeoXForCausalLM model, Tensor inputIds, GenerationConfig? config, Tensor? attentionMask,
+        PreTrainedTokenizer? tokenizer, Action<GenerationTracker>? onStep, CancellationToken cancellationToken, GptNeoXForCausalLM? assistantModel)
+    {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(inputIds);
         config ??= model.GenerationConfig();

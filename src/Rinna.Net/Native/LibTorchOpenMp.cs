@@ -16,7 +16,13 @@ namespace Rinna.Net.Native;
 /// </remarks>
 internal static unsafe class LibTorchOpenMp
 {
-    private static readonly delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> Parallel = Resolve();
+    private static readonly nint Handle = Load();
+    private static readonly delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> Parallel =
+        (delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)Export("GOMP_parallel");
+    private static readonly delegate* unmanaged<int, int> PauseResourceAll = (delegate* unmanaged<int, int>)Export("omp_pause_resource_all");
+
+    /// <summary>OpenMP's <c>omp_pause_soft</c>.</summary>
+    private const int PauseSoft = 1;
 
     /// <summary>Whether libtorch's libgomp was found in this process.</summary>
     public static bool IsAvailable => Parallel != null;
@@ -56,17 +62,37 @@ internal static unsafe class LibTorchOpenMp
         return completion.Task;
     }
 
-    private static delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> Resolve()
+    /// <summary>
+    /// Frees the calling thread's libgomp team (<c>omp_pause_resource_all</c>: its workers exit), so that a thread-pool
+    /// thread that ran libtorch work does not keep one after it. Its next parallel operation starts a new team. A no-op
+    /// where libgomp is not loaded.
+    /// </summary>
+    /// <remarks>
+    /// See <see cref="RunOnOwnThread{T}"/> for why a lingering team costs: every other team then stops spinning between
+    /// parallel regions.
+    /// </remarks>
+    public static void ReleaseTeam()
     {
-        if (!OperatingSystem.IsLinux()) return null;
+        if (PauseResourceAll != null) PauseResourceAll(PauseSoft);
+    }
+
+    /// <summary><see cref="ReleaseTeam"/> when the calling thread belongs to the .NET thread pool (threads of one's own keep theirs for their next call).</summary>
+    public static void ReleaseTeamOfPoolThread()
+    {
+        if (Thread.CurrentThread.IsThreadPoolThread) ReleaseTeam();
+    }
+
+    private static nint Load()
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
         // Touching TorchSharp first makes sure libtorch, and the libgomp it depends on, are mapped.
         _ = TorchSharp.torch.get_num_threads();
         var path = FindLibGomp();
-        if (path is null || !NativeLibrary.TryLoad(path, out var handle)) return null;
-        return NativeLibrary.TryGetExport(handle, "GOMP_parallel", out var export)
-            ? (delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)export
-            : null;
+        return path is not null && NativeLibrary.TryLoad(path, out var handle) ? handle : 0;
     }
+
+    private static void* Export(string name) =>
+        Handle != 0 && NativeLibrary.TryGetExport(Handle, name, out var export) ? (void*)export : null;
 
     /// <summary>The libgomp mapped next to libtorch_cpu (its bundled, hash-named copy), else any mapped libgomp.</summary>
     private static string? FindLibGomp()

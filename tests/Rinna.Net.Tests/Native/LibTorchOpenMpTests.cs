@@ -1,5 +1,7 @@
+using Rinna.Net.Generation;
 using Rinna.Net.Native;
 using Xunit;
+using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Native;
 
@@ -43,5 +45,71 @@ public class LibTorchOpenMpTests
         }, "t", during.Token);
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => stopped);
         Assert.True(stopped.IsCanceled);
+    }
+
+    [Fact]
+    public void ReleaseTeamEndsTheCallingThreadsWorkersAndLibTorchStillRuns()
+    {
+        const string name = "rinna-omp-rel";
+        int withTeam = 0, released = 0, again = 0;
+        Exception? failure = null;
+        var thread = new Thread(() =>
+        {
+            try
+            {
+                withTeam = RunParallelWork(name);
+                LibTorchOpenMp.ReleaseTeam();
+                released = ThreadsNamed(name);
+                again = RunParallelWork(name);
+                LibTorchOpenMp.ReleaseTeam();
+            }
+            catch (Exception e) { failure = e; }
+        }) { Name = name };
+        thread.Start();
+        thread.Join();
+        Assert.Null(failure);
+        SkipWithoutTeams(withTeam);
+        Assert.Equal(1, released);
+        Assert.True(again > 1, $"a parallel operation after the release ran on {again} thread(s)");
+    }
+
+    [Fact]
+    public async Task GenerateOnAPoolThreadLeavesNoTeamBehind()
+    {
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"), cancellationToken: TestContext.Current.CancellationToken);
+        const string name = "rinna-omp-gen";
+        var (withTeam, afterGenerate, generated) = await Task.Run(() =>
+        {
+            var pool = Thread.CurrentThread;
+            Assert.True(pool.IsThreadPoolThread);
+            // The name reaches the OS thread, and libgomp's workers inherit it when they are started from here.
+            pool.Name = name;
+            int withTeam = RunParallelWork(name);
+            var ids = model.Generate([5, 6, 7], new GenerationConfig { MaxNewTokens = 3, MinNewTokens = 3, PadTokenId = 0 });
+            return (withTeam, ThreadsNamed(name), ids.Length);
+        }, TestContext.Current.CancellationToken);
+        Assert.Equal(6, generated);
+        SkipWithoutTeams(withTeam);
+        Assert.Equal(1, afterGenerate);
+    }
+
+    /// <summary>A libtorch operation large enough for ATen's parallel loop; returns how many threads now carry <paramref name="name"/>.</summary>
+    private static int RunParallelWork(string name)
+    {
+        using var a = ones(1 << 22);
+        using var b = a * 2;
+        Assert.Equal(2.0 * (1 << 22), b.sum().item<float>());
+        return ThreadsNamed(name);
+    }
+
+    private static int ThreadsNamed(string name) =>
+        Directory.GetDirectories("/proc/self/task").Count(task => File.Exists(Path.Combine(task, "comm"))
+            && File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') == name);
+
+    private static void SkipWithoutTeams(int threadsAfterParallelWork)
+    {
+        if (!OperatingSystem.IsLinux() || !LibTorchOpenMp.IsAvailable) Assert.Skip("libgomp runs libtorch's parallel work only in Linux builds.");
+        if (get_num_threads() < 2) Assert.Skip("libtorch runs on one thread here, so no thread has a team to release.");
+        Assert.True(threadsAfterParallelWork > 1, $"a parallel operation left {threadsAfterParallelWork} thread(s) named after its caller; the test cannot see teams");
     }
 }
