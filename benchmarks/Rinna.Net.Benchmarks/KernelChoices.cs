@@ -11,7 +11,7 @@ public static class KernelChoices
     /// <summary>The CPU's model name and the instruction sets the kernels choose by.</summary>
     public static string Cpu()
     {
-        string flags = string.Join(" ", new[] { "avx2", "f16c", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "asimd" }
+        string flags = string.Join(" ", new[] { "avx2", "f16c", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "asimd", "bf16" }
             .Where(CpuFeatures.Flags.Contains));
         // DOTNET_EnableAVX512=0 and the like (benchmarks' ISA=avx2) hide instruction sets the CPU has: say what .NET uses.
         string capped = (flags.Contains("avx512f", StringComparison.Ordinal) && !Avx512F.IsSupported ? " avx512f" : "")
@@ -28,7 +28,7 @@ public static class KernelChoices
             ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? $"yes, {Float16Gemv.Widening.ToString().ToLowerInvariant()} widening" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
             : "libtorch");
         yield return "int8 decode: " + (Int8Gemv.IsPreferredForDecode ? $"Int8Gemv {Int8Gemv.DefaultVariant}, 2-32 rows Int8Gemv {Int8Gemv.RowsVariant}" : "oneDNN's _int_mm");
-        yield return "float16 prompts (33+ rows): " + (Float16Linear.PromptsInBFloat16 ? "bfloat16 GEMM" : "float32 GEMM (no bfloat16 arithmetic)");
+        yield return "float16 prompts (33+ rows): " + (Float16Linear.PromptsInBFloat16 ? "bfloat16 GEMM" : "float32 GEMM (bfloat16 no faster here)");
         yield return $"4-bit decode: Bnb4BitGemv {Bnb4BitGemv.DefaultVariant}";
         yield return "decode attention: DecodeAttention" + (LibTorchOpenMp.IsAvailable ? " on libtorch's OpenMP team" : ", one thread");
     }

@@ -248,7 +248,7 @@ internal static class GptNeoXLoader
         };
         if (dtype == ScalarType.Float16 && onCpu)
         {
-            logger.LogInformation("float16 on CPU: linear weights stay float16 (float16 GEMV for decoding, bfloat16 GEMM for prompts); LayerNorms, embeddings and activations compute in bfloat16");
+            logger.LogInformation("float16 on CPU: linear weights stay float16 (float16 GEMV for decoding, a bfloat16 or float32 GEMM for prompts, whichever this CPU runs faster); LayerNorms, embeddings and activations compute in bfloat16");
             return (ScalarType.BFloat16, ScalarType.Float16);
         }
         return (dtype, dtype);

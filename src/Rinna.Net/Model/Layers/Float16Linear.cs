@@ -18,9 +18,9 @@ namespace Rinna.Net.Model.Layers;
 /// and the GELU or residual sum that follows, in one managed pass on libtorch's threads), otherwise through libtorch's
 /// float16 GEMV; up to <see cref="MultiRowGemv.MaxRows"/> rows (a continuous-batching step, a short prompt) go through
 /// <see cref="MultiRowGemv"/> the same way. libtorch has no fast float16 GEMM on CPUs without AVX512-FP16, so a longer
-/// prompt converts the weight one block at a time into a reused scratch buffer and multiplies there: to bfloat16 where the
-/// CPU multiplies bfloat16 in hardware (<see cref="CpuFeatures.HasBFloat16Arithmetic"/>), to float32 elsewhere, where
-/// libtorch's bfloat16 GEMM is emulated and measured 2.3× slower than float32's. Memory stays at two bytes per weight; the
+/// prompt converts the weight one block at a time into a reused scratch buffer and multiplies there: to bfloat16 where
+/// libtorch's bfloat16 GEMM outruns its float32 one (<see cref="CpuFeatures.BFloat16GemmOutrunsFloat32"/>), to float32
+/// (exact) elsewhere. Memory stays at two bytes per weight; the
 /// scratch buffers are at most <see cref="ConversionBlockElements"/> float32 elements (and as many bfloat16 ones on the
 /// bfloat16 path) per thread that ran a prompt. Off the CPU the weight is simply used in float16.
 /// </remarks>
@@ -34,7 +34,7 @@ internal sealed class Float16Linear : LinearLayer
     internal const int GemvRowLimit = 8;
 
     /// <summary>Whether prompts multiply in bfloat16 (the weight rounded to it) rather than in float32 (the weight exact).</summary>
-    internal static bool PromptsInBFloat16 { get; } = CpuFeatures.HasBFloat16Arithmetic;
+    internal static bool PromptsInBFloat16 { get; } = CpuFeatures.BFloat16GemmOutrunsFloat32;
 
     /// <summary>Float16 elements converted at once on the GEMM path: scratch buffers of 32 MiB (float32) and 16 MiB (bfloat16).</summary>
     internal const long ConversionBlockElements = 8L << 20;
