@@ -82,7 +82,9 @@ public class LibTorchOpenMpTests
         {
             var pool = Thread.CurrentThread;
             Assert.True(pool.IsThreadPoolThread);
-            // The name reaches the OS thread, and libgomp's workers inherit it when they are started from here.
+            // The name reaches the OS thread, and libgomp's workers inherit it when they are started from here; an
+            // earlier test's team on this pool thread would carry another name, so it goes first.
+            LibTorchOpenMp.ReleaseTeam();
             pool.Name = name;
             int withTeam = RunParallelWork(name);
             var ids = model.Generate([5, 6, 7], new GenerationConfig { MaxNewTokens = 3, MinNewTokens = 3, PadTokenId = 0 });
