@@ -54,6 +54,7 @@ internal static unsafe class MultiRowGemv
     {
         public byte* Weight;
         public WeightFormat Format;
+        public bool LibTorchWidening;
         public float* Input;
         public int InputRows;
         public void* Bias;
@@ -91,10 +92,13 @@ internal static unsafe class MultiRowGemv
 
     /// <summary>
     /// <see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be
-    /// accelerated, and a chosen float16 widening (ignored for float32 weights); for tests and benchmarks.
+    /// accelerated, and a chosen float16 widening (ignored for float32 weights); for tests and benchmarks. With
+    /// <paramref name="libTorchWidening"/> the exact widening converts through libtorch's F16C conversion
+    /// (<see cref="LibTorchFloat16"/>) where it is found for the variant's width, else in managed code; same values, and
+    /// the former takes a tenth off a float16 eight-row step (benchmarks/RESULTS.md).
     /// </summary>
     internal static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu, Tensor? residual, Float16GemvVariant variant,
-        Float16Widening widening)
+        Float16Widening widening, bool libTorchWidening = true)
     {
         result = null!;
         if (!Float16Gemv.IsAccelerated(variant) || !LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias, residual)) return false;
@@ -130,6 +134,7 @@ internal static unsafe class MultiRowGemv
                     Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
                     Gelu = gelu, Residual = residualBytes, Variant = variant, OutputScale = format == WeightFormat.Float16Scaled ? Float16Gemv.Up : 1f,
                     Converted = convertedPointer == null ? null : (float*)(((nint)convertedPointer + 63) & ~(nint)63), ConvertedFloats = convertedFloats,
+                    LibTorchWidening = libTorchWidening && LibTorchFloat16.IsAvailable(Width(variant)),
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -183,7 +188,8 @@ internal static unsafe class MultiRowGemv
                 {
                     // The exact widening costs more than the products of a pass, so it is done once per weight, into
                     // float32 rows that every pass then reads from L1/L2, whatever the number of activation rows.
-                    for (int w = 0; w < weightRows; w++) WidenExact(job->Variant, (ushort*)(weight + w * rowBytes), converted + (long)w * columns, columns);
+                    if (job->LibTorchWidening) LibTorchFloat16.Widen(Width(job->Variant), (ushort*)weight, converted, (long)weightRows * columns);
+                    else for (int w = 0; w < weightRows; w++) WidenExact(job->Variant, (ushort*)(weight + w * rowBytes), converted + (long)w * columns, columns);
                     weight = (byte*)converted;
                     stride = (long)columns * sizeof(float);
                     format = WeightFormat.Float32;
@@ -508,6 +514,13 @@ internal static unsafe class MultiRowGemv
         public static Vector512<float> Load512(byte* row, int column) =>
             Float16Bits.Scaled(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)row + column)));
     }
+
+    private static int Width(Float16GemvVariant variant) => variant switch
+    {
+        Float16GemvVariant.Avx512 => 512,
+        Float16GemvVariant.Vector256 => 256,
+        _ => 128,
+    };
 
     /// <summary>A float16 row to its exact float32 values (<see cref="Float16Bits.Exact(Vector512{int})"/>), in the variant's width.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

@@ -13,7 +13,8 @@ public class MultiRowGemvTests
 
     /// <summary>
     /// Every variant on every machine (those the CPU does not accelerate are reported as skipped), both weight formats and
-    /// both float16 widenings, odd shapes, 2 to 32 rows.
+    /// both float16 widenings (the exact one through libtorch's F16C conversion where it is found, and in managed code),
+    /// odd shapes, 2 to 32 rows.
     /// </summary>
     public static TheoryData<string, string, int, int, int, bool> Shapes
     {
@@ -27,7 +28,7 @@ public class MultiRowGemvTests
             ];
             var data = new TheoryData<string, string, int, int, int, bool>();
             foreach (var variant in Enum.GetNames<Float16GemvVariant>())
-                foreach (var format in new[] { "Float16 Scaled", "Float16 Exact", "Float32" })
+                foreach (var format in new[] { "Float16 Scaled", "Float16 Exact", "Float16 Exact managed", "Float32" })
                     foreach (var (n, k, rows, bias) in shapes) data.Add(variant, format, n, k, rows, bias);
             return data;
         }
@@ -43,9 +44,9 @@ public class MultiRowGemvTests
         var weight = (randn(n, k, generator: gen) * 0.05).to(Enum.Parse<ScalarType>(format.Split(' ')[0]));
         var x = randn(rows, 1, k, generator: gen);
         var bias = withBias ? randn(n, generator: gen) : null;
-        var widening = format.EndsWith("Exact", StringComparison.Ordinal) ? Float16Widening.Exact : Float16Widening.Scaled;
+        var widening = format.Contains("Exact", StringComparison.Ordinal) ? Float16Widening.Exact : Float16Widening.Scaled;
 
-        Assert.True(Multiply(variant, x, weight, bias, out var y, widening: widening));
+        Assert.True(Multiply(variant, x, weight, bias, out var y, widening: widening, libTorchWidening: !format.EndsWith("managed", StringComparison.Ordinal)));
 
         Assert.Equal(ScalarType.Float32, y.dtype);
         Assert.Equal(new long[] { rows, 1, n }, y.shape);
@@ -64,8 +65,8 @@ public class MultiRowGemvTests
 
     /// <summary>
     /// Every finite float16 value as a weight (subnormals, both zeros, the largest), against a float64 product: the exact
-    /// widening must convert each one exactly, and give the scaled widening's bits, whose activations and sums carry the
-    /// scale instead.
+    /// widening must convert each one exactly, through libtorch's F16C conversion and in managed code alike, and give the
+    /// scaled widening's bits, whose activations and sums carry the scale instead.
     /// </summary>
     [Theory]
     [MemberData(nameof(Variants))]
@@ -81,8 +82,10 @@ public class MultiRowGemvTests
         var x = (randn(3, K, generator: new Generator(3)) * 1e-3).to(ScalarType.Float32);
 
         Assert.True(Multiply(variant, x, weight, null, out var exact, widening: Float16Widening.Exact));
+        Assert.True(Multiply(variant, x, weight, null, out var managed, widening: Float16Widening.Exact, libTorchWidening: false));
         Assert.True(Multiply(variant, x, weight, null, out var scaled, widening: Float16Widening.Scaled));
 
+        Assert.True(exact.equal(managed).all().item<bool>(), "libtorch's conversion and the managed exact widening should give the same bits");
         Assert.True(exact.equal(scaled).all().item<bool>(), "the two widenings should give the same bits");
         var w64 = weight.to(ScalarType.Float64);
         var x64 = x.to(ScalarType.Float64);
@@ -176,6 +179,6 @@ public class MultiRowGemvTests
     }
 
     private static bool Multiply(string variant, Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null,
-        Float16Widening widening = Float16Widening.Scaled) =>
-        MultiRowGemv.TryMultiply(x, weight, bias, out result, gelu, residual, Enum.Parse<Float16GemvVariant>(variant), widening);
+        Float16Widening widening = Float16Widening.Scaled, bool libTorchWidening = true) =>
+        MultiRowGemv.TryMultiply(x, weight, bias, out result, gelu, residual, Enum.Parse<Float16GemvVariant>(variant), widening, libTorchWidening);
 }
