@@ -94,8 +94,8 @@ internal static unsafe class MultiRowGemv
     /// <see cref="TryMultiply(Tensor, Tensor, Tensor?, out Tensor, bool, Tensor?)"/> with a chosen variant, which must be
     /// accelerated, and a chosen float16 widening (ignored for float32 weights); for tests and benchmarks. With
     /// <paramref name="libTorchWidening"/> the exact widening converts through libtorch's F16C conversion
-    /// (<see cref="LibTorchFloat16"/>) where it is found for the variant's width, else in managed code; same values, and
-    /// the former takes a tenth off a float16 eight-row step (benchmarks/RESULTS.md).
+    /// (<see cref="LibTorchFloat16"/>) where it is found for the variant's width, else in managed code: the same values,
+    /// the former in fewer instructions (benchmarks/RESULTS.md).
     /// </summary>
     internal static bool TryMultiply(Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu, Tensor? residual, Float16GemvVariant variant,
         Float16Widening widening, bool libTorchWidening = true)
