@@ -25,11 +25,18 @@ public static class KernelChoices
         string team = LibTorchOpenMp.IsAvailable ? "" : " (no OpenMP interop: libtorch's kernels run instead)";
         yield return "float16 decode, one row: " + (Float16Gemv.IsSupported ? $"Float16Gemv {Float16Gemv.DefaultVariant}, {Float16Gemv.Widening.ToString().ToLowerInvariant()} widening" : "libtorch's float16 GEMV") + team;
         yield return "2-32 rows (batched steps, short prompts): " + (MultiRowGemv.DefaultVariant is { } rows
-            ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? $"yes, {Float16Gemv.Widening.ToString().ToLowerInvariant()} widening" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
+            ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? $"yes, {Float16Gemv.Widening.ToString().ToLowerInvariant()} widening{ExactWideningBy(rows)}" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
             : "libtorch");
         yield return "int8 decode: " + (Int8Gemv.IsPreferredForDecode ? $"Int8Gemv {Int8Gemv.DefaultVariant}, 2-32 rows Int8Gemv {Int8Gemv.RowsVariant}" : "oneDNN's _int_mm");
         yield return "float16 prompts (33+ rows): " + (Float16Linear.PromptsInBFloat16 ? "bfloat16 GEMM" : "float32 GEMM (bfloat16 no faster here)");
         yield return $"4-bit decode: Bnb4BitGemv {Bnb4BitGemv.DefaultVariant}";
         yield return "decode attention: DecodeAttention" + (LibTorchOpenMp.IsAvailable ? " on libtorch's OpenMP team" : ", one thread");
+    }
+
+    /// <summary>Who widens float16 rows for <see cref="MultiRowGemv"/> when the exact widening is in force.</summary>
+    private static string ExactWideningBy(Float16GemvVariant variant)
+    {
+        if (Float16Gemv.Widening != Float16Widening.Exact) return "";
+        return MultiRowGemv.WidensThroughLibTorch(variant) ? " through libtorch's F16C conversion" : " in managed code";
     }
 }

@@ -134,7 +134,7 @@ internal static unsafe class MultiRowGemv
                     Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
                     Gelu = gelu, Residual = residualBytes, Variant = variant, OutputScale = format == WeightFormat.Float16Scaled ? Float16Gemv.Up : 1f,
                     Converted = convertedPointer == null ? null : (float*)(((nint)convertedPointer + 63) & ~(nint)63), ConvertedFloats = convertedFloats,
-                    LibTorchWidening = libTorchWidening && LibTorchFloat16.IsAvailable(Width(variant)),
+                    LibTorchWidening = libTorchWidening && WidensThroughLibTorch(variant),
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -514,6 +514,9 @@ internal static unsafe class MultiRowGemv
         public static Vector512<float> Load512(byte* row, int column) =>
             Float16Bits.Scaled(Avx512F.ConvertToVector512Int32(Avx.LoadVector256((short*)row + column)));
     }
+
+    /// <summary>Whether the exact widening goes through libtorch's F16C conversion for <paramref name="variant"/> on this machine.</summary>
+    internal static bool WidensThroughLibTorch(Float16GemvVariant variant) => LibTorchFloat16.IsAvailable(Width(variant));
 
     private static int Width(Float16GemvVariant variant) => variant switch
     {
