@@ -39,19 +39,7 @@ internal static unsafe class LibTorchFloat16
         if (!OperatingSystem.IsLinux()) return 0;
         // Touching TorchSharp first makes sure libtorch_cpu is mapped.
         _ = TorchSharp.torch.get_num_threads();
-        string? path;
-        try
-        {
-            path = File.ReadLines("/proc/self/maps")
-                .Select(line => line.Split(' ', 6, StringSplitOptions.RemoveEmptyEntries))
-                .Where(fields => fields.Length == 6 && Path.GetFileName(fields[5].Trim()) == "libtorch_cpu.so")
-                .Select(fields => fields[5].Trim())
-                .FirstOrDefault();
-        }
-        catch (IOException)
-        {
-            return 0;
-        }
+        var path = MappedLibraries.Find("libtorch_cpu.so");
         return path is not null && NativeLibrary.TryLoad(path, out var handle) ? handle : 0;
     }
 

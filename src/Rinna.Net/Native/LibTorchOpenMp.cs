@@ -97,20 +97,7 @@ internal static unsafe class LibTorchOpenMp
     /// <summary>The libgomp mapped next to libtorch_cpu (its bundled, hash-named copy), else any mapped libgomp.</summary>
     private static string? FindLibGomp()
     {
-        string[] mapped;
-        try
-        {
-            mapped = File.ReadLines("/proc/self/maps")
-                .Select(line => line.Split(' ', 6, StringSplitOptions.RemoveEmptyEntries))
-                .Where(fields => fields.Length == 6 && fields[5].StartsWith('/'))
-                .Select(fields => fields[5].Trim())
-                .Distinct()
-                .ToArray();
-        }
-        catch (IOException)
-        {
-            return null;
-        }
+        var mapped = MappedLibraries.Paths();
         var libTorchDirectory = mapped.Where(p => Path.GetFileName(p) == "libtorch_cpu.so").Select(Path.GetDirectoryName).FirstOrDefault();
         var gomps = mapped.Where(p => Path.GetFileName(p).StartsWith("libgomp", StringComparison.Ordinal)).ToArray();
         return gomps.FirstOrDefault(p => Path.GetDirectoryName(p) == libTorchDirectory) ?? gomps.FirstOrDefault();

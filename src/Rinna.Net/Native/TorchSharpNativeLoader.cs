@@ -106,16 +106,8 @@ public static class TorchSharpNativeLoader
         return candidates.Select(d => Path.Combine(d, "libLibTorchSharp.so")).FirstOrDefault(File.Exists);
     }
 
-    private static string? FindLoadedLibTorchDirectory()
-    {
-        foreach (var line in File.ReadLines("/proc/self/maps"))
-        {
-            var fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            if (fields.Length >= 6 && fields[5].EndsWith("/libtorch_cpu.so", StringComparison.Ordinal))
-                return Path.GetDirectoryName(fields[5]);
-        }
-        return null;
-    }
+    private static string? FindLoadedLibTorchDirectory() =>
+        MappedLibraries.Find("libtorch_cpu.so") is { } path ? Path.GetDirectoryName(path) : null;
 
     /// <summary>
     /// Sets <c>VER_FLG_WEAK</c> on every version-needed auxiliary entry named <paramref name="version"/> in an
