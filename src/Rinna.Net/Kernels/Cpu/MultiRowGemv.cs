@@ -168,13 +168,16 @@ internal static unsafe class MultiRowGemv
     private static void RunRows(void* state)
     {
         var job = (Job*)state;
-        float* sums = stackalloc float[MaxWeightRows * RowsPerPass];
+        float* sums = stackalloc float[MaxWeightRows * MaxRows];
         float** inputs = stackalloc float*[RowsPerPass];
         int columns = job->Columns, rows = job->Rows;
         long rowBytes = (long)columns * (job->Format == WeightFormat.Float32 ? sizeof(float) : sizeof(ushort));
         int group = WeightRowsPerPass(job->Variant);
         var format = job->Format;
         float* converted = job->Converted == null ? null : job->Converted + (Interlocked.Increment(ref job->NextConverted) - 1) * job->ConvertedFloats;
+        // Accumulators carried from one block of columns to the next (MultiplyInBlocks), for every pass of a group.
+        float* carried = stackalloc float[MaxRows * MaxWeightRows * 16];
+        int block = converted == null ? 0 : BlockColumns(group, job->InputRows);
         while (job->Claims.TryClaim(out int first, out int end))
         {
             for (int row = first; row < end;)
@@ -182,45 +185,121 @@ internal static unsafe class MultiRowGemv
                 // Weight rows in groups share each load of the activations (which, not the weight stream, bound this
                 // kernel); the few rows left at the end of a claim go one at a time.
                 int weightRows = end - row >= group ? group : 1;
+                if (block > 0 && weightRows > 1)
+                {
+                    // A row shorter than a block is one block of its own length, so the group fits the room rented for it.
+                    MultiplyInBlocks(job, row, weightRows, Math.Min(block, columns), converted, carried, inputs, sums);
+                    row += weightRows;
+                    continue;
+                }
                 byte* weight = job->Weight + row * rowBytes;
                 long stride = rowBytes;
                 if (converted != null)
                 {
                     // The exact widening costs more than the products of a pass, so it is done once per weight, into
                     // float32 rows that every pass then reads from L1/L2, whatever the number of activation rows.
-                    if (job->LibTorchWidening) LibTorchFloat16.Widen(Width(job->Variant), (ushort*)weight, converted, (long)weightRows * columns);
-                    else for (int w = 0; w < weightRows; w++) WidenExact(job->Variant, (ushort*)(weight + w * rowBytes), converted + (long)w * columns, columns);
+                    WidenRows(job, (ushort*)weight, columns, weightRows, columns, converted, columns);
                     weight = (byte*)converted;
                     stride = (long)columns * sizeof(float);
                     format = WeightFormat.Float32;
                 }
                 for (int pass = 0; pass < job->InputRows; pass += RowsPerPass)
                 {
-                    int count = Math.Min(RowsPerPass, job->InputRows - pass);
-                    // A short last pass repeats its first row; those sums are not written.
-                    for (int i = 0; i < RowsPerPass; i++) inputs[i] = job->Input + (long)(pass + (i < count ? i : 0)) * columns;
-                    if (format == WeightFormat.Float16Scaled) Dot<Float16Weight>(job->Variant, weightRows, weight, stride, inputs, columns, sums);
+                    SetInputs(job, pass, 0, inputs);
+                    if (format == WeightFormat.Float16Scaled) Dot<Float16Weight>(job->Variant, weightRows, weight, stride, inputs, columns, null, sums);
                     else
                     {
                         // While the passes run on the widened rows, memory would idle: they fetch the next group's
-                        // float16 rows into L2 instead, 4 bytes per column and pass (a 4-row group in two passes), for
-                        // its widening to read from there.
+                        // float16 rows into L2 instead, 4 bytes per column and pass, for its widening to read there.
                         byte* next = null;
                         long offset = (long)(pass / RowsPerPass) * columns * 4;
                         if (converted != null && offset < weightRows * rowBytes) next = job->Weight + (row + weightRows) * rowBytes + offset;
-                        Dot<Float32Weight>(job->Variant, weightRows, weight, stride, inputs, columns, sums, next);
+                        Dot<Float32Weight>(job->Variant, weightRows, weight, stride, inputs, columns, null, sums, false, next);
                     }
-                    for (int w = 0; w < weightRows; w++)
-                        for (int i = 0; i < count; i++)
-                            sums[w * RowsPerPass + i] = Prepare(job, row + w, sums[w * RowsPerPass + i]);
-                    if (job->Gelu) ExactGelu.Apply(new Span<float>(sums, weightRows * RowsPerPass));
-                    for (int w = 0; w < weightRows; w++)
-                        for (int i = 0; i < count; i++)
-                            Store(job, (long)(pass + i) * rows + row + w, sums[w * RowsPerPass + i]);
+                    Emit(job, row, weightRows, pass, sums);
                 }
                 row += weightRows;
             }
         }
+    }
+
+    /// <summary>
+    /// The product of a group of float16 weight rows with every activation row, through the exact widening, a block of
+    /// columns at a time: each block of the group is widened into L1 and multiplied with every pass of activation rows
+    /// while both stay there; the accumulators carry over from block to block, so the sums are those of one pass over
+    /// the whole row.
+    /// </summary>
+    /// <remarks>
+    /// Why: widened whole, a group's rows and the activations of a pass outgrow L1, and every pass then streams both from
+    /// L2 at well under the FMA rate (benchmarks/RESULTS.md).
+    /// </remarks>
+    private static void MultiplyInBlocks(Job* job, int row, int weightRows, int block, float* converted, float* carried, float** inputs, float* sums)
+    {
+        int columns = job->Columns, passes = (job->InputRows + RowsPerPass - 1) / RowsPerPass;
+        int perPass = weightRows * RowsPerPass * 16;
+        var weight = (ushort*)(job->Weight + (long)row * columns * sizeof(ushort));
+        long nextBytes = (long)weightRows * columns * sizeof(ushort);
+        for (int start = 0; start < columns; start += block)
+        {
+            int length = Math.Min(block, columns - start);
+            bool last = start + length == columns;
+            WidenRows(job, weight + start, columns, weightRows, length, converted, block);
+            for (int pass = 0; pass < passes; pass++)
+            {
+                SetInputs(job, pass * RowsPerPass, start, inputs);
+                float* carry = carried + pass * perPass;
+                // While the passes run on widened rows in L1, memory would idle: they fetch the next group's float16
+                // rows into L2 instead, a cache line per vector step, for the group's widening to find there.
+                long offset = ((long)start * passes + (long)pass * length) * sizeof(float);
+                byte* next = offset < nextBytes ? (byte*)(weight + (long)weightRows * columns) + offset : null;
+                Dot<Float32Weight>(job->Variant, weightRows, (byte*)converted, (long)block * sizeof(float), inputs, length, carry, last ? sums + pass * weightRows * RowsPerPass : null, start > 0, next);
+            }
+        }
+        for (int pass = 0; pass < passes; pass++) Emit(job, row, weightRows, pass * RowsPerPass, sums + pass * weightRows * RowsPerPass);
+    }
+
+    /// <summary>
+    /// Columns per block of <see cref="MultiplyInBlocks"/>: a block of the group's widened rows and of every activation
+    /// row in half of a 48 KiB L1 (AMD's 32 KiB then holds them with room to spare), a whole number of cache lines; or 0,
+    /// whole rows, where that leaves under 512 columns (past 8 to 12 activation rows), too few for the accumulators
+    /// carried between blocks to pay (benchmarks/RESULTS.md).
+    /// </summary>
+    private static int BlockColumns(int weightRows, int inputRows)
+    {
+        int block = 24 * 1024 / sizeof(float) / (weightRows + inputRows) / 64 * 64;
+        return block >= 512 ? block : 0;
+    }
+
+    /// <summary><paramref name="count"/> float16 rows of <paramref name="length"/> values, <paramref name="sourceStride"/> apart, widened exactly into float32 rows <paramref name="destinationStride"/> apart.</summary>
+    private static void WidenRows(Job* job, ushort* source, int sourceStride, int count, int length, float* destination, int destinationStride)
+    {
+        for (int w = 0; w < count; w++)
+        {
+            ushort* from = source + (long)w * sourceStride;
+            float* to = destination + (long)w * destinationStride;
+            if (job->LibTorchWidening) LibTorchFloat16.Widen(Width(job->Variant), from, to, length);
+            else WidenExact(job->Variant, from, to, length);
+        }
+    }
+
+    /// <summary>The four activation rows of the pass from row <paramref name="pass"/>, from column <paramref name="start"/>; a short last pass repeats its first row, whose sums are not written.</summary>
+    private static void SetInputs(Job* job, int pass, int start, float** inputs)
+    {
+        int count = Math.Min(RowsPerPass, job->InputRows - pass);
+        for (int i = 0; i < RowsPerPass; i++) inputs[i] = job->Input + (long)(pass + (i < count ? i : 0)) * job->Columns + start;
+    }
+
+    /// <summary>Writes the outputs of a pass's sums (<c>sums[w · 4 + i]</c>): bias, GELU, residual and rounding.</summary>
+    private static void Emit(Job* job, int row, int weightRows, int pass, float* sums)
+    {
+        int count = Math.Min(RowsPerPass, job->InputRows - pass);
+        for (int w = 0; w < weightRows; w++)
+            for (int i = 0; i < count; i++)
+                sums[w * RowsPerPass + i] = Prepare(job, row + w, sums[w * RowsPerPass + i]);
+        if (job->Gelu) ExactGelu.Apply(new Span<float>(sums, weightRows * RowsPerPass));
+        for (int w = 0; w < weightRows; w++)
+            for (int i = 0; i < count; i++)
+                Store(job, (long)(pass + i) * job->Rows + row + w, sums[w * RowsPerPass + i]);
     }
 
     /// <summary>An output of weight row <paramref name="row"/> from its sum, up to the GELU: scaled, biased, and rounded to the output dtype when a GELU follows.</summary>
@@ -256,24 +335,28 @@ internal static unsafe class MultiRowGemv
 
     /// <summary>
     /// Σ w·x of <paramref name="weightRows"/> consecutive weight rows (1, or the variant's group) with four activation
-    /// rows: <c>sums[w · 4 + i]</c>.
+    /// rows: <c>sums[w · 4 + i]</c>. A group can run in blocks of columns: with <paramref name="resume"/> its
+    /// accumulators start from <paramref name="carried"/> (else from zero), and without <paramref name="sums"/> they are
+    /// left there for the next block instead of being summed. Every block but the last is a whole number of vectors.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot<TWeight>(Float16GemvVariant variant, int weightRows, byte* weight, long rowBytes, float** inputs, int columns, float* sums, byte* next = null)
-        where TWeight : IGemvWeight
+    private static void Dot<TWeight>(Float16GemvVariant variant, int weightRows, byte* weight, long rowBytes, float** inputs, int columns,
+        float* carried, float* sums, bool resume = false, byte* next = null) where TWeight : IGemvWeight
     {
         if (weightRows == 1) Dot4<TWeight>(variant, weight, inputs, columns, sums);
-        else if (variant == Float16GemvVariant.Avx512) Dot4x4x512<TWeight>(weight, rowBytes, inputs, columns, sums, next);
-        else Dot2x4x256<TWeight>(weight, rowBytes, inputs, columns, sums, next);
+        else if (variant == Float16GemvVariant.Avx512) Dot4x4x512<TWeight>(weight, rowBytes, inputs, columns, resume ? carried : null, sums == null ? carried : sums, sums == null, next);
+        else Dot2x4x256<TWeight>(weight, rowBytes, inputs, columns, resume ? carried : null, sums == null ? carried : sums, sums == null, next);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot4x4x512<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* sums, byte* next) where TWeight : IGemvWeight
+    private static void Dot4x4x512<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* from, float* to, bool carry, byte* next) where TWeight : IGemvWeight
     {
         float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
         byte* w0 = weight, w1 = weight + rowBytes, w2 = weight + 2 * rowBytes, w3 = weight + 3 * rowBytes;
-        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
-        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default, a30 = default, a31 = default, a32 = default, a33 = default;
+        Vector512<float> a00 = Start512(from, 0), a01 = Start512(from, 1), a02 = Start512(from, 2), a03 = Start512(from, 3);
+        Vector512<float> a10 = Start512(from, 4), a11 = Start512(from, 5), a12 = Start512(from, 6), a13 = Start512(from, 7);
+        Vector512<float> a20 = Start512(from, 8), a21 = Start512(from, 9), a22 = Start512(from, 10), a23 = Start512(from, 11);
+        Vector512<float> a30 = Start512(from, 12), a31 = Start512(from, 13), a32 = Start512(from, 14), a33 = Start512(from, 15);
         int c = 0;
         for (; c + 16 <= columns; c += 16)
         {
@@ -303,11 +386,27 @@ internal static unsafe class MultiRowGemv
             a32 = Avx512F.FusedMultiplyAdd(w, v2, a32);
             a33 = Avx512F.FusedMultiplyAdd(w, v3, a33);
         }
-        Finish512<TWeight>(a00, a01, a02, a03, w0, inputs, c, columns, sums);
-        Finish512<TWeight>(a10, a11, a12, a13, w1, inputs, c, columns, sums + 4);
-        Finish512<TWeight>(a20, a21, a22, a23, w2, inputs, c, columns, sums + 8);
-        Finish512<TWeight>(a30, a31, a32, a33, w3, inputs, c, columns, sums + 12);
+        if (carry)
+        {
+            a00.Store(to); a01.Store(to + 16); a02.Store(to + 32); a03.Store(to + 48);
+            a10.Store(to + 64); a11.Store(to + 80); a12.Store(to + 96); a13.Store(to + 112);
+            a20.Store(to + 128); a21.Store(to + 144); a22.Store(to + 160); a23.Store(to + 176);
+            a30.Store(to + 192); a31.Store(to + 208); a32.Store(to + 224); a33.Store(to + 240);
+            return;
+        }
+        Finish512<TWeight>(a00, a01, a02, a03, w0, inputs, c, columns, to);
+        Finish512<TWeight>(a10, a11, a12, a13, w1, inputs, c, columns, to + 4);
+        Finish512<TWeight>(a20, a21, a22, a23, w2, inputs, c, columns, to + 8);
+        Finish512<TWeight>(a30, a31, a32, a33, w3, inputs, c, columns, to + 12);
     }
+
+    /// <summary>Accumulator <paramref name="index"/> carried in <paramref name="from"/>, or zero.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Start512(float* from, int index) => from == null ? default : Vector512.Load(from + 16 * index);
+
+    /// <summary>Accumulator <paramref name="index"/> carried in <paramref name="from"/>, or zero.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Start256(float* from, int index) => from == null ? default : Vector256.Load(from + 8 * index);
 
     /// <summary>One weight row's four sums from its accumulators, with the columns the vector loop left.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -325,11 +424,12 @@ internal static unsafe class MultiRowGemv
 
     /// <summary>The portable 256-bit form of <see cref="Dot4x4x512{TWeight}"/> for two weight rows (AVX2 has 16 vector registers).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot2x4x256<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* sums, byte* next) where TWeight : IGemvWeight
+    private static void Dot2x4x256<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* from, float* to, bool carry, byte* next) where TWeight : IGemvWeight
     {
         float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
         byte* w0 = weight, w1 = weight + rowBytes;
-        Vector256<float> a00 = default, a01 = default, a02 = default, a03 = default, a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector256<float> a00 = Start256(from, 0), a01 = Start256(from, 1), a02 = Start256(from, 2), a03 = Start256(from, 3);
+        Vector256<float> a10 = Start256(from, 4), a11 = Start256(from, 5), a12 = Start256(from, 6), a13 = Start256(from, 7);
         int c = 0;
         for (; c + 8 <= columns; c += 8)
         {
@@ -357,14 +457,20 @@ internal static unsafe class MultiRowGemv
             a12 = Vector256.FusedMultiplyAdd(w, v2, a12);
             a13 = Vector256.FusedMultiplyAdd(w, v3, a13);
         }
-        sums[0] = Tail<TWeight>(Vector256.Sum(a00), w0, x0, c, columns);
-        sums[1] = Tail<TWeight>(Vector256.Sum(a01), w0, x1, c, columns);
-        sums[2] = Tail<TWeight>(Vector256.Sum(a02), w0, x2, c, columns);
-        sums[3] = Tail<TWeight>(Vector256.Sum(a03), w0, x3, c, columns);
-        sums[4] = Tail<TWeight>(Vector256.Sum(a10), w1, x0, c, columns);
-        sums[5] = Tail<TWeight>(Vector256.Sum(a11), w1, x1, c, columns);
-        sums[6] = Tail<TWeight>(Vector256.Sum(a12), w1, x2, c, columns);
-        sums[7] = Tail<TWeight>(Vector256.Sum(a13), w1, x3, c, columns);
+        if (carry)
+        {
+            a00.Store(to); a01.Store(to + 8); a02.Store(to + 16); a03.Store(to + 24);
+            a10.Store(to + 32); a11.Store(to + 40); a12.Store(to + 48); a13.Store(to + 56);
+            return;
+        }
+        to[0] = Tail<TWeight>(Vector256.Sum(a00), w0, x0, c, columns);
+        to[1] = Tail<TWeight>(Vector256.Sum(a01), w0, x1, c, columns);
+        to[2] = Tail<TWeight>(Vector256.Sum(a02), w0, x2, c, columns);
+        to[3] = Tail<TWeight>(Vector256.Sum(a03), w0, x3, c, columns);
+        to[4] = Tail<TWeight>(Vector256.Sum(a10), w1, x0, c, columns);
+        to[5] = Tail<TWeight>(Vector256.Sum(a11), w1, x1, c, columns);
+        to[6] = Tail<TWeight>(Vector256.Sum(a12), w1, x2, c, columns);
+        to[7] = Tail<TWeight>(Vector256.Sum(a13), w1, x3, c, columns);
     }
 
     /// <summary>Σ w·x of one weight row with four activation rows, in one pass over the weight row.</summary>

@@ -94,6 +94,33 @@ public class MultiRowGemvTests
         Assert.True(excess.max().item<double>() <= 0, $"an element is {excess.max().item<double>()} beyond float32 accumulation error");
     }
 
+    /// <summary>
+    /// Rows long enough that the exact widening multiplies them a block of columns at a time, its accumulators carried
+    /// from block to block (a last block of a few columns, and one of none but the scalar tail, among them), give the bits
+    /// of the scaled widening's single pass over each row: one and two passes of activation rows, and more, where whole
+    /// rows are multiplied again.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void BlocksOfColumnsGiveTheBitsOfOnePassOverEachRow(string variant)
+    {
+        Require(variant);
+        using var scope = NewDisposeScope();
+        var gen = new Generator(5);
+        foreach (var (n, k, rows) in new[] { (9, 2083, 2), (6, 1100, 5), (11, 2819, 8), (8, 1031, 8), (5, 1539, 3), (4, 1029, 4), (5, 1100, 24) })
+        {
+            var weight = (randn(n, k, generator: gen) * 0.05).to(ScalarType.Float16);
+            var x = randn(rows, k, generator: gen);
+
+            Assert.True(Multiply(variant, x, weight, null, out var exact, widening: Float16Widening.Exact));
+            Assert.True(Multiply(variant, x, weight, null, out var managed, widening: Float16Widening.Exact, libTorchWidening: false));
+            Assert.True(Multiply(variant, x, weight, null, out var scaled, widening: Float16Widening.Scaled));
+
+            Assert.True(exact.equal(scaled).all().item<bool>(), $"{n} × {k}, {rows} rows: the blocks should give the single pass's bits");
+            Assert.True(managed.equal(scaled).all().item<bool>(), $"{n} × {k}, {rows} rows, managed widening: the blocks should give the single pass's bits");
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Variants))]
     public void GeluAndResidualAreRoundedAsTheSeparateBFloat16OperationsWould(string variant)
