@@ -84,9 +84,7 @@ public class MultiRowGemvTests
         weight.bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(finite.AsSpan());
         var x = (randn(3, K, generator: new Generator(3)) * 1e-3).to(ScalarType.Float32);
 
-        Assert.True(Multiply(variant, x, weight, null, out var exact, widening: Float16Widening.Exact));
-        Assert.True(Multiply(variant, x, weight, null, out var managed, widening: Float16Widening.Exact, libTorchWidening: false));
-        Assert.True(Multiply(variant, x, weight, null, out var scaled, widening: Float16Widening.Scaled));
+        var (exact, managed, scaled) = MultiplyEveryWidening(variant, x, weight);
 
         Assert.True(exact.equal(managed).all().item<bool>(), "libtorch's conversion and the managed exact widening should give the same bits");
         Assert.True(exact.equal(scaled).all().item<bool>(), "the two widenings should give the same bits");
@@ -115,9 +113,7 @@ public class MultiRowGemvTests
             var weight = (randn(n, k, generator: gen) * 0.05).to(ScalarType.Float16);
             var x = randn(rows, k, generator: gen);
 
-            Assert.True(Multiply(variant, x, weight, null, out var exact, widening: Float16Widening.Exact));
-            Assert.True(Multiply(variant, x, weight, null, out var managed, widening: Float16Widening.Exact, libTorchWidening: false));
-            Assert.True(Multiply(variant, x, weight, null, out var scaled, widening: Float16Widening.Scaled));
+            var (exact, managed, scaled) = MultiplyEveryWidening(variant, x, weight);
 
             Assert.True(exact.equal(scaled).all().item<bool>(), $"{n} × {k}, {rows} rows: the blocks should give the single pass's bits");
             Assert.True(managed.equal(scaled).all().item<bool>(), $"{n} × {k}, {rows} rows, managed widening: the blocks should give the single pass's bits");
@@ -206,6 +202,15 @@ public class MultiRowGemvTests
     {
         if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime was not found; the kernel runs on its threads.");
         if (!Float16Gemv.IsAccelerated(Enum.Parse<Float16GemvVariant>(variant))) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
+    }
+
+    /// <summary>x · Wᵀ through the exact widening (libtorch's F16C conversion, then managed code) and the scaled one.</summary>
+    private static (Tensor Exact, Tensor Managed, Tensor Scaled) MultiplyEveryWidening(string variant, Tensor x, Tensor weight)
+    {
+        Assert.True(Multiply(variant, x, weight, null, out var exact, widening: Float16Widening.Exact));
+        Assert.True(Multiply(variant, x, weight, null, out var managed, widening: Float16Widening.Exact, libTorchWidening: false));
+        Assert.True(Multiply(variant, x, weight, null, out var scaled, widening: Float16Widening.Scaled));
+        return (exact, managed, scaled);
     }
 
     private static bool Multiply(string variant, Tensor x, Tensor weight, Tensor? bias, out Tensor result, bool gelu = false, Tensor? residual = null,
