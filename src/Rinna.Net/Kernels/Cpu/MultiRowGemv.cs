@@ -86,7 +86,7 @@ internal static unsafe class MultiRowGemv
     {
         result = null!;
         bool supported = weight.dtype == ScalarType.Float16 ? SupportsFloat16 : SupportsFloat32;
-        // The CPU's widening (Float16Gemv.Widening); the exact one is widened once per weight into float32 rows every pass reads.
+        // The CPU's widening (Float16Gemv.Widening); the exact one widens each weight once, into float32 rows or blocks every pass reads.
         return supported && TryMultiply(x, weight, bias, out result, gelu, residual, DefaultVariant!.Value, Float16Gemv.Widening);
     }
 
@@ -170,7 +170,7 @@ internal static unsafe class MultiRowGemv
         var job = (Job*)state;
         float* sums = stackalloc float[MaxWeightRows * MaxRows];
         float** inputs = stackalloc float*[RowsPerPass];
-        int columns = job->Columns, rows = job->Rows;
+        int columns = job->Columns;
         long rowBytes = (long)columns * (job->Format == WeightFormat.Float32 ? sizeof(float) : sizeof(ushort));
         int group = WeightRowsPerPass(job->Variant);
         var format = job->Format;
