@@ -32,9 +32,12 @@ public class Float16GemvTests
             Assert.Skip("the float16 kernels do not run here (no vector hardware or no libtorch OpenMP runtime).");
             return;
         }
-        // The probe's verdict is far from its threshold either way (an assist costs about a hundred cycles), so a second
-        // run agrees; one row and a few rows share the verdict.
-        Assert.Equal(Float16Gemv.SubnormalsAreSlow(variant) ? Float16Widening.Exact : Float16Widening.Scaled, Float16Gemv.Widening);
+        // A second run of the probe agrees with the one behind the widening where it is decisive (an assist costs about a
+        // hundred cycles, so real machines are far from the threshold); one row and a few rows share the verdict. Timing on
+        // a loaded machine can leave a run near the threshold, which decides nothing.
+        double slowdown = Float16Gemv.SubnormalSlowdown(variant);
+        if (slowdown is > 1.5 and < 6) Assert.Skip($"the probe measured subnormal operands {slowdown:F1}× as slow as normal ones: too near its threshold (3×) to check its verdict.");
+        Assert.Equal(slowdown > 3 ? Float16Widening.Exact : Float16Widening.Scaled, Float16Gemv.Widening);
     }
 
     /// <summary>Every variant with each widening, by name, on every machine: variants the CPU does not accelerate are reported as skipped.</summary>
