@@ -65,7 +65,7 @@ internal static unsafe class Float16Gemv
     /// <see cref="Float16Widening.Exact"/>. A property of the CPU, so the probe (<see cref="SubnormalsAreSlow"/>) runs once.
     /// </summary>
     public static Float16Widening Widening { get; } =
-        LibTorchOpenMp.IsAvailable && WidestAccelerated is { } widest && SubnormalsAreSlow(widest) ? Float16Widening.Exact : Float16Widening.Scaled;
+        LibTorchOpenMp.IsAvailable && WidestAccelerated is not null && SubnormalsAreSlow() ? Float16Widening.Exact : Float16Widening.Scaled;
 
     /// <summary>
     /// Whether decode takes the managed path: a default variant and libtorch's libgomp found. With either widening it
@@ -417,20 +417,21 @@ internal static unsafe class Float16Gemv
     /// Whether subnormal float32 operands are slow here: <see cref="SubnormalSlowdown"/> above three. A microcode assist
     /// costs on the order of a hundred cycles per instruction, so real penalties are far above that.
     /// </summary>
-    internal static bool SubnormalsAreSlow(Float16GemvVariant variant) => SubnormalSlowdown(variant) > 3;
+    internal static bool SubnormalsAreSlow() => SubnormalSlowdown() > 3;
 
     /// <summary>
-    /// How much slower the variant's fused multiply-adds run on the operands the scaled widening forms from float16
-    /// subnormals (float32 subnormals) than on normal ones, single-threaded: the ratio of their best times over
-    /// alternating runs, at least nine, and up to a hundred while the ratio stays near the threshold of
-    /// <see cref="SubnormalsAreSlow"/> (between 1.5 and 6), since a loaded machine can interrupt a few runs.
+    /// How much slower fused multiply-adds run on the operands the scaled widening forms from float16 subnormals (float32
+    /// subnormals) than on normal ones, single-threaded: the ratio of their best times over alternating runs, at least
+    /// nine, and up to a hundred while the ratio stays near the threshold of <see cref="SubnormalsAreSlow"/> (between 1.5
+    /// and 6), since a loaded machine can interrupt a few runs.
     /// </summary>
     /// <remarks>
-    /// The timed loop is self-contained vector code: in a debug build of this assembly the JIT neither optimizes nor
-    /// inlines, and a probe through the kernels themselves measured 2.4–5× there (against 33–70× optimized), too near
-    /// the threshold to decide.
+    /// The timed loop is self-contained 128-bit vector code (NEON or SSE): in a debug build of this assembly the JIT
+    /// neither optimizes nor inlines, and a probe through the kernels themselves measured 2.4–5× there (against 33–70×
+    /// optimized), too near the threshold to decide. An assist is taken per instruction whatever its width, so one
+    /// width answers for all (benchmarks/RESULTS.md).
     /// </remarks>
-    internal static double SubnormalSlowdown(Float16GemvVariant variant)
+    internal static double SubnormalSlowdown()
     {
         const int Length = 4096;
         var normal = new float[Length];
@@ -445,7 +446,7 @@ internal static unsafe class Float16Gemv
             fixed (float* w = weights)
             {
                 var clock = Stopwatch.StartNew();
-                float sink = MultiplyAddAll(variant, w, Length);
+                float sink = MultiplyAddAll(w, Length);
                 return clock.ElapsedTicks + (sink == float.PositiveInfinity ? 1 : 0);
             }
         }
@@ -461,55 +462,23 @@ internal static unsafe class Float16Gemv
         return ratio;
     }
 
-    /// <summary>Σ w · 2⁵⁶ (the scaled kernels' activation scale) over <paramref name="count"/> weights, eight times, in four chains of the variant's width.</summary>
+    /// <summary>Σ w · 2⁵⁶ (the scaled kernels' activation scale) over <paramref name="count"/> weights, eight times, in four chains.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization | MethodImplOptions.NoInlining)]
-    private static float MultiplyAddAll(Float16GemvVariant variant, float* weights, int count)
+    private static float MultiplyAddAll(float* weights, int count)
     {
-        const float Scale = 72057594037927936f; // 2⁵⁶
-        float total = 0;
+        var x = Vector128.Create(72057594037927936f); // 2⁵⁶
+        Vector128<float> a0 = default, a1 = default, a2 = default, a3 = default;
         for (int repeat = 0; repeat < 8; repeat++)
         {
-            if (variant == Float16GemvVariant.Avx512 && Vector512.IsHardwareAccelerated)
+            for (int c = 0; c + 16 <= count; c += 16)
             {
-                var x = Vector512.Create(Scale);
-                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                for (int c = 0; c + 64 <= count; c += 64)
-                {
-                    a0 = Vector512.FusedMultiplyAdd(Vector512.Load(weights + c), x, a0);
-                    a1 = Vector512.FusedMultiplyAdd(Vector512.Load(weights + c + 16), x, a1);
-                    a2 = Vector512.FusedMultiplyAdd(Vector512.Load(weights + c + 32), x, a2);
-                    a3 = Vector512.FusedMultiplyAdd(Vector512.Load(weights + c + 48), x, a3);
-                }
-                total += Vector512.Sum(a0 + a1 + a2 + a3);
-            }
-            else if (variant == Float16GemvVariant.Vector256 && Vector256.IsHardwareAccelerated)
-            {
-                var x = Vector256.Create(Scale);
-                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                for (int c = 0; c + 32 <= count; c += 32)
-                {
-                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(weights + c), x, a0);
-                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(weights + c + 8), x, a1);
-                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(weights + c + 16), x, a2);
-                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(weights + c + 24), x, a3);
-                }
-                total += Vector256.Sum(a0 + a1 + a2 + a3);
-            }
-            else
-            {
-                var x = Vector128.Create(Scale);
-                Vector128<float> a0 = default, a1 = default, a2 = default, a3 = default;
-                for (int c = 0; c + 16 <= count; c += 16)
-                {
-                    a0 = Vector128.FusedMultiplyAdd(Vector128.Load(weights + c), x, a0);
-                    a1 = Vector128.FusedMultiplyAdd(Vector128.Load(weights + c + 4), x, a1);
-                    a2 = Vector128.FusedMultiplyAdd(Vector128.Load(weights + c + 8), x, a2);
-                    a3 = Vector128.FusedMultiplyAdd(Vector128.Load(weights + c + 12), x, a3);
-                }
-                total += Vector128.Sum(a0 + a1 + a2 + a3);
+                a0 = Vector128.FusedMultiplyAdd(Vector128.Load(weights + c), x, a0);
+                a1 = Vector128.FusedMultiplyAdd(Vector128.Load(weights + c + 4), x, a1);
+                a2 = Vector128.FusedMultiplyAdd(Vector128.Load(weights + c + 8), x, a2);
+                a3 = Vector128.FusedMultiplyAdd(Vector128.Load(weights + c + 12), x, a3);
             }
         }
-        return total;
+        return Vector128.Sum(a0 + a1 + a2 + a3);
     }
 }
 

@@ -175,9 +175,10 @@ internal static unsafe class MultiRowGemv
         int group = WeightRowsPerPass(job->Variant);
         var format = job->Format;
         float* converted = job->Converted == null ? null : job->Converted + (Interlocked.Increment(ref job->NextConverted) - 1) * job->ConvertedFloats;
-        // Accumulators carried from one block of columns to the next (MultiplyInBlocks), for every pass of a group.
-        float* carried = stackalloc float[MaxRows * MaxWeightRows * 16];
         int block = converted == null ? 0 : BlockColumns(group, job->InputRows);
+        // Accumulators carried from one block of columns to the next (MultiplyInBlocks), for every pass of a group; none
+        // without blocks, so other calls do not clear 8 KB of stack.
+        float* carried = stackalloc float[block > 0 ? MaxRows * MaxWeightRows * 16 : 0];
         while (job->Claims.TryClaim(out int first, out int end))
         {
             for (int row = first; row < end;)
