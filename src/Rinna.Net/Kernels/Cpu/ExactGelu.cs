@@ -37,6 +37,11 @@ internal static class ExactGelu
         for (; i < values.Length; i++) values[i] = Apply(values[i]);
     }
 
+    /// <summary>GELU of each lane, as <see cref="Apply(Span{float})"/> computes it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Apply(Vector128<float> values) => Vector256.IsHardwareAccelerated ? Apply4(values)
+        : Vector128.Create(Apply(values.GetElement(0)), Apply(values.GetElement(1)), Apply(values.GetElement(2)), Apply(values.GetElement(3)));
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector128<float> Apply4(Vector128<float> x)
     {

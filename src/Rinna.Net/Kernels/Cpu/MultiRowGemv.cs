@@ -294,6 +294,11 @@ internal static unsafe class MultiRowGemv
     private static void Emit(Job* job, int row, int weightRows, int pass, float* sums)
     {
         int count = Math.Min(RowsPerPass, job->InputRows - pass);
+        if (weightRows > 1 && Vector128.IsHardwareAccelerated)
+        {
+            EmitGroup(job, row, weightRows, pass, count, sums);
+            return;
+        }
         for (int w = 0; w < weightRows; w++)
             for (int i = 0; i < count; i++)
                 sums[w * RowsPerPass + i] = Prepare(job, row + w, sums[w * RowsPerPass + i]);
@@ -302,6 +307,68 @@ internal static unsafe class MultiRowGemv
             for (int i = 0; i < count; i++)
                 Store(job, (long)(pass + i) * job->Rows + row + w, sums[w * RowsPerPass + i]);
     }
+
+    /// <summary>
+    /// <see cref="Emit"/> for a group of 2 or 4 weight rows, whose outputs for one activation row lie side by side (as do
+    /// their biases): the same operations on the group's lanes at once, so the same bits.
+    /// </summary>
+    /// <remarks>
+    /// Why: one output at a time, the bias, GELU, residual and rounding cost about half as much as the products for the
+    /// short rows of small models, and the GELU ran for every lane of a pass, used or not (benchmarks/RESULTS.md).
+    /// </remarks>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void EmitGroup(Job* job, int row, int weightRows, int pass, int count, float* sums)
+    {
+        bool four = weightRows == 4, bfloat16 = job->OutputIsBFloat16;
+        var scale = Vector128.Create(job->OutputScale);
+        var bias = job->Bias == null ? default
+            : job->BiasIsBFloat16 ? WidenBFloat16((ushort*)job->Bias + row, four) : LoadLanes((float*)job->Bias + row, four);
+        for (int i = 0; i < count; i++)
+        {
+            var value = (four ? Vector128.Create(sums[i], sums[4 + i], sums[8 + i], sums[12 + i]) : Vector128.Create(sums[i], sums[4 + i], 0, 0)) * scale;
+            // No bias is no addition, not + 0, which would turn −0 into +0.
+            if (job->Bias != null) value += bias;
+            if (job->Gelu) value = ExactGelu.Apply(ToOutput(value, bfloat16));
+            long at = (long)(pass + i) * job->Rows + row;
+            if (job->Residual != null)
+                value = ToOutput(value, bfloat16) + (bfloat16 ? WidenBFloat16((ushort*)job->Residual + at, four) : LoadLanes((float*)job->Residual + at, four));
+            if (bfloat16)
+            {
+                var bits = Vector128.Narrow(RoundToBFloat16(value), default).AsUInt64().ToScalar();
+                if (four) Unsafe.WriteUnaligned((ushort*)job->Output + at, bits);
+                else Unsafe.WriteUnaligned((ushort*)job->Output + at, (uint)bits);
+            }
+            else if (four) value.Store((float*)job->Output + at);
+            else Unsafe.WriteUnaligned((float*)job->Output + at, value.AsUInt64().ToScalar());
+        }
+    }
+
+    /// <summary>Four floats at <paramref name="address"/>, or two and two zeros.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> LoadLanes(float* address, bool four) =>
+        four ? Vector128.Load(address) : Vector128.CreateScalarUnsafe(Unsafe.ReadUnaligned<ulong>(address)).AsSingle();
+
+    /// <summary>Four bfloat16 values at <paramref name="address"/> widened, or two and two zeros.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> WidenBFloat16(ushort* address, bool four)
+    {
+        ulong bits = four ? Unsafe.ReadUnaligned<ulong>(address) : Unsafe.ReadUnaligned<uint>(address);
+        return Vector128.ShiftLeft(Vector128.WidenLower(Vector128.CreateScalarUnsafe(bits).AsUInt16()), 16).AsSingle();
+    }
+
+    /// <summary><see cref="BFloat16Bits.Round(float)"/> of each lane, in the low half of each lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<uint> RoundToBFloat16(Vector128<float> value)
+    {
+        var bits = value.AsUInt32();
+        var rounded = Vector128.ShiftRightLogical(bits + Vector128.Create(0x7FFFu) + (Vector128.ShiftRightLogical(bits, 16) & Vector128<uint>.One), 16);
+        return Vector128.ConditionalSelect(Vector128.Equals(value, value).AsUInt32(), rounded, Vector128.Create(0x7FC0u));
+    }
+
+    /// <summary><see cref="Float16Gemv.ToOutput"/> of each lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> ToOutput(Vector128<float> value, bool bfloat16) =>
+        bfloat16 ? Vector128.ShiftLeft(RoundToBFloat16(value), 16).AsSingle() : value;
 
     /// <summary>An output of weight row <paramref name="row"/> from its sum, up to the GELU: scaled, biased, and rounded to the output dtype when a GELU follows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -148,6 +148,61 @@ public class MultiRowGemvTests
         }
     }
 
+    /// <summary>
+    /// The output stage (bias, rounding before the GELU, GELU, residual, rounding), which runs on a group's lanes at once,
+    /// gives each output the bits of those steps done one value at a time on the kernel's own float32 product: for groups
+    /// of weight rows, the rows left after them, and short last passes.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void OutputStageGivesEveryValueTheBitsOfItsStepsOneAtATime(string variant)
+    {
+        Require(variant);
+        using var scope = NewDisposeScope();
+        var gen = new Generator(17);
+        const int N = 70, K = 40;
+        foreach (var weightType in new[] { ScalarType.Float16, ScalarType.Float32 })
+            foreach (var rows in new[] { 2, 7 })
+                foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+                {
+                    if (weightType == ScalarType.Float32 && dtype == ScalarType.BFloat16) continue; // float32 weights take float32 rows only
+                    var weight = (randn(N, K, generator: gen) * 0.3).to(weightType);
+                    var x = randn(rows, 1, K, generator: gen).to(dtype);
+                    var residual = randn(rows, 1, N, generator: gen).to(dtype);
+                    // The float32 product itself: the activations as float32 (the kernel widens bfloat16 rows to the same values).
+                    Assert.True(Multiply(variant, x.to(ScalarType.Float32), weight, null, out var product));
+                    var sums = product.data<float>().ToArray();
+                    foreach (var biasType in new ScalarType?[] { null, ScalarType.Float32, ScalarType.BFloat16 })
+                    {
+                        var bias = biasType is null ? null : randn(N, generator: gen).to(biasType.Value);
+                        var biasValues = bias?.to(ScalarType.Float32).data<float>().ToArray();
+                        var residualValues = residual.to(ScalarType.Float32).data<float>().ToArray();
+                        foreach (var (gelu, withResidual) in new[] { (false, false), (true, false), (false, true), (true, true) })
+                        {
+                            Assert.True(Multiply(variant, x, weight, bias, out var fused, gelu, withResidual ? residual : null));
+                            var actual = fused.to(ScalarType.Float32).data<float>().ToArray();
+                            bool bfloat16 = dtype == ScalarType.BFloat16;
+                            for (int at = 0; at < actual.Length; at++)
+                            {
+                                float value = sums[at];
+                                if (biasValues is not null) value += biasValues[at % N];
+                                if (gelu)
+                                {
+                                    Span<float> one = [Float16Gemv.ToOutput(value, bfloat16), 0, 0, 0];
+                                    ExactGelu.Apply(one);
+                                    value = one[0];
+                                }
+                                if (withResidual) value = Float16Gemv.ToOutput(value, bfloat16) + residualValues[at];
+                                float expected = Float16Gemv.ToOutput(value, bfloat16);
+                                Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual[at]),
+                                    $"{weightType} weight, {rows} {dtype} rows, bias {biasType?.ToString() ?? "none"}, GELU {gelu}, residual {withResidual}: "
+                                    + $"output {at} is {actual[at]:R}, its steps give {expected:R}");
+                            }
+                        }
+                    }
+                }
+    }
+
     [Theory]
     [MemberData(nameof(Variants))]
     public void LeavesWhatItDoesNotTakeToTheCaller(string variant)
