@@ -215,7 +215,15 @@ internal static unsafe class MultiRowGemv
                         byte* next = null;
                         long offset = (long)(pass / RowsPerPass) * columns * 4;
                         if (converted != null && offset < weightRows * rowBytes) next = job->Weight + (row + weightRows) * rowBytes + offset;
-                        Dot<Float32Weight>(job->Variant, weightRows, weight, stride, inputs, columns, null, sums, false, next);
+                        long nextStride = 0;
+                        if (converted == null && pass == 0 && row + 2 * weightRows <= end)
+                        {
+                            // float32 rows come from memory or L3 in the first pass, one line at a time: meanwhile the
+                            // pass fetches the next group into L1, a line of each of its rows per step (benchmarks/RESULTS.md).
+                            next = weight + weightRows * rowBytes;
+                            nextStride = rowBytes;
+                        }
+                        Dot<Float32Weight>(job->Variant, weightRows, weight, stride, inputs, columns, null, sums, false, next, nextStride);
                     }
                     Emit(job, row, weightRows, pass, sums);
                 }
@@ -406,18 +414,20 @@ internal static unsafe class MultiRowGemv
     /// rows: <c>sums[w · 4 + i]</c>. A group can run in blocks of columns: with <paramref name="resume"/> its
     /// accumulators start from <paramref name="carried"/> (else from zero), and without <paramref name="sums"/> they are
     /// left there for the next block instead of being summed. Every block but the last is a whole number of vectors.
+    /// A group also fetches <paramref name="next"/> while it multiplies: a line per vector step into L2, or with
+    /// <paramref name="nextStride"/> a line of each of four rows that far apart into L1.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Dot<TWeight>(Float16GemvVariant variant, int weightRows, byte* weight, long rowBytes, float** inputs, int columns,
-        float* carried, float* sums, bool resume = false, byte* next = null) where TWeight : IGemvWeight
+        float* carried, float* sums, bool resume = false, byte* next = null, long nextStride = 0) where TWeight : IGemvWeight
     {
         if (weightRows == 1) Dot4<TWeight>(variant, weight, inputs, columns, sums);
-        else if (variant == Float16GemvVariant.Avx512) Dot4x4x512<TWeight>(weight, rowBytes, inputs, columns, resume ? carried : null, sums == null ? carried : sums, sums == null, next);
+        else if (variant == Float16GemvVariant.Avx512) Dot4x4x512<TWeight>(weight, rowBytes, inputs, columns, resume ? carried : null, sums == null ? carried : sums, sums == null, next, nextStride);
         else Dot2x4x256<TWeight>(weight, rowBytes, inputs, columns, resume ? carried : null, sums == null ? carried : sums, sums == null, next);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot4x4x512<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* from, float* to, bool carry, byte* next) where TWeight : IGemvWeight
+    private static void Dot4x4x512<TWeight>(byte* weight, long rowBytes, float** inputs, int columns, float* from, float* to, bool carry, byte* next, long nextStride) where TWeight : IGemvWeight
     {
         float* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
         byte* w0 = weight, w1 = weight + rowBytes, w2 = weight + 2 * rowBytes, w3 = weight + 3 * rowBytes;
@@ -428,7 +438,17 @@ internal static unsafe class MultiRowGemv
         int c = 0;
         for (; c + 16 <= columns; c += 16)
         {
-            if (next != null) Sse.Prefetch1(next + c * 4);
+            if (next != null)
+            {
+                if (nextStride == 0) Sse.Prefetch1(next + c * 4);
+                else
+                {
+                    Sse.Prefetch0(next + c * 4);
+                    Sse.Prefetch0(next + nextStride + c * 4);
+                    Sse.Prefetch0(next + 2 * nextStride + c * 4);
+                    Sse.Prefetch0(next + 3 * nextStride + c * 4);
+                }
+            }
             var v0 = Avx512F.LoadVector512(x0 + c);
             var v1 = Avx512F.LoadVector512(x1 + c);
             var v2 = Avx512F.LoadVector512(x2 + c);
