@@ -219,6 +219,13 @@ public class MultiRowGemvTests
         Assert.False(Multiply(variant, poisoned, randn(4, 8), null, out _));
         Assert.False(Multiply(variant, poisoned, weight, null, out _));
         Assert.False(Multiply(variant, poisoned, weight, null, out _, widening: Float16Widening.Exact));
+        var infinite = randn(2, 9);
+        infinite[1, 8] = float.NegativeInfinity; // past the last whole vector
+        Assert.False(Multiply(variant, infinite, randn(4, 9), null, out _));
+        infinite[1, 8] = 0;
+        infinite[0, 1] = float.PositiveInfinity;
+        Assert.False(Multiply(variant, infinite, randn(4, 9), null, out _));
+        Assert.False(Multiply(variant, infinite, randn(4, 9).to(ScalarType.Float16), null, out _, widening: Float16Widening.Exact));
     }
 
     [Fact]
