@@ -100,6 +100,73 @@ public sealed class ContinuousBatchingSchedulerTests
         Assert.True(scheduler.LargestBatch >= 3, $"at most {scheduler.LargestBatch} rows were decoded together");
     }
 
+    /// <summary>
+    /// Greedy rows with the same repetition penalty (or none) pick their tokens in one pass over the batch: the tokens each
+    /// picks alone, with rows of different lengths (padded ids) and a sampling row and a row with another processor beside them.
+    /// </summary>
+    [Theory]
+    [InlineData("tiny-neox-rinna")]
+    [InlineData("tiny-neox-pythia")]
+    public async Task GreedyRowsWithTheSamePenaltyPickTogetherWhatEachPicksAlone(string fixture)
+    {
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(fixture));
+        double[] penalties = [1.3, 1.3, 1.0, 1.0, 1.3];
+        var configs = penalties.Select((penalty, i) => new GenerationConfig { MaxNewTokens = 18 + 4 * i, EosTokenId = null, RepetitionPenalty = penalty })
+            .ToArray();
+        var sampling = new GenerationConfig { MaxNewTokens = 30, EosTokenId = null, DoSample = true, Seed = 5, RepetitionPenalty = 1.3 };
+        var ngrams = new GenerationConfig { MaxNewTokens = 30, EosTokenId = null, RepetitionPenalty = 1.3, NoRepeatNgramSize = 2 };
+        var expected = Prompts.Select((p, i) => Alone(model, p, configs[i])).ToArray();
+        var expectedNgrams = Alone(model, Prompts[2], ngrams);
+
+        await using var scheduler = new ContinuousBatchingScheduler(model);
+        var tasks = Prompts.Select((p, i) => scheduler.GenerateAsync(p, configs[i]))
+            .Append(scheduler.GenerateAsync(Prompts[0], sampling)).Append(scheduler.GenerateAsync(Prompts[2], ngrams)).ToArray();
+        var results = await Task.WhenAll(tasks);
+
+        for (int i = 0; i < Prompts.Length; i++) Assert.Equal(expected[i], results[i].TokenIds);
+        Assert.Equal(expectedNgrams, results[^1].TokenIds);
+        // Three rows with 1.3 and two with none for 18 steps or more: far more rows than the sampling and n-gram rows' own picks.
+        Assert.True(scheduler.RowsPickedTogether >= 5 * 18, $"only {scheduler.RowsPickedTogether} rows were picked together");
+    }
+
+    /// <summary>
+    /// The batched pick equals each row's own repetition penalty and argmax, bit for bit in the scores it compares: rows of
+    /// different lengths whose best token is one the penalty must not touch (it is in no history, so a padding id that is
+    /// not the row's own would push it down), bfloat16 logits, and penalties above and below 1.
+    /// </summary>
+    [Theory]
+    [InlineData(1.0)]
+    [InlineData(2.0)]
+    [InlineData(0.5)]
+    public void PickingGreedyTokensTogetherEqualsEachRowsOwnPipeline(double penalty)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new TorchSharp.torch.Generator(3);
+        const int Vocabulary = 64;
+        IReadOnlyList<long>[] history = [[5, 9, 9, 17], [40], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 30], [63, 1]];
+        foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+        {
+            var logits = randn(history.Length, Vocabulary, generator: gen);
+            // Token 0, in no history, scores highest in every row (no penalty may reach it), token 2 next; then each history's tokens.
+            logits[.., 0] = 10f;
+            logits[.., 2] = 8f;
+            for (int row = 0; row < history.Length; row++)
+                foreach (var token in history[row]) logits[row, token] = penalty < 1 ? -9f : 9.5f;
+            logits = logits.to(dtype);
+
+            var together = ContinuousBatchingScheduler.PickGreedy(logits, history, penalty);
+
+            var pipeline = LogitsProcessorList.Create(new GenerationConfig { RepetitionPenalty = penalty, EosTokenId = null }, 1);
+            for (int row = 0; row < history.Length; row++)
+            {
+                var ids = tensor(history[row].ToArray()).unsqueeze(0);
+                long alone = pipeline.Process(ids, logits.narrow(0, row, 1).to(ScalarType.Float32)).argmax(-1).item<long>();
+                Assert.Equal(alone, together[row]);
+            }
+            Assert.All(together, token => Assert.Equal(0, token));
+        }
+    }
+
     [Theory]
     [InlineData("tiny-neox-rinna")]
     [InlineData("tiny-neox-pythia")]
