@@ -216,10 +216,11 @@ internal static unsafe class MultiRowGemv
                         long offset = (long)(pass / RowsPerPass) * columns * 4;
                         if (converted != null && offset < weightRows * rowBytes) next = job->Weight + (row + weightRows) * rowBytes + offset;
                         long nextStride = 0;
-                        if (converted == null && pass == 0 && row + 2 * weightRows <= end)
+                        if (converted == null && pass == 0 && row + 2 * weightRows <= end && job->Variant == Float16GemvVariant.Avx512)
                         {
                             // float32 rows come from memory or L3 in the first pass, one line at a time: meanwhile the
-                            // pass fetches the next group into L1, a line of each of its rows per step (benchmarks/RESULTS.md).
+                            // pass fetches the next group into L1, a line of each of its rows per step (benchmarks/RESULTS.md;
+                            // the 256-bit form keeps its page-ahead prefetch, unmeasured against this).
                             next = weight + weightRows * rowBytes;
                             nextStride = rowBytes;
                         }
@@ -415,7 +416,7 @@ internal static unsafe class MultiRowGemv
     /// accumulators start from <paramref name="carried"/> (else from zero), and without <paramref name="sums"/> they are
     /// left there for the next block instead of being summed. Every block but the last is a whole number of vectors.
     /// A group also fetches <paramref name="next"/> while it multiplies: a line per vector step into L2, or with
-    /// <paramref name="nextStride"/> a line of each of four rows that far apart into L1.
+    /// <paramref name="nextStride"/> (AVX-512 only) a line of each of four rows that far apart into L1.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Dot<TWeight>(Float16GemvVariant variant, int weightRows, byte* weight, long rowBytes, float** inputs, int columns,
