@@ -61,14 +61,24 @@ public static class CausalLMGeneration
     /// with sampling every token is drawn from the model and proposals are kept while they equal the draws.
     /// </param>
     /// <returns>HF's <c>[batch, prompt + new]</c> sequences (dispose the tensor) and, per row, the new ids, text and finish reason.</returns>
+    /// <remarks>
+    /// When a <see cref="ContinuousBatchingScheduler"/> serves the model's <c>Generate</c> calls (a host's does), greedy
+    /// decoding and sampling of a left-padded batch run in its decode loop as one group
+    /// (<see cref="ContinuousBatchingScheduler.GenerateBatchAsync"/>), beside the host's other requests: the same tokens
+    /// for the same seed, and <paramref name="onStep"/> then runs on the scheduler's thread. This call waits for them.
+    /// </remarks>
     /// <exception cref="ArgumentException">Invalid prompt, mask or settings, or a prompt that does not fit the model.</exception>
+    /// <exception cref="ObjectDisposedException">The scheduler serving the model was disposed before the batch finished.</exception>
     public static GenerationOutput Generate(this GptNeoXForCausalLM model, Tensor inputIds, GenerationConfig? config = null,
         Tensor? attentionMask = null, PreTrainedTokenizer? tokenizer = null, Action<GenerationTracker>? onStep = null,
         CancellationToken cancellationToken = default, GptNeoXForCausalLM? assistantModel = null)
     {
+        if (model is not null && inputIds is not null && assistantModel is null && ContinuousBatchingScheduler.ServingGenerate(model) is { } scheduler
+            && JoinScheduler(scheduler, inputIds, config, attentionMask, tokenizer, onStep, cancellationToken) is { } served)
+            return served;
         try
         {
-            return GenerateOnThisThread(model, inputIds, config, attentionMask, tokenizer, onStep, cancellationToken, assistantModel);
+            return GenerateOnThisThread(model!, inputIds!, config, attentionMask, tokenizer, onStep, cancellationToken, assistantModel);
         }
         finally
         {
@@ -76,6 +86,41 @@ public static class CausalLMGeneration
             // thread, and every other team would stop spinning meanwhile (LibTorchOpenMp.RunOnOwnThread).
             Native.LibTorchOpenMp.ReleaseTeamOfPoolThread();
         }
+    }
+
+    /// <summary>
+    /// Runs the batch as one group in the scheduler that serves the model, so that it shares the decode steps with the
+    /// host's other requests; <c>null</c> when the settings or the mask are ones the scheduler does not take (beam search,
+    /// prompt lookup, padding other than on the left), or the scheduler was disposed meanwhile: those run here.
+    /// </summary>
+    private static GenerationOutput? JoinScheduler(ContinuousBatchingScheduler scheduler, Tensor inputIds, GenerationConfig? config, Tensor? attentionMask,
+        PreTrainedTokenizer? tokenizer, Action<GenerationTracker>? onStep, CancellationToken cancellationToken)
+    {
+        var settings = config ?? scheduler.Model.GenerationConfig();
+        if (settings.NumBeams > 1 || settings.PromptLookupNumTokens is not null) return null;
+        try
+        {
+            ContinuousBatchingScheduler.UnpadPrompts(inputIds, attentionMask);
+        }
+        catch (ArgumentException)
+        {
+            // The local path says what is wrong with the batch, or runs what the scheduler cannot (padding not on the left).
+            return null;
+        }
+        Task<GenerationOutput> generation;
+        try
+        {
+            generation = scheduler.GenerateBatchAsync(inputIds, settings, attentionMask, tokenizer, onStep, cancellationToken: cancellationToken);
+        }
+        catch (ObjectDisposedException)
+        {
+            return null;
+        }
+        var output = generation.GetAwaiter().GetResult();
+        // As the local path does: the sequences belong to the caller's dispose scope, if it has one.
+        var sequences = output.Sequences.alias();
+        output.Sequences.Dispose();
+        return output with { Sequences = sequences };
     }
 
     private static GenerationOutput GenerateOnThisThread(GptNeoXForCausalLM model, Tensor inputIds, GenerationConfig? config, Tensor? attentionMask,

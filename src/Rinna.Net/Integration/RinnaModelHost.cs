@@ -10,9 +10,10 @@ namespace Rinna.Net.Integration;
 
 /// <summary>
 /// Owns one loaded model and its tokenizer for a host: loads them once (on first use, or at start), hands them out,
-/// and disposes them with the container. Chat requests on the shared model go through one
-/// <see cref="ContinuousBatchingScheduler"/> (<see cref="GetSchedulerAsync"/>): concurrent requests are decoded together,
-/// at most <see cref="RinnaOptions.MaxBatchSize"/> at a time, the rest waiting in arrival order.
+/// and disposes them with the container. Chat requests on the shared model, and the model's own greedy and sampling
+/// <c>Generate</c> calls, go through one <see cref="ContinuousBatchingScheduler"/> (<see cref="GetSchedulerAsync"/>):
+/// concurrent requests are decoded together, at most <see cref="RinnaOptions.MaxBatchSize"/> rows at a time, the rest
+/// waiting in arrival order.
 /// </summary>
 public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
 {
@@ -66,7 +67,11 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
             if (loaded is { IsFaulted: true } && DateTimeOffset.UtcNow >= retryAfter) loaded = null;
             load = loaded ??= LoadAsync();
         }
-        return await load.WaitAsync(cancellationToken).ConfigureAwait(false);
+        var result = await load.WaitAsync(cancellationToken).ConfigureAwait(false);
+        // From here on the model's Generate calls join the scheduler's batch too.
+        lock (loading)
+            if (!disposed) EnsureScheduler(result.Item1);
+        return result;
     }
 
     /// <summary>Whether the model is loaded, and the last load failure if there was one: for health checks.</summary>
@@ -95,10 +100,13 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         lock (loading)
         {
             ObjectDisposedException.ThrowIf(disposed, this);
-            return scheduler ??= new ContinuousBatchingScheduler(model, options.MaxBatchSize,
-                loggerFactory?.CreateLogger<ContinuousBatchingScheduler>(), options.PrefixCacheBytes, options.PrefillChunkTokens);
+            return EnsureScheduler(model);
         }
     }
+
+    private ContinuousBatchingScheduler EnsureScheduler(GptNeoXForCausalLM model) =>
+        scheduler ??= new ContinuousBatchingScheduler(model, options.MaxBatchSize,
+            loggerFactory?.CreateLogger<ContinuousBatchingScheduler>(), options.PrefixCacheBytes, options.PrefillChunkTokens, servesGenerate: true);
 
     /// <summary>
     /// Runs <paramref name="work"/> with exclusive use of the model among callers of this method and

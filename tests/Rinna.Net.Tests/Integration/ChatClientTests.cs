@@ -38,8 +38,9 @@ public sealed class ChatClientTests : IDisposable
         var chat = provider.GetRequiredService<IChatClient>();
         var response = await chat.GetResponseAsync([new ChatMessage(ChatRole.User, "こんにちは")]);
 
-        // The same continuation computed by hand: the card's prompt, encoded without special tokens, greedy.
-        var model = provider.GetRequiredService<GptNeoXForCausalLM>();
+        // The same continuation computed by hand: the card's prompt, encoded without special tokens, greedy, on a model
+        // of its own (the host's model would run Generate in the host's scheduler too).
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(tiny.Directory);
         var tokenizer = provider.GetRequiredService<PreTrainedTokenizer>();
         var expected = model.GenerateText(tokenizer, "ユーザー: こんにちは\nシステム: ",
             new GenerationConfig { MaxNewTokens = 12, EosTokenId = [3], PadTokenId = 0, StopStrings = ["ユーザー:", "システム:"] });
@@ -154,6 +155,32 @@ public sealed class ChatClientTests : IDisposable
         Assert.Equal(sequential, streamed);
         var scheduler = await provider.GetRequiredService<RinnaModelHost>().GetSchedulerAsync();
         Assert.Equal(ContinuousBatchingScheduler.DefaultMaxBatchSize, scheduler.MaxBatchSize);
+    }
+
+    /// <summary>
+    /// <c>Generate</c> on the host's model, with a batch, runs in the host's scheduler beside its chats (one loop for the
+    /// model) and returns what the same batch gives on a model of its own.
+    /// </summary>
+    [Fact]
+    public async Task GenerateOnTheHostsModelRunsInTheHostsScheduler()
+    {
+        await using var provider = Services(o => o.MaxNewTokens = 24);
+        var model = provider.GetRequiredService<GptNeoXForCausalLM>();
+        var chat = provider.GetRequiredService<IChatClient>();
+        using var ids = TorchSharp.torch.tensor(new long[] { 0, 0, 5, 6, 7, 8, 9, 10 }, [2, 4], TorchSharp.torch.ScalarType.Int64);
+        using var mask = TorchSharp.torch.tensor(new long[] { 0, 0, 1, 1, 1, 1, 1, 1 }, [2, 4], TorchSharp.torch.ScalarType.Int64);
+        var config = new GenerationConfig { MaxNewTokens = 20, EosTokenId = null, DoSample = true, Seed = 3, PadTokenId = 0 };
+        using var own = await AutoModelForCausalLM.FromPretrainedAsync(tiny.Directory);
+        var expected = own.Generate(ids, config, mask);
+        expected.Sequences.Dispose();
+
+        var answers = Task.WhenAll(Enumerable.Range(0, 3).Select(i => chat.GetResponseAsync([new ChatMessage(ChatRole.User, $"質問 {i}")])));
+        var output = await Task.Run(() => model.Generate(ids, config, mask));
+        output.Sequences.Dispose();
+        await answers;
+
+        Assert.Equal(expected.Rows.Select(r => r.TokenIds), output.Rows.Select(r => r.TokenIds));
+        Assert.Equal(1, (await provider.GetRequiredService<RinnaModelHost>().GetSchedulerAsync()).BatchRequests);
     }
 
     [Fact]
