@@ -1,4 +1,4 @@
-// An OpenAI-compatible server for a rinna model: POST /v1/chat/completions (streaming or not), GET /v1/models, GET /health.
+// An OpenAI-compatible server for a rinna model: POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models, GET /health.
 //   dotnet run --project samples/Server [-- --model rinna/bilingual-gpt-neox-4b-instruction-ppo] [--urls http://0.0.0.0:8080]
 // It serves until stopped (Ctrl+C). Any OpenAI client can talk to it, e.g.
 //   curl http://127.0.0.1:5000/v1/chat/completions -H 'Content-Type: application/json' \

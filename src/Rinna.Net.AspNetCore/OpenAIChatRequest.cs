@@ -118,7 +118,7 @@ internal sealed record OpenAIChatRequest(string? Model, List<ChatMessage> Messag
         return new ChatMessage(role, text.ToString());
     }
 
-    private static List<string>? Stops(JsonElement root)
+    internal static List<string>? Stops(JsonElement root)
     {
         if (!root.TryGetProperty("stop", out var stop) || stop.ValueKind == JsonValueKind.Null) return null;
         if (stop.ValueKind == JsonValueKind.String) return [stop.GetString()!];
@@ -128,14 +128,14 @@ internal sealed record OpenAIChatRequest(string? Model, List<ChatMessage> Messag
         return stop.EnumerateArray().Select(s => s.GetString()!).ToList();
     }
 
-    private static string? OptionalString(JsonElement parent, string name, string? param = null)
+    internal static string? OptionalString(JsonElement parent, string name, string? param = null)
     {
         if (!parent.TryGetProperty(name, out var value) || value.ValueKind == JsonValueKind.Null) return null;
         return value.ValueKind == JsonValueKind.String ? value.GetString()
             : throw new OpenAIRequestException(400, $"'{param ?? name}' must be a string.", param ?? name);
     }
 
-    private static bool? OptionalBool(JsonElement parent, string name, string? param = null)
+    internal static bool? OptionalBool(JsonElement parent, string name, string? param = null)
     {
         if (!parent.TryGetProperty(name, out var value) || value.ValueKind == JsonValueKind.Null) return null;
         return value.ValueKind switch
@@ -146,14 +146,14 @@ internal sealed record OpenAIChatRequest(string? Model, List<ChatMessage> Messag
         };
     }
 
-    private static long? OptionalInt(JsonElement parent, string name)
+    internal static long? OptionalInt(JsonElement parent, string name)
     {
         if (!parent.TryGetProperty(name, out var value) || value.ValueKind == JsonValueKind.Null) return null;
         return value.ValueKind == JsonValueKind.Number && value.TryGetInt64(out var number) && number is >= int.MinValue and <= int.MaxValue ? number
             : throw new OpenAIRequestException(400, $"'{name}' must be an integer.", name);
     }
 
-    private static float? Range(JsonElement parent, string name, double min, double max)
+    internal static float? Range(JsonElement parent, string name, double min, double max)
     {
         if (!parent.TryGetProperty(name, out var value) || value.ValueKind == JsonValueKind.Null) return null;
         return value.ValueKind == JsonValueKind.Number && value.TryGetDouble(out var number) && number >= min && number <= max ? (float)number
@@ -161,5 +161,5 @@ internal sealed record OpenAIChatRequest(string? Model, List<ChatMessage> Messag
     }
 
     // Messages quote what the client sent; a hostile value must not make them large.
-    private static string Bounded(string text) => text.Length <= 100 ? text : text[..100] + "…";
+    internal static string Bounded(string text) => text.Length <= 100 ? text : text[..100] + "…";
 }

@@ -10,6 +10,12 @@ public sealed class OpenAIEndpointOptions
     public int MaxMessages { get; set; } = 1024;
 
     /// <summary>
+    /// The most continuations one <c>/v1/completions</c> request may ask for, prompts × <c>n</c> (default 16): they run
+    /// as one batch, so this bounds a request's share of the model's batch and memory.
+    /// </summary>
+    public int MaxCompletionChoices { get; set; } = 16;
+
+    /// <summary>
     /// The models served, by the name clients give as <c>model</c>, each mapped to the key of a keyed <c>IChatClient</c>
     /// service (<c>null</c> for the unkeyed one). Empty (the default): the unkeyed <c>IChatClient</c> answers whatever
     /// <c>model</c> says, and responses and <c>/v1/models</c> name it by its <c>ChatClientMetadata.DefaultModelId</c>.
@@ -23,6 +29,8 @@ public sealed class OpenAIEndpointOptions
             throw new ArgumentOutOfRangeException(nameof(MaxRequestBodySize), MaxRequestBodySize, "MaxRequestBodySize must be at least 1024 bytes.");
         if (MaxMessages < 1)
             throw new ArgumentOutOfRangeException(nameof(MaxMessages), MaxMessages, "MaxMessages must be at least 1.");
+        if (MaxCompletionChoices < 1)
+            throw new ArgumentOutOfRangeException(nameof(MaxCompletionChoices), MaxCompletionChoices, "MaxCompletionChoices must be at least 1.");
         foreach (var name in Models.Keys)
             if (string.IsNullOrWhiteSpace(name)) throw new ArgumentException("A served model name is empty.", nameof(Models));
     }

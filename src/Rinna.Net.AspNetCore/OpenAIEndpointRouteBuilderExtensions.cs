@@ -7,17 +7,20 @@ using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Rinna.Net.Integration;
 
 namespace Rinna.Net.AspNetCore;
 
-/// <summary>Maps OpenAI's chat completions API onto an <see cref="IChatClient"/> from dependency injection.</summary>
+/// <summary>Maps OpenAI's chat completions and completions APIs onto the <see cref="IChatClient"/> and model host in dependency injection.</summary>
 public static class OpenAIEndpointRouteBuilderExtensions
 {
     /// <summary>
     /// Maps <c>POST {prefix}/chat/completions</c> (OpenAI's chat completions, with <c>stream: true</c> as server-sent
     /// events) and <c>GET {prefix}/models</c>, answered by the <see cref="IChatClient"/> registered in the services
     /// (for Rinna.Net, <c>AddRinna</c>; a <c>ChatClientBuilder</c> pipeline works as well), so OpenAI's client
-    /// libraries and tools talk to the model unchanged.
+    /// libraries and tools talk to the model unchanged; and <c>POST {prefix}/completions</c> (OpenAI's text completions:
+    /// raw prompts continued without a chat format, several prompts and <c>n</c> choices as one batch), answered by the
+    /// <see cref="Rinna.Net.Integration.RinnaModelHost"/> registered under the same key (404 where there is none).
     /// </summary>
     /// <param name="endpoints">The application or a route group.</param>
     /// <param name="prefix">The path the API lives under; OpenAI's clients expect <c>/v1</c> after their base address.</param>
@@ -40,6 +43,7 @@ public static class OpenAIEndpointRouteBuilderExtensions
         var group = endpoints.MapGroup(prefix);
         group.MapPost("/chat/completions", (HttpContext context) => ChatCompletionsAsync(context, options));
         group.MapGet("/models", (HttpContext context) => ModelsAsync(context, options));
+        group.MapPost("/completions", (HttpContext context) => CompletionsAsync(context, options));
         return group;
     }
 
@@ -128,6 +132,131 @@ public static class OpenAIEndpointRouteBuilderExtensions
         }
     }
 
+    private static async Task CompletionsAsync(HttpContext context, OpenAIEndpointOptions options)
+    {
+        var logger = context.RequestServices.GetService<ILoggerFactory>()?.CreateLogger("Rinna.Net.AspNetCore.OpenAI");
+        var aborted = context.RequestAborted;
+        bool streaming = false;
+        try
+        {
+            var body = await ReadBodyAsync(context, options.MaxRequestBodySize).ConfigureAwait(false);
+            var request = OpenAICompletionRequest.Parse(body, options.MaxCompletionChoices);
+            var (_, model, key) = ResolveWithKey(context, options, request.Model);
+            var host = (key is null ? context.RequestServices.GetService<RinnaModelHost>() : context.RequestServices.GetKeyedService<RinnaModelHost>(key))
+                ?? throw new OpenAIRequestException(404, $"The model '{model}' serves chat completions only.", "model", "model_not_found");
+            string id = "cmpl-" + Guid.NewGuid().ToString("N");
+            long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+            int choices = request.Prompts.Count * request.Choices;
+            if (!request.Stream)
+            {
+                var results = await host.CompleteAsync(request.Prompts, request.Options, request.Choices, cancellationToken: aborted).ConfigureAwait(false);
+                aborted.ThrowIfCancellationRequested();
+                await WriteJsonAsync(context, 200, writer =>
+                {
+                    WriteTextHeader(writer, id, created, model);
+                    writer.WriteStartArray("choices");
+                    for (int i = 0; i < results.Count; i++)
+                        WriteTextChoice(writer, i, (request.Echo ? request.Prompts[i / request.Choices] : "") + results[i].Text, TextFinishReason(results[i].FinishReason));
+                    writer.WriteEndArray();
+                    WriteUsage(writer, TextUsage(request, results));
+                }).ConfigureAwait(false);
+                return;
+            }
+
+            // Pieces come from the scheduler's thread; the first one (or the end) decides between an error status and a
+            // 200 event stream, as for chat.
+            var pieces = System.Threading.Channels.Channel.CreateUnbounded<(int Choice, string Text)>(
+                new System.Threading.Channels.UnboundedChannelOptions { SingleReader = true });
+            var completion = host.CompleteAsync(request.Prompts, request.Options, request.Choices, (choice, text) => pieces.Writer.TryWrite((choice, text)), aborted);
+            _ = completion.ContinueWith(_ => pieces.Writer.TryComplete(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            bool more = await pieces.Reader.WaitToReadAsync(aborted).ConfigureAwait(false);
+            if (!more) await completion.ConfigureAwait(false);
+            streaming = true;
+            context.Response.StatusCode = 200;
+            context.Response.ContentType = "text/event-stream";
+            context.Response.Headers.CacheControl = "no-cache";
+            context.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
+            if (request.Echo)
+                for (int i = 0; i < choices; i++)
+                {
+                    int choice = i;
+                    await WriteEventAsync(context, writer => WriteTextChunk(writer, id, created, model, choice, request.Prompts[choice / request.Choices], null)).ConfigureAwait(false);
+                }
+            await foreach (var (choice, text) in pieces.Reader.ReadAllAsync(aborted).ConfigureAwait(false))
+                await WriteEventAsync(context, writer => WriteTextChunk(writer, id, created, model, choice, text, null)).ConfigureAwait(false);
+            var finished = await completion.ConfigureAwait(false);
+            aborted.ThrowIfCancellationRequested();
+            for (int i = 0; i < finished.Count; i++)
+            {
+                int choice = i;
+                await WriteEventAsync(context, writer => WriteTextChunk(writer, id, created, model, choice, "", TextFinishReason(finished[choice].FinishReason))).ConfigureAwait(false);
+            }
+            if (request.IncludeUsage)
+                await WriteEventAsync(context, writer =>
+                {
+                    WriteTextHeader(writer, id, created, model);
+                    writer.WriteStartArray("choices");
+                    writer.WriteEndArray();
+                    WriteUsage(writer, TextUsage(request, finished));
+                }).ConfigureAwait(false);
+            await context.Response.WriteAsync("data: [DONE]\n\n", aborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+        {
+            logger?.LogInformation("The client disconnected; its completion was cancelled");
+        }
+        catch (Exception ex) when (Refusal(ex) is { } refusal)
+        {
+            if (refusal.Status >= 500) logger?.LogError(ex, "A completion could not be served: {Message}", ex.Message);
+            else logger?.LogInformation("Refused a completion with {Status}: {Message}", refusal.Status, refusal.Message);
+            await WriteErrorAsync(context, streaming, refusal).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (!aborted.IsCancellationRequested)
+        {
+            logger?.LogError(ex, "A completion failed");
+            await WriteErrorAsync(context, streaming, new OpenAIRequestException(500, "The server failed to generate the completion.", type: "server_error"))
+                .ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Prompt tokens counted once per prompt, completion tokens over every choice, as OpenAI counts them.</summary>
+    private static UsageDetails TextUsage(OpenAICompletionRequest request, IReadOnlyList<Rinna.Net.Generation.GeneratedText> results)
+    {
+        long prompt = results.Where((_, i) => i % request.Choices == 0).Sum(r => (long)r.PromptTokens);
+        long completion = results.Sum(r => (long)r.TokenIds.Count);
+        return new UsageDetails { InputTokenCount = prompt, OutputTokenCount = completion, TotalTokenCount = prompt + completion };
+    }
+
+    private static string TextFinishReason(Rinna.Net.Generation.FinishReason reason) =>
+        reason == Rinna.Net.Generation.FinishReason.Length ? "length" : "stop";
+
+    private static void WriteTextHeader(Utf8JsonWriter writer, string id, long created, string model)
+    {
+        writer.WriteString("id", id);
+        writer.WriteString("object", "text_completion");
+        writer.WriteNumber("created", created);
+        writer.WriteString("model", model);
+    }
+
+    private static void WriteTextChoice(Utf8JsonWriter writer, int index, string text, string? finish)
+    {
+        writer.WriteStartObject();
+        writer.WriteNumber("index", index);
+        writer.WriteString("text", text);
+        writer.WriteNull("logprobs");
+        if (finish is null) writer.WriteNull("finish_reason");
+        else writer.WriteString("finish_reason", finish);
+        writer.WriteEndObject();
+    }
+
+    private static void WriteTextChunk(Utf8JsonWriter writer, string id, long created, string model, int index, string text, string? finish)
+    {
+        WriteTextHeader(writer, id, created, model);
+        writer.WriteStartArray("choices");
+        WriteTextChoice(writer, index, text, finish);
+        writer.WriteEndArray();
+    }
+
     /// <summary>What a client is told about an exception it caused, or the model's state caused; <c>null</c> for a server fault.</summary>
     private static OpenAIRequestException? Refusal(Exception ex) => ex switch
     {
@@ -144,17 +273,24 @@ public static class OpenAIEndpointRouteBuilderExtensions
 
     private static (IChatClient Client, string Model) Resolve(HttpContext context, OpenAIEndpointOptions options, string? requested)
     {
+        var (client, model, _) = ResolveWithKey(context, options, requested);
+        return (client, model);
+    }
+
+    /// <summary>The client answering <paramref name="requested"/>, the name responses give it, and its service key.</summary>
+    private static (IChatClient Client, string Model, object? Key) ResolveWithKey(HttpContext context, OpenAIEndpointOptions options, string? requested)
+    {
         var services = context.RequestServices;
         if (options.Models.Count == 0)
         {
             var client = services.GetRequiredService<IChatClient>();
-            return (client, ModelName(client, requested));
+            return (client, ModelName(client, requested), null);
         }
         if (requested is null || !options.Models.TryGetValue(requested, out var key))
             throw new OpenAIRequestException(404,
                 $"The model '{(requested ?? "").Length switch { > 100 => requested![..100] + "…", _ => requested }}' does not exist; served: {string.Join(", ", options.Models.Keys)}.",
                 "model", "model_not_found");
-        return (key is null ? services.GetRequiredService<IChatClient>() : services.GetRequiredKeyedService<IChatClient>(key), requested);
+        return (key is null ? services.GetRequiredService<IChatClient>() : services.GetRequiredKeyedService<IChatClient>(key), requested, key);
     }
 
     /// <summary>The client's model id; a local directory is named by its folder, so the server's paths stay private.</summary>

@@ -166,9 +166,12 @@ public sealed class RinnaChatClient : IChatClient
         return (fitted.Text, config);
     }
 
-    internal GenerationConfig ToGenerationConfig(ChatOptions? options, int? eosTokenId, int? padTokenId)
+    internal GenerationConfig ToGenerationConfig(ChatOptions? options, int? eosTokenId, int? padTokenId) =>
+        ToGenerationConfig(host.Options, options, eosTokenId, padTokenId);
+
+    /// <summary><paramref name="options"/> over the host's <paramref name="defaults"/> as Hugging Face settings (also raw completions').</summary>
+    internal static GenerationConfig ToGenerationConfig(RinnaOptions defaults, ChatOptions? options, int? eosTokenId, int? padTokenId)
     {
-        var defaults = host.Options;
         if (options?.FrequencyPenalty is { } frequency && frequency != 0)
             throw new NotSupportedException("FrequencyPenalty is not supported (rinna uses HF's multiplicative repetition penalty): set AdditionalProperties[\"repetition_penalty\"] instead.");
         if (options?.PresencePenalty is { } presence && presence != 0)

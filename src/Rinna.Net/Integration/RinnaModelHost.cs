@@ -1,3 +1,4 @@
+using Microsoft.Extensions.AI;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Rinna.Net.Generation;
@@ -107,6 +108,59 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     private ContinuousBatchingScheduler EnsureScheduler(GptNeoXForCausalLM model) =>
         scheduler ??= new ContinuousBatchingScheduler(model, options.MaxBatchSize,
             loggerFactory?.CreateLogger<ContinuousBatchingScheduler>(), options.PrefixCacheBytes, options.PrefillChunkTokens, servesGenerate: true);
+
+    /// <summary>
+    /// Continues raw text prompts, without a chat format (OpenAI's <c>/v1/completions</c>; transformers' <c>generate</c>
+    /// on a left-padded batch of encoded texts): the prompts, each repeated <paramref name="choicesPerPrompt"/> times, run
+    /// as one batch in the model's scheduler (<see cref="ContinuousBatchingScheduler.GenerateBatchAsync"/>) beside the
+    /// chat requests. <paramref name="options"/> mean what they mean for chat (temperature 0 is greedy; a seed draws the
+    /// same batch again); the answer's length defaults to <see cref="RinnaOptions.MaxNewTokens"/>.
+    /// </summary>
+    /// <param name="prompts">The texts to continue, encoded as the model cards do (no special tokens).</param>
+    /// <param name="options">Sampling settings, token limit, stop sequences and seed; <c>null</c> uses the host's defaults.</param>
+    /// <param name="choicesPerPrompt">Continuations per prompt (OpenAI's <c>n</c>), in consecutive results.</param>
+    /// <param name="onText">Called with a result's index and each new piece of its text, on the scheduler's thread (streaming).</param>
+    /// <param name="cancellationToken">Ends every unfinished continuation with <see cref="FinishReason.Cancelled"/>.</param>
+    /// <returns>Per prompt and choice, in that order: the text (ending before a stop sequence), ids, prompt length and finish reason.</returns>
+    /// <exception cref="ArgumentException">No prompts, an empty prompt or one longer than the model's context, or invalid settings.</exception>
+    /// <exception cref="NotSupportedException">Options the model cannot honour (frequency or presence penalties, tools).</exception>
+    /// <exception cref="ObjectDisposedException">The host was disposed.</exception>
+    public async Task<IReadOnlyList<GeneratedText>> CompleteAsync(IReadOnlyList<string> prompts, ChatOptions? options = null, int choicesPerPrompt = 1,
+        Action<int, string>? onText = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompts);
+        if (prompts.Count == 0) throw new ArgumentException("There are no prompts to complete.", nameof(prompts));
+        ArgumentOutOfRangeException.ThrowIfLessThan(choicesPerPrompt, 1);
+        var (model, tokenizer) = await GetAsync(cancellationToken).ConfigureAwait(false);
+        var scheduler = await GetSchedulerAsync(cancellationToken).ConfigureAwait(false);
+        var config = RinnaChatClient.ToGenerationConfig(Options, options, tokenizer.EosTokenId, tokenizer.PadTokenId) with { NumReturnSequences = choicesPerPrompt };
+        var encoded = prompts.Select(p => TextGeneration.EncodePromptIds(model, tokenizer, p)).ToArray();
+        int width = encoded.Max(p => p.Length);
+        long pad = config.ResolvePadTokenId() ?? 0;
+        var ids = new long[encoded.Length * width];
+        var mask = new long[encoded.Length * width];
+        for (int row = 0; row < encoded.Length; row++)
+            for (int j = 0; j < encoded[row].Length; j++)
+            {
+                int at = row * width + width - encoded[row].Length + j;
+                ids[at] = encoded[row][j];
+                mask[at] = 1;
+            }
+        for (int at = 0; at < ids.Length; at++)
+            if (mask[at] == 0) ids[at] = pad;
+        Task<GenerationOutput> generation;
+        using (var idsTensor = TorchSharp.torch.tensor(ids, [encoded.Length, width], TorchSharp.torch.ScalarType.Int64))
+        using (var maskTensor = TorchSharp.torch.tensor(mask, [encoded.Length, width], TorchSharp.torch.ScalarType.Int64))
+            generation = scheduler.GenerateBatchAsync(idsTensor, config, maskTensor, tokenizer, onText is null ? null : tracker =>
+            {
+                for (int row = 0; row < tracker.BatchSize; row++)
+                    if (tracker.TakeText(row) is { Length: > 0 } piece) onText(row, piece);
+            }, cancellationToken: cancellationToken);
+        var output = await generation.ConfigureAwait(false);
+        output.Sequences.Dispose();
+        return output.Rows.Select((row, i) => new GeneratedText(row.Text ?? "", row.TokenIds, encoded[i / choicesPerPrompt].Length, row.FinishReason, row.StopString))
+            .ToArray();
+    }
 
     /// <summary>
     /// Runs <paramref name="work"/> with exclusive use of the model among callers of this method and

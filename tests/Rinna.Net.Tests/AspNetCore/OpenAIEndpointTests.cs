@@ -219,11 +219,124 @@ public sealed class OpenAIEndpointTests : IAsyncLifetime
         }
     }
 
-    private async Task<HttpResponseMessage> PostAsync(string json)
+    private async Task<HttpResponseMessage> PostAsync(string json, string path = "/v1/chat/completions")
     {
         var content = new StringContent(json, Encoding.UTF8);
         content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
-        return await http.PostAsync("/v1/chat/completions", content, TestContext.Current.CancellationToken);
+        return await http.PostAsync(path, content, TestContext.Current.CancellationToken);
+    }
+
+    private static readonly string[] CompletionPrompts = ["日本の首都は", "The capital of France is", "猫は"];
+
+    /// <summary>
+    /// <c>/v1/completions</c> continues each raw prompt greedily as the model does on its own (a model loaded apart from
+    /// the server, one prompt at a time), though the server runs the prompts as one left-padded batch.
+    /// </summary>
+    [Fact]
+    public async Task CompletionsContinueEachPromptAsTheModelDoesAlone()
+    {
+        var body = JsonSerializer.Serialize(new { model = "rinna-demo", prompt = CompletionPrompts, max_tokens = 10, temperature = 0, repetition_penalty = 1.0 });
+        using var response = await PostAsync(body, "/v1/completions");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        using var document = JsonDocument.Parse(await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        var root = document.RootElement;
+        Assert.Equal("text_completion", root.GetProperty("object").GetString());
+        Assert.StartsWith("cmpl-", root.GetProperty("id").GetString());
+        var choices = root.GetProperty("choices").EnumerateArray().ToArray();
+
+        using var own = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.DemoModel);
+        var tokenizer = await AutoTokenizer.FromPretrainedAsync(Fixtures.DemoModel);
+        int completionTokens = 0, promptTokens = 0;
+        for (int i = 0; i < CompletionPrompts.Length; i++)
+        {
+            var alone = Rinna.Net.Generation.TextGeneration.GenerateText(own, tokenizer, CompletionPrompts[i], new Rinna.Net.Generation.GenerationConfig
+            {
+                MaxNewTokens = 10, EosTokenId = tokenizer.EosTokenId is int eos ? [eos] : null, PadTokenId = tokenizer.PadTokenId,
+            });
+            Assert.Equal(i, choices[i].GetProperty("index").GetInt32());
+            Assert.Equal(alone.Text, choices[i].GetProperty("text").GetString());
+            Assert.Equal(alone.FinishReason == Rinna.Net.Generation.FinishReason.Length ? "length" : "stop", choices[i].GetProperty("finish_reason").GetString());
+            completionTokens += alone.TokenIds.Count;
+            promptTokens += alone.PromptTokens;
+        }
+        Assert.Equal(promptTokens, root.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        Assert.Equal(completionTokens, root.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+    }
+
+    /// <summary>
+    /// Streamed, <c>n</c> seeded samples per prompt arrive as pieces per choice index that add up to the answers the same
+    /// request gets unstreamed, each choice closed with its finish reason, then the usage and <c>[DONE]</c>; <c>echo</c>
+    /// puts the prompt first.
+    /// </summary>
+    [Fact]
+    public async Task StreamedCompletionsAddUpToTheSameSeededAnswers()
+    {
+        var request = new Dictionary<string, object>
+        {
+            ["prompt"] = CompletionPrompts[..2], ["n"] = 2, ["max_tokens"] = 12, ["temperature"] = 0.9, ["seed"] = 7, ["echo"] = true,
+        };
+        using var whole = await PostAsync(JsonSerializer.Serialize(request), "/v1/completions");
+        using var wholeJson = JsonDocument.Parse(await whole.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        var expected = wholeJson.RootElement.GetProperty("choices").EnumerateArray().Select(c => c.GetProperty("text").GetString()!).ToArray();
+        Assert.Equal(4, expected.Length);
+        Assert.All(expected, (text, i) => Assert.StartsWith(CompletionPrompts[i / 2], text));
+        Assert.NotEqual(expected[0], expected[1]);
+
+        request["stream"] = true;
+        request["stream_options"] = new { include_usage = true };
+        using var streamed = await PostAsync(JsonSerializer.Serialize(request), "/v1/completions");
+        Assert.Equal("text/event-stream", streamed.Content.Headers.ContentType?.MediaType);
+        var texts = new StringBuilder[4].Select(_ => new StringBuilder()).ToArray();
+        var finishes = new string?[4];
+        JsonElement? usage = null;
+        var events = (await streamed.Content.ReadAsStringAsync(TestContext.Current.CancellationToken))
+            .Split("\n\n", StringSplitOptions.RemoveEmptyEntries).Select(e => e["data: ".Length..]).ToArray();
+        Assert.Equal("[DONE]", events[^1]);
+        foreach (var data in events[..^1])
+        {
+            using var chunk = JsonDocument.Parse(data);
+            Assert.Equal("text_completion", chunk.RootElement.GetProperty("object").GetString());
+            foreach (var choice in chunk.RootElement.GetProperty("choices").EnumerateArray())
+            {
+                int index = choice.GetProperty("index").GetInt32();
+                texts[index].Append(choice.GetProperty("text").GetString());
+                if (choice.GetProperty("finish_reason").ValueKind == JsonValueKind.String) finishes[index] = choice.GetProperty("finish_reason").GetString();
+            }
+            if (chunk.RootElement.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object) usage = u.Clone();
+        }
+        Assert.Equal(expected, texts.Select(t => t.ToString()));
+        Assert.All(finishes, f => Assert.Contains(f, new[] { "stop", "length" }));
+        Assert.Equal(wholeJson.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), usage!.Value.GetProperty("completion_tokens").GetInt32());
+    }
+
+    public static TheoryData<string, string?> BadCompletionRequests => new()
+    {
+        { """{"model":"m"}""", "prompt" },
+        { """{"prompt":[]}""", "prompt" },
+        { """{"prompt":[1, 2, 3]}""", "prompt" },
+        { """{"prompt":"hi","n":40}""", "n" },
+        { """{"prompt":"hi","logprobs":2}""", "logprobs" },
+        { """{"prompt":"hi","suffix":"end"}""", "suffix" },
+        { """{"prompt":"hi","max_tokens":0}""", "max_tokens" },
+        { """{"prompt":"hi","best_of":3}""", "best_of" },
+        // The model's own checks: an empty prompt, and OpenAI's penalties are not rinna's.
+        { """{"prompt":""}""", null },
+        { """{"prompt":"hi","presence_penalty":1}""", null },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadCompletionRequests))]
+    public async Task BadCompletionRequestsGetOpenAIErrorsNamingTheField(string body, string? param)
+    {
+        foreach (bool stream in new[] { false, true })
+        {
+            using var response = await PostAsync(stream ? body.Insert(1, "\"stream\":true,") : body, "/v1/completions");
+            Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+            using var error = JsonDocument.Parse(await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+            var detail = error.RootElement.GetProperty("error");
+            Assert.Equal("invalid_request_error", detail.GetProperty("type").GetString());
+            if (param is not null) Assert.Equal(param, detail.GetProperty("param").GetString());
+        }
     }
 
     /// <summary>Collects every log line, so a test can wait for what the server noticed.</summary>
