@@ -25,7 +25,8 @@ internal sealed record OpenAIChatRequest(string? Model, List<ChatMessage> Messag
 {
     private const int MaxStopSequences = 4;
 
-    public static OpenAIChatRequest Parse(ReadOnlyMemory<byte> body, int maxMessages)
+    /// <summary>The body as a JSON object (the caller disposes it); a 400 for anything else.</summary>
+    internal static JsonDocument ParseObject(ReadOnlyMemory<byte> body)
     {
         JsonDocument document;
         try
@@ -36,10 +37,16 @@ internal sealed record OpenAIChatRequest(string? Model, List<ChatMessage> Messag
         {
             throw new OpenAIRequestException(400, $"The request body is not valid JSON: {Bounded(ex.Message)}");
         }
-        using (document)
+        if (document.RootElement.ValueKind == JsonValueKind.Object) return document;
+        document.Dispose();
+        throw new OpenAIRequestException(400, "The request body must be a JSON object.");
+    }
+
+    public static OpenAIChatRequest Parse(ReadOnlyMemory<byte> body, int maxMessages)
+    {
+        using (var document = ParseObject(body))
         {
             var root = document.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw new OpenAIRequestException(400, "The request body must be a JSON object.");
             var options = new ChatOptions();
             string? model = OptionalString(root, "model");
             options.ModelId = model;

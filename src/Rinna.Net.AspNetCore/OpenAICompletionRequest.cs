@@ -15,19 +15,9 @@ internal sealed record OpenAICompletionRequest(string? Model, List<string> Promp
 
     public static OpenAICompletionRequest Parse(ReadOnlyMemory<byte> body, int maxChoices)
     {
-        JsonDocument document;
-        try
-        {
-            document = JsonDocument.Parse(body, new JsonDocumentOptions { MaxDepth = 16 });
-        }
-        catch (JsonException ex)
-        {
-            throw new OpenAIRequestException(400, $"The request body is not valid JSON: {OpenAIChatRequest.Bounded(ex.Message)}");
-        }
-        using (document)
+        using (var document = OpenAIChatRequest.ParseObject(body))
         {
             var root = document.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw new OpenAIRequestException(400, "The request body must be a JSON object.");
             string? model = OpenAIChatRequest.OptionalString(root, "model");
             var prompts = ReadPrompts(root, maxChoices);
 

@@ -69,13 +69,10 @@ public static class OpenAIEndpointRouteBuilderExtensions
         }).ConfigureAwait(false);
     }
 
-    private static async Task ChatCompletionsAsync(HttpContext context, OpenAIEndpointOptions options)
-    {
-        var logger = context.RequestServices.GetService<ILoggerFactory>()?.CreateLogger("Rinna.Net.AspNetCore.OpenAI");
-        var aborted = context.RequestAborted;
-        bool streaming = false;
-        try
+    private static Task ChatCompletionsAsync(HttpContext context, OpenAIEndpointOptions options) =>
+        ServeAsync(context, "chat completion", "The server failed to generate the answer.", async stream =>
         {
+            var aborted = context.RequestAborted;
             var body = await ReadBodyAsync(context, options.MaxRequestBodySize).ConfigureAwait(false);
             var request = OpenAIChatRequest.Parse(body, options.MaxMessages);
             var (client, model) = Resolve(context, options, request.Model);
@@ -92,11 +89,7 @@ public static class OpenAIEndpointRouteBuilderExtensions
             // is a 503 rather than an event stream that breaks off.
             await using var updates = client.GetStreamingResponseAsync(request.Messages, request.Options, aborted).GetAsyncEnumerator(aborted);
             bool more = await updates.MoveNextAsync().ConfigureAwait(false);
-            streaming = true;
-            context.Response.StatusCode = 200;
-            context.Response.ContentType = "text/event-stream";
-            context.Response.Headers.CacheControl = "no-cache";
-            context.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
+            stream.Start();
             await WriteEventAsync(context, writer => WriteChunk(writer, id, created, model, "", ChatRole.Assistant, null)).ConfigureAwait(false);
             ChatFinishReason? finish = null;
             UsageDetails? usage = null;
@@ -112,33 +105,12 @@ public static class OpenAIEndpointRouteBuilderExtensions
             if (request.IncludeUsage)
                 await WriteEventAsync(context, writer => WriteUsageChunk(writer, id, created, model, usage)).ConfigureAwait(false);
             await context.Response.WriteAsync("data: [DONE]\n\n", aborted).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
-        {
-            logger?.LogInformation("The client disconnected; its chat completion was cancelled");
-        }
-        catch (Exception ex) when (Refusal(ex) is { } refusal)
-        {
-            if (refusal.Status >= 500) logger?.LogError(ex, "A chat completion could not be served: {Message}", ex.Message);
-            else logger?.LogInformation("Refused a chat completion with {Status}: {Message}", refusal.Status, refusal.Message);
-            await WriteErrorAsync(context, streaming, refusal).ConfigureAwait(false);
-        }
-        catch (Exception ex) when (!aborted.IsCancellationRequested)
-        {
-            // The exception may hold paths or internals: it goes to the log, the client gets a generic message.
-            logger?.LogError(ex, "A chat completion failed");
-            await WriteErrorAsync(context, streaming, new OpenAIRequestException(500, "The server failed to generate the answer.", type: "server_error"))
-                .ConfigureAwait(false);
-        }
-    }
+        });
 
-    private static async Task CompletionsAsync(HttpContext context, OpenAIEndpointOptions options)
-    {
-        var logger = context.RequestServices.GetService<ILoggerFactory>()?.CreateLogger("Rinna.Net.AspNetCore.OpenAI");
-        var aborted = context.RequestAborted;
-        bool streaming = false;
-        try
+    private static Task CompletionsAsync(HttpContext context, OpenAIEndpointOptions options) =>
+        ServeAsync(context, "completion", "The server failed to generate the completion.", async stream =>
         {
+            var aborted = context.RequestAborted;
             var body = await ReadBodyAsync(context, options.MaxRequestBodySize).ConfigureAwait(false);
             var request = OpenAICompletionRequest.Parse(body, options.MaxCompletionChoices);
             var (_, model, key) = ResolveWithKey(context, options, request.Model);
@@ -171,11 +143,7 @@ public static class OpenAIEndpointRouteBuilderExtensions
             _ = completion.ContinueWith(_ => pieces.Writer.TryComplete(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
             bool more = await pieces.Reader.WaitToReadAsync(aborted).ConfigureAwait(false);
             if (!more) await completion.ConfigureAwait(false);
-            streaming = true;
-            context.Response.StatusCode = 200;
-            context.Response.ContentType = "text/event-stream";
-            context.Response.Headers.CacheControl = "no-cache";
-            context.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
+            stream.Start();
             if (request.Echo)
                 for (int i = 0; i < choices; i++)
                 {
@@ -200,22 +168,51 @@ public static class OpenAIEndpointRouteBuilderExtensions
                     WriteUsage(writer, TextUsage(request, finished));
                 }).ConfigureAwait(false);
             await context.Response.WriteAsync("data: [DONE]\n\n", aborted).ConfigureAwait(false);
+        });
+
+    /// <summary>Whether a request's event stream has started (its status line is sent; errors then go into the stream).</summary>
+    private sealed class EventStream(HttpContext context)
+    {
+        public bool Started { get; private set; }
+
+        public void Start()
+        {
+            Started = true;
+            context.Response.StatusCode = 200;
+            context.Response.ContentType = "text/event-stream";
+            context.Response.Headers.CacheControl = "no-cache";
+            context.Features.Get<IHttpResponseBodyFeature>()?.DisableBuffering();
+        }
+    }
+
+    /// <summary>
+    /// Runs one request's <paramref name="work"/> and turns what it throws into OpenAI's error object: a refusal with its
+    /// status, a server fault as a logged 500 with <paramref name="failure"/> (the exception may hold paths or internals),
+    /// nothing for a client that disconnected. Once the event stream has started the error is its last event.
+    /// </summary>
+    private static async Task ServeAsync(HttpContext context, string what, string failure, Func<EventStream, Task> work)
+    {
+        var logger = context.RequestServices.GetService<ILoggerFactory>()?.CreateLogger("Rinna.Net.AspNetCore.OpenAI");
+        var aborted = context.RequestAborted;
+        var stream = new EventStream(context);
+        try
+        {
+            await work(stream).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (aborted.IsCancellationRequested)
         {
-            logger?.LogInformation("The client disconnected; its completion was cancelled");
+            logger?.LogInformation("The client disconnected; its {What} was cancelled", what);
         }
         catch (Exception ex) when (Refusal(ex) is { } refusal)
         {
-            if (refusal.Status >= 500) logger?.LogError(ex, "A completion could not be served: {Message}", ex.Message);
-            else logger?.LogInformation("Refused a completion with {Status}: {Message}", refusal.Status, refusal.Message);
-            await WriteErrorAsync(context, streaming, refusal).ConfigureAwait(false);
+            if (refusal.Status >= 500) logger?.LogError(ex, "A {What} could not be served: {Message}", what, ex.Message);
+            else logger?.LogInformation("Refused a {What} with {Status}: {Message}", what, refusal.Status, refusal.Message);
+            await WriteErrorAsync(context, stream.Started, refusal).ConfigureAwait(false);
         }
         catch (Exception ex) when (!aborted.IsCancellationRequested)
         {
-            logger?.LogError(ex, "A completion failed");
-            await WriteErrorAsync(context, streaming, new OpenAIRequestException(500, "The server failed to generate the completion.", type: "server_error"))
-                .ConfigureAwait(false);
+            logger?.LogError(ex, "A {What} failed", what);
+            await WriteErrorAsync(context, stream.Started, new OpenAIRequestException(500, failure, type: "server_error")).ConfigureAwait(false);
         }
     }
 
