@@ -98,22 +98,15 @@ public static class CausalLMGeneration
     {
         var settings = config ?? scheduler.Model.GenerationConfig();
         if (settings.NumBeams > 1 || settings.PromptLookupNumTokens is not null) return null;
-        try
-        {
-            ContinuousBatchingScheduler.UnpadPrompts(inputIds, attentionMask);
-        }
-        catch (ArgumentException)
-        {
-            // The local path says what is wrong with the batch, or runs what the scheduler cannot (padding not on the left).
-            return null;
-        }
         Task<GenerationOutput> generation;
         try
         {
             generation = scheduler.GenerateBatchAsync(inputIds, settings, attentionMask, tokenizer, onStep, cancellationToken: cancellationToken);
         }
-        catch (ObjectDisposedException)
+        catch (Exception e) when (e is ArgumentException or ObjectDisposedException)
         {
+            // Nothing was queued: the local path says what is wrong with the batch, or runs what the scheduler does not
+            // take (padding not on the left) or no longer can (disposed meanwhile).
             return null;
         }
         var output = generation.GetAwaiter().GetResult();

@@ -245,7 +245,7 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
     /// Each row's tokens without its left padding.
     /// </summary>
     /// <exception cref="ArgumentException">Not a <c>[batch, width]</c> batch, a mask of another shape, a row that is all padding, or padding that is not on the left.</exception>
-    internal static long[][] UnpadPrompts(Tensor inputIds, Tensor? attentionMask)
+    private static long[][] UnpadPrompts(Tensor inputIds, Tensor? attentionMask)
     {
         if (inputIds.dim() != 2 || inputIds.shape[0] == 0 || inputIds.shape[1] == 0)
             throw new ArgumentException($"input ids must be [batch, seq] with batch, seq > 0; got [{string.Join(", ", inputIds.shape)}].", nameof(inputIds));
@@ -331,7 +331,7 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
                 Admit(active);
                 if (active.Count > 0) Step(active);
                 Leave(active, r => r.Tracker.IsDone, cancel: false);
-                activeRows = active.Sum(r => r.LiveRows().Length);
+                activeRows = active.Sum(r => r.LiveRowCount);
             }
         }
         catch (OperationCanceledException) when (stopping.IsCancellationRequested)
@@ -430,7 +430,7 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
         }
         // The prompts (or chunks) prefilled in this step, fed through the model together.
         var feeding = new List<(Request Request, int Row, int Tokens)>();
-        int rowsRunning = active.Sum(r => r.LiveRows().Length) + (admitting?.Rows ?? 0);
+        int rowsRunning = active.Sum(r => r.LiveRowCount) + (admitting?.Rows ?? 0);
         for (int budget = PrefillChunkTokens; budget > 0;)
         {
             lock (gate)
@@ -757,14 +757,28 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
         /// <summary>Whether the request has completed or failed (a batch's remaining rows are then skipped).</summary>
         public bool Ended { get; private set; }
 
+        private static readonly int[] OnlyRow = [0];
+
         /// <summary>The rows still generating, each with its cache: the rows a decode step feeds.</summary>
         public int[] LiveRows()
         {
-            if (!IsBatch) return steppers[0] is null ? [] : [0];
+            if (!IsBatch) return steppers[0] is null ? [] : OnlyRow;
             var live = new List<int>(Rows);
             for (int i = 0; i < Rows; i++)
                 if (steppers[i] is not null && Tracker.GetFinishReason(i) is null) live.Add(i);
             return [.. live];
+        }
+
+        /// <summary>How many rows <see cref="LiveRows"/> holds, without listing them.</summary>
+        public int LiveRowCount
+        {
+            get
+            {
+                int live = 0;
+                for (int i = 0; i < Rows; i++)
+                    if (steppers[i] is not null && Tracker.GetFinishReason(i) is null) live++;
+                return live;
+            }
         }
 
         public ModelStepper Stepper(int row) => steppers[row] ?? throw new InvalidOperationException("The row has no cache.");
@@ -818,9 +832,9 @@ public sealed class ContinuousBatchingScheduler : IDisposable, IAsyncDisposable
             return reused;
         }
 
-        /// <summary>The next <paramref name="count"/> prompt tokens of <paramref name="row"/>, <c>[1, count]</c>.</summary>
+        /// <summary>The next <paramref name="count"/> prompt tokens of <paramref name="row"/>, <c>[1, count]</c>: a view of <c>sequences</c>, past the row's padding.</summary>
         public Tensor Chunk(int row, int count) =>
-            tensor(prompts[row].AsSpan(prefilled[row], count).ToArray(), ScalarType.Int64, sequences!.device).unsqueeze(0);
+            sequences!.narrow(0, row, 1).narrow(1, Tracker.PromptLength - prompts[row].Length + prefilled[row], count);
 
         /// <summary>Feeds the next <paramref name="count"/> prompt tokens of <paramref name="row"/> through the model alone; returns the last one's logits <c>[1, vocab]</c>.</summary>
         public Tensor Forward(int row, int count)

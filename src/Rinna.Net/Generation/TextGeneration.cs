@@ -102,11 +102,18 @@ public static class TextGeneration
         ArgumentNullException.ThrowIfNull(tokenizer);
         ArgumentNullException.ThrowIfNull(prompt);
         var ids = tokenizer.Encode(prompt, addSpecialTokens: false);
-        if (ids.Length == 0) throw new ArgumentException("The prompt is empty: generation needs at least one token.", nameof(prompt));
-        if (ids.Length >= model.Config.MaxPositionEmbeddings && model.Config.RopeScaling is null)
-            throw new ArgumentException(
-                $"The prompt has {ids.Length} tokens; the model was trained on at most {model.Config.MaxPositionEmbeddings} " +
-                "(max_position_embeddings), so nothing sensible can follow it. Shorten the prompt.", nameof(prompt));
+        CheckPromptLength(model, ids.Length);
         return ids;
+    }
+
+    /// <summary>Refuses a prompt of <paramref name="tokens"/> ids that is empty or leaves the model no position to answer in.</summary>
+    /// <exception cref="ArgumentException">The prompt is empty or longer than the model's context.</exception>
+    internal static void CheckPromptLength(GptNeoXForCausalLM model, int tokens)
+    {
+        if (tokens == 0) throw new ArgumentException("The prompt is empty: generation needs at least one token.", "prompt");
+        if (tokens >= model.Config.MaxPositionEmbeddings && model.Config.RopeScaling is null)
+            throw new ArgumentException(
+                $"The prompt has {tokens} tokens; the model was trained on at most {model.Config.MaxPositionEmbeddings} " +
+                "(max_position_embeddings), so nothing sensible can follow it. Shorten the prompt.", "prompt");
     }
 }

@@ -123,7 +123,7 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
     /// <param name="cancellationToken">Ends every unfinished continuation with <see cref="FinishReason.Cancelled"/>.</param>
     /// <returns>Per prompt and choice, in that order: the text (ending before a stop sequence), ids, prompt length and finish reason.</returns>
     /// <exception cref="ArgumentException">No prompts, an empty prompt or one longer than the model's context, or invalid settings.</exception>
-    /// <exception cref="NotSupportedException">Options the model cannot honour (frequency or presence penalties, tools).</exception>
+    /// <exception cref="NotSupportedException">Options the model cannot honour (frequency or presence penalties, tools), or prompts of different lengths with a tokenizer that has no pad token.</exception>
     /// <exception cref="ObjectDisposedException">The host was disposed.</exception>
     public async Task<IReadOnlyList<GeneratedText>> CompleteAsync(IReadOnlyList<string> prompts, ChatOptions? options = null, int choicesPerPrompt = 1,
         Action<int, string>? onText = null, CancellationToken cancellationToken = default)
@@ -134,31 +134,33 @@ public sealed class RinnaModelHost : IAsyncDisposable, IDisposable
         var (model, tokenizer) = await GetAsync(cancellationToken).ConfigureAwait(false);
         var scheduler = await GetSchedulerAsync(cancellationToken).ConfigureAwait(false);
         var config = RinnaChatClient.ToGenerationConfig(Options, options, tokenizer.EosTokenId, tokenizer.PadTokenId) with { NumReturnSequences = choicesPerPrompt };
-        var encoded = prompts.Select(p => TextGeneration.EncodePromptIds(model, tokenizer, p)).ToArray();
-        int width = encoded.Max(p => p.Length);
-        long pad = config.ResolvePadTokenId() ?? 0;
-        var ids = new long[encoded.Length * width];
-        var mask = new long[encoded.Length * width];
-        for (int row = 0; row < encoded.Length; row++)
-            for (int j = 0; j < encoded[row].Length; j++)
-            {
-                int at = row * width + width - encoded[row].Length + j;
-                ids[at] = encoded[row][j];
-                mask[at] = 1;
-            }
-        for (int at = 0; at < ids.Length; at++)
-            if (mask[at] == 0) ids[at] = pad;
+        BatchEncoding batch;
+        try
+        {
+            // Left-padded as for generation; encoded as the model cards do (no special tokens).
+            batch = tokenizer.BatchEncode(prompts, addSpecialTokens: false, PaddingSide.Left);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new NotSupportedException("Prompts of different lengths are padded to run together, and this tokenizer has no pad token; send them one at a time.", e);
+        }
+        var promptTokens = new int[batch.BatchSize];
+        for (int row = 0; row < batch.BatchSize; row++)
+        {
+            for (int j = 0; j < batch.SequenceLength; j++) promptTokens[row] += (int)batch.AttentionMask[row, j];
+            TextGeneration.CheckPromptLength(model, promptTokens[row]);
+        }
         Task<GenerationOutput> generation;
-        using (var idsTensor = TorchSharp.torch.tensor(ids, [encoded.Length, width], TorchSharp.torch.ScalarType.Int64))
-        using (var maskTensor = TorchSharp.torch.tensor(mask, [encoded.Length, width], TorchSharp.torch.ScalarType.Int64))
-            generation = scheduler.GenerateBatchAsync(idsTensor, config, maskTensor, tokenizer, onText is null ? null : tracker =>
+        using (var ids = batch.InputIdsTensor())
+        using (var mask = batch.AttentionMaskTensor())
+            generation = scheduler.GenerateBatchAsync(ids, config, mask, tokenizer, onText is null ? null : tracker =>
             {
                 for (int row = 0; row < tracker.BatchSize; row++)
                     if (tracker.TakeText(row) is { Length: > 0 } piece) onText(row, piece);
             }, cancellationToken: cancellationToken);
         var output = await generation.ConfigureAwait(false);
         output.Sequences.Dispose();
-        return output.Rows.Select((row, i) => new GeneratedText(row.Text ?? "", row.TokenIds, encoded[i / choicesPerPrompt].Length, row.FinishReason, row.StopString))
+        return output.Rows.Select((row, i) => new GeneratedText(row.Text ?? "", row.TokenIds, promptTokens[i / choicesPerPrompt], row.FinishReason, row.StopString))
             .ToArray();
     }
 
