@@ -9,7 +9,8 @@ namespace Rinna.Net.Benchmarks;
 /// <summary>
 /// One decode row through rinna-4b's largest product (<c>dense_h_to_4h</c>, 11264 × 2816) in NF4 on 2 threads: each
 /// <see cref="Bnb4BitGemv"/> variant against the prompt path (dequantize to float32, then libtorch's GEMV), with the
-/// bfloat16 input and output the model uses.
+/// bfloat16 input and output the model uses. The float32 variants serve float32 compute, the integer ones (Int16)
+/// bfloat16 and float16 compute.
 /// </summary>
 public class Bnb4BitGemvBenchmarks
 {
@@ -18,7 +19,7 @@ public class Bnb4BitGemvBenchmarks
     private Bnb4BitMatrix matrix;
 
     /// <summary>The kernel: a <see cref="Bnb4BitGemvVariant"/> name, or <c>Dequantize</c>.</summary>
-    [Params("Dequantize", "Scalar", "Vector128", "Vector256", "Avx2", "Avx512")]
+    [Params("Dequantize", "Scalar", "Vector128", "Vector256", "Avx2", "Avx512", "Avx2Int16", "Avx512Int16")]
     public string Kernel { get; set; } = "Dequantize";
 
     [GlobalSetup]
@@ -31,7 +32,7 @@ public class Bnb4BitGemvBenchmarks
         layer = new Bnb4BitLinear(weight, randn(11264, generator: gen), Bnb4BitQuantization.Nf4);
         input = randn(1, 2816, generator: gen).to(ScalarType.BFloat16);
         matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 11264, 2816);
-        Console.WriteLine($"// Bnb4BitGemv: decode uses {Bnb4BitGemv.DefaultVariant} here");
+        Console.WriteLine($"// Bnb4BitGemv: decode uses {Bnb4BitGemv.DefaultVariant} for float32 compute, {Bnb4BitGemv.Int16VariantFor(matrix)?.ToString() ?? "the same"} for bfloat16 and float16");
     }
 
     [GlobalCleanup]

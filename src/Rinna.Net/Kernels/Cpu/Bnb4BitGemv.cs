@@ -21,8 +21,9 @@ internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor
 /// <c>x · Wᵀ + b</c> for one row of activations and a bitsandbytes 4-bit weight on the CPU (a decode step), in managed
 /// code on libtorch's OpenMP threads. The weight is dequantized in registers: each code is looked up in the 16-entry
 /// code book, the block's products are summed, and the sum is scaled by the block's absmax, so the float weight is never
-/// built. Five variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), AVX2,
-/// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code.
+/// built. Five float32 variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), AVX2,
+/// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code; and two integer variants (AVX-512, AVX2) for
+/// layers that compute in bfloat16 or float16 (Bnb4BitGemv.Int16.cs).
 /// </summary>
 /// <remarks>
 /// The vector variants read 16 code bytes (32 weights) at a time, which lie in one block when the row length is a
@@ -30,9 +31,12 @@ internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor
 /// reordered once per call (evens, then odds, per 32) instead of interleaving nibbles per row. Other row lengths (blocks
 /// then straddle rows) take the scalar loop. Results agree with <c>x · dequantize(W)ᵀ</c> to float32 accumulation.
 /// </remarks>
-internal static unsafe class Bnb4BitGemv
+internal static unsafe partial class Bnb4BitGemv
 {
     private const int Group = 32;
+
+    /// <summary>bitsandbytes' 4-bit block: 64 consecutive elements of the flattened weight share a scale.</summary>
+    private const int BlockSize = 64;
 
     /// <summary>The widest variant this CPU accelerates (scalar where it accelerates none).</summary>
     public static Bnb4BitGemvVariant DefaultVariant { get; } =
@@ -49,6 +53,8 @@ internal static unsafe class Bnb4BitGemv
         Bnb4BitGemvVariant.Avx2 => Avx2.IsSupported && Fma.IsSupported,
         Bnb4BitGemvVariant.Vector256 => Vector256.IsHardwareAccelerated,
         Bnb4BitGemvVariant.Vector128 => Vector128.IsHardwareAccelerated,
+        Bnb4BitGemvVariant.Avx512Int16 => Avx512BW.IsSupported,
+        Bnb4BitGemvVariant.Avx2Int16 => Avx2.IsSupported && Fma.IsSupported,
         _ => true,
     };
 
@@ -69,6 +75,9 @@ internal static unsafe class Bnb4BitGemv
         public RowClaims Claims;
         public bool Grouped;
         public Bnb4BitGemvVariant Variant;
+        public short* Quantized;
+        public short* Table16;
+        public float* InverseScales;
     }
 
     /// <summary>
@@ -76,29 +85,53 @@ internal static unsafe class Bnb4BitGemv
     /// and an optional float32 <paramref name="bias"/>, in x's dtype. Returns false, doing nothing, where libgomp is not
     /// loaded or the operands do not fit.
     /// </summary>
-    public static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result)
-        => TryMultiply(x, weight, bias, out result, DefaultVariant);
+    /// <param name="x">The activations.</param>
+    /// <param name="weight">The 4-bit weight.</param>
+    /// <param name="bias">The optional bias.</param>
+    /// <param name="result">The product, where this returns true.</param>
+    /// <param name="computeDType">The layer's compute dtype: bfloat16 or float16 let the integer variants run
+    /// (<see cref="Int16VariantFor"/>); float32 keeps float32 arithmetic.</param>
+    public static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result, ScalarType computeDType)
+    {
+        var variant = computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Int16VariantFor(weight) is { } fast ? fast : DefaultVariant;
+        return TryMultiply(x, weight, bias, out result, variant);
+    }
 
     /// <summary>
-    /// <see cref="TryMultiply(Tensor, Bnb4BitMatrix, Tensor?, out Tensor)"/> with a chosen variant; for tests and
+    /// <see cref="TryMultiply(Tensor, Bnb4BitMatrix, Tensor?, out Tensor, ScalarType)"/> with a chosen variant; for tests and
     /// benchmarks. The AVX-512 and AVX2 variants run only where the CPU has them; the others run everywhere.
     /// </summary>
     internal static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result, Bnb4BitGemvVariant variant)
     {
         result = null!;
-        if (variant is Bnb4BitGemvVariant.Avx512 or Bnb4BitGemvVariant.Avx2 && !IsAccelerated(variant)) return false;
+        if (variant is not (Bnb4BitGemvVariant.Scalar or Bnb4BitGemvVariant.Vector128 or Bnb4BitGemvVariant.Vector256) && !IsAccelerated(variant))
+            return false;
         if (!LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias)) return false;
         int rows = weight.Rows, columns = weight.Columns;
-        bool grouped = variant != Bnb4BitGemvVariant.Scalar && columns % Group == 0;
-        var pooled = ArrayPool<float>.Shared.Rent(columns);
+        bool int16 = IsInt16(variant);
+        if (int16 && !FitsInt16(weight, variant)) return false;
+        // One rented buffer: the float activations, then (integer variants) a scale per 64 columns.
+        var pooled = ArrayPool<float>.Shared.Rent(columns + columns / BlockSize);
+        var quantized = int16 ? ArrayPool<short>.Shared.Rent(columns) : [];
         try
         {
             var input = pooled.AsSpan(0, columns);
             if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
             else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
-            if (grouped) EvensThenOdds(input);
+            // Non-finite activations have no integer form: the float variant carries them through as libtorch would.
+            if (int16 && !QuantizeActivations(input, quantized.AsSpan(0, columns), pooled.AsSpan(columns, columns / BlockSize), variant))
+            {
+                int16 = false;
+                variant = DefaultVariant;
+            }
+            bool grouped = variant != Bnb4BitGemvVariant.Scalar && columns % Group == 0;
+            if (grouped && !int16) EvensThenOdds(input);
+            Span<short> table16 = stackalloc short[64];
+            if (int16) Int16Table(weight.Code, table16);
             var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
             fixed (float* inputs = pooled)
+            fixed (short* quantizedInputs = quantized)
+            fixed (short* table = table16)
             fixed (float* code = weight.Code)
             fixed (float* nestedCode = weight.NestedCode)
             fixed (byte* codes = weight.Codes.bytes)
@@ -114,6 +147,7 @@ internal static unsafe class Bnb4BitGemv
                     Input = inputs, Bias = (float*)biasBytes, Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16,
                     Rows = rows, Columns = columns, Claims = new RowClaims(rows, threads, 8),
                     Grouped = grouped, Variant = variant,
+                    Quantized = quantizedInputs, Table16 = table, InverseScales = inputs + columns,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -123,6 +157,7 @@ internal static unsafe class Bnb4BitGemv
         finally
         {
             ArrayPool<float>.Shared.Return(pooled);
+            if (quantized.Length > 0) ArrayPool<short>.Shared.Return(quantized);
         }
     }
 
@@ -169,8 +204,11 @@ internal static unsafe class Bnb4BitGemv
             for (int row = first; row < end; row++)
             {
                 long start = (long)row * job->Columns;
-                float value = !job->Grouped ? RowScalar(job, start) : job->Variant switch
+                float value = job->Variant switch
                 {
+                    Bnb4BitGemvVariant.Avx512Int16 => RowInt16Avx512(job, start),
+                    Bnb4BitGemvVariant.Avx2Int16 => RowInt16Avx2(job, start),
+                    _ when !job->Grouped => RowScalar(job, start),
                     Bnb4BitGemvVariant.Avx512 => Row512(job, start),
                     Bnb4BitGemvVariant.Avx2 => RowAvx2(job, start),
                     Bnb4BitGemvVariant.Vector256 => Row256(job, start),
@@ -376,4 +414,16 @@ internal enum Bnb4BitGemvVariant
 
     /// <summary>AVX2 + FMA intrinsics (two 8-entry permutes and a blend per 8 weights, no masking).</summary>
     Avx2,
+
+    /// <summary>
+    /// AVX-512 (BW), integer: codes looked up as 16-bit integers (<c>vpermw</c>, 32 weights per lookup) and multiplied with
+    /// 16-bit activations (<c>vpmaddwd</c>); for bfloat16 and float16 compute. Rows of a multiple of 128 columns.
+    /// </summary>
+    Avx512Int16,
+
+    /// <summary>
+    /// AVX2, integer: codes looked up as two byte planes (<c>vpshufb</c>) and multiplied with 16-bit activations
+    /// (<c>vpmaddwd</c>); for bfloat16 and float16 compute. Rows of a multiple of 64 columns.
+    /// </summary>
+    Avx2Int16,
 }

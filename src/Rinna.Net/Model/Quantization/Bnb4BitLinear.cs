@@ -18,7 +18,9 @@ namespace Rinna.Net.Model.Quantization;
 /// </summary>
 /// <remarks>
 /// A single row (a decode step) on the CPU goes through a managed GEMV that dequantizes in registers
-/// (<see cref="Bnb4BitGemv"/>) and never builds the float weight. Several rows (a prompt) dequantize the whole weight to
+/// (<see cref="Bnb4BitGemv"/>) and never builds the float weight: in float32 arithmetic when the compute dtype is
+/// float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
+/// bfloat16 or float16. Several rows (a prompt) dequantize the whole weight to
 /// the compute dtype, multiply with libtorch, and free it at once. The float weight given to the constructor is read
 /// block by block and not kept: the layer holds about 0.56 byte per weight (0.52 with double quantization).
 /// </remarks>
@@ -171,7 +173,7 @@ public sealed class Bnb4BitLinear : LinearLayer
         Tensor output;
         if (rows.size(0) == 0)
             output = empty(0, OutFeatures, dtype: input.dtype, device: input.device);
-        else if (rows.size(0) == 1 && weight.device_type == DeviceType.CPU && Bnb4BitGemv.TryMultiply(rows, Matrix(), bias, out var product))
+        else if (rows.size(0) == 1 && weight.device_type == DeviceType.CPU && Bnb4BitGemv.TryMultiply(rows, Matrix(), bias, out var product, ComputeDType ?? rows.dtype))
             output = product;
         else
         {

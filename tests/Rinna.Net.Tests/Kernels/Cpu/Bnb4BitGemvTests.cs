@@ -17,7 +17,7 @@ public class Bnb4BitGemvTests
             // K a multiple of 32 (the vector loops), of 64, neither (the scalar loop, blocks straddling rows), odd N·K.
             (int, int)[] shapes = [(1, 32), (3, 64), (17, 96), (5, 33), (9, 100), (64, 2816), (33, 1024), (7, 31), (6, 160)];
             var data = new TheoryData<string, int, int, string, bool>();
-            foreach (var variant in Enum.GetNames<Bnb4BitGemvVariant>())
+            foreach (var variant in Enum.GetNames<Bnb4BitGemvVariant>().Where(name => !name.EndsWith("Int16", StringComparison.Ordinal)))
                 foreach (var (n, k) in shapes)
                     foreach (var (type, dq) in new[] { (Bnb4BitQuantization.Nf4, false), (Bnb4BitQuantization.Fp4, true) })
                         data.Add(variant, n, k, type, dq);
@@ -61,6 +61,117 @@ public class Bnb4BitGemvTests
         }
     }
 
+    public static TheoryData<string, int, int, string, bool> Int16Cases
+    {
+        get
+        {
+            // AVX-512 reads 128 columns a step, AVX2 64; 2816 and 11264 are rinna-4b's.
+            (int, int)[] shapes = [(1, 128), (17, 256), (64, 2816), (5, 11264), (33, 1024)];
+            var data = new TheoryData<string, int, int, string, bool>();
+            foreach (var variant in new[] { nameof(Bnb4BitGemvVariant.Avx512Int16), nameof(Bnb4BitGemvVariant.Avx2Int16) })
+                foreach (var (n, k) in variant == nameof(Bnb4BitGemvVariant.Avx2Int16) ? [.. shapes, (3, 64), (9, 192)] : shapes)
+                    foreach (var (type, dq) in new[] { (Bnb4BitQuantization.Nf4, false), (Bnb4BitQuantization.Fp4, true), (Bnb4BitQuantization.Nf4, true) })
+                        data.Add(variant, n, k, type, dq);
+            return data;
+        }
+    }
+
+    /// <summary>
+    /// The integer variants against the float64 product, within their stated error: 2⁻¹³ of a block's absmax per code
+    /// and 2⁻¹⁴ of the block's largest activation per activation (margins of 2 included), plus float32 accumulation.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Int16Cases))]
+    public void Int16VariantsStayWithinTheirStatedError(string variant, int n, int k, string quantType, bool doubleQuant)
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
+        var chosen = Enum.Parse<Bnb4BitGemvVariant>(variant);
+        if (!Bnb4BitGemv.IsAccelerated(chosen)) Assert.Skip($"This CPU cannot run {chosen}.");
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)(n * 100_000 + k + 7));
+        var weight = randn(n, k, generator: gen) * 0.05;
+        weight[0, 0] = tensor(1.5f);
+        weight[n - 1] = weight[n - 1].abs(); // with positive activations nothing cancels, so a scale error would show
+        var bias = randn(n, generator: gen);
+        using var layer = new Bnb4BitLinear(weight, bias, quantType, doubleQuant);
+        var dense = layer.DequantizeWeight().to(ScalarType.Float64);
+        var blockMax = dense.abs().reshape(-1, 64).amax([1], keepdim: true).expand(-1, 64).reshape(n, k);
+        var matrix = new Bnb4BitMatrix(layer.Weight, quantType == Bnb4BitQuantization.Nf4 ? Bnb4BitQuantization.Nf4Code : Bnb4BitQuantization.Fp4Code,
+            layer.Absmax, layer.NestedAbsmax, layer.Offset, doubleQuant ? Bnb4BitQuantization.DynamicMap : null, n, k);
+
+        foreach (var (dtype, positive) in new[] { (ScalarType.Float32, false), (ScalarType.BFloat16, false), (ScalarType.Float32, true) })
+        {
+            var x = randn(1, k, generator: gen);
+            if (positive) x = x.abs();
+            x[0, 1] = tensor(40f);          // an outlier: its block's other activations keep fewer bits
+            x[0, k - 1] = tensor(32767.9f / 16384f * 8f); // rounds to the top of the int16 range, where it is clamped
+            if (k >= 128) x[0, TensorIndex.Slice(64, 128)] = tensor(0f); // an all-zero block
+            x = x.to(dtype);
+            Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, layer.Bias, out var y, chosen));
+            Assert.Equal(dtype, y.dtype);
+
+            var x64 = x.to(ScalarType.Float64);
+            var expected = x64.matmul(dense.t()) + bias.to(ScalarType.Float64);
+            var largest = x64.abs().reshape(-1, 64).amax([1]).repeat_interleave(64).reshape(1, k);
+            var stated = (x64.abs() * Math.ScaleB(1, -12) + largest * Math.ScaleB(1, -14)).matmul(blockMax.t());
+            var magnitude = x64.abs().matmul(dense.abs().t()) + bias.abs().to(ScalarType.Float64);
+            // Each block's products are summed exactly as integers; only the k / 64 scaled block sums accumulate in float32.
+            var tolerance = stated + magnitude * ((k / 64 + 2) * 1.2e-7 + (dtype == ScalarType.BFloat16 ? 8e-3 : 0)) + 1e-6;
+            var error = (y.to(ScalarType.Float64) - expected).abs();
+            Assert.True((error <= tolerance).all().item<bool>(),
+                $"{variant} {dtype}: max error {error.max().item<double>():E2}, max error / tolerance {(error / tolerance).max().item<double>():F2}");
+        }
+    }
+
+    [Fact]
+    public void Int16VariantsRefuseRowsTheyDoNotStepOverAndLayersFallBackToFloat()
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
+        using var scope = NewDisposeScope();
+        using var layer = new Bnb4BitLinear(randn(8, 96) * 0.05, quantType: Bnb4BitQuantization.Nf4);
+        var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 8, 96);
+        var x = randn(1, 96);
+        Assert.False(Bnb4BitGemv.TryMultiply(x, matrix, null, out _, Bnb4BitGemvVariant.Avx2Int16));
+        Assert.False(Bnb4BitGemv.TryMultiply(x, matrix, null, out _, Bnb4BitGemvVariant.Avx512Int16));
+        Assert.Null(Bnb4BitGemv.Int16VariantFor(matrix));
+        Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, null, out var y, ScalarType.BFloat16));
+        Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, null, out var exact, Bnb4BitGemv.DefaultVariant));
+        Assert.True(exact.eq(y).all().item<bool>());
+    }
+
+    [Fact]
+    public void Int16VariantsCarryNonFiniteActivationsThroughTheFloatArithmetic()
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
+        using var scope = NewDisposeScope();
+        using var layer = new Bnb4BitLinear(randn(8, 128) * 0.05, quantType: Bnb4BitQuantization.Nf4);
+        var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 8, 128);
+        foreach (var variant in new[] { Bnb4BitGemvVariant.Avx512Int16, Bnb4BitGemvVariant.Avx2Int16 }.Where(Bnb4BitGemv.IsAccelerated))
+            foreach (float bad in new[] { float.NaN, float.PositiveInfinity })
+            {
+                var x = randn(1, 128);
+                x[0, 77] = tensor(bad);
+                Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, null, out var y, variant));
+                Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, null, out var exact, Bnb4BitGemv.DefaultVariant));
+                Assert.True(exact.isnan().eq(y.isnan()).all().item<bool>() && exact.isinf().eq(y.isinf()).all().item<bool>());
+                Assert.False(isfinite(y).all().item<bool>());
+            }
+    }
+
+    [Theory]
+    [InlineData(384)]  // AVX-512's integer variant where the CPU has it
+    [InlineData(320)]  // AVX2's (64 columns a step)
+    public void DecodeInBFloat16ComputeAgreesWithThePromptPath(int k)
+    {
+        using var scope = NewDisposeScope();
+        using var layer = new Bnb4BitLinear(randn(48, k) * 0.05, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true, computeDType: ScalarType.BFloat16);
+        var x = randn(3, k);
+        var rows = layer.call(x);                     // dequantize to bfloat16 + matmul, as bitsandbytes
+        var single = layer.call(x[1].unsqueeze(0));   // the integer GEMV where libgomp is loaded
+        var scale = rows[1].abs().max().item<float>();
+        Assert.True((rows[1] - single[0]).abs().max().item<float>() <= 2e-2f * scale);
+    }
+
     [Fact]
     public void DecodeThroughTheLayerUsesTheKernelAndAgreesWithThePromptPath()
     {
@@ -79,8 +190,8 @@ public class Bnb4BitGemvTests
         using var scope = NewDisposeScope();
         using var layer = new Bnb4BitLinear(randn(4, 64));
         var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 4, 64);
-        Assert.False(Bnb4BitGemv.TryMultiply(randn(2, 64), matrix, null, out _));            // two rows
-        Assert.False(Bnb4BitGemv.TryMultiply(randn(1, 64).to(ScalarType.Float64), matrix, null, out _));
-        Assert.False(Bnb4BitGemv.TryMultiply(randn(1, 32), matrix, null, out _));
+        Assert.False(Bnb4BitGemv.TryMultiply(randn(2, 64), matrix, null, out _, ScalarType.Float32));            // two rows
+        Assert.False(Bnb4BitGemv.TryMultiply(randn(1, 64).to(ScalarType.Float64), matrix, null, out _, ScalarType.Float32));
+        Assert.False(Bnb4BitGemv.TryMultiply(randn(1, 32), matrix, null, out _, ScalarType.BFloat16));
     }
 }

@@ -1,0 +1,211 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Rinna.Net.Kernels.Cpu;
+
+/// <summary>
+/// The integer variants of <see cref="Bnb4BitGemv"/>, for layers that compute in bfloat16 or float16. bitsandbytes
+/// rounds the dequantized weight to that dtype before multiplying (8 or 11 significant bits); here the code book is
+/// held as 16-bit integers (the value times 4096, off by at most 2⁻¹³ of the block's absmax) and each 64 activations as
+/// 16-bit integers under a power-of-two scale (exact for bfloat16 values within 2⁷ of their block's largest, off by
+/// at most 2⁻¹⁵ of it otherwise). The products are summed exactly as integers and each block's sum is scaled in float32.
+/// </summary>
+/// <remarks>
+/// Why: the float variants spend about six instructions per 32 weights on widening, 16-entry permutes and FMAs, and
+/// stay instruction-bound well under the memory's rate. Here one <c>vpermw</c> looks up 32 codes and one
+/// <c>vpmaddwd</c> multiplies 32, as llama.cpp does with its own integer formats, while the code book stays
+/// bitsandbytes'. The activations are reordered once per call so that each lookup's words meet their activations.
+/// Overflow cannot happen: |code| ≤ 4096, |activation| ≤ 32767, and an int32 lane sums 8 products of one block.
+/// </remarks>
+internal static unsafe partial class Bnb4BitGemv
+{
+    /// <summary>The code book's integer scale: 2¹².</summary>
+    private const int CodeScaleBits = 12;
+
+    /// <summary>Rows longer than this take the float variants (the per-row scales live on the stack).</summary>
+    private const int MaxInt16Columns = 1 << 17;
+
+    /// <summary>
+    /// The integer variant for this weight on this CPU, or null where none fits (rows not a multiple of 64 columns, a
+    /// code book outside [-1, 1], no AVX2): AVX-512 for rows of a multiple of 128 columns, AVX2 otherwise.
+    /// </summary>
+    public static Bnb4BitGemvVariant? Int16VariantFor(Bnb4BitMatrix weight)
+    {
+        foreach (var variant in new[] { Bnb4BitGemvVariant.Avx512Int16, Bnb4BitGemvVariant.Avx2Int16 })
+            if (IsAccelerated(variant) && FitsInt16(weight, variant)) return variant;
+        return null;
+    }
+
+    private static bool IsInt16(Bnb4BitGemvVariant variant) => variant is Bnb4BitGemvVariant.Avx512Int16 or Bnb4BitGemvVariant.Avx2Int16;
+
+    /// <summary>Columns each step of <paramref name="variant"/> reads: 64 code bytes for AVX-512, 32 for AVX2.</summary>
+    private static int Int16Chunk(Bnb4BitGemvVariant variant) => variant == Bnb4BitGemvVariant.Avx512Int16 ? 128 : 64;
+
+    private static bool FitsInt16(Bnb4BitMatrix weight, Bnb4BitGemvVariant variant)
+    {
+        if (weight.Columns % Int16Chunk(variant) != 0 || weight.Columns > MaxInt16Columns || weight.Code.Length != 16) return false;
+        foreach (float c in weight.Code)
+            if (!(Math.Abs(c) <= 1f)) return false;
+        return true;
+    }
+
+    /// <summary>
+    /// The code book times 4096, rounded, as 32 16-bit words for <c>vpermw</c> (which reads 5 index bits; the fifth is a
+    /// neighbour's, so the book is there twice), then as its low and high bytes for <c>vpshufb</c> (16 each, twice, one
+    /// per 128-bit lane): 128 bytes in all.
+    /// </summary>
+    private static void Int16Table(float[] code, Span<short> table)
+    {
+        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(table);
+        for (int i = 0; i < 32; i++)
+        {
+            short value = (short)MathF.Round(code[i & 15] * (1 << CodeScaleBits));
+            table[i] = value;
+            bytes[64 + i] = (byte)value;
+            bytes[96 + i] = (byte)(value >> 8);
+        }
+    }
+
+    /// <summary>
+    /// Each 64 activations as 16-bit integers under a power-of-two scale (the largest lands in [2¹⁴, 2¹⁵)), in the order
+    /// <paramref name="variant"/>'s lookups produce weights; <paramref name="inverseScales"/> gets each block's
+    /// <c>2^-(scale + 12)</c>. False where an activation is not finite.
+    /// </summary>
+    private static bool QuantizeActivations(ReadOnlySpan<float> input, Span<short> quantized, Span<float> inverseScales, Bnb4BitGemvVariant variant)
+    {
+        int chunk = Int16Chunk(variant);
+        Span<short> block = stackalloc short[128];
+        for (int start = 0; start < input.Length; start += chunk)
+        {
+            for (int half = 0; half < chunk; half += BlockSize)
+            {
+                var values = input.Slice(start + half, BlockSize);
+                float largest = 0;
+                foreach (float v in values)
+                {
+                    if (!float.IsFinite(v)) return false;
+                    largest = Math.Max(largest, Math.Abs(v));
+                }
+                int exponent = largest == 0 ? 0 : 14 - MathF.ILogB(largest);
+                for (int i = 0; i < BlockSize; i++)
+                    block[half + i] = (short)Math.Clamp(Math.Round(Math.ScaleB(values[i], exponent)), -32767, 32767);
+                inverseScales[(start + half) / BlockSize] = (float)Math.ScaleB(1.0, -exponent - CodeScaleBits);
+            }
+            var target = quantized.Slice(start, chunk);
+            if (variant == Bnb4BitGemvVariant.Avx512Int16)
+            {
+                // Lookup k reads bits 4k..4k+3 of each 16-bit word w (code bytes 2w, 2w + 1): weight 4w + (k ^ 1).
+                for (int k = 0; k < 4; k++)
+                    for (int w = 0; w < 32; w++)
+                        target[32 * k + w] = block[4 * w + (k ^ 1)];
+            }
+            else
+            {
+                // Vector v: v & 1 picks the unpacked half of each 128-bit lane, v >> 1 the low nibble (odd weights).
+                for (int v = 0; v < 4; v++)
+                    for (int p = 0; p < 16; p++)
+                        target[16 * v + p] = block[2 * (16 * (p / 8) + 8 * (v & 1) + p % 8) + (v >> 1)];
+            }
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// The scale of each of this row's blocks with its activations' scale folded in, on vectors: per row this is a
+    /// sixty-fourth of the codes' work, which scalar code with the double-quantization lookups made a third of it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void RowScales(Job* job, long start, float* scales)
+    {
+        long first = start / BlockSize;
+        int blocks = job->Columns / BlockSize, b = 0;
+        float* inverse = job->InverseScales;
+        if (job->Nested == null)
+        {
+            float* absmax = (float*)job->Absmax + first;
+            for (; b + 8 <= blocks; b += 8)
+                (Vector256.Load(absmax + b) * Vector256.Load(inverse + b)).Store(scales + b);
+        }
+        else if (Avx2.IsSupported)
+        {
+            // code[q] · absmax2 + offset, the two roundings of bitsandbytes' dequantization, eight blocks at a time.
+            byte* codes = (byte*)job->Absmax + first;
+            var offset = Vector256.Create(job->Offset);
+            for (; b + 8 <= blocks; b += 8)
+            {
+                var code = Avx2.GatherVector256(job->NestedCode, Avx2.ConvertToVector256Int32(codes + b), 4);
+                var outer = Avx2.ShiftRightLogical(Vector256.Create(first + b) + Vector256.Create(0L, 1, 2, 3), 8);
+                var outerHigh = Avx2.ShiftRightLogical(Vector256.Create(first + b + 4) + Vector256.Create(0L, 1, 2, 3), 8);
+                var nested = Vector256.Create(Avx2.GatherVector128(job->Nested, outer, 4), Avx2.GatherVector128(job->Nested, outerHigh, 4));
+                ((code * nested + offset) * Vector256.Load(inverse + b)).Store(scales + b);
+            }
+        }
+        for (; b < blocks; b++) scales[b] = Scale(job, first + b) * inverse[b];
+    }
+
+    /// <summary>
+    /// 64 code bytes (two blocks) per step: four <c>vpermw</c> over the 16-bit words, shifted by 0, 4, 8 and 12, give the
+    /// 128 codes; int32 lanes 0–7 hold the first block's sums and 8–15 the second's.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float RowInt16Avx512(Job* job, long start)
+    {
+        int columns = job->Columns;
+        float* scales = stackalloc float[columns / BlockSize];
+        RowScales(job, start, scales);
+        var table = Vector512.Load(job->Table16);
+        var first = Vector512<float>.Zero;
+        var second = Vector512<float>.Zero;
+        byte* codes = job->Codes + (start >> 1);
+        short* x = job->Quantized;
+        for (int c = 0; c < columns; c += 128)
+        {
+            var words = Vector512.Load(codes + c / 2).AsInt16();
+            var w0 = Avx512BW.PermuteVar32x16(table, words);
+            var w1 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 4));
+            var w2 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 8));
+            var w3 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 12));
+            var sum = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(x + c)) + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(x + c + 32))
+                + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(x + c + 64)) + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(x + c + 96)));
+            var sums = Avx512F.ConvertToVector512Single(sum);
+            first = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scales[c / BlockSize]), first);
+            second = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scales[c / BlockSize + 1]), second);
+        }
+        return Vector256.Sum(first.GetLower()) + Vector256.Sum(second.GetUpper());
+    }
+
+    /// <summary>
+    /// 32 code bytes (one block) per step: the two nibbles of each byte index the code book's low and high byte planes
+    /// (<c>vpshufb</c>), which interleave into 16-bit codes.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float RowInt16Avx2(Job* job, long start)
+    {
+        int columns = job->Columns;
+        float* scales = stackalloc float[columns / BlockSize];
+        RowScales(job, start, scales);
+        var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
+        var highBytes = Vector256.Load((byte*)job->Table16 + 96);
+        var nibble = Vector256.Create((byte)0x0F);
+        var total = Vector256<float>.Zero;
+        byte* codes = job->Codes + (start >> 1);
+        short* x = job->Quantized;
+        for (int c = 0; c < columns; c += BlockSize)
+        {
+            var bytes = Vector256.Load(codes + c / 2);
+            var odd = bytes & nibble;
+            var even = Avx2.ShiftRightLogical(bytes.AsUInt16(), 4).AsByte() & nibble;
+            var evenLow = Avx2.Shuffle(lowBytes, even);
+            var evenHigh = Avx2.Shuffle(highBytes, even);
+            var oddLow = Avx2.Shuffle(lowBytes, odd);
+            var oddHigh = Avx2.Shuffle(highBytes, odd);
+            var sum = Avx2.MultiplyAddAdjacent(Avx2.UnpackLow(evenLow, evenHigh).AsInt16(), Vector256.Load(x + c))
+                + Avx2.MultiplyAddAdjacent(Avx2.UnpackHigh(evenLow, evenHigh).AsInt16(), Vector256.Load(x + c + 16))
+                + (Avx2.MultiplyAddAdjacent(Avx2.UnpackLow(oddLow, oddHigh).AsInt16(), Vector256.Load(x + c + 32))
+                    + Avx2.MultiplyAddAdjacent(Avx2.UnpackHigh(oddLow, oddHigh).AsInt16(), Vector256.Load(x + c + 48)));
+            total = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), Vector256.Create(scales[c / BlockSize]), total);
+        }
+        return Vector256.Sum(total);
+    }
+}
