@@ -59,6 +59,16 @@ public static class BenchmarkCheckpoints
                 LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4, Bnb4BitComputeDtype = TorchDtype.BFloat16,
             },
         },
+        // The same 4-bit weights computing in float32 (bitsandbytes' default compute dtype): decode through the exact
+        // float32 GEMV instead of the integer one, for a baseline in the same run (on request: RINNA_BENCH_DTYPES).
+        "Nf4Float32" => new ModelLoadOptions
+        {
+            TorchDtype = TorchDtype.Float16,
+            QuantizationConfig = new QuantizationConfig
+            {
+                LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4, Bnb4BitComputeDtype = TorchDtype.Float32,
+            },
+        },
         _ => throw new ArgumentException($"unknown dtype '{dtype}'", nameof(dtype)),
     };
 }

@@ -50,7 +50,7 @@ public static class ModelShapes
         double perLayer = 3 * h * h + h * h + 2 * h * i;
         (double layerBytes, double headBytes) = dtype switch { "Float32" => (4.0, 4.0), "Int8" => (1.0, 2.0), "Int8All" => (1.0, 1.0),
             // 4 bits per weight and a float32 absmax per 64 (bitsandbytes without double quantization); float16 head.
-            "Nf4" => (0.5 + 4.0 / 64, 2.0), _ => (2.0, 2.0) };
+            "Nf4" or "Nf4Float32" => (0.5 + 4.0 / 64, 2.0), _ => (2.0, 2.0) };
         return c.NumHiddenLayers * perLayer * layerBytes + c.VocabSize * h * headBytes;
     }
 }
