@@ -59,6 +59,16 @@ public static class BenchmarkCheckpoints
                 LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4, Bnb4BitComputeDtype = TorchDtype.BFloat16,
             },
         },
+        // llm_int8_skip_modules=[] for 4-bit: the head is NF4 too, as in llama.cpp's Q4_0 files written with --pure,
+        // so both engines stream about the same bytes per token (on request: RINNA_BENCH_DTYPES).
+        "Nf4All" => new ModelLoadOptions
+        {
+            TorchDtype = TorchDtype.Float16,
+            QuantizationConfig = new QuantizationConfig
+            {
+                LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4, Bnb4BitComputeDtype = TorchDtype.BFloat16, SkipModules = [],
+            },
+        },
         // The same 4-bit weights computing in float32 (bitsandbytes' default compute dtype): decode through the exact
         // float32 GEMV instead of the integer one, for a baseline in the same run (on request: RINNA_BENCH_DTYPES).
         "Nf4Float32" => new ModelLoadOptions

@@ -42,7 +42,8 @@ public static class ModelShapes
 
     /// <summary>
     /// Weight bytes one decode step streams from memory: every layer matrix and the output head (the embedding is only
-    /// indexed). With int8 the layers take one byte per weight and the head stays float16 (int8 too with Int8All).
+    /// indexed). With int8 the layers take one byte per weight and the head stays float16 (int8 too with Int8All); with
+    /// 4-bit, half a byte and a float32 absmax per 64 (the head 4-bit too with Nf4All).
     /// </summary>
     public static double DecodeBytesPerToken(GptNeoXConfig c, string dtype)
     {
@@ -50,7 +51,7 @@ public static class ModelShapes
         double perLayer = 3 * h * h + h * h + 2 * h * i;
         (double layerBytes, double headBytes) = dtype switch { "Float32" => (4.0, 4.0), "Int8" => (1.0, 2.0), "Int8All" => (1.0, 1.0),
             // 4 bits per weight and a float32 absmax per 64 (bitsandbytes without double quantization); float16 head.
-            "Nf4" or "Nf4Float32" => (0.5 + 4.0 / 64, 2.0), _ => (2.0, 2.0) };
+            "Nf4" or "Nf4Float32" => (0.5 + 4.0 / 64, 2.0), "Nf4All" => (0.5 + 4.0 / 64, 0.5 + 4.0 / 64), _ => (2.0, 2.0) };
         return c.NumHiddenLayers * perLayer * layerBytes + c.VocabSize * h * headBytes;
     }
 }

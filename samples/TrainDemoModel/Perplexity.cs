@@ -29,7 +29,10 @@ internal static class Perplexity
     /// <param name="modelDirectory">The saved model.</param>
     /// <param name="heldOut">The held-out part of the corpus.</param>
     /// <param name="loadOptions">How to load the model (dtype, quantization); float32 when null.</param>
-    public static async Task<IReadOnlyList<HeldOutScore>> MeasureAsync(string modelDirectory, Corpus heldOut, ModelLoadOptions? loadOptions = null)
+    /// <param name="tokenByToken">Score each window one token at a time through the cache, as generation runs (the
+    /// decode kernels, e.g. the 4-bit GEMV), rather than in one pass per window (the prompt path).</param>
+    public static async Task<IReadOnlyList<HeldOutScore>> MeasureAsync(string modelDirectory, Corpus heldOut, ModelLoadOptions? loadOptions = null,
+        bool tokenByToken = false)
     {
         var tokenizer = await AutoTokenizer.FromPretrainedAsync(modelDirectory);
         using var model = await AutoModelForCausalLM.FromPretrainedAsync(modelDirectory, loadOptions);
@@ -69,7 +72,7 @@ internal static class Perplexity
             ("English books", Books(heldOut.EnglishBooks)),
             ("dialogues", (dialogueIds, dialogueCharacters)),
         })
-            scores.Add(new HeldOutScore(part, ids.Count - 1, characters, Score(model, ids)));
+            scores.Add(new HeldOutScore(part, ids.Count - 1, characters, tokenByToken ? ScoreByDecoding(model, ids) : Score(model, ids)));
         scores.Add(new HeldOutScore("all", scores.Sum(s => s.Tokens), scores.Sum(s => s.Characters), scores.Sum(s => s.NegativeLogLikelihood)));
         return scores;
     }
@@ -80,32 +83,59 @@ internal static class Perplexity
     /// </summary>
     public static async Task CompareLoadOptionsAsync(string modelDirectory, Corpus heldOut, TextWriter output)
     {
-        static ModelLoadOptions FourBit(string type, bool doubleQuant) => new()
+        static ModelLoadOptions FourBit(string type, bool doubleQuant, TorchDtype? compute = null) => new()
         {
-            QuantizationConfig = new QuantizationConfig { LoadIn4Bit = true, Bnb4BitQuantType = type, Bnb4BitUseDoubleQuant = doubleQuant },
+            QuantizationConfig = new QuantizationConfig
+            {
+                LoadIn4Bit = true, Bnb4BitQuantType = type, Bnb4BitUseDoubleQuant = doubleQuant, Bnb4BitComputeDtype = compute ?? TorchDtype.Float32,
+            },
         };
-        var variants = new (string Name, ModelLoadOptions Options)[]
+        var variants = new (string Name, ModelLoadOptions Options, bool TokenByToken)[]
         {
-            ("float32", new ModelLoadOptions()),
-            ("bfloat16", new ModelLoadOptions { TorchDtype = TorchDtype.BFloat16 }),
-            ("float16", new ModelLoadOptions { TorchDtype = TorchDtype.Float16 }),
-            ("int8 (LLM.int8(), float32 rest)", new ModelLoadOptions { LoadIn8Bit = true }),
-            ("int8 + float16 (the model card's switches)", new ModelLoadOptions { LoadIn8Bit = true, TorchDtype = TorchDtype.Float16 }),
-            ("nf4 (float32 compute)", FourBit(Bnb4BitQuantization.Nf4, doubleQuant: false)),
-            ("nf4 + double quantization", FourBit(Bnb4BitQuantization.Nf4, doubleQuant: true)),
-            ("fp4 (transformers' default type)", FourBit(Bnb4BitQuantization.Fp4, doubleQuant: false)),
+            ("float32", new ModelLoadOptions(), false),
+            ("bfloat16", new ModelLoadOptions { TorchDtype = TorchDtype.BFloat16 }, false),
+            ("float16", new ModelLoadOptions { TorchDtype = TorchDtype.Float16 }, false),
+            ("int8 (LLM.int8(), float32 rest)", new ModelLoadOptions { LoadIn8Bit = true }, false),
+            ("int8 + float16 (the model card's switches)", new ModelLoadOptions { LoadIn8Bit = true, TorchDtype = TorchDtype.Float16 }, false),
+            ("nf4 (float32 compute)", FourBit(Bnb4BitQuantization.Nf4, doubleQuant: false), false),
+            ("nf4 + double quantization", FourBit(Bnb4BitQuantization.Nf4, doubleQuant: true), false),
+            ("fp4 (transformers' default type)", FourBit(Bnb4BitQuantization.Fp4, doubleQuant: false), false),
+            // Token by token: the decode GEMV, float32 arithmetic for float32 compute, the integer one for bfloat16.
+            ("nf4 (float32 compute), token by token", FourBit(Bnb4BitQuantization.Nf4, doubleQuant: false), true),
+            ("nf4, bfloat16 compute, token by token", FourBit(Bnb4BitQuantization.Nf4, doubleQuant: false, TorchDtype.BFloat16), true),
         };
         output.WriteLine("| load options | Japanese books | English books | dialogues | all (token perplexity) | all vs float32 |");
         output.WriteLine("| --- | --- | --- | --- | --- | --- |");
         double? baseline = null;
-        foreach (var (name, options) in variants)
+        foreach (var (name, options, tokenByToken) in variants)
         {
-            var scores = await MeasureAsync(modelDirectory, heldOut, options);
+            var scores = await MeasureAsync(modelDirectory, heldOut, options, tokenByToken);
             double all = scores.Single(s => s.Part == "all").TokenPerplexity;
             baseline ??= all;
             output.WriteLine($"| {name} | {string.Join(" | ", scores.Where(s => s.Part != "all").Select(s => s.TokenPerplexity.ToString("F3")))} | " +
                 $"{all:F3} | {(all / baseline.Value - 1) * 100:+0.00;-0.00} % |");
         }
+    }
+
+    /// <summary>The same windows as <see cref="Score"/>, each fed one token at a time through a cache.</summary>
+    private static double ScoreByDecoding(Rinna.Net.Model.GptNeoXForCausalLM model, List<int> ids)
+    {
+        double total = 0;
+        using var grad = no_grad();
+        for (int start = 0; start + 1 < ids.Count; start += Window)
+        {
+            int length = Math.Min(Window, ids.Count - 1 - start);
+            using var cache = new Rinna.Net.Model.KeyValueCache(model.Config.NumHiddenLayers);
+            for (int t = 0; t < length; t++)
+            {
+                using var scope = NewDisposeScope();
+                var input = tensor(new long[] { ids[start + t] }, ScalarType.Int64).view(1, 1);
+                using var output = model.Forward(input, pastKeyValues: cache, useCache: true);
+                var logits = output.Logits[0, 0].to(ScalarType.Float32);
+                total -= nn.functional.log_softmax(logits, 0)[ids[start + t + 1]].item<float>();
+            }
+        }
+        return total;
     }
 
     private static double Score(Rinna.Net.Model.GptNeoXForCausalLM model, List<int> ids)
