@@ -26,6 +26,9 @@ internal static unsafe partial class Bnb4BitGemv
     /// <summary>Rows longer than this take the float variants (the per-row scales live on the stack).</summary>
     private const int MaxInt16Columns = 1 << 17;
 
+    /// <summary>Rows longer than this take one activation row per call (each activation row's scales live on the stack).</summary>
+    private const int MaxInt16RowsColumns = 1 << 14;
+
     /// <summary>
     /// The integer variant for this weight on this CPU, or null where none fits (rows not a multiple of 64 columns, a
     /// code book outside [-1, 1], no AVX2): AVX-512 for rows of a multiple of 128 columns, AVX2 otherwise.
@@ -116,11 +119,12 @@ internal static unsafe partial class Bnb4BitGemv
     /// sixty-fourth of the codes' work, which scalar code with the double-quantization lookups made a third of it.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void RowScales(Job* job, long start, float* scales)
+    private static void RowScales(Job* job, long start, float* scales) => RowScales(job, start, job->InverseScales, scales);
+
+    private static void RowScales(Job* job, long start, float* inverse, float* scales)
     {
         long first = start / BlockSize;
         int blocks = job->Columns / BlockSize, b = 0;
-        float* inverse = job->InverseScales;
         if (job->Nested == null)
         {
             float* absmax = (float*)job->Absmax + first;
@@ -207,5 +211,77 @@ internal static unsafe partial class Bnb4BitGemv
             total = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), Vector256.Create(scales[c / BlockSize]), total);
         }
         return Vector256.Sum(total);
+    }
+    /// <summary>
+    /// <see cref="RowInt16Avx512"/> for every activation row at once: each 128 codes are looked up once and multiplied with
+    /// each row's activations, so a batched decode step reads the weight once.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RowsInt16Avx512(Job* job, long start, float* values)
+    {
+        int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
+        float* scales = stackalloc float[activationRows * blocks];
+        for (int r = 0; r < activationRows; r++) RowScales(job, start, job->InverseScales + r * blocks, scales + r * blocks);
+        var totals = stackalloc Vector512<float>[2 * activationRows];
+        for (int r = 0; r < 2 * activationRows; r++) totals[r] = Vector512<float>.Zero;
+        var table = Vector512.Load(job->Table16);
+        byte* codes = job->Codes + (start >> 1);
+        for (int c = 0; c < columns; c += 128)
+        {
+            var words = Vector512.Load(codes + c / 2).AsInt16();
+            var w0 = Avx512BW.PermuteVar32x16(table, words);
+            var w1 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 4));
+            var w2 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 8));
+            var w3 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 12));
+            for (int r = 0; r < activationRows; r++)
+            {
+                short* x = job->Quantized + (long)r * columns + c;
+                var sum = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(x)) + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(x + 32))
+                    + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(x + 64)) + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(x + 96)));
+                var sums = Avx512F.ConvertToVector512Single(sum);
+                float* scale = scales + r * blocks + c / BlockSize;
+                totals[2 * r] = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[0]), totals[2 * r]);
+                totals[2 * r + 1] = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[1]), totals[2 * r + 1]);
+            }
+        }
+        for (int r = 0; r < activationRows; r++)
+            values[r] = Vector256.Sum(totals[2 * r].GetLower()) + Vector256.Sum(totals[2 * r + 1].GetUpper());
+    }
+
+    /// <summary><see cref="RowInt16Avx2"/> for every activation row at once (see <see cref="RowsInt16Avx512"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RowsInt16Avx2(Job* job, long start, float* values)
+    {
+        int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
+        float* scales = stackalloc float[activationRows * blocks];
+        for (int r = 0; r < activationRows; r++) RowScales(job, start, job->InverseScales + r * blocks, scales + r * blocks);
+        var totals = stackalloc Vector256<float>[activationRows];
+        for (int r = 0; r < activationRows; r++) totals[r] = Vector256<float>.Zero;
+        var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
+        var highBytes = Vector256.Load((byte*)job->Table16 + 96);
+        var nibble = Vector256.Create((byte)0x0F);
+        byte* codes = job->Codes + (start >> 1);
+        for (int c = 0; c < columns; c += BlockSize)
+        {
+            var bytes = Vector256.Load(codes + c / 2);
+            var odd = bytes & nibble;
+            var even = Avx2.ShiftRightLogical(bytes.AsUInt16(), 4).AsByte() & nibble;
+            var evenLow = Avx2.Shuffle(lowBytes, even);
+            var evenHigh = Avx2.Shuffle(highBytes, even);
+            var oddLow = Avx2.Shuffle(lowBytes, odd);
+            var oddHigh = Avx2.Shuffle(highBytes, odd);
+            var w0 = Avx2.UnpackLow(evenLow, evenHigh).AsInt16();
+            var w1 = Avx2.UnpackHigh(evenLow, evenHigh).AsInt16();
+            var w2 = Avx2.UnpackLow(oddLow, oddHigh).AsInt16();
+            var w3 = Avx2.UnpackHigh(oddLow, oddHigh).AsInt16();
+            for (int r = 0; r < activationRows; r++)
+            {
+                short* x = job->Quantized + (long)r * columns + c;
+                var sum = Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x)) + Avx2.MultiplyAddAdjacent(w1, Vector256.Load(x + 16))
+                    + (Avx2.MultiplyAddAdjacent(w2, Vector256.Load(x + 32)) + Avx2.MultiplyAddAdjacent(w3, Vector256.Load(x + 48)));
+                totals[r] = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), Vector256.Create(scales[r * blocks + c / BlockSize]), totals[r]);
+            }
+        }
+        for (int r = 0; r < activationRows; r++) values[r] = Vector256.Sum(totals[r]);
     }
 }

@@ -35,6 +35,9 @@ internal static unsafe partial class Bnb4BitGemv
 {
     private const int Group = 32;
 
+    /// <summary>Activation rows one call takes (a batched decode step); the integer variants only.</summary>
+    public const int MaxActivationRows = 8;
+
     /// <summary>bitsandbytes' 4-bit block: 64 consecutive elements of the flattened weight share a scale.</summary>
     private const int BlockSize = 64;
 
@@ -78,10 +81,12 @@ internal static unsafe partial class Bnb4BitGemv
         public short* Quantized;
         public short* Table16;
         public float* InverseScales;
+        public int ActivationRows;
     }
 
     /// <summary>
-    /// Computes <c>x · Wᵀ + b</c> for a single contiguous CPU row <paramref name="x"/> (float32 or bfloat16, <c>[1, K]</c>)
+    /// Computes <c>x · Wᵀ + b</c> for a contiguous CPU row <paramref name="x"/> (float32 or bfloat16, <c>[1, K]</c>; up to
+    /// <see cref="MaxActivationRows"/> rows with the integer variants, which look each weight up once for all rows)
     /// and an optional float32 <paramref name="bias"/>, in x's dtype. Returns false, doing nothing, where libgomp is not
     /// loaded or the operands do not fit.
     /// </summary>
@@ -107,20 +112,27 @@ internal static unsafe partial class Bnb4BitGemv
         if (variant is not (Bnb4BitGemvVariant.Scalar or Bnb4BitGemvVariant.Vector128 or Bnb4BitGemvVariant.Vector256) && !IsAccelerated(variant))
             return false;
         if (!LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias)) return false;
-        int rows = weight.Rows, columns = weight.Columns;
+        int rows = weight.Rows, columns = weight.Columns, blocks = columns / BlockSize;
+        int activationRows = (int)(x.numel() / columns);
         bool int16 = IsInt16(variant);
         if (int16 && !FitsInt16(weight, variant)) return false;
-        // One rented buffer: the float activations, then (integer variants) a scale per 64 columns.
-        var pooled = ArrayPool<float>.Shared.Rent(columns + columns / BlockSize);
-        var quantized = int16 ? ArrayPool<short>.Shared.Rent(columns) : [];
+        if (activationRows > 1 && !(int16 && columns <= MaxInt16RowsColumns)) return false;
+        // One rented buffer: the float activations, then (integer variants) a scale per 64 columns, per activation row.
+        var pooled = ArrayPool<float>.Shared.Rent(activationRows * (columns + blocks));
+        var quantized = int16 ? ArrayPool<short>.Shared.Rent(activationRows * columns) : [];
         try
         {
-            var input = pooled.AsSpan(0, columns);
+            var input = pooled.AsSpan(0, activationRows * columns);
             if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
             else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
-            // Non-finite activations have no integer form: the float variant carries them through as libtorch would.
-            if (int16 && !QuantizeActivations(input, quantized.AsSpan(0, columns), pooled.AsSpan(columns, columns / BlockSize), variant))
+            for (int r = 0; int16 && r < activationRows; r++)
             {
+                if (QuantizeActivations(input.Slice(r * columns, columns), quantized.AsSpan(r * columns, columns),
+                    pooled.AsSpan(activationRows * columns + r * blocks, blocks), variant))
+                    continue;
+                // Non-finite activations have no integer form: the float variant carries them through as libtorch would
+                // (one row here; several rows go back to the caller's dequantizing path).
+                if (activationRows > 1) return false;
                 int16 = false;
                 variant = DefaultVariant;
             }
@@ -147,7 +159,8 @@ internal static unsafe partial class Bnb4BitGemv
                     Input = inputs, Bias = (float*)biasBytes, Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16,
                     Rows = rows, Columns = columns, Claims = new RowClaims(rows, threads, 8),
                     Grouped = grouped, Variant = variant,
-                    Quantized = quantizedInputs, Table16 = table, InverseScales = inputs + columns,
+                    Quantized = quantizedInputs, Table16 = table, InverseScales = inputs + activationRows * columns,
+                    ActivationRows = activationRows,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
@@ -165,7 +178,8 @@ internal static unsafe partial class Bnb4BitGemv
     {
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         long elements = (long)weight.Rows * weight.Columns;
-        return OnCpuContiguous(x) && x.dim() >= 1 && x.numel() == x.size(-1) && x.size(-1) == weight.Columns
+        return OnCpuContiguous(x) && x.dim() >= 1 && x.size(-1) == weight.Columns && x.numel() > 0
+            && x.numel() / x.size(-1) <= MaxActivationRows
             && x.dtype is ScalarType.Float32 or ScalarType.BFloat16
             && weight.Code.Length == 16 && OnCpuContiguous(weight.Codes) && weight.Codes.dtype == ScalarType.Byte
             && weight.Codes.numel() == (elements + 1) / 2 && elements / 2 < int.MaxValue
@@ -201,6 +215,11 @@ internal static unsafe partial class Bnb4BitGemv
         var job = (Job*)state;
         while (job->Claims.TryClaim(out int first, out int end))
         {
+            if (job->ActivationRows > 1)
+            {
+                RunRowsOfSeveral(job, first, end);
+                continue;
+            }
             for (int row = first; row < end; row++)
             {
                 long start = (long)row * job->Columns;
@@ -217,6 +236,26 @@ internal static unsafe partial class Bnb4BitGemv
                 if (job->Bias != null) value += job->Bias[row];
                 if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
                 else ((float*)job->Output)[row] = value;
+            }
+        }
+    }
+
+    /// <summary>Weight rows <c>[first, end)</c> against every activation row (integer variants only).</summary>
+    private static void RunRowsOfSeveral(Job* job, int first, int end)
+    {
+        int activationRows = job->ActivationRows;
+        float* values = stackalloc float[MaxActivationRows];
+        for (int row = first; row < end; row++)
+        {
+            long start = (long)row * job->Columns;
+            if (job->Variant == Bnb4BitGemvVariant.Avx512Int16) RowsInt16Avx512(job, start, values);
+            else RowsInt16Avx2(job, start, values);
+            for (int r = 0; r < activationRows; r++)
+            {
+                float value = values[r] + (job->Bias != null ? job->Bias[row] : 0f);
+                long at = (long)r * job->Rows + row;
+                if (job->OutputIsBFloat16) ((ushort*)job->Output)[at] = BFloat16Bits.Round(value);
+                else ((float*)job->Output)[at] = value;
             }
         }
     }

@@ -173,7 +173,8 @@ public sealed class Bnb4BitLinear : LinearLayer
         Tensor output;
         if (rows.size(0) == 0)
             output = empty(0, OutFeatures, dtype: input.dtype, device: input.device);
-        else if (rows.size(0) == 1 && weight.device_type == DeviceType.CPU && Bnb4BitGemv.TryMultiply(rows, Matrix(), bias, out var product, ComputeDType ?? rows.dtype))
+        else if (rows.size(0) <= Bnb4BitGemv.MaxActivationRows && weight.device_type == DeviceType.CPU
+            && Bnb4BitGemv.TryMultiply(rows, Matrix(), bias, out var product, ComputeDType ?? rows.dtype))
             output = product;
         else
         {

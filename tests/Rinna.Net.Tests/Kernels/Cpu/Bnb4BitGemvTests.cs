@@ -165,11 +165,50 @@ public class Bnb4BitGemvTests
     {
         using var scope = NewDisposeScope();
         using var layer = new Bnb4BitLinear(randn(48, k) * 0.05, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true, computeDType: ScalarType.BFloat16);
-        var x = randn(3, k);
-        var rows = layer.call(x);                     // dequantize to bfloat16 + matmul, as bitsandbytes
+        var x = randn(Bnb4BitGemv.MaxActivationRows + 1, k);
+        var rows = layer.call(x);                     // more rows than the GEMV takes: dequantize to bfloat16 + matmul, as bitsandbytes
         var single = layer.call(x[1].unsqueeze(0));   // the integer GEMV where libgomp is loaded
-        var scale = rows[1].abs().max().item<float>();
+        var batch = layer.call(x.narrow(0, 0, 4));    // the same, four rows at once
+        var scale = rows.narrow(0, 0, 4).abs().max().item<float>();
         Assert.True((rows[1] - single[0]).abs().max().item<float>() <= 2e-2f * scale);
+        Assert.True((rows.narrow(0, 0, 4) - batch).abs().max().item<float>() <= 2e-2f * scale);
+    }
+
+    /// <summary>Several activation rows at once give each row exactly what that row alone gives (the same integer sums).</summary>
+    [Theory]
+    [InlineData(nameof(Bnb4BitGemvVariant.Avx512Int16), 1024, false)]
+    [InlineData(nameof(Bnb4BitGemvVariant.Avx512Int16), 2816, true)]
+    [InlineData(nameof(Bnb4BitGemvVariant.Avx2Int16), 192, false)]
+    [InlineData(nameof(Bnb4BitGemvVariant.Avx2Int16), 2816, true)]
+    public void Int16VariantsTakeSeveralRowsAndGiveEachWhatItGivesAlone(string variant, int k, bool doubleQuant)
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
+        var chosen = Enum.Parse<Bnb4BitGemvVariant>(variant);
+        if (!Bnb4BitGemv.IsAccelerated(chosen)) Assert.Skip($"This CPU cannot run {chosen}.");
+        using var scope = NewDisposeScope();
+        const int n = 37;
+        using var layer = new Bnb4BitLinear(randn(n, k) * 0.05, randn(n), Bnb4BitQuantization.Nf4, doubleQuant);
+        var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
+            doubleQuant ? Bnb4BitQuantization.DynamicMap : null, n, k);
+        foreach (int count in new[] { 2, 5, Bnb4BitGemv.MaxActivationRows })
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                var x = (randn(count, k) * (arange(count).unsqueeze(1) + 1)).to(dtype); // rows of different scales
+                Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, layer.Bias, out var y, chosen));
+                Assert.Equal(new long[] { count, n }, y.shape);
+                for (int r = 0; r < count; r++)
+                {
+                    Assert.True(Bnb4BitGemv.TryMultiply(x[r].unsqueeze(0), matrix, layer.Bias, out var alone, chosen));
+                    Assert.True(alone[0].eq(y[r]).all().item<bool>(), $"{count} rows, row {r}, {dtype}");
+                }
+            }
+        // More rows than a call takes, non-finite activations and float32 arithmetic go back to the caller's path.
+        Assert.False(Bnb4BitGemv.TryMultiply(randn(Bnb4BitGemv.MaxActivationRows + 1, k), matrix, null, out _, chosen));
+        var bad = randn(3, k);
+        bad[2, 5] = tensor(float.NaN);
+        Assert.False(Bnb4BitGemv.TryMultiply(bad, matrix, null, out _, chosen));
+        Assert.False(Bnb4BitGemv.TryMultiply(randn(3, k), matrix, null, out _, Bnb4BitGemv.DefaultVariant));
+        Assert.False(Bnb4BitGemv.TryMultiply(randn(3, k), matrix, null, out _, ScalarType.Float32));
     }
 
     [Fact]
