@@ -165,11 +165,7 @@ internal static unsafe partial class Bnb4BitGemv
         short* x = job->Quantized;
         for (int c = 0; c < columns; c += 128)
         {
-            var words = Vector512.Load(codes + c / 2).AsInt16();
-            var w0 = Avx512BW.PermuteVar32x16(table, words);
-            var w1 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 4));
-            var w2 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 8));
-            var w3 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 12));
+            Lookup128(codes + c / 2, table, out var w0, out var w1, out var w2, out var w3);
             var sum = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(x + c)) + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(x + c + 32))
                 + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(x + c + 64)) + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(x + c + 96)));
             var sums = Avx512F.ConvertToVector512Single(sum);
@@ -191,23 +187,14 @@ internal static unsafe partial class Bnb4BitGemv
         RowScales(job, start, scales);
         var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
         var highBytes = Vector256.Load((byte*)job->Table16 + 96);
-        var nibble = Vector256.Create((byte)0x0F);
         var total = Vector256<float>.Zero;
         byte* codes = job->Codes + (start >> 1);
         short* x = job->Quantized;
         for (int c = 0; c < columns; c += BlockSize)
         {
-            var bytes = Vector256.Load(codes + c / 2);
-            var odd = bytes & nibble;
-            var even = Avx2.ShiftRightLogical(bytes.AsUInt16(), 4).AsByte() & nibble;
-            var evenLow = Avx2.Shuffle(lowBytes, even);
-            var evenHigh = Avx2.Shuffle(highBytes, even);
-            var oddLow = Avx2.Shuffle(lowBytes, odd);
-            var oddHigh = Avx2.Shuffle(highBytes, odd);
-            var sum = Avx2.MultiplyAddAdjacent(Avx2.UnpackLow(evenLow, evenHigh).AsInt16(), Vector256.Load(x + c))
-                + Avx2.MultiplyAddAdjacent(Avx2.UnpackHigh(evenLow, evenHigh).AsInt16(), Vector256.Load(x + c + 16))
-                + (Avx2.MultiplyAddAdjacent(Avx2.UnpackLow(oddLow, oddHigh).AsInt16(), Vector256.Load(x + c + 32))
-                    + Avx2.MultiplyAddAdjacent(Avx2.UnpackHigh(oddLow, oddHigh).AsInt16(), Vector256.Load(x + c + 48)));
+            Lookup64(codes + c / 2, lowBytes, highBytes, out var w0, out var w1, out var w2, out var w3);
+            var sum = Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x + c)) + Avx2.MultiplyAddAdjacent(w1, Vector256.Load(x + c + 16))
+                + (Avx2.MultiplyAddAdjacent(w2, Vector256.Load(x + c + 32)) + Avx2.MultiplyAddAdjacent(w3, Vector256.Load(x + c + 48)));
             total = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), Vector256.Create(scales[c / BlockSize]), total);
         }
         return Vector256.Sum(total);
@@ -228,11 +215,7 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (int c = 0; c < columns; c += 128)
         {
-            var words = Vector512.Load(codes + c / 2).AsInt16();
-            var w0 = Avx512BW.PermuteVar32x16(table, words);
-            var w1 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 4));
-            var w2 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 8));
-            var w3 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 12));
+            Lookup128(codes + c / 2, table, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {
                 short* x = job->Quantized + (long)r * columns + c;
@@ -259,21 +242,10 @@ internal static unsafe partial class Bnb4BitGemv
         for (int r = 0; r < activationRows; r++) totals[r] = Vector256<float>.Zero;
         var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
         var highBytes = Vector256.Load((byte*)job->Table16 + 96);
-        var nibble = Vector256.Create((byte)0x0F);
         byte* codes = job->Codes + (start >> 1);
         for (int c = 0; c < columns; c += BlockSize)
         {
-            var bytes = Vector256.Load(codes + c / 2);
-            var odd = bytes & nibble;
-            var even = Avx2.ShiftRightLogical(bytes.AsUInt16(), 4).AsByte() & nibble;
-            var evenLow = Avx2.Shuffle(lowBytes, even);
-            var evenHigh = Avx2.Shuffle(highBytes, even);
-            var oddLow = Avx2.Shuffle(lowBytes, odd);
-            var oddHigh = Avx2.Shuffle(highBytes, odd);
-            var w0 = Avx2.UnpackLow(evenLow, evenHigh).AsInt16();
-            var w1 = Avx2.UnpackHigh(evenLow, evenHigh).AsInt16();
-            var w2 = Avx2.UnpackLow(oddLow, oddHigh).AsInt16();
-            var w3 = Avx2.UnpackHigh(oddLow, oddHigh).AsInt16();
+            Lookup64(codes + c / 2, lowBytes, highBytes, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {
                 short* x = job->Quantized + (long)r * columns + c;
@@ -283,5 +255,38 @@ internal static unsafe partial class Bnb4BitGemv
             }
         }
         for (int r = 0; r < activationRows; r++) values[r] = Vector256.Sum(totals[r]);
+    }
+    /// <summary>128 codes from 64 bytes: <c>vpermw</c> over the 16-bit words shifted by 0, 4, 8 and 12 (lookup k gives weight 4w + (k ^ 1)).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Lookup128(byte* codes, Vector512<short> table, out Vector512<short> w0, out Vector512<short> w1,
+        out Vector512<short> w2, out Vector512<short> w3)
+    {
+        var words = Vector512.Load(codes).AsInt16();
+        w0 = Avx512BW.PermuteVar32x16(table, words);
+        w1 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 4));
+        w2 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 8));
+        w3 = Avx512BW.PermuteVar32x16(table, Avx512BW.ShiftRightLogical(words, 12));
+    }
+
+    /// <summary>
+    /// 64 codes from 32 bytes: each nibble indexes the code book's low and high byte planes (<c>vpshufb</c>), unpacked
+    /// into 16-bit codes: even weights' halves, then odd weights' (see <see cref="QuantizeActivations"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Lookup64(byte* codes, Vector256<byte> lowBytes, Vector256<byte> highBytes, out Vector256<short> w0,
+        out Vector256<short> w1, out Vector256<short> w2, out Vector256<short> w3)
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        var bytes = Vector256.Load(codes);
+        var odd = bytes & nibble;
+        var even = Avx2.ShiftRightLogical(bytes.AsUInt16(), 4).AsByte() & nibble;
+        var evenLow = Avx2.Shuffle(lowBytes, even);
+        var evenHigh = Avx2.Shuffle(highBytes, even);
+        var oddLow = Avx2.Shuffle(lowBytes, odd);
+        var oddHigh = Avx2.Shuffle(highBytes, odd);
+        w0 = Avx2.UnpackLow(evenLow, evenHigh).AsInt16();
+        w1 = Avx2.UnpackHigh(evenLow, evenHigh).AsInt16();
+        w2 = Avx2.UnpackLow(oddLow, oddHigh).AsInt16();
+        w3 = Avx2.UnpackHigh(oddLow, oddHigh).AsInt16();
     }
 }
