@@ -36,7 +36,7 @@ public class ContinuousBatchingBenchmarks
     /// <summary>The demo model and rinna-4b with 4 layers; the full 36-layer rinna-4b when <c>RINNA_BENCH_SHAPES</c> names it.</summary>
     public static IEnumerable<string> Shapes => BenchmarkSettings.Only(BenchmarkSettings.ShapesVariable, [ModelShapes.Demo, "rinna-4b-L4"], ["rinna-4b"]);
 
-    public static IEnumerable<string> DTypes => BenchmarkSettings.Only(BenchmarkSettings.DTypesVariable, ["Float32", "Float16", "Int8"], ["Nf4"]);
+    public static IEnumerable<string> DTypes => BenchmarkSettings.Only(BenchmarkSettings.DTypesVariable, ["Float32", "Float16", "Int8"], ["Nf4", "Nf4Float32"]);
 
     [GlobalSetup]
     public void Setup()

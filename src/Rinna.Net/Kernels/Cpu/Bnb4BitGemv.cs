@@ -35,7 +35,7 @@ internal static unsafe partial class Bnb4BitGemv
 {
     private const int Group = 32;
 
-    /// <summary>Activation rows one call takes (a batched decode step); the integer variants only.</summary>
+    /// <summary>Activation rows one call takes (a batched decode step): the integer, AVX-512 and AVX2 variants.</summary>
     public const int MaxActivationRows = 8;
 
     /// <summary>bitsandbytes' 4-bit block: 64 consecutive elements of the flattened weight share a scale.</summary>
@@ -86,7 +86,8 @@ internal static unsafe partial class Bnb4BitGemv
 
     /// <summary>
     /// Computes <c>x · Wᵀ + b</c> for a contiguous CPU row <paramref name="x"/> (float32 or bfloat16, <c>[1, K]</c>; up to
-    /// <see cref="MaxActivationRows"/> rows with the integer variants, which look each weight up once for all rows)
+    /// <see cref="MaxActivationRows"/> rows with the integer, AVX-512 and AVX2 variants, which look each weight up once for
+    /// all rows)
     /// and an optional float32 <paramref name="bias"/>, in x's dtype. Returns false, doing nothing, where libgomp is not
     /// loaded or the operands do not fit.
     /// </summary>
@@ -116,7 +117,9 @@ internal static unsafe partial class Bnb4BitGemv
         int activationRows = (int)(x.numel() / columns);
         bool int16 = IsInt16(variant);
         if (int16 && !FitsInt16(weight, variant)) return false;
-        if (activationRows > 1 && !(int16 && columns <= MaxInt16RowsColumns)) return false;
+        bool severalRowsFit = int16 ? columns <= MaxInt16RowsColumns
+            : variant is Bnb4BitGemvVariant.Avx512 or Bnb4BitGemvVariant.Avx2 && columns % Group == 0;
+        if (activationRows > 1 && !severalRowsFit) return false;
         // One rented buffer: the float activations, then (integer variants) a scale per 64 columns, per activation row.
         var pooled = ArrayPool<float>.Shared.Rent(activationRows * (columns + blocks));
         var quantized = int16 ? ArrayPool<short>.Shared.Rent(activationRows * columns) : [];
@@ -240,7 +243,7 @@ internal static unsafe partial class Bnb4BitGemv
         }
     }
 
-    /// <summary>Weight rows <c>[first, end)</c> against every activation row (integer variants only).</summary>
+    /// <summary>Weight rows <c>[first, end)</c> against every activation row (the integer, AVX-512 and AVX2 variants).</summary>
     private static void RunRowsOfSeveral(Job* job, int first, int end)
     {
         int activationRows = job->ActivationRows;
@@ -248,8 +251,13 @@ internal static unsafe partial class Bnb4BitGemv
         for (int row = first; row < end; row++)
         {
             long start = (long)row * job->Columns;
-            if (job->Variant == Bnb4BitGemvVariant.Avx512Int16) RowsInt16Avx512(job, start, values);
-            else RowsInt16Avx2(job, start, values);
+            switch (job->Variant)
+            {
+                case Bnb4BitGemvVariant.Avx512Int16: RowsInt16Avx512(job, start, values); break;
+                case Bnb4BitGemvVariant.Avx2Int16: RowsInt16Avx2(job, start, values); break;
+                case Bnb4BitGemvVariant.Avx512: Rows512(job, start, values); break;
+                default: RowsAvx2(job, start, values); break;
+            }
             for (int r = 0; r < activationRows; r++)
             {
                 float value = values[r] + (job->Bias != null ? job->Bias[row] : 0f);
@@ -347,6 +355,72 @@ internal static unsafe partial class Bnb4BitGemv
             total = Fma.MultiplyAdd(Avx.Add(sum0, sum1), Vector256.Create(Scale(job, (start + g) >> 6)), total);
         }
         return Vector256.Sum(total);
+    }
+
+    /// <summary>
+    /// <see cref="Row512"/> for every activation row at once: each 64 weights are looked up once and multiplied with each
+    /// row in the same order as <see cref="Row512"/>, so each row gets exactly what it gets alone.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Rows512(Job* job, long start, float* values)
+    {
+        int columns = job->Columns, activationRows = job->ActivationRows, g = 0;
+        var totals = stackalloc Vector512<float>[2 * MaxActivationRows];
+        for (int r = 0; r < 2 * activationRows; r++) totals[r] = Vector512<float>.Zero;
+        var table = Avx512F.LoadVector512(job->Code);
+        byte* codes = job->Codes + (start >> 1);
+        for (; g < columns; g += 2 * Group)
+        {
+            bool whole = g + 2 * Group <= columns;
+            var first = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
+            var firstHigh = Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(first, 4));
+            var firstLow = Avx512F.PermuteVar16x32(table, first);
+            var firstScale = Vector512.Create(Scale(job, (start + g) >> 6));
+            var second = whole ? Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2 + Group / 2)) : default;
+            var secondHigh = Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(second, 4));
+            var secondLow = Avx512F.PermuteVar16x32(table, second);
+            var secondScale = whole ? Vector512.Create(Scale(job, (start + g + Group) >> 6)) : default;
+            for (int r = 0; r < activationRows; r++)
+            {
+                float* x = job->Input + (long)r * columns + g;
+                var sum0 = Avx512F.FusedMultiplyAdd(firstLow, Avx512F.LoadVector512(x + 16), Avx512F.Multiply(firstHigh, Avx512F.LoadVector512(x)));
+                totals[2 * r] = Avx512F.FusedMultiplyAdd(sum0, firstScale, totals[2 * r]);
+                if (!whole) continue;
+                var sum1 = Avx512F.FusedMultiplyAdd(secondLow, Avx512F.LoadVector512(x + Group + 16), Avx512F.Multiply(secondHigh, Avx512F.LoadVector512(x + Group)));
+                totals[2 * r + 1] = Avx512F.FusedMultiplyAdd(sum1, secondScale, totals[2 * r + 1]);
+            }
+        }
+        for (int r = 0; r < activationRows; r++) values[r] = Vector512.Sum(totals[2 * r] + totals[2 * r + 1]);
+    }
+
+    /// <summary><see cref="RowAvx2"/> for every activation row at once (see <see cref="Rows512"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RowsAvx2(Job* job, long start, float* values)
+    {
+        int columns = job->Columns, activationRows = job->ActivationRows;
+        var totals = stackalloc Vector256<float>[MaxActivationRows];
+        for (int r = 0; r < activationRows; r++) totals[r] = Vector256<float>.Zero;
+        var lower = Avx.LoadVector256(job->Code);
+        var upper = Avx.LoadVector256(job->Code + 8);
+        byte* codes = job->Codes + (start >> 1);
+        for (int g = 0; g < columns; g += Group)
+        {
+            var first = Avx2.ConvertToVector256Int32(codes + g / 2);
+            var second = Avx2.ConvertToVector256Int32(codes + g / 2 + 8);
+            var firstHigh = Lookup8(lower, upper, Avx2.ShiftRightLogical(first, 4));
+            var secondHigh = Lookup8(lower, upper, Avx2.ShiftRightLogical(second, 4));
+            var firstLow = Lookup8(lower, upper, first);
+            var secondLow = Lookup8(lower, upper, second);
+            var scale = Vector256.Create(Scale(job, (start + g) >> 6));
+            for (int r = 0; r < activationRows; r++)
+            {
+                float* x = job->Input + (long)r * columns + g;
+                var sum0 = Fma.MultiplyAdd(firstLow, Avx.LoadVector256(x + 16), Avx.Multiply(firstHigh, Avx.LoadVector256(x)));
+                var sum1 = Fma.MultiplyAdd(secondLow, Avx.LoadVector256(x + 24), Avx.Multiply(secondHigh, Avx.LoadVector256(x + 8)));
+                totals[r] = Fma.MultiplyAdd(Avx.Add(sum0, sum1), scale, totals[r]);
+            }
+        }
+        for (int r = 0; r < activationRows; r++) values[r] = Vector256.Sum(totals[r]);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

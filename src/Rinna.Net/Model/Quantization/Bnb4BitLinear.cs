@@ -17,11 +17,11 @@ namespace Rinna.Net.Model.Quantization;
 /// <c>quantize_4bit</c> stores it (<see cref="Bnb4BitQuantization"/>).
 /// </summary>
 /// <remarks>
-/// A single row (a decode step) on the CPU goes through a managed GEMV that dequantizes in registers
-/// (<see cref="Bnb4BitGemv"/>) and never builds the float weight: in float32 arithmetic when the compute dtype is
-/// float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
-/// bfloat16 or float16. Several rows (a prompt) dequantize the whole weight to
-/// the compute dtype, multiply with libtorch, and free it at once. The float weight given to the constructor is read
+/// A decode step on the CPU (one row, or up to eight in a batched step) goes through a managed GEMV that dequantizes in
+/// registers (<see cref="Bnb4BitGemv"/>) and never builds the float weight: in float32 arithmetic when the compute dtype
+/// is float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
+/// bfloat16 or float16. More rows (a prompt) dequantize the whole weight to the compute dtype, multiply with libtorch,
+/// and free it at once. The float weight given to the constructor is read
 /// block by block and not kept: the layer holds about 0.56 byte per weight (0.52 with double quantization).
 /// </remarks>
 public sealed class Bnb4BitLinear : LinearLayer
