@@ -9,7 +9,8 @@ namespace Rinna.Net.Kernels.Cpu;
 /// rounds the dequantized weight to that dtype before multiplying (8 or 11 significant bits); here the code book is
 /// held as 16-bit integers (the value times 4096, off by at most 2⁻¹³ of the block's absmax) and each 64 activations as
 /// 16-bit integers under a power-of-two scale (exact for bfloat16 values within 2⁷ of their block's largest, off by
-/// at most 2⁻¹⁵ of it otherwise). The products are summed exactly as integers and each block's sum is scaled in float32.
+/// at most 2⁻¹⁵ of it otherwise; a block whose largest is below 2⁻¹¹³ counts as zero). The products are summed exactly as
+/// integers and each block's sum is scaled in float32.
 /// </summary>
 /// <remarks>
 /// Why: the float variants spend about six instructions per 32 weights on widening, 16-entry permutes and FMAs, and
@@ -34,11 +35,9 @@ internal static unsafe partial class Bnb4BitGemv
     /// code book outside [-1, 1], no AVX2): AVX-512 for rows of a multiple of 128 columns, AVX2 otherwise.
     /// </summary>
     public static Bnb4BitGemvVariant? Int16VariantFor(Bnb4BitMatrix weight)
-    {
-        foreach (var variant in new[] { Bnb4BitGemvVariant.Avx512Int16, Bnb4BitGemvVariant.Avx2Int16 })
-            if (IsAccelerated(variant) && FitsInt16(weight, variant)) return variant;
-        return null;
-    }
+        => IsAccelerated(Bnb4BitGemvVariant.Avx512Int16) && FitsInt16(weight, Bnb4BitGemvVariant.Avx512Int16) ? Bnb4BitGemvVariant.Avx512Int16
+        : IsAccelerated(Bnb4BitGemvVariant.Avx2Int16) && FitsInt16(weight, Bnb4BitGemvVariant.Avx2Int16) ? Bnb4BitGemvVariant.Avx2Int16
+        : null;
 
     private static bool IsInt16(Bnb4BitGemvVariant variant) => variant is Bnb4BitGemvVariant.Avx512Int16 or Bnb4BitGemvVariant.Avx2Int16;
 
@@ -90,9 +89,11 @@ internal static unsafe partial class Bnb4BitGemv
                     if (!float.IsFinite(v)) return false;
                     largest = Math.Max(largest, Math.Abs(v));
                 }
+                // A power of two scales exactly; blocks below 2⁻¹¹³ (whose factor would overflow float) round to zero.
                 int exponent = largest == 0 ? 0 : 14 - MathF.ILogB(largest);
+                float factor = exponent <= 127 ? MathF.ScaleB(1f, exponent) : 0f;
                 for (int i = 0; i < BlockSize; i++)
-                    block[half + i] = (short)Math.Clamp(Math.Round(Math.ScaleB(values[i], exponent)), -32767, 32767);
+                    block[half + i] = (short)Math.Clamp(MathF.Round(values[i] * factor), -32767f, 32767f);
                 inverseScales[(start + half) / BlockSize] = (float)Math.ScaleB(1.0, -exponent - CodeScaleBits);
             }
             var target = quantized.Slice(start, chunk);

@@ -260,7 +260,8 @@ internal static unsafe partial class Bnb4BitGemv
             }
             for (int r = 0; r < activationRows; r++)
             {
-                float value = values[r] + (job->Bias != null ? job->Bias[row] : 0f);
+                float value = values[r];
+                if (job->Bias != null) value += job->Bias[row];
                 long at = (long)r * job->Rows + row;
                 if (job->OutputIsBFloat16) ((ushort*)job->Output)[at] = BFloat16Bits.Round(value);
                 else ((float*)job->Output)[at] = value;

@@ -17,7 +17,7 @@ namespace Rinna.Net.Model.Quantization;
 /// <c>quantize_4bit</c> stores it (<see cref="Bnb4BitQuantization"/>).
 /// </summary>
 /// <remarks>
-/// A decode step on the CPU (one row, or up to eight in a batched step) goes through a managed GEMV that dequantizes in
+/// Up to eight rows on the CPU (a decode step, a batched step, a short prompt) go through a managed GEMV that dequantizes in
 /// registers (<see cref="Bnb4BitGemv"/>) and never builds the float weight: in float32 arithmetic when the compute dtype
 /// is float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
 /// bfloat16 or float16. More rows (a prompt) dequantize the whole weight to the compute dtype, multiply with libtorch,
