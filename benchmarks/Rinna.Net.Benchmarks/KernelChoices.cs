@@ -29,7 +29,7 @@ public static class KernelChoices
             : "libtorch");
         yield return "int8 decode: " + (Int8Gemv.IsPreferredForDecode ? $"Int8Gemv {Int8Gemv.DefaultVariant}, 2-32 rows Int8Gemv {Int8Gemv.RowsVariant}" : "oneDNN's _int_mm");
         yield return "float16 prompts (33+ rows): " + (Float16Linear.PromptsInBFloat16 ? "bfloat16 GEMM" : "float32 GEMM (bfloat16 no faster here)");
-        yield return $"4-bit decode: Bnb4BitGemv {Bnb4BitGemv.DefaultVariant}";
+        yield return $"4-bit decode: Bnb4BitGemv {Bnb4BitGemv.DefaultVariant} (float32 compute), {Bnb4BitGemv.Int16VariantFor(2816, Rinna.Net.Model.Quantization.Bnb4BitQuantization.Nf4Code)?.ToString() ?? "the same"} (bfloat16 and float16 compute, rinna-4b's rows)";
         yield return "decode attention: DecodeAttention" + (LibTorchOpenMp.IsAvailable ? " on libtorch's OpenMP team" : ", one thread");
     }
 

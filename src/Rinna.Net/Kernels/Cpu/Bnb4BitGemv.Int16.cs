@@ -17,7 +17,8 @@ namespace Rinna.Net.Kernels.Cpu;
 /// stay instruction-bound well under the memory's rate. Here one <c>vpermw</c> looks up 32 codes and one
 /// <c>vpmaddwd</c> multiplies 32, as llama.cpp does with its own integer formats, while the code book stays
 /// bitsandbytes'. The activations are reordered once per call so that each lookup's words meet their activations.
-/// Overflow cannot happen: |code| ≤ 4096, |activation| ≤ 32767, and an int32 lane sums 8 products of one block.
+/// Overflow cannot happen: |code| ≤ 4096, |activation| ≤ 32767, and an int32 lane sums 8 products of one block (16 in
+/// the portable variant: 16 · 4096 · 32767 &lt; 2³¹).
 /// </remarks>
 internal static unsafe partial class Bnb4BitGemv
 {
@@ -32,22 +33,30 @@ internal static unsafe partial class Bnb4BitGemv
 
     /// <summary>
     /// The integer variant for this weight on this CPU, or null where none fits (rows not a multiple of 64 columns, a
-    /// code book outside [-1, 1], no AVX2): AVX-512 for rows of a multiple of 128 columns, AVX2 otherwise.
+    /// code book outside [-1, 1], no vector hardware): AVX-512 for rows of a multiple of 128 columns, then AVX2, then
+    /// the portable 128-bit one (NEON on Arm64).
     /// </summary>
-    public static Bnb4BitGemvVariant? Int16VariantFor(Bnb4BitMatrix weight)
-        => IsAccelerated(Bnb4BitGemvVariant.Avx512Int16) && FitsInt16(weight, Bnb4BitGemvVariant.Avx512Int16) ? Bnb4BitGemvVariant.Avx512Int16
-        : IsAccelerated(Bnb4BitGemvVariant.Avx2Int16) && FitsInt16(weight, Bnb4BitGemvVariant.Avx2Int16) ? Bnb4BitGemvVariant.Avx2Int16
+    public static Bnb4BitGemvVariant? Int16VariantFor(Bnb4BitMatrix weight) => Int16VariantFor(weight.Columns, weight.Code);
+
+    /// <summary><see cref="Int16VariantFor(Bnb4BitMatrix)"/> for rows of <paramref name="columns"/> and this code book.</summary>
+    public static Bnb4BitGemvVariant? Int16VariantFor(int columns, float[] code)
+        => IsAccelerated(Bnb4BitGemvVariant.Avx512Int16) && FitsInt16(columns, code, Bnb4BitGemvVariant.Avx512Int16) ? Bnb4BitGemvVariant.Avx512Int16
+        : IsAccelerated(Bnb4BitGemvVariant.Avx2Int16) && FitsInt16(columns, code, Bnb4BitGemvVariant.Avx2Int16) ? Bnb4BitGemvVariant.Avx2Int16
+        : IsAccelerated(Bnb4BitGemvVariant.Vector128Int16) && FitsInt16(columns, code, Bnb4BitGemvVariant.Vector128Int16) ? Bnb4BitGemvVariant.Vector128Int16
         : null;
 
-    private static bool IsInt16(Bnb4BitGemvVariant variant) => variant is Bnb4BitGemvVariant.Avx512Int16 or Bnb4BitGemvVariant.Avx2Int16;
+    private static bool IsInt16(Bnb4BitGemvVariant variant)
+        => variant is Bnb4BitGemvVariant.Avx512Int16 or Bnb4BitGemvVariant.Avx2Int16 or Bnb4BitGemvVariant.Vector128Int16;
 
-    /// <summary>Columns each step of <paramref name="variant"/> reads: 64 code bytes for AVX-512, 32 for AVX2.</summary>
+    /// <summary>Columns each step of <paramref name="variant"/> reads: 64 code bytes for AVX-512, 32 for AVX2 and the portable one.</summary>
     private static int Int16Chunk(Bnb4BitGemvVariant variant) => variant == Bnb4BitGemvVariant.Avx512Int16 ? 128 : 64;
 
-    private static bool FitsInt16(Bnb4BitMatrix weight, Bnb4BitGemvVariant variant)
+    private static bool FitsInt16(Bnb4BitMatrix weight, Bnb4BitGemvVariant variant) => FitsInt16(weight.Columns, weight.Code, variant);
+
+    private static bool FitsInt16(int columns, float[] code, Bnb4BitGemvVariant variant)
     {
-        if (weight.Columns % Int16Chunk(variant) != 0 || weight.Columns > MaxInt16Columns || weight.Code.Length != 16) return false;
-        foreach (float c in weight.Code)
+        if (columns % Int16Chunk(variant) != 0 || columns > MaxInt16Columns || code.Length != 16) return false;
+        foreach (float c in code)
             if (!(Math.Abs(c) <= 1f)) return false;
         return true;
     }
@@ -104,12 +113,22 @@ internal static unsafe partial class Bnb4BitGemv
                     for (int w = 0; w < 32; w++)
                         target[32 * k + w] = block[4 * w + (k ^ 1)];
             }
-            else
+            else if (variant == Bnb4BitGemvVariant.Avx2Int16)
             {
                 // Vector v: v & 1 picks the unpacked half of each 128-bit lane, v >> 1 the low nibble (odd weights).
                 for (int v = 0; v < 4; v++)
                     for (int p = 0; p < 16; p++)
                         target[16 * v + p] = block[2 * (16 * (p / 8) + 8 * (v & 1) + p % 8) + (v >> 1)];
+            }
+            else
+            {
+                // Each 32: the even weights (high nibbles), then the odd ones (see Lookup32).
+                for (int h = 0; h < chunk; h += 32)
+                    for (int p = 0; p < 16; p++)
+                    {
+                        target[h + p] = block[h + 2 * p];
+                        target[h + 16 + p] = block[h + 2 * p + 1];
+                    }
             }
         }
         return true;
@@ -129,7 +148,7 @@ internal static unsafe partial class Bnb4BitGemv
         if (job->Nested == null)
         {
             float* absmax = (float*)job->Absmax + first;
-            for (; b + 8 <= blocks; b += 8)
+            for (; Vector256.IsHardwareAccelerated && b + 8 <= blocks; b += 8)
                 (Vector256.Load(absmax + b) * Vector256.Load(inverse + b)).Store(scales + b);
         }
         else if (Avx2.IsSupported)
@@ -257,6 +276,70 @@ internal static unsafe partial class Bnb4BitGemv
         }
         for (int r = 0; r < activationRows; r++) values[r] = Vector256.Sum(totals[r]);
     }
+
+    /// <summary>
+    /// The portable variant, for one activation row or several: 32 code bytes (one block) per step, looked up once for
+    /// all rows. Each nibble indexes the code book's low and high byte planes (a 16-byte shuffle: <c>tbl</c> on Arm64,
+    /// <c>pshufb</c> on x64), and the 16-bit codes are multiplied with the activations by widening to 32 bits, which
+    /// every ISA has (<c>vpmaddwd</c> has no portable form).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RowsInt16Vector128(Job* job, long start, float* values)
+    {
+        int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
+        float* scales = stackalloc float[activationRows * blocks];
+        for (int r = 0; r < activationRows; r++) RowScales(job, start, job->InverseScales + r * blocks, scales + r * blocks);
+        var totals = stackalloc Vector128<float>[activationRows];
+        for (int r = 0; r < activationRows; r++) totals[r] = Vector128<float>.Zero;
+        var lowBytes = Vector128.Load((byte*)job->Table16 + 64);
+        var highBytes = Vector128.Load((byte*)job->Table16 + 96);
+        byte* codes = job->Codes + (start >> 1);
+        for (int c = 0; c < columns; c += BlockSize)
+        {
+            Lookup32(codes + c / 2, lowBytes, highBytes, out var w0, out var w1, out var w2, out var w3);
+            Lookup32(codes + c / 2 + 16, lowBytes, highBytes, out var w4, out var w5, out var w6, out var w7);
+            for (int r = 0; r < activationRows; r++)
+            {
+                short* x = job->Quantized + (long)r * columns + c;
+                var sum = (Dot(w0, x) + Dot(w1, x + 8)) + (Dot(w2, x + 16) + Dot(w3, x + 24))
+                    + ((Dot(w4, x + 32) + Dot(w5, x + 40)) + (Dot(w6, x + 48) + Dot(w7, x + 56)));
+                totals[r] = Vector128.FusedMultiplyAdd(Vector128.ConvertToSingle(sum), Vector128.Create(scales[r * blocks + c / BlockSize]), totals[r]);
+            }
+        }
+        for (int r = 0; r < activationRows; r++) values[r] = Vector128.Sum(totals[r]);
+    }
+
+    /// <summary>Eight 16-bit codes times eight 16-bit activations, summed in pairs into four int32 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<int> Dot(Vector128<short> codes, short* x)
+    {
+        var activations = Vector128.Load(x);
+        return Vector128.WidenLower(codes) * Vector128.WidenLower(activations) + Vector128.WidenUpper(codes) * Vector128.WidenUpper(activations);
+    }
+
+    /// <summary>
+    /// 32 codes from 16 bytes as 16-bit integers: the even weights (high nibbles) in <paramref name="w0"/> and
+    /// <paramref name="w1"/>, then the odd ones (see <see cref="QuantizeActivations"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Lookup32(byte* codes, Vector128<byte> lowBytes, Vector128<byte> highBytes, out Vector128<short> w0,
+        out Vector128<short> w1, out Vector128<short> w2, out Vector128<short> w3)
+    {
+        var bytes = Vector128.Load(codes);
+        var even = Vector128.ShiftRightLogical(bytes, 4);
+        var odd = bytes & Vector128.Create((byte)0x0F);
+        Join(Vector128.ShuffleNative(lowBytes, even), Vector128.ShuffleNative(highBytes, even), out w0, out w1);
+        Join(Vector128.ShuffleNative(lowBytes, odd), Vector128.ShuffleNative(highBytes, odd), out w2, out w3);
+    }
+
+    /// <summary>Sixteen codes' low and high bytes joined into two vectors of eight 16-bit codes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Join(Vector128<byte> low, Vector128<byte> high, out Vector128<short> first, out Vector128<short> second)
+    {
+        first = (Vector128.WidenLower(low) | Vector128.ShiftLeft(Vector128.WidenLower(high), 8)).AsInt16();
+        second = (Vector128.WidenUpper(low) | Vector128.ShiftLeft(Vector128.WidenUpper(high), 8)).AsInt16();
+    }
+
     /// <summary>128 codes from 64 bytes: <c>vpermw</c> over the 16-bit words shifted by 0, 4, 8 and 12 (lookup k gives weight 4w + (k ^ 1)).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Lookup128(byte* codes, Vector512<short> table, out Vector512<short> w0, out Vector512<short> w1,

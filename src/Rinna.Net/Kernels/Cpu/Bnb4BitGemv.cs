@@ -22,8 +22,8 @@ internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor
 /// code on libtorch's OpenMP threads. The weight is dequantized in registers: each code is looked up in the 16-entry
 /// code book, the block's products are summed, and the sum is scaled by the block's absmax, so the float weight is never
 /// built. Five float32 variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), AVX2,
-/// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code; and two integer variants (AVX-512, AVX2) for
-/// layers that compute in bfloat16 or float16 (Bnb4BitGemv.Int16.cs).
+/// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code; and three integer variants (AVX-512, AVX2,
+/// portable 128-bit vectors) for layers that compute in bfloat16 or float16 (Bnb4BitGemv.Int16.cs).
 /// </summary>
 /// <remarks>
 /// The vector variants read 16 code bytes (32 weights) at a time, which lie in one block when the row length is a
@@ -58,6 +58,7 @@ internal static unsafe partial class Bnb4BitGemv
         Bnb4BitGemvVariant.Vector128 => Vector128.IsHardwareAccelerated,
         Bnb4BitGemvVariant.Avx512Int16 => Avx512BW.IsSupported,
         Bnb4BitGemvVariant.Avx2Int16 => Avx2.IsSupported && Fma.IsSupported,
+        Bnb4BitGemvVariant.Vector128Int16 => Vector128.IsHardwareAccelerated,
         _ => true,
     };
 
@@ -96,7 +97,7 @@ internal static unsafe partial class Bnb4BitGemv
     /// <param name="bias">The optional bias.</param>
     /// <param name="result">The product, where this returns true.</param>
     /// <param name="computeDType">The layer's compute dtype: bfloat16 or float16 let the integer variants run
-    /// (<see cref="Int16VariantFor"/>); float32 keeps float32 arithmetic.</param>
+    /// (<see cref="Int16VariantFor(Bnb4BitMatrix)"/>); float32 keeps float32 arithmetic.</param>
     public static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result, ScalarType computeDType)
     {
         var variant = computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Int16VariantFor(weight) is { } fast ? fast : DefaultVariant;
@@ -110,7 +111,8 @@ internal static unsafe partial class Bnb4BitGemv
     internal static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result, Bnb4BitGemvVariant variant)
     {
         result = null!;
-        if (variant is not (Bnb4BitGemvVariant.Scalar or Bnb4BitGemvVariant.Vector128 or Bnb4BitGemvVariant.Vector256) && !IsAccelerated(variant))
+        if (variant is not (Bnb4BitGemvVariant.Scalar or Bnb4BitGemvVariant.Vector128 or Bnb4BitGemvVariant.Vector256
+                or Bnb4BitGemvVariant.Vector128Int16) && !IsAccelerated(variant))
             return false;
         if (!LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias)) return false;
         int rows = weight.Rows, columns = weight.Columns, blocks = columns / BlockSize;
@@ -218,7 +220,8 @@ internal static unsafe partial class Bnb4BitGemv
         var job = (Job*)state;
         while (job->Claims.TryClaim(out int first, out int end))
         {
-            if (job->ActivationRows > 1)
+            // The portable integer variant has one loop for one activation row and several.
+            if (job->ActivationRows > 1 || job->Variant == Bnb4BitGemvVariant.Vector128Int16)
             {
                 RunRowsOfSeveral(job, first, end);
                 continue;
@@ -243,7 +246,7 @@ internal static unsafe partial class Bnb4BitGemv
         }
     }
 
-    /// <summary>Weight rows <c>[first, end)</c> against every activation row (the integer, AVX-512 and AVX2 variants).</summary>
+    /// <summary>Weight rows <c>[first, end)</c> against every activation row (the integer, AVX-512 and AVX2 variants; the portable integer one always).</summary>
     private static void RunRowsOfSeveral(Job* job, int first, int end)
     {
         int activationRows = job->ActivationRows;
@@ -255,6 +258,7 @@ internal static unsafe partial class Bnb4BitGemv
             {
                 case Bnb4BitGemvVariant.Avx512Int16: RowsInt16Avx512(job, start, values); break;
                 case Bnb4BitGemvVariant.Avx2Int16: RowsInt16Avx2(job, start, values); break;
+                case Bnb4BitGemvVariant.Vector128Int16: RowsInt16Vector128(job, start, values); break;
                 case Bnb4BitGemvVariant.Avx512: Rows512(job, start, values); break;
                 default: RowsAvx2(job, start, values); break;
             }
@@ -540,4 +544,11 @@ internal enum Bnb4BitGemvVariant
     /// (<c>vpmaddwd</c>); for bfloat16 and float16 compute. Rows of a multiple of 64 columns.
     /// </summary>
     Avx2Int16,
+
+    /// <summary>
+    /// Portable 128-bit vectors, integer: codes looked up as two byte planes (a 16-byte shuffle, <c>tbl</c> on Arm64) and
+    /// multiplied with 16-bit activations after widening to 32 bits; for bfloat16 and float16 compute where neither
+    /// integer variant above runs. Rows of a multiple of 64 columns.
+    /// </summary>
+    Vector128Int16,
 }

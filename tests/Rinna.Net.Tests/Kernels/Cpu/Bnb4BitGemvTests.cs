@@ -61,15 +61,23 @@ public class Bnb4BitGemvTests
         }
     }
 
+    private static readonly Bnb4BitGemvVariant[] Int16Variants =
+        [Bnb4BitGemvVariant.Avx512Int16, Bnb4BitGemvVariant.Avx2Int16, Bnb4BitGemvVariant.Vector128Int16];
+
+    /// <summary>Whether a test can force <paramref name="variant"/> here: the portable ones run on every CPU.</summary>
+    private static bool RunsHere(Bnb4BitGemvVariant variant)
+        => variant is Bnb4BitGemvVariant.Scalar or Bnb4BitGemvVariant.Vector128 or Bnb4BitGemvVariant.Vector256 or Bnb4BitGemvVariant.Vector128Int16
+            || Bnb4BitGemv.IsAccelerated(variant);
+
     public static TheoryData<string, int, int, string, bool> Int16Cases
     {
         get
         {
-            // AVX-512 reads 128 columns a step, AVX2 64; 2816 and 11264 are rinna-4b's.
+            // AVX-512 reads 128 columns a step, AVX2 and the portable variant 64; 2816 and 11264 are rinna-4b's.
             (int, int)[] shapes = [(1, 128), (17, 256), (64, 2816), (5, 11264), (33, 1024)];
             var data = new TheoryData<string, int, int, string, bool>();
-            foreach (var variant in new[] { nameof(Bnb4BitGemvVariant.Avx512Int16), nameof(Bnb4BitGemvVariant.Avx2Int16) })
-                foreach (var (n, k) in variant == nameof(Bnb4BitGemvVariant.Avx2Int16) ? [.. shapes, (3, 64), (9, 192)] : shapes)
+            foreach (var variant in Int16Variants.Select(v => v.ToString()))
+                foreach (var (n, k) in variant == nameof(Bnb4BitGemvVariant.Avx512Int16) ? shapes : [.. shapes, (3, 64), (9, 192)])
                     foreach (var (type, dq) in new[] { (Bnb4BitQuantization.Nf4, false), (Bnb4BitQuantization.Fp4, true), (Bnb4BitQuantization.Nf4, true) })
                         data.Add(variant, n, k, type, dq);
             return data;
@@ -86,7 +94,7 @@ public class Bnb4BitGemvTests
     {
         if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
         var chosen = Enum.Parse<Bnb4BitGemvVariant>(variant);
-        if (!Bnb4BitGemv.IsAccelerated(chosen)) Assert.Skip($"This CPU cannot run {chosen}.");
+        if (!RunsHere(chosen)) Assert.Skip($"This CPU cannot run {chosen}.");
         using var scope = NewDisposeScope();
         var gen = new Generator((ulong)(n * 100_000 + k + 7));
         var weight = randn(n, k, generator: gen) * 0.05;
@@ -131,8 +139,7 @@ public class Bnb4BitGemvTests
         using var layer = new Bnb4BitLinear(randn(8, 96) * 0.05, quantType: Bnb4BitQuantization.Nf4);
         var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 8, 96);
         var x = randn(1, 96);
-        Assert.False(Bnb4BitGemv.TryMultiply(x, matrix, null, out _, Bnb4BitGemvVariant.Avx2Int16));
-        Assert.False(Bnb4BitGemv.TryMultiply(x, matrix, null, out _, Bnb4BitGemvVariant.Avx512Int16));
+        foreach (var variant in Int16Variants) Assert.False(Bnb4BitGemv.TryMultiply(x, matrix, null, out _, variant));
         Assert.Null(Bnb4BitGemv.Int16VariantFor(matrix));
         Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, null, out var y, ScalarType.BFloat16));
         Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, null, out var exact, Bnb4BitGemv.DefaultVariant));
@@ -146,7 +153,7 @@ public class Bnb4BitGemvTests
         using var scope = NewDisposeScope();
         using var layer = new Bnb4BitLinear(randn(8, 128) * 0.05, quantType: Bnb4BitQuantization.Nf4);
         var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 8, 128);
-        foreach (var variant in new[] { Bnb4BitGemvVariant.Avx512Int16, Bnb4BitGemvVariant.Avx2Int16 }.Where(Bnb4BitGemv.IsAccelerated))
+        foreach (var variant in Int16Variants.Where(RunsHere))
             foreach (float bad in new[] { float.NaN, float.PositiveInfinity })
             {
                 var x = randn(1, 128);
@@ -180,6 +187,8 @@ public class Bnb4BitGemvTests
     [InlineData(nameof(Bnb4BitGemvVariant.Avx512Int16), 2816, true)]
     [InlineData(nameof(Bnb4BitGemvVariant.Avx2Int16), 192, false)]
     [InlineData(nameof(Bnb4BitGemvVariant.Avx2Int16), 2816, true)]
+    [InlineData(nameof(Bnb4BitGemvVariant.Vector128Int16), 192, true)]
+    [InlineData(nameof(Bnb4BitGemvVariant.Vector128Int16), 2816, false)]
     [InlineData(nameof(Bnb4BitGemvVariant.Avx512), 2816, true)]
     [InlineData(nameof(Bnb4BitGemvVariant.Avx512), 96, false)]   // a last group of 32 alone
     [InlineData(nameof(Bnb4BitGemvVariant.Avx2), 2816, false)]
@@ -188,7 +197,7 @@ public class Bnb4BitGemvTests
     {
         if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
         var chosen = Enum.Parse<Bnb4BitGemvVariant>(variant);
-        if (!Bnb4BitGemv.IsAccelerated(chosen)) Assert.Skip($"This CPU cannot run {chosen}.");
+        if (!RunsHere(chosen)) Assert.Skip($"This CPU cannot run {chosen}.");
         using var scope = NewDisposeScope();
         const int n = 37;
         using var layer = new Bnb4BitLinear(randn(n, k) * 0.05, randn(n), Bnb4BitQuantization.Nf4, doubleQuant);
