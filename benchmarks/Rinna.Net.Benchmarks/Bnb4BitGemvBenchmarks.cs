@@ -22,6 +22,10 @@ public class Bnb4BitGemvBenchmarks
     [Params("Dequantize", "Scalar", "Vector128", "Vector256", "Avx2", "Avx512", "Vector128Int16", "Avx2Int16", "Avx512Int16")]
     public string Kernel { get; set; } = "Dequantize";
 
+    /// <summary>bitsandbytes' double quantization: 8-bit block scales, looked up in the dynamic map per row.</summary>
+    [Params(false, true)]
+    public bool DoubleQuant { get; set; }
+
     [GlobalSetup]
     public void Setup()
     {
@@ -29,9 +33,10 @@ public class Bnb4BitGemvBenchmarks
         torch.set_num_threads(2);
         var gen = new Generator(1);
         using var weight = randn(11264, 2816, generator: gen) * 0.02;
-        layer = new Bnb4BitLinear(weight, randn(11264, generator: gen), Bnb4BitQuantization.Nf4);
+        layer = new Bnb4BitLinear(weight, randn(11264, generator: gen), Bnb4BitQuantization.Nf4, DoubleQuant);
         input = randn(1, 2816, generator: gen).to(ScalarType.BFloat16);
-        matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 11264, 2816);
+        matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
+            DoubleQuant ? Bnb4BitQuantization.DynamicMap : null, 11264, 2816);
         Console.WriteLine($"// Bnb4BitGemv: decode uses {Bnb4BitGemv.DefaultVariant} for float32 compute, {Bnb4BitGemv.Int16VariantFor(matrix)?.ToString() ?? "the same"} for bfloat16 and float16");
     }
 

@@ -156,12 +156,15 @@ internal static unsafe partial class Bnb4BitGemv
             // code[q] · absmax2 + offset, the two roundings of bitsandbytes' dequantization, eight blocks at a time.
             byte* codes = (byte*)job->Absmax + first;
             var offset = Vector256.Create(job->Offset);
+            var lanes = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7);
             for (; b + 8 <= blocks; b += 8)
             {
                 var code = Avx2.GatherVector256(job->NestedCode, Avx2.ConvertToVector256Int32(codes + b), 4);
-                var outer = Avx2.ShiftRightLogical(Vector256.Create(first + b) + Vector256.Create(0L, 1, 2, 3), 8);
-                var outerHigh = Avx2.ShiftRightLogical(Vector256.Create(first + b + 4) + Vector256.Create(0L, 1, 2, 3), 8);
-                var nested = Vector256.Create(Avx2.GatherVector128(job->Nested, outer, 4), Avx2.GatherVector128(job->Nested, outerHigh, 4));
+                // Eight blocks meet at most two groups of 256 (one absmax2 each): two loads and a blend, not a gather.
+                long block = first + b;
+                int nextGroup = (int)((((block >> 8) + 1) << 8) - block);
+                var nested = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(lanes, Vector256.Create(nextGroup)).AsSingle(),
+                    Vector256.Create(job->Nested[(block + 7) >> 8]), Vector256.Create(job->Nested[block >> 8]));
                 ((code * nested + offset) * Vector256.Load(inverse + b)).Store(scales + b);
             }
         }
