@@ -141,6 +141,10 @@ internal static unsafe partial class Bnb4BitGemv
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void RowScales(Job* job, long start, float* scales) => RowScales(job, start, job->InverseScales, scales);
 
+    /// <param name="job">The call.</param>
+    /// <param name="start">The row's first element (a multiple of 64).</param>
+    /// <param name="inverse">Each block's activation scale, or null for the plain block scales (the float variants).</param>
+    /// <param name="scales">Where each block's product goes.</param>
     private static void RowScales(Job* job, long start, float* inverse, float* scales)
     {
         long first = start / BlockSize;
@@ -149,7 +153,7 @@ internal static unsafe partial class Bnb4BitGemv
         {
             float* absmax = (float*)job->Absmax + first;
             for (; Vector256.IsHardwareAccelerated && b + 8 <= blocks; b += 8)
-                (Vector256.Load(absmax + b) * Vector256.Load(inverse + b)).Store(scales + b);
+                (Vector256.Load(absmax + b) * (inverse == null ? Vector256<float>.One : Vector256.Load(inverse + b))).Store(scales + b);
         }
         else if (Avx2.IsSupported)
         {
@@ -165,10 +169,10 @@ internal static unsafe partial class Bnb4BitGemv
                 int nextGroup = (int)((((block >> 8) + 1) << 8) - block);
                 var nested = Vector256.ConditionalSelect(Vector256.GreaterThanOrEqual(lanes, Vector256.Create(nextGroup)).AsSingle(),
                     Vector256.Create(job->Nested[(block + 7) >> 8]), Vector256.Create(job->Nested[block >> 8]));
-                ((code * nested + offset) * Vector256.Load(inverse + b)).Store(scales + b);
+                ((code * nested + offset) * (inverse == null ? Vector256<float>.One : Vector256.Load(inverse + b))).Store(scales + b);
             }
         }
-        for (; b < blocks; b++) scales[b] = Scale(job, first + b) * inverse[b];
+        for (; b < blocks; b++) scales[b] = Scale(job, first + b) * (inverse == null ? 1f : inverse[b]);
     }
 
     /// <summary>

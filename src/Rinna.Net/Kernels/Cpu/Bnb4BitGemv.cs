@@ -218,26 +218,30 @@ internal static unsafe partial class Bnb4BitGemv
     private static void RunRows(void* state)
     {
         var job = (Job*)state;
+        bool ahead = ScalesAhead(job);
+        float* buffer = stackalloc float[ahead ? job->Columns / BlockSize : 1];
+        float* scales = ahead ? buffer : null;
         while (job->Claims.TryClaim(out int first, out int end))
         {
             // The portable integer variant has one loop for one activation row and several.
             if (job->ActivationRows > 1 || job->Variant == Bnb4BitGemvVariant.Vector128Int16)
             {
-                RunRowsOfSeveral(job, first, end);
+                RunRowsOfSeveral(job, first, end, scales);
                 continue;
             }
             for (int row = first; row < end; row++)
             {
                 long start = (long)row * job->Columns;
+                if (scales != null) RowScales(job, start, null, scales);
                 float value = job->Variant switch
                 {
                     Bnb4BitGemvVariant.Avx512Int16 => RowInt16Avx512(job, start),
                     Bnb4BitGemvVariant.Avx2Int16 => RowInt16Avx2(job, start),
                     _ when !job->Grouped => RowScalar(job, start),
-                    Bnb4BitGemvVariant.Avx512 => Row512(job, start),
-                    Bnb4BitGemvVariant.Avx2 => RowAvx2(job, start),
-                    Bnb4BitGemvVariant.Vector256 => Row256(job, start),
-                    _ => Row128(job, start),
+                    Bnb4BitGemvVariant.Avx512 => Row512(job, start, scales),
+                    Bnb4BitGemvVariant.Avx2 => RowAvx2(job, start, scales),
+                    Bnb4BitGemvVariant.Vector256 => Row256(job, start, scales),
+                    _ => Row128(job, start, scales),
                 };
                 if (job->Bias != null) value += job->Bias[row];
                 if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
@@ -247,20 +251,21 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>Weight rows <c>[first, end)</c> against every activation row (the integer, AVX-512 and AVX2 variants; the portable integer one always).</summary>
-    private static void RunRowsOfSeveral(Job* job, int first, int end)
+    private static void RunRowsOfSeveral(Job* job, int first, int end, float* scales)
     {
         int activationRows = job->ActivationRows;
         float* values = stackalloc float[MaxActivationRows];
         for (int row = first; row < end; row++)
         {
             long start = (long)row * job->Columns;
+            if (scales != null) RowScales(job, start, null, scales);
             switch (job->Variant)
             {
                 case Bnb4BitGemvVariant.Avx512Int16: RowsInt16Avx512(job, start, values); break;
                 case Bnb4BitGemvVariant.Avx2Int16: RowsInt16Avx2(job, start, values); break;
                 case Bnb4BitGemvVariant.Vector128Int16: RowsInt16Vector128(job, start, values); break;
-                case Bnb4BitGemvVariant.Avx512: Rows512(job, start, values); break;
-                default: RowsAvx2(job, start, values); break;
+                case Bnb4BitGemvVariant.Avx512: Rows512(job, start, values, scales); break;
+                default: RowsAvx2(job, start, values, scales); break;
             }
             for (int r = 0; r < activationRows; r++)
             {
@@ -272,6 +277,19 @@ internal static unsafe partial class Bnb4BitGemv
             }
         }
     }
+
+    /// <summary>
+    /// Whether each row's block scales are worked out ahead of a float variant's loop: with double quantization each
+    /// takes three dependent loads, as many instructions as the block's products, and eight at a time on vectors take
+    /// one each (rows must start blocks).
+    /// </summary>
+    private static bool ScalesAhead(Job* job) => job->Nested != null && job->Grouped && !IsInt16(job->Variant)
+        && job->Columns % BlockSize == 0 && job->Columns <= MaxInt16Columns;
+
+    /// <summary>The scale of the block holding column <paramref name="column"/> of the row at <paramref name="start"/>: from <paramref name="scales"/> when worked out ahead.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float BlockScale(Job* job, float* scales, long start, int column)
+        => scales != null ? scales[column >> 6] : Scale(job, (start + column) >> 6);
 
     /// <summary>The float32 scale of block <paramref name="block"/>: stored, or <c>code[q] · absmax2 + offset</c> (two roundings, as bitsandbytes).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -309,7 +327,7 @@ internal static unsafe partial class Bnb4BitGemv
     /// <c>vpermps</c> reads only the low 4 bits of each lane, so the odd weights need no mask.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Row512(Job* job, long start)
+    private static float Row512(Job* job, long start, float* scales)
     {
         var table = Avx512F.LoadVector512(job->Code);
         Vector512<float> total0 = Vector512<float>.Zero, total1 = Vector512<float>.Zero;
@@ -324,15 +342,15 @@ internal static unsafe partial class Bnb4BitGemv
             var sum1 = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(second, 4)), Avx512F.LoadVector512(x + g + Group));
             sum0 = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, first), Avx512F.LoadVector512(x + g + 16), sum0);
             sum1 = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, second), Avx512F.LoadVector512(x + g + Group + 16), sum1);
-            total0 = Avx512F.FusedMultiplyAdd(sum0, Vector512.Create(Scale(job, (start + g) >> 6)), total0);
-            total1 = Avx512F.FusedMultiplyAdd(sum1, Vector512.Create(Scale(job, (start + g + Group) >> 6)), total1);
+            total0 = Avx512F.FusedMultiplyAdd(sum0, Vector512.Create(BlockScale(job, scales, start, g)), total0);
+            total1 = Avx512F.FusedMultiplyAdd(sum1, Vector512.Create(BlockScale(job, scales, start, g + Group)), total1);
         }
         if (g < columns)
         {
             var last = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
             var sum = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(last, 4)), Avx512F.LoadVector512(x + g));
             sum = Avx512F.FusedMultiplyAdd(Avx512F.PermuteVar16x32(table, last), Avx512F.LoadVector512(x + g + 16), sum);
-            total0 = Avx512F.FusedMultiplyAdd(sum, Vector512.Create(Scale(job, (start + g) >> 6)), total0);
+            total0 = Avx512F.FusedMultiplyAdd(sum, Vector512.Create(BlockScale(job, scales, start, g)), total0);
         }
         return Vector512.Sum(total0 + total1);
     }
@@ -342,7 +360,7 @@ internal static unsafe partial class Bnb4BitGemv
     /// lane from two 8-entry halves of the code book, and bit 3, shifted into the sign, picks the half.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float RowAvx2(Job* job, long start)
+    private static float RowAvx2(Job* job, long start, float* scales)
     {
         var lower = Avx.LoadVector256(job->Code);
         var upper = Avx.LoadVector256(job->Code + 8);
@@ -357,7 +375,7 @@ internal static unsafe partial class Bnb4BitGemv
             var sum1 = Avx.Multiply(Lookup8(lower, upper, Avx2.ShiftRightLogical(second, 4)), Avx.LoadVector256(x + g + 8));
             sum0 = Fma.MultiplyAdd(Lookup8(lower, upper, first), Avx.LoadVector256(x + g + 16), sum0);
             sum1 = Fma.MultiplyAdd(Lookup8(lower, upper, second), Avx.LoadVector256(x + g + 24), sum1);
-            total = Fma.MultiplyAdd(Avx.Add(sum0, sum1), Vector256.Create(Scale(job, (start + g) >> 6)), total);
+            total = Fma.MultiplyAdd(Avx.Add(sum0, sum1), Vector256.Create(BlockScale(job, scales, start, g)), total);
         }
         return Vector256.Sum(total);
     }
@@ -367,7 +385,7 @@ internal static unsafe partial class Bnb4BitGemv
     /// row in the same order as <see cref="Row512"/>, so each row gets exactly what it gets alone.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Rows512(Job* job, long start, float* values)
+    private static void Rows512(Job* job, long start, float* values, float* scales)
     {
         int columns = job->Columns, activationRows = job->ActivationRows, g = 0;
         var totals = stackalloc Vector512<float>[2 * MaxActivationRows];
@@ -380,11 +398,11 @@ internal static unsafe partial class Bnb4BitGemv
             var first = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
             var firstHigh = Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(first, 4));
             var firstLow = Avx512F.PermuteVar16x32(table, first);
-            var firstScale = Vector512.Create(Scale(job, (start + g) >> 6));
+            var firstScale = Vector512.Create(BlockScale(job, scales, start, g));
             var second = whole ? Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2 + Group / 2)) : default;
             var secondHigh = Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(second, 4));
             var secondLow = Avx512F.PermuteVar16x32(table, second);
-            var secondScale = whole ? Vector512.Create(Scale(job, (start + g + Group) >> 6)) : default;
+            var secondScale = whole ? Vector512.Create(BlockScale(job, scales, start, g + Group)) : default;
             for (int r = 0; r < activationRows; r++)
             {
                 float* x = job->Input + (long)r * columns + g;
@@ -400,7 +418,7 @@ internal static unsafe partial class Bnb4BitGemv
 
     /// <summary><see cref="RowAvx2"/> for every activation row at once (see <see cref="Rows512"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void RowsAvx2(Job* job, long start, float* values)
+    private static void RowsAvx2(Job* job, long start, float* values, float* scales)
     {
         int columns = job->Columns, activationRows = job->ActivationRows;
         var totals = stackalloc Vector256<float>[MaxActivationRows];
@@ -416,7 +434,7 @@ internal static unsafe partial class Bnb4BitGemv
             var secondHigh = Lookup8(lower, upper, Avx2.ShiftRightLogical(second, 4));
             var firstLow = Lookup8(lower, upper, first);
             var secondLow = Lookup8(lower, upper, second);
-            var scale = Vector256.Create(Scale(job, (start + g) >> 6));
+            var scale = Vector256.Create(BlockScale(job, scales, start, g));
             for (int r = 0; r < activationRows; r++)
             {
                 float* x = job->Input + (long)r * columns + g;
@@ -433,7 +451,7 @@ internal static unsafe partial class Bnb4BitGemv
         => Avx.BlendVariable(Avx2.PermuteVar8x32(lower, index), Avx2.PermuteVar8x32(upper, index), Avx2.ShiftLeftLogical(index, 28).AsSingle());
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Row256(Job* job, long start)
+    private static float Row256(Job* job, long start, float* scales)
     {
         var lower = Vector256.Load(job->Code);
         var upper = Vector256.Load(job->Code + 8);
@@ -452,7 +470,7 @@ internal static unsafe partial class Bnb4BitGemv
             sum = Vector256.FusedMultiplyAdd(Lookup(lower, upper, Vector256.WidenUpper(highWide)), Vector256.Load(x + g + 8), sum);
             sum = Vector256.FusedMultiplyAdd(Lookup(lower, upper, Vector256.WidenLower(lowWide)), Vector256.Load(x + g + 16), sum);
             sum = Vector256.FusedMultiplyAdd(Lookup(lower, upper, Vector256.WidenUpper(lowWide)), Vector256.Load(x + g + 24), sum);
-            total = Vector256.FusedMultiplyAdd(sum, Vector256.Create(Scale(job, at >> 6)), total);
+            total = Vector256.FusedMultiplyAdd(sum, Vector256.Create(BlockScale(job, scales, start, g)), total);
         }
         return Vector256.Sum(total);
     }
@@ -468,7 +486,7 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Row128(Job* job, long start)
+    private static float Row128(Job* job, long start, float* scales)
     {
         var q0 = Vector128.Load(job->Code);
         var q1 = Vector128.Load(job->Code + 4);
@@ -488,7 +506,7 @@ internal static unsafe partial class Bnb4BitGemv
             sum = Half(q0, q1, q2, q3, Vector128.WidenUpper(high), x + g + 8, sum);
             sum = Half(q0, q1, q2, q3, Vector128.WidenLower(low), x + g + 16, sum);
             sum = Half(q0, q1, q2, q3, Vector128.WidenUpper(low), x + g + 24, sum);
-            total = Vector128.FusedMultiplyAdd(sum, Vector128.Create(Scale(job, at >> 6)), total);
+            total = Vector128.FusedMultiplyAdd(sum, Vector128.Create(BlockScale(job, scales, start, g)), total);
         }
         return Vector128.Sum(total);
     }
