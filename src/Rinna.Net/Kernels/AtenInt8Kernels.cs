@@ -85,12 +85,30 @@ internal static class AtenInt8Kernels
     /// <param name="threshold">Outlier threshold; zero or less means pure int8.</param>
     internal static Tensor Linear(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold)
     {
+        if (TryLinearFewRows(x, weight, weightScale, bias, threshold, gelu: false, residual: null, out var managed)) return managed;
+        return IsScriptAvailable && IntMmAccepts(weight)
+            ? ScriptLinear(x, weight, weightScale, bias, threshold)
+            : FallbackLinear(x, weight, weightScale, bias, threshold);
+    }
+
+    /// <summary>
+    /// <see cref="Linear"/> for CPU rows that take the managed steps around the product, with the exact GELU
+    /// (<paramref name="gelu"/>) and a <paramref name="residual"/> <c>[M, N]</c> of x's dtype applied in the rescale's pass,
+    /// each rounded to x's dtype as the separate libtorch operations would; false, doing nothing, for any other input.
+    /// </summary>
+    internal static bool TryLinearFewRows(Tensor x, Tensor weight, Tensor weightScale, Tensor? bias, double threshold, bool gelu, Tensor? residual,
+        out Tensor result)
+    {
+        result = null!;
         bool script = IsScriptAvailable && IntMmAccepts(weight);
         // One row takes the managed steps around either product; a few rows only around the managed one, since the
         // script computes those steps for all rows in about the same time as for one. Where Int8Gemv is preferred it
         // also takes the few rows of a batched step: on CPUs without VNNI _int_mm is compute-bound for them as for one
         // row, and on the VNNI machine an 8-row step of rinna-4b-L4 measured the same either way (benchmarks/RESULTS.md).
         bool managedProduct = Int8Gemv.IsPreferredForDecode && x.size(0) <= Int8Gemv.MaxRows;
+        if (residual is not null && (residual.device_type != TorchSharp.DeviceType.CPU || !residual.is_contiguous() || residual.dtype != x.dtype
+            || x.dim() != 2 || residual.numel() != x.size(0) * weight.size(0)))
+            return false;
         Span<float> scales = stackalloc float[Int8Gemv.MaxRows];
         if ((managedProduct || (script && x.size(0) == 1)) && RowwiseInt8.TryQuantize(x, threshold, out var quantized, scales))
         {
@@ -100,10 +118,13 @@ internal static class AtenInt8Kernels
                     : script ? Product(quantized, weight) : null;
                 if (accumulator is not null)
                     using (accumulator)
-                        return RowwiseInt8.Rescale(accumulator, scales[..(int)x.size(0)], weightScale, bias, x.dtype);
+                    {
+                        result = RowwiseInt8.Rescale(accumulator, scales[..(int)x.size(0)], weightScale, bias, x.dtype, gelu, residual);
+                        return true;
+                    }
             }
         }
-        return script ? ScriptLinear(x, weight, weightScale, bias, threshold) : FallbackLinear(x, weight, weightScale, bias, threshold);
+        return false;
     }
 
     /// <summary>The integer product alone, <c>_int_mm(xq, weightᵀ)</c> (int8 → int32); throws when the script is unavailable.</summary>

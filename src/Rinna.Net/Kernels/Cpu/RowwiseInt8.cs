@@ -22,7 +22,7 @@ internal static class RowwiseInt8
 {
     /// <summary>
     /// Quantizes contiguous CPU rows <c>[M, K]</c> (1 ≤ M ≤ <see cref="Int8Gemv.MaxRows"/>) of bfloat16 or float32
-    /// activations (the dtypes <see cref="Rescale(Tensor, ReadOnlySpan{float}, Tensor, Tensor?, ScalarType)"/> produces), each
+    /// activations (the dtypes <see cref="Rescale(Tensor, ReadOnlySpan{float}, Tensor, Tensor?, ScalarType, bool, Tensor?)"/> produces), each
     /// <c>round(x / scale)</c> with its own <c>scale = max(absmax, 1e-30) / 127</c>. Returns false, doing nothing, when
     /// the rows are not ones this path takes or when <paramref name="threshold"/> is positive and some magnitude exceeds it
     /// (the outlier decomposition is needed). Row m's scale goes to <c>scales[m]</c>; the caller's span (a stack buffer
@@ -63,9 +63,12 @@ internal static class RowwiseInt8
 
     /// <summary>
     /// <c>accumulator · (scale · weightScale) + bias</c> as <paramref name="dtype"/> (bfloat16 or float32), for the int32
-    /// accumulator <c>[M, N]</c> of M rows, row m with <c>scales[m]</c>.
+    /// accumulator <c>[M, N]</c> of M rows, row m with <c>scales[m]</c>; then, where asked, the exact GELU and a
+    /// <paramref name="residual"/> (contiguous <c>[M, N]</c> of <paramref name="dtype"/>), each step rounded to the dtype
+    /// as separate libtorch operations round (the GELU's erf may differ in its last float32 bit, <see cref="ExactGelu"/>).
     /// </summary>
-    public static Tensor Rescale(Tensor accumulator, ReadOnlySpan<float> scales, Tensor weightScale, Tensor? bias, ScalarType dtype)
+    public static Tensor Rescale(Tensor accumulator, ReadOnlySpan<float> scales, Tensor weightScale, Tensor? bias, ScalarType dtype,
+        bool gelu = false, Tensor? residual = null)
     {
         int rows = (int)accumulator.size(0), length = checked((int)accumulator.size(1));
         var acc = MemoryMarshal.Cast<byte, int>(accumulator.bytes);
@@ -73,15 +76,44 @@ internal static class RowwiseInt8
         var shift = bias is null ? default : MemoryMarshal.Cast<byte, float>(bias.bytes);
         var result = empty(rows, length, dtype: dtype);
         var output = result.bytes;
+        var added = residual is null ? default : residual.bytes;
+        bool bfloat16 = dtype != ScalarType.Float32;
+        Span<float> block = stackalloc float[256];
         for (int r = 0; r < rows; r++)
-        {
-            var rowAcc = acc.Slice(r * length, length);
-            if (dtype == ScalarType.Float32)
-                Rescale(rowAcc, scales[r], rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, float>(output).Slice(r * length, length));
-            else
-                RescaleToBFloat16(rowAcc, scales[r], rowScale, shift, bias is not null, MemoryMarshal.Cast<byte, ushort>(output).Slice(r * length, length));
-        }
+            for (int start = 0; start < length; start += block.Length)
+            {
+                int count = Math.Min(block.Length, length - start), at = r * length + start;
+                var values = block[..count];
+                Rescale(acc.Slice(at, count), scales[r], rowScale.Slice(start, count), bias is null ? default : shift.Slice(start, count), bias is not null, values);
+                if (gelu)
+                {
+                    if (bfloat16) RoundTrip(values);
+                    ExactGelu.Apply(values);
+                }
+                if (residual is not null)
+                {
+                    if (bfloat16)
+                    {
+                        RoundTrip(values);
+                        var summand = MemoryMarshal.Cast<byte, ushort>(added).Slice(at, count);
+                        for (int i = 0; i < count; i++) values[i] += BFloat16Bits.Widen(summand[i]);
+                    }
+                    else
+                    {
+                        var summand = MemoryMarshal.Cast<byte, float>(added).Slice(at, count);
+                        for (int i = 0; i < count; i++) values[i] += summand[i];
+                    }
+                }
+                if (bfloat16) NarrowToBFloat16(values, MemoryMarshal.Cast<byte, ushort>(output).Slice(at, count));
+                else values.CopyTo(MemoryMarshal.Cast<byte, float>(output).Slice(at, count));
+            }
         return result;
+    }
+
+    /// <summary>Each value as bfloat16 holds it: what a libtorch operation returning bfloat16 passes to the next.</summary>
+    private static void RoundTrip(Span<float> values)
+    {
+        for (int i = 0; i < values.Length; i++) values[i] = BFloat16Bits.Widen(BFloat16Bits.Round(values[i]));
     }
 
     private static float AbsMax(ReadOnlySpan<float> values)
@@ -137,19 +169,7 @@ internal static class RowwiseInt8
         }
     }
 
-    /// <summary><see cref="Rescale(ReadOnlySpan{int}, float, ReadOnlySpan{float}, ReadOnlySpan{float}, bool, Span{float})"/>, then float32 → bfloat16 with round-to-nearest-even as c10::BFloat16 converts (NaN stays NaN).</summary>
-    private static void RescaleToBFloat16(ReadOnlySpan<int> acc, float scale, ReadOnlySpan<float> rowScale, ReadOnlySpan<float> bias, bool hasBias, Span<ushort> destination)
-    {
-        Span<float> block = stackalloc float[256];
-        for (int start = 0; start < acc.Length; start += block.Length)
-        {
-            int count = Math.Min(block.Length, acc.Length - start);
-            var values = block[..count];
-            Rescale(acc.Slice(start, count), scale, rowScale.Slice(start, count), hasBias ? bias.Slice(start, count) : default, hasBias, values);
-            NarrowToBFloat16(values, destination.Slice(start, count));
-        }
-    }
-
+    /// <summary>float32 → bfloat16 with round-to-nearest-even as c10::BFloat16 converts (NaN stays NaN).</summary>
     private static void NarrowToBFloat16(ReadOnlySpan<float> source, Span<ushort> destination)
     {
         int i = 0, width = Vector256<ushort>.Count;

@@ -130,6 +130,25 @@ public sealed class Int8Linear : LinearLayer
         return output.reshape(outputShape).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// <c>activation(x · Wᵀ + b) + residual</c>: a decode step's rows (those the managed steps around the product take)
+    /// with no activation or the exact GELU apply both in the rescale's pass, without the two libtorch calls (oneDNN
+    /// builds a GELU primitive per call); anything else as the separate operations.
+    /// </summary>
+    internal override Tensor Forward(Tensor x, Activation activation, Tensor? residual = null)
+    {
+        if (activation is Activation.Identity or Activation.Gelu && x.dim() > 0 && x.size(-1) == InFeatures && x.is_floating_point()
+            && (residual is null || residual.numel() == x.numel() / InFeatures * OutFeatures))
+        {
+            using var scope = NewDisposeScope();
+            var rows = x.reshape(-1, InFeatures);
+            if (rows.size(0) > 0 && AtenInt8Kernels.TryLinearFewRows(rows, weight, weightScale, bias, Threshold, activation == Activation.Gelu,
+                    residual?.reshape(rows.size(0), OutFeatures), out var fused))
+                return fused.reshape(TensorShapes.WithLastDimension(x, OutFeatures)).MoveToOuterDisposeScope();
+        }
+        return base.Forward(x, activation, residual);
+    }
+
     /// <summary>Keeps int8 weights and float32 scales whatever dtype the model is converted to.</summary>
     protected override nn.Module _to(ScalarType dtype, bool non_blocking) => this;
 

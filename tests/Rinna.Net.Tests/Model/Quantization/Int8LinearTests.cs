@@ -1,4 +1,5 @@
 using Rinna.Net.Kernels;
+using Rinna.Net.Model.Layers;
 using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Quantization;
 using Rinna.Net.Native;
@@ -275,6 +276,42 @@ public class Int8LinearTests
             var script = AtenInt8Kernels.ScriptLinear(rows, layer.Weight, layer.WeightScale, layer.Bias, threshold);
             Assert.True(managed.equal(script).all().item<bool>(), $"three rows, threshold {threshold}");
         }
+    }
+
+    /// <summary>
+    /// A decode step's GELU and residual applied in the rescale's pass equal libtorch's separate operations: the residual
+    /// bit for bit, the GELU within its last bit (its erf is another approximation), in bfloat16 and float32, one row and several.
+    /// </summary>
+    [Theory]
+    [InlineData(1, ScalarType.BFloat16)]
+    [InlineData(3, ScalarType.BFloat16)]
+    [InlineData(1, ScalarType.Float32)]
+    [InlineData(5, ScalarType.Float32)]
+    public void GeluAndResidualInTheRescaleEqualTheSeparateOperations(int rows, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)(rows * 7 + (int)dtype));
+        using var layer = new Int8Linear(randn(600, 320, generator: gen) * 0.05, randn(600, generator: gen));
+        var x = randn(rows, 320, generator: gen).mul_(2.0).to(dtype);
+        var residual = randn(rows, 600, generator: gen).to(dtype);
+        var product = layer.call(x);
+
+        var added = layer.Forward(x, Activation.Identity, residual);
+        Assert.True(added.equal(product + residual).all().item<bool>(), "the residual changed bits");
+
+        var expected = TorchSharp.torch.nn.functional.gelu(product).to(ScalarType.Float32);
+        var activated = layer.Forward(x, Activation.Gelu).to(ScalarType.Float32);
+        // As for Float16Gemv: one unit in the dtype's last place, or a few float32 units of 1 + erf times x / 2 in the tail.
+        double unit = dtype == ScalarType.BFloat16 ? Math.Pow(2, -7) : Math.Pow(2, -22);
+        var excess = (activated - expected).abs() - expected.abs().mul(unit) - product.to(ScalarType.Float32).abs().mul(8 * Math.Pow(2, -24));
+        Assert.True(excess.max().item<float>() <= 0, $"a GELU differs from libtorch's by {excess.max().item<float>()} more than allowed");
+        // In bfloat16 the rounding hides the approximations' difference almost always (in float32 it shows in the last bits).
+        if (dtype == ScalarType.BFloat16)
+            Assert.True(activated.ne(expected).sum().item<long>() <= rows * 600 / 20, "more than one GELU in twenty differs from libtorch's");
+
+        var both = layer.Forward(x, Activation.Gelu, residual).to(ScalarType.Float32);
+        var separate = (layer.Forward(x, Activation.Gelu) + residual).to(ScalarType.Float32);
+        Assert.True(both.equal(separate).all().item<bool>(), "GELU then residual is not the two steps one after the other");
     }
 
     [Fact]
