@@ -69,6 +69,17 @@ public static class BenchmarkCheckpoints
                 LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4, Bnb4BitComputeDtype = TorchDtype.BFloat16, SkipModules = [],
             },
         },
+        // Nf4All with double quantization (bnb_4bit_use_double_quant=True, QLoRA's setting): each block's scale is 8-bit
+        // with a float32 scale per 256 blocks, 4.13 bits a weight against Q4_0's 4.5 (on request: RINNA_BENCH_DTYPES).
+        "Nf4AllDq" => new ModelLoadOptions
+        {
+            TorchDtype = TorchDtype.Float16,
+            QuantizationConfig = new QuantizationConfig
+            {
+                LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4, Bnb4BitComputeDtype = TorchDtype.BFloat16,
+                Bnb4BitUseDoubleQuant = true, SkipModules = [],
+            },
+        },
         // The same 4-bit weights computing in float32 (bitsandbytes' default compute dtype): decode through the exact
         // float32 GEMV instead of the integer one, for a baseline in the same run (on request: RINNA_BENCH_DTYPES).
         "Nf4Float32" => new ModelLoadOptions
