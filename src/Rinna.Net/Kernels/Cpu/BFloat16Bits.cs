@@ -15,6 +15,9 @@ internal static class BFloat16Bits
         return float.IsNaN(value) ? (ushort)0x7FC0 : (ushort)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
     }
 
+    /// <summary>The value as bfloat16 holds it, widened back: what a libtorch operation returning bfloat16 passes to the next.</summary>
+    public static float RoundTrip(float value) => Widen(Round(value));
+
     /// <summary>A run of bfloat16 values → float32, vectorized.</summary>
     public static void Widen(ReadOnlySpan<ushort> source, Span<float> destination)
     {

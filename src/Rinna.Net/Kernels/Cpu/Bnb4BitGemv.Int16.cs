@@ -141,6 +141,13 @@ internal static unsafe partial class Bnb4BitGemv
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void RowScales(Job* job, long start, float* scales) => RowScales(job, start, job->InverseScales, scales);
 
+    /// <summary><see cref="RowScales(Job*, long, float*)"/> for each activation row, one after another in <paramref name="scales"/>.</summary>
+    private static void ActivationRowScales(Job* job, long start, float* scales)
+    {
+        int blocks = job->Columns / BlockSize;
+        for (int r = 0; r < job->ActivationRows; r++) RowScales(job, start, job->InverseScales + r * blocks, scales + r * blocks);
+    }
+
     /// <param name="job">The call.</param>
     /// <param name="start">The row's first element (a multiple of 64).</param>
     /// <param name="inverse">Each block's activation scale, or null for the plain block scales (the float variants).</param>
@@ -235,7 +242,7 @@ internal static unsafe partial class Bnb4BitGemv
     {
         int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
         float* scales = stackalloc float[activationRows * blocks];
-        for (int r = 0; r < activationRows; r++) RowScales(job, start, job->InverseScales + r * blocks, scales + r * blocks);
+        ActivationRowScales(job, start, scales);
         var totals = stackalloc Vector512<float>[2 * activationRows];
         for (int r = 0; r < 2 * activationRows; r++) totals[r] = Vector512<float>.Zero;
         var table = Vector512.Load(job->Table16);
@@ -264,7 +271,7 @@ internal static unsafe partial class Bnb4BitGemv
     {
         int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
         float* scales = stackalloc float[activationRows * blocks];
-        for (int r = 0; r < activationRows; r++) RowScales(job, start, job->InverseScales + r * blocks, scales + r * blocks);
+        ActivationRowScales(job, start, scales);
         var totals = stackalloc Vector256<float>[activationRows];
         for (int r = 0; r < activationRows; r++) totals[r] = Vector256<float>.Zero;
         var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
@@ -295,7 +302,7 @@ internal static unsafe partial class Bnb4BitGemv
     {
         int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
         float* scales = stackalloc float[activationRows * blocks];
-        for (int r = 0; r < activationRows; r++) RowScales(job, start, job->InverseScales + r * blocks, scales + r * blocks);
+        ActivationRowScales(job, start, scales);
         var totals = stackalloc Vector128<float>[activationRows];
         for (int r = 0; r < activationRows; r++) totals[r] = Vector128<float>.Zero;
         var lowBytes = Vector128.Load((byte*)job->Table16 + 64);

@@ -268,7 +268,7 @@ internal static unsafe class Float16Gemv
     }
 
     /// <summary>The value as the output dtype holds it: what a libtorch operation returning bfloat16 would pass to the next.</summary>
-    internal static float ToOutput(float value, bool bfloat16) => bfloat16 ? BFloat16Bits.Widen(BFloat16Bits.Round(value)) : value;
+    internal static float ToOutput(float value, bool bfloat16) => bfloat16 ? BFloat16Bits.RoundTrip(value) : value;
 
     /// <summary>Σ w·x over one weight row: with <see cref="ScaledWidening"/> in the scaled domain (a result of <c>w · x · 2⁻⁵⁶</c>).</summary>
     private static float Dot<TWidening>(Float16GemvVariant variant, ushort* weight, float* input, int columns) where TWidening : IWidening => variant switch

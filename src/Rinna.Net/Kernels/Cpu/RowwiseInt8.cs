@@ -110,10 +110,10 @@ internal static class RowwiseInt8
         return result;
     }
 
-    /// <summary>Each value as bfloat16 holds it: what a libtorch operation returning bfloat16 passes to the next.</summary>
+    /// <summary>Each value as bfloat16 holds it (<see cref="BFloat16Bits.RoundTrip"/>).</summary>
     private static void RoundTrip(Span<float> values)
     {
-        for (int i = 0; i < values.Length; i++) values[i] = BFloat16Bits.Widen(BFloat16Bits.Round(values[i]));
+        for (int i = 0; i < values.Length; i++) values[i] = BFloat16Bits.RoundTrip(values[i]);
     }
 
     private static float AbsMax(ReadOnlySpan<float> values)
