@@ -190,6 +190,16 @@ public sealed class GptNeoXForCausalLM : nn.Module
         return embed_out.call(last.to(HeadDevice)).to(ScalarType.Float32).select(0, 0).MoveToOuterDisposeScope();
     }
 
+    /// <summary>Whether decode steps may run each layer as one managed pass where it applies (on by default); tests switch it off to compare.</summary>
+    internal bool UsesDecodePass
+    {
+        get => gpt_neox.Layers.All(l => l.UsesDecodePass);
+        set { foreach (var layer in gpt_neox.Layers) layer.UsesDecodePass = value; }
+    }
+
+    /// <summary>Each layer's decode pass, where its parts allow one (for tests).</summary>
+    internal IReadOnlyList<Float16DecodeLayer> DecodePasses => gpt_neox.Layers.Select(l => l.DecodePass).OfType<Float16DecodeLayer>().ToArray();
+
     /// <summary>Builds the additive attention bias HF uses for a 2-D padding mask: 0 where attended, the dtype's minimum where masked.</summary>
     internal static Tensor PaddingBias(Tensor attentionMask) =>
         (1.0f - attentionMask.to(ScalarType.Float32)).mul_(float.MinValue).unsqueeze(1).unsqueeze(1);
@@ -218,6 +228,8 @@ internal sealed class GptNeoXModel : nn.Module
     }
 
     public Embedding EmbedIn => embed_in;
+
+    public IEnumerable<GptNeoXLayer> Layers => layers;
 
     public IEnumerable<KeyValuePair<string, string>> DeviceMap =>
         new[] { new KeyValuePair<string, string>("gpt_neox.embed_in", embed_in.Weight.device.ToString()) }
@@ -385,6 +397,7 @@ internal sealed class GptNeoXLayer : nn.Module
     private readonly GptNeoXAttention attention;
     private readonly GptNeoXMlp mlp;
     private readonly bool useParallelResidual;
+    private readonly Float16DecodeLayer? decodePass;
 
     public GptNeoXLayer(GptNeoXConfig config, ParameterSource source) : base("layer")
     {
@@ -397,20 +410,38 @@ internal sealed class GptNeoXLayer : nn.Module
         register_module("post_attention_layernorm", post_attention_layernorm);
         register_module("attention", attention);
         register_module("mlp", mlp);
+        decodePass = Float16DecodeLayer.For(config, input_layernorm, post_attention_layernorm, attention.QueryKeyValue, attention.Dense,
+            mlp.Up, mlp.Down, mlp.Activation);
     }
 
     public Device Device => input_layernorm.Weight.device;
 
+    /// <summary>Whether a decode step may run as one managed pass (<see cref="Float16DecodeLayer"/>) where it applies; tests switch it off.</summary>
+    public bool UsesDecodePass { get; set; } = true;
+
+    /// <summary>The layer's decode pass, or <c>null</c> where its parts rule one out.</summary>
+    public Float16DecodeLayer? DecodePass => decodePass;
+
     public Tensor Forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? paddingBias, KeyValueCache? cache, int index, int past)
     {
+        // One sequence's next token on the CPU: the whole layer in one pass where it qualifies; the math below is the reference.
+        if (paddingBias is null && cache is not null && UsesDecodePass && decodePass is not null
+            && decodePass.TryForward(hidden, cos, sin, cache, index, past, out var decoded))
+            return decoded;
         var device = Device;
         return Forward(hidden, (x, residual) =>
             attention.Forward(x, cos.to(device), sin.to(device), paddingBias?.to(device), cache, index, past, residual));
     }
 
     /// <summary>The block for rows with their own caches: the same math, attention row by row.</summary>
-    public Tensor ForwardRows(Tensor hidden, AttentionBatch rows, int index) =>
-        Forward(hidden, (x, residual) => attention.ForwardRows(x, rows, index, residual));
+    public Tensor ForwardRows(Tensor hidden, AttentionBatch rows, int index)
+    {
+        // A lone row (one request being served) is a decode step of one sequence.
+        if (rows.Rows is [{ PaddingBias: null } row] && UsesDecodePass && decodePass is not null
+            && decodePass.TryForward(hidden, row.Cos, row.Sin, row.Cache, index, row.Cache.Length, out var decoded))
+            return decoded;
+        return Forward(hidden, (x, residual) => attention.ForwardRows(x, rows, index, residual));
+    }
 
     /// <summary>The block for rows packed side by side: the same math, attention row by row over each row's own tokens.</summary>
     public Tensor ForwardPacked(Tensor hidden, IReadOnlyList<PackedRow> rows, int index) =>
@@ -455,6 +486,10 @@ internal sealed class GptNeoXAttention : nn.Module
         register_module("query_key_value", query_key_value);
         register_module("dense", dense);
     }
+
+    public LinearLayer QueryKeyValue => query_key_value;
+
+    public LinearLayer Dense => dense;
 
     /// <summary>Attention over <paramref name="hidden"/>, plus <paramref name="residual"/> when given.</summary>
     public Tensor Forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? paddingBias, KeyValueCache? cache, int layerIndex, int past,
@@ -574,6 +609,12 @@ internal sealed class GptNeoXMlp : nn.Module
         register_module("dense_h_to_4h", dense_h_to_4h);
         register_module("dense_4h_to_h", dense_4h_to_h);
     }
+
+    public LinearLayer Up => dense_h_to_4h;
+
+    public LinearLayer Down => dense_4h_to_h;
+
+    public Activation Activation => activation;
 
     /// <summary>The block's output for <paramref name="x"/>, plus <paramref name="residual"/> when given.</summary>
     public Tensor Forward(Tensor x, Tensor? residual) =>

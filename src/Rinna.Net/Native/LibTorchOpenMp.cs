@@ -19,13 +19,14 @@ internal static unsafe class LibTorchOpenMp
     private static readonly nint Handle = Load();
     private static readonly delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void> Parallel =
         (delegate* unmanaged<delegate* unmanaged<void*, void>, void*, uint, uint, void>)Export("GOMP_parallel");
+    private static readonly delegate* unmanaged<void> TeamBarrier = (delegate* unmanaged<void>)Export("GOMP_barrier");
     private static readonly delegate* unmanaged<int, int> PauseResourceAll = (delegate* unmanaged<int, int>)Export("omp_pause_resource_all");
 
     /// <summary>OpenMP's <c>omp_pause_soft</c>.</summary>
     private const int PauseSoft = 1;
 
     /// <summary>Whether libtorch's libgomp was found in this process.</summary>
-    public static bool IsAvailable => Parallel != null;
+    public static bool IsAvailable => Parallel != null && TeamBarrier != null;
 
     /// <summary>
     /// Runs <paramref name="body"/>(<paramref name="state"/>) once on each of <paramref name="threads"/> threads of the team
@@ -36,6 +37,12 @@ internal static unsafe class LibTorchOpenMp
         if (Parallel == null) throw new InvalidOperationException("libtorch's OpenMP runtime (libgomp) is not loaded in this process.");
         Parallel(body, state, (uint)Math.Max(1, threads), 0);
     }
+
+    /// <summary>
+    /// Inside a <see cref="Run"/> body: waits until every thread of the team has arrived (<c>#pragma omp barrier</c>), so
+    /// that one stage's results are complete before the next reads them. Every thread of the team must call it equally often.
+    /// </summary>
+    public static void Barrier() => TeamBarrier();
 
     /// <summary>
     /// Runs <paramref name="work"/> on a new thread that ends with it, for libtorch work that would otherwise run on a

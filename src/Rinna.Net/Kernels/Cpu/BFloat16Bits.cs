@@ -18,6 +18,14 @@ internal static class BFloat16Bits
     /// <summary>The value as bfloat16 holds it, widened back: what a libtorch operation returning bfloat16 passes to the next.</summary>
     public static float RoundTrip(float value) => Widen(Round(value));
 
+    /// <summary><see cref="RoundTrip(float)"/> of eight values.</summary>
+    public static Vector256<float> RoundTrip(Vector256<float> values)
+    {
+        var bits = values.AsUInt32();
+        var rounded = (bits + Vector256.Create(0x7FFFu) + ((bits >>> 16) & Vector256<uint>.One)) & Vector256.Create(0xFFFF0000u);
+        return Vector256.ConditionalSelect(Vector256.Equals(values, values), rounded.AsSingle(), Vector256.Create(Widen(0x7FC0)));
+    }
+
     /// <summary>A run of bfloat16 values → float32, vectorized.</summary>
     public static void Widen(ReadOnlySpan<ushort> source, Span<float> destination)
     {

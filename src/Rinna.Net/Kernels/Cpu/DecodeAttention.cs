@@ -27,7 +27,8 @@ internal static unsafe class DecodeAttention
     /// <summary>Longest cache handled here; the scores of one head live on the stack.</summary>
     internal const int MaxKeys = 16384;
 
-    private struct Job
+    /// <summary>One step's arguments, shared by the threads that claim its heads (also a stage of <see cref="DecodeLayer"/>).</summary>
+    internal struct Job
     {
         public void* Projected;
         public bool ProjectedIsBFloat16;
@@ -39,7 +40,7 @@ internal static unsafe class DecodeAttention
     }
 
     /// <summary>Where one batch row's cache of this layer lives: its keys and values at head 0, the distance between heads, the tokens before this one.</summary>
-    private struct CacheRow
+    internal struct CacheRow
     {
         public float* Keys;
         public byte* Values;
@@ -147,11 +148,30 @@ internal static unsafe class DecodeAttention
         store.dtype == dtype && store.device_type == TorchSharp.DeviceType.CPU && store.is_contiguous() && store.dim() == 4
         && store.size(0) == batch && store.size(1) == heads && store.size(2) >= needed && store.size(3) == headSize;
 
+    /// <summary>
+    /// The arguments of a step of one sequence (batch 1) whose cache row <paramref name="row"/> the caller keeps in place
+    /// until the step ends: the projection <c>[heads · 3 · d]</c> and the context <c>[heads · d]</c> in bfloat16.
+    /// </summary>
+    internal static Job OneRow(ushort* projected, float* cos, float* sin, CacheRow* row, ushort* context, int heads, int headSize, int rotaryDims) => new()
+    {
+        Projected = projected, ProjectedIsBFloat16 = true, Cos = cos, Sin = sin, Rows = row, Output = context,
+        Heads = heads, Units = heads, MaxKeys = row->Past + 1, HeadSize = headSize, RotaryDims = rotaryDims, Scale = 1.0f / MathF.Sqrt(headSize),
+    };
+
+    /// <summary>Where batch row 0 of a layer's cache storage (checked with <see cref="HoldsPositions"/>) lives; the tensors must outlive its use.</summary>
+    internal static CacheRow RowOf(Tensor keys, Tensor values, int past)
+    {
+        fixed (byte* keyBytes = keys.bytes)
+        fixed (byte* valueBytes = values.bytes)
+            return new CacheRow { Keys = (float*)keyBytes, Values = valueBytes, HeadStride = keys.stride(1), Past = past };
+    }
+
     [UnmanagedCallersOnly]
     private static void RunHeads(void* state) => StepHeads((Job*)state);
 
+    /// <summary>Claims heads of <paramref name="job"/> until none are left and attends over each.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void StepHeads(Job* job)
+    internal static void StepHeads(Job* job)
     {
         int d = job->HeadSize;
         float* scores = stackalloc float[job->MaxKeys];

@@ -83,7 +83,8 @@ internal static unsafe class Float16Gemv
         _ => false,
     };
 
-    private struct Job
+    /// <summary>One product's arguments, shared by the threads that claim its rows (also one stage of <see cref="DecodeLayer"/>).</summary>
+    internal struct Job
     {
         public ushort* Weight;
         public float* Input;
@@ -93,6 +94,8 @@ internal static unsafe class Float16Gemv
         public bool OutputIsBFloat16;
         public bool Gelu;
         public void* Residual;
+        /// <summary>A second residual added after the first, each sum rounded to the output dtype (a parallel-residual layer's input).</summary>
+        public void* SecondResidual;
         public int Rows;
         public int Columns;
         public RowClaims Claims;
@@ -210,6 +213,12 @@ internal static unsafe class Float16Gemv
     {
         if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(scaled);
         else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), scaled);
+        return ScaleInPlace(scaled);
+    }
+
+    /// <summary>Multiplies float32 activations by 2⁵⁶ in place; false if some |x| exceeds 2⁶⁴ or is NaN.</summary>
+    internal static bool ScaleInPlace(Span<float> scaled)
+    {
         var limit = Vector128.Create(MaxActivation);
         var up = Vector128.Create(Up);
         int c = 0;
@@ -229,10 +238,15 @@ internal static unsafe class Float16Gemv
     }
 
     [UnmanagedCallersOnly]
+    private static void RunRows(void* state) => MultiplyClaimed((Job*)state, ((Job*)state)->Input);
+
+    /// <summary>
+    /// Claims runs of <paramref name="job"/>'s rows until none are left and computes them from the scaled activations
+    /// <paramref name="input"/> (<c>x · 2⁵⁶</c>, see <see cref="ScaleInput(Tensor, Span{float})"/>), which each thread may hold in its own copy.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void RunRows(void* state)
+    internal static void MultiplyClaimed(Job* job, float* input)
     {
-        var job = (Job*)state;
         const int Block = 64;
         float* values = stackalloc float[Block];
         bool bfloat16 = job->OutputIsBFloat16;
@@ -247,8 +261,8 @@ internal static unsafe class Float16Gemv
                     int row = start + i;
                     ushort* weight = job->Weight + (long)row * job->Columns;
                     float value = (job->Widening == Float16Widening.Scaled
-                        ? Dot<ScaledWidening>(job->Variant, weight, job->Input, job->Columns)
-                        : Dot<ExactWidening>(job->Variant, weight, job->Input, job->Columns)) * Up;
+                        ? Dot<ScaledWidening>(job->Variant, weight, input, job->Columns)
+                        : Dot<ExactWidening>(job->Variant, weight, input, job->Columns)) * Up;
                     if (job->Bias != null)
                         value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
                     values[i] = job->Gelu ? ToOutput(value, bfloat16) : value;
@@ -260,6 +274,8 @@ internal static unsafe class Float16Gemv
                     float value = values[i];
                     if (job->Residual != null)
                         value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[row]) : ((float*)job->Residual)[row]);
+                    if (job->SecondResidual != null)
+                        value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->SecondResidual)[row]) : ((float*)job->SecondResidual)[row]);
                     if (bfloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
                     else ((float*)job->Output)[row] = value;
                 }

@@ -110,7 +110,7 @@ internal static class RowwiseInt8
         return result;
     }
 
-    /// <summary>Each value as bfloat16 holds it (<see cref="BFloat16Bits.RoundTrip"/>).</summary>
+    /// <summary>Each value as bfloat16 holds it (<see cref="BFloat16Bits.RoundTrip(float)"/>).</summary>
     private static void RoundTrip(Span<float> values)
     {
         for (int i = 0; i < values.Length; i++) values[i] = BFloat16Bits.RoundTrip(values[i]);

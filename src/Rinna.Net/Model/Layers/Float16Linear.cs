@@ -63,6 +63,19 @@ internal sealed class Float16Linear : LinearLayer
         if (bias is not null) register_parameter("bias", bias);
     }
 
+    /// <summary>The float16 weight <c>[out_features, in_features]</c>.</summary>
+    internal Parameter Weight => weight;
+
+    /// <summary>The bias in the model's compute dtype, or <c>null</c>.</summary>
+    internal Parameter? Bias => bias;
+
+    /// <summary>
+    /// Whether the managed GEMVs may multiply this weight: a contiguous CPU weight without infinities or NaNs (those keep
+    /// libtorch's float16 semantics). Checked at the first product, when the weight holds its values, not per token.
+    /// </summary>
+    internal bool TakesManagedGemv => managedGemv ??= weight.device_type == DeviceType.CPU && weight.is_contiguous()
+        && weight.numel() * sizeof(short) <= int.MaxValue && Float16Gemv.IsFinite(weight);
+
     /// <summary><c>x · Wᵀ + b</c> for <c>x [..., in_features]</c>, returned in <c>x</c>'s dtype.</summary>
     public override Tensor forward(Tensor x)
     {
@@ -98,9 +111,7 @@ internal sealed class Float16Linear : LinearLayer
         if (weight.device_type != DeviceType.CPU || x.dim() == 0 || x.size(-1) != columns) return false;
         long rows = x.numel() / columns;
         if (rows == 1 ? !Float16Gemv.IsSupported : rows > MultiRowGemv.MaxRows || !MultiRowGemv.SupportsFloat16) return false;
-        // A weight with infinities or NaNs keeps libtorch's float16 semantics; checked once, not per token.
-        managedGemv ??= weight.is_contiguous() && weight.numel() * sizeof(short) <= int.MaxValue && Float16Gemv.IsFinite(weight);
-        if (!managedGemv.Value) return false;
+        if (!TakesManagedGemv) return false;
         var input = x.is_contiguous() ? x : x.contiguous();
         return rows == 1
             ? Float16Gemv.TryMultiply(input, weight, bias, out output, gelu, residual)

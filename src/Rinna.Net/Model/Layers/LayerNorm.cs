@@ -25,5 +25,7 @@ internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
 
     public Tensor Weight => weight;
 
+    public Tensor Bias => bias;
+
     public override Tensor forward(Tensor x) => F.layer_norm(x, shape, weight, bias, eps);
 }

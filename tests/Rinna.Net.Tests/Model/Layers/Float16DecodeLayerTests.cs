@@ -1,0 +1,124 @@
+using System.Runtime.Intrinsics;
+using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Model;
+using Rinna.Net.Native;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Tests.Model.Layers;
+
+/// <summary>
+/// A float16 model's decode steps with each layer as one managed pass (<see cref="Float16DecodeLayer"/>, the default)
+/// against the same model running the layer's separate operations, and against HF's float32 step logits.
+/// </summary>
+public class Float16DecodeLayerTests
+{
+    public Float16DecodeLayerTests() => TorchSharpNativeLoader.EnsureInstalled();
+
+    public static TheoryData<string, string> FixturesAndVariants() =>
+        new(from fixture in new[] { "tiny-neox-rinna", "tiny-neox-pythia" }
+            from variant in Enum.GetNames<Float16GemvVariant>()
+            select (fixture, variant));
+
+    [Theory]
+    [MemberData(nameof(FixturesAndVariants))]
+    public async Task DecodeStepsMatchTheSeparateOperationsAndTheReference(string fixture, string variant)
+    {
+        Require(variant);
+        using var reference = new ReferenceModel(fixture);
+        using var fused = await Load(fixture);
+        using var separate = await Load(fixture);
+        foreach (var pass in fused.DecodePasses) pass.Variant = Enum.Parse<Float16GemvVariant>(variant);
+        separate.UsesDecodePass = false;
+        Assert.Equal(fused.Config.NumHiddenLayers, fused.DecodePasses.Count);
+
+        var greedy = reference.Greedy.Single(g => g.GetProperty("prompt").GetString() == "len17");
+        var prompt = ReferenceModel.Ids(reference.Prompts.Single(p => p.GetProperty("name").GetString() == "len17").GetProperty("input_ids"));
+        var tokens = ReferenceModel.Ids(greedy.GetProperty("new_tokens"));
+        using var expected = reference.Tensor("greedy.len17.step_logits");
+        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        var next = tensor(prompt, ScalarType.Int64).unsqueeze(0);
+        double worstApart = 0, worstFromReference = 0;
+        for (int step = 0; step < tokens.Length; step++)
+        {
+            using var scope = NewDisposeScope();
+            using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
+            using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
+            worstApart = Math.Max(worstApart, TensorAssert.RelativeL2(b.Logits[0, 0], a.Logits[0, 0]));
+            worstFromReference = Math.Max(worstFromReference, TensorAssert.RelativeL2(expected[step], a.Logits[0, 0]));
+            next = tensor(new[] { tokens[step] }, ScalarType.Int64).unsqueeze(0).MoveToOuterDisposeScope();
+        }
+
+        // The first step is the prompt (separate operations in both); every later one ran the pass in every layer.
+        Assert.All(fused.DecodePasses, pass => Assert.Equal(tokens.Length - 1, pass.Steps));
+        Assert.All(separate.DecodePasses, pass => Assert.Equal(0, pass.Steps));
+        // With the separate operations' GEMV width only LayerNorm's statistics round differently, which moves a bfloat16
+        // value by its last bit now and then; another width sums each row in another order.
+        double bound = variant == Float16Gemv.DefaultVariant?.ToString() ? 1e-3 : 2e-2;
+        Assert.True(worstApart < bound, $"relative L2 between the pass and the separate operations {worstApart}");
+        Assert.True(worstFromReference <= 0.05, $"relative L2 from HF's float32 step logits {worstFromReference}");
+        for (int layer = 0; layer < fused.Config.NumHiddenLayers; layer++)
+        {
+            var (keys, values) = fusedCache.Storage(layer, 1, 1, 1, ScalarType.Float32, ScalarType.BFloat16, CPU, fusedCache.Length, fusedCache.Length);
+            var (expectedKeys, expectedValues) = separateCache.Storage(layer, 1, 1, 1, ScalarType.Float32, ScalarType.BFloat16, CPU, separateCache.Length, separateCache.Length);
+            Assert.True(keys.narrow(2, 0, fusedCache.Length).allclose(expectedKeys.narrow(2, 0, fusedCache.Length), rtol: 0.02, atol: 0.02), $"layer {layer} keys");
+            Assert.True(values.to(ScalarType.Float32).narrow(2, 0, fusedCache.Length)
+                .allclose(expectedValues.to(ScalarType.Float32).narrow(2, 0, fusedCache.Length), rtol: 0.02, atol: 0.02), $"layer {layer} values");
+        }
+    }
+
+    [Fact]
+    public async Task ALoneRowOfAContinuousBatchStepRunsThePass()
+    {
+        Require(Float16Gemv.DefaultVariant?.ToString() ?? nameof(Float16GemvVariant.Vector256));
+        using var model = await Load("tiny-neox-rinna");
+        using var rowCache = new KeyValueCache(model.Config.NumHiddenLayers);
+        using var sequenceCache = new KeyValueCache(model.Config.NumHiddenLayers);
+        using var prompt = tensor(new long[] { 5, 6, 7, 8 }, ScalarType.Int64).unsqueeze(0);
+        model.Forward(prompt, pastKeyValues: rowCache, useCache: true).Dispose();
+        model.Forward(prompt, pastKeyValues: sequenceCache, useCache: true).Dispose();
+
+        using var next = tensor(new long[] { 9 }, ScalarType.Int64).unsqueeze(0);
+        using var rows = model.ForwardRows(next, [rowCache], [null], tensor(new long[] { 4 }, ScalarType.Int64).unsqueeze(1));
+        Assert.All(model.DecodePasses, pass => Assert.Equal(1, pass.Steps));
+        using var alone = model.Forward(next, pastKeyValues: sequenceCache, useCache: true, lastPositionOnly: true);
+        Assert.All(model.DecodePasses, pass => Assert.Equal(2, pass.Steps));
+        Assert.True(rows.allclose(alone.Logits[0], rtol: 0, atol: 0), "a lone row must equal the sequence's own step");
+    }
+
+    [Fact]
+    public async Task ActivationsBeyondTheGemvsRangeTakeTheSeparateOperations()
+    {
+        Require(Float16Gemv.DefaultVariant?.ToString() ?? nameof(Float16GemvVariant.Vector256));
+        using var fused = await Load("tiny-neox-pythia");
+        using var separate = await Load("tiny-neox-pythia");
+        separate.UsesDecodePass = false;
+        // A LayerNorm gain of 2⁷⁰ puts the first layer's normalized row beyond the scaled GEMV's 2⁶⁴.
+        foreach (var model in new[] { fused, separate })
+            using (no_grad())
+                model.get_parameter("gpt_neox.layers.0.input_layernorm.weight")!.fill_(Math.Pow(2, 70));
+        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        var prompt = tensor(new long[] { 5, 6, 7, 8 }, ScalarType.Int64).unsqueeze(0);
+        fused.Forward(prompt, pastKeyValues: fusedCache, useCache: true).Dispose();
+        separate.Forward(prompt, pastKeyValues: separateCache, useCache: true).Dispose();
+
+        using var next = tensor(new long[] { 9 }, ScalarType.Int64).unsqueeze(0);
+        using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
+        using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
+
+        Assert.Equal(0, fused.DecodePasses[0].Steps);
+        Assert.True(a.Logits.allclose(b.Logits, rtol: 0, atol: 0, equal_nan: true), "the declined step must equal the separate operations");
+    }
+
+    private static async Task<GptNeoXForCausalLM> Load(string name) =>
+        await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(name), new ModelLoadOptions { TorchDtype = TorchDtype.Float16 });
+
+    /// <summary>Skips, saying why, where this machine cannot run the pass with <paramref name="variant"/>.</summary>
+    private static void Require(string variant)
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime was not found; the pass runs on its threads.");
+        if (!Vector256.IsHardwareAccelerated) Assert.Skip("the attention stage needs 256-bit vectors, as DecodeAttention does.");
+        if (!Float16Gemv.IsAccelerated(Enum.Parse<Float16GemvVariant>(variant))) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
+    }
+}
