@@ -7,7 +7,8 @@ using F = TorchSharp.torch.nn.functional;
 namespace Rinna.Net.Benchmarks;
 
 /// <summary>
-/// One decode row through rinna-4b's largest float16 product (<c>dense_h_to_4h</c>, 11264 × 2816, 63 MB of weights) on
+/// One decode row through rinna-4b's largest float16 product (<c>dense_h_to_4h</c>, 11264 × 2816, 63 MB of weights,
+/// streamed from memory) and pythia-160m's (3072 × 768, 4.7 MB, mostly in cache, where a row's fixed work shows) on
 /// 2 threads: each accelerated <see cref="Float16Gemv"/> variant with each <see cref="Float16Widening"/> against
 /// libtorch's float16 GEMV (the fallback), with the bfloat16 input and output the model uses. The weights have σ 0.02,
 /// so about 0.24 % of them are float16 subnormals, as in trained weights (what the scaled widening pays for on CPUs
@@ -21,15 +22,20 @@ public class Float16GemvBenchmarks
     [Params("LibTorch", "Vector128 Scaled", "Vector128 Exact", "Vector256 Scaled", "Vector256 Exact", "Avx512 Scaled", "Avx512 Exact")]
     public string Kernel { get; set; } = "LibTorch";
 
+    /// <summary>The weight's shape, rows × columns.</summary>
+    [Params("11264x2816", "3072x768")]
+    public string Shape { get; set; } = "11264x2816";
+
     [GlobalSetup]
     public void Setup()
     {
         Native.TorchSharpNativeLoader.EnsureInstalled();
         torch.set_num_threads(2);
         var gen = new Generator(1);
-        weight = (randn(11264, 2816, generator: gen) * 0.02).to(ScalarType.Float16);
-        input = randn(1, 2816, generator: gen).to(ScalarType.BFloat16);
-        bias = randn(11264, generator: gen).to(ScalarType.BFloat16);
+        var (rows, columns) = Shape.Split('x') is [var r, var c] ? (int.Parse(r, System.Globalization.CultureInfo.InvariantCulture), int.Parse(c, System.Globalization.CultureInfo.InvariantCulture)) : throw new ArgumentException(Shape);
+        weight = (randn(rows, columns, generator: gen) * 0.02).to(ScalarType.Float16);
+        input = randn(1, columns, generator: gen).to(ScalarType.BFloat16);
+        bias = randn(rows, generator: gen).to(ScalarType.BFloat16);
         Console.WriteLine($"// Float16Gemv: decode uses {(Float16Gemv.IsSupported ? $"{Float16Gemv.DefaultVariant} {Float16Gemv.Widening}" : "libtorch's GEMV")} here");
     }
 

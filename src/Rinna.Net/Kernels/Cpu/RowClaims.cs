@@ -20,7 +20,10 @@ internal struct RowClaims
     public RowClaims(int rows, int threads, int minimumPerClaim)
     {
         this.rows = rows;
-        rowsPerClaim = Math.Max(minimumPerClaim, rows / (ClaimsPerThread * Math.Max(1, threads)));
+        // A multiple of the minimum, so that claims start at multiples of it whatever the thread count (kernels group rows
+        // from a claim's start, and the same rows then always go together).
+        int share = rows / (ClaimsPerThread * Math.Max(1, threads));
+        rowsPerClaim = Math.Max(minimumPerClaim, (share + minimumPerClaim - 1) / minimumPerClaim * minimumPerClaim);
         nextRow = 0;
     }
 
