@@ -324,14 +324,17 @@ internal static unsafe class Float16Gemv
     private static Vector128<float> DotFour512<TWidening>(short* r0, float* input, int columns) where TWidening : IWidening
     {
         short* r1 = r0 + columns, r2 = r1 + columns, r3 = r2 + columns;
+        // The same columns of the next four rows: the group reads four places at once, so a fixed distance ahead of
+        // each would land in rows another pointer has already read.
+        long ahead = 4L * columns;
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
         int c = 0;
         for (; c + 32 <= columns; c += 32)
         {
-            Sse.Prefetch0(r0 + c + PrefetchAhead);
-            Sse.Prefetch0(r1 + c + PrefetchAhead);
-            Sse.Prefetch0(r2 + c + PrefetchAhead);
-            Sse.Prefetch0(r3 + c + PrefetchAhead);
+            Sse.Prefetch0(r0 + c + ahead);
+            Sse.Prefetch0(r1 + c + ahead);
+            Sse.Prefetch0(r2 + c + ahead);
+            Sse.Prefetch0(r3 + c + ahead);
             var x = Avx512F.LoadVector512(input + c);
             var y = Avx512F.LoadVector512(input + c + 16);
             a0 = TWidening.MultiplyAdd(Avx512F.ConvertToVector512Int32(Avx.LoadVector256(r0 + c)), x, a0);
@@ -361,16 +364,19 @@ internal static unsafe class Float16Gemv
     private static Vector128<float> DotFour256<TWidening>(short* r0, float* input, int columns) where TWidening : IWidening
     {
         short* r1 = r0 + columns, r2 = r1 + columns, r3 = r2 + columns;
+        // The same columns of the next four rows: the group reads four places at once, so a fixed distance ahead of
+        // each would land in rows another pointer has already read.
+        long ahead = 4L * columns;
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
         int c = 0;
         for (; c + 16 <= columns; c += 16)
         {
             if (Sse.IsSupported && (c & 31) == 0)
             {
-                Sse.Prefetch0(r0 + c + PrefetchAhead);
-                Sse.Prefetch0(r1 + c + PrefetchAhead);
-                Sse.Prefetch0(r2 + c + PrefetchAhead);
-                Sse.Prefetch0(r3 + c + PrefetchAhead);
+                Sse.Prefetch0(r0 + c + ahead);
+                Sse.Prefetch0(r1 + c + ahead);
+                Sse.Prefetch0(r2 + c + ahead);
+                Sse.Prefetch0(r3 + c + ahead);
             }
             var x = Vector256.Load(input + c);
             var y = Vector256.Load(input + c + 8);
@@ -401,16 +407,19 @@ internal static unsafe class Float16Gemv
     private static Vector128<float> DotFour128<TWidening>(short* r0, float* input, int columns) where TWidening : IWidening
     {
         short* r1 = r0 + columns, r2 = r1 + columns, r3 = r2 + columns;
+        // The same columns of the next four rows: the group reads four places at once, so a fixed distance ahead of
+        // each would land in rows another pointer has already read.
+        long ahead = 4L * columns;
         Vector128<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
         int c = 0;
         for (; c + 8 <= columns; c += 8)
         {
             if (Sse.IsSupported && (c & 31) == 0)
             {
-                Sse.Prefetch0(r0 + c + PrefetchAhead);
-                Sse.Prefetch0(r1 + c + PrefetchAhead);
-                Sse.Prefetch0(r2 + c + PrefetchAhead);
-                Sse.Prefetch0(r3 + c + PrefetchAhead);
+                Sse.Prefetch0(r0 + c + ahead);
+                Sse.Prefetch0(r1 + c + ahead);
+                Sse.Prefetch0(r2 + c + ahead);
+                Sse.Prefetch0(r3 + c + ahead);
             }
             var x = Vector128.Load(input + c);
             var y = Vector128.Load(input + c + 4);
