@@ -198,7 +198,7 @@ public sealed class GptNeoXForCausalLM : nn.Module
     }
 
     /// <summary>Each layer's decode pass, where its parts allow one (for tests).</summary>
-    internal IReadOnlyList<Float16DecodeLayer> DecodePasses => gpt_neox.Layers.Select(l => l.DecodePass).OfType<Float16DecodeLayer>().ToArray();
+    internal IReadOnlyList<DecodeLayerPass> DecodePasses => gpt_neox.Layers.Select(l => l.DecodePass).OfType<DecodeLayerPass>().ToArray();
 
     /// <summary>Builds the additive attention bias HF uses for a 2-D padding mask: 0 where attended, the dtype's minimum where masked.</summary>
     internal static Tensor PaddingBias(Tensor attentionMask) =>
@@ -397,7 +397,7 @@ internal sealed class GptNeoXLayer : nn.Module
     private readonly GptNeoXAttention attention;
     private readonly GptNeoXMlp mlp;
     private readonly bool useParallelResidual;
-    private readonly Float16DecodeLayer? decodePass;
+    private readonly DecodeLayerPass? decodePass;
 
     public GptNeoXLayer(GptNeoXConfig config, ParameterSource source) : base("layer")
     {
@@ -410,17 +410,17 @@ internal sealed class GptNeoXLayer : nn.Module
         register_module("post_attention_layernorm", post_attention_layernorm);
         register_module("attention", attention);
         register_module("mlp", mlp);
-        decodePass = Float16DecodeLayer.For(config, input_layernorm, post_attention_layernorm, attention.QueryKeyValue, attention.Dense,
+        decodePass = DecodeLayerPass.For(config, input_layernorm, post_attention_layernorm, attention.QueryKeyValue, attention.Dense,
             mlp.Up, mlp.Down, mlp.Activation);
     }
 
     public Device Device => input_layernorm.Weight.device;
 
-    /// <summary>Whether a decode step may run as one managed pass (<see cref="Float16DecodeLayer"/>) where it applies; tests switch it off.</summary>
+    /// <summary>Whether a decode step may run as one managed pass (<see cref="DecodeLayerPass"/>) where it applies; tests switch it off.</summary>
     public bool UsesDecodePass { get; set; } = true;
 
     /// <summary>The layer's decode pass, or <c>null</c> where its parts rule one out.</summary>
-    public Float16DecodeLayer? DecodePass => decodePass;
+    public DecodeLayerPass? DecodePass => decodePass;
 
     public Tensor Forward(Tensor hidden, Tensor cos, Tensor sin, Tensor? paddingBias, KeyValueCache? cache, int index, int past)
     {

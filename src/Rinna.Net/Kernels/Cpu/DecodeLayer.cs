@@ -8,8 +8,8 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
-/// One GPT-NeoX layer for one new token of one sequence (a decode step) with float16 weights and bfloat16 activations,
-/// in a single parallel region on libtorch's OpenMP team: LayerNorm, the fused query/key/value projection, attention
+/// One GPT-NeoX layer for one new token of one sequence (a decode step) with float16 or LLM.int8() weights and bfloat16
+/// activations, in a single parallel region on libtorch's OpenMP team: LayerNorm, the fused query/key/value projection, attention
 /// with its cache write, the output projection, LayerNorm and the MLP, with a team barrier wherever a stage reads what
 /// other threads wrote.
 /// </summary>
@@ -17,17 +17,32 @@ namespace Rinna.Net.Kernels.Cpu;
 /// Why: run as separate calls, the same stages cost about eighty microseconds a layer besides their arithmetic (five
 /// parallel regions, two LayerNorms and an add in libtorch, a tensor for every intermediate); for models of
 /// pythia-160m's size that is as much as streaming the weights. Each stage here is the kernel the separate call runs
-/// (<see cref="RowLayerNorm"/>, <see cref="Float16Gemv"/>, <see cref="DecodeAttention"/>) and rounds to bfloat16 where
-/// the separate operations do, so the two paths differ only where LayerNorm's statistics round differently. Every
-/// thread normalizes the row into its own buffer, which costs less than another barrier.
+/// (<see cref="RowLayerNorm"/>, <see cref="Float16Gemv"/> or <see cref="Int8Gemv"/> with <see cref="RowwiseInt8"/>'s
+/// quantization and rescale, <see cref="DecodeAttention"/>) and rounds to bfloat16 where the separate operations do, so
+/// the two paths differ only where LayerNorm's statistics round differently. Every thread normalizes (and for int8
+/// quantizes) the row into its own buffer, which costs less than another barrier.
 /// </remarks>
 internal static unsafe class DecodeLayer
 {
-    /// <summary>A layer's parameters: bfloat16 LayerNorm weights and biases, float16 weights <c>[out, in]</c>, bfloat16 biases (null where the layer has none).</summary>
+    /// <summary>A layer's parameters: bfloat16 LayerNorm weights and biases, and its four products.</summary>
     internal struct Weights
     {
         public ushort* InputNormWeight, InputNormBias, PostAttentionNormWeight, PostAttentionNormBias;
-        public ushort* QueryKeyValue, QueryKeyValueBias, Dense, DenseBias, Up, UpBias, Down, DownBias;
+        public Product QueryKeyValue, Dense, Up, Down;
+    }
+
+    /// <summary>
+    /// One linear layer: a float16 weight <c>[out, in]</c> with a bfloat16 or float32 bias, or an LLM.int8() weight (int8
+    /// <c>[out, in]</c>, a float32 scale per row, a float32 bias) with its outlier threshold. A bias may be null.
+    /// </summary>
+    internal struct Product
+    {
+        public void* Weight;
+        public void* Bias;
+        public bool BiasIsBFloat16;
+        public bool IsInt8;
+        public float* WeightScale;
+        public double Threshold;
     }
 
     /// <summary>A layer's sizes and form.</summary>
@@ -39,10 +54,31 @@ internal static unsafe class DecodeLayer
         public Shape Shape;
         public ushort* Input, Output;
         public ushort* Projected, Context, Attended, Inner;
-        public Float16Gemv.Job QueryKeyValue, Dense, Up, Down;
+        public Stage QueryKeyValue, Dense, Up, Down;
         public DecodeAttention.Job Attention;
         public DecodeAttention.CacheRow Cache;
         public int OutOfRange;
+    }
+
+    /// <summary>A product's work: the float16 GEMV's job, or the int8 one's.</summary>
+    private struct Stage
+    {
+        public bool IsInt8;
+        public double Threshold;
+        public Float16Gemv.Job Float16;
+        public Int8Job Int8;
+    }
+
+    /// <summary>An int8 product with the rescale, bias, GELU and residuals of <see cref="RowwiseInt8.RescaleBlock"/>, rows claimed by the threads.</summary>
+    private struct Int8Job
+    {
+        public sbyte* Weight;
+        public float* WeightScale, Bias;
+        public ushort* Output, Residual, SecondResidual;
+        public bool Gelu;
+        public int Rows, Columns;
+        public RowClaims Claims;
+        public Int8GemvVariant Variant;
     }
 
     /// <summary>
@@ -53,11 +89,20 @@ internal static unsafe class DecodeLayer
     /// anything else, and also after running when an activation was outside the scaled GEMV's range (NaN, infinite or
     /// beyond 2⁶⁴): the caller then runs the separate operations, which write the same key and value again.
     /// </summary>
+    /// <remarks>
+    /// <paramref name="float16"/> and <paramref name="int8"/> are the kernels' widths for the products of each kind, which
+    /// must be accelerated where such a product is present; int8 rows whose activations exceed the threshold decline too.
+    /// </remarks>
     public static bool TryStep(Tensor hidden, in Weights weights, Shape shape, Tensor cos, Tensor sin, Tensor keys, Tensor values, int past,
-        Float16GemvVariant variant, Float16Widening widening, out Tensor output)
+        Float16GemvVariant? float16, Float16Widening widening, Int8GemvVariant? int8, out Tensor output)
     {
         output = null!;
-        if (!Accepts(hidden, shape, cos, sin, keys, values, past) || !Float16Gemv.IsAccelerated(variant)) return false;
+        bool anyFloat16 = !(weights.QueryKeyValue.IsInt8 && weights.Dense.IsInt8 && weights.Up.IsInt8 && weights.Down.IsInt8);
+        bool anyInt8 = weights.QueryKeyValue.IsInt8 || weights.Dense.IsInt8 || weights.Up.IsInt8 || weights.Down.IsInt8;
+        if (!Accepts(hidden, shape, cos, sin, keys, values, past)
+            || (anyFloat16 && (float16 is not { } f || !Float16Gemv.IsAccelerated(f)))
+            || (anyInt8 && (int8 is not { } i8 || i8 == Int8GemvVariant.AvxVnni || !Int8Gemv.IsAccelerated(i8))))
+            return false;
         int h = shape.Hidden, i = shape.Intermediate;
         // Scratch of the stages that other threads read: the projection, the context, the attention's sum, the MLP's inner row.
         var scratch = ArrayPool<ushort>.Shared.Rent(3 * h + h + h + i);
@@ -77,27 +122,33 @@ internal static unsafe class DecodeLayer
                     Projected = buffers, Context = buffers + 3 * h, Attended = buffers + 4 * h, Inner = buffers + 5 * h,
                     Cache = DecodeAttention.RowOf(keys, values, past),
                 };
-                Float16Gemv.Job Product(ushort* weight, ushort* bias, void* output, int rows, int columns) => new()
-                {
-                    Weight = weight, Bias = bias, BiasIsBFloat16 = true, Output = output, OutputIsBFloat16 = true, Rows = rows, Columns = columns,
-                    Claims = new RowClaims(rows, threads, 16), Variant = variant, Widening = widening,
-                };
-                job.QueryKeyValue = Product(weights.QueryKeyValue, weights.QueryKeyValueBias, job.Projected, 3 * h, h);
-                job.Dense = Product(weights.Dense, weights.DenseBias, job.Attended, h, h);
-                job.Up = Product(weights.Up, weights.UpBias, job.Inner, i, h);
-                job.Up.Gelu = true;
-                job.Down = Product(weights.Down, weights.DownBias, job.Output, h, i);
+                Stage Product(in Product product, ushort* output, int rows, int columns, bool gelu, ushort* residual, ushort* secondResidual) =>
+                    product.IsInt8
+                        ? new Stage
+                        {
+                            IsInt8 = true, Threshold = product.Threshold,
+                            Int8 = new Int8Job
+                            {
+                                Weight = (sbyte*)product.Weight, WeightScale = product.WeightScale, Bias = (float*)product.Bias, Output = output,
+                                Residual = residual, SecondResidual = secondResidual, Gelu = gelu, Rows = rows, Columns = columns,
+                                Claims = new RowClaims(rows, threads, 16), Variant = int8!.Value,
+                            },
+                        }
+                        : new Stage
+                        {
+                            Float16 = new Float16Gemv.Job
+                            {
+                                Weight = (ushort*)product.Weight, Bias = product.Bias, BiasIsBFloat16 = product.BiasIsBFloat16, Output = output,
+                                OutputIsBFloat16 = true, Gelu = gelu, Residual = residual, SecondResidual = secondResidual, Rows = rows, Columns = columns,
+                                Claims = new RowClaims(rows, threads, 16), Variant = float16!.Value, Widening = widening,
+                            },
+                        };
                 // The residual stream: x + attn(ln1(x)) + mlp(ln2(x)) in parallel, else x + attn(ln1(x)), then + mlp(ln2(that)).
-                if (shape.ParallelResidual)
-                {
-                    job.Down.Residual = job.Attended;
-                    job.Down.SecondResidual = job.Input;
-                }
-                else
-                {
-                    job.Dense.Residual = job.Input;
-                    job.Down.Residual = job.Attended;
-                }
+                bool parallel = shape.ParallelResidual;
+                job.QueryKeyValue = Product(weights.QueryKeyValue, job.Projected, 3 * h, h, gelu: false, null, null);
+                job.Dense = Product(weights.Dense, job.Attended, h, h, gelu: false, parallel ? null : job.Input, null);
+                job.Up = Product(weights.Up, job.Inner, i, h, gelu: true, null, null);
+                job.Down = Product(weights.Down, job.Output, h, i, gelu: false, job.Attended, parallel ? job.Input : null);
                 job.Attention = DecodeAttention.OneRow(job.Projected, (float*)cosBytes, (float*)sinBytes, &job.Cache, job.Context,
                     shape.Heads, shape.HeadSize, shape.RotaryDims);
                 LibTorchOpenMp.Run(&RunStages, &job, threads);
@@ -137,38 +188,69 @@ internal static unsafe class DecodeLayer
         var job = (Job*)state;
         var shape = job->Shape;
         ref var w = ref job->Weights;
-        // This thread's copy of the activations the current product reads, scaled for Float16Gemv.
-        float* activations = stackalloc float[Math.Max(shape.Hidden, shape.Intermediate)];
+        // This thread's copy of the activations the current product reads (float32 values of bfloat16 ones), and of their int8 codes.
+        int longest = Math.Max(shape.Hidden, shape.Intermediate);
+        float* activations = stackalloc float[longest];
+        sbyte* codes = stackalloc sbyte[longest];
 
-        Normalize(job, job->Input, w.InputNormWeight, w.InputNormBias, activations);
-        Float16Gemv.MultiplyClaimed(&job->QueryKeyValue, activations);
+        RowLayerNorm.Apply(job->Input, w.InputNormWeight, w.InputNormBias, shape.LayerNormEps, shape.Hidden, activations);
+        Multiply(job, &job->QueryKeyValue, activations, codes, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
         DecodeAttention.StepHeads(&job->Attention);
         LibTorchOpenMp.Barrier();
 
-        Scale(job, job->Context, shape.Hidden, activations);
-        Float16Gemv.MultiplyClaimed(&job->Dense, activations);
+        BFloat16Bits.Widen(new ReadOnlySpan<ushort>(job->Context, shape.Hidden), new Span<float>(activations, shape.Hidden));
+        Multiply(job, &job->Dense, activations, codes, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
-        Normalize(job, shape.ParallelResidual ? job->Input : job->Attended, w.PostAttentionNormWeight, w.PostAttentionNormBias, activations);
-        Float16Gemv.MultiplyClaimed(&job->Up, activations);
+        RowLayerNorm.Apply(shape.ParallelResidual ? job->Input : job->Attended, w.PostAttentionNormWeight, w.PostAttentionNormBias,
+            shape.LayerNormEps, shape.Hidden, activations);
+        Multiply(job, &job->Up, activations, codes, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
-        Scale(job, job->Inner, shape.Intermediate, activations);
-        Float16Gemv.MultiplyClaimed(&job->Down, activations);
+        BFloat16Bits.Widen(new ReadOnlySpan<ushort>(job->Inner, shape.Intermediate), new Span<float>(activations, shape.Intermediate));
+        Multiply(job, &job->Down, activations, codes, shape.Intermediate);
     }
 
-    private static void Normalize(Job* job, ushort* row, ushort* weight, ushort* bias, float* destination)
+    /// <summary>
+    /// This thread's share of a product of the activations (<paramref name="length"/> float32 values, overwritten):
+    /// scaled for the float16 GEMV, or quantized into <paramref name="codes"/> for the int8 one. Activations a product
+    /// cannot take mark the step as declined, and the thread skips the product.
+    /// </summary>
+    private static void Multiply(Job* job, Stage* stage, float* activations, sbyte* codes, int length)
     {
-        RowLayerNorm.Apply(row, weight, bias, job->Shape.LayerNormEps, job->Shape.Hidden, destination);
-        if (!Float16Gemv.ScaleInPlace(new Span<float>(destination, job->Shape.Hidden))) Volatile.Write(ref job->OutOfRange, 1);
+        var values = new Span<float>(activations, length);
+        if (!stage->IsInt8)
+        {
+            if (Float16Gemv.ScaleInPlace(values)) Float16Gemv.MultiplyClaimed(&stage->Float16, activations);
+            else Volatile.Write(ref job->OutOfRange, 1);
+        }
+        else if (RowwiseInt8.TryQuantizeRow(values, stage->Threshold, new Span<sbyte>(codes, length), out float scale))
+            MultiplyInt8(&stage->Int8, codes, scale);
+        else Volatile.Write(ref job->OutOfRange, 1);
     }
 
-    private static void Scale(Job* job, ushort* row, int length, float* destination)
+    /// <summary>Claims runs of an int8 product's rows and computes each block's int32 sums, then its rescale and what follows it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void MultiplyInt8(Int8Job* job, sbyte* codes, float scale)
     {
-        var values = new Span<float>(destination, length);
-        BFloat16Bits.Widen(new ReadOnlySpan<ushort>(row, length), values);
-        if (!Float16Gemv.ScaleInPlace(values)) Volatile.Write(ref job->OutOfRange, 1);
+        const int Block = 64;
+        int* sums = stackalloc int[Block];
+        float* values = stackalloc float[Block];
+        int columns = job->Columns;
+        while (job->Claims.TryClaim(out int first, out int end))
+            for (int start = first; start < end; start += Block)
+            {
+                int count = Math.Min(Block, end - start);
+                for (int i = 0; i < count; i++)
+                    sums[i] = Int8Gemv.Dot(job->Variant, job->Weight + (long)(start + i) * columns, codes, columns);
+                static ReadOnlySpan<byte> Bytes(ushort* row, int start, int count) =>
+                    row == null ? default : new ReadOnlySpan<byte>(row + start, count * sizeof(ushort));
+                RowwiseInt8.RescaleBlock(new ReadOnlySpan<int>(sums, count), scale, new ReadOnlySpan<float>(job->WeightScale + start, count),
+                    job->Bias == null ? default : new ReadOnlySpan<float>(job->Bias + start, count), job->Bias != null, job->Gelu, bfloat16: true,
+                    Bytes(job->Residual, start, count), Bytes(job->SecondResidual, start, count), new Span<float>(values, count),
+                    new Span<byte>(job->Output + start, count * sizeof(ushort)));
+            }
     }
 }

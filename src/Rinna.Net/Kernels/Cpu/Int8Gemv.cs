@@ -59,7 +59,7 @@ internal static unsafe class Int8Gemv
     private const int VnniStep = 32;
 
     /// <summary>The longest row whose sums cannot overflow int32: 127² · K &lt; 2³¹.</summary>
-    private const int MaxColumns = 133_000;
+    internal const int MaxColumns = 133_000;
 
     /// <summary>The widest variant this CPU runs in hardware; <c>null</c> when none is (the caller then uses <c>_int_mm</c>).</summary>
     public static Int8GemvVariant? DefaultVariant { get; } =
@@ -396,7 +396,8 @@ internal static unsafe class Int8Gemv
         return sum;
     }
 
-    private static int Dot(Int8GemvVariant variant, sbyte* weight, sbyte* input, int columns) => variant switch
+    /// <summary>Σ w·x over one weight row and one activation row, exactly (any variant but <see cref="Int8GemvVariant.AvxVnni"/>).</summary>
+    internal static int Dot(Int8GemvVariant variant, sbyte* weight, sbyte* input, int columns) => variant switch
     {
         Int8GemvVariant.Avx512 => Dot512(weight, input, columns),
         Int8GemvVariant.Avx2 => Dot256(weight, input, columns),

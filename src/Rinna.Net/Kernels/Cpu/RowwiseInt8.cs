@@ -78,36 +78,69 @@ internal static class RowwiseInt8
         var output = result.bytes;
         var added = residual is null ? default : residual.bytes;
         bool bfloat16 = dtype != ScalarType.Float32;
+        int size = bfloat16 ? sizeof(ushort) : sizeof(float);
         Span<float> block = stackalloc float[256];
         for (int r = 0; r < rows; r++)
             for (int start = 0; start < length; start += block.Length)
             {
                 int count = Math.Min(block.Length, length - start), at = r * length + start;
-                var values = block[..count];
-                Rescale(acc.Slice(at, count), scales[r], rowScale.Slice(start, count), bias is null ? default : shift.Slice(start, count), bias is not null, values);
-                if (gelu)
-                {
-                    if (bfloat16) RoundTrip(values);
-                    ExactGelu.Apply(values);
-                }
-                if (residual is not null)
-                {
-                    if (bfloat16)
-                    {
-                        RoundTrip(values);
-                        var summand = MemoryMarshal.Cast<byte, ushort>(added).Slice(at, count);
-                        for (int i = 0; i < count; i++) values[i] += BFloat16Bits.Widen(summand[i]);
-                    }
-                    else
-                    {
-                        var summand = MemoryMarshal.Cast<byte, float>(added).Slice(at, count);
-                        for (int i = 0; i < count; i++) values[i] += summand[i];
-                    }
-                }
-                if (bfloat16) NarrowToBFloat16(values, MemoryMarshal.Cast<byte, ushort>(output).Slice(at, count));
-                else values.CopyTo(MemoryMarshal.Cast<byte, float>(output).Slice(at, count));
+                RescaleBlock(acc.Slice(at, count), scales[r], rowScale.Slice(start, count), bias is null ? default : shift.Slice(start, count),
+                    bias is not null, gelu, bfloat16, residual is null ? default : added.Slice(at * size, count * size), default,
+                    block[..count], output.Slice(at * size, count * size));
             }
         return result;
+    }
+
+    /// <summary>
+    /// One block of <see cref="Rescale(Tensor, ReadOnlySpan{float}, Tensor, Tensor?, ScalarType, bool, Tensor?)"/>: the
+    /// int32 sums <paramref name="acc"/> of one activation row (scale <paramref name="scale"/>) rescaled, biased, through the
+    /// GELU where asked, plus a <paramref name="residual"/> and then a <paramref name="secondResidual"/> where given (their
+    /// bytes in the output dtype, or empty), each step rounded to the output dtype, into <paramref name="output"/>'s bytes.
+    /// <paramref name="values"/> is scratch of the block's length.
+    /// </summary>
+    internal static void RescaleBlock(ReadOnlySpan<int> acc, float scale, ReadOnlySpan<float> rowScale, ReadOnlySpan<float> bias, bool hasBias,
+        bool gelu, bool bfloat16, ReadOnlySpan<byte> residual, ReadOnlySpan<byte> secondResidual, Span<float> values, Span<byte> output)
+    {
+        Rescale(acc, scale, rowScale, bias, hasBias, values);
+        if (gelu)
+        {
+            if (bfloat16) RoundTrip(values);
+            ExactGelu.Apply(values);
+        }
+        AddResidual(values, residual, bfloat16);
+        AddResidual(values, secondResidual, bfloat16);
+        if (bfloat16) NarrowToBFloat16(values, MemoryMarshal.Cast<byte, ushort>(output));
+        else values.CopyTo(MemoryMarshal.Cast<byte, float>(output));
+    }
+
+    /// <summary>Adds a residual held in the output dtype (bytes; empty for none) to values rounded to that dtype first.</summary>
+    private static void AddResidual(Span<float> values, ReadOnlySpan<byte> summands, bool bfloat16)
+    {
+        if (summands.IsEmpty) return;
+        if (bfloat16)
+        {
+            RoundTrip(values);
+            var summand = MemoryMarshal.Cast<byte, ushort>(summands);
+            for (int i = 0; i < values.Length; i++) values[i] += BFloat16Bits.Widen(summand[i]);
+        }
+        else
+        {
+            var summand = MemoryMarshal.Cast<byte, float>(summands);
+            for (int i = 0; i < values.Length; i++) values[i] += summand[i];
+        }
+    }
+
+    /// <summary>
+    /// Quantizes one row of float32 activations as <see cref="TryQuantize"/> does, into <paramref name="codes"/>; false,
+    /// leaving the codes undefined, when a value is not finite or a magnitude exceeds a positive <paramref name="threshold"/>.
+    /// </summary>
+    internal static bool TryQuantizeRow(ReadOnlySpan<float> values, double threshold, Span<sbyte> codes, out float scale)
+    {
+        float absMax = AbsMax(values);
+        scale = MathF.Max(absMax, 1e-30f) / 127.0f;
+        if (!float.IsFinite(absMax) || (threshold > 0.0 && absMax > threshold)) return false;
+        Quantize(values, scale, codes);
+        return true;
     }
 
     /// <summary>Each value as bfloat16 holds it (<see cref="BFloat16Bits.RoundTrip(float)"/>).</summary>

@@ -1,18 +1,19 @@
 using System.Runtime.Intrinsics;
 using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model;
+using Rinna.Net.Model.Quantization;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Model.Layers;
 
 /// <summary>
-/// A float16 model's decode steps with each layer as one managed pass (<see cref="Float16DecodeLayer"/>, the default)
-/// against the same model running the layer's separate operations, and against HF's float32 step logits.
+/// Decode steps of float16 and LLM.int8() models with each layer as one managed pass (<see cref="DecodeLayerPass"/>,
+/// the default) against the same model running the layer's separate operations, and against HF's float32 step logits.
 /// </summary>
-public class Float16DecodeLayerTests
+public class DecodeLayerPassTests
 {
-    public Float16DecodeLayerTests() => TorchSharpNativeLoader.EnsureInstalled();
+    public DecodeLayerPassTests() => TorchSharpNativeLoader.EnsureInstalled();
 
     public static TheoryData<string, string> FixturesAndVariants() =>
         new(from fixture in new[] { "tiny-neox-rinna", "tiny-neox-pythia" }
@@ -67,6 +68,74 @@ public class Float16DecodeLayerTests
         }
     }
 
+    public static TheoryData<string, string> Int8FixturesAndVariants() =>
+        new(from fixture in new[] { "tiny-neox-rinna", "tiny-neox-pythia" }
+            from variant in new[] { nameof(Int8GemvVariant.Avx512), nameof(Int8GemvVariant.Avx2), nameof(Int8GemvVariant.Vector128) }
+            select (fixture, variant));
+
+    /// <summary>
+    /// int8 with pure int8 products (threshold 0, so no step declines for an outlier): the integer sums are exact in any
+    /// width and the quantization and rescale are the separate path's own, so only LayerNorm's statistics may differ.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Int8FixturesAndVariants))]
+    public async Task Int8DecodeStepsMatchTheSeparateOperations(string fixture, string variant)
+    {
+        RequireInt8(variant);
+        var options = new ModelLoadOptions
+        {
+            TorchDtype = TorchDtype.Float16, QuantizationConfig = new QuantizationConfig { LoadIn8Bit = true, Int8Threshold = 0 },
+        };
+        using var fused = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(fixture), options);
+        using var separate = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(fixture), options);
+        foreach (var pass in fused.DecodePasses) pass.Int8Variant = Enum.Parse<Int8GemvVariant>(variant);
+        separate.UsesDecodePass = false;
+        Assert.Equal(fused.Config.NumHiddenLayers, fused.DecodePasses.Count);
+
+        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        var next = tensor(new long[] { 5, 17, 3, 99, 42, 7 }, ScalarType.Int64).unsqueeze(0);
+        double worstApart = 0;
+        int steps = 24;
+        for (int step = 0; step < steps; step++)
+        {
+            using var scope = NewDisposeScope();
+            using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
+            using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
+            worstApart = Math.Max(worstApart, TensorAssert.RelativeL2(b.Logits[0, 0], a.Logits[0, 0]));
+            next = b.Logits[0, 0].argmax().reshape(1, 1).MoveToOuterDisposeScope();
+        }
+        Assert.All(fused.DecodePasses, pass => Assert.Equal(steps - 1, pass.Steps));
+        Assert.True(worstApart < 1e-3, $"relative L2 between the pass and the separate operations {worstApart}");
+    }
+
+    [Fact]
+    public async Task Int8ActivationsAboveTheOutlierThresholdTakeTheSeparateOperations()
+    {
+        RequireInt8(Int8Gemv.DefaultVariant?.ToString() ?? nameof(Int8GemvVariant.Vector128));
+        // A threshold below every LayerNorm output's largest magnitude: each product needs the outlier decomposition.
+        var options = new ModelLoadOptions
+        {
+            TorchDtype = TorchDtype.Float16, QuantizationConfig = new QuantizationConfig { LoadIn8Bit = true, Int8Threshold = 0.01 },
+        };
+        using var fused = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-pythia"), options);
+        using var separate = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-pythia"), options);
+        foreach (var pass in fused.DecodePasses) pass.Int8Variant = Int8Gemv.DefaultVariant;
+        separate.UsesDecodePass = false;
+        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var prompt = tensor(new long[] { 5, 6, 7, 8 }, ScalarType.Int64).unsqueeze(0);
+        fused.Forward(prompt, pastKeyValues: fusedCache, useCache: true).Dispose();
+        separate.Forward(prompt, pastKeyValues: separateCache, useCache: true).Dispose();
+
+        using var next = tensor(new long[] { 9 }, ScalarType.Int64).unsqueeze(0);
+        using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
+        using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
+
+        Assert.All(fused.DecodePasses, pass => Assert.Equal(0, pass.Steps));
+        Assert.True(a.Logits.allclose(b.Logits, rtol: 0, atol: 0), "the declined steps must equal the separate operations");
+    }
+
     [Fact]
     public async Task ALoneRowOfAContinuousBatchStepRunsThePass()
     {
@@ -113,6 +182,14 @@ public class Float16DecodeLayerTests
 
     private static async Task<GptNeoXForCausalLM> Load(string name) =>
         await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(name), new ModelLoadOptions { TorchDtype = TorchDtype.Float16 });
+
+    /// <summary>Skips, saying why, where this machine cannot run the pass with the int8 <paramref name="variant"/>.</summary>
+    private static void RequireInt8(string variant)
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime was not found; the pass runs on its threads.");
+        if (!Vector256.IsHardwareAccelerated) Assert.Skip("the attention stage needs 256-bit vectors, as DecodeAttention does.");
+        if (!Int8Gemv.IsAccelerated(Enum.Parse<Int8GemvVariant>(variant))) Assert.Skip($"this CPU does not accelerate the int8 {variant} variant.");
+    }
 
     /// <summary>Skips, saying why, where this machine cannot run the pass with <paramref name="variant"/>.</summary>
     private static void Require(string variant)

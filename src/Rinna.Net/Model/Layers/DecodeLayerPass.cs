@@ -1,0 +1,162 @@
+using Rinna.Net.Kernels.Cpu;
+using Rinna.Net.Model.Quantization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Rinna.Net.Model.Layers;
+
+/// <summary>
+/// A GPT-NeoX layer's decode step as one managed pass (<see cref="DecodeLayer"/>) where the layer qualifies: each of its
+/// four linear layers float16 (<see cref="Float16Linear"/>, a weight the managed GEMV takes) or LLM.int8()
+/// (<see cref="Int8Linear"/>, where <see cref="Int8Gemv"/> is the decode kernel), its LayerNorms and activations in
+/// bfloat16 (a float16 or int8 model on the CPU), the exact GELU, and a CPU where those kernels run. A step qualifies
+/// when it is one sequence's one new token with a cache and no padding. Everything else, and any step the pass
+/// declines, takes the layer's own operations.
+/// </summary>
+internal sealed class DecodeLayerPass
+{
+    private readonly LayerNorm inputNorm, postAttentionNorm;
+    private readonly LinearLayer[] products;
+    private readonly DecodeLayer.Shape shape;
+
+    /// <summary>The parameters <see cref="weights"/> points into, to notice one replaced (a model moved to another device).</summary>
+    private Tensor?[]? planned;
+    private DecodeLayer.Weights weights;
+    private bool usable;
+
+    private DecodeLayerPass(GptNeoXConfig config, LayerNorm inputNorm, LayerNorm postAttentionNorm, LinearLayer[] products)
+    {
+        (this.inputNorm, this.postAttentionNorm, this.products) = (inputNorm, postAttentionNorm, products);
+        shape = new DecodeLayer.Shape(config.HiddenSize, config.IntermediateSize, config.NumAttentionHeads, config.HeadSize, config.RotaryNdims,
+            config.LayerNormEps, config.UseParallelResidual);
+    }
+
+    /// <summary>The pass for a layer of these parts, or <c>null</c> where their types rule it out.</summary>
+    public static DecodeLayerPass? For(GptNeoXConfig config, LayerNorm inputNorm, LayerNorm postAttentionNorm,
+        LinearLayer queryKeyValue, LinearLayer dense, LinearLayer up, LinearLayer down, Activation activation)
+    {
+        LinearLayer[] products = [queryKeyValue, dense, up, down];
+        return activation == Activation.Gelu && products.All(p => p is Float16Linear or Int8Linear)
+            ? new DecodeLayerPass(config, inputNorm, postAttentionNorm, products)
+            : null;
+    }
+
+    /// <summary>
+    /// The float16 GEMV's width: <see cref="Float16Gemv.DefaultVariant"/> where single-row float16 products take the
+    /// managed GEMV, else none (no pass for a layer with a float16 product); tests set each accelerated one.
+    /// </summary>
+    internal Float16GemvVariant? Variant { get; set; } = Float16Gemv.IsSupported ? Float16Gemv.DefaultVariant : null;
+
+    /// <summary>
+    /// The int8 GEMV's width: <see cref="Int8Gemv.DefaultVariant"/> where int8 decode steps take it rather than
+    /// <c>_int_mm</c>, else none (no pass for a layer with an int8 product); tests set each accelerated one.
+    /// </summary>
+    internal Int8GemvVariant? Int8Variant { get; set; } = Int8Gemv.IsPreferredForDecode ? Int8Gemv.DefaultVariant : null;
+
+    /// <summary>Steps the pass has run, so that tests can tell it ran.</summary>
+    internal long Steps { get; private set; }
+
+    /// <summary>
+    /// The layer's output for <paramref name="hidden"/> <c>[1, 1, hidden]</c> at position <paramref name="past"/>, writing
+    /// the new key and value into layer <paramref name="layer"/> of <paramref name="cache"/>; false where the pass does not
+    /// apply (see <see cref="DecodeLayer.TryStep"/>).
+    /// </summary>
+    public bool TryForward(Tensor hidden, Tensor cos, Tensor sin, KeyValueCache cache, int layer, int past, out Tensor output)
+    {
+        output = null!;
+        if (hidden.dtype != ScalarType.BFloat16 || hidden.numel() != shape.Hidden || !Plan()) return false;
+        var (keys, values) = cache.Storage(layer, 1, shape.Heads, shape.HeadSize, ScalarType.Float32, ScalarType.BFloat16, hidden.device, past, past + 1);
+        if (!DecodeLayer.TryStep(hidden, weights, shape, cos, sin, keys, values, past, Variant, Float16Gemv.Widening, Int8Variant, out output))
+            return false;
+        Steps++;
+        return true;
+    }
+
+    /// <summary>Checks the parameters and takes their addresses once (again if one was replaced); whether the pass may run.</summary>
+    private unsafe bool Plan()
+    {
+        // Every step: compared object by object, without allocating.
+        if (planned is not null && StillPlanned()) return usable;
+        planned = new Tensor?[] { inputNorm.Weight, inputNorm.Bias, postAttentionNorm.Weight, postAttentionNorm.Bias }
+            .Concat(products.SelectMany(Parameters)).ToArray();
+        usable = Usable();
+        if (usable)
+            weights = new DecodeLayer.Weights
+            {
+                InputNormWeight = Address(inputNorm.Weight), InputNormBias = Address(inputNorm.Bias),
+                PostAttentionNormWeight = Address(postAttentionNorm.Weight), PostAttentionNormBias = Address(postAttentionNorm.Bias),
+                QueryKeyValue = Product(products[0]), Dense = Product(products[1]), Up = Product(products[2]), Down = Product(products[3]),
+            };
+        return usable;
+    }
+
+    private static IEnumerable<Tensor?> Parameters(LinearLayer linear) => linear switch
+    {
+        Float16Linear f => [f.Weight, f.Bias],
+        Int8Linear q => [q.Weight, q.WeightScale, q.Bias],
+        _ => [],
+    };
+
+    private bool Usable()
+    {
+        static bool Row(Tensor? t, long length, ScalarType dtype) =>
+            t is not null && t.device_type == DeviceType.CPU && t.dtype == dtype && t.is_contiguous() && t.dim() == 1 && t.size(0) == length;
+        static bool Matrix(Tensor t, long rows, long columns, ScalarType dtype) =>
+            t.device_type == DeviceType.CPU && t.dtype == dtype && t.is_contiguous() && t.dim() == 2 && t.size(0) == rows && t.size(1) == columns;
+        static bool Takes(LinearLayer linear, long rows, long columns) => linear switch
+        {
+            Float16Linear f => Matrix(f.Weight, rows, columns, ScalarType.Float16) && f.TakesManagedGemv
+                && (f.Bias is null || Row(f.Bias, rows, ScalarType.BFloat16) || Row(f.Bias, rows, ScalarType.Float32)),
+            Int8Linear q => Matrix(q.Weight, rows, columns, ScalarType.Int8) && columns <= Int8Gemv.MaxColumns
+                && Row(q.WeightScale, rows, ScalarType.Float32) && (q.Bias is null || Row(q.Bias, rows, ScalarType.Float32)),
+            _ => false,
+        };
+        long h = shape.Hidden, i = shape.Intermediate;
+        return Row(inputNorm.Weight, h, ScalarType.BFloat16) && Row(inputNorm.Bias, h, ScalarType.BFloat16)
+            && Row(postAttentionNorm.Weight, h, ScalarType.BFloat16) && Row(postAttentionNorm.Bias, h, ScalarType.BFloat16)
+            && Takes(products[0], 3 * h, h) && Takes(products[1], h, h) && Takes(products[2], i, h) && Takes(products[3], h, i);
+    }
+
+    private static unsafe DecodeLayer.Product Product(LinearLayer linear) => linear switch
+    {
+        Float16Linear f => new DecodeLayer.Product
+        {
+            Weight = Address(f.Weight), Bias = Address(f.Bias), BiasIsBFloat16 = f.Bias?.dtype == ScalarType.BFloat16,
+        },
+        Int8Linear q => new DecodeLayer.Product
+        {
+            IsInt8 = true, Weight = Address(q.Weight), WeightScale = (float*)Address(q.WeightScale), Bias = Address(q.Bias), Threshold = q.Threshold,
+        },
+        _ => throw new InvalidOperationException($"{linear.GetType().Name} has no decode pass."),
+    };
+
+    /// <summary>Whether the parameters are the objects <see cref="planned"/> holds (Tensor's Equals compares values, in libtorch).</summary>
+    private bool StillPlanned()
+    {
+        var p = planned!;
+        if (!ReferenceEquals(p[0], inputNorm.Weight) || !ReferenceEquals(p[1], inputNorm.Bias)
+            || !ReferenceEquals(p[2], postAttentionNorm.Weight) || !ReferenceEquals(p[3], postAttentionNorm.Bias))
+            return false;
+        int at = 4;
+        foreach (var linear in products)
+        {
+            switch (linear)
+            {
+                case Float16Linear f:
+                    if (!ReferenceEquals(p[at++], f.Weight) || !ReferenceEquals(p[at++], f.Bias)) return false;
+                    break;
+                case Int8Linear q:
+                    if (!ReferenceEquals(p[at++], q.Weight) || !ReferenceEquals(p[at++], q.WeightScale) || !ReferenceEquals(p[at++], q.Bias)) return false;
+                    break;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>Where a parameter's elements live; libtorch never moves a tensor's storage, and the model holds the parameter.</summary>
+    private static unsafe ushort* Address(Tensor? t)
+    {
+        if (t is null) return null;
+        fixed (byte* bytes = t.bytes) return (ushort*)bytes;
+    }
+}
