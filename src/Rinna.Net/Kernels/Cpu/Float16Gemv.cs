@@ -249,7 +249,6 @@ internal static unsafe class Float16Gemv
     {
         const int Block = 64;
         float* values = stackalloc float[Block];
-        bool bfloat16 = job->OutputIsBFloat16;
         while (job->Claims.TryClaim(out int first, out int end))
         {
             // A block of rows at a time, so that their GELUs run four to a vector.
@@ -274,29 +273,66 @@ internal static unsafe class Float16Gemv
                         ? Dot<ScaledWidening>(job->Variant, weight, input, job->Columns)
                         : Dot<ExactWidening>(job->Variant, weight, input, job->Columns);
                 }
-                for (i = 0; i < count; i++)
-                {
-                    int row = start + i;
-                    float value = values[i] * Up;
-                    if (job->Bias != null)
-                        value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
-                    values[i] = job->Gelu ? ToOutput(value, bfloat16) : value;
-                }
-                if (job->Gelu) ExactGelu.Apply(new Span<float>(values, count));
-                for (i = 0; i < count; i++)
-                {
-                    int row = start + i;
-                    float value = values[i];
-                    if (job->Residual != null)
-                        value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[row]) : ((float*)job->Residual)[row]);
-                    if (job->SecondResidual != null)
-                        value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->SecondResidual)[row]) : ((float*)job->SecondResidual)[row]);
-                    if (bfloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
-                    else ((float*)job->Output)[row] = value;
-                }
+                Finish(job, start, count, values);
             }
         }
     }
+
+    /// <summary>
+    /// A block's sums (scaled domain) to outputs: the bias, the GELU, the residuals, each rounded to the output dtype
+    /// where the separate operations would round; eight rows to a vector, as a row's scalar steps were a good part of a
+    /// short row's cost.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Finish(Job* job, int start, int count, float* values)
+    {
+        bool bfloat16 = job->OutputIsBFloat16;
+        int i = 0;
+        for (; i + 8 <= count; i += 8)
+        {
+            var value = Vector256.Load(values + i) * Vector256.Create(Up);
+            if (job->Bias != null) value += Widen8(job->Bias, job->BiasIsBFloat16, start + i);
+            (job->Gelu && bfloat16 ? BFloat16Bits.RoundTrip(value) : value).Store(values + i);
+        }
+        for (; i < count; i++)
+        {
+            int row = start + i;
+            float value = values[i] * Up;
+            if (job->Bias != null)
+                value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
+            values[i] = job->Gelu ? ToOutput(value, bfloat16) : value;
+        }
+        if (job->Gelu) ExactGelu.Apply(new Span<float>(values, count));
+        for (i = 0; i + 8 <= count; i += 8)
+        {
+            var value = Vector256.Load(values + i);
+            if (job->Residual != null) value = (bfloat16 ? BFloat16Bits.RoundTrip(value) : value) + Widen8(job->Residual, bfloat16, start + i);
+            if (job->SecondResidual != null) value = (bfloat16 ? BFloat16Bits.RoundTrip(value) : value) + Widen8(job->SecondResidual, bfloat16, start + i);
+            if (bfloat16)
+            {
+                var bits = BFloat16Bits.RoundTrip(value).AsUInt32() >>> 16;
+                Vector128.Narrow(bits.GetLower(), bits.GetUpper()).Store((ushort*)job->Output + start + i);
+            }
+            else value.Store((float*)job->Output + start + i);
+        }
+        for (; i < count; i++)
+        {
+            int row = start + i;
+            float value = values[i];
+            if (job->Residual != null)
+                value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->Residual)[row]) : ((float*)job->Residual)[row]);
+            if (job->SecondResidual != null)
+                value = ToOutput(value, bfloat16) + (bfloat16 ? BFloat16Bits.Widen(((ushort*)job->SecondResidual)[row]) : ((float*)job->SecondResidual)[row]);
+            if (bfloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
+            else ((float*)job->Output)[row] = value;
+        }
+    }
+
+    /// <summary>Eight values from <paramref name="at"/> of a bfloat16 or float32 vector, as float32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Widen8(void* source, bool bfloat16, int at) => bfloat16
+        ? Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)source + at).ToVector256Unsafe()), 16).AsSingle()
+        : Vector256.Load((float*)source + at);
 
     /// <summary>The value as the output dtype holds it: what a libtorch operation returning bfloat16 would pass to the next.</summary>
     internal static float ToOutput(float value, bool bfloat16) => bfloat16 ? BFloat16Bits.RoundTrip(value) : value;
