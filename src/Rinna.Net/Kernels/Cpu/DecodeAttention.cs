@@ -37,7 +37,20 @@ internal static unsafe class DecodeAttention
         public void* Output;
         public int Heads, Units, MaxKeys, HeadSize, RotaryDims, NextUnit;
         public float Scale;
+        public DecodeAttentionVariant Variant;
     }
+
+    /// <summary>
+    /// The vector width steps use: 256 bits where the CPU runs them in hardware (x64 with AVX2; AVX-512 machines too,
+    /// where heads of 64–128 elements gain nothing from wider vectors), else 128 (NEON on Arm64), else none: libtorch's
+    /// operators then do the step.
+    /// </summary>
+    public static DecodeAttentionVariant? DefaultVariant { get; } = Vector256.IsHardwareAccelerated ? DecodeAttentionVariant.Vector256
+        : Vector128.IsHardwareAccelerated ? DecodeAttentionVariant.Vector128 : null;
+
+    /// <summary>Whether the CPU runs <paramref name="variant"/> in hardware.</summary>
+    public static bool IsAccelerated(DecodeAttentionVariant variant) =>
+        variant == DecodeAttentionVariant.Vector256 ? Vector256.IsHardwareAccelerated : Vector128.IsHardwareAccelerated;
 
     /// <summary>Where one batch row's cache of this layer lives: its keys and values at head 0, the distance between heads, the tokens before this one.</summary>
     internal struct CacheRow
@@ -61,18 +74,26 @@ internal static unsafe class DecodeAttention
         int rotaryDims, out Tensor context)
     {
         context = null!;
-        if (!Accepts(projected, cos, sin, past, headSize, rotaryDims)) return false;
+        return DefaultVariant is { } variant && TryStep(projected, cos, sin, keys, values, past, headSize, rotaryDims, variant, out context);
+    }
+
+    /// <summary><see cref="TryStep(Tensor, Tensor, Tensor, Tensor, Tensor, int, int, int, out Tensor)"/> with a chosen width, which must be accelerated; for tests.</summary>
+    internal static bool TryStep(Tensor projected, Tensor cos, Tensor sin, Tensor keys, Tensor values, int past, int headSize,
+        int rotaryDims, DecodeAttentionVariant variant, out Tensor context)
+    {
+        context = null!;
+        if (!IsAccelerated(variant) || !Accepts(projected, cos, sin, past, headSize, rotaryDims, variant)) return false;
         int batch = (int)projected.size(0), heads = (int)(projected.size(2) / (3 * headSize));
         if (!HoldsPositions(keys, ScalarType.Float32, batch, heads, headSize, past + 1) || !HoldsPositions(values, projected.dtype, batch, heads, headSize, past + 1)) return false;
 
         var rows = new (Tensor Keys, Tensor Values, int Past)[batch];
         for (int b = 0; b < batch; b++) rows[b] = (keys, values, past);
-        context = Run(projected, cos, sin, rows, headSize, rotaryDims, sameStorage: true);
+        context = Run(projected, cos, sin, rows, headSize, rotaryDims, sameStorage: true, variant);
         return true;
     }
 
     /// <summary>
-    /// <see cref="TryStep"/> for rows that each have their own cache (continuous batching): row <c>b</c> of
+    /// <see cref="TryStep(Tensor, Tensor, Tensor, Tensor, Tensor, int, int, int, out Tensor)"/> for rows that each have their own cache (continuous batching): row <c>b</c> of
     /// <paramref name="projected"/> <c>[rows, 1, heads · 3 · d]</c> is stored at position <c>past_b</c> of its own storage
     /// <c>[1, heads, capacity, d]</c> and attends over its positions <c>0 .. past_b</c>, as a call for it alone would;
     /// one pass on the OpenMP team for all rows and heads. Returns false, touching nothing, for anything else.
@@ -81,19 +102,19 @@ internal static unsafe class DecodeAttention
         int headSize, int rotaryDims, out Tensor context)
     {
         context = null!;
-        if (rows.Count == 0 || rows.Count != projected.size(0)) return false;
+        if (DefaultVariant is not { } variant || rows.Count == 0 || rows.Count != projected.size(0)) return false;
         foreach (var row in rows)
             if (!Accepts(projected, cos, sin, row.Past, headSize, rotaryDims)) return false;
         int heads = (int)(projected.size(2) / (3 * headSize));
         foreach (var row in rows)
             if (!HoldsPositions(row.Keys, ScalarType.Float32, 1, heads, headSize, row.Past + 1) || !HoldsPositions(row.Values, projected.dtype, 1, heads, headSize, row.Past + 1)) return false;
-        context = Run(projected, cos, sin, rows, headSize, rotaryDims, sameStorage: false);
+        context = Run(projected, cos, sin, rows, headSize, rotaryDims, sameStorage: false, variant);
         return true;
     }
 
     /// <summary>Runs a step whose arguments were checked; with <paramref name="sameStorage"/> row b is batch row b of one storage, else each row's batch row 0.</summary>
     private static Tensor Run(Tensor projected, Tensor cos, Tensor sin, IReadOnlyList<(Tensor Keys, Tensor Values, int Past)> rows, int headSize,
-        int rotaryDims, bool sameStorage)
+        int rotaryDims, bool sameStorage, DecodeAttentionVariant variant)
     {
         int batch = rows.Count, heads = (int)(projected.size(2) / (3 * headSize));
         var result = empty(batch, 1, (long)heads * headSize, dtype: projected.dtype);
@@ -123,7 +144,7 @@ internal static unsafe class DecodeAttention
                 Projected = projectedBytes, ProjectedIsBFloat16 = projected.dtype == ScalarType.BFloat16,
                 Cos = (float*)cosBytes, Sin = (float*)sinBytes, Rows = cacheRowPointers, Output = outputBytes,
                 Heads = heads, Units = batch * heads, MaxKeys = maxKeys, HeadSize = headSize, RotaryDims = rotaryDims,
-                Scale = 1.0f / MathF.Sqrt(headSize),
+                Scale = 1.0f / MathF.Sqrt(headSize), Variant = variant,
             };
             if (LibTorchOpenMp.IsAvailable) LibTorchOpenMp.Run(&RunHeads, &job, get_num_threads());
             else StepHeads(&job);
@@ -131,13 +152,16 @@ internal static unsafe class DecodeAttention
         return result;
     }
 
-    /// <summary>Whether <see cref="TryStep"/> takes a step of this shape, before any cache storage is prepared for it.</summary>
-    public static bool Accepts(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims)
+    /// <summary>Whether <see cref="TryStep(Tensor, Tensor, Tensor, Tensor, Tensor, int, int, int, out Tensor)"/> takes a step of this shape, before any cache storage is prepared for it.</summary>
+    public static bool Accepts(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims) =>
+        DefaultVariant is { } variant && Accepts(projected, cos, sin, past, headSize, rotaryDims, variant);
+
+    private static bool Accepts(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims, DecodeAttentionVariant variant)
     {
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         bool RotaryRows(Tensor t) => OnCpuContiguous(t) && t.dtype == ScalarType.Float32 && t.numel() == projected.size(0) * rotaryDims;
         // Without hardware vectors the managed loops would lose to libtorch's kernels.
-        return Vector256.IsHardwareAccelerated && OnCpuContiguous(projected) && projected.dim() == 3 && projected.size(1) == 1
+        return IsAccelerated(variant) && OnCpuContiguous(projected) && projected.dim() == 3 && projected.size(1) == 1
             && projected.dtype is ScalarType.BFloat16 or ScalarType.Float32 && projected.numel() > 0
             && headSize > 0 && projected.size(2) % (3 * headSize) == 0 && rotaryDims >= 0 && rotaryDims <= headSize && rotaryDims % 2 == 0
             && RotaryRows(cos) && RotaryRows(sin) && past >= 0 && past < MaxKeys;
@@ -152,10 +176,12 @@ internal static unsafe class DecodeAttention
     /// The arguments of a step of one sequence (batch 1) whose cache row <paramref name="row"/> the caller keeps in place
     /// until the step ends: the projection <c>[heads · 3 · d]</c> and the context <c>[heads · d]</c> in bfloat16.
     /// </summary>
-    internal static Job OneRow(ushort* projected, float* cos, float* sin, CacheRow* row, ushort* context, int heads, int headSize, int rotaryDims) => new()
+    internal static Job OneRow(ushort* projected, float* cos, float* sin, CacheRow* row, ushort* context, int heads, int headSize, int rotaryDims,
+        DecodeAttentionVariant variant) => new()
     {
         Projected = projected, ProjectedIsBFloat16 = true, Cos = cos, Sin = sin, Rows = row, Output = context,
         Heads = heads, Units = heads, MaxKeys = row->Past + 1, HeadSize = headSize, RotaryDims = rotaryDims, Scale = 1.0f / MathF.Sqrt(headSize),
+        Variant = variant,
     };
 
     /// <summary>Where batch row 0 of a layer's cache storage (checked with <see cref="HoldsPositions"/>) lives; the tensors must outlive its use.</summary>
@@ -170,8 +196,14 @@ internal static unsafe class DecodeAttention
     private static void RunHeads(void* state) => StepHeads((Job*)state);
 
     /// <summary>Claims heads of <paramref name="job"/> until none are left and attends over each.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal static void StepHeads(Job* job)
+    {
+        if (job->Variant == DecodeAttentionVariant.Vector128) StepHeads<Vector128<float>, FloatLanes128>(job);
+        else StepHeads<Vector256<float>, FloatLanes256>(job);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void StepHeads<TVector, TLanes>(Job* job) where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
         int d = job->HeadSize;
         float* scores = stackalloc float[job->MaxKeys];
@@ -201,14 +233,14 @@ internal static unsafe class DecodeAttention
             for (; t + 4 <= keys; t += 4)
             {
                 Prefetch(keyRows + (long)(t + 16) * d, 4 * d * sizeof(float));
-                DotFour(query, keyRows + (long)t * d, d, scores + t);
+                DotFour<TVector, TLanes>(query, keyRows + (long)t * d, d, scores + t);
                 max = MathF.Max(max, MathF.Max(MathF.Max(scores[t], scores[t + 1]), MathF.Max(scores[t + 2], scores[t + 3])));
             }
-            for (; t < keys; t++) max = MathF.Max(max, scores[t] = Dot(query, keyRows + (long)t * d, d));
-            float total = Exponentiate(scores, keys, max, job->Scale);
+            for (; t < keys; t++) max = MathF.Max(max, scores[t] = Dot<TVector, TLanes>(query, keyRows + (long)t * d, d));
+            float total = Exponentiate<TVector, TLanes>(scores, keys, max, job->Scale);
 
-            if (job->ProjectedIsBFloat16) WeightedSum<ushort, FromBFloat16>(scores, (ushort*)valueRows, keys, d, sum);
-            else WeightedSum<float, FromFloat32>(scores, (float*)valueRows, keys, d, sum);
+            if (job->ProjectedIsBFloat16) WeightedSum<ushort, TVector, TLanes>(scores, (ushort*)valueRows, keys, d, sum);
+            else WeightedSum<float, TVector, TLanes>(scores, (float*)valueRows, keys, d, sum);
 
             long outputOffset = (long)unit * d;
             for (int i = 0; i < d; i++)
@@ -221,49 +253,51 @@ internal static unsafe class DecodeAttention
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Dot(float* a, float* b, int length)
+    private static float Dot<TVector, TLanes>(float* a, float* b, int length) where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
-        var acc = Vector256<float>.Zero;
+        var acc = TLanes.Broadcast(0);
         int i = 0;
-        for (; i + Vector256<float>.Count <= length; i += Vector256<float>.Count)
-            acc = Vector256.FusedMultiplyAdd(Vector256.Load(a + i), Vector256.Load(b + i), acc);
-        float result = Vector256.Sum(acc);
+        for (; i + TLanes.Count <= length; i += TLanes.Count)
+            acc = TLanes.MultiplyAdd(TLanes.Load(a + i), TLanes.Load(b + i), acc);
+        float result = TLanes.Sum(acc);
         for (; i < length; i++) result += a[i] * b[i];
         return result;
     }
 
     /// <summary>Replaces each score s by <c>exp((s − max) · scale)</c> and returns their sum; vectorized, as a call per key cost as much as the rest of a head.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float Exponentiate(float* scores, int count, float max, float scale)
+    private static float Exponentiate<TVector, TLanes>(float* scores, int count, float max, float scale)
+        where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
-        var (maxes, scales, sums) = (Vector256.Create(max), Vector256.Create(scale), Vector256<float>.Zero);
+        var (maxes, scales, sums) = (TLanes.Broadcast(max), TLanes.Broadcast(scale), TLanes.Broadcast(0));
         int t = 0;
-        for (; t + Vector256<float>.Count <= count; t += Vector256<float>.Count)
+        for (; t + TLanes.Count <= count; t += TLanes.Count)
         {
-            var e = Vector256.Exp((Vector256.Load(scores + t) - maxes) * scales);
-            e.Store(scores + t);
-            sums += e;
+            var e = TLanes.Exp(TLanes.Multiply(TLanes.Subtract(TLanes.Load(scores + t), maxes), scales));
+            TLanes.Store(e, scores + t);
+            sums = TLanes.Add(sums, e);
         }
-        float total = Vector256.Sum(sums);
+        float total = TLanes.Sum(sums);
         for (; t < count; t++) total += scores[t] = MathF.Exp((scores[t] - max) * scale);
         return total;
     }
 
     /// <summary>q · k for four consecutive key rows: four independent accumulator chains sharing each load of q.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DotFour(float* q, float* keys, int d, float* scores)
+    private static void DotFour<TVector, TLanes>(float* q, float* keys, int d, float* scores)
+        where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        TVector a0 = TLanes.Broadcast(0), a1 = a0, a2 = a0, a3 = a0;
         int i = 0;
-        for (; i + Vector256<float>.Count <= d; i += Vector256<float>.Count)
+        for (; i + TLanes.Count <= d; i += TLanes.Count)
         {
-            var x = Vector256.Load(q + i);
-            a0 = Vector256.FusedMultiplyAdd(x, Vector256.Load(keys + i), a0);
-            a1 = Vector256.FusedMultiplyAdd(x, Vector256.Load(keys + d + i), a1);
-            a2 = Vector256.FusedMultiplyAdd(x, Vector256.Load(keys + 2 * d + i), a2);
-            a3 = Vector256.FusedMultiplyAdd(x, Vector256.Load(keys + 3 * d + i), a3);
+            var x = TLanes.Load(q + i);
+            a0 = TLanes.MultiplyAdd(x, TLanes.Load(keys + i), a0);
+            a1 = TLanes.MultiplyAdd(x, TLanes.Load(keys + d + i), a1);
+            a2 = TLanes.MultiplyAdd(x, TLanes.Load(keys + 2 * d + i), a2);
+            a3 = TLanes.MultiplyAdd(x, TLanes.Load(keys + 3 * d + i), a3);
         }
-        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
+        float s0 = TLanes.Sum(a0), s1 = TLanes.Sum(a1), s2 = TLanes.Sum(a2), s3 = TLanes.Sum(a3);
         for (; i < d; i++)
         {
             s0 += q[i] * keys[i];
@@ -277,44 +311,28 @@ internal static unsafe class DecodeAttention
     /// <summary>
     /// <c>sum = Σₜ weights[t] · values[t]</c>, row after row: the value rows are read once, in address order, which is
     /// what counts when they come from memory (as they do in a model, after the layer's weights went through the caches).
-    /// Column blocks with accumulators held over all rows were faster with hot caches and slower in the model.
+    /// Column blocks with accumulators held over all rows were faster with hot caches and slower in the model. Values
+    /// are float32 or bfloat16 (<typeparamref name="TValue"/> <c>float</c> or <c>ushort</c>), widened exactly.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void WeightedSum<TValue, TWiden>(float* weights, TValue* values, int rows, int d, float* sum)
-        where TValue : unmanaged where TWiden : struct, IWiden<TValue>
+    private static void WeightedSum<TValue, TVector, TLanes>(float* weights, TValue* values, int rows, int d, float* sum)
+        where TValue : unmanaged where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
+        bool bfloat16 = typeof(TValue) == typeof(ushort);
         new Span<float>(sum, d).Clear();
         for (int t = 0; t < rows; t++)
         {
             TValue* row = values + (long)t * d;
             Prefetch(row + 16 * d, d * sizeof(TValue));
-            var w = Vector256.Create(weights[t]);
+            var w = TLanes.Broadcast(weights[t]);
             int i = 0;
-            for (; i + Vector256<float>.Count <= d; i += Vector256<float>.Count)
-                Vector256.FusedMultiplyAdd(TWiden.Eight(row + i), w, Vector256.Load(sum + i)).Store(sum + i);
-            for (; i < d; i++) sum[i] += TWiden.One(row[i]) * weights[t];
+            for (; i + TLanes.Count <= d; i += TLanes.Count)
+            {
+                var value = bfloat16 ? TLanes.LoadBFloat16((ushort*)row + i) : TLanes.Load((float*)row + i);
+                TLanes.Store(TLanes.MultiplyAdd(value, w, TLanes.Load(sum + i)), sum + i);
+            }
+            for (; i < d; i++) sum[i] += (bfloat16 ? BFloat16Bits.Widen(((ushort*)row)[i]) : ((float*)row)[i]) * weights[t];
         }
-    }
-
-    /// <summary>How value-cache elements become float32 (exactly), eight at a time or one.</summary>
-    private interface IWiden<TValue> where TValue : unmanaged
-    {
-        static abstract Vector256<float> Eight(TValue* values);
-        static abstract float One(TValue value);
-    }
-
-    private readonly struct FromFloat32 : IWiden<float>
-    {
-        public static Vector256<float> Eight(float* values) => Vector256.Load(values);
-        public static float One(float value) => value;
-    }
-
-    private readonly struct FromBFloat16 : IWiden<ushort>
-    {
-        /// <summary>The bits are the top halves of the float32 values.</summary>
-        public static Vector256<float> Eight(ushort* values) =>
-            Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(values).ToVector256Unsafe()), 16).AsSingle();
-        public static float One(ushort value) => BFloat16Bits.Widen(value);
     }
 
     /// <summary>
@@ -328,4 +346,14 @@ internal static unsafe class DecodeAttention
         if (!Sse.IsSupported) return;
         for (int offset = 0; offset < bytes; offset += 64) Sse.Prefetch0((byte*)address + offset);
     }
+}
+
+/// <summary>The vector width of <see cref="DecodeAttention"/>'s loops.</summary>
+internal enum DecodeAttentionVariant
+{
+    /// <summary>128-bit portable vectors: NEON on Arm64, SSE on x64.</summary>
+    Vector128,
+
+    /// <summary>256-bit portable vectors: AVX2 on x64.</summary>
+    Vector256,
 }

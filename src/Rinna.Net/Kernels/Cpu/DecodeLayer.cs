@@ -87,7 +87,8 @@ internal static unsafe class DecodeLayer
     /// float32 each) and the layer's cache storage <paramref name="keys"/> (float32) and <paramref name="values"/>
     /// (bfloat16), <c>[1, heads, ≥ past + 1, head_size]</c>, where the new key and value are written. Returns false for
     /// anything else, and also after running when an activation was outside the scaled GEMV's range (NaN, infinite or
-    /// beyond 2⁶⁴): the caller then runs the separate operations, which write the same key and value again.
+    /// beyond 2⁶⁴) or an int8 row over its outlier threshold: the caller then runs the separate operations, which write
+    /// the same key and value again.
     /// </summary>
     /// <remarks>
     /// <paramref name="float16"/> and <paramref name="int8"/> are the kernels' widths for the products of each kind, which
@@ -104,7 +105,7 @@ internal static unsafe class DecodeLayer
             || (anyInt8 && (int8 is not { } i8 || i8 == Int8GemvVariant.AvxVnni || !Int8Gemv.IsAccelerated(i8))))
             return false;
         int h = shape.Hidden, i = shape.Intermediate;
-        // Scratch of the stages that other threads read: the projection, the context, the attention's sum, the MLP's inner row.
+        // Scratch of the stages that other threads read: the projection, the attention context, the attention block's output, the MLP's inner row.
         var scratch = ArrayPool<ushort>.Shared.Rent(3 * h + h + h + i);
         try
         {
@@ -116,6 +117,7 @@ internal static unsafe class DecodeLayer
             fixed (byte* sinBytes = sin.bytes)
             {
                 int threads = get_num_threads();
+                var attention = DecodeAttention.DefaultVariant!.Value;
                 var job = new Job
                 {
                     Weights = weights, Shape = shape, Input = (ushort*)input, Output = (ushort*)outputBytes,
@@ -150,7 +152,7 @@ internal static unsafe class DecodeLayer
                 job.Up = Product(weights.Up, job.Inner, i, h, gelu: true, null, null);
                 job.Down = Product(weights.Down, job.Output, h, i, gelu: false, job.Attended, parallel ? job.Input : null);
                 job.Attention = DecodeAttention.OneRow(job.Projected, (float*)cosBytes, (float*)sinBytes, &job.Cache, job.Context,
-                    shape.Heads, shape.HeadSize, shape.RotaryDims);
+                    shape.Heads, shape.HeadSize, shape.RotaryDims, attention);
                 LibTorchOpenMp.Run(&RunStages, &job, threads);
                 if (job.OutOfRange != 0)
                 {
@@ -172,8 +174,7 @@ internal static unsafe class DecodeLayer
     {
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         bool RotaryRow(Tensor t) => OnCpuContiguous(t) && t.dtype == ScalarType.Float32 && t.numel() == shape.RotaryDims;
-        // The attention stage's loops are written for 256-bit vectors, as DecodeAttention requires them.
-        return LibTorchOpenMp.IsAvailable && Vector256.IsHardwareAccelerated
+        return LibTorchOpenMp.IsAvailable && DecodeAttention.DefaultVariant is not null
             && OnCpuContiguous(hidden) && hidden.dtype == ScalarType.BFloat16 && hidden.numel() == shape.Hidden
             && shape.Heads * shape.HeadSize == shape.Hidden && shape.RotaryDims % 2 == 0 && shape.RotaryDims <= shape.HeadSize
             && RotaryRow(cos) && RotaryRow(sin) && past >= 0 && past < DecodeAttention.MaxKeys

@@ -23,6 +23,12 @@ internal unsafe interface IFloatLanes<TVector> where TVector : unmanaged
     /// <summary>Writes <paramref name="value"/> at <paramref name="address"/>.</summary>
     static abstract void Store(TVector value, float* address);
 
+    /// <summary>The bfloat16 values at <paramref name="address"/> as float32 (exact: the bits are the top halves).</summary>
+    static abstract TVector LoadBFloat16(ushort* address);
+
+    /// <summary>The sum of the lanes.</summary>
+    static abstract float Sum(TVector value);
+
     /// <summary>Every lane <paramref name="value"/>.</summary>
     static abstract TVector Broadcast(float value);
 
@@ -58,6 +64,9 @@ internal readonly unsafe struct FloatLanes128 : IFloatLanes<Vector128<float>>
     public static bool IsHardwareAccelerated => Vector128.IsHardwareAccelerated;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Load(float* address) => Vector128.Load(address);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store(Vector128<float> value, float* address) => value.Store(address);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> LoadBFloat16(ushort* address) => Vector128.ShiftLeft(Vector128.WidenLower(Vector64.Load(address).ToVector128Unsafe()), 16).AsSingle();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector128<float> value) => Vector128.Sum(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Broadcast(float value) => Vector128.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> Indices(float start) => Vector128<float>.Indices + Vector128.Create(start);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<float> MultiplyAdd(Vector128<float> a, Vector128<float> b, Vector128<float> c) => Vector128.FusedMultiplyAdd(a, b, c);
@@ -78,6 +87,9 @@ internal readonly unsafe struct FloatLanes256 : IFloatLanes<Vector256<float>>
     public static bool IsHardwareAccelerated => Vector256.IsHardwareAccelerated;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load(float* address) => Vector256.Load(address);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store(Vector256<float> value, float* address) => value.Store(address);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> LoadBFloat16(ushort* address) => Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(address).ToVector256Unsafe()), 16).AsSingle();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector256<float> value) => Vector256.Sum(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Broadcast(float value) => Vector256.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Indices(float start) => Vector256<float>.Indices + Vector256.Create(start);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> MultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Vector256.FusedMultiplyAdd(a, b, c);
@@ -98,6 +110,9 @@ internal readonly unsafe struct FloatLanes512 : IFloatLanes<Vector512<float>>
     public static bool IsHardwareAccelerated => Vector512.IsHardwareAccelerated;
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load(float* address) => Vector512.Load(address);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static void Store(Vector512<float> value, float* address) => value.Store(address);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> LoadBFloat16(ushort* address) => Vector512.ShiftLeft(Vector512.WidenLower(Vector256.Load(address).ToVector512Unsafe()), 16).AsSingle();
+    [MethodImpl(MethodImplOptions.AggressiveInlining)] public static float Sum(Vector512<float> value) => Vector512.Sum(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Broadcast(float value) => Vector512.Create(value);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Indices(float start) => Vector512<float>.Indices + Vector512.Create(start);
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> MultiplyAdd(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Vector512.FusedMultiplyAdd(a, b, c);

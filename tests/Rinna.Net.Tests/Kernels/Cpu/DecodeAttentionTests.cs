@@ -12,18 +12,32 @@ public class DecodeAttentionTests
 {
     public DecodeAttentionTests() => TorchSharpNativeLoader.EnsureInstalled();
 
-    public static TheoryData<int, int, int, int, int, bool> Cases => new()
+    public static TheoryData<int, int, int, int, int, bool, string> Cases
     {
-        // batch, heads, cached positions, head size, rotary dims, bfloat16: an empty cache, odd sizes, partial rotation
-        // (pythia's 25 %), no rotation, rinna-4b's 22 × 128 with full rotation, a batch of two, a cache that must grow.
-        { 1, 1, 0, 8, 8, false }, { 1, 3, 5, 7, 4, true }, { 1, 22, 96, 128, 128, true }, { 2, 4, 33, 80, 20, true },
-        { 1, 2, 300, 19, 0, false }, { 2, 8, 63, 64, 16, false },
-    };
+        get
+        {
+            // batch, heads, cached positions, head size, rotary dims, bfloat16: an empty cache, odd sizes, partial rotation
+            // (pythia's 25 %), no rotation, rinna-4b's 22 × 128 with full rotation, a batch of two, a cache that must grow;
+            // each in every vector width.
+            (int, int, int, int, int, bool)[] shapes =
+            [
+                (1, 1, 0, 8, 8, false), (1, 3, 5, 7, 4, true), (1, 22, 96, 128, 128, true), (2, 4, 33, 80, 20, true),
+                (1, 2, 300, 19, 0, false), (2, 8, 63, 64, 16, false),
+            ];
+            var data = new TheoryData<int, int, int, int, int, bool, string>();
+            foreach (var variant in Enum.GetNames<DecodeAttentionVariant>())
+                foreach (var (batch, heads, past, headSize, rotaryDims, bfloat16) in shapes) data.Add(batch, heads, past, headSize, rotaryDims, bfloat16, variant);
+            return data;
+        }
+    }
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void EqualsTheOperatorPathOfRotationCacheWriteAndAttention(int batch, int heads, int past, int headSize, int rotaryDims, bool bfloat16)
+    public void EqualsTheOperatorPathOfRotationCacheWriteAndAttention(int batch, int heads, int past, int headSize, int rotaryDims, bool bfloat16,
+        string variantName)
     {
+        var variant = Enum.Parse<DecodeAttentionVariant>(variantName);
+        if (!DecodeAttention.IsAccelerated(variant)) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
         using var scope = NewDisposeScope();
         var gen = new Generator((ulong)(batch * 1000 + heads * 100 + past + headSize));
         var dtype = bfloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
@@ -38,8 +52,16 @@ public class DecodeAttentionTests
         foreach (var cache in new[] { expectedCache, actualCache })
             if (past > 0) cache.Write(0, pastKeys, pastValues, 0);
 
-        // Through the model's backend, which prepares (and here grows) the cache storage the kernel writes into.
-        Assert.True(new CpuDecodeAttention().TryAttend(new AttentionCall(projected, cos, sin, null, actualCache, 0, past, headSize, rotaryDims), out var actual));
+        // The default width through the model's backend, which prepares (and here grows) the cache storage the kernel
+        // writes into; another width straight into storage prepared as the backend does.
+        Tensor actual;
+        if (variant == DecodeAttention.DefaultVariant)
+            Assert.True(new CpuDecodeAttention().TryAttend(new AttentionCall(projected, cos, sin, null, actualCache, 0, past, headSize, rotaryDims), out actual));
+        else
+        {
+            var (storeKeys, storeValues) = actualCache.Storage(0, batch, heads, headSize, ScalarType.Float32, dtype, CPU, past, past + 1);
+            Assert.True(DecodeAttention.TryStep(projected, cos, sin, storeKeys, storeValues, past, headSize, rotaryDims, variant, out actual));
+        }
 
         // HF's order: split the heads, rotate q and k in float32, append to the cache, attend.
         var qkv = projected.view(batch, 1, heads, 3 * headSize).permute(0, 2, 1, 3);
