@@ -19,10 +19,15 @@ internal sealed class DecodeLayerPass
     private readonly LinearLayer[] products;
     private readonly DecodeLayer.Shape shape;
 
-    /// <summary>The parameters <see cref="weights"/> points into, to notice one replaced (a model moved to another device).</summary>
-    private Tensor?[]? planned;
-    private DecodeLayer.Weights weights;
-    private bool usable;
+    /// <summary>The parameters checked and their addresses, published as one object: generations on other caches may step this layer from other threads.</summary>
+    private Plan? plan;
+
+    private long steps;
+
+    /// <param name="Parameters">The parameters <paramref name="Weights"/> points into, to notice one replaced (a model moved to another device).</param>
+    /// <param name="Usable">Whether the pass may run on them.</param>
+    /// <param name="Weights">Their addresses, where usable.</param>
+    private sealed record Plan(Tensor?[] Parameters, bool Usable, DecodeLayer.Weights Weights);
 
     private DecodeLayerPass(GptNeoXConfig config, LayerNorm inputNorm, LayerNorm postAttentionNorm, LinearLayer[] products)
     {
@@ -54,7 +59,7 @@ internal sealed class DecodeLayerPass
     internal Int8GemvVariant? Int8Variant { get; set; } = Int8Gemv.IsPreferredForDecode ? Int8Gemv.DefaultVariant : null;
 
     /// <summary>Steps the pass has run, so that tests can tell it ran.</summary>
-    internal long Steps { get; private set; }
+    internal long Steps => Interlocked.Read(ref steps);
 
     /// <summary>
     /// The layer's output for <paramref name="hidden"/> <c>[1, 1, hidden]</c> at position <paramref name="past"/>, writing
@@ -64,30 +69,34 @@ internal sealed class DecodeLayerPass
     public bool TryForward(Tensor hidden, Tensor cos, Tensor sin, KeyValueCache cache, int layer, int past, out Tensor output)
     {
         output = null!;
-        if (hidden.dtype != ScalarType.BFloat16 || hidden.numel() != shape.Hidden || !Plan()) return false;
+        if (hidden.dtype != ScalarType.BFloat16 || hidden.numel() != shape.Hidden || Current() is not { Usable: true } current) return false;
         var (keys, values) = cache.Storage(layer, 1, shape.Heads, shape.HeadSize, ScalarType.Float32, ScalarType.BFloat16, hidden.device, past, past + 1);
-        if (!DecodeLayer.TryStep(hidden, weights, shape, cos, sin, keys, values, past, Variant, Float16Gemv.Widening, Int8Variant, out output))
+        if (!DecodeLayer.TryStep(hidden, current.Weights, shape, cos, sin, keys, values, past, Variant, Float16Gemv.Widening, Int8Variant, out output))
             return false;
-        Steps++;
+        Interlocked.Increment(ref steps);
         return true;
     }
 
-    /// <summary>Checks the parameters and takes their addresses once (again if one was replaced); whether the pass may run.</summary>
-    private unsafe bool Plan()
+    /// <summary>The plan for the current parameters: checked and their addresses taken once (again if one was replaced).</summary>
+    private unsafe Plan Current()
     {
         // Every step: compared object by object, without allocating.
-        if (planned is not null && StillPlanned()) return usable;
-        planned = new Tensor?[] { inputNorm.Weight, inputNorm.Bias, postAttentionNorm.Weight, postAttentionNorm.Bias }
+        var current = Volatile.Read(ref plan);
+        if (current is not null && StillPlanned(current.Parameters)) return current;
+        var parameters = new Tensor?[] { inputNorm.Weight, inputNorm.Bias, postAttentionNorm.Weight, postAttentionNorm.Bias }
             .Concat(products.SelectMany(Parameters)).ToArray();
-        usable = Usable();
-        if (usable)
-            weights = new DecodeLayer.Weights
+        bool usable = Usable();
+        var weights = usable
+            ? new DecodeLayer.Weights
             {
                 InputNormWeight = Address(inputNorm.Weight), InputNormBias = Address(inputNorm.Bias),
                 PostAttentionNormWeight = Address(postAttentionNorm.Weight), PostAttentionNormBias = Address(postAttentionNorm.Bias),
                 QueryKeyValue = Product(products[0]), Dense = Product(products[1]), Up = Product(products[2]), Down = Product(products[3]),
-            };
-        return usable;
+            }
+            : default;
+        current = new Plan(parameters, usable, weights);
+        Volatile.Write(ref plan, current);
+        return current;
     }
 
     private static IEnumerable<Tensor?> Parameters(LinearLayer linear) => linear switch
@@ -130,10 +139,9 @@ internal sealed class DecodeLayerPass
         _ => throw new InvalidOperationException($"{linear.GetType().Name} has no decode pass."),
     };
 
-    /// <summary>Whether the parameters are the objects <see cref="planned"/> holds (Tensor's Equals compares values, in libtorch).</summary>
-    private bool StillPlanned()
+    /// <summary>Whether the parameters are the objects <paramref name="p"/> holds (Tensor's Equals compares values, in libtorch).</summary>
+    private bool StillPlanned(Tensor?[] p)
     {
-        var p = planned!;
         if (!ReferenceEquals(p[0], inputNorm.Weight) || !ReferenceEquals(p[1], inputNorm.Bias)
             || !ReferenceEquals(p[2], postAttentionNorm.Weight) || !ReferenceEquals(p[3], postAttentionNorm.Bias))
             return false;

@@ -156,6 +156,35 @@ public class DecodeLayerPassTests
     }
 
     [Fact]
+    public async Task GenerationsOnTheirOwnCachesMayStepTheSameLayersFromTwoThreads()
+    {
+        Require(Float16Gemv.DefaultVariant?.ToString() ?? nameof(Float16GemvVariant.Vector256));
+        using var model = await Load("tiny-neox-pythia");
+        long[][] prompts = [[5, 6, 7, 8], [40, 41, 42]];
+        static float[][] Decode(GptNeoXForCausalLM model, long[] prompt)
+        {
+            using var cache = new KeyValueCache(model.Config.NumHiddenLayers);
+            var next = tensor(prompt, ScalarType.Int64).unsqueeze(0);
+            var logits = new List<float[]>();
+            for (int step = 0; step < 16; step++)
+            {
+                using var scope = NewDisposeScope();
+                using var output = model.Forward(next, pastKeyValues: cache, useCache: true, lastPositionOnly: true);
+                logits.Add(output.Logits[0, 0].data<float>().ToArray());
+                next = output.Logits[0, 0].argmax().reshape(1, 1).MoveToOuterDisposeScope();
+            }
+            return logits.ToArray();
+        }
+        var alone = prompts.Select(p => Decode(model, p)).ToArray();
+        // Both threads start on a fresh model, whose layers have not planned their passes: their first steps race to.
+        using var fresh = await Load("tiny-neox-pythia");
+        var together = await Task.WhenAll(prompts.Select(p => Task.Run(() => Decode(fresh, p))));
+
+        Assert.Equal(alone, together);
+        Assert.All(fresh.DecodePasses, pass => Assert.Equal(2 * 15, pass.Steps));
+    }
+
+    [Fact]
     public async Task ActivationsBeyondTheGemvsRangeTakeTheSeparateOperations()
     {
         Require(Float16Gemv.DefaultVariant?.ToString() ?? nameof(Float16GemvVariant.Vector256));
