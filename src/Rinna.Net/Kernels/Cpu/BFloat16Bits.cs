@@ -18,6 +18,15 @@ internal static class BFloat16Bits
     /// <summary>The value as bfloat16 holds it, widened back: what a libtorch operation returning bfloat16 passes to the next.</summary>
     public static float RoundTrip(float value) => Widen(Round(value));
 
+    /// <summary><see cref="Round(float)"/> of eight values.</summary>
+    public static Vector128<ushort> Round(Vector256<float> values)
+    {
+        var bits = values.AsUInt32();
+        var rounded = (bits + Vector256.Create(0x7FFFu) + ((bits >>> 16) & Vector256<uint>.One)) >>> 16;
+        var kept = Vector256.ConditionalSelect(Vector256.Equals(values, values).AsUInt32(), rounded, Vector256.Create(0x7FC0u));
+        return Vector128.Narrow(kept.GetLower(), kept.GetUpper());
+    }
+
     /// <summary><see cref="RoundTrip(float)"/> of eight values.</summary>
     public static Vector256<float> RoundTrip(Vector256<float> values)
     {

@@ -124,7 +124,7 @@ internal static unsafe class DecodeLayer
                     Projected = buffers, Context = buffers + 3 * h, Attended = buffers + 4 * h, Inner = buffers + 5 * h,
                     Cache = DecodeAttention.RowOf(keys, values, past),
                 };
-                Stage Product(in Product product, ushort* output, int rows, int columns, bool gelu, ushort* residual, ushort* secondResidual) =>
+                Stage StageFor(in Product product, ushort* output, int rows, int columns, bool gelu, ushort* residual, ushort* secondResidual) =>
                     product.IsInt8
                         ? new Stage
                         {
@@ -147,10 +147,10 @@ internal static unsafe class DecodeLayer
                         };
                 // The residual stream: x + attn(ln1(x)) + mlp(ln2(x)) in parallel, else x + attn(ln1(x)), then + mlp(ln2(that)).
                 bool parallel = shape.ParallelResidual;
-                job.QueryKeyValue = Product(weights.QueryKeyValue, job.Projected, 3 * h, h, gelu: false, null, null);
-                job.Dense = Product(weights.Dense, job.Attended, h, h, gelu: false, parallel ? null : job.Input, null);
-                job.Up = Product(weights.Up, job.Inner, i, h, gelu: true, null, null);
-                job.Down = Product(weights.Down, job.Output, h, i, gelu: false, job.Attended, parallel ? job.Input : null);
+                job.QueryKeyValue = StageFor(weights.QueryKeyValue, job.Projected, 3 * h, h, gelu: false, null, null);
+                job.Dense = StageFor(weights.Dense, job.Attended, h, h, gelu: false, parallel ? null : job.Input, null);
+                job.Up = StageFor(weights.Up, job.Inner, i, h, gelu: true, null, null);
+                job.Down = StageFor(weights.Down, job.Output, h, i, gelu: false, job.Attended, parallel ? job.Input : null);
                 job.Attention = DecodeAttention.OneRow(job.Projected, (float*)cosBytes, (float*)sinBytes, &job.Cache, job.Context,
                     shape.Heads, shape.HeadSize, shape.RotaryDims, attention);
                 LibTorchOpenMp.Run(&RunStages, &job, threads);

@@ -308,11 +308,7 @@ internal static unsafe class Float16Gemv
             var value = Vector256.Load(values + i);
             if (job->Residual != null) value = (bfloat16 ? BFloat16Bits.RoundTrip(value) : value) + Widen8(job->Residual, bfloat16, start + i);
             if (job->SecondResidual != null) value = (bfloat16 ? BFloat16Bits.RoundTrip(value) : value) + Widen8(job->SecondResidual, bfloat16, start + i);
-            if (bfloat16)
-            {
-                var bits = BFloat16Bits.RoundTrip(value).AsUInt32() >>> 16;
-                Vector128.Narrow(bits.GetLower(), bits.GetUpper()).Store((ushort*)job->Output + start + i);
-            }
+            if (bfloat16) BFloat16Bits.Round(value).Store((ushort*)job->Output + start + i);
             else value.Store((float*)job->Output + start + i);
         }
         for (; i < count; i++)
@@ -331,7 +327,7 @@ internal static unsafe class Float16Gemv
     /// <summary>Eight values from <paramref name="at"/> of a bfloat16 or float32 vector, as float32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Widen8(void* source, bool bfloat16, int at) => bfloat16
-        ? Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load((ushort*)source + at).ToVector256Unsafe()), 16).AsSingle()
+        ? FloatLanes256.LoadBFloat16((ushort*)source + at)
         : Vector256.Load((float*)source + at);
 
     /// <summary>The value as the output dtype holds it: what a libtorch operation returning bfloat16 would pass to the next.</summary>

@@ -45,7 +45,7 @@ internal static unsafe class RowLayerNorm
         for (i = 0; i + step <= length; i += step)
         {
             var normalized = Vector256.Load(destination + i) * scales + shifts;
-            var y = normalized * Widen8(weight + i) + Widen8(bias + i);
+            var y = normalized * FloatLanes256.LoadBFloat16(weight + i) + FloatLanes256.LoadBFloat16(bias + i);
             BFloat16Bits.RoundTrip(y).Store(destination + i);
         }
         for (; i < length; i++)
@@ -54,9 +54,4 @@ internal static unsafe class RowLayerNorm
             destination[i] = BFloat16Bits.RoundTrip(normalized * BFloat16Bits.Widen(weight[i]) + BFloat16Bits.Widen(bias[i]));
         }
     }
-
-    /// <summary>Eight bfloat16 values as float32 (the bits are the top halves).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Widen8(ushort* values) =>
-        Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(values).ToVector256Unsafe()), 16).AsSingle();
 }

@@ -205,17 +205,9 @@ internal static class RowwiseInt8
     /// <summary>float32 → bfloat16 with round-to-nearest-even as c10::BFloat16 converts (NaN stays NaN).</summary>
     private static void NarrowToBFloat16(ReadOnlySpan<float> source, Span<ushort> destination)
     {
-        int i = 0, width = Vector256<ushort>.Count;
+        int i = 0, width = Vector256<float>.Count;
         for (; i + width <= source.Length; i += width)
-            Vector256.Narrow(RoundToBFloat16(source, i), RoundToBFloat16(source, i + 8)).CopyTo(destination.Slice(i, width));
+            BFloat16Bits.Round(Vector256.Create(source.Slice(i, width))).CopyTo(destination.Slice(i, width));
         for (; i < source.Length; i++) destination[i] = BFloat16Bits.Round(source[i]);
-    }
-
-    private static Vector256<uint> RoundToBFloat16(ReadOnlySpan<float> source, int at)
-    {
-        var value = Vector256.Create(source.Slice(at, Vector256<float>.Count));
-        var bits = value.AsUInt32();
-        var rounded = Vector256.ShiftRightLogical(bits + Vector256.Create(0x7FFFu) + (Vector256.ShiftRightLogical(bits, 16) & Vector256<uint>.One), 16);
-        return Vector256.ConditionalSelect(Vector256.Equals(value, value).AsUInt32(), rounded, Vector256.Create(0x7FC0u));
     }
 }
