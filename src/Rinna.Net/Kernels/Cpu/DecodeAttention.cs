@@ -37,20 +37,14 @@ internal static unsafe class DecodeAttention
         public void* Output;
         public int Heads, Units, MaxKeys, HeadSize, RotaryDims, NextUnit;
         public float Scale;
-        public DecodeAttentionVariant Variant;
+        public LaneWidth Variant;
     }
 
     /// <summary>
-    /// The vector width steps use: 256 bits where the CPU runs them in hardware (x64 with AVX2; AVX-512 machines too,
-    /// where heads of 64–128 elements gain nothing from wider vectors), else 128 (NEON on Arm64), else none: libtorch's
-    /// operators then do the step.
+    /// The vector width steps use (<see cref="LaneWidths.Default"/>), or none where not even 128-bit vectors run in
+    /// hardware: libtorch's operators then do the step.
     /// </summary>
-    public static DecodeAttentionVariant? DefaultVariant { get; } = Vector256.IsHardwareAccelerated ? DecodeAttentionVariant.Vector256
-        : Vector128.IsHardwareAccelerated ? DecodeAttentionVariant.Vector128 : null;
-
-    /// <summary>Whether the CPU runs <paramref name="variant"/> in hardware.</summary>
-    public static bool IsAccelerated(DecodeAttentionVariant variant) =>
-        variant == DecodeAttentionVariant.Vector256 ? Vector256.IsHardwareAccelerated : Vector128.IsHardwareAccelerated;
+    public static LaneWidth? DefaultVariant { get; } = LaneWidths.IsAccelerated(LaneWidths.Default) ? LaneWidths.Default : null;
 
     /// <summary>Where one batch row's cache of this layer lives: its keys and values at head 0, the distance between heads, the tokens before this one.</summary>
     internal struct CacheRow
@@ -79,10 +73,10 @@ internal static unsafe class DecodeAttention
 
     /// <summary><see cref="TryStep(Tensor, Tensor, Tensor, Tensor, Tensor, int, int, int, out Tensor)"/> with a chosen width, which must be accelerated; for tests.</summary>
     internal static bool TryStep(Tensor projected, Tensor cos, Tensor sin, Tensor keys, Tensor values, int past, int headSize,
-        int rotaryDims, DecodeAttentionVariant variant, out Tensor context)
+        int rotaryDims, LaneWidth variant, out Tensor context)
     {
         context = null!;
-        if (!IsAccelerated(variant) || !Accepts(projected, cos, sin, past, headSize, rotaryDims, variant)) return false;
+        if (!LaneWidths.IsAccelerated(variant) || !Accepts(projected, cos, sin, past, headSize, rotaryDims, variant)) return false;
         int batch = (int)projected.size(0), heads = (int)(projected.size(2) / (3 * headSize));
         if (!HoldsPositions(keys, ScalarType.Float32, batch, heads, headSize, past + 1) || !HoldsPositions(values, projected.dtype, batch, heads, headSize, past + 1)) return false;
 
@@ -114,7 +108,7 @@ internal static unsafe class DecodeAttention
 
     /// <summary>Runs a step whose arguments were checked; with <paramref name="sameStorage"/> row b is batch row b of one storage, else each row's batch row 0.</summary>
     private static Tensor Run(Tensor projected, Tensor cos, Tensor sin, IReadOnlyList<(Tensor Keys, Tensor Values, int Past)> rows, int headSize,
-        int rotaryDims, bool sameStorage, DecodeAttentionVariant variant)
+        int rotaryDims, bool sameStorage, LaneWidth variant)
     {
         int batch = rows.Count, heads = (int)(projected.size(2) / (3 * headSize));
         var result = empty(batch, 1, (long)heads * headSize, dtype: projected.dtype);
@@ -156,12 +150,12 @@ internal static unsafe class DecodeAttention
     public static bool Accepts(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims) =>
         DefaultVariant is { } variant && Accepts(projected, cos, sin, past, headSize, rotaryDims, variant);
 
-    private static bool Accepts(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims, DecodeAttentionVariant variant)
+    private static bool Accepts(Tensor projected, Tensor cos, Tensor sin, int past, int headSize, int rotaryDims, LaneWidth variant)
     {
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         bool RotaryRows(Tensor t) => OnCpuContiguous(t) && t.dtype == ScalarType.Float32 && t.numel() == projected.size(0) * rotaryDims;
         // Without hardware vectors the managed loops would lose to libtorch's kernels.
-        return IsAccelerated(variant) && OnCpuContiguous(projected) && projected.dim() == 3 && projected.size(1) == 1
+        return LaneWidths.IsAccelerated(variant) && OnCpuContiguous(projected) && projected.dim() == 3 && projected.size(1) == 1
             && projected.dtype is ScalarType.BFloat16 or ScalarType.Float32 && projected.numel() > 0
             && headSize > 0 && projected.size(2) % (3 * headSize) == 0 && rotaryDims >= 0 && rotaryDims <= headSize && rotaryDims % 2 == 0
             && RotaryRows(cos) && RotaryRows(sin) && past >= 0 && past < MaxKeys;
@@ -177,7 +171,7 @@ internal static unsafe class DecodeAttention
     /// until the step ends: the projection <c>[heads · 3 · d]</c> and the context <c>[heads · d]</c> in bfloat16.
     /// </summary>
     internal static Job OneRow(ushort* projected, float* cos, float* sin, CacheRow* row, ushort* context, int heads, int headSize, int rotaryDims,
-        DecodeAttentionVariant variant) => new()
+        LaneWidth variant) => new()
     {
         Projected = projected, ProjectedIsBFloat16 = true, Cos = cos, Sin = sin, Rows = row, Output = context,
         Heads = heads, Units = heads, MaxKeys = row->Past + 1, HeadSize = headSize, RotaryDims = rotaryDims, Scale = 1.0f / MathF.Sqrt(headSize),
@@ -198,7 +192,7 @@ internal static unsafe class DecodeAttention
     /// <summary>Claims heads of <paramref name="job"/> until none are left and attends over each.</summary>
     internal static void StepHeads(Job* job)
     {
-        if (job->Variant == DecodeAttentionVariant.Vector128) StepHeads<Vector128<float>, FloatLanes128>(job);
+        if (job->Variant == LaneWidth.Vector128) StepHeads<Vector128<float>, FloatLanes128>(job);
         else StepHeads<Vector256<float>, FloatLanes256>(job);
     }
 
@@ -346,14 +340,4 @@ internal static unsafe class DecodeAttention
         if (!Sse.IsSupported) return;
         for (int offset = 0; offset < bytes; offset += 64) Sse.Prefetch0((byte*)address + offset);
     }
-}
-
-/// <summary>The vector width of <see cref="DecodeAttention"/>'s loops.</summary>
-internal enum DecodeAttentionVariant
-{
-    /// <summary>128-bit portable vectors: NEON on Arm64, SSE on x64.</summary>
-    Vector128,
-
-    /// <summary>256-bit portable vectors: AVX2 on x64.</summary>
-    Vector256,
 }

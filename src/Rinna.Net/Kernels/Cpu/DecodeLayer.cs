@@ -58,6 +58,9 @@ internal static unsafe class DecodeLayer
         public DecodeAttention.Job Attention;
         public DecodeAttention.CacheRow Cache;
         public int OutOfRange;
+
+        /// <summary>The vector width of the row steps (LayerNorm, widening, int8 quantization and rescale) and of the attention.</summary>
+        public LaneWidth Lanes;
     }
 
     /// <summary>A product's work: the float16 GEMV's job, or the int8 one's.</summary>
@@ -122,7 +125,7 @@ internal static unsafe class DecodeLayer
                 {
                     Weights = weights, Shape = shape, Input = (ushort*)input, Output = (ushort*)outputBytes,
                     Projected = buffers, Context = buffers + 3 * h, Attended = buffers + 4 * h, Inner = buffers + 5 * h,
-                    Cache = DecodeAttention.RowOf(keys, values, past),
+                    Cache = DecodeAttention.RowOf(keys, values, past), Lanes = attention,
                 };
                 Stage StageFor(in Product product, ushort* output, int rows, int columns, bool gelu, ushort* residual, ushort* secondResidual) =>
                     product.IsInt8
@@ -194,23 +197,24 @@ internal static unsafe class DecodeLayer
         float* activations = stackalloc float[longest];
         sbyte* codes = stackalloc sbyte[longest];
 
-        RowLayerNorm.Apply(job->Input, w.InputNormWeight, w.InputNormBias, shape.LayerNormEps, shape.Hidden, activations);
+        var lanes = job->Lanes;
+        RowLayerNorm.Apply(job->Input, w.InputNormWeight, w.InputNormBias, shape.LayerNormEps, shape.Hidden, activations, lanes);
         Multiply(job, &job->QueryKeyValue, activations, codes, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
         DecodeAttention.StepHeads(&job->Attention);
         LibTorchOpenMp.Barrier();
 
-        BFloat16Bits.Widen(new ReadOnlySpan<ushort>(job->Context, shape.Hidden), new Span<float>(activations, shape.Hidden));
+        BFloat16Bits.Widen(new ReadOnlySpan<ushort>(job->Context, shape.Hidden), new Span<float>(activations, shape.Hidden), lanes);
         Multiply(job, &job->Dense, activations, codes, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
         RowLayerNorm.Apply(shape.ParallelResidual ? job->Input : job->Attended, w.PostAttentionNormWeight, w.PostAttentionNormBias,
-            shape.LayerNormEps, shape.Hidden, activations);
+            shape.LayerNormEps, shape.Hidden, activations, lanes);
         Multiply(job, &job->Up, activations, codes, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
-        BFloat16Bits.Widen(new ReadOnlySpan<ushort>(job->Inner, shape.Intermediate), new Span<float>(activations, shape.Intermediate));
+        BFloat16Bits.Widen(new ReadOnlySpan<ushort>(job->Inner, shape.Intermediate), new Span<float>(activations, shape.Intermediate), lanes);
         Multiply(job, &job->Down, activations, codes, shape.Intermediate);
     }
 
@@ -227,14 +231,14 @@ internal static unsafe class DecodeLayer
             if (Float16Gemv.ScaleInPlace(values)) Float16Gemv.MultiplyClaimed(&stage->Float16, activations);
             else Volatile.Write(ref job->OutOfRange, 1);
         }
-        else if (RowwiseInt8.TryQuantizeRow(values, stage->Threshold, new Span<sbyte>(codes, length), out float scale))
-            MultiplyInt8(&stage->Int8, codes, scale);
+        else if (RowwiseInt8.TryQuantizeRow(values, stage->Threshold, new Span<sbyte>(codes, length), out float scale, job->Lanes))
+            MultiplyInt8(&stage->Int8, codes, scale, job->Lanes);
         else Volatile.Write(ref job->OutOfRange, 1);
     }
 
     /// <summary>Claims runs of an int8 product's rows and computes each block's int32 sums, then its rescale and what follows it.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void MultiplyInt8(Int8Job* job, sbyte* codes, float scale)
+    private static void MultiplyInt8(Int8Job* job, sbyte* codes, float scale, LaneWidth lanes)
     {
         const int Block = 64;
         int* sums = stackalloc int[Block];
@@ -251,7 +255,7 @@ internal static unsafe class DecodeLayer
                 RowwiseInt8.RescaleBlock(new ReadOnlySpan<int>(sums, count), scale, new ReadOnlySpan<float>(job->WeightScale + start, count),
                     job->Bias == null ? default : new ReadOnlySpan<float>(job->Bias + start, count), job->Bias != null, job->Gelu, bfloat16: true,
                     Bytes(job->Residual, start, count), Bytes(job->SecondResidual, start, count), new Span<float>(values, count),
-                    new Span<byte>(job->Output + start, count * sizeof(ushort)));
+                    new Span<byte>(job->Output + start, count * sizeof(ushort)), lanes);
             }
     }
 }

@@ -16,37 +16,50 @@ internal static unsafe class RowLayerNorm
 {
     /// <summary>
     /// Normalizes the bfloat16 row <paramref name="x"/> of <paramref name="length"/> elements into
-    /// <paramref name="destination"/>: the float32 values of the bfloat16 results.
+    /// <paramref name="destination"/>: the float32 values of the bfloat16 results, in the vector width
+    /// <paramref name="width"/> (<see cref="LaneWidths.Default"/> where the CPU runs it).
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Apply(ushort* x, ushort* weight, ushort* bias, double eps, int length, float* destination)
+    public static void Apply(ushort* x, ushort* weight, ushort* bias, double eps, int length, float* destination, LaneWidth width)
     {
-        BFloat16Bits.Widen(new ReadOnlySpan<ushort>(x, length), new Span<float>(destination, length));
-        int step = Vector256<float>.Count, i = 0;
-        var sums = Vector256<float>.Zero;
-        for (; i + step <= length; i += step) sums += Vector256.Load(destination + i);
-        float sum = Vector256.Sum(sums);
-        for (; i < length; i++) sum += destination[i];
+        if (width == LaneWidth.Vector256) Apply<Vector256<float>, FloatLanes256>(x, weight, bias, eps, length, destination);
+        else Apply<Vector128<float>, FloatLanes128>(x, weight, bias, eps, length, destination);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Apply<TVector, TLanes>(ushort* x, ushort* weight, ushort* bias, double eps, int length, float* destination)
+        where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
+    {
+        int step = TLanes.Count, i = 0;
+        var sums = TLanes.Broadcast(0);
+        for (; i + step <= length; i += step)
+        {
+            var value = TLanes.LoadBFloat16(x + i);
+            TLanes.Store(value, destination + i);
+            sums = TLanes.Add(sums, value);
+        }
+        float sum = TLanes.Sum(sums);
+        for (; i < length; i++) sum += destination[i] = BFloat16Bits.Widen(x[i]);
         float mean = sum / length;
 
-        var (means, squares) = (Vector256.Create(mean), Vector256<float>.Zero);
+        var (means, squares) = (TLanes.Broadcast(mean), TLanes.Broadcast(0));
         for (i = 0; i + step <= length; i += step)
         {
-            var deviation = Vector256.Load(destination + i) - means;
-            squares += deviation * deviation;
+            var deviation = TLanes.Subtract(TLanes.Load(destination + i), means);
+            squares = TLanes.Add(squares, TLanes.Multiply(deviation, deviation));
         }
-        float squareSum = Vector256.Sum(squares);
+        float squareSum = TLanes.Sum(squares);
         for (; i < length; i++) squareSum += (destination[i] - mean) * (destination[i] - mean);
         float variance = squareSum / length;
 
         float rstd = (float)(1.0 / Math.Sqrt(Math.Max(variance, 0f) + eps));
         float shift = -mean * rstd;
-        var (scales, shifts) = (Vector256.Create(rstd), Vector256.Create(shift));
+        var (scales, shifts) = (TLanes.Broadcast(rstd), TLanes.Broadcast(shift));
         for (i = 0; i + step <= length; i += step)
         {
-            var normalized = Vector256.Load(destination + i) * scales + shifts;
-            var y = normalized * FloatLanes256.LoadBFloat16(weight + i) + FloatLanes256.LoadBFloat16(bias + i);
-            BFloat16Bits.RoundTrip(y).Store(destination + i);
+            // Each product and sum rounded on its own, as libtorch's kernel does: no fused multiply-add.
+            var normalized = TLanes.Add(TLanes.Multiply(TLanes.Load(destination + i), scales), shifts);
+            var y = TLanes.Add(TLanes.Multiply(normalized, TLanes.LoadBFloat16(weight + i)), TLanes.LoadBFloat16(bias + i));
+            TLanes.Store(TLanes.RoundTripBFloat16(y), destination + i);
         }
         for (; i < length; i++)
         {

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Buffers;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -16,19 +17,21 @@ namespace Rinna.Net.Kernels.Cpu;
 /// compute exactly what <see cref="AtenInt8Kernels.Script"/> computes, in the same float32 operations and order, so the
 /// results are bitwise equal (a test holds both paths to it). Rows are independent in the script unless one holds an
 /// outlier feature, whose column is then taken out of every row; so a step with any outlier, or any input this class
-/// does not handle, goes through the script instead.
+/// does not handle, goes through the script instead. The loops are written once over <see cref="IFloatLanes{TVector}"/>
+/// and run in 256-bit vectors on x64 and 128-bit ones on Arm64 (<see cref="LaneWidths.Default"/>), with the same bits.
 /// </remarks>
-internal static class RowwiseInt8
+internal static unsafe class RowwiseInt8
 {
     /// <summary>
     /// Quantizes contiguous CPU rows <c>[M, K]</c> (1 ≤ M ≤ <see cref="Int8Gemv.MaxRows"/>) of bfloat16 or float32
-    /// activations (the dtypes <see cref="Rescale(Tensor, ReadOnlySpan{float}, Tensor, Tensor?, ScalarType, bool, Tensor?)"/> produces), each
+    /// activations (the dtypes <see cref="Rescale(Tensor, ReadOnlySpan{float}, Tensor, Tensor?, ScalarType, bool, Tensor?, LaneWidth?)"/> produces), each
     /// <c>round(x / scale)</c> with its own <c>scale = max(absmax, 1e-30) / 127</c>. Returns false, doing nothing, when
     /// the rows are not ones this path takes or when <paramref name="threshold"/> is positive and some magnitude exceeds it
     /// (the outlier decomposition is needed). Row m's scale goes to <c>scales[m]</c>; the caller's span (a stack buffer
-    /// of <see cref="Int8Gemv.MaxRows"/>) keeps the per-token path free of allocations.
+    /// of <see cref="Int8Gemv.MaxRows"/>) keeps the per-token path free of allocations. The vector loops run in
+    /// <paramref name="width"/>, <see cref="LaneWidths.Default"/> when null.
     /// </summary>
-    public static bool TryQuantize(Tensor x, double threshold, out Tensor quantized, Span<float> scales)
+    public static bool TryQuantize(Tensor x, double threshold, out Tensor quantized, Span<float> scales, LaneWidth? width = null)
     {
         quantized = null!;
         if (x.device_type != TorchSharp.DeviceType.CPU || x.dim() != 2 || x.size(0) < 1 || x.size(0) > Math.Min(Int8Gemv.MaxRows, scales.Length)
@@ -40,10 +43,11 @@ internal static class RowwiseInt8
         try
         {
             ReadOnlySpan<float> values = pooled is null ? MemoryMarshal.Cast<byte, float>(x.bytes) : pooled.AsSpan(0, rows * length);
-            if (pooled is not null) BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), pooled.AsSpan(0, rows * length));
+            var lanes = width ?? LaneWidths.Default;
+            if (pooled is not null) BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), pooled.AsSpan(0, rows * length), lanes);
             for (int r = 0; r < rows; r++)
             {
-                float absMax = AbsMax(values.Slice(r * length, length));
+                float absMax = AbsMax(values.Slice(r * length, length), lanes);
                 // NaN and infinity fall through to the script, which handles them as ATen does.
                 if (!float.IsFinite(absMax) || (threshold > 0.0 && absMax > threshold)) return false;
                 scales[r] = MathF.Max(absMax, 1e-30f) / 127.0f;
@@ -51,7 +55,7 @@ internal static class RowwiseInt8
             var codes = empty(rows, length, dtype: ScalarType.Int8);
             var destination = MemoryMarshal.Cast<byte, sbyte>(codes.bytes);
             for (int r = 0; r < rows; r++)
-                Quantize(values.Slice(r * length, length), scales[r], destination.Slice(r * length, length));
+                Quantize(values.Slice(r * length, length), scales[r], destination.Slice(r * length, length), lanes);
             quantized = codes;
             return true;
         }
@@ -66,10 +70,12 @@ internal static class RowwiseInt8
     /// accumulator <c>[M, N]</c> of M rows, row m with <c>scales[m]</c>; then, where asked, the exact GELU and a
     /// <paramref name="residual"/> (contiguous <c>[M, N]</c> of <paramref name="dtype"/>), each step rounded to the dtype
     /// as separate libtorch operations round (the GELU's erf may differ in its last float32 bit, <see cref="ExactGelu"/>).
+    /// The vector loops run in <paramref name="width"/>, <see cref="LaneWidths.Default"/> when null.
     /// </summary>
     public static Tensor Rescale(Tensor accumulator, ReadOnlySpan<float> scales, Tensor weightScale, Tensor? bias, ScalarType dtype,
-        bool gelu = false, Tensor? residual = null)
+        bool gelu = false, Tensor? residual = null, LaneWidth? width = null)
     {
+        var lanes = width ?? LaneWidths.Default;
         int rows = (int)accumulator.size(0), length = checked((int)accumulator.size(1));
         var acc = MemoryMarshal.Cast<byte, int>(accumulator.bytes);
         var rowScale = MemoryMarshal.Cast<byte, float>(weightScale.bytes);
@@ -86,47 +92,76 @@ internal static class RowwiseInt8
                 int count = Math.Min(block.Length, length - start), at = r * length + start;
                 RescaleBlock(acc.Slice(at, count), scales[r], rowScale.Slice(start, count), bias is null ? default : shift.Slice(start, count),
                     bias is not null, gelu, bfloat16, residual is null ? default : added.Slice(at * size, count * size), default,
-                    block[..count], output.Slice(at * size, count * size));
+                    block[..count], output.Slice(at * size, count * size), lanes);
             }
         return result;
     }
 
     /// <summary>
-    /// One block of <see cref="Rescale(Tensor, ReadOnlySpan{float}, Tensor, Tensor?, ScalarType, bool, Tensor?)"/>: the
+    /// One block of <see cref="Rescale(Tensor, ReadOnlySpan{float}, Tensor, Tensor?, ScalarType, bool, Tensor?, LaneWidth?)"/>: the
     /// int32 sums <paramref name="acc"/> of one activation row (scale <paramref name="scale"/>) rescaled, biased, through the
     /// GELU where asked, plus a <paramref name="residual"/> and then a <paramref name="secondResidual"/> where given (their
     /// bytes in the output dtype, or empty), each step rounded to the output dtype, into <paramref name="output"/>'s bytes.
-    /// <paramref name="values"/> is scratch of the block's length.
+    /// <paramref name="values"/> is scratch of the block's length; the vector loops run in <paramref name="width"/>.
     /// </summary>
     internal static void RescaleBlock(ReadOnlySpan<int> acc, float scale, ReadOnlySpan<float> rowScale, ReadOnlySpan<float> bias, bool hasBias,
-        bool gelu, bool bfloat16, ReadOnlySpan<byte> residual, ReadOnlySpan<byte> secondResidual, Span<float> values, Span<byte> output)
+        bool gelu, bool bfloat16, ReadOnlySpan<byte> residual, ReadOnlySpan<byte> secondResidual, Span<float> values, Span<byte> output, LaneWidth width)
     {
-        Rescale(acc, scale, rowScale, bias, hasBias, values);
-        if (gelu)
+        int count = acc.Length;
+        if (rowScale.Length < count || (hasBias && bias.Length < count) || values.Length < count
+            || output.Length < count * (bfloat16 ? sizeof(ushort) : sizeof(float))
+            || (!residual.IsEmpty && residual.Length < output.Length) || (!secondResidual.IsEmpty && secondResidual.Length < output.Length))
+            throw new ArgumentException("A span is shorter than the block.");
+        fixed (int* sums = acc)
+        fixed (float* rowScales = rowScale)
+        fixed (float* shifts = bias)
+        fixed (byte* first = residual)
+        fixed (byte* second = secondResidual)
+        fixed (float* block = values)
+        fixed (byte* destination = output)
         {
-            if (bfloat16) RoundTrip(values);
-            ExactGelu.Apply(values);
+            if (width == LaneWidth.Vector256)
+                RescaleBlock<Vector256<float>, FloatLanes256>(sums, scale, rowScales, hasBias ? shifts : null, gelu, bfloat16, first, second, block, destination, count);
+            else
+                RescaleBlock<Vector128<float>, FloatLanes128>(sums, scale, rowScales, hasBias ? shifts : null, gelu, bfloat16, first, second, block, destination, count);
         }
-        AddResidual(values, residual, bfloat16);
-        AddResidual(values, secondResidual, bfloat16);
-        if (bfloat16) NarrowToBFloat16(values, MemoryMarshal.Cast<byte, ushort>(output));
-        else values.CopyTo(MemoryMarshal.Cast<byte, float>(output));
     }
 
-    /// <summary>Adds a residual held in the output dtype (bytes; empty for none) to values rounded to that dtype first.</summary>
-    private static void AddResidual(Span<float> values, ReadOnlySpan<byte> summands, bool bfloat16)
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RescaleBlock<TVector, TLanes>(int* acc, float scale, float* rowScale, float* bias, bool gelu, bool bfloat16,
+        byte* residual, byte* secondResidual, float* values, byte* output, int count)
+        where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
-        if (summands.IsEmpty) return;
+        Rescale<TVector, TLanes>(acc, scale, rowScale, bias, values, count);
+        if (gelu)
+        {
+            if (bfloat16) RoundTrip<TVector, TLanes>(values, count);
+            ExactGelu.Apply(new Span<float>(values, count));
+        }
+        AddResidual<TVector, TLanes>(values, residual, bfloat16, count);
+        AddResidual<TVector, TLanes>(values, secondResidual, bfloat16, count);
+        if (bfloat16) NarrowToBFloat16<TVector, TLanes>(values, (ushort*)output, count);
+        else new ReadOnlySpan<float>(values, count).CopyTo(new Span<float>(output, count));
+    }
+
+    /// <summary>Adds a residual held in the output dtype (null for none) to values rounded to that dtype first.</summary>
+    private static void AddResidual<TVector, TLanes>(float* values, byte* summands, bool bfloat16, int count)
+        where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
+    {
+        if (summands == null) return;
+        int i = 0;
         if (bfloat16)
         {
-            RoundTrip(values);
-            var summand = MemoryMarshal.Cast<byte, ushort>(summands);
-            for (int i = 0; i < values.Length; i++) values[i] += BFloat16Bits.Widen(summand[i]);
+            var summand = (ushort*)summands;
+            for (; i + TLanes.Count <= count; i += TLanes.Count)
+                TLanes.Store(TLanes.Add(TLanes.RoundTripBFloat16(TLanes.Load(values + i)), TLanes.LoadBFloat16(summand + i)), values + i);
+            for (; i < count; i++) values[i] = BFloat16Bits.RoundTrip(values[i]) + BFloat16Bits.Widen(summand[i]);
         }
         else
         {
-            var summand = MemoryMarshal.Cast<byte, float>(summands);
-            for (int i = 0; i < values.Length; i++) values[i] += summand[i];
+            var summand = (float*)summands;
+            for (; i + TLanes.Count <= count; i += TLanes.Count) TLanes.Store(TLanes.Add(TLanes.Load(values + i), TLanes.Load(summand + i)), values + i);
+            for (; i < count; i++) values[i] += summand[i];
         }
     }
 
@@ -134,80 +169,105 @@ internal static class RowwiseInt8
     /// Quantizes one row of float32 activations as <see cref="TryQuantize"/> does, into <paramref name="codes"/>; false,
     /// leaving the codes undefined, when a value is not finite or a magnitude exceeds a positive <paramref name="threshold"/>.
     /// </summary>
-    internal static bool TryQuantizeRow(ReadOnlySpan<float> values, double threshold, Span<sbyte> codes, out float scale)
+    internal static bool TryQuantizeRow(ReadOnlySpan<float> values, double threshold, Span<sbyte> codes, out float scale, LaneWidth width)
     {
-        float absMax = AbsMax(values);
+        float absMax = AbsMax(values, width);
         scale = MathF.Max(absMax, 1e-30f) / 127.0f;
         if (!float.IsFinite(absMax) || (threshold > 0.0 && absMax > threshold)) return false;
-        Quantize(values, scale, codes);
+        Quantize(values, scale, codes, width);
         return true;
     }
 
     /// <summary>Each value as bfloat16 holds it (<see cref="BFloat16Bits.RoundTrip(float)"/>).</summary>
-    private static void RoundTrip(Span<float> values)
-    {
-        for (int i = 0; i < values.Length; i++) values[i] = BFloat16Bits.RoundTrip(values[i]);
-    }
-
-    private static float AbsMax(ReadOnlySpan<float> values)
+    private static void RoundTrip<TVector, TLanes>(float* values, int count) where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
         int i = 0;
-        var best = Vector256<float>.Zero;
-        var notANumber = Vector256<float>.Zero;
-        for (; i + Vector256<float>.Count <= values.Length; i += Vector256<float>.Count)
+        for (; i + TLanes.Count <= count; i += TLanes.Count) TLanes.Store(TLanes.RoundTripBFloat16(TLanes.Load(values + i)), values + i);
+        for (; i < count; i++) values[i] = BFloat16Bits.RoundTrip(values[i]);
+    }
+
+    /// <summary>The largest magnitude, or NaN when a value is not finite.</summary>
+    private static float AbsMax(ReadOnlySpan<float> values, LaneWidth width)
+    {
+        fixed (float* row = values)
+            return width == LaneWidth.Vector256
+                ? AbsMax<Vector256<float>, FloatLanes256>(row, values.Length)
+                : AbsMax<Vector128<float>, FloatLanes128>(row, values.Length);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float AbsMax<TVector, TLanes>(float* values, int length) where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
+    {
+        int i = 0;
+        var best = TLanes.Broadcast(0);
+        // x · 0 is NaN exactly for a NaN or an infinity: the hardware's maximum may drop NaN lanes, and those must reach the caller.
+        var (zero, finite) = (TLanes.Broadcast(0), TLanes.Broadcast(0));
+        for (; i + TLanes.Count <= length; i += TLanes.Count)
         {
-            var value = Vector256.Create(values.Slice(i, Vector256<float>.Count));
-            best = Vector256.Max(best, Vector256.Abs(value));
-            notANumber |= ~Vector256.Equals(value, value); // Max would drop NaN lanes, and a NaN must reach the caller
+            var value = TLanes.Load(values + i);
+            best = TLanes.Max(best, TLanes.Abs(value));
+            finite = TLanes.Add(finite, TLanes.Multiply(value, zero));
         }
-        if (notANumber != Vector256<float>.Zero) return float.NaN;
+        if (float.IsNaN(TLanes.Sum(finite))) return float.NaN;
+        float* lanes = stackalloc float[TLanes.Count];
+        TLanes.Store(best, lanes);
         float max = 0;
-        for (int lane = 0; lane < Vector256<float>.Count; lane++) max = MathF.Max(max, best[lane]);
-        for (; i < values.Length; i++) max = MathF.Max(max, MathF.Abs(values[i]));
+        for (int lane = 0; lane < TLanes.Count; lane++) max = MathF.Max(max, lanes[lane]);
+        for (; i < length; i++)
+        {
+            if (!float.IsFinite(values[i])) return float.NaN;
+            max = MathF.Max(max, MathF.Abs(values[i]));
+        }
         return max;
     }
 
-    private static void Quantize(ReadOnlySpan<float> values, float scale, Span<sbyte> destination)
+    private static void Quantize(ReadOnlySpan<float> values, float scale, Span<sbyte> destination, LaneWidth width)
     {
-        // Division, not multiplication by a reciprocal, and rounding half to even: what ATen's div and round do.
-        int i = 0, width = Vector256<sbyte>.Count;
-        var divisor = Vector256.Create(scale);
-        for (; i + width <= values.Length; i += width)
+        if (destination.Length < values.Length) throw new ArgumentException("The codes are shorter than the row.", nameof(destination));
+        fixed (float* row = values)
+        fixed (sbyte* codes = destination)
         {
-            var low = Vector256.Narrow(Codes(values, i, divisor), Codes(values, i + 8, divisor));
-            var high = Vector256.Narrow(Codes(values, i + 16, divisor), Codes(values, i + 24, divisor));
-            Vector256.Narrow(low, high).CopyTo(destination.Slice(i, width));
+            if (width == LaneWidth.Vector256) Quantize<Vector256<float>, FloatLanes256>(row, values.Length, scale, codes);
+            else Quantize<Vector128<float>, FloatLanes128>(row, values.Length, scale, codes);
         }
-        for (; i < values.Length; i++) destination[i] = (sbyte)MathF.Round(values[i] / scale, MidpointRounding.ToEven);
     }
 
-    private static Vector256<int> Codes(ReadOnlySpan<float> values, int at, Vector256<float> divisor)
-        => Vector256.ConvertToInt32(Vector256.Round(Vector256.Create(values.Slice(at, Vector256<float>.Count)) / divisor));
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Quantize<TVector, TLanes>(float* values, int length, float scale, sbyte* destination)
+        where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
+    {
+        // Division, not multiplication by a reciprocal, and rounding half to even: what ATen's div and round do.
+        int i = 0, n = TLanes.Count;
+        var divisor = TLanes.Broadcast(scale);
+        for (; i + 4 * n <= length; i += 4 * n)
+            TLanes.StoreRoundedSBytes(TLanes.Divide(TLanes.Load(values + i), divisor), TLanes.Divide(TLanes.Load(values + i + n), divisor),
+                TLanes.Divide(TLanes.Load(values + i + 2 * n), divisor), TLanes.Divide(TLanes.Load(values + i + 3 * n), divisor), destination + i);
+        for (; i < length; i++) destination[i] = (sbyte)MathF.Round(values[i] / scale, MidpointRounding.ToEven);
+    }
 
-    private static void Rescale(ReadOnlySpan<int> acc, float scale, ReadOnlySpan<float> rowScale, ReadOnlySpan<float> bias, bool hasBias, Span<float> destination)
+    private static void Rescale<TVector, TLanes>(int* acc, float scale, float* rowScale, float* bias, float* destination, int count)
+        where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
         int i = 0;
-        var xScale = Vector256.Create(scale);
-        for (; i + Vector256<float>.Count <= acc.Length; i += Vector256<float>.Count)
+        var xScale = TLanes.Broadcast(scale);
+        for (; i + TLanes.Count <= count; i += TLanes.Count)
         {
-            var combined = xScale * Vector256.Create(rowScale.Slice(i, Vector256<float>.Count));
-            var value = Vector256.ConvertToSingle(Vector256.Create(acc.Slice(i, Vector256<int>.Count))) * combined;
-            if (hasBias) value += Vector256.Create(bias.Slice(i, Vector256<float>.Count));
-            value.CopyTo(destination.Slice(i, Vector256<float>.Count));
+            var value = TLanes.Multiply(TLanes.LoadInt32(acc + i), TLanes.Multiply(xScale, TLanes.Load(rowScale + i)));
+            TLanes.Store(bias == null ? value : TLanes.Add(value, TLanes.Load(bias + i)), destination + i);
         }
-        for (; i < acc.Length; i++)
+        for (; i < count; i++)
         {
             float value = acc[i] * (scale * rowScale[i]);
-            destination[i] = hasBias ? value + bias[i] : value;
+            destination[i] = bias == null ? value : value + bias[i];
         }
     }
 
     /// <summary>float32 → bfloat16 with round-to-nearest-even as c10::BFloat16 converts (NaN stays NaN).</summary>
-    private static void NarrowToBFloat16(ReadOnlySpan<float> source, Span<ushort> destination)
+    private static void NarrowToBFloat16<TVector, TLanes>(float* source, ushort* destination, int count)
+        where TVector : unmanaged where TLanes : struct, IFloatLanes<TVector>
     {
-        int i = 0, width = Vector256<float>.Count;
-        for (; i + width <= source.Length; i += width)
-            BFloat16Bits.Round(Vector256.Create(source.Slice(i, width))).CopyTo(destination.Slice(i, width));
-        for (; i < source.Length; i++) destination[i] = BFloat16Bits.Round(source[i]);
+        int i = 0;
+        for (; i + TLanes.Count <= count; i += TLanes.Count) TLanes.StoreBFloat16(TLanes.Load(source + i), destination + i);
+        for (; i < count; i++) destination[i] = BFloat16Bits.Round(source[i]);
     }
 }

@@ -25,7 +25,7 @@ public class DecodeAttentionTests
                 (1, 2, 300, 19, 0, false), (2, 8, 63, 64, 16, false),
             ];
             var data = new TheoryData<int, int, int, int, int, bool, string>();
-            foreach (var variant in Enum.GetNames<DecodeAttentionVariant>())
+            foreach (var variant in Enum.GetNames<LaneWidth>())
                 foreach (var (batch, heads, past, headSize, rotaryDims, bfloat16) in shapes) data.Add(batch, heads, past, headSize, rotaryDims, bfloat16, variant);
             return data;
         }
@@ -36,8 +36,8 @@ public class DecodeAttentionTests
     public void EqualsTheOperatorPathOfRotationCacheWriteAndAttention(int batch, int heads, int past, int headSize, int rotaryDims, bool bfloat16,
         string variantName)
     {
-        var variant = Enum.Parse<DecodeAttentionVariant>(variantName);
-        if (!DecodeAttention.IsAccelerated(variant)) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
+        var variant = Enum.Parse<LaneWidth>(variantName);
+        if (!LaneWidths.IsAccelerated(variant)) Assert.Skip($"this CPU does not accelerate the {variant} variant.");
         using var scope = NewDisposeScope();
         var gen = new Generator((ulong)(batch * 1000 + heads * 100 + past + headSize));
         var dtype = bfloat16 ? ScalarType.BFloat16 : ScalarType.Float32;

@@ -13,15 +13,23 @@ public class RowLayerNormTests
     /// Against libtorch's bfloat16 LayerNorm (what the separate operations and HF run): only the statistics are summed in
     /// another order, so a result may differ by its last bit, rarely. Lengths cover the vector loop, its tail, and both.
     /// </summary>
-    [Theory]
-    [InlineData(128)]
-    [InlineData(192)]
-    [InlineData(768)]
-    [InlineData(2816)]
-    [InlineData(100)]
-    [InlineData(5)]
-    public unsafe void EqualsLibTorchsBFloat16LayerNormToItsLastBitRarely(int length)
+    public static TheoryData<string, int> Cases
     {
+        get
+        {
+            var data = new TheoryData<string, int>();
+            foreach (var width in Enum.GetNames<LaneWidth>())
+                foreach (int length in new[] { 128, 192, 768, 2816, 100, 5 }) data.Add(width, length);
+            return data;
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public unsafe void EqualsLibTorchsBFloat16LayerNormToItsLastBitRarely(string widthName, int length)
+    {
+        var width = Enum.Parse<LaneWidth>(widthName);
+        if (!LaneWidths.IsAccelerated(width)) Assert.Skip($"this CPU does not run {width} vectors in hardware.");
         var generator = new Generator(7);
         int differing = 0, rows = 200;
         for (int r = 0; r < rows; r++)
@@ -37,7 +45,7 @@ public class RowLayerNormTests
             fixed (byte* wp = w.bytes)
             fixed (byte* bp = b.bytes)
             fixed (float* ap = actual)
-                RowLayerNorm.Apply((ushort*)xp, (ushort*)wp, (ushort*)bp, 1e-5, length, ap);
+                RowLayerNorm.Apply((ushort*)xp, (ushort*)wp, (ushort*)bp, 1e-5, length, ap, width);
             // Where γ·x̂ and β nearly cancel, a statistic's last float32 bit is many bfloat16 bits of the small result, so
             // a difference may also be up to 10⁻⁵ of the row's largest value.
             float scale = expected.Max(MathF.Abs);
@@ -52,9 +60,13 @@ public class RowLayerNormTests
         Assert.True(differing <= rows * length / 1000, $"{differing} of {rows * length} elements differ from libtorch's");
     }
 
-    [Fact]
-    public unsafe void NonFiniteInputsGiveNaNAsLibTorchDoes()
+    [Theory]
+    [InlineData("Vector128")]
+    [InlineData("Vector256")]
+    public unsafe void NonFiniteInputsGiveNaNAsLibTorchDoes(string widthName)
     {
+        var width = Enum.Parse<LaneWidth>(widthName);
+        if (!LaneWidths.IsAccelerated(width)) Assert.Skip($"this CPU does not run {width} vectors in hardware.");
         using var x = tensor(new float[] { 1, 2, float.PositiveInfinity, 4, 5, 6, 7, 8, 9 }).to(ScalarType.BFloat16);
         using var w = ones(9, ScalarType.BFloat16);
         using var b = zeros(9, ScalarType.BFloat16);
@@ -64,7 +76,7 @@ public class RowLayerNormTests
         fixed (byte* wp = w.bytes)
         fixed (byte* bp = b.bytes)
         fixed (float* ap = actual)
-            RowLayerNorm.Apply((ushort*)xp, (ushort*)wp, (ushort*)bp, 1e-5, 9, ap);
+            RowLayerNorm.Apply((ushort*)xp, (ushort*)wp, (ushort*)bp, 1e-5, 9, ap, width);
         Assert.All(expected, e => Assert.True(float.IsNaN(e)));
         Assert.All(actual, a => Assert.True(float.IsNaN(a)));
     }

@@ -278,6 +278,56 @@ public class Int8LinearTests
         }
     }
 
+    public static TheoryData<string, int, int, ScalarType> WidthCases
+    {
+        get
+        {
+            var data = new TheoryData<string, int, int, ScalarType>();
+            foreach (var width in Enum.GetNames<LaneWidth>())
+                foreach (var (k, n, dtype) in new[] { (1, 1, ScalarType.Float32), (63, 65, ScalarType.BFloat16), (130, 37, ScalarType.Float32), (2816, 300, ScalarType.BFloat16) })
+                    data.Add(width, k, n, dtype);
+            return data;
+        }
+    }
+
+    /// <summary>
+    /// The row steps in each vector width (the 128-bit one is what Arm64 runs; x64 runs it too, so it is tested on every
+    /// machine): quantization, the product's rescale with bias, and a residual, each bit for bit the script's result
+    /// (the residual added by libtorch in the dtype), for rows whose lengths leave every kind of tail.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(WidthCases))]
+    public void RowStepsGiveTheScriptsBitsInEveryVectorWidth(string widthName, int k, int n, ScalarType dtype)
+    {
+        var width = Enum.Parse<LaneWidth>(widthName);
+        if (!LaneWidths.IsAccelerated(width)) Assert.Skip($"this CPU does not run {width} vectors in hardware.");
+        if (!AtenInt8Kernels.IsScriptAvailable) Assert.Skip("the TorchScript int8 kernels, the reference here, are unavailable.");
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)(k * 131 + n));
+        using var layer = new Int8Linear(randn(n, k, generator: gen) * 0.05, randn(n, generator: gen));
+        var rows = randn(3, k, generator: gen).mul_(2.0).to(dtype);
+        var residual = randn(3, n, generator: gen).to(dtype);
+        var scales = new float[Int8Gemv.MaxRows];
+        Assert.True(RowwiseInt8.TryQuantize(rows, 0.0, out var quantized, scales, width));
+        using (quantized)
+        using (var accumulator = AtenInt8Kernels.Product(quantized, layer.Weight))
+        {
+            var script = AtenInt8Kernels.ScriptLinear(rows, layer.Weight, layer.WeightScale, layer.Bias, 0.0);
+            var rescaled = RowwiseInt8.Rescale(accumulator, scales.AsSpan(0, 3), layer.WeightScale, layer.Bias, dtype, width: width);
+            Assert.True(rescaled.equal(script).all().item<bool>(), $"max diff {Int8Reference.MaxAbs(rescaled.to(ScalarType.Float32) - script.to(ScalarType.Float32))}");
+            var added = RowwiseInt8.Rescale(accumulator, scales.AsSpan(0, 3), layer.WeightScale, layer.Bias, dtype, residual: residual, width: width);
+            Assert.True(added.equal(script + residual).all().item<bool>(), "the residual changed bits");
+        }
+        // A non-finite value anywhere in a row, in the vector part or the tail, leaves the rows to the script.
+        foreach (int at in new[] { 0, k - 1 })
+            foreach (var bad in new[] { float.NaN, float.PositiveInfinity })
+            {
+                var spoiled = rows.clone();
+                spoiled[1, at] = tensor(bad).to(dtype);
+                Assert.False(RowwiseInt8.TryQuantize(spoiled, 0.0, out _, scales, width), $"{bad} at column {at} was quantized");
+            }
+    }
+
     /// <summary>
     /// A decode step's GELU and residual applied in the rescale's pass equal libtorch's separate operations: the residual
     /// bit for bit, the GELU within its last bit (its erf is another approximation), in bfloat16 and float32, one row and several.
