@@ -18,6 +18,6 @@ public static class BenchmarkSettings
     public static IEnumerable<string> Only(string variable, IEnumerable<string> values, IEnumerable<string>? onRequest = null)
     {
         var wanted = Environment.GetEnvironmentVariable(variable)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        return wanted is null or [] ? values : values.Concat(onRequest ?? []).Where(wanted.Contains);
+        return wanted is null or [] ? values : values.Concat(onRequest ?? []).Distinct().Where(wanted.Contains);
     }
 }

@@ -24,7 +24,7 @@ public class GenerationBenchmarks
     public string DType { get; set; } = "Float32";
 
     public static IEnumerable<string> Shapes => BenchmarkSettings.Only(BenchmarkSettings.ShapesVariable,
-        BenchmarkSettings.Short ? ["pythia-160m", "rinna-4b-L4"] : ["pythia-160m", "rinna-4b"], ["overhead-24"]);
+        BenchmarkSettings.Short ? ["pythia-160m", "rinna-4b-L4"] : ["pythia-160m", "rinna-4b"], ["overhead-24", "rinna-4b-L4", "rinna-4b"]);
 
     public static IEnumerable<string> DTypes => BenchmarkSettings.Only(BenchmarkSettings.DTypesVariable, ["Float32", "BFloat16", "Float16", "Int8", "Int8All", "Nf4"], ["Nf4Float32", "Nf4All", "Nf4AllDq"]);
 
