@@ -34,6 +34,8 @@ public unsafe class RowStepsBenchmarks
     public void Setup()
     {
         Native.TorchSharpNativeLoader.EnsureInstalled();
+        // A torch call before the first Generator: created first, in a BenchmarkDotNet job process, it loaded a second
+        // libtorch and aborted the process (two registrations of the same dispatch key).
         torch.set_num_threads(1);
         var gen = new Generator(1);
         ushort[] BFloat16(Tensor t)
