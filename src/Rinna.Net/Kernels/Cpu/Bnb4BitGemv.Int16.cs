@@ -199,6 +199,7 @@ internal static unsafe partial class Bnb4BitGemv
         short* x = job->Quantized;
         for (int c = 0; c < columns; c += 128)
         {
+            PrefetchCodes(codes, c);
             Lookup128(codes + c / 2, table, out var w0, out var w1, out var w2, out var w3);
             var sum = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(x + c)) + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(x + c + 32))
                 + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(x + c + 64)) + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(x + c + 96)));
@@ -226,6 +227,7 @@ internal static unsafe partial class Bnb4BitGemv
         short* x = job->Quantized;
         for (int c = 0; c < columns; c += BlockSize)
         {
+            PrefetchCodes(codes, c);
             Lookup64(codes + c / 2, lowBytes, highBytes, out var w0, out var w1, out var w2, out var w3);
             var sum = Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x + c)) + Avx2.MultiplyAddAdjacent(w1, Vector256.Load(x + c + 16))
                 + (Avx2.MultiplyAddAdjacent(w2, Vector256.Load(x + c + 32)) + Avx2.MultiplyAddAdjacent(w3, Vector256.Load(x + c + 48)));
@@ -249,6 +251,8 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (int c = 0; c < columns; c += 128)
         {
+            PrefetchCodes(codes, c);
+            PrefetchCodes(codes, c);
             Lookup128(codes + c / 2, table, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {
@@ -279,6 +283,7 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (int c = 0; c < columns; c += BlockSize)
         {
+            PrefetchCodes(codes, c);
             Lookup64(codes + c / 2, lowBytes, highBytes, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {
@@ -310,6 +315,7 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (int c = 0; c < columns; c += BlockSize)
         {
+            PrefetchCodes(codes, c);
             Lookup32(codes + c / 2, lowBytes, highBytes, out var w0, out var w1, out var w2, out var w3);
             Lookup32(codes + c / 2 + 16, lowBytes, highBytes, out var w4, out var w5, out var w6, out var w7);
             for (int r = 0; r < activationRows; r++)

@@ -35,6 +35,21 @@ internal static unsafe partial class Bnb4BitGemv
 {
     private const int Group = 32;
 
+    /// <summary>How far ahead of the codes being read the kernels request the next line: one 4 KiB page.</summary>
+    private const int PrefetchAheadBytes = 4096;
+
+    /// <summary>
+    /// Requests the code line <see cref="PrefetchAheadBytes"/> past column <paramref name="column"/> of a row starting at
+    /// <paramref name="codes"/>, once per 128 columns (64 code bytes). A thread's rows are one run of memory, and the
+    /// hardware prefetcher stops at page boundaries: without this a 4-bit row streamed at about half the memory's rate.
+    /// Prefetches never fault, so running past the end of the weight is harmless.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchCodes(byte* codes, long column)
+    {
+        if (Sse.IsSupported && (column & 127) == 0) Sse.Prefetch0(codes + (column >> 1) + PrefetchAheadBytes);
+    }
+
     /// <summary>Activation rows one call takes (a batched decode step): the integer, AVX-512 and AVX2 variants.</summary>
     public const int MaxActivationRows = 8;
 
@@ -336,6 +351,7 @@ internal static unsafe partial class Bnb4BitGemv
         int columns = job->Columns, g = 0;
         for (; g + 2 * Group <= columns; g += 2 * Group)
         {
+            PrefetchCodes(codes, g);
             var first = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
             var second = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2 + Group / 2));
             var sum0 = Avx512F.Multiply(Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(first, 4)), Avx512F.LoadVector512(x + g));
@@ -369,6 +385,7 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (int g = 0; g < job->Columns; g += Group)
         {
+            PrefetchCodes(codes, g);
             var first = Avx2.ConvertToVector256Int32(codes + g / 2);
             var second = Avx2.ConvertToVector256Int32(codes + g / 2 + 8);
             var sum0 = Avx.Multiply(Lookup8(lower, upper, Avx2.ShiftRightLogical(first, 4)), Avx.LoadVector256(x + g));
@@ -394,6 +411,7 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (; g < columns; g += 2 * Group)
         {
+            PrefetchCodes(codes, g);
             bool whole = g + 2 * Group <= columns;
             var first = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(codes + g / 2));
             var firstHigh = Avx512F.PermuteVar16x32(table, Avx512F.ShiftRightLogical(first, 4));
@@ -428,6 +446,7 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (int g = 0; g < columns; g += Group)
         {
+            PrefetchCodes(codes, g);
             var first = Avx2.ConvertToVector256Int32(codes + g / 2);
             var second = Avx2.ConvertToVector256Int32(codes + g / 2 + 8);
             var firstHigh = Lookup8(lower, upper, Avx2.ShiftRightLogical(first, 4));
@@ -460,6 +479,7 @@ internal static unsafe partial class Bnb4BitGemv
         float* x = job->Input;
         for (int g = 0; g < job->Columns; g += Group)
         {
+            PrefetchCodes(job->Codes + (start >> 1), g);
             long at = start + g;
             var bytes = Vector128.Load(job->Codes + (at >> 1));
             var high = Vector128.ShiftRightLogical(bytes, 4);
@@ -497,6 +517,7 @@ internal static unsafe partial class Bnb4BitGemv
         float* x = job->Input;
         for (int g = 0; g < job->Columns; g += Group)
         {
+            PrefetchCodes(job->Codes + (start >> 1), g);
             long at = start + g;
             var bytes = Vector128.Load(job->Codes + (at >> 1));
             var high = Vector128.ShiftRightLogical(bytes, 4);
