@@ -7,16 +7,22 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Benchmarks;
 
 /// <summary>
-/// One decode row through rinna-4b's largest product (<c>dense_h_to_4h</c>, 11264 × 2816) in NF4 on 2 threads: each
+/// One decode row through rinna-4b's largest product (<c>dense_h_to_4h</c>, 11264 × 2816, 16 MB of codes) in NF4 on
+/// 2 threads, each call on the next of <see cref="Copies"/> such weights (400 MB in all) so that the codes stream from
+/// memory as in a model, where one weight would stay in a server CPU's last-level cache: each
 /// <see cref="Bnb4BitGemv"/> variant against the prompt path (dequantize to float32, then libtorch's GEMV), with the
 /// bfloat16 input and output the model uses. The float32 variants serve float32 compute, the integer ones (Int16)
 /// bfloat16 and float16 compute.
 /// </summary>
 public class Bnb4BitGemvBenchmarks
 {
-    private Bnb4BitLinear layer = null!;
+    /// <summary>Distinct weights cycled through, more than a last-level cache holds (260 MiB on the Intel VM).</summary>
+    private const int Copies = 24;
+
+    private Bnb4BitLinear[] layers = [];
+    private Bnb4BitMatrix[] matrices = [];
     private Tensor input = null!;
-    private Bnb4BitMatrix matrix;
+    private int next;
 
     /// <summary>The kernel: a <see cref="Bnb4BitGemvVariant"/> name, or <c>Dequantize</c>.</summary>
     [Params("Dequantize", "Scalar", "Vector128", "Vector256", "Avx2", "Avx512", "Vector128Int16", "Avx2Int16", "Avx512Int16")]
@@ -33,17 +39,19 @@ public class Bnb4BitGemvBenchmarks
         torch.set_num_threads(2);
         var gen = new Generator(1);
         using var weight = randn(11264, 2816, generator: gen) * 0.02;
-        layer = new Bnb4BitLinear(weight, randn(11264, generator: gen), Bnb4BitQuantization.Nf4, DoubleQuant);
+        using var bias = randn(11264, generator: gen);
+        // The same values each time: the copies differ only in where they lie.
+        layers = Enumerable.Range(0, Copies).Select(_ => new Bnb4BitLinear(weight, bias, Bnb4BitQuantization.Nf4, DoubleQuant)).ToArray();
         input = randn(1, 2816, generator: gen).to(ScalarType.BFloat16);
-        matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
-            DoubleQuant ? Bnb4BitQuantization.DynamicMap : null, 11264, 2816);
-        Console.WriteLine($"// Bnb4BitGemv: decode uses {Bnb4BitGemv.DefaultVariant} for float32 compute, {Bnb4BitGemv.Int16VariantFor(matrix)?.ToString() ?? "the same"} for bfloat16 and float16");
+        matrices = layers.Select(layer => new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
+            DoubleQuant ? Bnb4BitQuantization.DynamicMap : null, 11264, 2816)).ToArray();
+        Console.WriteLine($"// Bnb4BitGemv: decode uses {Bnb4BitGemv.DefaultVariant} for float32 compute, {Bnb4BitGemv.Int16VariantFor(matrices[0])?.ToString() ?? "the same"} for bfloat16 and float16");
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        layer.Dispose();
+        foreach (var layer in layers) layer.Dispose();
         input.Dispose();
     }
 
@@ -51,6 +59,8 @@ public class Bnb4BitGemvBenchmarks
     public float Product()
     {
         using var scope = NewDisposeScope();
+        int which = next++ % Copies;
+        var (layer, matrix) = (layers[which], matrices[which]);
         Tensor output;
         if (Kernel == "Dequantize")
         {
