@@ -82,7 +82,6 @@ public unsafe class RowStepsBenchmarks
         foreach (var (input, outputs, gelu, residuals) in new[] { (h, 3 * h, false, 0), (h, h, false, 1), (h, i, true, 0), (i, h, false, 2) })
         {
             RowwiseInt8.TryQuantizeRow(activations.AsSpan(0, input), 0.0, codes.AsSpan(0, input), out float scale, Lanes);
-            var added = MemoryMarshal.AsBytes(residual.AsSpan(0, outputs));
             for (int start = 0; start < outputs; start += 64)
             {
                 int count = Math.Min(64, outputs - start);

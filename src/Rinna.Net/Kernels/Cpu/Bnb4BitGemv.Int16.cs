@@ -252,7 +252,6 @@ internal static unsafe partial class Bnb4BitGemv
         for (int c = 0; c < columns; c += 128)
         {
             PrefetchCodes(codes, c);
-            PrefetchCodes(codes, c);
             Lookup128(codes + c / 2, table, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {
