@@ -3,7 +3,7 @@ using Rinna.Net.Hub;
 namespace Rinna.Net.Tests.Hub;
 
 /// <summary>Online resolution against <see cref="FakeHub"/>: what lands in the cache, and how faults are survived or reported.</summary>
-public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
+public sealed class HubClientDownloadTests : IAsyncLifetime
 {
     private const string RepoId = "rinna/tiny-neox";
     private readonly HubSandbox sandbox = new();
@@ -11,9 +11,12 @@ public sealed class HubClientDownloadTests : IAsyncLifetime, IDisposable
 
     public async ValueTask InitializeAsync() => hub = await FakeHub.StartAsync();
 
-    public async ValueTask DisposeAsync() => await hub.DisposeAsync();
-
-    public void Dispose() => sandbox.Dispose();
+    // xunit v3 calls DisposeAsync alone on a class that has both, so the sandbox goes here (it leaked a directory a test).
+    public async ValueTask DisposeAsync()
+    {
+        await hub.DisposeAsync();
+        sandbox.Dispose();
+    }
 
     private HubOptions Online(string? token = null, string? revision = null) => new() { Endpoint = hub.Endpoint, Token = token, Revision = revision };
 

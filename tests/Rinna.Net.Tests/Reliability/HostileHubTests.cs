@@ -11,7 +11,7 @@ namespace Rinna.Net.Tests.Reliability;
 /// or fills up: every case ends in a <see cref="HubException"/> (or works) without writing past its bound. Each resolution
 /// runs under <see cref="Bound"/>, so a regression fails with a cancellation instead of hanging the run.
 /// </summary>
-public sealed class HostileHubTests : IAsyncLifetime, IDisposable
+public sealed class HostileHubTests : IAsyncLifetime
 {
     private const string RepoId = "rinna/tiny-neox";
     private const string Weights = "model.safetensors";
@@ -21,10 +21,10 @@ public sealed class HostileHubTests : IAsyncLifetime, IDisposable
 
     public async ValueTask InitializeAsync() => hub = await FakeHub.StartAsync();
 
-    public async ValueTask DisposeAsync() => await hub.DisposeAsync();
-
-    public void Dispose()
+    // xunit v3 calls DisposeAsync alone on a class that has both, so the sandbox goes here (it leaked a directory a test).
+    public async ValueTask DisposeAsync()
     {
+        await hub.DisposeAsync();
         bound.Dispose();
         sandbox.Dispose();
     }

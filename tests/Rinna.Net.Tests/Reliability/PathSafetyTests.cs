@@ -10,7 +10,7 @@ namespace Rinna.Net.Tests.Reliability;
 /// check the whole file tree after each attempt.
 /// </summary>
 [Collection(ReliabilityCollection.Name)]
-public sealed class PathSafetyTests : IAsyncLifetime, IDisposable
+public sealed class PathSafetyTests : IAsyncLifetime
 {
     private const string RepoId = "rinna/tiny-neox";
     private readonly HubSandbox sandbox = new();
@@ -18,9 +18,12 @@ public sealed class PathSafetyTests : IAsyncLifetime, IDisposable
 
     public async ValueTask InitializeAsync() => hub = await FakeHub.StartAsync();
 
-    public async ValueTask DisposeAsync() => await hub.DisposeAsync();
-
-    public void Dispose() => sandbox.Dispose();
+    // xunit v3 calls DisposeAsync alone on a class that has both, so the sandbox goes here (it leaked a directory a test).
+    public async ValueTask DisposeAsync()
+    {
+        await hub.DisposeAsync();
+        sandbox.Dispose();
+    }
 
     private HubOptions Online(string? revision = null) => new() { Endpoint = hub.Endpoint, Revision = revision };
 

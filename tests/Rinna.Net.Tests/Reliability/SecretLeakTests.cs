@@ -13,7 +13,7 @@ namespace Rinna.Net.Tests.Reliability;
 /// offline misses and model loading.
 /// </summary>
 [Collection(ReliabilityCollection.Name)]
-public sealed class SecretLeakTests : IAsyncLifetime, IDisposable
+public sealed class SecretLeakTests : IAsyncLifetime
 {
     private const string RepoId = "rinna/tiny-neox";
     private const string Token = "hf_LeakProbe7f3c9a1d2e4b6c8dQx";
@@ -22,9 +22,12 @@ public sealed class SecretLeakTests : IAsyncLifetime, IDisposable
 
     public async ValueTask InitializeAsync() => hub = await FakeHub.StartAsync();
 
-    public async ValueTask DisposeAsync() => await hub.DisposeAsync();
-
-    public void Dispose() => sandbox.Dispose();
+    // xunit v3 calls DisposeAsync alone on a class that has both, so the sandbox goes here (it leaked a directory a test).
+    public async ValueTask DisposeAsync()
+    {
+        await hub.DisposeAsync();
+        sandbox.Dispose();
+    }
 
     [Fact(Timeout = HubSandbox.TestTimeoutMs)]
     public async Task TokenNeverAppearsInLogsExceptionsOrFiles()
