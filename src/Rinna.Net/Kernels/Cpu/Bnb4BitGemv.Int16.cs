@@ -187,59 +187,64 @@ internal static unsafe partial class Bnb4BitGemv
     /// 128 codes; int32 lanes 0–7 hold the first block's sums and 8–15 the second's.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit]
     private static float RowInt16Avx512(Job* job, long start)
     {
-        int columns = job->Columns;
-        float* scales = stackalloc float[columns / BlockSize];
+        int blocks = job->Columns / BlockSize;
+        float* scales = stackalloc float[blocks];
         RowScales(job, start, scales);
         var table = Vector512.Load(job->Table16);
         var first = Vector512<float>.Zero;
         var second = Vector512<float>.Zero;
         byte* codes = job->Codes + (start >> 1);
         short* x = job->Quantized;
-        for (int c = 0; c < columns; c += 128)
+        // Pointers step, not indices: the index arithmetic was a third of this loop's instructions.
+        for (float* scale = scales, end = scales + blocks; scale < end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
         {
-            PrefetchCodes(codes, c);
-            Lookup128(codes + c / 2, table, out var w0, out var w1, out var w2, out var w3);
-            var sum = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(x + c)) + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(x + c + 32))
-                + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(x + c + 64)) + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(x + c + 96)));
-            var sums = Avx512F.ConvertToVector512Single(sum);
-            first = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scales[c / BlockSize]), first);
-            second = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scales[c / BlockSize + 1]), second);
+            Sse.Prefetch0(codes + PrefetchAheadBytes);
+            var sums = Avx512F.ConvertToVector512Single(Chunk128(codes, x, table));
+            first = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[0]), first);
+            second = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[1]), second);
         }
         return Vector256.Sum(first.GetLower()) + Vector256.Sum(second.GetUpper());
     }
 
     /// <summary>
-    /// 32 code bytes (one block) per step: the two nibbles of each byte index the code book's low and high byte planes
-    /// (<c>vpshufb</c>), which interleave into 16-bit codes.
+    /// 32 code bytes (one block) per sum: the two nibbles of each byte index the code book's low and high byte planes
+    /// (<c>vpshufb</c>), which interleave into 16-bit codes. Two blocks a step (one prefetched line) on two sums, even
+    /// blocks and odd ones, so that neither the loop's bookkeeping nor one chain of FMAs sets its pace.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit]
     private static float RowInt16Avx2(Job* job, long start)
     {
-        int columns = job->Columns;
-        float* scales = stackalloc float[columns / BlockSize];
+        int blocks = job->Columns / BlockSize;
+        float* scales = stackalloc float[blocks];
         RowScales(job, start, scales);
         var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
         var highBytes = Vector256.Load((byte*)job->Table16 + 96);
-        var total = Vector256<float>.Zero;
+        var nibble = Vector256.Create((byte)0x0F);
+        var even = Vector256<float>.Zero;
+        var odd = Vector256<float>.Zero;
         byte* codes = job->Codes + (start >> 1);
         short* x = job->Quantized;
-        for (int c = 0; c < columns; c += BlockSize)
+        float* scale = scales, end = scales + blocks;
+        for (; scale + 2 <= end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
         {
-            PrefetchCodes(codes, c);
-            Lookup64(codes + c / 2, lowBytes, highBytes, out var w0, out var w1, out var w2, out var w3);
-            var sum = Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x + c)) + Avx2.MultiplyAddAdjacent(w1, Vector256.Load(x + c + 16))
-                + (Avx2.MultiplyAddAdjacent(w2, Vector256.Load(x + c + 32)) + Avx2.MultiplyAddAdjacent(w3, Vector256.Load(x + c + 48)));
-            total = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), Vector256.Create(scales[c / BlockSize]), total);
+            Sse.Prefetch0(codes + PrefetchAheadBytes);
+            even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
+            odd = Fma.MultiplyAdd(Block64(codes + BlockSize / 2, x + BlockSize, lowBytes, highBytes, nibble), Vector256.Create(scale[1]), odd);
         }
-        return Vector256.Sum(total);
+        if (scale < end) even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
+        return Vector256.Sum(even + odd);
     }
+
     /// <summary>
     /// <see cref="RowInt16Avx512"/> for every activation row at once: each 128 codes are looked up once and multiplied with
     /// each row's activations, so a batched decode step reads the weight once.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit]
     private static void RowsInt16Avx512(Job* job, long start, float* values)
     {
         int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
@@ -249,17 +254,14 @@ internal static unsafe partial class Bnb4BitGemv
         for (int r = 0; r < 2 * activationRows; r++) totals[r] = Vector512<float>.Zero;
         var table = Vector512.Load(job->Table16);
         byte* codes = job->Codes + (start >> 1);
-        for (int c = 0; c < columns; c += 128)
+        for (int b = 0; b < blocks; b += 2, codes += BlockSize)
         {
-            PrefetchCodes(codes, c);
-            Lookup128(codes + c / 2, table, out var w0, out var w1, out var w2, out var w3);
+            Sse.Prefetch0(codes + PrefetchAheadBytes);
+            Lookup128(codes, table, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {
-                short* x = job->Quantized + (long)r * columns + c;
-                var sum = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(x)) + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(x + 32))
-                    + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(x + 64)) + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(x + 96)));
-                var sums = Avx512F.ConvertToVector512Single(sum);
-                float* scale = scales + r * blocks + c / BlockSize;
+                var sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, job->Quantized + (long)r * columns + b * BlockSize));
+                float* scale = scales + r * blocks + b;
                 totals[2 * r] = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[0]), totals[2 * r]);
                 totals[2 * r + 1] = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[1]), totals[2 * r + 1]);
             }
@@ -268,32 +270,64 @@ internal static unsafe partial class Bnb4BitGemv
             values[r] = Vector256.Sum(totals[2 * r].GetLower()) + Vector256.Sum(totals[2 * r + 1].GetUpper());
     }
 
-    /// <summary><see cref="RowInt16Avx2"/> for every activation row at once (see <see cref="RowsInt16Avx512"/>).</summary>
+    /// <summary>
+    /// <see cref="RowInt16Avx2"/> for every activation row at once (see <see cref="RowsInt16Avx512"/>), with each row's
+    /// even and odd blocks on separate sums as there, so that each row gets exactly what it gets alone.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit]
     private static void RowsInt16Avx2(Job* job, long start, float* values)
     {
         int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
         float* scales = stackalloc float[activationRows * blocks];
         ActivationRowScales(job, start, scales);
-        var totals = stackalloc Vector256<float>[activationRows];
-        for (int r = 0; r < activationRows; r++) totals[r] = Vector256<float>.Zero;
+        var totals = stackalloc Vector256<float>[2 * activationRows];
+        for (int r = 0; r < 2 * activationRows; r++) totals[r] = Vector256<float>.Zero;
         var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
         var highBytes = Vector256.Load((byte*)job->Table16 + 96);
+        var nibble = Vector256.Create((byte)0x0F);
         byte* codes = job->Codes + (start >> 1);
-        for (int c = 0; c < columns; c += BlockSize)
+        for (int b = 0; b < blocks; b++, codes += BlockSize / 2)
         {
-            PrefetchCodes(codes, c);
-            Lookup64(codes + c / 2, lowBytes, highBytes, out var w0, out var w1, out var w2, out var w3);
+            if ((b & 1) == 0) Sse.Prefetch0(codes + PrefetchAheadBytes);
+            Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {
-                short* x = job->Quantized + (long)r * columns + c;
-                var sum = Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x)) + Avx2.MultiplyAddAdjacent(w1, Vector256.Load(x + 16))
-                    + (Avx2.MultiplyAddAdjacent(w2, Vector256.Load(x + 32)) + Avx2.MultiplyAddAdjacent(w3, Vector256.Load(x + 48)));
-                totals[r] = Fma.MultiplyAdd(Avx.ConvertToVector256Single(sum), Vector256.Create(scales[r * blocks + c / BlockSize]), totals[r]);
+                var sums = Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, job->Quantized + (long)r * columns + b * BlockSize));
+                ref var total = ref totals[2 * r + (b & 1)];
+                total = Fma.MultiplyAdd(sums, Vector256.Create(scales[r * blocks + b]), total);
             }
         }
-        for (int r = 0; r < activationRows; r++) values[r] = Vector256.Sum(totals[r]);
+        for (int r = 0; r < activationRows; r++) values[r] = Vector256.Sum(totals[2 * r] + totals[2 * r + 1]);
     }
+
+    /// <summary>One block's 64 codes (32 bytes) times its 64 activations, as eight float32 partial sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Block64(byte* codes, short* x, Vector256<byte> lowBytes, Vector256<byte> highBytes, Vector256<byte> nibble)
+    {
+        Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
+        return Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x));
+    }
+
+    /// <summary>64 16-bit codes times 64 activations, summed exactly into eight int32 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Dot64(Vector256<short> w0, Vector256<short> w1, Vector256<short> w2, Vector256<short> w3, short* x)
+        => Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x)) + Avx2.MultiplyAddAdjacent(w1, Vector256.Load(x + 16))
+            + (Avx2.MultiplyAddAdjacent(w2, Vector256.Load(x + 32)) + Avx2.MultiplyAddAdjacent(w3, Vector256.Load(x + 48)));
+
+    /// <summary>Two blocks' 128 codes (64 bytes) times their 128 activations: int32 lanes 0–7 the first block's, 8–15 the second's.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> Chunk128(byte* codes, short* x, Vector512<short> table)
+    {
+        Lookup128(codes, table, out var w0, out var w1, out var w2, out var w3);
+        return Dot128(w0, w1, w2, w3, x);
+    }
+
+    /// <summary>128 16-bit codes times 128 activations, summed exactly into sixteen int32 lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> Dot128(Vector512<short> w0, Vector512<short> w1, Vector512<short> w2, Vector512<short> w3, short* x)
+        => Avx512BW.MultiplyAddAdjacent(w0, Vector512.Load(x)) + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Load(x + 32))
+            + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Load(x + 64)) + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Load(x + 96)));
 
     /// <summary>
     /// The portable variant, for one activation row or several: 32 code bytes (one block) per step, looked up once for
@@ -376,10 +410,9 @@ internal static unsafe partial class Bnb4BitGemv
     /// into 16-bit codes: even weights' halves, then odd weights' (see <see cref="QuantizeActivations"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Lookup64(byte* codes, Vector256<byte> lowBytes, Vector256<byte> highBytes, out Vector256<short> w0,
-        out Vector256<short> w1, out Vector256<short> w2, out Vector256<short> w3)
+    private static void Lookup64(byte* codes, Vector256<byte> lowBytes, Vector256<byte> highBytes, Vector256<byte> nibble,
+        out Vector256<short> w0, out Vector256<short> w1, out Vector256<short> w2, out Vector256<short> w3)
     {
-        var nibble = Vector256.Create((byte)0x0F);
         var bytes = Vector256.Load(codes);
         var odd = bytes & nibble;
         var even = Avx2.ShiftRightLogical(bytes.AsUInt16(), 4).AsByte() & nibble;
