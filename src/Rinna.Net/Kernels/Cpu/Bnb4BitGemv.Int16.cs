@@ -201,7 +201,7 @@ internal static unsafe partial class Bnb4BitGemv
         // Pointers step, not indices: the index arithmetic was a third of this loop's instructions.
         for (float* scale = scales, end = scales + blocks; scale < end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
         {
-            Sse.Prefetch0(codes + PrefetchAheadBytes);
+            PrefetchAhead(codes);
             var sums = Avx512F.ConvertToVector512Single(Chunk128(codes, x, table));
             first = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[0]), first);
             second = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[1]), second);
@@ -231,7 +231,7 @@ internal static unsafe partial class Bnb4BitGemv
         float* scale = scales, end = scales + blocks;
         for (; scale + 2 <= end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
         {
-            Sse.Prefetch0(codes + PrefetchAheadBytes);
+            PrefetchAhead(codes);
             even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
             odd = Fma.MultiplyAdd(Block64(codes + BlockSize / 2, x + BlockSize, lowBytes, highBytes, nibble), Vector256.Create(scale[1]), odd);
         }
@@ -256,7 +256,7 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (int b = 0; b < blocks; b += 2, codes += BlockSize)
         {
-            Sse.Prefetch0(codes + PrefetchAheadBytes);
+            PrefetchAhead(codes);
             Lookup128(codes, table, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {
@@ -289,7 +289,7 @@ internal static unsafe partial class Bnb4BitGemv
         byte* codes = job->Codes + (start >> 1);
         for (int b = 0; b < blocks; b++, codes += BlockSize / 2)
         {
-            if ((b & 1) == 0) Sse.Prefetch0(codes + PrefetchAheadBytes);
+            if ((b & 1) == 0) PrefetchAhead(codes);
             Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
             for (int r = 0; r < activationRows; r++)
             {

@@ -47,7 +47,14 @@ internal static unsafe partial class Bnb4BitGemv
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void PrefetchCodes(byte* codes, long column)
     {
-        if (Sse.IsSupported && (column & 127) == 0) Sse.Prefetch0(codes + (column >> 1) + PrefetchAheadBytes);
+        if ((column & 127) == 0) PrefetchAhead(codes + (column >> 1));
+    }
+
+    /// <summary>The one prefetch of <see cref="PrefetchCodes"/>, for loops that step a code pointer a line at a time.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchAhead(byte* codes)
+    {
+        if (Sse.IsSupported) Sse.Prefetch0(codes + PrefetchAheadBytes);
     }
 
     /// <summary>Activation rows one call takes (a batched decode step): the integer, AVX-512 and AVX2 variants.</summary>
