@@ -62,6 +62,82 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>
+    /// A 4-bit weight as a decode layer pass (<see cref="DecodeLayer"/>) multiplies it, with an integer variant: its codes
+    /// and scales, and the code book's integer table (<see cref="Int16TableOf"/>), all held in place by the pass's owner.
+    /// </summary>
+    internal struct DecodeWeight
+    {
+        public byte* Codes;
+        public void* Absmax;
+        public float* Nested;
+        public float* NestedCode;
+        public float Offset;
+        public short* Table16;
+        public Bnb4BitGemvVariant Variant;
+    }
+
+    /// <summary>The integer form of <paramref name="code"/> that the integer variants look codes up in (64 words).</summary>
+    internal static short[] Int16TableOf(float[] code)
+    {
+        var table = new short[64];
+        Int16Table(code, table);
+        return table;
+    }
+
+    /// <summary>Whether <paramref name="variant"/> is an integer variant this CPU runs that takes rows of <paramref name="columns"/>.</summary>
+    internal static bool RunsForDecode(Bnb4BitGemvVariant variant, int columns)
+        => IsInt16(variant) && IsAccelerated(variant) && columns % Int16Chunk(variant) == 0 && columns <= MaxInt16Columns;
+
+    /// <summary>The shared part of one product of a decode layer pass: its operands and the rows the team's threads claim.</summary>
+    internal static Job DecodeJob(in DecodeWeight weight, int rows, int columns, int threads) => new()
+    {
+        Codes = weight.Codes, Absmax = weight.Absmax, Nested = weight.Nested, NestedCode = weight.NestedCode, Offset = weight.Offset,
+        Table16 = weight.Table16, Variant = weight.Variant, Rows = rows, Columns = columns, ActivationRows = 1, Grouped = true,
+        Claims = new RowClaims(rows, threads, 8),
+    };
+
+    /// <summary>
+    /// This thread's integer copy of one activation row for <paramref name="variant"/>, as the separate product makes it
+    /// before its region; false where a value is not finite.
+    /// </summary>
+    internal static bool TryQuantizeForDecode(float* activations, int length, Bnb4BitGemvVariant variant, short* quantized, float* inverseScales)
+        => QuantizeActivations(new ReadOnlySpan<float>(activations, length), new Span<short>(quantized, length),
+            new Span<float>(inverseScales, length / BlockSize), variant);
+
+    /// <summary>
+    /// Claims runs of <paramref name="shared"/>'s rows until none are left and computes them from this thread's integer
+    /// activations (<see cref="TryQuantizeForDecode"/>), then, 64 rows at a time, <paramref name="epilogue"/>'s bias, GELU,
+    /// residuals and output (<see cref="Float16Gemv.Finish(Float16Gemv.Job*, int, int, float*, float)"/>), which round
+    /// where the separate operations round.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit]
+    internal static void MultiplyClaimedForDecode(Job* shared, short* quantized, float* inverseScales, Float16Gemv.Job* epilogue)
+    {
+        const int Block = 64;
+        var job = *shared;
+        job.Quantized = quantized;
+        job.InverseScales = inverseScales;
+        float* values = stackalloc float[Block];
+        while (shared->Claims.TryClaim(out int first, out int end))
+            for (int start = first; start < end; start += Block)
+            {
+                int count = Math.Min(Block, end - start);
+                for (int i = 0; i < count; i++)
+                {
+                    long at = (long)(start + i) * job.Columns;
+                    switch (job.Variant)
+                    {
+                        case Bnb4BitGemvVariant.Avx512Int16: values[i] = RowInt16Avx512(&job, at); break;
+                        case Bnb4BitGemvVariant.Avx2Int16: values[i] = RowInt16Avx2(&job, at); break;
+                        default: RowsInt16Vector128(&job, at, values + i); break;
+                    }
+                }
+                Float16Gemv.Finish(epilogue, start, count, values, 1f);
+            }
+    }
+
+    /// <summary>
     /// The code book times 4096, rounded, as 32 16-bit words for <c>vpermw</c> (which reads 5 index bits; the fifth is a
     /// neighbour's, so the book is there twice), then as its low and high bytes for <c>vpshufb</c> (16 each, twice, one
     /// per 128-bit lane): 128 bytes in all.

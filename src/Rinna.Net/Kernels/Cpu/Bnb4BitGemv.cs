@@ -84,7 +84,8 @@ internal static unsafe partial class Bnb4BitGemv
         _ => true,
     };
 
-    private struct Job
+    /// <summary>One call's operands and row claims, shared by the threads through a pointer.</summary>
+    internal struct Job
     {
         public byte* Codes;
         public float* Code;

@@ -8,8 +8,8 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
-/// One GPT-NeoX layer for one new token of one sequence (a decode step) with float16 or LLM.int8() weights and bfloat16
-/// activations, in a single parallel region on libtorch's OpenMP team: LayerNorm, the fused query/key/value projection, attention
+/// One GPT-NeoX layer for one new token of one sequence (a decode step) with float16, LLM.int8() or bitsandbytes 4-bit
+/// weights and bfloat16 activations, in a single parallel region on libtorch's OpenMP team: LayerNorm, the fused query/key/value projection, attention
 /// with its cache write, the output projection, LayerNorm and the MLP, with a team barrier wherever a stage reads what
 /// other threads wrote.
 /// </summary>
@@ -17,10 +17,11 @@ namespace Rinna.Net.Kernels.Cpu;
 /// Why: run as separate calls, the same stages cost about eighty microseconds a layer besides their arithmetic (five
 /// parallel regions, two LayerNorms and an add in libtorch, a tensor for every intermediate); for models of
 /// pythia-160m's size that is as much as streaming the weights. Each stage here is the kernel the separate call runs
-/// (<see cref="RowLayerNorm"/>, <see cref="Float16Gemv"/> or <see cref="Int8Gemv"/> with <see cref="RowwiseInt8"/>'s
-/// quantization and rescale, <see cref="DecodeAttention"/>) and rounds to bfloat16 where the separate operations do, so
-/// the two paths differ only where LayerNorm's statistics round differently. Every thread normalizes (and for int8
-/// quantizes) the row into its own buffer, which costs less than another barrier.
+/// (<see cref="RowLayerNorm"/>, <see cref="Float16Gemv"/>, <see cref="Int8Gemv"/> with <see cref="RowwiseInt8"/>'s
+/// quantization and rescale, <see cref="Bnb4BitGemv"/>'s integer variants, <see cref="DecodeAttention"/>) and rounds to
+/// bfloat16 where the separate operations do, so the two paths differ only where LayerNorm's statistics round
+/// differently. Every thread normalizes (and for int8 and 4-bit quantizes) the row into its own buffer, which costs less
+/// than another barrier.
 /// </remarks>
 internal static unsafe class DecodeLayer
 {
@@ -32,8 +33,9 @@ internal static unsafe class DecodeLayer
     }
 
     /// <summary>
-    /// One linear layer: a float16 weight <c>[out, in]</c> with a bfloat16 or float32 bias, or an LLM.int8() weight (int8
-    /// <c>[out, in]</c>, a float32 scale per row, a float32 bias) with its outlier threshold. A bias may be null.
+    /// One linear layer: a float16 weight <c>[out, in]</c> with a bfloat16 or float32 bias, an LLM.int8() weight (int8
+    /// <c>[out, in]</c>, a float32 scale per row, a float32 bias) with its outlier threshold, or a bitsandbytes 4-bit
+    /// weight (<see cref="Bnb4"/>, a float32 bias) with the integer variant that multiplies it. A bias may be null.
     /// </summary>
     internal struct Product
     {
@@ -43,6 +45,8 @@ internal static unsafe class DecodeLayer
         public bool IsInt8;
         public float* WeightScale;
         public double Threshold;
+        public bool IsBnb4;
+        public Bnb4BitGemv.DecodeWeight Bnb4;
     }
 
     /// <summary>A layer's sizes and form.</summary>
@@ -63,13 +67,15 @@ internal static unsafe class DecodeLayer
         public LaneWidth Lanes;
     }
 
-    /// <summary>A product's work: the float16 GEMV's job, or the int8 one's.</summary>
+    /// <summary>A product's work: the float16 GEMV's job, the int8 one's, or the 4-bit one's (whose epilogue is <see cref="Float16"/>'s).</summary>
     private struct Stage
     {
         public bool IsInt8;
+        public bool IsBnb4;
         public double Threshold;
         public Float16Gemv.Job Float16;
         public Int8Job Int8;
+        public Bnb4BitGemv.Job Bnb4;
     }
 
     /// <summary>An int8 product with the rescale, bias, GELU and residuals of <see cref="RowwiseInt8.RescaleBlock"/>, rows claimed by the threads.</summary>
@@ -96,13 +102,20 @@ internal static unsafe class DecodeLayer
     /// <remarks>
     /// <paramref name="float16"/> and <paramref name="int8"/> are the kernels' widths for the products of each kind, which
     /// must be accelerated where such a product is present; int8 rows whose activations exceed the threshold decline too.
+    /// A 4-bit product's integer variant is its own (<see cref="Bnb4BitGemv.DecodeWeight.Variant"/>) and must run here on
+    /// its rows (<see cref="Bnb4BitGemv.RunsForDecode"/>).
     /// </remarks>
     public static bool TryStep(Tensor hidden, in Weights weights, Shape shape, Tensor cos, Tensor sin, Tensor keys, Tensor values, int past,
         Float16GemvVariant? float16, Float16Widening widening, Int8GemvVariant? int8, out Tensor output)
     {
         output = null!;
-        bool anyFloat16 = !(weights.QueryKeyValue.IsInt8 && weights.Dense.IsInt8 && weights.Up.IsInt8 && weights.Down.IsInt8);
+        static bool IsFloat16(in Product p) => !p.IsInt8 && !p.IsBnb4;
+        static bool Bnb4Runs(in Product p, int columns) => !p.IsBnb4 || Bnb4BitGemv.RunsForDecode(p.Bnb4.Variant, columns);
+        bool anyFloat16 = IsFloat16(weights.QueryKeyValue) || IsFloat16(weights.Dense) || IsFloat16(weights.Up) || IsFloat16(weights.Down);
         bool anyInt8 = weights.QueryKeyValue.IsInt8 || weights.Dense.IsInt8 || weights.Up.IsInt8 || weights.Down.IsInt8;
+        if (!Bnb4Runs(weights.QueryKeyValue, shape.Hidden) || !Bnb4Runs(weights.Dense, shape.Hidden) || !Bnb4Runs(weights.Up, shape.Hidden)
+            || !Bnb4Runs(weights.Down, shape.Intermediate))
+            return false;
         if (!Accepts(hidden, shape, cos, sin, keys, values, past)
             || (anyFloat16 && (float16 is not { } f || !Float16Gemv.IsAccelerated(f)))
             || (anyInt8 && (int8 is not { } i8 || i8 == Int8GemvVariant.AvxVnni || !Int8Gemv.IsAccelerated(i8))))
@@ -128,7 +141,18 @@ internal static unsafe class DecodeLayer
                     Cache = DecodeAttention.RowOf(keys, values, past), Lanes = attention,
                 };
                 Stage StageFor(in Product product, ushort* output, int rows, int columns, bool gelu, ushort* residual, ushort* secondResidual) =>
-                    product.IsInt8
+                    product.IsBnb4
+                        ? new Stage
+                        {
+                            IsBnb4 = true, Bnb4 = Bnb4BitGemv.DecodeJob(product.Bnb4, rows, columns, threads),
+                            // The epilogue only: the float32 bias, the GELU, the residuals and the bfloat16 output.
+                            Float16 = new Float16Gemv.Job
+                            {
+                                Bias = product.Bias, Output = output, OutputIsBFloat16 = true, Gelu = gelu, Residual = residual,
+                                SecondResidual = secondResidual, Rows = rows, Columns = columns,
+                            },
+                        }
+                        : product.IsInt8
                         ? new Stage
                         {
                             IsInt8 = true, Threshold = product.Threshold,
@@ -196,43 +220,63 @@ internal static unsafe class DecodeLayer
         int longest = Math.Max(shape.Hidden, shape.Intermediate);
         float* activations = stackalloc float[longest];
         sbyte* codes = stackalloc sbyte[longest];
+        // And of their 16-bit integer form and block scales, for 4-bit products.
+        short* quantized = stackalloc short[longest];
+        float* inverseScales = stackalloc float[longest / 64 + 1];
+        var own = new Buffers { Activations = activations, Codes = codes, Quantized = quantized, InverseScales = inverseScales };
 
         var lanes = job->Lanes;
         RowLayerNorm.Apply(job->Input, w.InputNormWeight, w.InputNormBias, shape.LayerNormEps, shape.Hidden, activations, lanes);
-        Multiply(job, &job->QueryKeyValue, activations, codes, shape.Hidden);
+        Multiply(job, &job->QueryKeyValue, &own, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
         DecodeAttention.StepHeads(&job->Attention);
         LibTorchOpenMp.Barrier();
 
         BFloat16Bits.Widen(new ReadOnlySpan<ushort>(job->Context, shape.Hidden), new Span<float>(activations, shape.Hidden), lanes);
-        Multiply(job, &job->Dense, activations, codes, shape.Hidden);
+        Multiply(job, &job->Dense, &own, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
         RowLayerNorm.Apply(shape.ParallelResidual ? job->Input : job->Attended, w.PostAttentionNormWeight, w.PostAttentionNormBias,
             shape.LayerNormEps, shape.Hidden, activations, lanes);
-        Multiply(job, &job->Up, activations, codes, shape.Hidden);
+        Multiply(job, &job->Up, &own, shape.Hidden);
         LibTorchOpenMp.Barrier();
 
         BFloat16Bits.Widen(new ReadOnlySpan<ushort>(job->Inner, shape.Intermediate), new Span<float>(activations, shape.Intermediate), lanes);
-        Multiply(job, &job->Down, activations, codes, shape.Intermediate);
+        Multiply(job, &job->Down, &own, shape.Intermediate);
+    }
+
+    /// <summary>A thread's own buffers: the activations as float32, and as the int8 and 4-bit products quantize them.</summary>
+    private struct Buffers
+    {
+        public float* Activations;
+        public sbyte* Codes;
+        public short* Quantized;
+        public float* InverseScales;
     }
 
     /// <summary>
     /// This thread's share of a product of the activations (<paramref name="length"/> float32 values, overwritten):
-    /// scaled for the float16 GEMV, or quantized into <paramref name="codes"/> for the int8 one. Activations a product
-    /// cannot take mark the step as declined, and the thread skips the product.
+    /// scaled for the float16 GEMV, or quantized into the thread's buffers for the int8 and 4-bit ones. Activations a
+    /// product cannot take mark the step as declined, and the thread skips the product.
     /// </summary>
-    private static void Multiply(Job* job, Stage* stage, float* activations, sbyte* codes, int length)
+    private static void Multiply(Job* job, Stage* stage, Buffers* own, int length)
     {
+        float* activations = own->Activations;
         var values = new Span<float>(activations, length);
-        if (!stage->IsInt8)
+        if (stage->IsBnb4)
+        {
+            if (Bnb4BitGemv.TryQuantizeForDecode(activations, length, stage->Bnb4.Variant, own->Quantized, own->InverseScales))
+                Bnb4BitGemv.MultiplyClaimedForDecode(&stage->Bnb4, own->Quantized, own->InverseScales, &stage->Float16);
+            else Volatile.Write(ref job->OutOfRange, 1);
+        }
+        else if (!stage->IsInt8)
         {
             if (Float16Gemv.ScaleInPlace(values)) Float16Gemv.MultiplyClaimed(&stage->Float16, activations);
             else Volatile.Write(ref job->OutOfRange, 1);
         }
-        else if (RowwiseInt8.TryQuantizeRow(values, stage->Threshold, new Span<sbyte>(codes, length), out float scale, job->Lanes))
-            MultiplyInt8(&stage->Int8, codes, scale, job->Lanes);
+        else if (RowwiseInt8.TryQuantizeRow(values, stage->Threshold, new Span<sbyte>(own->Codes, length), out float scale, job->Lanes))
+            MultiplyInt8(&stage->Int8, own->Codes, scale, job->Lanes);
         else Volatile.Write(ref job->OutOfRange, 1);
     }
 

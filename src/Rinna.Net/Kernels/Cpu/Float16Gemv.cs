@@ -283,21 +283,27 @@ internal static unsafe class Float16Gemv
     /// where the separate operations would round; eight rows to a vector, as a row's scalar steps were a good part of a
     /// short row's cost.
     /// </summary>
+    private static void Finish(Job* job, int start, int count, float* values) => Finish(job, start, count, values, Up);
+
+    /// <summary>
+    /// <see cref="Finish(Job*, int, int, float*)"/> for sums that <paramref name="scale"/> brings to their value (1 for
+    /// another kernel's plain sums): <paramref name="job"/>'s output, bias, GELU and residual fields are the epilogue.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Finish(Job* job, int start, int count, float* values)
+    internal static void Finish(Job* job, int start, int count, float* values, float scale)
     {
         bool bfloat16 = job->OutputIsBFloat16;
         int i = 0;
         for (; i + 8 <= count; i += 8)
         {
-            var value = Vector256.Load(values + i) * Vector256.Create(Up);
+            var value = Vector256.Load(values + i) * Vector256.Create(scale);
             if (job->Bias != null) value += Widen8(job->Bias, job->BiasIsBFloat16, start + i);
             (job->Gelu && bfloat16 ? BFloat16Bits.RoundTrip(value) : value).Store(values + i);
         }
         for (; i < count; i++)
         {
             int row = start + i;
-            float value = values[i] * Up;
+            float value = values[i] * scale;
             if (job->Bias != null)
                 value += job->BiasIsBFloat16 ? BFloat16Bits.Widen(((ushort*)job->Bias)[row]) : ((float*)job->Bias)[row];
             values[i] = job->Gelu ? ToOutput(value, bfloat16) : value;

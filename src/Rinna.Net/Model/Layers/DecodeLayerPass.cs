@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Quantization;
 using TorchSharp;
@@ -7,10 +9,11 @@ namespace Rinna.Net.Model.Layers;
 
 /// <summary>
 /// A GPT-NeoX layer's decode step as one managed pass (<see cref="DecodeLayer"/>) where the layer qualifies: each of its
-/// four linear layers float16 (<see cref="Float16Linear"/>, a weight the managed GEMV takes) or LLM.int8()
-/// (<see cref="Int8Linear"/>, where <see cref="Int8Gemv"/> is the decode kernel), its LayerNorms and activations in
-/// bfloat16 (a float16 or int8 model on the CPU), the exact GELU, and a CPU where those kernels run. A step qualifies
-/// when it is one sequence's one new token with a cache and no padding. Everything else, and any step the pass
+/// four linear layers float16 (<see cref="Float16Linear"/>, a weight the managed GEMV takes), LLM.int8()
+/// (<see cref="Int8Linear"/>, where <see cref="Int8Gemv"/> is the decode kernel) or 4-bit (<see cref="Bnb4BitLinear"/>
+/// computing in bfloat16 or float16, with rows an integer variant of <see cref="Bnb4BitGemv"/> takes), its LayerNorms and
+/// activations in bfloat16 (a float16, int8 or 4-bit model on the CPU), the exact GELU, and a CPU where those kernels
+/// run. A step qualifies when it is one sequence's one new token with a cache and no padding. Everything else, and any step the pass
 /// declines, takes the layer's own operations.
 /// </summary>
 internal sealed class DecodeLayerPass
@@ -27,7 +30,8 @@ internal sealed class DecodeLayerPass
     /// <param name="Parameters">The parameters <paramref name="Weights"/> points into, to notice one replaced (a model moved to another device).</param>
     /// <param name="Usable">Whether the pass may run on them.</param>
     /// <param name="Weights">Their addresses, where usable.</param>
-    private sealed record Plan(Tensor?[] Parameters, bool Usable, DecodeLayer.Weights Weights);
+    /// <param name="Pinned">Arrays <paramref name="Weights"/> points into besides the parameters (4-bit code tables), kept alive with the plan.</param>
+    private sealed record Plan(Tensor?[] Parameters, bool Usable, DecodeLayer.Weights Weights, Array[] Pinned);
 
     private DecodeLayerPass(GptNeoXConfig config, LayerNorm inputNorm, LayerNorm postAttentionNorm, LinearLayer[] products)
     {
@@ -41,7 +45,7 @@ internal sealed class DecodeLayerPass
         LinearLayer queryKeyValue, LinearLayer dense, LinearLayer up, LinearLayer down, Activation activation)
     {
         LinearLayer[] products = [queryKeyValue, dense, up, down];
-        return activation == Activation.Gelu && products.All(p => p is Float16Linear or Int8Linear)
+        return activation == Activation.Gelu && products.All(p => p is Float16Linear or Int8Linear or Bnb4BitLinear)
             ? new DecodeLayerPass(config, inputNorm, postAttentionNorm, products)
             : null;
     }
@@ -58,6 +62,12 @@ internal sealed class DecodeLayerPass
     /// </summary>
     internal Int8GemvVariant? Int8Variant { get; set; } = Int8Gemv.IsPreferredForDecode ? Int8Gemv.DefaultVariant : null;
 
+    /// <summary>
+    /// The integer variant every 4-bit product runs with, or null for each weight's own
+    /// (<see cref="Bnb4BitGemv.Int16VariantFor(int, float[])"/>, what its separate operation runs); tests set each one.
+    /// </summary>
+    internal Bnb4BitGemvVariant? Bnb4Variant { get; set; }
+
     /// <summary>Steps the pass has run, so that tests can tell it ran.</summary>
     internal long Steps => Interlocked.Read(ref steps);
 
@@ -71,7 +81,13 @@ internal sealed class DecodeLayerPass
         output = null!;
         if (hidden.dtype != ScalarType.BFloat16 || hidden.numel() != shape.Hidden || Current() is not { Usable: true } current) return false;
         var (keys, values) = cache.Storage(layer, 1, shape.Heads, shape.HeadSize, ScalarType.Float32, ScalarType.BFloat16, hidden.device, past, past + 1);
-        if (!DecodeLayer.TryStep(hidden, current.Weights, shape, cos, sin, keys, values, past, Variant, Float16Gemv.Widening, Int8Variant, out output))
+        var weights = current.Weights;
+        if (Bnb4Variant is { } forced)
+        {
+            weights.QueryKeyValue.Bnb4.Variant = weights.Dense.Bnb4.Variant = forced;
+            weights.Up.Bnb4.Variant = weights.Down.Bnb4.Variant = forced;
+        }
+        if (!DecodeLayer.TryStep(hidden, weights, shape, cos, sin, keys, values, past, Variant, Float16Gemv.Widening, Int8Variant, out output))
             return false;
         Interlocked.Increment(ref steps);
         return true;
@@ -86,15 +102,17 @@ internal sealed class DecodeLayerPass
         var parameters = new Tensor?[] { inputNorm.Weight, inputNorm.Bias, postAttentionNorm.Weight, postAttentionNorm.Bias }
             .Concat(products.SelectMany(Parameters)).ToArray();
         bool usable = Usable();
+        var pinned = new List<Array>();
         var weights = usable
             ? new DecodeLayer.Weights
             {
                 InputNormWeight = Address(inputNorm.Weight), InputNormBias = Address(inputNorm.Bias),
                 PostAttentionNormWeight = Address(postAttentionNorm.Weight), PostAttentionNormBias = Address(postAttentionNorm.Bias),
-                QueryKeyValue = Product(products[0]), Dense = Product(products[1]), Up = Product(products[2]), Down = Product(products[3]),
+                QueryKeyValue = Product(products[0], pinned), Dense = Product(products[1], pinned), Up = Product(products[2], pinned),
+                Down = Product(products[3], pinned),
             }
             : default;
-        current = new Plan(parameters, usable, weights);
+        current = new Plan(parameters, usable, weights, [.. pinned]);
         Volatile.Write(ref plan, current);
         return current;
     }
@@ -103,6 +121,7 @@ internal sealed class DecodeLayerPass
     {
         Float16Linear f => [f.Weight, f.Bias],
         Int8Linear q => [q.Weight, q.WeightScale, q.Bias],
+        Bnb4BitLinear b => [b.Weight, b.Absmax, b.NestedAbsmax, b.Bias],
         _ => [],
     };
 
@@ -118,6 +137,13 @@ internal sealed class DecodeLayerPass
                 && (f.Bias is null || Row(f.Bias, rows, ScalarType.BFloat16) || Row(f.Bias, rows, ScalarType.Float32)),
             Int8Linear q => Matrix(q.Weight, rows, columns, ScalarType.Int8) && columns <= Int8Gemv.MaxColumns
                 && Row(q.WeightScale, rows, ScalarType.Float32) && (q.Bias is null || Row(q.Bias, rows, ScalarType.Float32)),
+            // Computing in bfloat16 or float16, where the separate operation takes the same integer variant.
+            Bnb4BitLinear b => b.OutFeatures == rows && b.InFeatures == columns && b.ComputeDType is null or ScalarType.BFloat16 or ScalarType.Float16
+                && Bnb4BitGemv.Int16VariantFor((int)columns, b.Code) is not null
+                && Row(b.Weight, rows * columns / 2, ScalarType.Byte) && (b.Bias is null || Row(b.Bias, rows, ScalarType.Float32))
+                && (b.NestedAbsmax is null
+                    ? Row(b.Absmax, rows * columns / 64, ScalarType.Float32)
+                    : Row(b.Absmax, rows * columns / 64, ScalarType.Byte) && Row(b.NestedAbsmax, b.NestedAbsmax.numel(), ScalarType.Float32)),
             _ => false,
         };
         long h = shape.Hidden, i = shape.Intermediate;
@@ -126,8 +152,19 @@ internal sealed class DecodeLayerPass
             && Takes(products[0], 3 * h, h) && Takes(products[1], h, h) && Takes(products[2], i, h) && Takes(products[3], h, i);
     }
 
-    private static unsafe DecodeLayer.Product Product(LinearLayer linear) => linear switch
+    private static unsafe DecodeLayer.Product Product(LinearLayer linear, List<Array> pinned) => linear switch
     {
+        Bnb4BitLinear b => new DecodeLayer.Product
+        {
+            IsBnb4 = true, Weight = Address(b.Weight), Bias = Address(b.Bias),
+            Bnb4 = new Bnb4BitGemv.DecodeWeight
+            {
+                Codes = (byte*)Address(b.Weight), Absmax = Address(b.Absmax), Nested = (float*)Address(b.NestedAbsmax), Offset = b.Offset,
+                NestedCode = b.NestedAbsmax is null ? null : PinnedCopy(Bnb4BitQuantization.DynamicMap, pinned),
+                Table16 = PinnedCopy(Bnb4BitGemv.Int16TableOf(b.Code), pinned),
+                Variant = Bnb4BitGemv.Int16VariantFor((int)b.InFeatures, b.Code)!.Value,
+            },
+        },
         Float16Linear f => new DecodeLayer.Product
         {
             Weight = Address(f.Weight), Bias = Address(f.Bias), BiasIsBFloat16 = f.Bias?.dtype == ScalarType.BFloat16,
@@ -156,9 +193,23 @@ internal sealed class DecodeLayerPass
                 case Int8Linear q:
                     if (!ReferenceEquals(p[at++], q.Weight) || !ReferenceEquals(p[at++], q.WeightScale) || !ReferenceEquals(p[at++], q.Bias)) return false;
                     break;
+                case Bnb4BitLinear b:
+                    if (!ReferenceEquals(p[at++], b.Weight) || !ReferenceEquals(p[at++], b.Absmax) || !ReferenceEquals(p[at++], b.NestedAbsmax)
+                        || !ReferenceEquals(p[at++], b.Bias))
+                        return false;
+                    break;
             }
         }
         return true;
+    }
+
+    /// <summary>Where a copy of <paramref name="array"/> that the GC never moves lives; the copy is kept with the plan.</summary>
+    private static unsafe T* PinnedCopy<T>(T[] array, List<Array> pinned) where T : unmanaged
+    {
+        var copy = GC.AllocateArray<T>(array.Length, pinned: true);
+        array.CopyTo(copy, 0);
+        pinned.Add(copy);
+        return (T*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(copy));
     }
 
     /// <summary>Where a parameter's elements live; libtorch never moves a tensor's storage, and the model holds the parameter.</summary>

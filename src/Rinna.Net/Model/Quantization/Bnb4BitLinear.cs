@@ -135,6 +135,9 @@ public sealed class Bnb4BitLinear : LinearLayer
     /// <summary>The bias <c>[out_features]</c> as float32, or <c>null</c>.</summary>
     public Tensor? Bias => bias;
 
+    /// <summary>The code book of <see cref="QuantType"/>: the 16 values a code stands for.</summary>
+    internal float[] Code => code;
+
     /// <summary>Bytes of the quantized weight: the packed codes and the block scales (and the nested scales with double quantization).</summary>
     public long WeightBytes => weight.numel() + absmax.numel() * absmax.ElementSize + (nestedAbsmax is null ? 0 : nestedAbsmax.numel() * 4 + sizeof(float));
 

@@ -109,6 +109,83 @@ public class DecodeLayerPassTests
         Assert.True(worstApart < 1e-3, $"relative L2 between the pass and the separate operations {worstApart}");
     }
 
+    public static TheoryData<string, bool> Bnb4VariantsAndDoubleQuant() =>
+        new(from variant in new[] { nameof(Bnb4BitGemvVariant.Avx2Int16), nameof(Bnb4BitGemvVariant.Vector128Int16) }
+            from doubleQuant in new[] { false, true }
+            select (variant, doubleQuant));
+
+    /// <summary>
+    /// NF4 computing in bfloat16 (the integer variants): each block's integer sum is exact and the activations are quantized
+    /// as the separate product quantizes them, so only the order of the block sums (another variant) and LayerNorm's
+    /// statistics may differ. tiny-neox-rinna's rows are 64 and 256 long; the AVX-512 variant takes multiples of 128 and
+    /// is held to its separate product by Bnb4BitGemvTests.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Bnb4VariantsAndDoubleQuant))]
+    public async Task Bnb4DecodeStepsMatchTheSeparateOperations(string variant, bool doubleQuant)
+    {
+        var chosen = Enum.Parse<Bnb4BitGemvVariant>(variant);
+        RequirePass();
+        if (!Bnb4BitGemv.IsAccelerated(chosen)) Assert.Skip($"this CPU does not accelerate the 4-bit {variant} variant.");
+        var options = Bnb4Options(doubleQuant);
+        using var fused = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"), options);
+        using var separate = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"), options);
+        foreach (var pass in fused.DecodePasses) pass.Bnb4Variant = chosen;
+        separate.UsesDecodePass = false;
+        Assert.Equal(fused.Config.NumHiddenLayers, fused.DecodePasses.Count);
+
+        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        var next = tensor(new long[] { 5, 17, 3, 99, 42, 7 }, ScalarType.Int64).unsqueeze(0);
+        double worstApart = 0;
+        int steps = 24;
+        for (int step = 0; step < steps; step++)
+        {
+            using var scope = NewDisposeScope();
+            using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
+            using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
+            worstApart = Math.Max(worstApart, TensorAssert.RelativeL2(b.Logits[0, 0], a.Logits[0, 0]));
+            next = b.Logits[0, 0].argmax().reshape(1, 1).MoveToOuterDisposeScope();
+        }
+        Assert.All(fused.DecodePasses, pass => Assert.Equal(steps - 1, pass.Steps));
+        Assert.All(separate.DecodePasses, pass => Assert.Equal(0, pass.Steps));
+        double bound = chosen == Bnb4BitGemv.Int16VariantFor(64, Bnb4BitQuantization.Nf4Code) ? 1e-3 : 1e-2;
+        Assert.True(worstApart < bound, $"relative L2 between the pass and the separate operations {worstApart}");
+    }
+
+    /// <summary>Rows no integer variant takes (tiny-neox-pythia's 96 columns): the layers keep their separate operations.</summary>
+    [Fact]
+    public async Task Bnb4LayersWithRowsNoIntegerVariantTakesRunTheSeparateOperations()
+    {
+        RequirePass();
+        using var fused = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-pythia"), Bnb4Options(doubleQuant: false));
+        using var separate = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-pythia"), Bnb4Options(doubleQuant: false));
+        separate.UsesDecodePass = false;
+        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var prompt = tensor(new long[] { 5, 6, 7, 8 }, ScalarType.Int64).unsqueeze(0);
+        fused.Forward(prompt, pastKeyValues: fusedCache, useCache: true).Dispose();
+        separate.Forward(prompt, pastKeyValues: separateCache, useCache: true).Dispose();
+
+        using var next = tensor(new long[] { 9 }, ScalarType.Int64).unsqueeze(0);
+        using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
+        using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
+
+        Assert.Equal(fused.Config.NumHiddenLayers, fused.DecodePasses.Count);
+        Assert.All(fused.DecodePasses, pass => Assert.Equal(0, pass.Steps));
+        Assert.True(a.Logits.allclose(b.Logits, rtol: 0, atol: 0), "the declined steps must equal the separate operations");
+    }
+
+    private static ModelLoadOptions Bnb4Options(bool doubleQuant) => new()
+    {
+        TorchDtype = TorchDtype.Float16,
+        QuantizationConfig = new QuantizationConfig
+        {
+            LoadIn4Bit = true, Bnb4BitQuantType = Bnb4BitQuantization.Nf4, Bnb4BitComputeDtype = TorchDtype.BFloat16,
+            Bnb4BitUseDoubleQuant = doubleQuant,
+        },
+    };
+
     [Fact]
     public async Task Int8ActivationsAboveTheOutlierThresholdTakeTheSeparateOperations()
     {
@@ -218,6 +295,13 @@ public class DecodeLayerPassTests
         if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime was not found; the pass runs on its threads.");
         if (!Vector256.IsHardwareAccelerated) Assert.Skip("the attention stage needs 256-bit vectors, as DecodeAttention does.");
         if (!Int8Gemv.IsAccelerated(Enum.Parse<Int8GemvVariant>(variant))) Assert.Skip($"this CPU does not accelerate the int8 {variant} variant.");
+    }
+
+    /// <summary>Skips, saying why, where this machine cannot run the pass at all.</summary>
+    private static void RequirePass()
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime was not found; the pass runs on its threads.");
+        if (!Vector256.IsHardwareAccelerated) Assert.Skip("the attention stage needs 256-bit vectors, as DecodeAttention does.");
     }
 
     /// <summary>Skips, saying why, where this machine cannot run the pass with <paramref name="variant"/>.</summary>
