@@ -92,19 +92,8 @@ public class DecodeLayerPassTests
         separate.UsesDecodePass = false;
         Assert.Equal(fused.Config.NumHiddenLayers, fused.DecodePasses.Count);
 
-        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
-        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
-        var next = tensor(new long[] { 5, 17, 3, 99, 42, 7 }, ScalarType.Int64).unsqueeze(0);
-        double worstApart = 0;
-        int steps = 24;
-        for (int step = 0; step < steps; step++)
-        {
-            using var scope = NewDisposeScope();
-            using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
-            using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
-            worstApart = Math.Max(worstApart, TensorAssert.RelativeL2(b.Logits[0, 0], a.Logits[0, 0]));
-            next = b.Logits[0, 0].argmax().reshape(1, 1).MoveToOuterDisposeScope();
-        }
+        const int steps = 24;
+        double worstApart = WorstApart(fused, separate, steps);
         Assert.All(fused.DecodePasses, pass => Assert.Equal(steps - 1, pass.Steps));
         Assert.True(worstApart < 1e-3, $"relative L2 between the pass and the separate operations {worstApart}");
     }
@@ -134,19 +123,8 @@ public class DecodeLayerPassTests
         separate.UsesDecodePass = false;
         Assert.Equal(fused.Config.NumHiddenLayers, fused.DecodePasses.Count);
 
-        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
-        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
-        var next = tensor(new long[] { 5, 17, 3, 99, 42, 7 }, ScalarType.Int64).unsqueeze(0);
-        double worstApart = 0;
-        int steps = 24;
-        for (int step = 0; step < steps; step++)
-        {
-            using var scope = NewDisposeScope();
-            using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
-            using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
-            worstApart = Math.Max(worstApart, TensorAssert.RelativeL2(b.Logits[0, 0], a.Logits[0, 0]));
-            next = b.Logits[0, 0].argmax().reshape(1, 1).MoveToOuterDisposeScope();
-        }
+        const int steps = 24;
+        double worstApart = WorstApart(fused, separate, steps);
         Assert.All(fused.DecodePasses, pass => Assert.Equal(steps - 1, pass.Steps));
         Assert.All(separate.DecodePasses, pass => Assert.Equal(0, pass.Steps));
         double bound = chosen == Bnb4BitGemv.Int16VariantFor(64, Bnb4BitQuantization.Nf4Code) ? 1e-3 : 1e-2;
@@ -161,19 +139,48 @@ public class DecodeLayerPassTests
         using var fused = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-pythia"), Bnb4Options(doubleQuant: false));
         using var separate = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-pythia"), Bnb4Options(doubleQuant: false));
         separate.UsesDecodePass = false;
+        var (a, b) = StepAfterPrompt(fused, separate);
+        using var fusedLogits = a;
+        using var separateLogits = b;
+
+        Assert.Equal(fused.Config.NumHiddenLayers, fused.DecodePasses.Count);
+        Assert.All(fused.DecodePasses, pass => Assert.Equal(0, pass.Steps));
+        Assert.True(a.allclose(b, rtol: 0, atol: 0), "the declined steps must equal the separate operations");
+    }
+
+    /// <summary>
+    /// Greedy decode steps (the separate model's choices) after a 6-token prompt on both models, each on its own cache:
+    /// the largest relative L2 between their step logits.
+    /// </summary>
+    private static double WorstApart(GptNeoXForCausalLM fused, GptNeoXForCausalLM separate, int steps)
+    {
+        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
+        var next = tensor(new long[] { 5, 17, 3, 99, 42, 7 }, ScalarType.Int64).unsqueeze(0);
+        double worstApart = 0;
+        for (int step = 0; step < steps; step++)
+        {
+            using var scope = NewDisposeScope();
+            using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
+            using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
+            worstApart = Math.Max(worstApart, TensorAssert.RelativeL2(b.Logits[0, 0], a.Logits[0, 0]));
+            next = b.Logits[0, 0].argmax().reshape(1, 1).MoveToOuterDisposeScope();
+        }
+        return worstApart;
+    }
+
+    /// <summary>Both models' logits for one decode step after a 4-token prompt, each on its own cache.</summary>
+    private static (Tensor Fused, Tensor Separate) StepAfterPrompt(GptNeoXForCausalLM fused, GptNeoXForCausalLM separate)
+    {
         using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
         using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
         using var prompt = tensor(new long[] { 5, 6, 7, 8 }, ScalarType.Int64).unsqueeze(0);
         fused.Forward(prompt, pastKeyValues: fusedCache, useCache: true).Dispose();
         separate.Forward(prompt, pastKeyValues: separateCache, useCache: true).Dispose();
-
         using var next = tensor(new long[] { 9 }, ScalarType.Int64).unsqueeze(0);
         using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
         using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
-
-        Assert.Equal(fused.Config.NumHiddenLayers, fused.DecodePasses.Count);
-        Assert.All(fused.DecodePasses, pass => Assert.Equal(0, pass.Steps));
-        Assert.True(a.Logits.allclose(b.Logits, rtol: 0, atol: 0), "the declined steps must equal the separate operations");
+        return (a.Logits.clone(), b.Logits.clone());
     }
 
     private static ModelLoadOptions Bnb4Options(bool doubleQuant) => new()
@@ -199,18 +206,12 @@ public class DecodeLayerPassTests
         using var separate = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-pythia"), options);
         foreach (var pass in fused.DecodePasses) pass.Int8Variant = Int8Gemv.DefaultVariant;
         separate.UsesDecodePass = false;
-        using var fusedCache = new KeyValueCache(fused.Config.NumHiddenLayers);
-        using var separateCache = new KeyValueCache(fused.Config.NumHiddenLayers);
-        using var prompt = tensor(new long[] { 5, 6, 7, 8 }, ScalarType.Int64).unsqueeze(0);
-        fused.Forward(prompt, pastKeyValues: fusedCache, useCache: true).Dispose();
-        separate.Forward(prompt, pastKeyValues: separateCache, useCache: true).Dispose();
-
-        using var next = tensor(new long[] { 9 }, ScalarType.Int64).unsqueeze(0);
-        using var a = fused.Forward(next, pastKeyValues: fusedCache, useCache: true, lastPositionOnly: true);
-        using var b = separate.Forward(next, pastKeyValues: separateCache, useCache: true, lastPositionOnly: true);
+        var (a, b) = StepAfterPrompt(fused, separate);
+        using var fusedLogits = a;
+        using var separateLogits = b;
 
         Assert.All(fused.DecodePasses, pass => Assert.Equal(0, pass.Steps));
-        Assert.True(a.Logits.allclose(b.Logits, rtol: 0, atol: 0), "the declined steps must equal the separate operations");
+        Assert.True(a.allclose(b, rtol: 0, atol: 0), "the declined steps must equal the separate operations");
     }
 
     [Fact]
