@@ -9,9 +9,9 @@ namespace Rinna.Net.Kernels.Cpu;
 
 /// <summary>
 /// One GPT-NeoX layer for one new token of one sequence (a decode step) with float16, LLM.int8() or bitsandbytes 4-bit
-/// weights and bfloat16 activations, in a single parallel region on libtorch's OpenMP team: LayerNorm, the fused query/key/value projection, attention
-/// with its cache write, the output projection, LayerNorm and the MLP, with a team barrier wherever a stage reads what
-/// other threads wrote.
+/// weights and bfloat16 activations, in a single parallel region on libtorch's OpenMP team: LayerNorm, the fused
+/// query/key/value projection, attention with its cache write, the output projection, LayerNorm and the MLP, with a team
+/// barrier wherever a stage reads what other threads wrote.
 /// </summary>
 /// <remarks>
 /// Why: run as separate calls, the same stages cost about eighty microseconds a layer besides their arithmetic (five
@@ -35,7 +35,8 @@ internal static unsafe class DecodeLayer
     /// <summary>
     /// One linear layer: a float16 weight <c>[out, in]</c> with a bfloat16 or float32 bias, an LLM.int8() weight (int8
     /// <c>[out, in]</c>, a float32 scale per row, a float32 bias) with its outlier threshold, or a bitsandbytes 4-bit
-    /// weight (<see cref="Bnb4"/>, a float32 bias) with the integer variant that multiplies it. A bias may be null.
+    /// weight (<see cref="Bnb4"/>, where <see cref="Weight"/> is unused; a float32 bias) with the integer variant that
+    /// multiplies it. A bias may be null.
     /// </summary>
     internal struct Product
     {

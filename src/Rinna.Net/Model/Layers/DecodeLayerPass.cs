@@ -13,8 +13,8 @@ namespace Rinna.Net.Model.Layers;
 /// (<see cref="Int8Linear"/>, where <see cref="Int8Gemv"/> is the decode kernel) or 4-bit (<see cref="Bnb4BitLinear"/>
 /// computing in bfloat16 or float16, with rows an integer variant of <see cref="Bnb4BitGemv"/> takes), its LayerNorms and
 /// activations in bfloat16 (a float16, int8 or 4-bit model on the CPU), the exact GELU, and a CPU where those kernels
-/// run. A step qualifies when it is one sequence's one new token with a cache and no padding. Everything else, and any step the pass
-/// declines, takes the layer's own operations.
+/// run. A step qualifies when it is one sequence's one new token with a cache and no padding. Everything else, and any
+/// step the pass declines, takes the layer's own operations.
 /// </summary>
 internal sealed class DecodeLayerPass
 {
@@ -156,7 +156,7 @@ internal sealed class DecodeLayerPass
     {
         Bnb4BitLinear b => new DecodeLayer.Product
         {
-            IsBnb4 = true, Weight = Address(b.Weight), Bias = Address(b.Bias),
+            IsBnb4 = true, Bias = Address(b.Bias),
             Bnb4 = new Bnb4BitGemv.DecodeWeight
             {
                 Codes = (byte*)Address(b.Weight), Absmax = Address(b.Absmax), Nested = (float*)Address(b.NestedAbsmax), Offset = b.Offset,
