@@ -123,15 +123,13 @@ internal static unsafe partial class Bnb4BitGemv
             for (int start = first; start < end; start += Block)
             {
                 int count = Math.Min(Block, end - start);
-                for (int i = 0; i < count; i++)
+                switch (job.Variant)
                 {
-                    long at = (long)(start + i) * job.Columns;
-                    switch (job.Variant)
-                    {
-                        case Bnb4BitGemvVariant.Avx512Int16: values[i] = RowInt16Avx512(&job, at); break;
-                        case Bnb4BitGemvVariant.Avx2Int16: values[i] = RowInt16Avx2(&job, at); break;
-                        default: RowsInt16Vector128(&job, at, values + i); break;
-                    }
+                    case Bnb4BitGemvVariant.Avx512Int16: RunInt16Avx512(&job, start, count, values); break;
+                    case Bnb4BitGemvVariant.Avx2Int16: RunInt16Avx2(&job, start, count, values); break;
+                    default:
+                        for (int i = 0; i < count; i++) RowsInt16Vector128(&job, (long)(start + i) * job.Columns, values + i);
+                        break;
                 }
                 Float16Gemv.Finish(epilogue, start, count, values, 1f);
             }
@@ -210,24 +208,22 @@ internal static unsafe partial class Bnb4BitGemv
         return true;
     }
 
-    /// <summary>
-    /// The scale of each of this row's blocks with its activations' scale folded in, on vectors: per row this is a
-    /// sixty-fourth of the codes' work, which scalar code with the double-quantization lookups made a third of it.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void RowScales(Job* job, long start, float* scales) => RowScales(job, start, job->InverseScales, scales);
-
-    /// <summary><see cref="RowScales(Job*, long, float*)"/> for each activation row, one after another in <paramref name="scales"/>.</summary>
+    /// <summary><see cref="RowScales(Job*, long, float*, float*)"/> for each activation row, one after another in <paramref name="scales"/>.</summary>
     private static void ActivationRowScales(Job* job, long start, float* scales)
     {
         int blocks = job->Columns / BlockSize;
         for (int r = 0; r < job->ActivationRows; r++) RowScales(job, start, job->InverseScales + r * blocks, scales + r * blocks);
     }
 
+    /// <summary>
+    /// The scale of each of this row's blocks with its activations' scale folded in, on vectors: per row this is a
+    /// sixty-fourth of the codes' work, which scalar code with the double-quantization lookups made a third of it.
+    /// </summary>
     /// <param name="job">The call.</param>
     /// <param name="start">The row's first element (a multiple of 64).</param>
     /// <param name="inverse">Each block's activation scale, or null for the plain block scales (the float variants).</param>
     /// <param name="scales">Where each block's product goes.</param>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void RowScales(Job* job, long start, float* inverse, float* scales)
     {
         long first = start / BlockSize;
@@ -259,64 +255,75 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>
-    /// 64 code bytes (two blocks) per step: four <c>vpermw</c> over the 16-bit words, shifted by 0, 4, 8 and 12, give the
-    /// 128 codes; int32 lanes 0–7 hold the first block's sums and 8–15 the second's.
+    /// Rows <c>[first, first + count)</c> against one activation row into <paramref name="values"/>, 64 code bytes (two
+    /// blocks) per step: four <c>vpermw</c> over the 16-bit words, shifted by 0, 4, 8 and 12, give the 128 codes; int32
+    /// lanes 0–7 hold the first block's sums and 8–15 the second's. A run of rows per call, so that the call, the scale
+    /// buffer and the table load are paid once per run, not per row (a rinna-4b row is 44 blocks).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit]
-    private static float RowInt16Avx512(Job* job, long start)
+    private static void RunInt16Avx512(Job* job, int first, int count, float* values)
     {
         int blocks = job->Columns / BlockSize;
         float* scales = stackalloc float[blocks];
-        RowScales(job, start, scales);
         var table = Vector512.Load(job->Table16);
-        var first = Vector512<float>.Zero;
-        var second = Vector512<float>.Zero;
-        byte* codes = job->Codes + (start >> 1);
-        short* x = job->Quantized;
-        // Pointers step, not indices: the index arithmetic was a third of this loop's instructions.
-        for (float* scale = scales, end = scales + blocks; scale < end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
+        for (int i = 0; i < count; i++)
         {
-            PrefetchAhead(codes);
-            var sums = Avx512F.ConvertToVector512Single(Chunk128(codes, x, table));
-            first = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[0]), first);
-            second = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[1]), second);
+            long start = (long)(first + i) * job->Columns;
+            RowScales(job, start, job->InverseScales, scales);
+            var even = Vector512<float>.Zero;
+            var odd = Vector512<float>.Zero;
+            byte* codes = job->Codes + (start >> 1);
+            short* x = job->Quantized;
+            // Pointers step, not indices: the index arithmetic was a third of this loop's instructions.
+            for (float* scale = scales, end = scales + blocks; scale < end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
+            {
+                PrefetchAhead(codes);
+                var sums = Avx512F.ConvertToVector512Single(Chunk128(codes, x, table));
+                even = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[0]), even);
+                odd = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[1]), odd);
+            }
+            values[i] = Vector256.Sum(even.GetLower()) + Vector256.Sum(odd.GetUpper());
         }
-        return Vector256.Sum(first.GetLower()) + Vector256.Sum(second.GetUpper());
     }
 
     /// <summary>
-    /// 32 code bytes (one block) per sum: the two nibbles of each byte index the code book's low and high byte planes
-    /// (<c>vpshufb</c>), which interleave into 16-bit codes. Two blocks a step (one prefetched line) on two sums, even
-    /// blocks and odd ones, so that neither the loop's bookkeeping nor one chain of FMAs sets its pace.
+    /// <see cref="RunInt16Avx512"/> on AVX2, 32 code bytes (one block) per sum: the two nibbles of each byte index the
+    /// code book's low and high byte planes (<c>vpshufb</c>), which interleave into 16-bit codes. Two blocks a step (one
+    /// prefetched line) on two sums, even blocks and odd ones, so that neither the loop's bookkeeping nor one chain of
+    /// FMAs sets its pace.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit]
-    private static float RowInt16Avx2(Job* job, long start)
+    private static void RunInt16Avx2(Job* job, int first, int count, float* values)
     {
         int blocks = job->Columns / BlockSize;
         float* scales = stackalloc float[blocks];
-        RowScales(job, start, scales);
         var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
         var highBytes = Vector256.Load((byte*)job->Table16 + 96);
         var nibble = Vector256.Create((byte)0x0F);
-        var even = Vector256<float>.Zero;
-        var odd = Vector256<float>.Zero;
-        byte* codes = job->Codes + (start >> 1);
-        short* x = job->Quantized;
-        float* scale = scales, end = scales + blocks;
-        for (; scale + 2 <= end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
+        for (int i = 0; i < count; i++)
         {
-            PrefetchAhead(codes);
-            even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
-            odd = Fma.MultiplyAdd(Block64(codes + BlockSize / 2, x + BlockSize, lowBytes, highBytes, nibble), Vector256.Create(scale[1]), odd);
+            long start = (long)(first + i) * job->Columns;
+            RowScales(job, start, job->InverseScales, scales);
+            var even = Vector256<float>.Zero;
+            var odd = Vector256<float>.Zero;
+            byte* codes = job->Codes + (start >> 1);
+            short* x = job->Quantized;
+            float* scale = scales, end = scales + blocks;
+            for (; scale + 2 <= end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
+            {
+                PrefetchAhead(codes);
+                even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
+                odd = Fma.MultiplyAdd(Block64(codes + BlockSize / 2, x + BlockSize, lowBytes, highBytes, nibble), Vector256.Create(scale[1]), odd);
+            }
+            if (scale < end) even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
+            values[i] = Vector256.Sum(even + odd);
         }
-        if (scale < end) even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
-        return Vector256.Sum(even + odd);
     }
 
     /// <summary>
-    /// <see cref="RowInt16Avx512"/> for every activation row at once: each 128 codes are looked up once and multiplied with
+    /// <see cref="RunInt16Avx512"/> for every activation row at once: each 128 codes are looked up once and multiplied with
     /// each row's activations, so a batched decode step reads the weight once.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -347,7 +354,7 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>
-    /// <see cref="RowInt16Avx2"/> for every activation row at once (see <see cref="RowsInt16Avx512"/>), with each row's
+    /// <see cref="RunInt16Avx2"/> for every activation row at once (see <see cref="RowsInt16Avx512"/>), with each row's
     /// even and odd blocks on separate sums as there, so that each row gets exactly what it gets alone.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]

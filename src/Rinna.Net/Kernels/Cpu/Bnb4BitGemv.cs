@@ -254,25 +254,49 @@ internal static unsafe partial class Bnb4BitGemv
                 RunRowsOfSeveral(job, first, end, scales);
                 continue;
             }
+            if (job->Variant is Bnb4BitGemvVariant.Avx512Int16 or Bnb4BitGemvVariant.Avx2Int16)
+            {
+                RunInt16Rows(job, first, end);
+                continue;
+            }
             for (int row = first; row < end; row++)
             {
                 long start = (long)row * job->Columns;
                 if (scales != null) RowScales(job, start, null, scales);
                 float value = job->Variant switch
                 {
-                    Bnb4BitGemvVariant.Avx512Int16 => RowInt16Avx512(job, start),
-                    Bnb4BitGemvVariant.Avx2Int16 => RowInt16Avx2(job, start),
                     _ when !job->Grouped => RowScalar(job, start),
                     Bnb4BitGemvVariant.Avx512 => Row512(job, start, scales),
                     Bnb4BitGemvVariant.Avx2 => RowAvx2(job, start, scales),
                     Bnb4BitGemvVariant.Vector256 => Row256(job, start, scales),
                     _ => Row128(job, start, scales),
                 };
-                if (job->Bias != null) value += job->Bias[row];
-                if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
-                else ((float*)job->Output)[row] = value;
+                Store(job, row, value);
             }
         }
+    }
+
+    /// <summary>Rows <c>[first, end)</c> of one activation row through the AVX-512 or AVX2 integer variant, a run at a time.</summary>
+    private static void RunInt16Rows(Job* job, int first, int end)
+    {
+        const int Run = 64;
+        float* values = stackalloc float[Run];
+        for (int start = first; start < end; start += Run)
+        {
+            int count = Math.Min(Run, end - start);
+            if (job->Variant == Bnb4BitGemvVariant.Avx512Int16) RunInt16Avx512(job, start, count, values);
+            else RunInt16Avx2(job, start, count, values);
+            for (int i = 0; i < count; i++) Store(job, start + i, values[i]);
+        }
+    }
+
+    /// <summary>Row <paramref name="row"/>'s product plus its bias, into the output in its dtype.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store(Job* job, int row, float value)
+    {
+        if (job->Bias != null) value += job->Bias[row];
+        if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
+        else ((float*)job->Output)[row] = value;
     }
 
     /// <summary>Weight rows <c>[first, end)</c> against every activation row (the integer, AVX-512 and AVX2 variants; the portable integer one always).</summary>
