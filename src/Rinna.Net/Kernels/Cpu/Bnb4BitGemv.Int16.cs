@@ -254,6 +254,15 @@ internal static unsafe partial class Bnb4BitGemv
         for (; b < blocks; b++) scales[b] = Scale(job, first + b) * (inverse == null ? 1f : inverse[b]);
     }
 
+    /// <summary>Row <paramref name="row"/>'s first code byte, once its block scales (activation scales folded in) are in <paramref name="scales"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static byte* BeginRow(Job* job, int row, float* scales)
+    {
+        long start = (long)row * job->Columns;
+        RowScales(job, start, job->InverseScales, scales);
+        return job->Codes + (start >> 1);
+    }
+
     /// <summary>
     /// Rows <c>[first, first + count)</c> against one activation row into <paramref name="values"/>, 64 code bytes (two
     /// blocks) per step: four <c>vpermw</c> over the 16-bit words, shifted by 0, 4, 8 and 12, give the 128 codes; int32
@@ -269,12 +278,10 @@ internal static unsafe partial class Bnb4BitGemv
         var table = Vector512.Load(job->Table16);
         for (int i = 0; i < count; i++)
         {
-            long start = (long)(first + i) * job->Columns;
-            RowScales(job, start, job->InverseScales, scales);
+            byte* codes = BeginRow(job, first + i, scales);
+            short* x = job->Quantized;
             var even = Vector512<float>.Zero;
             var odd = Vector512<float>.Zero;
-            byte* codes = job->Codes + (start >> 1);
-            short* x = job->Quantized;
             // Pointers step, not indices: the index arithmetic was a third of this loop's instructions.
             for (float* scale = scales, end = scales + blocks; scale < end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
             {
@@ -304,12 +311,10 @@ internal static unsafe partial class Bnb4BitGemv
         var nibble = Vector256.Create((byte)0x0F);
         for (int i = 0; i < count; i++)
         {
-            long start = (long)(first + i) * job->Columns;
-            RowScales(job, start, job->InverseScales, scales);
+            byte* codes = BeginRow(job, first + i, scales);
+            short* x = job->Quantized;
             var even = Vector256<float>.Zero;
             var odd = Vector256<float>.Zero;
-            byte* codes = job->Codes + (start >> 1);
-            short* x = job->Quantized;
             float* scale = scales, end = scales + blocks;
             for (; scale + 2 <= end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
             {
