@@ -271,7 +271,7 @@ internal static unsafe partial class Bnb4BitGemv
                     Bnb4BitGemvVariant.Vector256 => Row256(job, start, scales),
                     _ => Row128(job, start, scales),
                 };
-                Store(job, row, value);
+                Store(job, row, 0, value);
             }
         }
     }
@@ -286,17 +286,21 @@ internal static unsafe partial class Bnb4BitGemv
             int count = Math.Min(Run, end - start);
             if (job->Variant == Bnb4BitGemvVariant.Avx512Int16) RunInt16Avx512(job, start, count, values);
             else RunInt16Avx2(job, start, count, values);
-            for (int i = 0; i < count; i++) Store(job, start + i, values[i]);
+            for (int i = 0; i < count; i++) Store(job, start + i, 0, values[i]);
         }
     }
 
-    /// <summary>Row <paramref name="row"/>'s product plus its bias, into the output in its dtype.</summary>
+    /// <summary>
+    /// Weight row <paramref name="row"/>'s product with activation row <paramref name="activationRow"/> plus the row's
+    /// bias, into the output in its dtype.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(Job* job, int row, float value)
+    private static void Store(Job* job, int row, int activationRow, float value)
     {
         if (job->Bias != null) value += job->Bias[row];
-        if (job->OutputIsBFloat16) ((ushort*)job->Output)[row] = BFloat16Bits.Round(value);
-        else ((float*)job->Output)[row] = value;
+        long at = (long)activationRow * job->Rows + row;
+        if (job->OutputIsBFloat16) ((ushort*)job->Output)[at] = BFloat16Bits.Round(value);
+        else ((float*)job->Output)[at] = value;
     }
 
     /// <summary>Weight rows <c>[first, end)</c> against every activation row (the integer, AVX-512 and AVX2 variants; the portable integer one always).</summary>
@@ -316,14 +320,7 @@ internal static unsafe partial class Bnb4BitGemv
                 case Bnb4BitGemvVariant.Avx512: Rows512(job, start, values, scales); break;
                 default: RowsAvx2(job, start, values, scales); break;
             }
-            for (int r = 0; r < activationRows; r++)
-            {
-                float value = values[r];
-                if (job->Bias != null) value += job->Bias[row];
-                long at = (long)r * job->Rows + row;
-                if (job->OutputIsBFloat16) ((ushort*)job->Output)[at] = BFloat16Bits.Round(value);
-                else ((float*)job->Output)[at] = value;
-            }
+            for (int r = 0; r < activationRows; r++) Store(job, row, r, values[r]);
         }
     }
 
