@@ -152,7 +152,8 @@ public static class Bnb4BitQuantization
     /// Quantizes a float32 span (a slice of the flattened weight starting at a block boundary, of even length unless it
     /// is the end) into packed codes and block scales, as bitsandbytes' <c>kQuantizeBlockwise</c> with an NF4/FP4 data
     /// type: the block's absmax (padded with zeros), each value times <c>1 / absmax</c> in float32, the code of that, two
-    /// codes per byte with the first value in the high nibble.
+    /// codes per byte with the first value in the high nibble. The arithmetic is the CUDA build's fast math
+    /// (<see cref="CudaFastMath"/>): the GPU's reciprocal decides values within a unit of a code threshold.
     /// </summary>
     internal static void QuantizeBlocks(ReadOnlySpan<float> values, bool nf4, Span<byte> packed, Span<float> absmax)
     {
@@ -174,12 +175,13 @@ public static class Bnb4BitQuantization
                 float a = MathF.Abs(v);
                 if (a > max) max = a; // as fmaxf: a NaN weight does not become the scale
             }
+            max = CudaFastMath.Flush(max);
             absmax[b] = max;
-            float inverse = 1.0f / max;
+            float inverse = CudaFastMath.Reciprocal(max);
             for (int i = 0; i < block.Length; i += 2)
             {
                 // The value past the end of an odd-length tensor is the kernel's zero padding.
-                float first = block[i] * inverse, second = (i + 1 < block.Length ? block[i + 1] : 0f) * inverse;
+                float first = CudaFastMath.Multiply(block[i], inverse), second = CudaFastMath.Multiply(i + 1 < block.Length ? block[i + 1] : 0f, inverse);
                 packed[(b * BlockSize + i) / 2] = nf4
                     ? (byte)((QuantizeNf4(first) << 4) | QuantizeNf4(second))
                     : (byte)((QuantizeFp4(first) << 4) | QuantizeFp4(second));
@@ -204,10 +206,11 @@ public static class Bnb4BitQuantization
         float absmax = 0f;
         for (int lane = 0; lane < width; lane++)
             if (max[lane] > absmax) absmax = max[lane];
-        var inverse = Vector256.Create(1.0f / absmax);
+        absmax = CudaFastMath.Flush(absmax);
+        var inverse = Vector256.Create(CudaFastMath.Reciprocal(absmax));
         for (int i = 0; i < BlockSize; i += width)
         {
-            var x = Vector256.Create(block.Slice(i, width)) * inverse;
+            var x = CudaFastMath.Flush(CudaFastMath.Flush(Vector256.Create(block.Slice(i, width))) * inverse);
             Vector256<int> code;
             if (nf4)
             {
@@ -232,7 +235,8 @@ public static class Bnb4BitQuantization
     /// <summary>
     /// Double quantization of float32 block scales, as bitsandbytes' <c>quantize_4bit(compress_statistics=True)</c>:
     /// the offset is their mean (libtorch's float32 mean), and <c>absmax − offset</c> is quantized in blocks of 256 with
-    /// the dynamic map (<see cref="QuantizeDynamic"/> of the value times <c>1 / block absmax</c>).
+    /// the dynamic map (<see cref="QuantizeDynamic"/> of the value times <c>1 / block absmax</c>, both in
+    /// <see cref="CudaFastMath"/>'s arithmetic).
     /// </summary>
     internal static (byte[] Codes, float[] Absmax, float Offset) DoubleQuantize(float[] absmax)
     {
@@ -240,6 +244,15 @@ public static class Bnb4BitQuantization
         using (var t = from_array(absmax))
         using (var mean = t.mean())
             offset = mean.item<float>();
+        return DoubleQuantize(absmax, offset);
+    }
+
+    /// <summary>
+    /// Double quantization around a given offset. A GPU's mean of the same scales sums them in another order and can
+    /// differ in its last bits; from the same offset the codes are bitsandbytes' bit for bit.
+    /// </summary>
+    internal static (byte[] Codes, float[] Absmax, float Offset) DoubleQuantize(float[] absmax, float offset)
+    {
         var code = DynamicMap;
         var codes = new byte[absmax.Length];
         var absmax2 = new float[(absmax.Length + AbsmaxBlockSize - 1) / AbsmaxBlockSize];
@@ -254,9 +267,10 @@ public static class Bnb4BitQuantization
                 float a = MathF.Abs(centered[i]);
                 if (a > max) max = a;
             }
+            max = CudaFastMath.Flush(max);
             absmax2[j] = max;
-            float inverse = 1.0f / max;
-            for (int i = 0; i < length; i++) codes[start + i] = QuantizeDynamic(code, centered[i] * inverse);
+            float inverse = CudaFastMath.Reciprocal(max);
+            for (int i = 0; i < length; i++) codes[start + i] = QuantizeDynamic(code, CudaFastMath.Multiply(centered[i], inverse));
         }
         return (codes, absmax2, offset);
     }
@@ -264,7 +278,7 @@ public static class Bnb4BitQuantization
     /// <summary>The scale of block <paramref name="block"/> after double quantization: <c>code[q] · absmax2 + offset</c>, two float32 roundings.</summary>
     internal static float DequantizeAbsmax(ReadOnlySpan<byte> codes, ReadOnlySpan<float> absmax2, float offset, int block)
     {
-        float scaled = DynamicMap[codes[block]] * absmax2[block / AbsmaxBlockSize];
+        float scaled = CudaFastMath.Multiply(DynamicMap[codes[block]], absmax2[block / AbsmaxBlockSize]);
         return scaled + offset;
     }
 
@@ -299,14 +313,14 @@ public static class Bnb4BitQuantization
                 for (int j = 0; j < bytes.Length; j++) values[j] = pairs[bytes[j]];
                 var scale = Vector256.Create(absmax[(int)(at / BlockSize)]);
                 for (int i = 0; i < BlockSize; i += Vector256<float>.Count)
-                    (Vector256.Create(block.Slice(i, Vector256<float>.Count)) * scale).CopyTo(block.Slice(i, Vector256<float>.Count));
+                    CudaFastMath.Flush(Vector256.Create(block.Slice(i, Vector256<float>.Count)) * scale).CopyTo(block.Slice(i, Vector256<float>.Count));
             }
         }
         for (int i = done; i < destination.Length; i++)
         {
             long at = start + i;
             int q = (packed[(int)(at >> 1)] >> ((at & 1) == 0 ? 4 : 0)) & 0x0F;
-            destination[i] = code[q] * absmax[(int)(at / BlockSize)];
+            destination[i] = CudaFastMath.Multiply(code[q], absmax[(int)(at / BlockSize)]);
         }
     }
 
