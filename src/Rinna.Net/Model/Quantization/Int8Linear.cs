@@ -157,9 +157,12 @@ public sealed class Int8Linear : LinearLayer
         => _to(device.type, device.index, non_blocking);
 
     /// <summary>
-    /// Per-row absmax quantization: <c>scale = absmax / 127</c>, <c>round(w / scale)</c> half to even. A CPU weight is
-    /// quantized row by row in managed code (<see cref="TryQuantizeRowsOnCpu"/>); otherwise, or where a row holds an
-    /// infinity or NaN, libtorch quantizes one block of rows at a time so that only a block is ever in float32.
+    /// Per-row absmax quantization as bitsandbytes' <c>Int8Params</c> does it on a GPU: the weight is rounded to float16
+    /// first (except a row float16 cannot hold, which bitsandbytes would turn into infinities and is quantized from its
+    /// own values), <c>scale = absmax / 127</c>, and each code is <c>rint(w · (127 ⊘ absmax))</c> half to even, where
+    /// <c>⊘</c> is CUDA's fast division (<c>__fdividef</c>: 127 times the GPU's reciprocal, <see cref="CudaFastMath"/>).
+    /// A CPU weight is quantized row by row in managed code (<see cref="TryQuantizeRowsOnCpu"/>); otherwise, or where a
+    /// row holds an infinity or NaN, libtorch quantizes one block of rows at a time so that only a block is ever in float32.
     /// </summary>
     internal static (Tensor Quantized, Tensor Scale) QuantizeRows(Tensor weight, Device device, Func<long[], ScalarType, Device, Tensor> allocate,
         bool managed = true)
@@ -177,22 +180,30 @@ public sealed class Int8Linear : LinearLayer
                 var rows = Math.Min(rowsPerBlock, outFeatures - row);
                 // A private float32 copy (even of a float32 weight) so the block can be scaled in place.
                 var block = weight.narrow(0, row, rows).to(ScalarType.Float32, device, copy: true);
-                var rowScale = linalg.vector_norm(block, double.PositiveInfinity, [1]).div_(127.0);
-                scale.narrow(0, row, rows).copy_(rowScale);
-                // A zero row keeps scale 0 (it dequantizes to zeros); the clamp only avoids 0/0 in the division.
-                block.div_(rowScale.clamp_min_(1e-30).unsqueeze(1)).round_();
+                var fits = linalg.vector_norm(block, double.PositiveInfinity, [1]).lt(HalfLimit).unsqueeze(1);
+                block = where(fits, block.to(ScalarType.Float16).to(ScalarType.Float32), block);
+                var absmax = linalg.vector_norm(block, double.PositiveInfinity, [1]);
+                scale.narrow(0, row, rows).copy_(absmax / 127.0f);
+                var multipliers = absmax.cpu().data<float>().ToArray().Select(RowMultiplier).ToArray();
+                block.mul_(tensor(multipliers, device: device).unsqueeze(1)).round_();
                 quantized.narrow(0, row, rows).copy_(block);
             }
         }
         return (quantized, scale);
     }
 
+    /// <summary>Magnitudes from here up round to infinity in float16.</summary>
+    private const float HalfLimit = 65520f;
+
+    /// <summary><c>__fdividef(127.0f, absmax)</c> on a GPU; 0 for a zero row, whose codes are then 0 as on the GPU.</summary>
+    private static float RowMultiplier(float absmax) => absmax == 0f ? 0f : CudaFastMath.Multiply(127f, CudaFastMath.Reciprocal(absmax));
+
     /// <summary>
     /// The libtorch path's float32 operations, fused into one pass per row on pooled buffers: libtorch's path allocated
     /// a fresh 4 MiB float32 block per step, whose page faults and four passes made loading the model card's int8 take
-    /// three times as long as loading float16. The divisor is clamped at 1e-30 as there; returns false (the caller then
-    /// redoes every row with libtorch) where the tensors are not contiguous CPU ones of a 16- or 32-bit float type, or a
-    /// row holds an infinity or NaN, whose propagation through the division is libtorch's to define.
+    /// three times as long as loading float16. Returns false (the caller then redoes every row with libtorch) where the
+    /// tensors are not contiguous CPU ones of a 16- or 32-bit float type, or a row holds an infinity or NaN, whose
+    /// propagation is libtorch's to define.
     /// </summary>
     private static bool TryQuantizeRowsOnCpu(Tensor weight, Tensor quantized, Tensor scale)
     {
@@ -219,7 +230,7 @@ public sealed class Int8Linear : LinearLayer
                     if (dtype == ScalarType.Float16) Float16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, columns), values);
                     else if (dtype == ScalarType.BFloat16) BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(bytes).Slice((int)start, columns), values);
                     else MemoryMarshal.Cast<byte, float>(bytes).Slice((int)start, columns).CopyTo(values);
-                    if (!QuantizeRow(values, codes.Slice((int)start, columns), out scales[row]))
+                    if (!QuantizeRow(values, codes.Slice((int)start, columns), dtype != ScalarType.Float16, out scales[row]))
                     {
                         Interlocked.Exchange(ref nonFinite, 1);
                         state.Stop();
@@ -235,9 +246,12 @@ public sealed class Int8Linear : LinearLayer
         return nonFinite == 0;
     }
 
-    /// <summary>One row: its scale (absmax / 127) and <c>round(w / max(scale, 1e-30))</c>; false if the row is not all finite.</summary>
+    /// <summary>
+    /// One row (<see cref="QuantizeRows"/>' definition): its scale and codes; false if the row is not all finite.
+    /// <paramref name="toHalf"/> rounds the values to float16 first (they are float32 or bfloat16 ones).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static bool QuantizeRow(ReadOnlySpan<float> values, Span<sbyte> codes, out float scale)
+    private static bool QuantizeRow(Span<float> values, Span<sbyte> codes, bool toHalf, out float scale)
     {
         int width = Vector256<float>.Count, c = 0;
         var max = Vector256<float>.Zero;
@@ -258,17 +272,22 @@ public sealed class Int8Linear : LinearLayer
             absmax = MathF.Max(absmax, a);
         }
         if (finite != Vector256<int>.AllBitsSet) return Fail(out scale);
+        if (toHalf && absmax < HalfLimit)
+        {
+            // Rounding is monotonic, so the rounded row's absmax is the rounded absmax.
+            for (int i = 0; i < values.Length; i++) values[i] = (float)(Half)values[i];
+            absmax = (float)(Half)absmax;
+        }
         scale = absmax / 127.0f;
-        float divisor = MathF.Max(scale, 1e-30f);
-        var divisors = Vector256.Create(divisor);
+        var multipliers = Vector256.Create(RowMultiplier(absmax));
         c = 0;
         for (; c + 4 * width <= values.Length; c += 4 * width)
         {
-            var low = Vector256.Narrow(Quantize(values, c, divisors), Quantize(values, c + width, divisors));
-            var high = Vector256.Narrow(Quantize(values, c + 2 * width, divisors), Quantize(values, c + 3 * width, divisors));
+            var low = Vector256.Narrow(Quantize(values, c, multipliers), Quantize(values, c + width, multipliers));
+            var high = Vector256.Narrow(Quantize(values, c + 2 * width, multipliers), Quantize(values, c + 3 * width, multipliers));
             Vector256.Narrow(low, high).CopyTo(codes.Slice(c, 4 * width));
         }
-        for (; c < values.Length; c++) codes[c] = (sbyte)MathF.Round(values[c] / divisor, MidpointRounding.ToEven);
+        for (; c < values.Length; c++) codes[c] = (sbyte)MathF.Round(values[c] * multipliers[0], MidpointRounding.ToEven);
         return true;
 
         static bool Fail(out float scale)
@@ -277,7 +296,7 @@ public sealed class Int8Linear : LinearLayer
             return false;
         }
 
-        static Vector256<int> Quantize(ReadOnlySpan<float> values, int at, Vector256<float> divisors)
-            => Vector256.ConvertToInt32(Vector256.Round(Vector256.Create(values.Slice(at, Vector256<float>.Count)) / divisors));
+        static Vector256<int> Quantize(ReadOnlySpan<float> values, int at, Vector256<float> multipliers)
+            => Vector256.ConvertToInt32(Vector256.Round(Vector256.Create(values.Slice(at, Vector256<float>.Count)) * multipliers));
     }
 }

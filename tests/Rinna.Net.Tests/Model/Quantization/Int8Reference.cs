@@ -15,6 +15,36 @@ internal static class Int8Reference
     }
 
     /// <summary>
+    /// Weight codes as bitsandbytes' <c>Int8Params</c> makes them on a GPU (bitsandbytes @ 95f9af3,
+    /// <c>kInt8VectorQuant</c>), one element at a time: the row rounded to float16 (unless float16 cannot hold it),
+    /// <c>rint(w · __fdividef(127, absmax))</c> with the GPU's reciprocal; scale absmax / 127. Returned as float64.
+    /// </summary>
+    public static (Tensor Codes, Tensor Scale) QuantizeWeightRows(Tensor weight)
+    {
+        var rows = weight.to(ScalarType.Float32).cpu();
+        long n = rows.size(0), k = rows.size(1);
+        var values = rows.data<float>().ToArray();
+        var codes = new double[values.Length];
+        var scales = new double[n];
+        for (long r = 0; r < n; r++)
+        {
+            var row = values.AsSpan((int)(r * k), (int)k);
+            float absmax = 0;
+            foreach (var v in row) absmax = Math.Max(absmax, Math.Abs(v));
+            if (absmax < 65520f)
+            {
+                for (int i = 0; i < row.Length; i++) row[i] = (float)(Half)row[i];
+                absmax = 0;
+                foreach (var v in row) absmax = Math.Max(absmax, Math.Abs(v));
+            }
+            scales[r] = absmax / 127.0f;
+            float multiplier = absmax == 0 ? 0 : 127f * Rinna.Net.Model.Quantization.CudaFastMath.Reciprocal(absmax);
+            for (int i = 0; i < row.Length; i++) codes[r * k + i] = MathF.Round(row[i] * multiplier, MidpointRounding.ToEven);
+        }
+        return (tensor(codes).reshape(n, k), tensor(scales).reshape(n, 1));
+    }
+
+    /// <summary>
     /// The layer's result in float64: columns whose max |x| over all rows exceeds <paramref name="threshold"/> are
     /// multiplied in float against the dequantized weight columns, the remaining columns are quantized per row and
     /// multiplied as exact integers.
