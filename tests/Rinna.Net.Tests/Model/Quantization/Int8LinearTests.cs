@@ -43,7 +43,7 @@ public class Int8LinearTests
 
     /// <summary>
     /// The managed row-by-row quantization gives libtorch's codes and scales bit for bit, for each weight dtype, with a
-    /// zero row, values exactly half a step apart (ties), widths with and without a vector tail, and rows holding an
+    /// zero row, values exactly half a step apart (ties), a row beyond float16's range, widths with and without a vector tail, and rows holding an
     /// infinity or NaN, which go back to libtorch's path.
     /// </summary>
     [Theory]
@@ -66,6 +66,8 @@ public class Int8LinearTests
             weight[7, 3] = float.PositiveInfinity;
             weight[9, 1] = float.NaN;
         }
+        // A row float16 cannot hold keeps its own values (bitsandbytes would round it to infinities).
+        if (dtype != ScalarType.Float16) weight[11, 2] = 70000f;
         Tensor Allocate(long[] shape, ScalarType type, Device device) => empty(shape, type, device);
         var (managedCodes, managedScale) = Int8Linear.QuantizeRows(weight, CPU, Allocate);
         var (torchCodes, torchScale) = Int8Linear.QuantizeRows(weight, CPU, Allocate, managed: false);
@@ -73,6 +75,12 @@ public class Int8LinearTests
         {
             Assert.Equal(torchCodes.bytes.ToArray(), managedCodes.bytes.ToArray());
             Assert.Equal(torchScale.bytes.ToArray(), managedScale.bytes.ToArray());
+            if (!nonFinite)
+            {
+                var (codes, scale) = Int8Reference.QuantizeWeightRows(weight);
+                Assert.Equal(0.0, Int8Reference.MaxAbs(managedCodes.to(ScalarType.Float64) - codes));
+                Assert.Equal(0.0, Int8Reference.MaxAbs(managedScale.to(ScalarType.Float64) - scale.squeeze(1)));
+            }
         }
     }
 
