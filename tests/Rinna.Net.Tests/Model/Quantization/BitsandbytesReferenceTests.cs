@@ -1,6 +1,5 @@
 using System.Text.Json;
 using Rinna.Net.Checkpoint;
-using Rinna.Net.Generation;
 using Rinna.Net.Model;
 using Rinna.Net.Model.Quantization;
 using static TorchSharp.torch;
