@@ -39,6 +39,33 @@ internal static class Float16Bits
     }
 
     /// <summary>
+    /// Rounds finite float32 values below 65520 in magnitude (those float16 holds) to the nearest float16, in place, as
+    /// <c>(float)(Half)x</c> does (ties to even), eight at a time: normal float16 values by rounding the float32
+    /// mantissa to 10 bits in integer arithmetic, subnormal ones (below 2⁻¹⁴) to whole multiples of 2⁻²⁴.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void RoundToHalf(Span<float> values)
+    {
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var smallestNormal = Vector256.Create(0x38800000u); // 2⁻¹⁴
+            var subnormalScale = Vector256.Create(16777216f); // 2²⁴
+            var subnormalStep = Vector256.Create(1f / 16777216f);
+            for (; i + Vector256<float>.Count <= values.Length; i += Vector256<float>.Count)
+            {
+                var x = Vector256.Create(values.Slice(i, Vector256<float>.Count));
+                var bits = x.AsUInt32();
+                var normal = (bits + Vector256.Create(0xFFFu) + ((bits >> 13) & Vector256<uint>.One)) & Vector256.Create(0xFFFFE000u);
+                var subnormal = Vector256.Round(x * subnormalScale) * subnormalStep;
+                Vector256.ConditionalSelect(Vector256.LessThan(bits & Vector256.Create(0x7FFFFFFFu), smallestNormal).AsSingle(), subnormal, normal.AsSingle())
+                    .CopyTo(values.Slice(i, Vector256<float>.Count));
+            }
+        }
+        for (; i < values.Length; i++) values[i] = (float)(Half)values[i];
+    }
+
+    /// <summary>
     /// Float16 bits, sign-extended to int32 lanes, as float32 <c>w · 2⁻¹¹²</c> exactly: exponent and mantissa shifted into
     /// float32's places and the sign kept, three vector operations. Float16 subnormals become float32 subnormals, which
     /// some CPUs (Intel's) handle by microcode assists; <see cref="Exact(Vector512{int})"/> avoids them.

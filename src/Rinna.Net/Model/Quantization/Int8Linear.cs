@@ -275,7 +275,7 @@ public sealed class Int8Linear : LinearLayer
         if (toHalf && absmax < HalfLimit)
         {
             // Rounding is monotonic, so the rounded row's absmax is the rounded absmax.
-            for (int i = 0; i < values.Length; i++) values[i] = (float)(Half)values[i];
+            Float16Bits.RoundToHalf(values);
             absmax = (float)(Half)absmax;
         }
         scale = absmax / 127.0f;

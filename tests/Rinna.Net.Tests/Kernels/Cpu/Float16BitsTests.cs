@@ -26,6 +26,33 @@ public class Float16BitsTests
         }
     }
 
+    /// <summary>
+    /// Rounding float32 to float16 in place gives <c>(float)(Half)x</c>: every midpoint between neighbouring float16
+    /// values below 65520 and the float32 values a unit either side of it (the ties and near-ties), zeros, and a sweep
+    /// of float32 bit patterns at a prime stride, both signs; the arrays' odd lengths use the scalar tail too.
+    /// </summary>
+    [Fact]
+    public void RoundingToFloat16EqualsHalfsConversion()
+    {
+        var values = new List<float> { 0f, -0f, 65504f, 65519.996f, 6.1035156e-05f, 5.9604645e-08f, 2.9802322e-08f, 2.9802326e-08f };
+        for (int h = 0; h < 0x7BFF; h++)
+        {
+            float low = (float)BitConverter.UInt16BitsToHalf((ushort)h), high = (float)BitConverter.UInt16BitsToHalf((ushort)(h + 1));
+            float middle = (float)(((double)low + high) / 2);
+            values.AddRange([low, middle, MathF.BitIncrement(middle), MathF.BitDecrement(middle)]);
+        }
+        for (uint bits = 0; bits < 0x477FF000u; bits += 1021) values.Add(BitConverter.UInt32BitsToSingle(bits));
+        var all = values.Concat(values.Select(v => -v)).Append(1f).ToArray();
+        var rounded = (float[])all.Clone();
+        Float16Bits.RoundToHalf(rounded);
+        for (int i = 0; i < all.Length; i++)
+        {
+            float expected = (float)(Half)all[i];
+            Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(rounded[i]),
+                $"{all[i]:R} (0x{BitConverter.SingleToUInt32Bits(all[i]):X8}): expected {expected:R}, got {rounded[i]:R}");
+        }
+    }
+
     [Fact]
     public void EveryFiniteFloat16IsExactInEachVectorWidthWithoutSubnormalSteps()
     {
