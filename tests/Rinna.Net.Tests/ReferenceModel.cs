@@ -51,6 +51,18 @@ internal static class TensorAssert
         Assert.True(worst <= 0, $"{what}: max |diff| {diff.max().item<double>():E3} exceeds atol {atol} + rtol {rtol}·|expected|");
     }
 
+    /// <summary>
+    /// Within float32 rounding of the same products summed in another order: the largest difference at most 2·10⁻⁵ of
+    /// the largest magnitude (or of 1).
+    /// </summary>
+    public static void WithinFloat32Rounding(Tensor expected, Tensor actual, string what)
+    {
+        Assert.Equal(expected.shape, actual.shape);
+        double scale = expected.abs().max().item<float>();
+        double worst = (expected - actual).abs().max().item<float>();
+        Assert.True(worst <= 2e-5 * Math.Max(1, scale), $"{what}: max |Δ| {worst:E2} (values up to {scale:F2})");
+    }
+
     public static double RelativeL2(Tensor expected, Tensor actual)
     {
         using var e = expected.to(ScalarType.Float64);

@@ -67,22 +67,13 @@ public class Bnb4BitModelTests
             // The prompt (several rows: dequantize + matmul) ...
             using var expected = twin.Forward(ids, useCache: true);
             using var actual = model.Forward(ids, useCache: true);
-            AssertFloat32Close(expected.Logits, actual.Logits, $"{fixture} {quantType} dq={doubleQuant} prompt {prompt.GetProperty("name")}");
+            TensorAssert.WithinFloat32Rounding(expected.Logits, actual.Logits, $"{fixture} {quantType} dq={doubleQuant} prompt {prompt.GetProperty("name")}");
             // ... then one decode step on the cache (one row: the 4-bit GEMV).
             var next = expected.Logits[0, -1].argmax().reshape(1, 1);
             using var expectedStep = twin.Forward(next, pastKeyValues: expected.PastKeyValues);
             using var actualStep = model.Forward(next, pastKeyValues: actual.PastKeyValues);
-            AssertFloat32Close(expectedStep.Logits, actualStep.Logits, $"{fixture} {quantType} dq={doubleQuant} decode after {prompt.GetProperty("name")}");
+            TensorAssert.WithinFloat32Rounding(expectedStep.Logits, actualStep.Logits, $"{fixture} {quantType} dq={doubleQuant} decode after {prompt.GetProperty("name")}");
         }
-    }
-
-    /// <summary>Within float32 rounding: the two differ only in the order their dot products are summed.</summary>
-    private static void AssertFloat32Close(Tensor expected, Tensor actual, string what)
-    {
-        Assert.Equal(expected.shape, actual.shape);
-        double scale = expected.abs().max().item<float>();
-        double worst = (expected - actual).abs().max().item<float>();
-        Assert.True(worst <= 2e-5 * Math.Max(1, scale), $"{what}: max |Δ| {worst:E2} (logits up to {scale:F2})");
     }
 
     [Fact]
