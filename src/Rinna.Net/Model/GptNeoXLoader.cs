@@ -60,6 +60,8 @@ internal static class GptNeoXLoader
             quantization.LoadIn8Bit ? " and int8 linear layers" : quantization.LoadIn4Bit ? $" and 4-bit {quantization.Bnb4BitQuantType} linear layers" : "", spec);
 
         int loaded = 0;
+        // Weights read only to be quantized share one buffer, sized for the largest of them.
+        using var staging = new WeightMemory.Staging(layout.Values.Where(w => IsQuantized(w, quantization)).Select(w => w.Elements).DefaultIfEmpty(0).Max());
         var source = new ParameterSource(dtype, (name, shape) =>
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -69,12 +71,12 @@ internal static class GptNeoXLoader
             var target = IsQuantized(weight, quantization) ? stored : weight.IsLinearWeight ? matrixDType : dtype;
             var device = new Device(plan[weight.DeviceMapUnit]);
             // Checkpoint readers fill CPU memory; the weight moves to its device afterwards. Only float16 models stream
-            // their matrices through the managed GEMV; an int8 model, float16 head included, keeps ordinary pages.
-            var tensor = TensorAllocation.Guard(weight.Shape, target, string.Join(", ", checkpoint.Files), name, () => quantization.LoadIn8Bit && IsQuantized(weight, quantization)
-                ? WeightMemory.AllocateStaging(weight.Shape, target)
+            // their matrices through the float16 GEMV on huge pages; a quantized model's float16 head keeps ordinary pages.
+            var tensor = TensorAllocation.Guard(weight.Shape, target, string.Join(", ", checkpoint.Files), name, () => IsQuantized(weight, quantization)
+                ? staging.Take(weight.Shape, target)
                 : WeightMemory.Allocate(weight.Shape, target, CPU,
-                    streamedPerToken: weight.IsLinearWeight && target == ScalarType.Float16 && !quantization.LoadIn8Bit && !quantization.LoadIn4Bit
-                        && device.type == TorchSharp.DeviceType.CPU));
+                    weight.IsLinearWeight && target == ScalarType.Float16 && !quantization.LoadIn8Bit && !quantization.LoadIn4Bit
+                        && device.type == TorchSharp.DeviceType.CPU ? WeightPages.Huge : WeightPages.Default));
             try
             {
                 checkpoint.ReadInto(name, tensor);
@@ -183,7 +185,8 @@ internal static class GptNeoXLoader
                     TorchDtype.Float16 => ScalarType.Float16,
                     TorchDtype.BFloat16 => ScalarType.BFloat16,
                     _ => ScalarType.Float32,
-                });
+                },
+                allocate: (shape, dtype, device) => WeightMemory.Allocate(shape, dtype, device, WeightPages.Small));
             weight.Dispose();
             bias?.Dispose();
             WeightMemory.ReleaseFreed();
@@ -194,7 +197,7 @@ internal static class GptNeoXLoader
                 ? new Float16Linear(weight, bias)
                 : new DenseLinear(weight, bias);
         var layer = new Int8Linear(weight, bias, quantization.Int8Threshold, device: null,
-            allocate: (shape, dtype, device) => WeightMemory.Allocate(shape, dtype, device, streamedPerToken: false));
+            allocate: (shape, dtype, device) => WeightMemory.Allocate(shape, dtype, device, WeightPages.Small));
         weight.Dispose();
         bias?.Dispose();
         WeightMemory.ReleaseFreed();

@@ -36,6 +36,18 @@ internal static partial class NativeHeap
     }
 
     /// <summary>
+    /// Keeps a freshly allocated, not yet written tensor on small pages (<c>madvise(MADV_NOHUGEPAGE)</c> on its whole
+    /// pages): heap memory freed by a tensor that had <see cref="AdviseHugePages"/> keeps that advice, and often its huge
+    /// pages, for whatever the allocator places there next. Those pages are dropped (<c>MADV_DONTNEED</c>) as in
+    /// <see cref="AdviseHugePages"/>, so that they fault in again as small pages.
+    /// </summary>
+    public static void AdviseSmallPages(Tensor tensor)
+    {
+        Advise(tensor, MadvNoHugePage, PageBytes);
+        Advise(tensor, MadvDontNeed, PageBytes);
+    }
+
+    /// <summary>
     /// Maps in all pages of a freshly allocated tensor in one call (<c>madvise(MADV_POPULATE_WRITE)</c>, Linux 5.14+)
     /// before it is filled, instead of one page fault per 4 KiB page while it is written. A no-op for tensors under two
     /// pages or over 2 GB (<see cref="Tensor.bytes"/> is a span), off glibc Linux, and on kernels without that advice.
@@ -62,11 +74,18 @@ internal static partial class NativeHeap
         }
     }
 
+    /// <summary>
+    /// Allocations of at least this many bytes get a mapping of their own from glibc, which it unmaps when they are
+    /// freed (the ceiling of its dynamic mmap threshold on 64-bit systems); smaller ones come from the heap and stay there.
+    /// </summary>
+    public const long OwnMappingBytes = 32L << 20;
+
     private const long PageBytes = 4096;
     private const long HugePageBytes = 2L << 20;
 
     private const int MadvDontNeed = 4;
     private const int MadvHugePage = 14;
+    private const int MadvNoHugePage = 15;
     private const int MadvPopulateWrite = 23;
 
     [LibraryImport("libc.so.6", EntryPoint = "madvise")]

@@ -5,10 +5,11 @@ namespace Rinna.Net.Native;
 /// <summary>How a loading model's weights are placed in native memory: the page policy in one place.</summary>
 /// <remarks>
 /// Every weight is populated in one call before it is filled: page faults one 4 KiB page at a time dominated the
-/// loading of multi-gigabyte models. Weights that a decode step streams whole through a managed GEMV (float16 matrices)
-/// also get transparent huge pages, which spares the TLB misses and prefetcher restarts of 4 KiB pages; int8 weights
-/// do not, because ATen's int8 GEMM decoded slower from huge pages. Freed staging copies are returned to the OS after
-/// each conversion, so a load peaks near the size of the finished model.
+/// loading of multi-gigabyte models. Weights that a decode step streams whole through the float16 GEMV also get
+/// transparent huge pages, which spares the TLB misses and prefetcher restarts of 4 KiB pages; int8 and 4-bit weights
+/// are held to small pages, because their decode ran slower from huge pages. Weights read only to be quantized share one
+/// <see cref="Staging"/> buffer, and freed memory is returned to the OS after each conversion, so a load peaks near the
+/// size of the finished model.
 /// </remarks>
 internal static class WeightMemory
 {
@@ -16,27 +17,80 @@ internal static class WeightMemory
     /// <param name="shape">The weight's shape.</param>
     /// <param name="dtype">The dtype it is stored in.</param>
     /// <param name="device">Its device; policy applies to CPU memory only.</param>
-    /// <param name="streamedPerToken">Whether a decode step reads it whole through a managed GEMV (a float16 matrix).</param>
-    public static Tensor Allocate(long[] shape, ScalarType dtype, Device device, bool streamedPerToken)
+    /// <param name="pages">The pages it gets.</param>
+    public static Tensor Allocate(long[] shape, ScalarType dtype, Device device, WeightPages pages)
     {
         var tensor = empty(shape, dtype, device);
-        if (device.type == TorchSharp.DeviceType.CPU) NativeHeap.Populate(tensor, hugePages: streamedPerToken);
+        if (device.type != TorchSharp.DeviceType.CPU) return tensor;
+        if (pages == WeightPages.Huge) NativeHeap.AdviseHugePages(tensor);
+        else if (pages == WeightPages.Small) NativeHeap.AdviseSmallPages(tensor);
+        NativeHeap.Prefault(tensor);
         return tensor;
     }
 
     /// <summary>
-    /// A new contiguous CPU tensor for a staging copy: a weight read as stored only to be quantized to int8 and freed while
-    /// loading. It gets huge pages, since populating and freeing it 4 KiB at a time made an int8 load take twice as long
-    /// as a float16 one; the int8 weight it becomes keeps <see cref="Allocate"/>'s policy. 4-bit loads do not use it:
-    /// with it their decode measured about a tenth slower (benchmarks/RESULTS.md), for a reason not yet found.
+    /// One buffer that a load reuses for every weight it reads only to quantize (to int8 or 4-bit) and drop: each
+    /// <see cref="Take"/> is a view of its start, valid until the next one.
     /// </summary>
-    public static Tensor AllocateStaging(long[] shape, ScalarType dtype)
+    /// <remarks>
+    /// Why one buffer: a fresh staging tensor per weight was populated page by page and freed again, which (with the
+    /// TLB misses of reading it from 4 KiB pages) took half of a 4-bit load. The buffer gets transparent huge pages only
+    /// where glibc maps it on its own (<see cref="NativeHeap.OwnMappingBytes"/>) and so unmaps it when it is freed; a
+    /// smaller one would leave its advice in the heap for whatever is allocated there next.
+    /// </remarks>
+    internal sealed class Staging : IDisposable
     {
-        var tensor = empty(shape, dtype, CPU);
-        NativeHeap.Populate(tensor, hugePages: true);
-        return tensor;
+        private readonly long capacity;
+        private Tensor? buffer;
+        private bool disposed;
+
+        /// <param name="capacity">Elements of the largest weight expected, so that the buffer is allocated once.</param>
+        public Staging(long capacity) => this.capacity = capacity;
+
+        /// <summary>A contiguous CPU view of <paramref name="shape"/> and <paramref name="dtype"/>, to be filled, read and disposed before the next call.</summary>
+        public Tensor Take(long[] shape, ScalarType dtype)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            long elements = shape.Aggregate(1L, (a, b) => a * b);
+            if (buffer is null || buffer.dtype != dtype || buffer.numel() < elements)
+            {
+                buffer?.Dispose();
+                buffer = null;
+                var fresh = empty(Math.Max(elements, capacity), dtype, CPU);
+                NativeHeap.Populate(fresh, hugePages: fresh.numel() * fresh.ElementSize >= NativeHeap.OwnMappingBytes);
+                buffer = fresh;
+            }
+            using var start = buffer.narrow(0, 0, elements);
+            return start.view(shape);
+        }
+
+        /// <summary>Frees the buffer and returns freed heap memory to the OS.</summary>
+        public void Dispose()
+        {
+            if (disposed) return;
+            disposed = true;
+            buffer?.Dispose();
+            buffer = null;
+            NativeHeap.Trim();
+        }
     }
 
     /// <summary>Returns the memory of freed staging copies to the OS.</summary>
     public static void ReleaseFreed() => NativeHeap.Trim();
+}
+
+/// <summary>The pages a weight's memory gets (<see cref="WeightMemory.Allocate"/>).</summary>
+internal enum WeightPages
+{
+    /// <summary>The system's default for anonymous memory.</summary>
+    Default,
+
+    /// <summary>Transparent huge pages: float16 matrices that a decode step streams whole through the managed GEMV.</summary>
+    Huge,
+
+    /// <summary>
+    /// Small pages, even where the memory comes back from a freed tensor that had huge pages: int8 and 4-bit weights,
+    /// whose decode ran slower from huge pages (ATen's int8 GEMM, and the 4-bit GEMV by 7 %).
+    /// </summary>
+    Small,
 }

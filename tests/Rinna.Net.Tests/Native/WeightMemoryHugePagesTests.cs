@@ -34,7 +34,7 @@ public sealed class Float16HugePagesTests : IDisposable
 
         var weight = model.named_parameters().Single(p => p.name == "gpt_neox.layers.0.mlp.dense_h_to_4h.weight").parameter;
         Assert.Equal(ScalarType.Float16, weight.dtype);
-        var (flags, hugeBytes) = MappingAround(weight);
+        var (flags, hugeBytes) = SmapsMapping.Around(weight);
         // "hg": the mapping carries MADV_HUGEPAGE, which is this library's part.
         Assert.Contains("hg", flags.Split(' '));
         // The kernel's part: huge pages, unless it had no free 2 MiB block at that moment and said so by falling back.
@@ -61,7 +61,7 @@ public sealed class Float16HugePagesTests : IDisposable
         NativeHeap.Populate(weight, hugePages: true);
 
         long fallbacks = HugePageFaultFallbacks() - fallbacksBefore;
-        var (flags, hugeBytes) = MappingAround(weight);
+        var (flags, hugeBytes) = SmapsMapping.Around(weight);
         Assert.Contains("hg", flags.Split(' '));
         Assert.True(hugeBytes >= 2 << 20 || fallbacks > 0,
             $"an 8 MB tensor on reused heap memory has {hugeBytes} bytes of anonymous huge pages and the kernel reported no fallback");
@@ -70,29 +70,4 @@ public sealed class Float16HugePagesTests : IDisposable
     private static long HugePageFaultFallbacks() =>
         File.ReadLines("/proc/vmstat").Where(l => l.StartsWith("thp_fault_fallback ", StringComparison.Ordinal))
             .Select(l => long.Parse(l.Split(' ')[1], CultureInfo.InvariantCulture)).SingleOrDefault();
-
-    /// <summary>
-    /// The <c>VmFlags</c> and <c>AnonHugePages</c> of the mapping in /proc/self/smaps that holds the tensor's middle byte:
-    /// the advice covers only the 2 MiB-aligned interior of the tensor, which the kernel splits off into a mapping of its own.
-    /// </summary>
-    private static unsafe (string Flags, long HugeBytes) MappingAround(Tensor tensor)
-    {
-        ulong address;
-        fixed (byte* data = tensor.bytes) address = (ulong)data + (ulong)tensor.bytes.Length / 2;
-        bool inside = false;
-        long? hugeBytes = null;
-        foreach (var line in File.ReadLines("/proc/self/smaps"))
-        {
-            var dash = line.IndexOf('-');
-            var space = line.IndexOf(' ');
-            if (dash > 0 && space > dash && ulong.TryParse(line.AsSpan(0, dash), NumberStyles.HexNumber, null, out var start)
-                && ulong.TryParse(line.AsSpan(dash + 1, space - dash - 1), NumberStyles.HexNumber, null, out var end))
-                inside = start <= address && address < end;
-            else if (inside && line.StartsWith("AnonHugePages:", StringComparison.Ordinal))
-                hugeBytes = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture) * 1024;
-            else if (inside && line.StartsWith("VmFlags:", StringComparison.Ordinal))
-                return (line["VmFlags:".Length..].Trim(), hugeBytes ?? throw new InvalidOperationException("smaps listed VmFlags before AnonHugePages."));
-        }
-        throw new InvalidOperationException($"no mapping in /proc/self/smaps holds 0x{address:x}.");
-    }
 }

@@ -62,6 +62,19 @@ public sealed class Bnb4BitLinear : LinearLayer
     /// the quant type is unknown.</exception>
     public Bnb4BitLinear(Tensor weight, Tensor? bias = null, string quantType = Bnb4BitQuantization.Nf4, bool useDoubleQuant = false,
         ScalarType? computeDType = ScalarType.Float32)
+        : this(weight, bias, quantType, useDoubleQuant, computeDType, allocate: null)
+    {
+    }
+
+    /// <param name="weight">See the public constructor.</param>
+    /// <param name="bias">See the public constructor.</param>
+    /// <param name="quantType">See the public constructor.</param>
+    /// <param name="useDoubleQuant">See the public constructor.</param>
+    /// <param name="computeDType">See the public constructor.</param>
+    /// <param name="allocate">Allocates the packed codes on the CPU before they are filled (the loader's memory policy);
+    /// <c>null</c> means <c>empty</c>.</param>
+    internal Bnb4BitLinear(Tensor weight, Tensor? bias, string quantType, bool useDoubleQuant, ScalarType? computeDType,
+        Func<long[], ScalarType, Device, Tensor>? allocate)
         : base(nameof(Bnb4BitLinear))
     {
         ArgumentNullException.ThrowIfNull(weight);
@@ -80,7 +93,7 @@ public sealed class Bnb4BitLinear : LinearLayer
         InFeatures = weight.size(1);
         ComputeDType = computeDType;
         var device = weight.device;
-        var (packed, scales) = Quantize(weight, code == Bnb4BitQuantization.Nf4Code);
+        var (packed, scales) = Quantize(weight, code == Bnb4BitQuantization.Nf4Code, allocate ?? ((shape, dtype, on) => empty(shape, dtype, on)));
         if (useDoubleQuant)
         {
             var (scaleCodes, nested, mean) = Bnb4BitQuantization.DoubleQuantize(scales);
@@ -318,11 +331,11 @@ public sealed class Bnb4BitLinear : LinearLayer
     /// in place and widened into pooled managed buffers: native allocations from the worker threads would each leave
     /// memory in a malloc arena.
     /// </summary>
-    private static (Tensor Packed, float[] Absmax) Quantize(Tensor weight, bool nf4)
+    private static (Tensor Packed, float[] Absmax) Quantize(Tensor weight, bool nf4, Func<long[], ScalarType, Device, Tensor> allocate)
     {
         long total = weight.numel();
         long blocks = (total + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize;
-        var packed = empty((total + 1) / 2, dtype: ScalarType.Byte).DetachFromDisposeScope();
+        var packed = allocate([(total + 1) / 2], ScalarType.Byte, CPU).DetachFromDisposeScope();
         var scales = new float[blocks];
         bool inPlace = weight.device_type == DeviceType.CPU && weight.is_contiguous() && total * weight.ElementSize <= int.MaxValue;
         var source = inPlace ? weight : weight.to(ScalarType.Float32, CPU).contiguous();
