@@ -74,6 +74,8 @@ public static class Bnb4BitQuantization
 
     private static readonly Vector256<int>[] Fp4CodeByCountVectors = [.. Fp4CodeByCount.Select(c => Vector256.Create(c))];
 
+    private static readonly Vector256<float>[] Nf4ThresholdVectors = [.. Nf4Thresholds.Select(t => Vector256.Create(t))];
+
     /// <summary>
     /// The FP4 code of a normalized value, as bitsandbytes' <c>dQuantizeFP4</c>: sign bit 3, and the magnitude placed
     /// against <see cref="Fp4Thresholds"/>. A NaN (0/0 of an all-zero block) exceeds no threshold: code 0, as on the GPU.
@@ -158,15 +160,13 @@ public static class Bnb4BitQuantization
     internal static void QuantizeBlocks(ReadOnlySpan<float> values, bool nf4, Span<byte> packed, Span<float> absmax)
     {
         int blocks = (values.Length + BlockSize - 1) / BlockSize;
-        Span<int> codes = stackalloc int[BlockSize];
         for (int b = 0; b < blocks; b++)
         {
             var block = values.Slice(b * BlockSize, Math.Min(BlockSize, values.Length - b * BlockSize));
             if (block.Length == BlockSize && Vector256.IsHardwareAccelerated)
             {
-                absmax[b] = CodeFullBlock(block, nf4, codes);
-                var pairs = packed.Slice(b * BlockSize / 2, BlockSize / 2);
-                for (int i = 0; i < pairs.Length; i++) pairs[i] = (byte)((codes[2 * i] << 4) | codes[2 * i + 1]);
+                absmax[b] = BlockAbsmax(block);
+                CodeFullBlock(block, CudaFastMath.Reciprocal(absmax[b]), nf4, packed.Slice(b * BlockSize / 2, BlockSize / 2));
                 continue;
             }
             float max = 0f; // the kernel pads a partial block with zeros, so its max is never below 0
@@ -189,47 +189,69 @@ public static class Bnb4BitQuantization
         }
     }
 
-    /// <summary>
-    /// One full block on 256-bit vectors, the same float32 operations as the scalar path: the absmax (NaN never wins a
-    /// comparison), each value times <c>1 / absmax</c>, and its code; returns the absmax.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float CodeFullBlock(ReadOnlySpan<float> block, bool nf4, Span<int> codes)
+    /// <summary>A full block's absmax on 256-bit vectors, as the scalar path (NaN never wins a comparison), flushed as the GPU does.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float BlockAbsmax(ReadOnlySpan<float> block)
     {
-        int width = Vector256<float>.Count;
+        ref float first = ref MemoryMarshal.GetReference(block[..BlockSize]);
         var max = Vector256<float>.Zero;
-        for (int i = 0; i < BlockSize; i += width)
+        for (int i = 0; i < BlockSize; i += Vector256<float>.Count)
         {
-            var a = Vector256.Abs(Vector256.Create(block.Slice(i, width)));
+            var a = Vector256.Abs(Vector256.LoadUnsafe(ref first, (nuint)i));
             max = Vector256.ConditionalSelect(Vector256.GreaterThan(a, max), a, max);
         }
         float absmax = 0f;
-        for (int lane = 0; lane < width; lane++)
+        for (int lane = 0; lane < Vector256<float>.Count; lane++)
             if (max[lane] > absmax) absmax = max[lane];
-        absmax = CudaFastMath.Flush(absmax);
-        var inverse = Vector256.Create(CudaFastMath.Reciprocal(absmax));
-        for (int i = 0; i < BlockSize; i += width)
+        return CudaFastMath.Flush(absmax);
+    }
+
+    /// <summary>
+    /// One full block's codes on 256-bit vectors, the same float32 operations as the scalar path: each value times
+    /// <paramref name="inverse"/> (<c>1 / absmax</c>), its code, and the codes packed two to a byte (first value in the
+    /// high nibble) on vectors too.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void CodeFullBlock(ReadOnlySpan<float> block, float inverse, bool nf4, Span<byte> pairs)
+    {
+        ref float first = ref MemoryMarshal.GetReference(block[..BlockSize]);
+        var scale = Vector256.Create(inverse);
+        Span<Vector256<long>> bytes = stackalloc Vector256<long>[BlockSize / Vector256<float>.Count];
+        for (int v = 0; v < bytes.Length; v++)
         {
-            var x = CudaFastMath.Flush(CudaFastMath.Flush(Vector256.Create(block.Slice(i, width))) * inverse);
-            Vector256<int> code;
-            if (nf4)
-            {
-                code = Vector256<int>.Zero;
-                foreach (var t in Nf4Thresholds) code -= Vector256.GreaterThan(x, Vector256.Create(t)).AsInt32();
-            }
-            else
-            {
-                var a = Vector256.Abs(x);
-                var below = Vector256<int>.Zero;
-                foreach (var t in Fp4Thresholds) below -= Vector256.GreaterThan(a, Vector256.Create(t)).AsInt32();
-                code = Vector256<int>.Zero;
-                for (int k = 1; k < Fp4CodeByCountVectors.Length; k++)
-                    code |= Vector256.Equals(below, Vector256.Create(k)) & Fp4CodeByCountVectors[k];
-                code |= Vector256.LessThan(x, Vector256<float>.Zero).AsInt32() & Vector256.Create(0b1000);
-            }
-            code.CopyTo(codes.Slice(i, width));
+            var x = CudaFastMath.Flush(CudaFastMath.Flush(Vector256.LoadUnsafe(ref first, (nuint)(v * Vector256<float>.Count))) * scale);
+            var code = nf4 ? CodeNf4(x) : CodeFp4(x);
+            // Each 64-bit lane holds an even value's code (low half) and the next one's (high half): their byte.
+            var lanes = code.AsInt64();
+            bytes[v] = (Vector256.ShiftLeft(lanes, 4) | Vector256.ShiftRightLogical(lanes, 32)) & Vector256.Create(0xFFL);
         }
-        return absmax;
+        var packed = Vector256.Narrow(
+            Vector256.Narrow(Vector256.Narrow(bytes[0], bytes[1]), Vector256.Narrow(bytes[2], bytes[3])),
+            Vector256.Narrow(Vector256.Narrow(bytes[4], bytes[5]), Vector256.Narrow(bytes[6], bytes[7])));
+        packed.AsByte().CopyTo(pairs);
+    }
+
+    /// <summary>NF4 codes of eight normalized values: how many of <see cref="Nf4Thresholds"/> lie below each (NaN: 0).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> CodeNf4(Vector256<float> x)
+    {
+        var code = Vector256<int>.Zero;
+        var thresholds = Nf4ThresholdVectors;
+        for (int t = 0; t < thresholds.Length; t++) code -= Vector256.GreaterThan(x, thresholds[t]).AsInt32();
+        return code;
+    }
+
+    /// <summary>FP4 codes of eight normalized values, as <see cref="QuantizeFp4"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> CodeFp4(Vector256<float> x)
+    {
+        var a = Vector256.Abs(x);
+        var below = Vector256<int>.Zero;
+        foreach (var t in Fp4Thresholds) below -= Vector256.GreaterThan(a, Vector256.Create(t)).AsInt32();
+        var code = Vector256<int>.Zero;
+        for (int k = 1; k < Fp4CodeByCountVectors.Length; k++)
+            code |= Vector256.Equals(below, Vector256.Create(k)) & Fp4CodeByCountVectors[k];
+        return code | (Vector256.LessThan(x, Vector256<float>.Zero).AsInt32() & Vector256.Create(0b1000));
     }
 
     /// <summary>

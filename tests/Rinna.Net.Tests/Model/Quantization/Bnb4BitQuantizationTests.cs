@@ -93,8 +93,9 @@ public class Bnb4BitQuantizationTests
     }
 
     /// <summary>
-    /// Whole blocks are coded on vectors; every value must get the reference's code of <c>value · (1 / absmax)</c>, with
-    /// NaN weights, signed zeros, values landing on the thresholds and an all-NaN block among them.
+    /// Whole blocks are coded and packed on vectors, and a partial last block one value at a time; every value must get
+    /// the reference's code of <c>value · (1 / absmax)</c>, with NaN weights, signed zeros, values landing on the
+    /// thresholds and an all-NaN block among them.
     /// </summary>
     [Theory]
     [InlineData(true)]
@@ -102,8 +103,8 @@ public class Bnb4BitQuantizationTests
     public void WholeBlocksCodeAsTheReferenceDoes(bool nf4)
     {
         var random = new Random(nf4 ? 11 : 12);
-        const int blocks = 400;
-        var values = new float[blocks * Bnb4BitQuantization.BlockSize];
+        const int blocks = 400, tail = 37;
+        var values = new float[blocks * Bnb4BitQuantization.BlockSize + tail];
         for (int i = 0; i < values.Length; i++) values[i] = (float)(random.NextDouble() * 2 - 1) * (1 + i % 7);
         var thresholds = nf4 ? Bnb4BitReference.Nf4Thresholds : Bnb4BitReference.Fp4Thresholds;
         // Block 1 has absmax 1 (its first value), so its values are the thresholds themselves and their neighbours.
@@ -118,17 +119,17 @@ public class Bnb4BitQuantizationTests
         values[130] = float.NaN; values[131] = 0f; values[132] = -0f;
         for (int i = 192; i < 256; i++) values[i] = float.NaN; // block 3: every comparison false
 
-        var packed = new byte[values.Length / 2];
-        var absmax = new float[blocks];
+        var packed = new byte[(values.Length + 1) / 2];
+        var absmax = new float[blocks + 1];
         Bnb4BitQuantization.QuantizeBlocks(values, nf4, packed, absmax);
-        for (int b = 0; b < blocks; b++)
+        for (int b = 0; b <= blocks; b++)
         {
-            var block = values.AsSpan(b * 64, 64);
+            var block = values.AsSpan(b * 64, b < blocks ? 64 : tail);
             float max = 0f;
             foreach (var v in block) if (MathF.Abs(v) > max) max = MathF.Abs(v);
             Assert.Equal(BitConverter.SingleToInt32Bits(max), BitConverter.SingleToInt32Bits(absmax[b]));
             float inverse = 1.0f / max;
-            for (int i = 0; i < 64; i++)
+            for (int i = 0; i < block.Length; i++)
             {
                 int expected = Bnb4BitReference.CodeOf(block[i] * inverse, nf4);
                 int actual = (packed[(b * 64 + i) / 2] >> (i % 2 == 0 ? 4 : 0)) & 0x0F;
