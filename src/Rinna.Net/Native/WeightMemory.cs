@@ -56,7 +56,8 @@ internal static class WeightMemory
             {
                 buffer?.Dispose();
                 buffer = null;
-                var fresh = empty(Math.Max(elements, capacity), dtype, CPU);
+                // It outlives whichever module's construction asks first, so no dispose scope may own it.
+                var fresh = empty(Math.Max(elements, capacity), dtype, CPU).DetachFromDisposeScope();
                 NativeHeap.Populate(fresh, hugePages: fresh.numel() * fresh.ElementSize >= NativeHeap.OwnMappingBytes);
                 buffer = fresh;
             }

@@ -1,5 +1,4 @@
 using System.Globalization;
-using Rinna.Net.Model;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
 
@@ -16,17 +15,8 @@ public sealed class Float16HugePagesTests : IDisposable
     [Fact]
     public async Task Float16LinearWeightsAreBackedByHugePages()
     {
-        const string Settings = "/sys/kernel/mm/transparent_hugepage/enabled";
-        // Hosts without transparent huge pages (or with them switched off) simply keep ordinary pages.
-        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]"))
-            Assert.Skip("transparent huge pages are absent or switched off on this machine.");
-        var config = new GptNeoXConfig
-        {
-            VocabSize = 512, HiddenSize = 1024, NumHiddenLayers = 1, NumAttentionHeads = 8, IntermediateSize = 4096,
-            RotaryPct = 1.0, TorchDtype = "float16",
-        };
-        using (var random = GptNeoXForCausalLM.CreateRandom(config, seed: 5, ScalarType.Float16))
-            random.SavePretrained(directory);
+        HugePageProbe.SkipUnlessAvailable();
+        HugePageProbe.SaveFloat16Model(directory, layers: 1);
 
         long fallbacksBefore = HugePageFaultFallbacks();
         using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory, new ModelLoadOptions { TorchDtype = TorchDtype.Float16 });
@@ -34,7 +24,7 @@ public sealed class Float16HugePagesTests : IDisposable
 
         var weight = model.named_parameters().Single(p => p.name == "gpt_neox.layers.0.mlp.dense_h_to_4h.weight").parameter;
         Assert.Equal(ScalarType.Float16, weight.dtype);
-        var (flags, hugeBytes) = SmapsMapping.Around(weight);
+        var (flags, hugeBytes) = HugePageProbe.Around(weight);
         // "hg": the mapping carries MADV_HUGEPAGE, which is this library's part.
         Assert.Contains("hg", flags.Split(' '));
         // The kernel's part: huge pages, unless it had no free 2 MiB block at that moment and said so by falling back.
@@ -45,9 +35,7 @@ public sealed class Float16HugePagesTests : IDisposable
     [Fact]
     public void PopulateGivesHugePagesToHeapMemoryThatWasUsedBefore()
     {
-        const string Settings = "/sys/kernel/mm/transparent_hugepage/enabled";
-        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]"))
-            Assert.Skip("transparent huge pages are absent or switched off on this machine.");
+        HugePageProbe.SkipUnlessAvailable();
         // Leave touched memory in the heap, as any busy process has: after large frees glibc raises its mmap threshold
         // and hands that memory out again, already mapped in small pages, which advice alone does not change.
         for (int round = 0; round < 3; round++)
@@ -61,7 +49,7 @@ public sealed class Float16HugePagesTests : IDisposable
         NativeHeap.Populate(weight, hugePages: true);
 
         long fallbacks = HugePageFaultFallbacks() - fallbacksBefore;
-        var (flags, hugeBytes) = SmapsMapping.Around(weight);
+        var (flags, hugeBytes) = HugePageProbe.Around(weight);
         Assert.Contains("hg", flags.Split(' '));
         Assert.True(hugeBytes >= 2 << 20 || fallbacks > 0,
             $"an 8 MB tensor on reused heap memory has {hugeBytes} bytes of anonymous huge pages and the kernel reported no fallback");

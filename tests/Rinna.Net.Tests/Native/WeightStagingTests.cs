@@ -1,4 +1,3 @@
-using Rinna.Net.Model;
 using Rinna.Net.Model.Quantization;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
@@ -58,17 +57,8 @@ public sealed class WeightStagingTests : IDisposable
     [InlineData("nf4")]
     public async Task QuantizedWeightsThatStayGetNoHugePageAdvice(string quantization)
     {
-        const string Settings = "/sys/kernel/mm/transparent_hugepage/enabled";
-        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]"))
-            Assert.Skip("transparent huge pages are absent or switched off on this machine.");
-        // Two layers of 2–8 MB float16 matrices: memory of that size comes from glibc's heap, not a mapping of its own.
-        var config = new GptNeoXConfig
-        {
-            VocabSize = 512, HiddenSize = 1024, NumHiddenLayers = 2, NumAttentionHeads = 8, IntermediateSize = 4096,
-            RotaryPct = 1.0, TorchDtype = "float16",
-        };
-        using (var random = GptNeoXForCausalLM.CreateRandom(config, seed: 5, ScalarType.Float16))
-            random.SavePretrained(directory);
+        HugePageProbe.SkipUnlessAvailable();
+        HugePageProbe.SaveFloat16Model(directory, layers: 2);
         // A float16 model first, as a host that switches models does: its matrices get huge pages, and when it is freed
         // glibc keeps that memory, advice and huge pages included, for the next allocations.
         using (await AutoModelForCausalLM.FromPretrainedAsync(directory, new ModelLoadOptions { TorchDtype = TorchDtype.Float16 }))
@@ -89,7 +79,7 @@ public sealed class WeightStagingTests : IDisposable
         Assert.Equal(2 * 4, quantized.Count);
         foreach (var (name, buffer) in quantized)
         {
-            var (flags, _) = SmapsMapping.Around(buffer);
+            var (flags, _) = HugePageProbe.Around(buffer);
             // The 4-bit decode GEMV ran slower from huge pages, and so did ATen's int8 GEMM: the weights keep small pages.
             Assert.False(flags.Split(' ').Contains("hg"), $"{name} lies in a mapping advised for huge pages ({flags}).");
         }

@@ -1,11 +1,32 @@
 using System.Globalization;
+using Rinna.Net.Model;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Tests.Native;
 
-/// <summary>Reads this process's memory mappings (/proc/self/smaps) for the huge-page tests.</summary>
-internal static class SmapsMapping
+/// <summary>What the huge-page tests share: the skip where the host has none, a model to load, and /proc/self/smaps.</summary>
+internal static class HugePageProbe
 {
+    /// <summary>Skips the test where transparent huge pages are absent or switched off (weights then keep ordinary pages).</summary>
+    public static void SkipUnlessAvailable()
+    {
+        const string Settings = "/sys/kernel/mm/transparent_hugepage/enabled";
+        if (!OperatingSystem.IsLinux() || !File.Exists(Settings) || File.ReadAllText(Settings).Contains("[never]"))
+            Assert.Skip("transparent huge pages are absent or switched off on this machine.");
+    }
+
+    /// <summary>Saves a random float16 model whose matrices are 2–8 MB (too small for glibc to map them on their own) into <paramref name="directory"/>.</summary>
+    public static void SaveFloat16Model(string directory, int layers)
+    {
+        var config = new GptNeoXConfig
+        {
+            VocabSize = 512, HiddenSize = 1024, NumHiddenLayers = layers, NumAttentionHeads = 8, IntermediateSize = 4096,
+            RotaryPct = 1.0, TorchDtype = "float16",
+        };
+        using var random = GptNeoXForCausalLM.CreateRandom(config, seed: 5, ScalarType.Float16);
+        random.SavePretrained(directory);
+    }
+
     /// <summary>
     /// The <c>VmFlags</c> and <c>AnonHugePages</c> of the mapping in /proc/self/smaps that holds the tensor's middle byte:
     /// the advice covers only the 2 MiB-aligned interior of the tensor, which the kernel splits off into a mapping of its own.
