@@ -60,15 +60,21 @@ internal static class GptNeoXLoader
             quantization.LoadIn8Bit ? " and int8 linear layers" : quantization.LoadIn4Bit ? $" and 4-bit {quantization.Bnb4BitQuantType} linear layers" : "", spec);
 
         int loaded = 0;
+        // Weights about to be quantized are read as stored, so they are rounded once (to int8), not twice.
+        ScalarType TargetOf(WeightSpec weight) => IsQuantized(weight, quantization) ? entries[weight.Name].DType : weight.IsLinearWeight ? matrixDType : dtype;
+        // Large weights stored in another dtype are read into one buffer and converted from there (below).
+        bool ConvertsLarge(WeightSpec weight) => entries.TryGetValue(weight.Name, out var entry) && entry.DType != TargetOf(weight)
+            && TensorAllocation.Bytes(weight.Shape, entry.DType) >= NativeHeap.OwnMappingBytes;
         // Weights read only to be quantized share one buffer, sized for the largest of them.
         using var staging = new WeightMemory.Staging(layout.Values.Where(w => IsQuantized(w, quantization)).Select(w => w.Elements).DefaultIfEmpty(0).Max());
+        using var conversion = new WeightMemory.Staging(layout.Values.Where(ConvertsLarge).Select(w => w.Elements).DefaultIfEmpty(0).Max());
+        int conversionsLeft = layout.Values.Count(ConvertsLarge);
         var source = new ParameterSource(dtype, (name, shape) =>
         {
             cancellationToken.ThrowIfCancellationRequested();
             var weight = layout[name];
             var stored = entries[name].DType;
-            // Weights about to be quantized are read as stored, so they are rounded once (to int8), not twice.
-            var target = IsQuantized(weight, quantization) ? stored : weight.IsLinearWeight ? matrixDType : dtype;
+            var target = TargetOf(weight);
             var device = new Device(plan[weight.DeviceMapUnit]);
             // Checkpoint readers fill CPU memory; the weight moves to its device afterwards. Only float16 models stream
             // their matrices through the float16 GEMV on huge pages; a quantized model's float16 head keeps ordinary pages.
@@ -79,7 +85,21 @@ internal static class GptNeoXLoader
                         && device.type == TorchSharp.DeviceType.CPU ? WeightPages.Huge : WeightPages.Default));
             try
             {
-                checkpoint.ReadInto(name, tensor);
+                if (ConvertsLarge(weight))
+                {
+                    // A fresh stored-dtype copy per weight, read page by page, cost more than the conversion; the
+                    // buffer is freed after the last such weight so that it does not stay beside the finished model.
+                    using (var read = conversion.Take(weight.Shape, stored))
+                    {
+                        checkpoint.ReadInto(name, read);
+                        tensor.copy_(read);
+                    }
+                    if (--conversionsLeft == 0) conversion.Release();
+                }
+                else
+                {
+                    checkpoint.ReadInto(name, tensor);
+                }
             }
             catch
             {

@@ -29,8 +29,8 @@ internal static class WeightMemory
     }
 
     /// <summary>
-    /// One buffer that a load reuses for every weight it reads only to quantize (to int8 or 4-bit) and drop: each
-    /// <see cref="Take"/> is a view of its start, valid until the next one.
+    /// One buffer that a load reuses for every weight it reads only to quantize (to int8 or 4-bit) or to convert to
+    /// another dtype, and then drops: each <see cref="Take"/> is a view of its start, valid until the next one.
     /// </summary>
     /// <remarks>
     /// Why one buffer: a fresh staging tensor per weight was populated page by page and freed again, which (with the
@@ -65,14 +65,20 @@ internal static class WeightMemory
             return start.view(shape);
         }
 
-        /// <summary>Frees the buffer and returns freed heap memory to the OS.</summary>
+        /// <summary>Frees the buffer now (a later <see cref="Take"/> allocates it again) and returns freed heap memory to the OS.</summary>
+        public void Release()
+        {
+            buffer?.Dispose();
+            buffer = null;
+            NativeHeap.Trim();
+        }
+
+        /// <summary>Frees the buffer; <see cref="Take"/> then throws.</summary>
         public void Dispose()
         {
             if (disposed) return;
             disposed = true;
-            buffer?.Dispose();
-            buffer = null;
-            NativeHeap.Trim();
+            Release();
         }
     }
 

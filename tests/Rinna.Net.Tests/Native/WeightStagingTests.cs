@@ -1,3 +1,5 @@
+using Rinna.Net.Checkpoint;
+using Rinna.Net.Model;
 using Rinna.Net.Model.Quantization;
 using Rinna.Net.Native;
 using static TorchSharp.torch;
@@ -5,8 +7,9 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Tests.Native;
 
 /// <summary>
-/// Weights read only to be quantized pass through one staging buffer per load (<see cref="WeightMemory.Staging"/>), and
-/// the quantized weights that stay are held to small pages, whatever memory they reuse.
+/// Weights read only to be quantized, and large weights stored in another dtype, pass through a staging buffer per load
+/// (<see cref="WeightMemory.Staging"/>), and the quantized weights that stay are held to small pages, whatever memory
+/// they reuse.
 /// </summary>
 [Collection(SerialMemoryCollection.Name)]
 public sealed class WeightStagingTests : IDisposable
@@ -82,6 +85,34 @@ public sealed class WeightStagingTests : IDisposable
             var (flags, _) = HugePageProbe.Around(buffer);
             // The 4-bit decode GEMV ran slower from huge pages, and so did ATen's int8 GEMM: the weights keep small pages.
             Assert.False(flags.Split(' ').Contains("hg"), $"{name} lies in a mapping advised for huge pages ({flags}).");
+        }
+    }
+
+    [Theory]
+    [InlineData(TorchDtype.BFloat16)]
+    [InlineData(TorchDtype.Float32)]
+    public async Task LargeWeightsStoredInAnotherDTypeConvertAsLibtorchDoes(TorchDtype dtype)
+    {
+        // The embedding and head (16,448 × 1024 float16, just over 32 MiB) take the buffer; the layer's matrices do not.
+        var config = new GptNeoXConfig
+        {
+            VocabSize = 16448, HiddenSize = 1024, NumHiddenLayers = 1, NumAttentionHeads = 8, IntermediateSize = 4096,
+            RotaryPct = 1.0, TorchDtype = "float16",
+        };
+        Assert.True(16448L * 1024 * 2 >= NativeHeap.OwnMappingBytes);
+        using (var random = GptNeoXForCausalLM.CreateRandom(config, seed: 9, ScalarType.Float16))
+            random.SavePretrained(directory);
+        var target = dtype == TorchDtype.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
+
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(directory, new ModelLoadOptions { TorchDtype = dtype });
+
+        using var checkpoint = ModelCheckpoint.Open(directory);
+        var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var name in new[] { "gpt_neox.embed_in.weight", "embed_out.weight", "gpt_neox.layers.0.mlp.dense_h_to_4h.weight" })
+        {
+            using var expected = checkpoint.ReadTensor(name, target);
+            Assert.Equal(target, parameters[name].dtype);
+            Assert.True(parameters[name].eq(expected).all().item<bool>(), $"{name} differs from the checkpoint converted by libtorch.");
         }
     }
 }
