@@ -89,7 +89,7 @@ internal static class GptNeoXLoader
                 {
                     // A fresh stored-dtype copy per weight, read page by page, cost more than the conversion; the
                     // buffer is freed after the last such weight so that it does not stay beside the finished model.
-                    using (var read = conversion.Take(weight.Shape, stored))
+                    using (var read = TensorAllocation.Guard(weight.Shape, stored, string.Join(", ", checkpoint.Files), name, () => conversion.Take(weight.Shape, stored)))
                     {
                         checkpoint.ReadInto(name, read);
                         tensor.copy_(read);
