@@ -76,6 +76,8 @@ public static class Bnb4BitQuantization
 
     private static readonly Vector256<float>[] Nf4ThresholdVectors = [.. Nf4Thresholds.Select(t => Vector256.Create(t))];
 
+    private static readonly Vector256<float>[] Fp4ThresholdVectors = [.. Fp4Thresholds.Select(t => Vector256.Create(t))];
+
     /// <summary>
     /// The FP4 code of a normalized value, as bitsandbytes' <c>dQuantizeFP4</c>: sign bit 3, and the magnitude placed
     /// against <see cref="Fp4Thresholds"/>. A NaN (0/0 of an all-zero block) exceeds no threshold: code 0, as on the GPU.
@@ -212,6 +214,7 @@ public static class Bnb4BitQuantization
     /// high nibble) on vectors too.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit]
     private static void CodeFullBlock(ReadOnlySpan<float> block, float inverse, bool nf4, Span<byte> pairs)
     {
         ref float first = ref MemoryMarshal.GetReference(block[..BlockSize]);
@@ -247,7 +250,8 @@ public static class Bnb4BitQuantization
     {
         var a = Vector256.Abs(x);
         var below = Vector256<int>.Zero;
-        foreach (var t in Fp4Thresholds) below -= Vector256.GreaterThan(a, Vector256.Create(t)).AsInt32();
+        var thresholds = Fp4ThresholdVectors;
+        for (int t = 0; t < thresholds.Length; t++) below -= Vector256.GreaterThan(a, thresholds[t]).AsInt32();
         var code = Vector256<int>.Zero;
         for (int k = 1; k < Fp4CodeByCountVectors.Length; k++)
             code |= Vector256.Equals(below, Vector256.Create(k)) & Fp4CodeByCountVectors[k];
