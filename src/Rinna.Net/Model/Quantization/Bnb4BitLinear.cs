@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Rinna.Net.Kernels;
 using Rinna.Net.Kernels.Cpu;
@@ -20,8 +21,8 @@ namespace Rinna.Net.Model.Quantization;
 /// Up to eight rows on the CPU (a decode step, a batched step, a short prompt) go through a managed GEMV that dequantizes in
 /// registers (<see cref="Bnb4BitGemv"/>) and never builds the float weight: in float32 arithmetic when the compute dtype
 /// is float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
-/// bfloat16 or float16. More rows (a prompt) dequantize the whole weight to the compute dtype, multiply with libtorch,
-/// and free it at once. The float weight given to the constructor is read
+/// bfloat16 or float16. More rows (a prompt) dequantize a block of output features at a time into a reused per-thread
+/// buffer in the compute dtype and multiply it with libtorch (off the CPU, the whole weight, as bitsandbytes does). The float weight given to the constructor is read
 /// block by block and not kept: the layer holds about 0.56 byte per weight (0.52 with double quantization).
 /// </remarks>
 public sealed class Bnb4BitLinear : LinearLayer
@@ -33,6 +34,9 @@ public sealed class Bnb4BitLinear : LinearLayer
 
     /// <summary>Weights dequantized at once on the prompt path: a 16 MiB float32 scratch buffer per thread.</summary>
     private const long ScratchElements = 4L << 20;
+
+    /// <summary>Double-quantized block scales dequantized at once on the prompt path, on the stack: 4 KiB.</summary>
+    private const int StackBlocks = 1024;
 
     [ThreadStatic]
     private static Tensor? floatScratch;
@@ -222,13 +226,12 @@ public sealed class Bnb4BitLinear : LinearLayer
         // Blocks of rows start on 64-element boundaries of the flattened weight, where whole-block dequantization applies.
         long alignment = Bnb4BitQuantization.BlockSize / (long)BigInteger.GreatestCommonDivisor(InFeatures, Bnb4BitQuantization.BlockSize);
         blockRows = Math.Min(OutFeatures, Math.Max(alignment, blockRows / alignment * alignment));
-        var scales = BlockScales();
         var output = empty(input.size(0), OutFeatures, dtype);
         var typedBias = bias?.to(dtype);
         for (long first = 0; first < OutFeatures; first += blockRows)
         {
             long count = Math.Min(blockRows, OutFeatures - first);
-            var block = DequantizeRows(first, count, scales, dtype);
+            var block = DequantizeRows(first, count, dtype);
             using var product = nn.functional.linear(input, block, typedBias?.narrow(0, first, count));
             output.narrow(1, first, count).copy_(product);
         }
@@ -236,23 +239,54 @@ public sealed class Bnb4BitLinear : LinearLayer
     }
 
     /// <summary>Rows <c>[first, first + count)</c> of the weight in <paramref name="dtype"/>, in this thread's scratch buffers.</summary>
-    private Tensor DequantizeRows(long first, long count, float[] scales, ScalarType dtype)
+    private Tensor DequantizeRows(long first, long count, ScalarType dtype)
     {
         long elements = count * InFeatures, start = first * InFeatures;
         var scratch = Scratch(ref floatScratch, elements, ScalarType.Float32);
-        var packed = weight;
         int parts = (int)Math.Max(1, Math.Min(Environment.ProcessorCount, elements / (16 * 1024)));
         long partElements = (elements / parts + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize * Bnb4BitQuantization.BlockSize;
         Parallel.For(0, parts, part =>
         {
             long from = part * partElements, length = Math.Min(partElements, elements - from);
             if (length <= 0) return;
-            var target = Bnb4BitQuantization.AsFloats(scratch).Slice((int)from, (int)length);
-            Bnb4BitQuantization.DequantizeRange(packed.bytes, scales, code, start + from, target);
+            DequantizeRange(start + from, Bnb4BitQuantization.AsFloats(scratch).Slice((int)from, (int)length));
         });
         var dense = scratch.narrow(0, 0, elements).view(count, InFeatures);
         if (dtype == ScalarType.Float32) return dense;
         return Scratch(ref typedScratch, elements, dtype).narrow(0, 0, elements).view(count, InFeatures).copy_(dense);
+    }
+
+    /// <summary>
+    /// Elements <c>[start, start + target.Length)</c> of the flattened CPU weight, dequantized. The scales are read where
+    /// they are stored, or, with double quantization, dequantized on the stack for up to <see cref="StackBlocks"/> blocks
+    /// at a time: a prompt multiplies every layer, and a managed copy of all of a layer's scales per product (2 MB for
+    /// rinna-4b's MLP) piled up on the large-object heap faster than the GC returned it.
+    /// </summary>
+    [SkipLocalsInit]
+    private void DequantizeRange(long start, Span<float> target)
+    {
+        if (nestedAbsmax is null)
+        {
+            Bnb4BitQuantization.DequantizeRange(weight.bytes, Bnb4BitQuantization.AsFloats(absmax), code, start, target);
+            return;
+        }
+        Span<float> scales = stackalloc float[StackBlocks];
+        var scaleCodes = absmax.bytes;
+        var nested = Bnb4BitQuantization.AsFloats(nestedAbsmax);
+        long end = start + target.Length;
+        for (long at = start; at < end;)
+        {
+            long firstBlock = at / Bnb4BitQuantization.BlockSize;
+            // From the first of these blocks on, so that scales[0] is its scale (a block's first element is even).
+            long origin = firstBlock * Bnb4BitQuantization.BlockSize;
+            long stop = Math.Min(end, origin + StackBlocks * Bnb4BitQuantization.BlockSize);
+            int blocks = (int)((stop - origin + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize);
+            for (int b = 0; b < blocks; b++)
+                scales[b] = Bnb4BitQuantization.DequantizeAbsmax(scaleCodes, nested, offset, (int)(firstBlock + b));
+            Bnb4BitQuantization.DequantizeRange(weight.bytes[(int)(origin / 2)..], scales[..blocks], code, at - origin,
+                target.Slice((int)(at - start), (int)(stop - at)));
+            at = stop;
+        }
     }
 
     /// <summary>A thread's scratch buffer of <paramref name="dtype"/>, grown to at least <paramref name="elements"/>; never in a dispose scope.</summary>
