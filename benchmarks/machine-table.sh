@@ -50,6 +50,8 @@ for round in $(seq 1 "$ROUNDS"); do
     "${LLAMA[@]}" bench --model "$gguf" --threads 2 --prefill 512 --decode 1 --reps 3 > "$WORK/llama-row.log" 2>&1 \
       || { tail -20 "$WORK/llama-row.log" >&2; exit 1; }
     prefill="$(grep -h '^RESULT' "$WORK/llama-row.log" | tr ' ' '\n' | sed -n 's/^prefill_tok_s_median=/prefill512_tok_s=/p')"
+    # Ours loads, prefills 512 tokens and decodes in one process, so llama.cpp's peak is the larger of its two runs.
+    prefill="$prefill $(grep -h '^peak_rss_MB=' "$WORK/llama-row.log" | sed 's/^/prefill512_/')"
     echo "theirs $ours $type $decode $prefill" >> "$RAW"
   done
 done

@@ -43,6 +43,7 @@ internal static class MachineRow
         long peak = PeakMemory.ReadPeakBytes();
         bench.Cleanup();
         Console.WriteLine("KERNELS " + string.Join("; ", KernelChoices.Describe()));
+        // peak_rss_mb is VmHWM in MiB, as llama.cpp's peer tool reports its own; machine_table.py shows both in MB.
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"RESULT load_s={loadSeconds:F2} prefill_tok_s={Median(prefill):F2} decode_tok_s={Median(decode):F3} " +
             $"peak_rss_mb={peak / 1048576.0:F0} weights_mb={weights / 1e6:F0} decode_bytes_mb={decodeBytes / 1e6:F0}"));
