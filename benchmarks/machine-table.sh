@@ -8,8 +8,9 @@
 #   ISA=avx2 bash benchmarks/machine-table.sh              # as on an AVX2 + FMA + F16C CPU (see peer-common.sh)
 #
 # PAIRS lists ours:theirs as in peer-ratio.sh. Each round measures our row (Rinna.Net.Benchmarks --machine-row: one
-# process, load then prefill-512 and decode, medians of 3) and then llama.cpp's (llamabench, no mmap so that load reads
-# the file, as ours does); a cell is the median over ROUNDS (default 1). Both loads start from a warm page cache. Ours
+# process, load then prefill-512 and decode, medians of 3) and then llama.cpp's (llamabench, a decode run and a
+# prefill-512 run, both without mmap so that load reads the file as ours does and the file's pages do not count in its
+# peak memory); a cell is the median over ROUNDS (default 1). Both loads start from a warm page cache. Ours
 # quantizes while loading (as transformers does); llama.cpp reads weights quantized beforehand. Full rinna-4b: about
 # 5 minutes per pair and round, 7.6 GB of /tmp for the checkpoint and 2-4 GB per GGUF. Put the output in
 # docs/performance.md (one table per ISA) and benchmarks/RESULTS.md. Run it on an otherwise idle machine.
@@ -47,7 +48,7 @@ for round in $(seq 1 "$ROUNDS"); do
     "${LLAMA[@]}" bench --model "$gguf" --threads 2 --prefill 64 --decode 32 --reps 3 --no-mmap > "$WORK/llama-row.log" 2>&1 \
       || { tail -20 "$WORK/llama-row.log" >&2; exit 1; }
     decode="$(grep -h -E '^(# model=|load_s=|RESULT|peak_rss_MB=)' "$WORK/llama-row.log" | tr '\n' ' ')"
-    "${LLAMA[@]}" bench --model "$gguf" --threads 2 --prefill 512 --decode 1 --reps 3 > "$WORK/llama-row.log" 2>&1 \
+    "${LLAMA[@]}" bench --model "$gguf" --threads 2 --prefill 512 --decode 1 --reps 3 --no-mmap > "$WORK/llama-row.log" 2>&1 \
       || { tail -20 "$WORK/llama-row.log" >&2; exit 1; }
     prefill="$(grep -h '^RESULT' "$WORK/llama-row.log" | tr ' ' '\n' | sed -n 's/^prefill_tok_s_median=/prefill512_tok_s=/p')"
     # Ours loads, prefills 512 tokens and decodes in one process, so llama.cpp's peak is the larger of its two runs.
