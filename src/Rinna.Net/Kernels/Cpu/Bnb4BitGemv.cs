@@ -59,7 +59,10 @@ internal static unsafe partial class Bnb4BitGemv
         if (Sse.IsSupported) Sse.Prefetch1(codes + PrefetchAheadBytes);
     }
 
-    /// <summary>Activation rows one call takes (a batched decode step): the integer, AVX-512 and AVX2 variants.</summary>
+    /// <summary>
+    /// Activation rows one call takes (a batched decode step; <see cref="Rinna.Net.Model.Quantization.Bnb4BitLinear"/>
+    /// feeds a short prompt in groups of this many): the integer, AVX-512 and AVX2 variants.
+    /// </summary>
     public const int MaxActivationRows = 8;
 
     /// <summary>bitsandbytes' 4-bit block: 64 consecutive elements of the flattened weight share a scale.</summary>
@@ -111,7 +114,7 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>
-    /// Computes <c>x · Wᵀ + b</c> for a contiguous CPU row <paramref name="x"/> (float32 or bfloat16, <c>[1, K]</c>; up to
+    /// Computes <c>x · Wᵀ + b</c> for a contiguous CPU row <paramref name="x"/> (float32, bfloat16 or float16, <c>[1, K]</c>; up to
     /// <see cref="MaxActivationRows"/> rows with the integer, AVX-512 and AVX2 variants, which look each weight up once for
     /// all rows)
     /// and an optional float32 <paramref name="bias"/>, in x's dtype. Returns false, doing nothing, where libgomp is not
@@ -154,6 +157,7 @@ internal static unsafe partial class Bnb4BitGemv
         {
             var input = pooled.AsSpan(0, activationRows * columns);
             if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
+            else if (x.dtype == ScalarType.Float16) Float16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
             else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
             for (int r = 0; int16 && r < activationRows; r++)
             {
@@ -170,7 +174,8 @@ internal static unsafe partial class Bnb4BitGemv
             if (grouped && !int16) EvensThenOdds(input);
             Span<short> table16 = stackalloc short[64];
             if (int16) Int16Table(weight.Code, table16);
-            var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype);
+            // A float16 product is written in float32 and rounded once by libtorch (the kernels write float32 or bfloat16).
+            var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype == ScalarType.Float16 ? ScalarType.Float32 : x.dtype);
             fixed (float* inputs = pooled)
             fixed (short* quantizedInputs = quantized)
             fixed (short* table = table16)
@@ -194,7 +199,11 @@ internal static unsafe partial class Bnb4BitGemv
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
-            result = output;
+            if (x.dtype == ScalarType.Float16)
+            {
+                using (output) result = output.to(ScalarType.Float16);
+            }
+            else result = output;
             return true;
         }
         finally
@@ -210,7 +219,7 @@ internal static unsafe partial class Bnb4BitGemv
         long elements = (long)weight.Rows * weight.Columns;
         return OnCpuContiguous(x) && x.dim() >= 1 && x.size(-1) == weight.Columns && x.numel() > 0
             && x.numel() / x.size(-1) <= MaxActivationRows
-            && x.dtype is ScalarType.Float32 or ScalarType.BFloat16
+            && x.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16
             && weight.Code.Length == 16 && OnCpuContiguous(weight.Codes) && weight.Codes.dtype == ScalarType.Byte
             && weight.Codes.numel() == (elements + 1) / 2 && elements / 2 < int.MaxValue
             && OnCpuContiguous(weight.Absmax)

@@ -18,11 +18,12 @@ namespace Rinna.Net.Model.Quantization;
 /// <c>quantize_4bit</c> stores it (<see cref="Bnb4BitQuantization"/>).
 /// </summary>
 /// <remarks>
-/// Up to eight rows on the CPU (a decode step, a batched step, a short prompt) go through a managed GEMV that dequantizes in
-/// registers (<see cref="Bnb4BitGemv"/>) and never builds the float weight: in float32 arithmetic when the compute dtype
-/// is float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
-/// bfloat16 or float16. More rows (a prompt) dequantize a block of output features at a time into a reused per-thread
-/// buffer in the compute dtype and multiply it with libtorch (off the CPU, the whole weight, as bitsandbytes does). The
+/// Up to <see cref="GemvRows"/> rows on the CPU (a decode step, a batched step, a chat turn, a speculative step's
+/// proposals) go through a managed GEMV that dequantizes in registers (<see cref="Bnb4BitGemv"/>, eight rows per pass over
+/// the weight) and never builds the float weight: in float32 arithmetic when the compute dtype is float32, and with a
+/// 16-bit integer form of the code book and activations, more precise than the dtype, when it is bfloat16 or float16.
+/// More rows (a long prompt) dequantize a block of output features at a time into a reused per-thread buffer in the
+/// compute dtype and multiply it with libtorch (off the CPU, the whole weight, as bitsandbytes does). The
 /// float weight given to the constructor is read block by block and not kept: the layer holds about 0.56 byte per weight
 /// (0.52 with double quantization).
 /// </remarks>
@@ -35,6 +36,13 @@ public sealed class Bnb4BitLinear : LinearLayer
 
     /// <summary>Weights dequantized at once on the prompt path: a 16 MiB float32 scratch buffer per thread.</summary>
     private const long ScratchElements = 4L << 20;
+
+    /// <summary>
+    /// The most rows the GEMV takes, in groups of <see cref="Bnb4BitGemv.MaxActivationRows"/> (each group reads the whole
+    /// weight): below this, dequantizing every weight for the prompt path costs more than the groups (measured in
+    /// benchmarks/RESULTS.md, 2026-12-04 night).
+    /// </summary>
+    internal const int GemvRows = 32;
 
     /// <summary>Double-quantized block scales dequantized at once on the prompt path, on the stack: 4 KiB.</summary>
     private const int StackBlocks = 1024;
@@ -194,8 +202,7 @@ public sealed class Bnb4BitLinear : LinearLayer
         Tensor output;
         if (rows.size(0) == 0)
             output = empty(0, OutFeatures, dtype: input.dtype, device: input.device);
-        else if (rows.size(0) <= Bnb4BitGemv.MaxActivationRows && weight.device_type == DeviceType.CPU
-            && Bnb4BitGemv.TryMultiply(rows, Matrix(), bias, out var product, ComputeDType ?? rows.dtype))
+        else if (rows.size(0) <= GemvRows && weight.device_type == DeviceType.CPU && TryGemv(rows, out var product))
             output = product;
         else
         {
@@ -205,6 +212,26 @@ public sealed class Bnb4BitLinear : LinearLayer
                     : DenseProduct(rows);
         }
         return output.reshape(outputShape).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Up to <see cref="GemvRows"/> rows through <see cref="Bnb4BitGemv"/>, <see cref="Bnb4BitGemv.MaxActivationRows"/> at a
+    /// time (the decode layer pass's arithmetic, so a row gets the same result in a prompt as in a decode step); false
+    /// where the GEMV does not take them.
+    /// </summary>
+    private bool TryGemv(Tensor rows, out Tensor output)
+    {
+        var computeDType = ComputeDType ?? rows.dtype;
+        long count = rows.size(0);
+        if (count <= Bnb4BitGemv.MaxActivationRows) return Bnb4BitGemv.TryMultiply(rows, Matrix(), bias, out output, computeDType);
+        output = empty(count, OutFeatures, rows.dtype);
+        for (long first = 0; first < count; first += Bnb4BitGemv.MaxActivationRows)
+        {
+            long group = Math.Min(Bnb4BitGemv.MaxActivationRows, count - first);
+            if (!Bnb4BitGemv.TryMultiply(rows.narrow(0, first, group), Matrix(), bias, out var product, computeDType)) return false;
+            using (product) output.narrow(0, first, group).copy_(product);
+        }
+        return true;
     }
 
     /// <summary>Off the CPU: the whole weight dequantized for this product, as bitsandbytes' <c>matmul_4bit</c> does.</summary>

@@ -42,7 +42,7 @@ public class Bnb4BitGemvTests
         using var layer = new Bnb4BitLinear(weight, bias, quantType, doubleQuant);
         var dense = layer.DequantizeWeight().to(ScalarType.Float64);
 
-        foreach (var (dtype, positive) in new[] { (ScalarType.Float32, false), (ScalarType.BFloat16, false), (ScalarType.Float32, true) })
+        foreach (var (dtype, positive) in new[] { (ScalarType.Float32, false), (ScalarType.BFloat16, false), (ScalarType.Float16, false), (ScalarType.Float32, true) })
         {
             var x = randn(1, k, generator: gen);
             if (positive) x = x.abs();
@@ -58,7 +58,7 @@ public class Bnb4BitGemvTests
             if (bias is not null) expected += bias.to(ScalarType.Float64);
             // Float32 accumulation over K terms: a few units of the float32 epsilon times the sum of |w·x|.
             var magnitude = x64.abs().matmul(dense.abs().t()) + (bias is null ? 0 : bias.abs().to(ScalarType.Float64));
-            var tolerance = magnitude * (k * 1.2e-7 + (dtype == ScalarType.BFloat16 ? 8e-3 : 0)) + 1e-6;
+            var tolerance = magnitude * (k * 1.2e-7 + (dtype == ScalarType.BFloat16 ? 8e-3 : dtype == ScalarType.Float16 ? 1e-3 : 0)) + 1e-6;
             var error = (y.to(ScalarType.Float64) - expected).abs();
             Assert.True((error <= tolerance).all().item<bool>(), $"{variant} {dtype}: max error {error.max().item<double>():E2}");
         }
@@ -110,7 +110,7 @@ public class Bnb4BitGemvTests
         var matrix = new Bnb4BitMatrix(layer.Weight, quantType == Bnb4BitQuantization.Nf4 ? Bnb4BitQuantization.Nf4Code : Bnb4BitQuantization.Fp4Code,
             layer.Absmax, layer.NestedAbsmax, layer.Offset, doubleQuant ? Bnb4BitQuantization.DynamicMap : null, n, k);
 
-        foreach (var (dtype, positive) in new[] { (ScalarType.Float32, false), (ScalarType.BFloat16, false), (ScalarType.Float32, true) })
+        foreach (var (dtype, positive) in new[] { (ScalarType.Float32, false), (ScalarType.BFloat16, false), (ScalarType.Float16, false), (ScalarType.Float32, true) })
         {
             var x = randn(1, k, generator: gen);
             if (positive) x = x.abs();
@@ -127,7 +127,7 @@ public class Bnb4BitGemvTests
             var stated = (x64.abs() * Math.ScaleB(1, -12) + largest * Math.ScaleB(1, -14)).matmul(blockMax.t());
             var magnitude = x64.abs().matmul(dense.abs().t()) + bias.abs().to(ScalarType.Float64);
             // Each block's products are summed exactly as integers; only the k / 64 scaled block sums accumulate in float32.
-            var tolerance = stated + magnitude * ((k / 64 + 2) * 1.2e-7 + (dtype == ScalarType.BFloat16 ? 8e-3 : 0)) + 1e-6;
+            var tolerance = stated + magnitude * ((k / 64 + 2) * 1.2e-7 + (dtype == ScalarType.BFloat16 ? 8e-3 : dtype == ScalarType.Float16 ? 1e-3 : 0)) + 1e-6;
             var error = (y.to(ScalarType.Float64) - expected).abs();
             Assert.True((error <= tolerance).all().item<bool>(),
                 $"{variant} {dtype}: max error {error.max().item<double>():E2}, max error / tolerance {(error / tolerance).max().item<double>():F2}");
@@ -175,7 +175,7 @@ public class Bnb4BitGemvTests
     {
         using var scope = NewDisposeScope();
         using var layer = new Bnb4BitLinear(randn(48, k) * 0.05, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true, computeDType: ScalarType.BFloat16);
-        var x = randn(Bnb4BitGemv.MaxActivationRows + 1, k);
+        var x = randn(Bnb4BitLinear.GemvRows + 1, k);
         var rows = layer.call(x);                     // more rows than the GEMV takes: dequantize to bfloat16 + matmul, as bitsandbytes
         var single = layer.call(x[1].unsqueeze(0));   // the integer GEMV where libgomp is loaded
         var batch = layer.call(x.narrow(0, 0, 4));    // the same, four rows at once
@@ -207,7 +207,7 @@ public class Bnb4BitGemvTests
         var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
             doubleQuant ? Bnb4BitQuantization.DynamicMap : null, n, k);
         foreach (int count in new[] { 2, 5, Bnb4BitGemv.MaxActivationRows })
-            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16, ScalarType.Float16 })
             {
                 var x = (randn(count, k) * (arange(count).unsqueeze(1) + 1)).to(dtype); // rows of different scales
                 Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, layer.Bias, out var y, chosen));
@@ -233,12 +233,51 @@ public class Bnb4BitGemvTests
         using var scope = NewDisposeScope();
         var weight = randn(48, 320) * 0.05;
         using var layer = new Bnb4BitLinear(weight, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true);
-        var x = randn(Bnb4BitGemv.MaxActivationRows + 1, 320);
+        var x = randn(Bnb4BitLinear.GemvRows + 1, 320);
         var rows = layer.call(x);                     // more rows than the GEMV takes: dequantize + matmul
         var single = layer.call(x[1].unsqueeze(0));   // GEMV where libgomp is loaded
         var batch = layer.call(x.narrow(0, 0, 3));    // the same, three rows at once
         Assert.True((rows[1] - single[0]).abs().max().item<float>() <= 1e-4f);
         Assert.True((rows.narrow(0, 0, 3) - batch).abs().max().item<float>() <= 1e-4f);
+    }
+
+    /// <summary>
+    /// A short prompt (up to <see cref="Bnb4BitLinear.GemvRows"/> rows) goes through the GEMV a group of rows at a time, so
+    /// each row gets exactly what it gets alone in a decode step, and stays within the GEMV's error of the float64 product.
+    /// </summary>
+    [Theory]
+    [InlineData(ScalarType.Float32, ScalarType.Float32)]
+    [InlineData(ScalarType.Float16, ScalarType.Float32)]
+    [InlineData(ScalarType.Float16, ScalarType.BFloat16)]   // rinna's float16 weights with bnb_4bit_compute_dtype=bfloat16
+    [InlineData(ScalarType.BFloat16, ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float16, ScalarType.Float16)]
+    public void ShortPromptsGoThroughTheGemvAGroupOfRowsAtATime(ScalarType dtype, ScalarType computeDType)
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
+        using var scope = NewDisposeScope();
+        const int n = 40, k = 384;
+        var gen = new Generator(23);
+        using var layer = new Bnb4BitLinear(randn(n, k, generator: gen) * 0.05, randn(n, generator: gen), Bnb4BitQuantization.Nf4,
+            useDoubleQuant: true, computeDType: computeDType);
+        int rows = Bnb4BitLinear.GemvRows - 3; // groups of eight and a last, shorter group
+        Assert.True(rows > Bnb4BitGemv.MaxActivationRows);
+        var x = (randn(rows, k, generator: gen) * (arange(rows).unsqueeze(1) % 5 + 1)).to(dtype);
+        var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
+            Bnb4BitQuantization.DynamicMap, n, k);
+        if (!Bnb4BitGemv.TryMultiply(x.narrow(0, 0, 2), matrix, layer.Bias, out _, computeDType))
+            Assert.Skip($"Here the GEMV takes one row at a time in {computeDType} (several need an integer variant, or AVX2 or AVX-512), so prompts dequantize.");
+        var y = layer.call(x);
+        Assert.Equal(dtype, y.dtype);
+        for (int r = 0; r < rows; r++)
+            Assert.True(layer.call(x[r].unsqueeze(0))[0].eq(y[r]).all().item<bool>(), $"row {r}");
+
+        var x64 = x.to(ScalarType.Float64);
+        var expected = x64.matmul(layer.DequantizeWeight().to(ScalarType.Float64).t()) + layer.Bias!.to(ScalarType.Float64);
+        var magnitude = x64.abs().matmul(layer.DequantizeWeight().abs().to(ScalarType.Float64).t()) + layer.Bias!.abs().to(ScalarType.Float64);
+        // The integer variants' stated error is at most about 2⁻¹¹ of the magnitude; then the output dtype's rounding.
+        double relative = (computeDType == ScalarType.Float32 ? 1e-5 : 1e-3) + (dtype == ScalarType.BFloat16 ? 8e-3 : dtype == ScalarType.Float16 ? 1e-3 : 0);
+        var error = (y.to(ScalarType.Float64) - expected).abs();
+        Assert.True((error <= magnitude * relative + 1e-6).all().item<bool>(), $"max error {error.max().item<double>():E2}");
     }
 
     [Fact]
