@@ -247,7 +247,24 @@ public sealed class Bnb4BitLinear : LinearLayer
     /// buffer, converted to the compute dtype and multiplied, so no allocation grows with the layer (allocating and
     /// faulting in a fresh float32 copy of a large layer cost more than the product itself).
     /// </summary>
+    /// <remarks>
+    /// Float16 is multiplied in float32 on float16-rounded operands: libtorch's float16 GEMM on the CPU ran at a third of
+    /// its float32 rate here (no float16 arithmetic in most CPUs' vectors), while a product of two float16 values is exact
+    /// in float32, so this is what a float16 GEMM accumulating in float32 computes (cuBLAS's, under bitsandbytes), rounded
+    /// to float16 once at the end.
+    /// </remarks>
     private Tensor BlockwiseProduct(Tensor input)
+    {
+        if (input.dtype == ScalarType.Float16)
+        {
+            using var widened = input.to(ScalarType.Float32);
+            using var product = BlockwiseProduct(widened, roundToHalf: true);
+            return product.to(ScalarType.Float16);
+        }
+        return BlockwiseProduct(input, roundToHalf: false);
+    }
+
+    private Tensor BlockwiseProduct(Tensor input, bool roundToHalf)
     {
         var dtype = input.dtype;
         long blockRows = Math.Clamp(ScratchElements / InFeatures, 1, OutFeatures);
@@ -255,19 +272,22 @@ public sealed class Bnb4BitLinear : LinearLayer
         long alignment = Bnb4BitQuantization.BlockSize / (long)BigInteger.GreatestCommonDivisor(InFeatures, Bnb4BitQuantization.BlockSize);
         blockRows = Math.Min(OutFeatures, Math.Max(alignment, blockRows / alignment * alignment));
         var output = empty(input.size(0), OutFeatures, dtype);
-        var typedBias = bias?.to(dtype);
+        var typedBias = roundToHalf ? bias?.to(ScalarType.Float16).to(dtype) : bias?.to(dtype);
         for (long first = 0; first < OutFeatures; first += blockRows)
         {
             long count = Math.Min(blockRows, OutFeatures - first);
-            var block = DequantizeRows(first, count, dtype);
+            var block = DequantizeRows(first, count, dtype, roundToHalf);
             using var product = nn.functional.linear(input, block, typedBias?.narrow(0, first, count));
             output.narrow(1, first, count).copy_(product);
         }
         return output;
     }
 
-    /// <summary>Rows <c>[first, first + count)</c> of the weight in <paramref name="dtype"/>, in this thread's scratch buffers.</summary>
-    private Tensor DequantizeRows(long first, long count, ScalarType dtype)
+    /// <summary>
+    /// Rows <c>[first, first + count)</c> of the weight in <paramref name="dtype"/>, in this thread's scratch buffers; with
+    /// <paramref name="roundToHalf"/>, float32 holding the float16 values.
+    /// </summary>
+    private Tensor DequantizeRows(long first, long count, ScalarType dtype, bool roundToHalf)
     {
         long elements = count * InFeatures, start = first * InFeatures;
         var scratch = Scratch(ref floatScratch, elements, ScalarType.Float32);
@@ -280,6 +300,11 @@ public sealed class Bnb4BitLinear : LinearLayer
             DequantizeRange(start + from, Bnb4BitQuantization.AsFloats(scratch).Slice((int)from, (int)length));
         });
         var dense = scratch.narrow(0, 0, elements).view(count, InFeatures);
+        if (roundToHalf)
+        {
+            using var half = Scratch(ref typedScratch, elements, ScalarType.Float16).narrow(0, 0, elements).view(count, InFeatures);
+            return dense.copy_(half.copy_(dense));
+        }
         if (dtype == ScalarType.Float32) return dense;
         return Scratch(ref typedScratch, elements, dtype).narrow(0, 0, elements).view(count, InFeatures).copy_(dense);
     }

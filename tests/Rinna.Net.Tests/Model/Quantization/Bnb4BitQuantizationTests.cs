@@ -196,6 +196,7 @@ public class Bnb4BitQuantizationTests
     [InlineData(ScalarType.Float32, false)]
     [InlineData(ScalarType.Float32, true)]
     [InlineData(ScalarType.BFloat16, true)]
+    [InlineData(ScalarType.Float16, false)]   // multiplied in float32 on float16-rounded operands
     public void PromptsMatchTheDequantizedWeightAcrossScratchBlocks(ScalarType computeDType, bool doubleQuant)
     {
         // 3000 × 1500 exceeds one 4 Mi-element scratch block; 1500 is not a multiple of 64, so blocks of rows must
@@ -211,6 +212,15 @@ public class Bnb4BitQuantizationTests
         var expected = x.to(computeDType).matmul(layer.DequantizeWeight(computeDType).t()).to(ScalarType.Float32) + layer.Bias!;
         var tolerance = computeDType == ScalarType.Float32 ? 1e-4 : 0.05;
         Assert.True((actual - expected).abs().max().item<float>() <= tolerance);
+        if (computeDType != ScalarType.Float16) return;
+        // Float16: the float16-rounded operands' exact product, accumulated in float32 and rounded to float16 once.
+        var x64 = x.to(ScalarType.Float16).to(ScalarType.Float64);
+        var w64 = layer.DequantizeWeight(ScalarType.Float16).to(ScalarType.Float64);
+        var exact = x64.matmul(w64.t()) + layer.Bias!.to(ScalarType.Float16).to(ScalarType.Float64);
+        var magnitude = x64.abs().matmul(w64.abs().t()) + layer.Bias!.abs().to(ScalarType.Float64);
+        var error = (actual.to(ScalarType.Float64) - exact).abs();
+        Assert.True((error <= exact.abs() * Math.ScaleB(1, -11) + magnitude * 1500 * 1.2e-7 + 1e-7).all().item<bool>(),
+            $"max error {error.max().item<double>():E2}");
     }
 
     [Theory]
