@@ -207,9 +207,7 @@ public sealed class Bnb4BitLinear : LinearLayer
         else
         {
             using (no_grad())
-                output = weight.device_type == DeviceType.CPU
-                    ? BlockwiseProduct(rows.to(ComputeDType ?? input.dtype)).to(input.dtype)
-                    : DenseProduct(rows);
+                output = weight.device_type == DeviceType.CPU ? DequantizingProduct(rows) : DenseProduct(rows);
         }
         return output.reshape(outputShape).MoveToOuterDisposeScope();
     }
@@ -219,7 +217,7 @@ public sealed class Bnb4BitLinear : LinearLayer
     /// time (the decode layer pass's arithmetic, so a row gets the same result in a prompt as in a decode step); false
     /// where the GEMV does not take them.
     /// </summary>
-    private bool TryGemv(Tensor rows, out Tensor output)
+    internal bool TryGemv(Tensor rows, out Tensor output)
     {
         var computeDType = ComputeDType ?? rows.dtype;
         long count = rows.size(0);
@@ -233,6 +231,9 @@ public sealed class Bnb4BitLinear : LinearLayer
         }
         return true;
     }
+
+    /// <summary>Rows <c>[n, in_features]</c> on the CPU through <see cref="BlockwiseProduct(Tensor)"/>, in the compute dtype, returned in theirs.</summary>
+    internal Tensor DequantizingProduct(Tensor rows) => BlockwiseProduct(rows.to(ComputeDType ?? rows.dtype)).to(rows.dtype);
 
     /// <summary>Off the CPU: the whole weight dequantized for this product, as bitsandbytes' <c>matmul_4bit</c> does.</summary>
     private Tensor DenseProduct(Tensor rows)
