@@ -328,8 +328,10 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>
-    /// <see cref="RunInt16Avx512"/> for every activation row at once: each 128 codes are looked up once and multiplied with
-    /// each row's activations, so a batched decode step reads the weight once.
+    /// <see cref="RunInt16Avx512"/> for every activation row at once, four rows per pass over the weight row: each 128 codes
+    /// are looked up once per pass and multiplied with each of its rows' activations, so a batched decode step reads the
+    /// weight once. A row's even and odd sums stay in registers (kept on the stack for all rows at once, their stores
+    /// held Zen 4 below the AVX2 variant's speed) and are added in the order <see cref="RunInt16Avx512"/> adds them.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit]
@@ -338,24 +340,43 @@ internal static unsafe partial class Bnb4BitGemv
         int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
         float* scales = stackalloc float[activationRows * blocks];
         ActivationRowScales(job, start, scales);
-        var totals = stackalloc Vector512<float>[2 * activationRows];
-        for (int r = 0; r < 2 * activationRows; r++) totals[r] = Vector512<float>.Zero;
         var table = Vector512.Load(job->Table16);
-        byte* codes = job->Codes + (start >> 1);
-        for (int b = 0; b < blocks; b += 2, codes += BlockSize)
+        byte* rowCodes = job->Codes + (start >> 1);
+        for (int first = 0; first < activationRows; first += 4)
         {
-            PrefetchAhead(codes);
-            Lookup128(codes, table, out var w0, out var w1, out var w2, out var w3);
-            for (int r = 0; r < activationRows; r++)
+            int tile = Math.Min(4, activationRows - first);
+            short* x0 = job->Quantized + (long)first * columns, x1 = x0 + columns, x2 = x1 + columns, x3 = x2 + columns;
+            float* s0 = scales + first * blocks, s1 = s0 + blocks, s2 = s1 + blocks, s3 = s2 + blocks;
+            Vector512<float> even0 = default, odd0 = default, even1 = default, odd1 = default;
+            Vector512<float> even2 = default, odd2 = default, even3 = default, odd3 = default;
+            byte* codes = rowCodes;
+            // The tile's size is fixed over the loop, so its branches are predicted and cost next to nothing.
+            for (int b = 0; b < blocks; b += 2, codes += BlockSize)
             {
-                var sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, job->Quantized + (long)r * columns + b * BlockSize));
-                float* scale = scales + r * blocks + b;
-                totals[2 * r] = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[0]), totals[2 * r]);
-                totals[2 * r + 1] = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[1]), totals[2 * r + 1]);
+                PrefetchAhead(codes);
+                Lookup128(codes, table, out var w0, out var w1, out var w2, out var w3);
+                int at = b * BlockSize;
+                var sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x0 + at));
+                even0 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s0[b]), even0);
+                odd0 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s0[b + 1]), odd0);
+                if (tile < 2) continue;
+                sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x1 + at));
+                even1 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s1[b]), even1);
+                odd1 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s1[b + 1]), odd1);
+                if (tile < 3) continue;
+                sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x2 + at));
+                even2 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s2[b]), even2);
+                odd2 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s2[b + 1]), odd2);
+                if (tile < 4) continue;
+                sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x3 + at));
+                even3 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s3[b]), even3);
+                odd3 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s3[b + 1]), odd3);
             }
+            values[first] = Vector256.Sum(even0.GetLower()) + Vector256.Sum(odd0.GetUpper());
+            if (tile > 1) values[first + 1] = Vector256.Sum(even1.GetLower()) + Vector256.Sum(odd1.GetUpper());
+            if (tile > 2) values[first + 2] = Vector256.Sum(even2.GetLower()) + Vector256.Sum(odd2.GetUpper());
+            if (tile > 3) values[first + 3] = Vector256.Sum(even3.GetLower()) + Vector256.Sum(odd3.GetUpper());
         }
-        for (int r = 0; r < activationRows; r++)
-            values[r] = Vector256.Sum(totals[2 * r].GetLower()) + Vector256.Sum(totals[2 * r + 1].GetUpper());
     }
 
     /// <summary>
