@@ -380,8 +380,9 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>
-    /// <see cref="RunInt16Avx2"/> for every activation row at once (see <see cref="RowsInt16Avx512"/>), with each row's
-    /// even and odd blocks on separate sums as there, so that each row gets exactly what it gets alone.
+    /// <see cref="RunInt16Avx2"/> for every activation row at once (see <see cref="RowsInt16Avx512"/>), two rows per pass
+    /// (AVX2's sixteen registers hold their four sums beside the codes and the tables), with each row's even and odd
+    /// blocks on separate sums as there, so that each row gets exactly what it gets alone.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit]
@@ -390,24 +391,38 @@ internal static unsafe partial class Bnb4BitGemv
         int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
         float* scales = stackalloc float[activationRows * blocks];
         ActivationRowScales(job, start, scales);
-        var totals = stackalloc Vector256<float>[2 * activationRows];
-        for (int r = 0; r < 2 * activationRows; r++) totals[r] = Vector256<float>.Zero;
         var lowBytes = Vector256.Load((byte*)job->Table16 + 64);
         var highBytes = Vector256.Load((byte*)job->Table16 + 96);
         var nibble = Vector256.Create((byte)0x0F);
-        byte* codes = job->Codes + (start >> 1);
-        for (int b = 0; b < blocks; b++, codes += BlockSize / 2)
+        byte* rowCodes = job->Codes + (start >> 1);
+        for (int first = 0; first < activationRows; first += 2)
         {
-            if ((b & 1) == 0) PrefetchAhead(codes);
-            Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
-            for (int r = 0; r < activationRows; r++)
+            bool two = first + 1 < activationRows;
+            short* x0 = job->Quantized + (long)first * columns, x1 = x0 + columns;
+            float* s0 = scales + first * blocks, s1 = s0 + blocks;
+            Vector256<float> even0 = default, odd0 = default, even1 = default, odd1 = default;
+            byte* codes = rowCodes;
+            int b = 0;
+            for (; b + 2 <= blocks; b += 2, codes += BlockSize)
             {
-                var sums = Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, job->Quantized + (long)r * columns + b * BlockSize));
-                ref var total = ref totals[2 * r + (b & 1)];
-                total = Fma.MultiplyAdd(sums, Vector256.Create(scales[r * blocks + b]), total);
+                PrefetchAhead(codes);
+                int at = b * BlockSize;
+                Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
+                even0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x0 + at)), Vector256.Create(s0[b]), even0);
+                if (two) even1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x1 + at)), Vector256.Create(s1[b]), even1);
+                Lookup64(codes + BlockSize / 2, lowBytes, highBytes, nibble, out w0, out w1, out w2, out w3);
+                odd0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x0 + at + BlockSize)), Vector256.Create(s0[b + 1]), odd0);
+                if (two) odd1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x1 + at + BlockSize)), Vector256.Create(s1[b + 1]), odd1);
             }
+            if (b < blocks)
+            {
+                Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
+                even0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x0 + b * BlockSize)), Vector256.Create(s0[b]), even0);
+                if (two) even1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x1 + b * BlockSize)), Vector256.Create(s1[b]), even1);
+            }
+            values[first] = Vector256.Sum(even0 + odd0);
+            if (two) values[first + 1] = Vector256.Sum(even1 + odd1);
         }
-        for (int r = 0; r < activationRows; r++) values[r] = Vector256.Sum(totals[2 * r] + totals[2 * r + 1]);
     }
 
     /// <summary>One block's 64 codes (32 bytes) times its 64 activations, as eight float32 partial sums.</summary>
