@@ -18,12 +18,13 @@ namespace Rinna.Net.Model.Quantization;
 /// <c>quantize_4bit</c> stores it (<see cref="Bnb4BitQuantization"/>).
 /// </summary>
 /// <remarks>
-/// Up to <see cref="GemvRows"/> rows on the CPU (a decode step, a batched step, a chat turn, a speculative step's
-/// proposals) go through a managed GEMV that dequantizes in registers (<see cref="Bnb4BitGemv"/>, eight rows per pass over
-/// the weight) and never builds the float weight: in float32 arithmetic when the compute dtype is float32, and with a
-/// 16-bit integer form of the code book and activations, more precise than the dtype, when it is bfloat16 or float16.
-/// More rows (a long prompt) dequantize a block of output features at a time into a reused per-thread buffer in the
-/// compute dtype and multiply it with libtorch (off the CPU, the whole weight, as bitsandbytes does). The
+/// Up to <see cref="GemvRows"/> rows on the CPU (eight without AVX2: a decode step, a batched step, a chat turn, a
+/// speculative step's proposals) go through a managed GEMV that dequantizes in registers (<see cref="Bnb4BitGemv"/>,
+/// eight rows per pass over the weight) and never builds the float weight: in float32 arithmetic when the compute dtype
+/// is float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
+/// bfloat16 or float16. More rows (a long prompt) dequantize a block of output features at a time into a reused
+/// per-thread buffer in the compute dtype and multiply it with libtorch (off the CPU, the whole weight, as bitsandbytes
+/// does). The
 /// float weight given to the constructor is read block by block and not kept: the layer holds about 0.56 byte per weight
 /// (0.52 with double quantization).
 /// </remarks>
@@ -39,10 +40,16 @@ public sealed class Bnb4BitLinear : LinearLayer
 
     /// <summary>
     /// The most rows the GEMV takes, in groups of <see cref="Bnb4BitGemv.MaxActivationRows"/> (each group reads the whole
-    /// weight): below this, dequantizing every weight for the prompt path costs more than the groups (measured in
-    /// benchmarks/RESULTS.md, 2026-12-04 night).
+    /// weight): below this, dequantizing every weight for the prompt path costs more than the groups (on rinna-4b the
+    /// crossover measured 90–100 rows; benchmarks/RESULTS.md, 2026-12-04 night).
     /// </summary>
-    internal const int GemvRows = 32;
+    internal const int GemvRows = 64;
+
+    /// <summary>
+    /// <see cref="GemvRows"/> where AVX2 runs the GEMV's several-row loops; elsewhere (the portable variants, Arm64) one
+    /// group of <see cref="Bnb4BitGemv.MaxActivationRows"/>, where their loops are not measured against dequantizing.
+    /// </summary>
+    internal static int GemvRowsHere { get; } = System.Runtime.Intrinsics.X86.Avx2.IsSupported ? GemvRows : Bnb4BitGemv.MaxActivationRows;
 
     /// <summary>Double-quantized block scales dequantized at once on the prompt path, on the stack: 4 KiB.</summary>
     private const int StackBlocks = 1024;
@@ -202,7 +209,7 @@ public sealed class Bnb4BitLinear : LinearLayer
         Tensor output;
         if (rows.size(0) == 0)
             output = empty(0, OutFeatures, dtype: input.dtype, device: input.device);
-        else if (rows.size(0) <= GemvRows && weight.device_type == DeviceType.CPU && TryGemv(rows, out var product))
+        else if (rows.size(0) <= GemvRowsHere && weight.device_type == DeviceType.CPU && TryGemv(rows, out var product))
             output = product;
         else
         {

@@ -259,8 +259,9 @@ public class Bnb4BitGemvTests
         var gen = new Generator(23);
         using var layer = new Bnb4BitLinear(randn(n, k, generator: gen) * 0.05, randn(n, generator: gen), Bnb4BitQuantization.Nf4,
             useDoubleQuant: true, computeDType: computeDType);
-        int rows = Bnb4BitLinear.GemvRows - 3; // groups of eight and a last, shorter group
-        Assert.True(rows > Bnb4BitGemv.MaxActivationRows);
+        int rows = Bnb4BitLinear.GemvRowsHere - 3; // groups of eight and a last, shorter group
+        if (rows <= Bnb4BitGemv.MaxActivationRows)
+            Assert.Skip("Without AVX2 the layer gives the GEMV one group of rows; more dequantize (the portable loops are unmeasured there).");
         var x = (randn(rows, k, generator: gen) * (arange(rows).unsqueeze(1) % 5 + 1)).to(dtype);
         var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
             Bnb4BitQuantization.DynamicMap, n, k);

@@ -200,15 +200,15 @@ public class Bnb4BitQuantizationTests
     public void PromptsMatchTheDequantizedWeightAcrossScratchBlocks(ScalarType computeDType, bool doubleQuant)
     {
         // 3000 × 1500 exceeds one 4 Mi-element scratch block; 1500 is not a multiple of 64, so blocks of rows must
-        // start on the flattened weight's 64-element boundaries. 36 rows take the prompt path, not the GEMV.
+        // start on the flattened weight's 64-element boundaries. 65 rows take the prompt path, not the GEMV.
         using var scope = NewDisposeScope();
         var gen = new Generator(11);
         var weight = randn(3000, 1500, generator: gen) * 0.05;
         using var layer = new Bnb4BitLinear(weight, randn(3000, generator: gen), Bnb4BitQuantization.Nf4, doubleQuant, computeDType);
-        var x = randn(3, 12, 1500, generator: gen);
-        Assert.True(3 * 12 > Bnb4BitLinear.GemvRows);
+        var x = randn(5, 13, 1500, generator: gen);
+        Assert.True(5 * 13 > Bnb4BitLinear.GemvRows);
         var actual = layer.call(x);
-        Assert.Equal(new long[] { 3, 12, 3000 }, actual.shape);
+        Assert.Equal(new long[] { 5, 13, 3000 }, actual.shape);
         var expected = x.to(computeDType).matmul(layer.DequantizeWeight(computeDType).t()).to(ScalarType.Float32) + layer.Bias!;
         var tolerance = computeDType == ScalarType.Float32 ? 1e-4 : 0.05;
         Assert.True((actual - expected).abs().max().item<float>() <= tolerance);
