@@ -24,9 +24,8 @@ namespace Rinna.Net.Model.Quantization;
 /// is float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
 /// bfloat16 or float16. More rows (a long prompt) dequantize a block of output features at a time into a reused
 /// per-thread buffer in the compute dtype and multiply it with libtorch (off the CPU, the whole weight, as bitsandbytes
-/// does). The
-/// float weight given to the constructor is read block by block and not kept: the layer holds about 0.56 byte per weight
-/// (0.52 with double quantization).
+/// does). The float weight given to the constructor is read block by block and not kept: the layer holds about 0.56 byte
+/// per weight (0.52 with double quantization).
 /// </remarks>
 public sealed class Bnb4BitLinear : LinearLayer
 {
