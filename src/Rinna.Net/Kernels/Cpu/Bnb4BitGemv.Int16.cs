@@ -330,8 +330,8 @@ internal static unsafe partial class Bnb4BitGemv
     /// <summary>
     /// <see cref="RunInt16Avx512"/> for every activation row at once, four rows per pass over the weight row: each 128 codes
     /// are looked up once per pass and multiplied with each of its rows' activations, so a batched decode step reads the
-    /// weight once. A row's even and odd sums stay in registers (kept on the stack for all rows at once, their stores
-    /// held Zen 4 below the AVX2 variant's speed) and are added in the order <see cref="RunInt16Avx512"/> adds them.
+    /// weight once. A row's even and odd sums stay in registers (kept on the stack for all rows, their 512-bit stores made
+    /// this loop slower than the AVX2 one on Zen 4) and are added in the order <see cref="RunInt16Avx512"/> adds them.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit]
@@ -356,26 +356,28 @@ internal static unsafe partial class Bnb4BitGemv
                 PrefetchAhead(codes);
                 Lookup128(codes, table, out var w0, out var w1, out var w2, out var w3);
                 int at = b * BlockSize;
-                var sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x0 + at));
-                even0 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s0[b]), even0);
-                odd0 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s0[b + 1]), odd0);
+                Accumulate(w0, w1, w2, w3, x0 + at, s0 + b, ref even0, ref odd0);
                 if (tile < 2) continue;
-                sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x1 + at));
-                even1 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s1[b]), even1);
-                odd1 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s1[b + 1]), odd1);
+                Accumulate(w0, w1, w2, w3, x1 + at, s1 + b, ref even1, ref odd1);
                 if (tile < 3) continue;
-                sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x2 + at));
-                even2 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s2[b]), even2);
-                odd2 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s2[b + 1]), odd2);
+                Accumulate(w0, w1, w2, w3, x2 + at, s2 + b, ref even2, ref odd2);
                 if (tile < 4) continue;
-                sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x3 + at));
-                even3 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s3[b]), even3);
-                odd3 = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(s3[b + 1]), odd3);
+                Accumulate(w0, w1, w2, w3, x3 + at, s3 + b, ref even3, ref odd3);
             }
             values[first] = Vector256.Sum(even0.GetLower()) + Vector256.Sum(odd0.GetUpper());
             if (tile > 1) values[first + 1] = Vector256.Sum(even1.GetLower()) + Vector256.Sum(odd1.GetUpper());
             if (tile > 2) values[first + 2] = Vector256.Sum(even2.GetLower()) + Vector256.Sum(odd2.GetUpper());
             if (tile > 3) values[first + 3] = Vector256.Sum(even3.GetLower()) + Vector256.Sum(odd3.GetUpper());
+        }
+
+        // Two blocks of one row: their sums, scaled by each block's scale, into the row's even and odd sums.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static void Accumulate(Vector512<short> w0, Vector512<short> w1, Vector512<short> w2, Vector512<short> w3, short* x, float* scale,
+            ref Vector512<float> even, ref Vector512<float> odd)
+        {
+            var sums = Avx512F.ConvertToVector512Single(Dot128(w0, w1, w2, w3, x));
+            even = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[0]), even);
+            odd = Avx512F.FusedMultiplyAdd(sums, Vector512.Create(scale[1]), odd);
         }
     }
 
@@ -408,21 +410,27 @@ internal static unsafe partial class Bnb4BitGemv
                 PrefetchAhead(codes);
                 int at = b * BlockSize;
                 Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
-                even0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x0 + at)), Vector256.Create(s0[b]), even0);
-                if (two) even1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x1 + at)), Vector256.Create(s1[b]), even1);
+                even0 = AddBlock(w0, w1, w2, w3, x0 + at, s0[b], even0);
+                if (two) even1 = AddBlock(w0, w1, w2, w3, x1 + at, s1[b], even1);
                 Lookup64(codes + BlockSize / 2, lowBytes, highBytes, nibble, out w0, out w1, out w2, out w3);
-                odd0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x0 + at + BlockSize)), Vector256.Create(s0[b + 1]), odd0);
-                if (two) odd1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x1 + at + BlockSize)), Vector256.Create(s1[b + 1]), odd1);
+                odd0 = AddBlock(w0, w1, w2, w3, x0 + at + BlockSize, s0[b + 1], odd0);
+                if (two) odd1 = AddBlock(w0, w1, w2, w3, x1 + at + BlockSize, s1[b + 1], odd1);
             }
             if (b < blocks)
             {
                 Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
-                even0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x0 + b * BlockSize)), Vector256.Create(s0[b]), even0);
-                if (two) even1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x1 + b * BlockSize)), Vector256.Create(s1[b]), even1);
+                even0 = AddBlock(w0, w1, w2, w3, x0 + b * BlockSize, s0[b], even0);
+                if (two) even1 = AddBlock(w0, w1, w2, w3, x1 + b * BlockSize, s1[b], even1);
             }
             values[first] = Vector256.Sum(even0 + odd0);
             if (two) values[first + 1] = Vector256.Sum(even1 + odd1);
         }
+
+        // One block of one row: its sums, scaled by the block's scale, added to the row's sum.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static Vector256<float> AddBlock(Vector256<short> w0, Vector256<short> w1, Vector256<short> w2, Vector256<short> w3, short* x,
+            float scale, Vector256<float> total)
+            => Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x)), Vector256.Create(scale), total);
     }
 
     /// <summary>One block's 64 codes (32 bytes) times its 64 activations, as eight float32 partial sums.</summary>

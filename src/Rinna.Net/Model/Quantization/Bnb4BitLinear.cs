@@ -39,8 +39,8 @@ public sealed class Bnb4BitLinear : LinearLayer
 
     /// <summary>
     /// The most rows the GEMV takes, in groups of <see cref="Bnb4BitGemv.MaxActivationRows"/> (each group reads the whole
-    /// weight): below this, dequantizing every weight for the prompt path costs more than the groups (on rinna-4b the
-    /// crossover measured 90–100 rows; benchmarks/RESULTS.md, 2026-12-04 night).
+    /// weight): below this, dequantizing every weight for the prompt path costs more than the groups, with a margin below
+    /// the measured crossover (benchmarks/RESULTS.md).
     /// </summary>
     internal const int GemvRows = 64;
 
