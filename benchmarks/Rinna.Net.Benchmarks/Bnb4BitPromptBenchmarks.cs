@@ -8,7 +8,7 @@ namespace Rinna.Net.Benchmarks;
 /// <summary>
 /// A short prompt (a chat turn, a speculative step's proposals) through rinna-4b's <c>dense_h_to_4h</c> in NF4
 /// (11264 × 2816) on 2 threads: the GEMV, eight rows per pass over the weight, which <see cref="Bnb4BitLinear"/> takes up
-/// to <see cref="Bnb4BitLinear.GemvRows"/> rows, against the baseline of dequantizing the weight a block at a time for
+/// to <see cref="Bnb4BitLinear.GemvRowsFor(ScalarType)"/> rows (by compute dtype), against the baseline of dequantizing the weight a block at a time for
 /// libtorch's GEMM, its path for longer prompts. Each call takes the next of <see cref="Copies"/> weights, so that the
 /// codes stream from memory as in a model.
 /// </summary>

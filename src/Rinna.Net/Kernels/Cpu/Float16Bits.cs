@@ -49,20 +49,21 @@ internal static class Float16Bits
         int i = 0;
         if (Vector256.IsHardwareAccelerated)
         {
-            var smallestNormal = Vector256.Create(0x38800000u); // 2⁻¹⁴
-            var subnormalScale = Vector256.Create(16777216f); // 2²⁴
-            var subnormalStep = Vector256.Create(1f / 16777216f);
             for (; i + Vector256<float>.Count <= values.Length; i += Vector256<float>.Count)
-            {
-                var x = Vector256.Create(values.Slice(i, Vector256<float>.Count));
-                var bits = x.AsUInt32();
-                var normal = (bits + Vector256.Create(0xFFFu) + ((bits >> 13) & Vector256<uint>.One)) & Vector256.Create(0xFFFFE000u);
-                var subnormal = Vector256.Round(x * subnormalScale) * subnormalStep;
-                Vector256.ConditionalSelect(Vector256.LessThan(bits & Vector256.Create(0x7FFFFFFFu), smallestNormal).AsSingle(), subnormal, normal.AsSingle())
-                    .CopyTo(values.Slice(i, Vector256<float>.Count));
-            }
+                RoundToHalf(Vector256.Create(values.Slice(i, Vector256<float>.Count))).CopyTo(values.Slice(i, Vector256<float>.Count));
         }
         for (; i < values.Length; i++) values[i] = (float)(Half)values[i];
+    }
+
+    /// <summary><see cref="RoundToHalf(Span{float})"/> of eight values, under the same condition (finite, below 65520 in magnitude).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> RoundToHalf(Vector256<float> x)
+    {
+        var bits = x.AsUInt32();
+        var normal = (bits + Vector256.Create(0xFFFu) + ((bits >> 13) & Vector256<uint>.One)) & Vector256.Create(0xFFFFE000u);
+        var subnormal = Vector256.Round(x * Vector256.Create(16777216f)) * Vector256.Create(1f / 16777216f); // multiples of 2⁻²⁴
+        return Vector256.ConditionalSelect(Vector256.LessThan(bits & Vector256.Create(0x7FFFFFFFu), Vector256.Create(0x38800000u)).AsSingle(), // below 2⁻¹⁴
+            subnormal, normal.AsSingle());
     }
 
     /// <summary>

@@ -5,6 +5,7 @@ using System.Runtime.InteropServices;
 using Rinna.Net.Kernels;
 using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Layers;
+using Rinna.Net.Native;
 using TorchSharp;
 using TorchSharp.Utils;
 using static TorchSharp.torch;
@@ -18,14 +19,15 @@ namespace Rinna.Net.Model.Quantization;
 /// <c>quantize_4bit</c> stores it (<see cref="Bnb4BitQuantization"/>).
 /// </summary>
 /// <remarks>
-/// Up to <see cref="GemvRows"/> rows on the CPU (eight without AVX2: a decode step, a batched step, a chat turn, a
-/// speculative step's proposals) go through a managed GEMV that dequantizes in registers (<see cref="Bnb4BitGemv"/>,
-/// eight rows per pass over the weight) and never builds the float weight: in float32 arithmetic when the compute dtype
-/// is float32, and with a 16-bit integer form of the code book and activations, more precise than the dtype, when it is
-/// bfloat16 or float16. More rows (a long prompt) dequantize a block of output features at a time into a reused
-/// per-thread buffer in the compute dtype and multiply it with libtorch (off the CPU, the whole weight, as bitsandbytes
-/// does). The float weight given to the constructor is read block by block and not kept: the layer holds about 0.56 byte
-/// per weight (0.52 with double quantization).
+/// On the CPU, up to 32–128 rows by compute dtype (eight without AVX2) go through a managed GEMV that dequantizes in
+/// registers and never builds the float weight (<see cref="Bnb4BitGemv"/>, eight rows per pass over the weight): a
+/// decode step, a batched step, a chat turn, a speculative step's proposals, a short prompt. It computes in float32 when
+/// the compute dtype is float32, and with a 16-bit integer form of the code book and activations, more precise than the
+/// dtype, when it is bfloat16 or float16. More rows (a long prompt) dequantize a block of output features at a time into
+/// a reused per-thread buffer and multiply it with libtorch: in the compute dtype, or, for float16 and (where the CPU has
+/// no fast bfloat16 GEMM) bfloat16, in float32 on the rounded operands. Off the CPU the whole weight is dequantized, as
+/// bitsandbytes does. The float weight given to the constructor is read block by block and not kept: the layer holds
+/// about 0.56 byte per weight (0.52 with double quantization).
 /// </remarks>
 public sealed class Bnb4BitLinear : LinearLayer
 {
@@ -39,16 +41,31 @@ public sealed class Bnb4BitLinear : LinearLayer
 
     /// <summary>
     /// The most rows the GEMV takes, in groups of <see cref="Bnb4BitGemv.MaxActivationRows"/> (each group reads the whole
-    /// weight): below this, dequantizing every weight for the prompt path costs more than the groups, with a margin below
-    /// the measured crossover (benchmarks/RESULTS.md).
+    /// weight), where its integer loops meet a prompt path that multiplies in float32: those loops do about as many
+    /// multiply-adds a second as libtorch's float32 GEMM, which must also dequantize every weight first. The most any
+    /// layer takes.
     /// </summary>
-    internal const int GemvRows = 64;
+    internal const int MaxGemvRows = 128;
 
     /// <summary>
-    /// <see cref="GemvRows"/> where AVX2 runs the GEMV's several-row loops; elsewhere (the portable variants, Arm64) one
-    /// group of <see cref="Bnb4BitGemv.MaxActivationRows"/>, where their loops are not measured against dequantizing.
+    /// The most rows the GEMV takes where the prompt path multiplies faster than the GEMV: a bfloat16 GEMM in hardware
+    /// (<see cref="PromptsInBFloat16"/>), or float32 compute, whose GEMV loops do float32 arithmetic. Below each measured
+    /// crossover with a margin (benchmarks/RESULTS.md).
     /// </summary>
-    internal static int GemvRowsHere { get; } = System.Runtime.Intrinsics.X86.Avx2.IsSupported ? GemvRows : Bnb4BitGemv.MaxActivationRows;
+    internal const int GemvRowsBesideFastGemm = 32;
+
+    /// <summary>
+    /// The most rows one product gives the GEMV for <paramref name="computeDType"/> here: <see cref="MaxGemvRows"/> for the
+    /// integer loops (bfloat16 or float16 compute) where prompts multiply in float32, <see cref="GemvRowsBesideFastGemm"/>
+    /// for float32 compute or a hardware bfloat16 GEMM, and one group of <see cref="Bnb4BitGemv.MaxActivationRows"/>
+    /// without AVX2 (the portable loops, Arm64), where they are not measured against dequantizing.
+    /// </summary>
+    internal int GemvRowsFor(ScalarType computeDType)
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported) return Bnb4BitGemv.MaxActivationRows;
+        bool integer = computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Bnb4BitGemv.Int16VariantFor((int)InFeatures, code) is not null;
+        return integer && !(computeDType == ScalarType.BFloat16 && PromptsInBFloat16) ? MaxGemvRows : GemvRowsBesideFastGemm;
+    }
 
     /// <summary>Double-quantized block scales dequantized at once on the prompt path, on the stack: 4 KiB.</summary>
     private const int StackBlocks = 1024;
@@ -208,7 +225,7 @@ public sealed class Bnb4BitLinear : LinearLayer
         Tensor output;
         if (rows.size(0) == 0)
             output = empty(0, OutFeatures, dtype: input.dtype, device: input.device);
-        else if (rows.size(0) <= GemvRowsHere && weight.device_type == DeviceType.CPU && TryGemv(rows, out var product))
+        else if (weight.device_type == DeviceType.CPU && rows.size(0) <= GemvRowsFor(ComputeDType ?? rows.dtype) && TryGemv(rows, out var product))
             output = product;
         else
         {
@@ -219,7 +236,7 @@ public sealed class Bnb4BitLinear : LinearLayer
     }
 
     /// <summary>
-    /// Up to <see cref="GemvRows"/> rows through <see cref="Bnb4BitGemv"/>, <see cref="Bnb4BitGemv.MaxActivationRows"/> at a
+    /// Rows through <see cref="Bnb4BitGemv"/>, <see cref="Bnb4BitGemv.MaxActivationRows"/> at a
     /// time (the decode layer pass's arithmetic, so a row gets the same result in a prompt as in a decode step); false
     /// where the GEMV does not take them.
     /// </summary>
@@ -238,8 +255,14 @@ public sealed class Bnb4BitLinear : LinearLayer
         return true;
     }
 
-    /// <summary>Rows <c>[n, in_features]</c> on the CPU through <see cref="BlockwiseProduct(Tensor)"/>, in the compute dtype, returned in theirs.</summary>
-    internal Tensor DequantizingProduct(Tensor rows) => BlockwiseProduct(rows.to(ComputeDType ?? rows.dtype)).to(rows.dtype);
+    /// <summary>Whether bfloat16-compute prompts multiply in bfloat16 here, rather than in float32 on bfloat16-rounded operands.</summary>
+    internal static bool PromptsInBFloat16 { get; } = CpuFeatures.BFloat16GemmOutrunsFloat32;
+
+    /// <summary>Rows <c>[n, in_features]</c> on the CPU through <see cref="BlockwiseProduct(Tensor, bool)"/>, in the compute dtype, returned in theirs.</summary>
+    internal Tensor DequantizingProduct(Tensor rows) => DequantizingProduct(rows, PromptsInBFloat16);
+
+    /// <summary><see cref="DequantizingProduct(Tensor)"/> with bfloat16 multiplied in bfloat16 or not; for tests.</summary>
+    internal Tensor DequantizingProduct(Tensor rows, bool bfloat16Gemm) => BlockwiseProduct(rows.to(ComputeDType ?? rows.dtype), bfloat16Gemm).to(rows.dtype);
 
     /// <summary>Off the CPU: the whole weight dequantized for this product, as bitsandbytes' <c>matmul_4bit</c> does.</summary>
     private Tensor DenseProduct(Tensor rows)
@@ -258,20 +281,24 @@ public sealed class Bnb4BitLinear : LinearLayer
     /// Float16 is multiplied in float32 on float16-rounded operands: libtorch's float16 GEMM on the CPU ran at a third of
     /// its float32 rate here (no float16 arithmetic in most CPUs' vectors), while a product of two float16 values is exact
     /// in float32, so this is what a float16 GEMM accumulating in float32 computes (cuBLAS's, under bitsandbytes), rounded
-    /// to float16 once at the end.
+    /// to float16 once at the end. Bfloat16 is multiplied the same way unless <paramref name="bfloat16Gemm"/>: where
+    /// libtorch's bfloat16 GEMM does not outrun its float32 one (<see cref="CpuFeatures.BFloat16GemmOutrunsFloat32"/>; on
+    /// CPUs without bfloat16 instructions oneDNN emulates them at a third of float32's rate).
     /// </remarks>
-    private Tensor BlockwiseProduct(Tensor input)
+    private Tensor BlockwiseProduct(Tensor input, bool bfloat16Gemm)
     {
-        if (input.dtype == ScalarType.Float16)
+        if (input.dtype == ScalarType.Float16 || (input.dtype == ScalarType.BFloat16 && !bfloat16Gemm))
         {
             using var widened = input.to(ScalarType.Float32);
-            using var product = BlockwiseProduct(widened, roundToHalf: true);
-            return product.to(ScalarType.Float16);
+            using var product = MultiplyBlocks(widened, roundedTo: input.dtype);
+            return product.to(input.dtype);
         }
-        return BlockwiseProduct(input, roundToHalf: false);
+        return MultiplyBlocks(input, roundedTo: null);
     }
 
-    private Tensor BlockwiseProduct(Tensor input, bool roundToHalf)
+    /// <param name="input">Rows in the dtype the weight is dequantized to.</param>
+    /// <param name="roundedTo">Float16 or bfloat16: the weight and bias are rounded to it and held in float32 (the input's dtype).</param>
+    private Tensor MultiplyBlocks(Tensor input, ScalarType? roundedTo)
     {
         var dtype = input.dtype;
         long blockRows = Math.Clamp(ScratchElements / InFeatures, 1, OutFeatures);
@@ -279,11 +306,11 @@ public sealed class Bnb4BitLinear : LinearLayer
         long alignment = Bnb4BitQuantization.BlockSize / (long)BigInteger.GreatestCommonDivisor(InFeatures, Bnb4BitQuantization.BlockSize);
         blockRows = Math.Min(OutFeatures, Math.Max(alignment, blockRows / alignment * alignment));
         var output = empty(input.size(0), OutFeatures, dtype);
-        var typedBias = roundToHalf ? bias?.to(ScalarType.Float16).to(dtype) : bias?.to(dtype);
+        var typedBias = roundedTo is { } rounding ? bias?.to(rounding).to(dtype) : bias?.to(dtype);
         for (long first = 0; first < OutFeatures; first += blockRows)
         {
             long count = Math.Min(blockRows, OutFeatures - first);
-            var block = DequantizeRows(first, count, dtype, roundToHalf);
+            var block = DequantizeRows(first, count, dtype, roundedTo);
             using var product = nn.functional.linear(input, block, typedBias?.narrow(0, first, count));
             output.narrow(1, first, count).copy_(product);
         }
@@ -292,11 +319,26 @@ public sealed class Bnb4BitLinear : LinearLayer
 
     /// <summary>
     /// Rows <c>[first, first + count)</c> of the weight in <paramref name="dtype"/>, in this thread's scratch buffers; with
-    /// <paramref name="roundToHalf"/>, float32 holding the float16 values.
+    /// <paramref name="roundedTo"/>, float32 holding the float16 or bfloat16 values.
     /// </summary>
-    private Tensor DequantizeRows(long first, long count, ScalarType dtype, bool roundToHalf)
+    private Tensor DequantizeRows(long first, long count, ScalarType dtype, ScalarType? roundedTo)
     {
         long elements = count * InFeatures, start = first * InFeatures;
+        if (Bnb4BitDequantize.IsAvailable && (roundedTo is not null || dtype is ScalarType.Float32 or ScalarType.BFloat16))
+        {
+            // On libtorch's team, in the compute dtype in one pass.
+            var form = roundedTo switch
+            {
+                ScalarType.Float16 => Bnb4BitDequantizedForm.Float16InFloat32,
+                ScalarType.BFloat16 => Bnb4BitDequantizedForm.BFloat16InFloat32,
+                _ => dtype == ScalarType.BFloat16 ? Bnb4BitDequantizedForm.BFloat16 : Bnb4BitDequantizedForm.Float32,
+            };
+            var target = form == Bnb4BitDequantizedForm.BFloat16
+                ? Scratch(ref typedScratch, elements, ScalarType.BFloat16)
+                : Scratch(ref floatScratch, elements, ScalarType.Float32);
+            Bnb4BitDequantize.Rows(Matrix(), (int)first, (int)count, target, form);
+            return target.narrow(0, 0, elements).view(count, InFeatures);
+        }
         var scratch = Scratch(ref floatScratch, elements, ScalarType.Float32);
         int parts = (int)Math.Max(1, Math.Min(Environment.ProcessorCount, elements / (16 * 1024)));
         long partElements = (elements / parts + Bnb4BitQuantization.BlockSize - 1) / Bnb4BitQuantization.BlockSize * Bnb4BitQuantization.BlockSize;
@@ -307,10 +349,10 @@ public sealed class Bnb4BitLinear : LinearLayer
             DequantizeRange(start + from, Bnb4BitQuantization.AsFloats(scratch).Slice((int)from, (int)length));
         });
         var dense = scratch.narrow(0, 0, elements).view(count, InFeatures);
-        if (roundToHalf)
+        if (roundedTo is { } rounding)
         {
-            using var half = Scratch(ref typedScratch, elements, ScalarType.Float16).narrow(0, 0, elements).view(count, InFeatures);
-            return dense.copy_(half.copy_(dense));
+            using var rounded = Scratch(ref typedScratch, elements, rounding).narrow(0, 0, elements).view(count, InFeatures);
+            return dense.copy_(rounded.copy_(dense));
         }
         if (dtype == ScalarType.Float32) return dense;
         return Scratch(ref typedScratch, elements, dtype).narrow(0, 0, elements).view(count, InFeatures).copy_(dense);

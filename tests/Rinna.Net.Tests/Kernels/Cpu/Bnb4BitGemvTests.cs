@@ -175,7 +175,7 @@ public class Bnb4BitGemvTests
     {
         using var scope = NewDisposeScope();
         using var layer = new Bnb4BitLinear(randn(48, k) * 0.05, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true, computeDType: ScalarType.BFloat16);
-        var x = randn(Bnb4BitLinear.GemvRows + 1, k);
+        var x = randn(Bnb4BitLinear.MaxGemvRows + 1, k);
         var rows = layer.call(x);                     // more rows than the GEMV takes: dequantize to bfloat16 + matmul, as bitsandbytes
         var single = layer.call(x[1].unsqueeze(0));   // the integer GEMV where libgomp is loaded
         var batch = layer.call(x.narrow(0, 0, 4));    // the same, four rows at once
@@ -233,7 +233,7 @@ public class Bnb4BitGemvTests
         using var scope = NewDisposeScope();
         var weight = randn(48, 320) * 0.05;
         using var layer = new Bnb4BitLinear(weight, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true);
-        var x = randn(Bnb4BitLinear.GemvRows + 1, 320);
+        var x = randn(Bnb4BitLinear.MaxGemvRows + 1, 320);
         var rows = layer.call(x);                     // more rows than the GEMV takes: dequantize + matmul
         var single = layer.call(x[1].unsqueeze(0));   // GEMV where libgomp is loaded
         var batch = layer.call(x.narrow(0, 0, 3));    // the same, three rows at once
@@ -242,7 +242,7 @@ public class Bnb4BitGemvTests
     }
 
     /// <summary>
-    /// A short prompt (up to <see cref="Bnb4BitLinear.GemvRows"/> rows) goes through the GEMV a group of rows at a time, so
+    /// A short prompt (up to <see cref="Bnb4BitLinear.GemvRowsFor(ScalarType)"/> rows) goes through the GEMV a group of rows at a time, so
     /// each row gets exactly what it gets alone in a decode step, and stays within the GEMV's error of the float64 product.
     /// </summary>
     [Theory]
@@ -259,7 +259,7 @@ public class Bnb4BitGemvTests
         var gen = new Generator(23);
         using var layer = new Bnb4BitLinear(randn(n, k, generator: gen) * 0.05, randn(n, generator: gen), Bnb4BitQuantization.Nf4,
             useDoubleQuant: true, computeDType: computeDType);
-        int rows = Bnb4BitLinear.GemvRowsHere - 3; // groups of eight and a last, shorter group
+        int rows = layer.GemvRowsFor(computeDType) - 3; // groups of eight and a last, shorter group
         if (rows <= Bnb4BitGemv.MaxActivationRows)
             Assert.Skip("Without AVX2 the layer gives the GEMV one group of rows; more dequantize (the portable loops are unmeasured there).");
         var x = (randn(rows, k, generator: gen) * (arange(rows).unsqueeze(1) % 5 + 1)).to(dtype);

@@ -200,18 +200,19 @@ public class Bnb4BitQuantizationTests
     public void PromptsMatchTheDequantizedWeightAcrossScratchBlocks(ScalarType computeDType, bool doubleQuant)
     {
         // 3000 × 1500 exceeds one 4 Mi-element scratch block; 1500 is not a multiple of 64, so blocks of rows must
-        // start on the flattened weight's 64-element boundaries. 65 rows take the prompt path, not the GEMV.
+        // start on the flattened weight's 64-element boundaries. 135 rows take the prompt path, not the GEMV.
         using var scope = NewDisposeScope();
         var gen = new Generator(11);
         var weight = randn(3000, 1500, generator: gen) * 0.05;
         using var layer = new Bnb4BitLinear(weight, randn(3000, generator: gen), Bnb4BitQuantization.Nf4, doubleQuant, computeDType);
-        var x = randn(5, 13, 1500, generator: gen);
-        Assert.True(5 * 13 > Bnb4BitLinear.GemvRows);
+        var x = randn(5, 27, 1500, generator: gen);
+        Assert.True(5 * 27 > Bnb4BitLinear.MaxGemvRows);
         var actual = layer.call(x);
-        Assert.Equal(new long[] { 5, 13, 3000 }, actual.shape);
+        Assert.Equal(new long[] { 5, 27, 3000 }, actual.shape);
         var expected = x.to(computeDType).matmul(layer.DequantizeWeight(computeDType).t()).to(ScalarType.Float32) + layer.Bias!;
-        var tolerance = computeDType == ScalarType.Float32 ? 1e-4 : 0.05;
-        Assert.True((actual - expected).abs().max().item<float>() <= tolerance);
+        // Float32: accumulation order. Otherwise one unit of the 16-bit result (the bias is added before rounding here).
+        var tolerance = computeDType == ScalarType.Float32 ? 1e-4 : expected.abs().max().item<float>() * Math.ScaleB(1, -7);
+        Assert.True((actual - expected).abs().max().item<float>() <= tolerance, $"max {(actual - expected).abs().max().item<float>()} at magnitude {expected.abs().max().item<float>()}");
         if (computeDType != ScalarType.Float16) return;
         // Float16: the float16-rounded operands' exact product, accumulated in float32 and rounded to float16 once.
         var x64 = x.to(ScalarType.Float16).to(ScalarType.Float64);
@@ -226,6 +227,41 @@ public class Bnb4BitQuantizationTests
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
+    public void BFloat16PromptsMultiplyInFloat32WhereTheBFloat16GemmIsSlow(bool bfloat16Gemm)
+    {
+        // CPUs without bfloat16 instructions multiply the bfloat16-rounded operands in float32 (exact products) and
+        // round once, as a bfloat16 GEMM accumulating in float32 does; both paths run here whatever this CPU has.
+        using var scope = NewDisposeScope();
+        var gen = new Generator(13);
+        using var layer = new Bnb4BitLinear(randn(700, 1500, generator: gen) * 0.05, randn(700, generator: gen), Bnb4BitQuantization.Nf4, false, ScalarType.BFloat16);
+        var x = randn(70, 1500, generator: gen).to(ScalarType.BFloat16);
+        var actual = layer.DequantizingProduct(x, bfloat16Gemm);
+        Assert.Equal(ScalarType.BFloat16, actual.dtype);
+        var x64 = x.to(ScalarType.Float64);
+        var w64 = layer.DequantizeWeight(ScalarType.BFloat16).to(ScalarType.Float64);
+        var exact = x64.matmul(w64.t()) + layer.Bias!.to(ScalarType.BFloat16).to(ScalarType.Float64);
+        var magnitude = x64.abs().matmul(w64.abs().t()) + layer.Bias!.abs().to(ScalarType.Float64);
+        var error = (actual.to(ScalarType.Float64) - exact).abs();
+        // One rounding to bfloat16 (half a unit, 2⁻⁹ relative) beside float32 accumulation over 1500 terms.
+        Assert.True((error <= exact.abs() * Math.ScaleB(1, -8) + magnitude * 1500 * 1.2e-7 + 1e-7).all().item<bool>(),
+            $"max error {error.max().item<double>():E2}");
+        if (!bfloat16Gemm)
+        {
+            // Float32 products of the rounded operands, rounded once: libtorch's float32 product of the same operands, but
+            // for a few sums whose float32 order differs and whose rounding then falls a bfloat16 unit apart (more where
+            // the terms cancel).
+            var expected = (x.to(ScalarType.Float32).matmul(w64.to(ScalarType.Float32).t()) + layer.Bias!.to(ScalarType.BFloat16).to(ScalarType.Float32)).to(ScalarType.BFloat16);
+            var differ = actual.ne(expected);
+            var unit = expected.to(ScalarType.Float32).abs() * Math.ScaleB(1, -7) + magnitude.to(ScalarType.Float32) * 1500 * Math.ScaleB(1, -24);
+            Assert.True(differ.sum().item<long>() <= actual.numel() / 1000, $"{differ.sum().item<long>()} of {actual.numel()} differ");
+            var bad = (actual.to(ScalarType.Float32) - expected.to(ScalarType.Float32)).abs().gt(unit);
+            Assert.True(!bad.any().item<bool>(), $"{actual.masked_select(bad).to(ScalarType.Float32).str()} vs {expected.masked_select(bad).to(ScalarType.Float32).str()}");
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
     public void PromptsCopyNoBlockScalesOntoTheManagedHeap(bool doubleQuant)
     {
         // Each prompt product copied all of the layer's scales into a new array: 256 KB here (65,536 blocks), 2 MB for
@@ -233,7 +269,7 @@ public class Bnb4BitQuantizationTests
         using var scope = NewDisposeScope();
         var gen = new Generator(5);
         using var layer = new Bnb4BitLinear(randn(2048, 2048, generator: gen) * 0.05, null, Bnb4BitQuantization.Nf4, doubleQuant, ScalarType.Float32);
-        var x = randn(Bnb4BitLinear.GemvRows + 8, 2048, generator: gen);
+        var x = randn(Bnb4BitLinear.MaxGemvRows + 8, 2048, generator: gen);
         layer.call(x).Dispose(); // the per-thread scratch buffers
         long before = GC.GetAllocatedBytesForCurrentThread();
         layer.call(x).Dispose();
