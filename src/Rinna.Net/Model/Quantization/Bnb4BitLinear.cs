@@ -49,10 +49,10 @@ public sealed class Bnb4BitLinear : LinearLayer
 
     /// <summary>
     /// The most rows the GEMV takes where the prompt path multiplies faster than the GEMV: a bfloat16 GEMM in hardware
-    /// (<see cref="PromptsInBFloat16"/>), or float32 compute, whose GEMV loops do float32 arithmetic. Below each measured
-    /// crossover with a margin (benchmarks/RESULTS.md).
+    /// (<see cref="PromptsInBFloat16"/>), or float32 compute, whose GEMV loops do float32 arithmetic. 48 with AVX-512 and
+    /// 32 with AVX2, whose float32 loop is slower: below each measured crossover with a margin (benchmarks/RESULTS.md).
     /// </summary>
-    internal const int GemvRowsBesideFastGemm = 32;
+    internal static int GemvRowsBesideFastGemm { get; } = System.Runtime.Intrinsics.X86.Avx512F.IsSupported ? 48 : 32;
 
     /// <summary>
     /// The most rows one product gives the GEMV for <paramref name="computeDType"/> here: <see cref="MaxGemvRows"/> for the
