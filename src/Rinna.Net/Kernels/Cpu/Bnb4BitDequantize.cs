@@ -4,6 +4,7 @@ using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using Rinna.Net.Native;
 using TorchSharp;
+using static Rinna.Net.Kernels.Cpu.FlushToZero;
 using static TorchSharp.torch;
 
 namespace Rinna.Net.Kernels.Cpu;
@@ -43,8 +44,6 @@ internal static unsafe class Bnb4BitDequantize
 
     /// <summary>Magnitudes below this round to a float16 normal or subnormal (65520 and above round to infinity).</summary>
     private const float Float16Overflow = 65520f;
-
-    private const float MinNormal = 1.17549435e-38f;
 
     private struct Job
     {
@@ -220,15 +219,4 @@ internal static unsafe class Bnb4BitDequantize
         if (streaming && Sse2.IsSupported) Sse2.StoreAlignedNonTemporal(address, x);
         else x.Store(address);
     }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float Flush(float x) => MathF.Abs(x) < MinNormal ? MathF.CopySign(0f, x) : x;
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Flush(Vector256<float> x) =>
-        Vector256.ConditionalSelect(Vector256.LessThan(Vector256.Abs(x), Vector256.Create(MinNormal)), x & Vector256.Create(-0f), x);
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector128<float> Flush(Vector128<float> x) =>
-        Vector128.ConditionalSelect(Vector128.LessThan(Vector128.Abs(x), Vector128.Create(MinNormal)), x & Vector128.Create(-0f), x);
 }

@@ -60,10 +60,13 @@ public sealed class Bnb4BitLinear : LinearLayer
     /// for float32 compute or a hardware bfloat16 GEMM, and one group of <see cref="Bnb4BitGemv.MaxActivationRows"/>
     /// without AVX2 (the portable loops, Arm64), where they are not measured against dequantizing.
     /// </summary>
-    internal int GemvRowsFor(ScalarType computeDType)
+    internal int GemvRowsFor(ScalarType computeDType) => GemvRowsFor(computeDType, (int)InFeatures, code);
+
+    /// <summary><see cref="GemvRowsFor(ScalarType)"/> for a layer of <paramref name="columns"/> input features and this code book.</summary>
+    internal static int GemvRowsFor(ScalarType computeDType, int columns, float[] code)
     {
         if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported) return Bnb4BitGemv.MaxActivationRows;
-        bool integer = computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Bnb4BitGemv.Int16VariantFor((int)InFeatures, code) is not null;
+        bool integer = computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Bnb4BitGemv.Int16VariantFor(columns, code) is not null;
         return integer && !(computeDType == ScalarType.BFloat16 && PromptsInBFloat16) ? MaxGemvRows : GemvRowsBesideFastGemm;
     }
 

@@ -1,6 +1,7 @@
 using System.IO.Compression;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using Rinna.Net.Kernels.Cpu;
 
 namespace Rinna.Net.Model.Quantization;
 
@@ -20,16 +21,15 @@ internal static class CudaFastMath
     private static readonly Lazy<(ulong[] Above, ulong[] Below)> table = new(LoadTable);
 
     /// <summary>The smallest normal float32 (FLT_MIN); smaller magnitudes flush to zero.</summary>
-    public const float MinNormal = 1.17549435e-38f;
+    public const float MinNormal = FlushToZero.MinNormal;
 
     /// <summary>A subnormal flushed to zero of the same sign, as the GPU's <c>.ftz</c> instructions do.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static float Flush(float x) => MathF.Abs(x) < MinNormal ? MathF.CopySign(0f, x) : x;
+    public static float Flush(float x) => FlushToZero.Flush(x);
 
     /// <summary>The same, lane by lane.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Flush(Vector256<float> x) =>
-        Vector256.ConditionalSelect(Vector256.LessThan(Vector256.Abs(x), Vector256.Create(MinNormal)), x & Vector256.Create(-0f), x);
+    public static Vector256<float> Flush(Vector256<float> x) => FlushToZero.Flush(x);
 
     /// <summary><c>a * b</c> with flush-to-zero on the inputs and the result.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
