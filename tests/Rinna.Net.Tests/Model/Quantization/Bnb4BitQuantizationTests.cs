@@ -215,13 +215,25 @@ public class Bnb4BitQuantizationTests
         Assert.True((actual - expected).abs().max().item<float>() <= tolerance, $"max {(actual - expected).abs().max().item<float>()} at magnitude {expected.abs().max().item<float>()}");
         if (computeDType != ScalarType.Float16) return;
         // Float16: the float16-rounded operands' exact product, accumulated in float32 and rounded to float16 once.
-        var x64 = x.to(ScalarType.Float16).to(ScalarType.Float64);
-        var w64 = layer.DequantizeWeight(ScalarType.Float16).to(ScalarType.Float64);
-        var exact = x64.matmul(w64.t()) + layer.Bias!.to(ScalarType.Float16).to(ScalarType.Float64);
+        AssertWithinOneRoundingOfTheRoundedOperandsProduct(actual, x, layer, ScalarType.Float16, significandBits: 11);
+    }
+
+    /// <summary>
+    /// <paramref name="actual"/> is the product of <paramref name="x"/> and the layer's weight and bias, all rounded to
+    /// <paramref name="rounding"/>, exact but for float32 accumulation and one rounding to a
+    /// <paramref name="significandBits"/>-bit significand; returns the float64 magnitude of the sums' terms.
+    /// </summary>
+    private static Tensor AssertWithinOneRoundingOfTheRoundedOperandsProduct(Tensor actual, Tensor x, Bnb4BitLinear layer, ScalarType rounding, int significandBits)
+    {
+        var x64 = x.to(rounding).to(ScalarType.Float64);
+        var w64 = layer.DequantizeWeight(rounding).to(ScalarType.Float64);
+        var exact = x64.matmul(w64.t()) + layer.Bias!.to(rounding).to(ScalarType.Float64);
         var magnitude = x64.abs().matmul(w64.abs().t()) + layer.Bias!.abs().to(ScalarType.Float64);
         var error = (actual.to(ScalarType.Float64) - exact).abs();
-        Assert.True((error <= exact.abs() * Math.ScaleB(1, -11) + magnitude * 1500 * 1.2e-7 + 1e-7).all().item<bool>(),
+        long terms = x.size(-1);
+        Assert.True((error <= exact.abs() * Math.ScaleB(1, -significandBits) + magnitude * terms * 1.2e-7 + 1e-7).all().item<bool>(),
             $"max error {error.max().item<double>():E2}");
+        return magnitude;
     }
 
     [Theory]
@@ -237,20 +249,15 @@ public class Bnb4BitQuantizationTests
         var x = randn(70, 1500, generator: gen).to(ScalarType.BFloat16);
         var actual = layer.DequantizingProduct(x, bfloat16Gemm);
         Assert.Equal(ScalarType.BFloat16, actual.dtype);
-        var x64 = x.to(ScalarType.Float64);
-        var w64 = layer.DequantizeWeight(ScalarType.BFloat16).to(ScalarType.Float64);
-        var exact = x64.matmul(w64.t()) + layer.Bias!.to(ScalarType.BFloat16).to(ScalarType.Float64);
-        var magnitude = x64.abs().matmul(w64.abs().t()) + layer.Bias!.abs().to(ScalarType.Float64);
-        var error = (actual.to(ScalarType.Float64) - exact).abs();
         // One rounding to bfloat16 (half a unit, 2⁻⁹ relative) beside float32 accumulation over 1500 terms.
-        Assert.True((error <= exact.abs() * Math.ScaleB(1, -8) + magnitude * 1500 * 1.2e-7 + 1e-7).all().item<bool>(),
-            $"max error {error.max().item<double>():E2}");
+        var magnitude = AssertWithinOneRoundingOfTheRoundedOperandsProduct(actual, x, layer, ScalarType.BFloat16, significandBits: 8);
         if (!bfloat16Gemm)
         {
+            var rounded = layer.DequantizeWeight(ScalarType.BFloat16);
             // Float32 products of the rounded operands, rounded once: libtorch's float32 product of the same operands, but
             // for a few sums whose float32 order differs and whose rounding then falls a bfloat16 unit apart (more where
             // the terms cancel).
-            var expected = (x.to(ScalarType.Float32).matmul(w64.to(ScalarType.Float32).t()) + layer.Bias!.to(ScalarType.BFloat16).to(ScalarType.Float32)).to(ScalarType.BFloat16);
+            var expected = (x.to(ScalarType.Float32).matmul(rounded.to(ScalarType.Float32).t()) + layer.Bias!.to(ScalarType.BFloat16).to(ScalarType.Float32)).to(ScalarType.BFloat16);
             var differ = actual.ne(expected);
             var unit = expected.to(ScalarType.Float32).abs() * Math.ScaleB(1, -7) + magnitude.to(ScalarType.Float32) * 1500 * Math.ScaleB(1, -24);
             Assert.True(differ.sum().item<long>() <= actual.numel() / 1000, $"{differ.sum().item<long>()} of {actual.numel()} differ");
