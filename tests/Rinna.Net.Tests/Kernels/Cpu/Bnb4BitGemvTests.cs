@@ -176,7 +176,7 @@ public class Bnb4BitGemvTests
         using var scope = NewDisposeScope();
         using var layer = new Bnb4BitLinear(randn(48, k) * 0.05, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true, computeDType: ScalarType.BFloat16);
         var x = randn(Bnb4BitLinear.MaxGemvRows + 1, k);
-        var rows = layer.call(x);                     // more rows than the GEMV takes: dequantize to bfloat16 + matmul, as bitsandbytes
+        var rows = layer.call(x);                     // more rows than the GEMV takes: the prompt path (dequantize + GEMM)
         var single = layer.call(x[1].unsqueeze(0));   // the integer GEMV where libgomp is loaded
         var batch = layer.call(x.narrow(0, 0, 4));    // the same, four rows at once
         var scale = rows.narrow(0, 0, 4).abs().max().item<float>();
