@@ -6,11 +6,12 @@ using static TorchSharp.torch;
 namespace Rinna.Net.Benchmarks;
 
 /// <summary>
-/// A short prompt (a chat turn, a speculative step's proposals) through rinna-4b's <c>dense_h_to_4h</c> in NF4
-/// (11264 × 2816) on 2 threads: the GEMV, eight rows per pass over the weight, which <see cref="Bnb4BitLinear"/> takes up
-/// to <see cref="Bnb4BitLinear.GemvRowsFor(ScalarType)"/> rows (by compute dtype), against the baseline of dequantizing the weight a block at a time for
-/// libtorch's GEMM, its path for longer prompts. Each call takes the next of <see cref="Copies"/> weights, so that the
-/// codes stream from memory as in a model.
+/// A prompt (a chat turn, a speculative step's proposals, a document) through rinna-4b's <c>dense_h_to_4h</c> in NF4
+/// (11264 × 2816) on 2 threads: the GEMV, a tile of rows per pass over the weight (its integer variants) or eight (its
+/// float32 ones), which <see cref="Bnb4BitLinear"/> takes up to <see cref="Bnb4BitLinear.GemvRowsFor(ScalarType)"/> rows
+/// (by compute dtype and CPU), against the baseline of dequantizing the weight a block at a time for libtorch's GEMM, its
+/// path for more rows. Each call takes the next of <see cref="Copies"/> weights, so that the codes stream from memory as
+/// in a model.
 /// </summary>
 public class Bnb4BitPromptBenchmarks
 {
@@ -22,7 +23,7 @@ public class Bnb4BitPromptBenchmarks
     private int next;
 
     /// <summary>Prompt tokens: activation rows of the product.</summary>
-    [Params(8, 16, 32, 64)]
+    [Params(8, 32, 128, 512)]
     public int Rows { get; set; }
 
     /// <summary><c>bnb_4bit_compute_dtype</c>: the GEMV's integer variants for bfloat16 and float16, its float32 ones for float32.</summary>

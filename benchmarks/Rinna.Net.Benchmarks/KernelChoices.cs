@@ -32,8 +32,10 @@ public static class KernelChoices
         yield return "float16 prompts (33+ rows): " + (Float16Linear.PromptsInBFloat16 ? "bfloat16 GEMM" : "float32 GEMM (bfloat16 no faster here)");
         yield return $"4-bit decode: Bnb4BitGemv {Bnb4BitGemv.DefaultVariant} (float32 compute), {Bnb4BitGemv.Int16VariantFor(2816, Bnb4BitQuantization.Nf4Code)?.ToString() ?? "the same"} (bfloat16 and float16 compute, rinna-4b's rows)";
         var nf4 = Bnb4BitQuantization.Nf4Code;
-        yield return $"4-bit prompts: Bnb4BitGemv up to {Bnb4BitLinear.GemvRowsFor(TorchSharp.torch.ScalarType.BFloat16, 2816, nf4)} rows with bfloat16 compute "
-            + $"and {Bnb4BitLinear.GemvRowsFor(TorchSharp.torch.ScalarType.Float32, 2816, nf4)} with float32 (rinna-4b's rows), more dequantized by "
+        static string Rows(int rows) => rows == int.MaxValue ? "every row" : $"up to {rows} rows";
+        yield return $"4-bit prompts: Bnb4BitGemv {Rows(Bnb4BitLinear.GemvRowsFor(TorchSharp.torch.ScalarType.BFloat16, 2816, nf4))} with bfloat16 compute "
+            + $"(tiles of {Bnb4BitGemv.TileRows(2816)}), {Rows(Bnb4BitLinear.GemvRowsFor(TorchSharp.torch.ScalarType.Float16, 2816, nf4))} with float16 "
+            + $"and {Rows(Bnb4BitLinear.GemvRowsFor(TorchSharp.torch.ScalarType.Float32, 2816, nf4))} with float32 (rinna-4b's rows), more dequantized by "
             + (Bnb4BitDequantize.IsAvailable ? "Bnb4BitDequantize" : "Parallel.For") + " for a "
             + (Bnb4BitLinear.PromptsInBFloat16 ? "bfloat16" : "float32") + " GEMM with bfloat16 compute";
         yield return "decode attention: DecodeAttention" + (LibTorchOpenMp.IsAvailable ? " on libtorch's OpenMP team" : ", one thread");

@@ -65,6 +65,12 @@ internal static unsafe partial class Bnb4BitGemv
     /// </summary>
     public const int MaxActivationRows = 8;
 
+    /// <summary>
+    /// Activation rows one call of an integer variant takes: a whole prompt, which it multiplies a tile of rows at a
+    /// time (Bnb4BitGemv.Tiles.cs). Its 16-bit copy is half the size of the float activations it comes from.
+    /// </summary>
+    public const int MaxInt16ActivationRows = 1 << 14;
+
     /// <summary>bitsandbytes' 4-bit block: 64 consecutive elements of the flattened weight share a scale.</summary>
     private const int BlockSize = 64;
 
@@ -111,6 +117,11 @@ internal static unsafe partial class Bnb4BitGemv
         public short* Table16;
         public float* InverseScales;
         public int ActivationRows;
+        public void* Source;
+        public ScalarType SourceType;
+        public RowClaims SourceClaims;
+        public int TileRows;
+        public int NonFinite;
     }
 
     /// <summary>
@@ -145,40 +156,29 @@ internal static unsafe partial class Bnb4BitGemv
         if (!LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias)) return false;
         int rows = weight.Rows, columns = weight.Columns, blocks = columns / BlockSize;
         int activationRows = (int)(x.numel() / columns);
-        bool int16 = IsInt16(variant);
-        if (int16 && !FitsInt16(weight, variant)) return false;
-        bool severalRowsFit = int16 ? columns <= MaxInt16RowsColumns
-            : variant is Bnb4BitGemvVariant.Avx512 or Bnb4BitGemvVariant.Avx2 && columns % Group == 0;
-        if (activationRows > 1 && !severalRowsFit) return false;
-        // One rented buffer: the float activations, then (integer variants) a scale per 64 columns, per activation row.
-        var pooled = ArrayPool<float>.Shared.Rent(activationRows * (columns + blocks));
-        var quantized = int16 ? ArrayPool<short>.Shared.Rent(activationRows * columns) : [];
+        if (activationRows > MaxRowsPerCall(variant, columns)) return false;
+        if (IsInt16(variant))
+        {
+            if (!FitsInt16(weight, variant)) return false;
+            if (TryMultiplyInt16(x, weight, bias, variant, out result)) return true;
+            // Non-finite activations have no integer form: the float variant carries them through as libtorch would
+            // (one row here; several rows go back to the caller's dequantizing path).
+            if (activationRows > 1) return false;
+            variant = DefaultVariant;
+        }
+        // One rented buffer: the float activations, then a scale per 64 columns.
+        var pooled = ArrayPool<float>.Shared.Rent(activationRows * columns + blocks);
         try
         {
             var input = pooled.AsSpan(0, activationRows * columns);
             if (x.dtype == ScalarType.Float32) MemoryMarshal.Cast<byte, float>(x.bytes).CopyTo(input);
             else if (x.dtype == ScalarType.Float16) Float16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
             else BFloat16Bits.Widen(MemoryMarshal.Cast<byte, ushort>(x.bytes), input);
-            for (int r = 0; int16 && r < activationRows; r++)
-            {
-                if (QuantizeActivations(input.Slice(r * columns, columns), quantized.AsSpan(r * columns, columns),
-                    pooled.AsSpan(activationRows * columns + r * blocks, blocks), variant))
-                    continue;
-                // Non-finite activations have no integer form: the float variant carries them through as libtorch would
-                // (one row here; several rows go back to the caller's dequantizing path).
-                if (activationRows > 1) return false;
-                int16 = false;
-                variant = DefaultVariant;
-            }
             bool grouped = variant != Bnb4BitGemvVariant.Scalar && columns % Group == 0;
-            if (grouped && !int16) EvensThenOdds(input);
-            Span<short> table16 = stackalloc short[64];
-            if (int16) Int16Table(weight.Code, table16);
+            if (grouped) EvensThenOdds(input);
             // A float16 product is written in float32 and rounded once by libtorch (the kernels write float32 or bfloat16).
             var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype == ScalarType.Float16 ? ScalarType.Float32 : x.dtype);
             fixed (float* inputs = pooled)
-            fixed (short* quantizedInputs = quantized)
-            fixed (short* table = table16)
             fixed (float* code = weight.Code)
             fixed (float* nestedCode = weight.NestedCode)
             fixed (byte* codes = weight.Codes.bytes)
@@ -193,24 +193,37 @@ internal static unsafe partial class Bnb4BitGemv
                     Codes = codes, Code = code, Absmax = absmax, Nested = (float*)nested, NestedCode = nestedCode, Offset = weight.Offset,
                     Input = inputs, Bias = (float*)biasBytes, Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16,
                     Rows = rows, Columns = columns, Claims = new RowClaims(rows, threads, 8),
-                    Grouped = grouped, Variant = variant,
-                    Quantized = quantizedInputs, Table16 = table, InverseScales = inputs + activationRows * columns,
-                    ActivationRows = activationRows,
+                    Grouped = grouped, Variant = variant, ActivationRows = activationRows,
                 };
                 LibTorchOpenMp.Run(&RunRows, &job, threads);
             }
-            if (x.dtype == ScalarType.Float16)
-            {
-                using (output) result = output.to(ScalarType.Float16);
-            }
-            else result = output;
+            result = FinishOutput(output, x.dtype);
             return true;
         }
         finally
         {
             ArrayPool<float>.Shared.Return(pooled);
-            if (quantized.Length > 0) ArrayPool<short>.Shared.Return(quantized);
         }
+    }
+
+    /// <summary>
+    /// The most activation rows one call of <paramref name="variant"/> takes for rows of <paramref name="columns"/>: the
+    /// integer variants take a whole prompt (<see cref="MaxInt16ActivationRows"/>, a tile of rows at a time) where their
+    /// several-row loops fit the row, the AVX-512 and AVX2 float variants <see cref="MaxActivationRows"/>, the others one.
+    /// </summary>
+    internal static int MaxRowsPerCall(Bnb4BitGemvVariant variant, int columns)
+        => IsInt16(variant) ? (columns <= MaxInt16RowsColumns ? MaxInt16ActivationRows : 1)
+            : variant is Bnb4BitGemvVariant.Avx512 or Bnb4BitGemvVariant.Avx2 && columns % Group == 0 ? MaxActivationRows : 1;
+
+    /// <summary>The most activation rows one call takes with <paramref name="computeDType"/> and this weight (see <see cref="MaxRowsPerCall(Bnb4BitGemvVariant, int)"/>).</summary>
+    public static int MaxRowsPerCall(Bnb4BitMatrix weight, ScalarType computeDType)
+        => MaxRowsPerCall(computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Int16VariantFor(weight) is { } fast ? fast : DefaultVariant, weight.Columns);
+
+    /// <summary>The kernels' float32 or bfloat16 output in <paramref name="dtype"/>: float16 rounded once by libtorch.</summary>
+    private static Tensor FinishOutput(Tensor output, ScalarType dtype)
+    {
+        if (dtype != ScalarType.Float16) return output;
+        using (output) return output.to(ScalarType.Float16);
     }
 
     private static bool Eligible(Tensor x, Bnb4BitMatrix weight, Tensor? bias)
@@ -218,7 +231,7 @@ internal static unsafe partial class Bnb4BitGemv
         static bool OnCpuContiguous(Tensor t) => t.device_type == TorchSharp.DeviceType.CPU && t.is_contiguous();
         long elements = (long)weight.Rows * weight.Columns;
         return OnCpuContiguous(x) && x.dim() >= 1 && x.size(-1) == weight.Columns && x.numel() > 0
-            && x.numel() / x.size(-1) <= MaxActivationRows
+            && x.numel() / x.size(-1) <= MaxInt16ActivationRows
             && x.dtype is ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16
             && weight.Code.Length == 16 && OnCpuContiguous(weight.Codes) && weight.Codes.dtype == ScalarType.Byte
             && weight.Codes.numel() == (elements + 1) / 2 && elements / 2 < int.MaxValue
@@ -257,15 +270,9 @@ internal static unsafe partial class Bnb4BitGemv
         float* scales = ahead ? buffer : null;
         while (job->Claims.TryClaim(out int first, out int end))
         {
-            // The portable integer variant has one loop for one activation row and several.
-            if (job->ActivationRows > 1 || job->Variant == Bnb4BitGemvVariant.Vector128Int16)
+            if (job->ActivationRows > 1)
             {
                 RunRowsOfSeveral(job, first, end, scales);
-                continue;
-            }
-            if (job->Variant is Bnb4BitGemvVariant.Avx512Int16 or Bnb4BitGemvVariant.Avx2Int16)
-            {
-                RunInt16Rows(job, first, end);
                 continue;
             }
             for (int row = first; row < end; row++)
@@ -285,20 +292,6 @@ internal static unsafe partial class Bnb4BitGemv
         }
     }
 
-    /// <summary>Rows <c>[first, end)</c> of one activation row through the AVX-512 or AVX2 integer variant, a run at a time.</summary>
-    private static void RunInt16Rows(Job* job, int first, int end)
-    {
-        const int Run = 64;
-        float* values = stackalloc float[Run];
-        for (int start = first; start < end; start += Run)
-        {
-            int count = Math.Min(Run, end - start);
-            if (job->Variant == Bnb4BitGemvVariant.Avx512Int16) RunInt16Avx512(job, start, count, values);
-            else RunInt16Avx2(job, start, count, values);
-            for (int i = 0; i < count; i++) Store(job, start + i, 0, values[i]);
-        }
-    }
-
     /// <summary>
     /// Weight row <paramref name="row"/>'s product with activation row <paramref name="activationRow"/> plus the row's
     /// bias, into the output in its dtype.
@@ -312,7 +305,7 @@ internal static unsafe partial class Bnb4BitGemv
         else ((float*)job->Output)[at] = value;
     }
 
-    /// <summary>Weight rows <c>[first, end)</c> against every activation row (the integer, AVX-512 and AVX2 variants; the portable integer one always).</summary>
+    /// <summary>Weight rows <c>[first, end)</c> against every activation row (the AVX-512 and AVX2 float variants).</summary>
     private static void RunRowsOfSeveral(Job* job, int first, int end, float* scales)
     {
         int activationRows = job->ActivationRows;
@@ -321,14 +314,8 @@ internal static unsafe partial class Bnb4BitGemv
         {
             long start = (long)row * job->Columns;
             if (scales != null) RowScales(job, start, null, scales);
-            switch (job->Variant)
-            {
-                case Bnb4BitGemvVariant.Avx512Int16: RowsInt16Avx512(job, start, values); break;
-                case Bnb4BitGemvVariant.Avx2Int16: RowsInt16Avx2(job, start, values); break;
-                case Bnb4BitGemvVariant.Vector128Int16: RowsInt16Vector128(job, start, values); break;
-                case Bnb4BitGemvVariant.Avx512: Rows512(job, start, values, scales); break;
-                default: RowsAvx2(job, start, values, scales); break;
-            }
+            if (job->Variant == Bnb4BitGemvVariant.Avx512) Rows512(job, start, values, scales);
+            else RowsAvx2(job, start, values, scales);
             for (int r = 0; r < activationRows; r++) Store(job, row, r, values[r]);
         }
     }

@@ -40,12 +40,11 @@ public sealed class Bnb4BitLinear : LinearLayer
     private const long ScratchElements = 4L << 20;
 
     /// <summary>
-    /// The most rows the GEMV takes, in groups of <see cref="Bnb4BitGemv.MaxActivationRows"/> (each group reads the whole
-    /// weight), where its integer loops meet a prompt path that multiplies in float32: those loops do about as many
-    /// multiply-adds a second as libtorch's float32 GEMM, which must also dequantize every weight first. The most any
-    /// layer takes.
+    /// The most rows the GEMV takes where its integer loops meet a prompt path that multiplies in float32: every row. A
+    /// call multiplies a whole prompt a tile of rows at a time, with about as few instructions per multiply-add as
+    /// <c>vpmaddwd</c> allows, where libtorch's float32 GEMM must also dequantize every weight first.
     /// </summary>
-    internal const int MaxGemvRows = 128;
+    internal const int MaxGemvRows = int.MaxValue;
 
     /// <summary>
     /// The most rows the GEMV takes where the prompt path multiplies faster than the GEMV: a bfloat16 GEMM in hardware
@@ -246,13 +245,15 @@ public sealed class Bnb4BitLinear : LinearLayer
     internal bool TryGemv(Tensor rows, out Tensor output)
     {
         var computeDType = ComputeDType ?? rows.dtype;
+        var matrix = Matrix();
         long count = rows.size(0);
-        if (count <= Bnb4BitGemv.MaxActivationRows) return Bnb4BitGemv.TryMultiply(rows, Matrix(), bias, out output, computeDType);
+        int perCall = Math.Max(Bnb4BitGemv.MaxActivationRows, Bnb4BitGemv.MaxRowsPerCall(matrix, computeDType));
+        if (count <= perCall) return Bnb4BitGemv.TryMultiply(rows, matrix, bias, out output, computeDType);
         output = empty(count, OutFeatures, rows.dtype);
-        for (long first = 0; first < count; first += Bnb4BitGemv.MaxActivationRows)
+        for (long first = 0; first < count; first += perCall)
         {
-            long group = Math.Min(Bnb4BitGemv.MaxActivationRows, count - first);
-            if (!Bnb4BitGemv.TryMultiply(rows.narrow(0, first, group), Matrix(), bias, out var product, computeDType)) return false;
+            long group = Math.Min(perCall, count - first);
+            if (!Bnb4BitGemv.TryMultiply(rows.narrow(0, first, group), matrix, bias, out var product, computeDType)) return false;
             using (product) output.narrow(0, first, group).copy_(product);
         }
         return true;

@@ -175,8 +175,8 @@ public class Bnb4BitGemvTests
     {
         using var scope = NewDisposeScope();
         using var layer = new Bnb4BitLinear(randn(48, k) * 0.05, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true, computeDType: ScalarType.BFloat16);
-        var x = randn(Bnb4BitLinear.MaxGemvRows + 1, k);
-        var rows = layer.call(x);                     // more rows than the GEMV takes: the prompt path (dequantize + GEMM)
+        var x = randn(20, k);
+        var rows = layer.DequantizingProduct(x);      // the prompt path (dequantize + GEMM)
         var single = layer.call(x[1].unsqueeze(0));   // the integer GEMV where libgomp is loaded
         var batch = layer.call(x.narrow(0, 0, 4));    // the same, four rows at once
         var scale = rows.narrow(0, 0, 4).abs().max().item<float>();
@@ -206,7 +206,10 @@ public class Bnb4BitGemvTests
         using var layer = new Bnb4BitLinear(randn(n, k) * 0.05, randn(n), Bnb4BitQuantization.Nf4, doubleQuant);
         var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
             doubleQuant ? Bnb4BitQuantization.DynamicMap : null, n, k);
-        foreach (int count in new[] { 2, 5, Bnb4BitGemv.MaxActivationRows })
+        bool integer = variant.EndsWith("Int16", StringComparison.Ordinal);
+        // The integer variants take any number of rows a tile at a time: three tiles, the last one short.
+        int[] counts = integer ? [2, 5, Bnb4BitGemv.MaxActivationRows, 2 * Bnb4BitGemv.TileRows(k) + 3] : [2, 5, Bnb4BitGemv.MaxActivationRows];
+        foreach (int count in counts)
             foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16, ScalarType.Float16 })
             {
                 var x = (randn(count, k) * (arange(count).unsqueeze(1) + 1)).to(dtype); // rows of different scales
@@ -218,12 +221,18 @@ public class Bnb4BitGemvTests
                     Assert.True(alone[0].eq(y[r]).all().item<bool>(), $"{count} rows, row {r}, {dtype}");
                 }
             }
-        // More rows than a call takes, non-finite activations (integer variants) and the portable variants go back to the
-        // caller's path.
-        Assert.False(Bnb4BitGemv.TryMultiply(randn(Bnb4BitGemv.MaxActivationRows + 1, k), matrix, null, out _, chosen));
+        // More rows than a call takes, non-finite activations (integer variants, in any tile) and the portable variants go
+        // back to the caller's path.
+        if (!integer) Assert.False(Bnb4BitGemv.TryMultiply(randn(Bnb4BitGemv.MaxActivationRows + 1, k), matrix, null, out _, chosen));
         var bad = randn(3, k);
         bad[2, 5] = tensor(float.NaN);
-        Assert.Equal(!variant.EndsWith("Int16", StringComparison.Ordinal), Bnb4BitGemv.TryMultiply(bad, matrix, null, out _, chosen));
+        Assert.Equal(!integer, Bnb4BitGemv.TryMultiply(bad, matrix, null, out _, chosen));
+        if (integer)
+        {
+            var late = randn(counts[^1], k);
+            late[counts[^1] - 1, k - 1] = tensor(float.PositiveInfinity);
+            Assert.False(Bnb4BitGemv.TryMultiply(late, matrix, null, out _, chosen));
+        }
         Assert.False(Bnb4BitGemv.TryMultiply(randn(3, k), matrix, null, out _, Bnb4BitGemvVariant.Vector256));
     }
 
@@ -233,8 +242,8 @@ public class Bnb4BitGemvTests
         using var scope = NewDisposeScope();
         var weight = randn(48, 320) * 0.05;
         using var layer = new Bnb4BitLinear(weight, randn(48), Bnb4BitQuantization.Nf4, useDoubleQuant: true);
-        var x = randn(Bnb4BitLinear.MaxGemvRows + 1, 320);
-        var rows = layer.call(x);                     // more rows than the GEMV takes: dequantize + matmul
+        var x = randn(20, 320);
+        var rows = layer.DequantizingProduct(x);      // dequantize + matmul
         var single = layer.call(x[1].unsqueeze(0));   // GEMV where libgomp is loaded
         var batch = layer.call(x.narrow(0, 0, 3));    // the same, three rows at once
         Assert.True((rows[1] - single[0]).abs().max().item<float>() <= 1e-4f);
@@ -242,7 +251,8 @@ public class Bnb4BitGemvTests
     }
 
     /// <summary>
-    /// A short prompt (up to <see cref="Bnb4BitLinear.GemvRowsFor(ScalarType)"/> rows) goes through the GEMV a group of rows at a time, so
+    /// A prompt the GEMV takes (<see cref="Bnb4BitLinear.GemvRowsFor(ScalarType)"/>: every row for the integer variants
+    /// where prompts multiply in float32, a few dozen otherwise) goes through it a tile or a group of rows at a time, so
     /// each row gets exactly what it gets alone in a decode step, and stays within the GEMV's error of the float64 product.
     /// </summary>
     [Theory]
@@ -251,7 +261,7 @@ public class Bnb4BitGemvTests
     [InlineData(ScalarType.Float16, ScalarType.BFloat16)]   // rinna's float16 weights with bnb_4bit_compute_dtype=bfloat16
     [InlineData(ScalarType.BFloat16, ScalarType.BFloat16)]
     [InlineData(ScalarType.Float16, ScalarType.Float16)]
-    public void ShortPromptsGoThroughTheGemvAGroupOfRowsAtATime(ScalarType dtype, ScalarType computeDType)
+    public void PromptsTheGemvTakesGiveEachRowWhatItGetsInADecodeStep(ScalarType dtype, ScalarType computeDType)
     {
         if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
         using var scope = NewDisposeScope();
@@ -259,7 +269,8 @@ public class Bnb4BitGemvTests
         var gen = new Generator(23);
         using var layer = new Bnb4BitLinear(randn(n, k, generator: gen) * 0.05, randn(n, generator: gen), Bnb4BitQuantization.Nf4,
             useDoubleQuant: true, computeDType: computeDType);
-        int rows = layer.GemvRowsFor(computeDType) - 3; // groups of eight and a last, shorter group
+        // Groups of eight and a last, shorter group; or, for the integer variants, two tiles of 64 rows and a short one.
+        int rows = Math.Min(layer.GemvRowsFor(computeDType), 2 * Bnb4BitGemv.TileRows(k) + 6) - 3;
         if (rows <= Bnb4BitGemv.MaxActivationRows)
             Assert.Skip("Without AVX2 the layer gives the GEMV one group of rows; more dequantize (the portable loops are unmeasured there).");
         var x = (randn(rows, k, generator: gen) * (arange(rows).unsqueeze(1) % 5 + 1)).to(dtype);
@@ -288,6 +299,7 @@ public class Bnb4BitGemvTests
         using var layer = new Bnb4BitLinear(randn(4, 64));
         var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, null, 0, null, 4, 64);
         Assert.False(Bnb4BitGemv.TryMultiply(randn(Bnb4BitGemv.MaxActivationRows + 1, 64), matrix, null, out _, ScalarType.Float32)); // too many rows
+        Assert.False(Bnb4BitGemv.TryMultiply(randn(Bnb4BitGemv.MaxInt16ActivationRows + 1, 64), matrix, null, out _, Bnb4BitGemvVariant.Vector128Int16));
         Assert.False(Bnb4BitGemv.TryMultiply(randn(1, 64).to(ScalarType.Float64), matrix, null, out _, ScalarType.Float32));
         Assert.False(Bnb4BitGemv.TryMultiply(randn(1, 32), matrix, null, out _, ScalarType.BFloat16));
     }

@@ -200,13 +200,14 @@ public class Bnb4BitQuantizationTests
     public void PromptsMatchTheDequantizedWeightAcrossScratchBlocks(ScalarType computeDType, bool doubleQuant)
     {
         // 3000 × 1500 exceeds one 4 Mi-element scratch block; 1500 is not a multiple of 64, so blocks of rows must
-        // start on the flattened weight's 64-element boundaries. 135 rows take the prompt path, not the GEMV.
+        // start on the flattened weight's 64-element boundaries. 135 rows take the prompt path, not the GEMV (whose integer
+        // loops, which take every row, need rows of a multiple of 64).
         using var scope = NewDisposeScope();
         var gen = new Generator(11);
         var weight = randn(3000, 1500, generator: gen) * 0.05;
         using var layer = new Bnb4BitLinear(weight, randn(3000, generator: gen), Bnb4BitQuantization.Nf4, doubleQuant, computeDType);
         var x = randn(5, 27, 1500, generator: gen);
-        Assert.True(5 * 27 > Bnb4BitLinear.MaxGemvRows);
+        Assert.True(5 * 27 > layer.GemvRowsFor(computeDType));
         var actual = layer.call(x);
         Assert.Equal(new long[] { 5, 27, 3000 }, actual.shape);
         var expected = x.to(computeDType).matmul(layer.DequantizeWeight(computeDType).t()).to(ScalarType.Float32) + layer.Bias!;
@@ -276,7 +277,8 @@ public class Bnb4BitQuantizationTests
         using var scope = NewDisposeScope();
         var gen = new Generator(5);
         using var layer = new Bnb4BitLinear(randn(2048, 2048, generator: gen) * 0.05, null, Bnb4BitQuantization.Nf4, doubleQuant, ScalarType.Float32);
-        var x = randn(Bnb4BitLinear.MaxGemvRows + 8, 2048, generator: gen);
+        var x = randn(136, 2048, generator: gen);
+        Assert.True(x.size(0) > layer.GemvRowsFor(ScalarType.Float32)); // the prompt path, not the GEMV
         layer.call(x).Dispose(); // the per-thread scratch buffers
         long before = GC.GetAllocatedBytesForCurrentThread();
         layer.call(x).Dispose();
