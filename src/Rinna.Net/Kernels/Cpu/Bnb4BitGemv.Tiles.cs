@@ -26,8 +26,12 @@ internal static unsafe partial class Bnb4BitGemv
     /// </summary>
     private const int TileBytes = 48 * 1024;
 
-    /// <summary>Activation rows per tile for rows of <paramref name="columns"/>: a multiple of four from 4 to 64.</summary>
-    internal static int TileRows(int columns) => Math.Clamp(TileBytes / (2 * columns) / 4 * 4, 4, 64);
+    /// <summary>
+    /// Activation rows per tile for rows of <paramref name="columns"/>: a multiple of four from 8 to 64. At least eight, so
+    /// that a batched decode step of up to eight rows reads the weight once (longer rows then tile in L2, which measured
+    /// level with tiles of four).
+    /// </summary>
+    internal static int TileRows(int columns) => Math.Clamp(TileBytes / (2 * columns) / 4 * 4, MaxActivationRows, 64);
 
     /// <summary>
     /// <paramref name="x"/> (any number of rows up to <see cref="MaxInt16ActivationRows"/>) through the integer

@@ -23,7 +23,8 @@ internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor
 /// code book, the block's products are summed, and the sum is scaled by the block's absmax, so the float weight is never
 /// built. Five float32 variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), AVX2,
 /// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code; and three integer variants (AVX-512, AVX2,
-/// portable 128-bit vectors) for layers that compute in bfloat16 or float16 (Bnb4BitGemv.Int16.cs).
+/// portable 128-bit vectors) for layers that compute in bfloat16 or float16 (Bnb4BitGemv.Int16.cs), which also take
+/// whole prompts, a tile of rows at a time (Bnb4BitGemv.Tiles.cs).
 /// </summary>
 /// <remarks>
 /// The vector variants read 16 code bytes (32 weights) at a time, which lie in one block when the row length is a
@@ -60,8 +61,9 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>
-    /// Activation rows one call takes (a batched decode step; <see cref="Rinna.Net.Model.Quantization.Bnb4BitLinear"/>
-    /// feeds a short prompt in groups of this many): the integer, AVX-512 and AVX2 variants.
+    /// Activation rows one call of the AVX-512 and AVX2 float32 variants takes (a batched decode step;
+    /// <see cref="Rinna.Net.Model.Quantization.Bnb4BitLinear"/> feeds them a short prompt in groups of this many), and the
+    /// fewest rows of an integer variant's tile.
     /// </summary>
     public const int MaxActivationRows = 8;
 
@@ -125,9 +127,9 @@ internal static unsafe partial class Bnb4BitGemv
     }
 
     /// <summary>
-    /// Computes <c>x · Wᵀ + b</c> for a contiguous CPU row <paramref name="x"/> (float32, bfloat16 or float16, <c>[1, K]</c>; up to
-    /// <see cref="MaxActivationRows"/> rows with the integer, AVX-512 and AVX2 variants, which look each weight up once for
-    /// all rows)
+    /// Computes <c>x · Wᵀ + b</c> for a contiguous CPU row <paramref name="x"/> (float32, bfloat16 or float16, <c>[1, K]</c>;
+    /// several rows where <see cref="MaxRowsPerCall(Bnb4BitMatrix, ScalarType)"/> allows, each weight looked up once for
+    /// several rows)
     /// and an optional float32 <paramref name="bias"/>, in x's dtype. Returns false, doing nothing, where libgomp is not
     /// loaded or the operands do not fit.
     /// </summary>
