@@ -26,7 +26,7 @@ public class Bnb4BitGemvBenchmarks
     private int next;
 
     /// <summary>The kernel: a <see cref="Bnb4BitGemvVariant"/> name, or <c>Dequantize</c>.</summary>
-    [Params("Dequantize", "Scalar", "Vector128", "Vector256", "Avx2", "Avx512", "Vector128Int16", "Avx2Int16", "Avx512Int16")]
+    [Params("Dequantize", "Scalar", "Vector128", "Vector256", "Avx2", "Avx512", "Vector128Int16", "Avx2Int16", "AvxVnniInt16", "Avx512Int16")]
     public string Kernel { get; set; } = "Dequantize";
 
     /// <summary>The weight's rows × columns.</summary>

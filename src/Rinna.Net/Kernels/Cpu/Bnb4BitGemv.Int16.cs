@@ -41,12 +41,14 @@ internal static unsafe partial class Bnb4BitGemv
     /// <summary><see cref="Int16VariantFor(Bnb4BitMatrix)"/> for rows of <paramref name="columns"/> and this code book.</summary>
     public static Bnb4BitGemvVariant? Int16VariantFor(int columns, float[] code)
         => IsAccelerated(Bnb4BitGemvVariant.Avx512Int16) && FitsInt16(columns, code, Bnb4BitGemvVariant.Avx512Int16) ? Bnb4BitGemvVariant.Avx512Int16
+        : IsAccelerated(Bnb4BitGemvVariant.AvxVnniInt16) && FitsInt16(columns, code, Bnb4BitGemvVariant.AvxVnniInt16) ? Bnb4BitGemvVariant.AvxVnniInt16
         : IsAccelerated(Bnb4BitGemvVariant.Avx2Int16) && FitsInt16(columns, code, Bnb4BitGemvVariant.Avx2Int16) ? Bnb4BitGemvVariant.Avx2Int16
         : IsAccelerated(Bnb4BitGemvVariant.Vector128Int16) && FitsInt16(columns, code, Bnb4BitGemvVariant.Vector128Int16) ? Bnb4BitGemvVariant.Vector128Int16
         : null;
 
     private static bool IsInt16(Bnb4BitGemvVariant variant)
-        => variant is Bnb4BitGemvVariant.Avx512Int16 or Bnb4BitGemvVariant.Avx2Int16 or Bnb4BitGemvVariant.Vector128Int16;
+        => variant is Bnb4BitGemvVariant.Avx512Int16 or Bnb4BitGemvVariant.Avx2Int16 or Bnb4BitGemvVariant.AvxVnniInt16
+            or Bnb4BitGemvVariant.Vector128Int16;
 
     /// <summary>Columns each step of <paramref name="variant"/> reads: 64 code bytes for AVX-512, 32 for AVX2 and the portable one.</summary>
     private static int Int16Chunk(Bnb4BitGemvVariant variant) => variant == Bnb4BitGemvVariant.Avx512Int16 ? 128 : 64;
@@ -126,7 +128,8 @@ internal static unsafe partial class Bnb4BitGemv
                 switch (job.Variant)
                 {
                     case Bnb4BitGemvVariant.Avx512Int16: RunInt16Avx512(&job, start, count, values); break;
-                    case Bnb4BitGemvVariant.Avx2Int16: RunInt16Avx2(&job, start, count, values); break;
+                    case Bnb4BitGemvVariant.Avx2Int16: RunInt16Avx2<MaddDot>(&job, start, count, values); break;
+                    case Bnb4BitGemvVariant.AvxVnniInt16: RunInt16Avx2<VnniDot>(&job, start, count, values); break;
                     default:
                         for (int i = 0; i < count; i++) RowsInt16Vector128(&job, (long)(start + i) * job.Columns, values + i);
                         break;
@@ -194,7 +197,7 @@ internal static unsafe partial class Bnb4BitGemv
                 for (int w = 0; w < 32; w++)
                     target[32 * k + w] = block[4 * w + (k ^ 1)];
         }
-        else if (variant == Bnb4BitGemvVariant.Avx2Int16)
+        else if (variant is Bnb4BitGemvVariant.Avx2Int16 or Bnb4BitGemvVariant.AvxVnniInt16)
         {
             // Vector v: v & 1 picks the unpacked half of each 128-bit lane, v >> 1 the low nibble (odd weights).
             for (int v = 0; v < 4; v++)
@@ -308,7 +311,7 @@ internal static unsafe partial class Bnb4BitGemv
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit]
-    private static void RunInt16Avx2(Job* job, int first, int count, float* values)
+    private static void RunInt16Avx2<TDot>(Job* job, int first, int count, float* values) where TDot : IDot64
     {
         int blocks = job->Columns / BlockSize;
         float* scales = stackalloc float[blocks];
@@ -325,10 +328,10 @@ internal static unsafe partial class Bnb4BitGemv
             for (; scale + 2 <= end; scale += 2, codes += BlockSize, x += 2 * BlockSize)
             {
                 PrefetchAhead(codes);
-                even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
-                odd = Fma.MultiplyAdd(Block64(codes + BlockSize / 2, x + BlockSize, lowBytes, highBytes, nibble), Vector256.Create(scale[1]), odd);
+                even = Fma.MultiplyAdd(Block64<TDot>(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
+                odd = Fma.MultiplyAdd(Block64<TDot>(codes + BlockSize / 2, x + BlockSize, lowBytes, highBytes, nibble), Vector256.Create(scale[1]), odd);
             }
-            if (scale < end) even = Fma.MultiplyAdd(Block64(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
+            if (scale < end) even = Fma.MultiplyAdd(Block64<TDot>(codes, x, lowBytes, highBytes, nibble), Vector256.Create(scale[0]), even);
             values[i] = Vector256.Sum(even + odd);
         }
     }
@@ -395,7 +398,7 @@ internal static unsafe partial class Bnb4BitGemv
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     [SkipLocalsInit]
-    private static void RowsInt16Avx2(Job* job, long start, float* values)
+    private static void RowsInt16Avx2<TDot>(Job* job, long start, float* values) where TDot : IDot64
     {
         int columns = job->Columns, blocks = columns / BlockSize, activationRows = job->ActivationRows;
         float* scales = stackalloc float[activationRows * blocks];
@@ -449,22 +452,44 @@ internal static unsafe partial class Bnb4BitGemv
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         static Vector256<float> AddBlock(Vector256<short> w0, Vector256<short> w1, Vector256<short> w2, Vector256<short> w3, short* x,
             float scale, Vector256<float> total)
-            => Fma.MultiplyAdd(Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x)), Vector256.Create(scale), total);
+            => Fma.MultiplyAdd(Avx.ConvertToVector256Single(TDot.Dot64(w0, w1, w2, w3, x)), Vector256.Create(scale), total);
     }
 
     /// <summary>One block's 64 codes (32 bytes) times its 64 activations, as eight float32 partial sums.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Block64(byte* codes, short* x, Vector256<byte> lowBytes, Vector256<byte> highBytes, Vector256<byte> nibble)
+    private static Vector256<float> Block64<TDot>(byte* codes, short* x, Vector256<byte> lowBytes, Vector256<byte> highBytes, Vector256<byte> nibble)
+        where TDot : IDot64
     {
         Lookup64(codes, lowBytes, highBytes, nibble, out var w0, out var w1, out var w2, out var w3);
-        return Avx.ConvertToVector256Single(Dot64(w0, w1, w2, w3, x));
+        return Avx.ConvertToVector256Single(TDot.Dot64(w0, w1, w2, w3, x));
     }
 
-    /// <summary>64 16-bit codes times 64 activations, summed exactly into eight int32 lanes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> Dot64(Vector256<short> w0, Vector256<short> w1, Vector256<short> w2, Vector256<short> w3, short* x)
-        => Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x)) + Avx2.MultiplyAddAdjacent(w1, Vector256.Load(x + 16))
-            + (Avx2.MultiplyAddAdjacent(w2, Vector256.Load(x + 32)) + Avx2.MultiplyAddAdjacent(w3, Vector256.Load(x + 48)));
+    /// <summary>
+    /// 64 16-bit codes times 64 activations, summed exactly into eight int32 lanes: how the AVX2 integer loops multiply,
+    /// a type argument so that each variant's loop is compiled with its own instructions (the sums are the same integers).
+    /// </summary>
+    private interface IDot64
+    {
+        static abstract Vector256<int> Dot64(Vector256<short> w0, Vector256<short> w1, Vector256<short> w2, Vector256<short> w3, short* x);
+    }
+
+    /// <summary>AVX2: four <c>vpmaddwd</c> and three adds.</summary>
+    private readonly struct MaddDot : IDot64
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot64(Vector256<short> w0, Vector256<short> w1, Vector256<short> w2, Vector256<short> w3, short* x)
+            => Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x)) + Avx2.MultiplyAddAdjacent(w1, Vector256.Load(x + 16))
+                + (Avx2.MultiplyAddAdjacent(w2, Vector256.Load(x + 32)) + Avx2.MultiplyAddAdjacent(w3, Vector256.Load(x + 48)));
+    }
+
+    /// <summary>AVX-VNNI: one <c>vpmaddwd</c> and three <c>vpdpwssd</c>, which add as they multiply.</summary>
+    private readonly struct VnniDot : IDot64
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot64(Vector256<short> w0, Vector256<short> w1, Vector256<short> w2, Vector256<short> w3, short* x)
+            => AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(AvxVnni.MultiplyWideningAndAdd(
+                Avx2.MultiplyAddAdjacent(w0, Vector256.Load(x)), w1, Vector256.Load(x + 16)), w2, Vector256.Load(x + 32)), w3, Vector256.Load(x + 48));
+    }
 
     /// <summary>Two blocks' 128 codes (64 bytes) times their 128 activations: int32 lanes 0–7 the first block's, 8–15 the second's.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

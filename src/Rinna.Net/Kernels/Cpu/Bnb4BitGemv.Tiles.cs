@@ -131,7 +131,8 @@ internal static unsafe partial class Bnb4BitGemv
                         switch (job.Variant)
                         {
                             case Bnb4BitGemvVariant.Avx512Int16: RowsInt16Avx512(&job, start, values); break;
-                            case Bnb4BitGemvVariant.Avx2Int16: RowsInt16Avx2(&job, start, values); break;
+                            case Bnb4BitGemvVariant.Avx2Int16: RowsInt16Avx2<MaddDot>(&job, start, values); break;
+                            case Bnb4BitGemvVariant.AvxVnniInt16: RowsInt16Avx2<VnniDot>(&job, start, values); break;
                             default: RowsInt16Vector128(&job, start, values); break;
                         }
                         for (int r = 0; r < job.ActivationRows; r++) Store(&job, row, r, values[r]);
@@ -168,7 +169,7 @@ internal static unsafe partial class Bnb4BitGemv
         return true;
     }
 
-    /// <summary>Rows <c>[first, end)</c> of one activation row through the AVX-512 or AVX2 integer variant, a run at a time.</summary>
+    /// <summary>Rows <c>[first, end)</c> of one activation row through the AVX-512 or an AVX2 integer variant, a run at a time.</summary>
     private static void RunInt16Rows(Job* job, int first, int end)
     {
         const int Run = 64;
@@ -177,7 +178,8 @@ internal static unsafe partial class Bnb4BitGemv
         {
             int count = Math.Min(Run, end - start);
             if (job->Variant == Bnb4BitGemvVariant.Avx512Int16) RunInt16Avx512(job, start, count, values);
-            else RunInt16Avx2(job, start, count, values);
+            else if (job->Variant == Bnb4BitGemvVariant.AvxVnniInt16) RunInt16Avx2<VnniDot>(job, start, count, values);
+            else RunInt16Avx2<MaddDot>(job, start, count, values);
             for (int i = 0; i < count; i++) Store(job, start + i, 0, values[i]);
         }
     }

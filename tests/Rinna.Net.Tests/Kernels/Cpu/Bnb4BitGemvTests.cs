@@ -65,7 +65,7 @@ public class Bnb4BitGemvTests
     }
 
     private static readonly Bnb4BitGemvVariant[] Int16Variants =
-        [Bnb4BitGemvVariant.Avx512Int16, Bnb4BitGemvVariant.Avx2Int16, Bnb4BitGemvVariant.Vector128Int16];
+        [Bnb4BitGemvVariant.Avx512Int16, Bnb4BitGemvVariant.Avx2Int16, Bnb4BitGemvVariant.AvxVnniInt16, Bnb4BitGemvVariant.Vector128Int16];
 
     /// <summary>Whether a test can force <paramref name="variant"/> here: the portable ones run on every CPU.</summary>
     private static bool RunsHere(Bnb4BitGemvVariant variant)
@@ -190,6 +190,8 @@ public class Bnb4BitGemvTests
     [InlineData(nameof(Bnb4BitGemvVariant.Avx512Int16), 2816, true)]
     [InlineData(nameof(Bnb4BitGemvVariant.Avx2Int16), 192, false)]
     [InlineData(nameof(Bnb4BitGemvVariant.Avx2Int16), 2816, true)]
+    [InlineData(nameof(Bnb4BitGemvVariant.AvxVnniInt16), 192, true)]
+    [InlineData(nameof(Bnb4BitGemvVariant.AvxVnniInt16), 2816, false)]
     [InlineData(nameof(Bnb4BitGemvVariant.Vector128Int16), 192, true)]
     [InlineData(nameof(Bnb4BitGemvVariant.Vector128Int16), 2816, false)]
     [InlineData(nameof(Bnb4BitGemvVariant.Avx512), 2816, true)]
@@ -234,6 +236,29 @@ public class Bnb4BitGemvTests
             Assert.False(Bnb4BitGemv.TryMultiply(late, matrix, null, out _, chosen));
         }
         Assert.False(Bnb4BitGemv.TryMultiply(randn(3, k), matrix, null, out _, Bnb4BitGemvVariant.Vector256));
+    }
+
+    /// <summary>AVX-VNNI's loops add the same integer products as AVX2's, so every output is the same float, one row or many.</summary>
+    [Theory]
+    [InlineData(192)]
+    [InlineData(2816)]
+    public void AvxVnniGivesWhatAvx2Gives(int k)
+    {
+        if (!LibTorchOpenMp.IsAvailable) Assert.Skip("libtorch's OpenMP runtime is not loaded here, so the kernel cannot run.");
+        if (!Bnb4BitGemv.IsAccelerated(Bnb4BitGemvVariant.AvxVnniInt16)) Assert.Skip("This CPU has no AVX-VNNI (or .NET was told not to use it).");
+        using var scope = NewDisposeScope();
+        const int n = 29;
+        using var layer = new Bnb4BitLinear(randn(n, k) * 0.05, randn(n), Bnb4BitQuantization.Nf4, useDoubleQuant: true);
+        var matrix = new Bnb4BitMatrix(layer.Weight, Bnb4BitQuantization.Nf4Code, layer.Absmax, layer.NestedAbsmax, layer.Offset,
+            Bnb4BitQuantization.DynamicMap, n, k);
+        foreach (int count in new[] { 1, 5, 2 * Bnb4BitGemv.TileRows(k) + 3 })
+            foreach (var dtype in new[] { ScalarType.BFloat16, ScalarType.Float16 })
+            {
+                var x = (randn(count, k) * (arange(count).unsqueeze(1) + 1)).to(dtype);
+                Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, layer.Bias, out var vnni, Bnb4BitGemvVariant.AvxVnniInt16));
+                Assert.True(Bnb4BitGemv.TryMultiply(x, matrix, layer.Bias, out var avx2, Bnb4BitGemvVariant.Avx2Int16));
+                Assert.True(vnni.eq(avx2).all().item<bool>(), $"{count} rows, {dtype}");
+            }
     }
 
     [Fact]

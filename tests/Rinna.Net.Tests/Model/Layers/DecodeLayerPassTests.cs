@@ -99,7 +99,7 @@ public class DecodeLayerPassTests
     }
 
     public static TheoryData<string, bool> Bnb4VariantsAndDoubleQuant() =>
-        new(from variant in new[] { nameof(Bnb4BitGemvVariant.Avx2Int16), nameof(Bnb4BitGemvVariant.Vector128Int16) }
+        new(from variant in new[] { nameof(Bnb4BitGemvVariant.Avx2Int16), nameof(Bnb4BitGemvVariant.AvxVnniInt16), nameof(Bnb4BitGemvVariant.Vector128Int16) }
             from doubleQuant in new[] { false, true }
             select (variant, doubleQuant));
 
