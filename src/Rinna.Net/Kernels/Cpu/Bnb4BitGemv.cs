@@ -22,9 +22,9 @@ internal readonly record struct Bnb4BitMatrix(Tensor Codes, float[] Code, Tensor
 /// code on libtorch's OpenMP threads. The weight is dequantized in registers: each code is looked up in the 16-entry
 /// code book, the block's products are summed, and the sum is scaled by the block's absmax, so the float weight is never
 /// built. Five float32 variants (<see cref="Bnb4BitGemvVariant"/>): AVX-512 (one 16-entry permute per 16 weights), AVX2,
-/// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code; and three integer variants (AVX-512, AVX2,
-/// portable 128-bit vectors) for layers that compute in bfloat16 or float16 (Bnb4BitGemv.Int16.cs), which also take
-/// whole prompts, a tile of rows at a time (Bnb4BitGemv.Tiles.cs).
+/// portable 256- and 128-bit vectors (NEON on Arm64), and scalar code; and four integer variants (AVX-512, AVX2, AVX2
+/// with AVX-VNNI, portable 128-bit vectors) for layers that compute in bfloat16 or float16 (Bnb4BitGemv.Int16.cs),
+/// which also take whole prompts, a tile of rows at a time (Bnb4BitGemv.Tiles.cs).
 /// </summary>
 /// <remarks>
 /// The vector variants read 16 code bytes (32 weights) at a time, which lie in one block when the row length is a
