@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -145,7 +146,7 @@ internal static unsafe partial class Bnb4BitGemv
     /// </summary>
     private static void Int16Table(float[] code, Span<short> table)
     {
-        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(table);
+        var bytes = MemoryMarshal.AsBytes(table);
         for (int i = 0; i < 32; i++)
         {
             short value = (short)MathF.Round(code[i & 15] * (1 << CodeScaleBits));
@@ -171,23 +172,17 @@ internal static unsafe partial class Bnb4BitGemv
 
     /// <summary><see cref="QuantizeActivations"/> for one step of <paramref name="variant"/>: 128 activations for AVX-512, 64 for the others.</summary>
     private static bool QuantizeChunk(ReadOnlySpan<float> input, Span<short> target, Span<float> inverseScales, Bnb4BitGemvVariant variant)
+        => QuantizeChunk(input, target, inverseScales, variant, Vector128.IsHardwareAccelerated);
+
+    /// <summary><see cref="QuantizeChunk(ReadOnlySpan{float}, Span{short}, Span{float}, Bnb4BitGemvVariant)"/> on vectors or element by element (the same results); for tests.</summary>
+    internal static bool QuantizeChunk(ReadOnlySpan<float> input, Span<short> target, Span<float> inverseScales, Bnb4BitGemvVariant variant, bool vectors)
     {
         int chunk = input.Length;
         Span<short> block = stackalloc short[128];
         for (int half = 0; half < chunk; half += BlockSize)
         {
-            var values = input.Slice(half, BlockSize);
-            float largest = 0;
-            foreach (float v in values)
-            {
-                if (!float.IsFinite(v)) return false;
-                largest = Math.Max(largest, Math.Abs(v));
-            }
-            // A power of two scales exactly; blocks below 2⁻¹¹³ (whose factor would overflow float) round to zero.
-            int exponent = largest == 0 ? 0 : 14 - MathF.ILogB(largest);
-            float factor = exponent <= 127 ? MathF.ScaleB(1f, exponent) : 0f;
-            for (int i = 0; i < BlockSize; i++)
-                block[half + i] = (short)Math.Clamp(MathF.Round(values[i] * factor), -32767f, 32767f);
+            if (!QuantizeBlock(input.Slice(half, BlockSize), block.Slice(half, BlockSize), out int exponent, vectors))
+                return false;
             inverseScales[half / BlockSize] = (float)Math.ScaleB(1.0, -exponent - CodeScaleBits);
         }
         if (variant == Bnb4BitGemvVariant.Avx512Int16)
@@ -196,6 +191,20 @@ internal static unsafe partial class Bnb4BitGemv
             for (int k = 0; k < 4; k++)
                 for (int w = 0; w < 32; w++)
                     target[32 * k + w] = block[4 * w + (k ^ 1)];
+        }
+        else if (vectors)
+        {
+            // Each run of 16 split into its 8 even and 8 odd weights, placed as the scalar loops below place them.
+            bool avx2 = variant is Bnb4BitGemvVariant.Avx2Int16 or Bnb4BitGemvVariant.AvxVnniInt16;
+            ref short source = ref MemoryMarshal.GetReference(block);
+            ref short output = ref MemoryMarshal.GetReference(target);
+            for (int run = 0; run < 4; run++)
+            {
+                SplitEvensAndOdds(ref source, 16 * run, out var evens, out var odds);
+                int at = avx2 ? 8 * (run >> 1) + 16 * (run & 1) : 32 * (run >> 1) + 8 * (run & 1);
+                evens.StoreUnsafe(ref output, (nuint)at);
+                odds.StoreUnsafe(ref output, (nuint)(at + (avx2 ? 32 : 16)));
+            }
         }
         else if (variant is Bnb4BitGemvVariant.Avx2Int16 or Bnb4BitGemvVariant.AvxVnniInt16)
         {
@@ -214,6 +223,74 @@ internal static unsafe partial class Bnb4BitGemv
                     target[h + 16 + p] = block[h + 2 * p + 1];
                 }
         }
+        return true;
+    }
+
+    /// <summary>The 16 values at <paramref name="at"/> as their 8 even-indexed and 8 odd-indexed ones.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SplitEvensAndOdds(ref short source, int at, out Vector128<short> evens, out Vector128<short> odds)
+    {
+        // Each int32 lane holds an even value in its low half and the next odd one in its high half (little-endian).
+        var first = Vector128.LoadUnsafe(ref source, (nuint)at).AsInt32();
+        var second = Vector128.LoadUnsafe(ref source, (nuint)(at + 8)).AsInt32();
+        evens = Vector128.Narrow(Vector128.ShiftRightArithmetic(Vector128.ShiftLeft(first, 16), 16),
+            Vector128.ShiftRightArithmetic(Vector128.ShiftLeft(second, 16), 16));
+        odds = Vector128.Narrow(Vector128.ShiftRightArithmetic(first, 16), Vector128.ShiftRightArithmetic(second, 16));
+    }
+
+    /// <summary>
+    /// 64 activations as 16-bit integers under the power of two <c>2^exponent</c> that puts the largest in [2¹⁴, 2¹⁵),
+    /// rounded to nearest even and held within ±32767; false where a value is not finite. <paramref name="vectors"/>
+    /// does it on 128-bit vectors (every x64 and Arm64 CPU), with the same results: a decode step quantizes each of
+    /// rinna-4b's 144 products' activations, which element by element cost about 5 % of the step.
+    /// </summary>
+    internal static bool QuantizeBlock(ReadOnlySpan<float> values, Span<short> target, out int exponent, bool vectors)
+    {
+        if (values.Length != BlockSize || target.Length < BlockSize)
+            throw new ArgumentException($"A block is {BlockSize} activations into at least as many integers.", nameof(values));
+        exponent = 0;
+        float largest = 0;
+        if (vectors)
+        {
+            ref float first = ref MemoryMarshal.GetReference(values);
+            var most = Vector128<float>.Zero;
+            var finite = Vector128<float>.AllBitsSet;
+            var limit = Vector128.Create(float.MaxValue);
+            for (int i = 0; i < BlockSize; i += 4)
+            {
+                var magnitude = Vector128.Abs(Vector128.LoadUnsafe(ref first, (nuint)i));
+                finite &= Vector128.LessThanOrEqual(magnitude, limit); // false for NaN and infinity
+                most = Vector128.Max(most, magnitude);
+            }
+            if (finite.ExtractMostSignificantBits() != 0xF) return false;
+            largest = Math.Max(Math.Max(most[0], most[1]), Math.Max(most[2], most[3]));
+        }
+        else
+            foreach (float v in values)
+            {
+                if (!float.IsFinite(v)) return false;
+                largest = Math.Max(largest, Math.Abs(v));
+            }
+        // A power of two scales exactly; blocks below 2⁻¹¹³ (whose factor would overflow float) round to zero.
+        exponent = largest == 0 ? 0 : 14 - MathF.ILogB(largest);
+        float factor = exponent <= 127 ? MathF.ScaleB(1f, exponent) : 0f;
+        if (vectors)
+        {
+            ref float first = ref MemoryMarshal.GetReference(values);
+            ref short output = ref MemoryMarshal.GetReference(target);
+            var scale = Vector128.Create(factor);
+            var low = Vector128.Create(-32767f);
+            var high = Vector128.Create(32767f);
+            for (int i = 0; i < BlockSize; i += 8)
+            {
+                var a = Vector128.Min(Vector128.Max(Vector128.Round(Vector128.LoadUnsafe(ref first, (nuint)i) * scale), low), high);
+                var b = Vector128.Min(Vector128.Max(Vector128.Round(Vector128.LoadUnsafe(ref first, (nuint)(i + 4)) * scale), low), high);
+                Vector128.Narrow(Vector128.ConvertToInt32(a), Vector128.ConvertToInt32(b)).StoreUnsafe(ref output, (nuint)i);
+            }
+        }
+        else
+            for (int i = 0; i < BlockSize; i++)
+                target[i] = (short)Math.Clamp(MathF.Round(values[i] * factor), -32767f, 32767f);
         return true;
     }
 

@@ -238,6 +238,70 @@ public class Bnb4BitGemvTests
         Assert.False(Bnb4BitGemv.TryMultiply(randn(3, k), matrix, null, out _, Bnb4BitGemvVariant.Vector256));
     }
 
+    /// <summary>
+    /// The activations' 16-bit form on vectors equals the element-by-element one: ties to even (values exactly between
+    /// two integers once scaled), the ±32767 clamp, blocks too small to scale (flushed to zero), the largest finite
+    /// floats, zeros, and non-finite values anywhere in the block (refused).
+    /// </summary>
+    [Fact]
+    public void ActivationsQuantizeOnVectorsAsElementByElement()
+    {
+        var random = new Random(31);
+        var cases = new List<float[]>();
+        for (int c = 0; c < 200; c++)
+        {
+            float scale = MathF.ScaleB(1f, random.Next(-140, 127));
+            cases.Add(Enumerable.Range(0, 64).Select(_ => (float)(random.NextDouble() * 2 - 1) * scale).ToArray());
+        }
+        // Ties: the largest is 2¹⁴·2⁻¹⁰ (exponent 10), so k + 0.5 scaled by 2⁻¹⁰ lands exactly between two integers.
+        cases.Add(Enumerable.Range(0, 64).Select(i => i == 0 ? 16f : (i - 32 + 0.5f) / 1024f).ToArray());
+        cases.Add(Enumerable.Range(0, 64).Select(i => i == 0 ? -32767.5f / 2 : 0.5f * (i % 3)).ToArray()); // rounds past the clamp
+        cases.Add(new float[64]);
+        cases.Add(Enumerable.Range(0, 64).Select(i => i % 2 == 0 ? float.MaxValue : -float.Epsilon).ToArray());
+        cases.Add(Enumerable.Range(0, 64).Select(i => 1e-40f * (i - 20)).ToArray()); // below 2⁻¹¹³: no finite factor
+        foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+            foreach (int at in new[] { 0, 3, 37, 63 })
+            {
+                var block = Enumerable.Range(0, 64).Select(i => (float)i).ToArray();
+                block[at] = bad;
+                cases.Add(block);
+            }
+        foreach (var values in cases)
+        {
+            var vector = new short[64];
+            var scalar = new short[64];
+            bool vectorOk = Bnb4BitGemv.QuantizeBlock(values, vector, out int vectorExponent, vectors: true);
+            bool scalarOk = Bnb4BitGemv.QuantizeBlock(values, scalar, out int scalarExponent, vectors: false);
+            Assert.Equal(scalarOk, vectorOk);
+            Assert.Equal(values.All(float.IsFinite), scalarOk);
+            if (!scalarOk) continue;
+            Assert.Equal(scalarExponent, vectorExponent);
+            Assert.Equal(scalar, vector);
+        }
+    }
+
+    /// <summary>Each integer variant's order of the activations is the same on vectors as element by element.</summary>
+    [Theory]
+    [InlineData(nameof(Bnb4BitGemvVariant.Avx512Int16), 128)]
+    [InlineData(nameof(Bnb4BitGemvVariant.Avx2Int16), 64)]
+    [InlineData(nameof(Bnb4BitGemvVariant.AvxVnniInt16), 64)]
+    [InlineData(nameof(Bnb4BitGemvVariant.Vector128Int16), 64)]
+    public void ActivationsAreOrderedOnVectorsAsElementByElement(string variant, int chunk)
+    {
+        var chosen = Enum.Parse<Bnb4BitGemvVariant>(variant);
+        var random = new Random(chunk);
+        for (int c = 0; c < 20; c++)
+        {
+            var input = Enumerable.Range(0, chunk).Select(_ => (float)(random.NextDouble() * 2 - 1) * (c + 1)).ToArray();
+            short[] vector = new short[chunk], scalar = new short[chunk];
+            float[] vectorScales = new float[chunk / 64], scalarScales = new float[chunk / 64];
+            Assert.True(Bnb4BitGemv.QuantizeChunk(input, vector, vectorScales, chosen, vectors: true));
+            Assert.True(Bnb4BitGemv.QuantizeChunk(input, scalar, scalarScales, chosen, vectors: false));
+            Assert.Equal(scalar, vector);
+            Assert.Equal(scalarScales, vectorScales);
+        }
+    }
+
     /// <summary>AVX-VNNI's loops add the same integer products as AVX2's, so every output is the same float, one row or many.</summary>
     [Theory]
     [InlineData(192)]
