@@ -55,25 +55,17 @@ internal static unsafe partial class Bnb4BitGemv
             fixed (short* quantizedInputs = quantized)
             fixed (float* scales = inverseScales)
             fixed (short* table = table16)
-            fixed (float* code = weight.Code)
-            fixed (float* nestedCode = weight.NestedCode)
-            fixed (byte* codes = weight.Codes.bytes)
-            fixed (byte* absmax = weight.Absmax.bytes)
-            fixed (byte* nested = weight.NestedAbsmax is null ? default : weight.NestedAbsmax.bytes)
-            fixed (byte* biasBytes = bias is null ? default : bias.bytes)
             fixed (byte* source = x.bytes)
-            fixed (byte* outputBytes = output.bytes)
             {
                 int threads = get_num_threads();
                 var job = new Job
                 {
-                    Codes = codes, Code = code, Absmax = absmax, Nested = (float*)nested, NestedCode = nestedCode, Offset = weight.Offset,
-                    Bias = (float*)biasBytes, Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16,
-                    Rows = rows, Columns = columns, Claims = new RowClaims(tiles * rows, threads, 8), Grouped = true, Variant = variant,
+                    OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
+                    Claims = new RowClaims(tiles * rows, threads, 8), Grouped = true, Variant = variant,
                     Quantized = quantizedInputs, Table16 = table, InverseScales = scales, ActivationRows = activationRows,
                     Source = source, SourceType = x.dtype, SourceClaims = new RowClaims(activationRows, threads, 1), TileRows = tileRows,
                 };
-                LibTorchOpenMp.Run(&RunTiles, &job, threads);
+                RunOnTeam(&RunTiles, ref job, weight, bias, output, threads);
                 nonFinite = job.NonFinite != 0;
             }
         }

@@ -182,23 +182,14 @@ internal static unsafe partial class Bnb4BitGemv
             // A float16 product is written in float32 and rounded once by libtorch (the kernels write float32 or bfloat16).
             var output = empty(TensorShapes.WithLastDimension(x, rows), dtype: x.dtype == ScalarType.Float16 ? ScalarType.Float32 : x.dtype);
             fixed (float* inputs = pooled)
-            fixed (float* code = weight.Code)
-            fixed (float* nestedCode = weight.NestedCode)
-            fixed (byte* codes = weight.Codes.bytes)
-            fixed (byte* absmax = weight.Absmax.bytes)
-            fixed (byte* nested = weight.NestedAbsmax is null ? default : weight.NestedAbsmax.bytes)
-            fixed (byte* biasBytes = bias is null ? default : bias.bytes)
-            fixed (byte* outputBytes = output.bytes)
             {
                 int threads = get_num_threads();
                 var job = new Job
                 {
-                    Codes = codes, Code = code, Absmax = absmax, Nested = (float*)nested, NestedCode = nestedCode, Offset = weight.Offset,
-                    Input = inputs, Bias = (float*)biasBytes, Output = outputBytes, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16,
-                    Rows = rows, Columns = columns, Claims = new RowClaims(rows, threads, 8),
-                    Grouped = grouped, Variant = variant, ActivationRows = activationRows,
+                    Input = inputs, OutputIsBFloat16 = x.dtype == ScalarType.BFloat16, Rows = rows, Columns = columns,
+                    Claims = new RowClaims(rows, threads, 8), Grouped = grouped, Variant = variant, ActivationRows = activationRows,
                 };
-                LibTorchOpenMp.Run(&RunRows, &job, threads);
+                RunOnTeam(&RunRows, ref job, weight, bias, output, threads);
             }
             result = FinishOutput(output, x.dtype);
             return true;
@@ -206,6 +197,33 @@ internal static unsafe partial class Bnb4BitGemv
         finally
         {
             ArrayPool<float>.Shared.Return(pooled);
+        }
+    }
+
+    /// <summary>
+    /// Pins the weight's, the bias's and the output's memory, puts their addresses in <paramref name="job"/>, and runs
+    /// <paramref name="body"/> on <paramref name="threads"/> threads of libtorch's team.
+    /// </summary>
+    private static void RunOnTeam(delegate* unmanaged<void*, void> body, ref Job job, Bnb4BitMatrix weight, Tensor? bias, Tensor output, int threads)
+    {
+        fixed (float* code = weight.Code)
+        fixed (float* nestedCode = weight.NestedCode)
+        fixed (byte* codes = weight.Codes.bytes)
+        fixed (byte* absmax = weight.Absmax.bytes)
+        fixed (byte* nested = weight.NestedAbsmax is null ? default : weight.NestedAbsmax.bytes)
+        fixed (byte* biasBytes = bias is null ? default : bias.bytes)
+        fixed (byte* outputBytes = output.bytes)
+        fixed (Job* pinned = &job)
+        {
+            job.Codes = codes;
+            job.Code = code;
+            job.Absmax = absmax;
+            job.Nested = (float*)nested;
+            job.NestedCode = nestedCode;
+            job.Offset = weight.Offset;
+            job.Bias = (float*)biasBytes;
+            job.Output = outputBytes;
+            LibTorchOpenMp.Run(body, pinned, threads);
         }
     }
 
