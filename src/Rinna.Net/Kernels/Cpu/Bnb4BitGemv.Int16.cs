@@ -241,8 +241,8 @@ internal static unsafe partial class Bnb4BitGemv
     /// <summary>
     /// 64 activations as 16-bit integers under the power of two <c>2^exponent</c> that puts the largest in [2¹⁴, 2¹⁵),
     /// rounded to nearest even and held within ±32767; false where a value is not finite. <paramref name="vectors"/>
-    /// does it on 128-bit vectors (every x64 and Arm64 CPU), with the same results: a decode step quantizes each of
-    /// rinna-4b's 144 products' activations, which element by element cost about 5 % of the step.
+    /// does it on 128-bit vectors (every x64 and Arm64 CPU), with the same results: a decode step quantizes the
+    /// activations of each of a model's products, which element by element was a visible share of the step.
     /// </summary>
     internal static bool QuantizeBlock(ReadOnlySpan<float> values, Span<short> target, out int exponent, bool vectors)
     {

@@ -9,10 +9,10 @@ namespace Rinna.Net.Kernels.Cpu;
 /// <summary>
 /// How the integer variants multiply many activation rows (a prompt, a batched step): in one OpenMP region the team
 /// first turns the activations into 16-bit integers, a row per claim, then multiplies them a tile of rows at a time.
-/// A tile's integer activations stay in the core's L2 cache while the weight streams past them once per tile, and each
-/// code looked up is multiplied with four activation rows (AVX-512 and AVX2), so a prompt costs about as many
-/// instructions per multiply-add as <c>vpmaddwd</c> itself, where libtorch's float32 GEMM must first dequantize every
-/// weight and then does half as many multiply-adds per instruction.
+/// A tile's integer activations stay in the core's L1 cache (L2 for long rows) while the weight streams past them once
+/// per tile, and each code looked up is multiplied with four activation rows (AVX-512 and AVX2), so the lookup is a
+/// small share of the work. Where prompts would otherwise multiply in float32 this beats dequantizing the weight for
+/// libtorch's GEMM at every prompt length measured (benchmarks/RESULTS.md).
 /// </summary>
 /// <remarks>
 /// Every row gets exactly what it gets alone (the same sums in the same order), so a prompt's rows agree bit for bit
@@ -21,8 +21,8 @@ namespace Rinna.Net.Kernels.Cpu;
 internal static unsafe partial class Bnb4BitGemv
 {
     /// <summary>
-    /// Bytes of 16-bit activations one tile holds: about an L1 data cache. Tiles of 4 and 8 rows of 2816 columns ran
-    /// 10–20 % faster than tiles of 16 to 64 (in L2), though the weight then streams past once per tile.
+    /// Bytes of 16-bit activations one tile holds: about an L1 data cache. Tiles in L1 ran faster than larger ones in
+    /// L2, though the weight then streams past more often (benchmarks/RESULTS.md).
     /// </summary>
     private const int TileBytes = 48 * 1024;
 

@@ -41,8 +41,8 @@ public sealed class Bnb4BitLinear : LinearLayer
 
     /// <summary>
     /// The most rows the GEMV takes where its integer loops meet a prompt path that multiplies in float32: every row. A
-    /// call multiplies a whole prompt a tile of rows at a time, with about as few instructions per multiply-add as
-    /// <c>vpmaddwd</c> allows, where libtorch's float32 GEMM must also dequantize every weight first.
+    /// call multiplies a whole prompt a tile of rows at a time, which beat dequantizing for libtorch's float32 GEMM at
+    /// every prompt length measured (benchmarks/RESULTS.md).
     /// </summary>
     internal const int MaxGemvRows = int.MaxValue;
 
