@@ -142,9 +142,12 @@ internal static unsafe partial class Bnb4BitGemv
     /// (<see cref="Int16VariantFor(Bnb4BitMatrix)"/>); float32 keeps float32 arithmetic.</param>
     public static bool TryMultiply(Tensor x, Bnb4BitMatrix weight, Tensor? bias, out Tensor result, ScalarType computeDType)
     {
-        var variant = computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Int16VariantFor(weight) is { } fast ? fast : DefaultVariant;
-        return TryMultiply(x, weight, bias, out result, variant);
+        return TryMultiply(x, weight, bias, out result, VariantFor(weight, computeDType));
     }
+
+    /// <summary>The variant a layer computing in <paramref name="computeDType"/> runs: an integer one for bfloat16 and float16 where one fits, else the widest float32 one.</summary>
+    private static Bnb4BitGemvVariant VariantFor(Bnb4BitMatrix weight, ScalarType computeDType)
+        => computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Int16VariantFor(weight) is { } fast ? fast : DefaultVariant;
 
     /// <summary>
     /// <see cref="TryMultiply(Tensor, Bnb4BitMatrix, Tensor?, out Tensor, ScalarType)"/> with a chosen variant; for tests and
@@ -157,7 +160,7 @@ internal static unsafe partial class Bnb4BitGemv
                 or Bnb4BitGemvVariant.Vector128Int16) && !IsAccelerated(variant))
             return false;
         if (!LibTorchOpenMp.IsAvailable || !Eligible(x, weight, bias)) return false;
-        int rows = weight.Rows, columns = weight.Columns, blocks = columns / BlockSize;
+        int rows = weight.Rows, columns = weight.Columns;
         int activationRows = (int)(x.numel() / columns);
         if (activationRows > MaxRowsPerCall(variant, columns)) return false;
         if (IsInt16(variant))
@@ -169,8 +172,8 @@ internal static unsafe partial class Bnb4BitGemv
             if (activationRows > 1) return false;
             variant = DefaultVariant;
         }
-        // One rented buffer: the float activations, then a scale per 64 columns.
-        var pooled = ArrayPool<float>.Shared.Rent(activationRows * columns + blocks);
+        // The float activations, reordered for the vector loops.
+        var pooled = ArrayPool<float>.Shared.Rent(activationRows * columns);
         try
         {
             var input = pooled.AsSpan(0, activationRows * columns);
@@ -238,7 +241,7 @@ internal static unsafe partial class Bnb4BitGemv
 
     /// <summary>The most activation rows one call takes with <paramref name="computeDType"/> and this weight (see <see cref="MaxRowsPerCall(Bnb4BitGemvVariant, int)"/>).</summary>
     public static int MaxRowsPerCall(Bnb4BitMatrix weight, ScalarType computeDType)
-        => MaxRowsPerCall(computeDType is ScalarType.BFloat16 or ScalarType.Float16 && Int16VariantFor(weight) is { } fast ? fast : DefaultVariant, weight.Columns);
+        => MaxRowsPerCall(VariantFor(weight, computeDType), weight.Columns);
 
     /// <summary>The kernels' float32 or bfloat16 output in <paramref name="dtype"/>: float16 rounded once by libtorch.</summary>
     private static Tensor FinishOutput(Tensor output, ScalarType dtype)

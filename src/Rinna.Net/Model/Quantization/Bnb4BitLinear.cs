@@ -19,13 +19,14 @@ namespace Rinna.Net.Model.Quantization;
 /// <c>quantize_4bit</c> stores it (<see cref="Bnb4BitQuantization"/>).
 /// </summary>
 /// <remarks>
-/// On the CPU, up to 32–128 rows by compute dtype (eight without AVX2) go through a managed GEMV that dequantizes in
-/// registers and never builds the float weight (<see cref="Bnb4BitGemv"/>, eight rows per pass over the weight): a
-/// decode step, a batched step, a chat turn, a speculative step's proposals, a short prompt. It computes in float32 when
-/// the compute dtype is float32, and with a 16-bit integer form of the code book and activations, more precise than the
-/// dtype, when it is bfloat16 or float16. More rows (a long prompt) dequantize a block of output features at a time into
-/// a reused per-thread buffer and multiply it with libtorch: in the compute dtype, or, for float16 and (where the CPU has
-/// no fast bfloat16 GEMM) bfloat16, in float32 on the rounded operands. Off the CPU the whole weight is dequantized, as
+/// On the CPU, rows go through a managed GEMV that dequantizes in registers and never builds the float weight
+/// (<see cref="Bnb4BitGemv"/>): a decode step, a batched step, a chat turn, a speculative step's proposals, and with
+/// bfloat16 or float16 compute whole prompts. It computes in float32 when the compute dtype is float32 (up to 32–48
+/// rows, eight per pass over the weight), and with a 16-bit integer form of the code book and activations, more precise
+/// than the dtype, when it is bfloat16 or float16 (every row, a tile at a time, unless the CPU has a fast bfloat16
+/// GEMM; eight rows without AVX2). Other prompts dequantize a block of output features at a time into a reused
+/// per-thread buffer and multiply it with libtorch: in the compute dtype, or, for float16 and (where the CPU has no fast
+/// bfloat16 GEMM) bfloat16, in float32 on the rounded operands. Off the CPU the whole weight is dequantized, as
 /// bitsandbytes does. The float weight given to the constructor is read block by block and not kept: the layer holds
 /// about 0.56 byte per weight (0.52 with double quantization).
 /// </remarks>
@@ -238,9 +239,9 @@ public sealed class Bnb4BitLinear : LinearLayer
     }
 
     /// <summary>
-    /// Rows through <see cref="Bnb4BitGemv"/>, <see cref="Bnb4BitGemv.MaxActivationRows"/> at a
-    /// time (the decode layer pass's arithmetic, so a row gets the same result in a prompt as in a decode step); false
-    /// where the GEMV does not take them.
+    /// Rows through <see cref="Bnb4BitGemv"/>, as many per call as it takes (<see cref="Bnb4BitGemv.MaxRowsPerCall(Bnb4BitMatrix, ScalarType)"/>;
+    /// the decode layer pass's arithmetic, so a row gets the same result in a prompt as in a decode step); false where
+    /// the GEMV does not take them.
     /// </summary>
     internal bool TryGemv(Tensor rows, out Tensor output)
     {
