@@ -236,13 +236,100 @@ public class Int8LinearTests
             foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
             {
                 var input = x.to(dtype);
-                var script = AtenInt8Kernels.ScriptLinear(input, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+                var script = Int8Reference.ScriptWithExactSums(input, layer, threshold);
                 var fallback = AtenInt8Kernels.FallbackLinear(input, layer.Weight, layer.WeightScale, layer.Bias, threshold);
                 Assert.Equal(dtype, fallback.dtype);
                 var tolerance = dtype == ScalarType.Float32 ? 1e-5 : 1e-2;
                 Assert.True(Int8Reference.MaxAbs(script.to(ScalarType.Float32) - fallback.to(ScalarType.Float32)) <= tolerance * Int8Reference.MaxAbs(script),
                     $"threshold {threshold}, {dtype}");
             }
+    }
+
+    /// <summary>
+    /// <see cref="AtenInt8Kernels.IntMmIsExactOnCpu"/> tells the truth: <c>_int_mm</c> of a prompt's rows of 127 with weight
+    /// rows of 127 (what a saturating 16-bit pair sum clips) equals the exact sums exactly when it says so.
+    /// </summary>
+    [Fact]
+    public void IntMmIsExactOnCpuSaysWhetherItsSumsAreExact()
+    {
+        if (!AtenInt8Kernels.IsScriptAvailable) Assert.Skip($"the TorchScript int8 product is unavailable: {AtenInt8Kernels.ScriptFailure}");
+        using var scope = NewDisposeScope();
+        var x = full(40, 1000, 127, dtype: ScalarType.Int8);
+        var w = full(24, 1000, 127, dtype: ScalarType.Int8);
+        var sums = AtenInt8Kernels.Product(x, w);
+        Assert.Equal(AtenInt8Kernels.IntMmIsExactOnCpu, sums.eq(127 * 127 * 1000).all().item<bool>());
+    }
+
+    /// <summary>
+    /// The reference the other tests use where <c>_int_mm</c> is not exact (the script's steps in TorchSharp around exact
+    /// int64 sums) gives the script's bits wherever <c>_int_mm</c> is exact: prompts, outliers, both dtypes, a bias.
+    /// </summary>
+    [Fact]
+    public void ScriptStepsAroundExactSumsGiveTheScriptsBits()
+    {
+        if (!AtenInt8Kernels.IsScriptAvailable) Assert.Skip($"the TorchScript int8 product is unavailable: {AtenInt8Kernels.ScriptFailure}");
+        if (!AtenInt8Kernels.IntMmIsExactOnCpu) Assert.Skip("oneDNN's _int_mm does not return exact sums on this CPU (no VNNI), so the script is no reference here.");
+        using var scope = NewDisposeScope();
+        var gen = new Generator(21);
+        using var layer = new Int8Linear(randn(300, 2816, generator: gen) * 0.02, randn(300, generator: gen));
+        var x = randn(70, 2816, generator: gen).mul_(1.5);
+        x[3, 100] = tensor(25f);
+        foreach (var threshold in new[] { 0.0, 6.0 })
+            foreach (var dtype in new[] { ScalarType.Float32, ScalarType.BFloat16 })
+            {
+                var input = x.to(dtype);
+                var script = AtenInt8Kernels.ScriptLinear(input, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+                var stepwise = AtenInt8Kernels.LinearAround(input, layer.Weight, layer.WeightScale, layer.Bias, threshold, Int8Reference.ExactSums);
+                Assert.True(stepwise.equal(script).all().item<bool>(), $"threshold {threshold}, {dtype}");
+            }
+    }
+
+    /// <summary>
+    /// The path that serves CPUs whose <c>_int_mm</c> saturates (the script's steps around <see cref="Int8Gemv"/>, any
+    /// number of rows) gives the script's arithmetic with exact sums bit for bit, on every CPU Int8Gemv runs on: fewer
+    /// rows than one call takes, several calls' worth with a short last one, outlier columns, K with a tail.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 2816, 700, ScalarType.BFloat16)]
+    [InlineData(33, 2816, 300, ScalarType.Float32)]
+    [InlineData(70, 1031, 129, ScalarType.BFloat16)]
+    public void StepwisePathGivesTheScriptsArithmeticWithExactSums(int rows, int k, int n, ScalarType dtype)
+    {
+        if (!Int8Gemv.IsSupported) Assert.Skip("no Int8Gemv variant runs on this CPU.");
+        using var scope = NewDisposeScope();
+        var gen = new Generator((ulong)(rows * 7 + k));
+        using var layer = new Int8Linear(randn(n, k, generator: gen) * 0.02, randn(n, generator: gen));
+        var x = randn(rows, k, generator: gen).mul_(1.5);
+        x[rows / 2, k / 3] = tensor(25f);
+        foreach (var threshold in new[] { 0.0, 6.0 })
+        {
+            var input = x.to(dtype);
+            var stepwise = AtenInt8Kernels.StepwiseLinear(input, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+            var reference = AtenInt8Kernels.LinearAround(input, layer.Weight, layer.WeightScale, layer.Bias, threshold, Int8Reference.ExactSums);
+            Assert.Equal(dtype, stepwise.dtype);
+            Assert.True(stepwise.equal(reference).all().item<bool>(),
+                $"threshold {threshold}: max diff {Int8Reference.MaxAbs(stepwise.to(ScalarType.Float32) - reference.to(ScalarType.Float32))}");
+        }
+    }
+
+    /// <summary>
+    /// A prompt whose activations and weights are all at the int8 limit (every pair of byte products past what a 16-bit
+    /// lane holds) gets exact sums from the layer on this CPU, whichever product it takes: oneDNN's <c>_int_mm</c>
+    /// clipped these without VNNI.
+    /// </summary>
+    [Fact]
+    public void PromptRowsAtTheInt8LimitGetExactSums()
+    {
+        using var scope = NewDisposeScope();
+        using var layer = new Int8Linear(full(48, 2816, 0.01f), threshold: 6.0);
+        foreach (int rows in new[] { 1, 40 })
+        {
+            var x = full(rows, 2816, 0.5f);
+            var output = layer.forward(x);
+            var exact = AtenInt8Kernels.LinearAround(x, layer.Weight, layer.WeightScale, null, 6.0, Int8Reference.ExactSums);
+            Assert.True(output.equal(exact).all().item<bool>(), $"{rows} row(s): {output[0, 0].item<float>()} against {exact[0, 0].item<float>()}");
+            Assert.Equal(0.5 * 0.01 * 2816, output[0, 0].item<float>(), 0.05);
+        }
     }
 
     /// <summary>
@@ -270,7 +357,7 @@ public class Int8LinearTests
                     $"row {r} threshold {threshold} was not taken");
                 quantized?.Dispose();
                 var managed = AtenInt8Kernels.Linear(row, layer.Weight, layer.WeightScale, layer.Bias, threshold);
-                var script = AtenInt8Kernels.ScriptLinear(row, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+                var script = Int8Reference.ScriptWithExactSums(row, layer, threshold);
                 Assert.Equal(dtype, managed.dtype);
                 Assert.True(managed.equal(script).all().item<bool>(), $"row {r}, threshold {threshold}: max diff {Int8Reference.MaxAbs(managed.to(ScalarType.Float32) - script.to(ScalarType.Float32))}");
             }
@@ -283,7 +370,7 @@ public class Int8LinearTests
             var absMax = rows.to(ScalarType.Float32).abs().amax([1]).data<float>().ToArray();
             Assert.Equal(absMax.Select(m => m / 127f), scales.Take(3)); // each row on its own scale
             var managed = AtenInt8Kernels.Linear(rows, layer.Weight, layer.WeightScale, layer.Bias, threshold);
-            var script = AtenInt8Kernels.ScriptLinear(rows, layer.Weight, layer.WeightScale, layer.Bias, threshold);
+            var script = Int8Reference.ScriptWithExactSums(rows, layer, threshold);
             Assert.True(managed.equal(script).all().item<bool>(), $"three rows, threshold {threshold}");
         }
     }
@@ -320,9 +407,9 @@ public class Int8LinearTests
         var scales = new float[Int8Gemv.MaxRows];
         Assert.True(RowwiseInt8.TryQuantize(rows, 0.0, out var quantized, scales, width));
         using (quantized)
-        using (var accumulator = AtenInt8Kernels.Product(quantized, layer.Weight))
+        using (var accumulator = quantized.to(ScalarType.Int64).matmul(layer.Weight.to(ScalarType.Int64).t()).to(ScalarType.Int32))
         {
-            var script = AtenInt8Kernels.ScriptLinear(rows, layer.Weight, layer.WeightScale, layer.Bias, 0.0);
+            var script = Int8Reference.ScriptWithExactSums(rows, layer, 0.0);
             var rescaled = RowwiseInt8.Rescale(accumulator, scales.AsSpan(0, 3), layer.WeightScale, layer.Bias, dtype, width: width);
             Assert.True(rescaled.equal(script).all().item<bool>(), $"max diff {Int8Reference.MaxAbs(rescaled.to(ScalarType.Float32) - script.to(ScalarType.Float32))}");
             var added = RowwiseInt8.Rescale(accumulator, scales.AsSpan(0, 3), layer.WeightScale, layer.Bias, dtype, residual: residual, width: width);

@@ -1,3 +1,5 @@
+using Rinna.Net.Kernels;
+using Rinna.Net.Model.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -64,6 +66,20 @@ internal static class Int8Reference
         if (bias is not null) result += bias.to(ScalarType.Float64);
         return result;
     }
+
+    /// <summary>
+    /// What the TorchScript layer returns when its integer product is exact: the script itself where
+    /// <see cref="AtenInt8Kernels.IntMmIsExactOnCpu"/>, else the script's steps around libtorch's int64 product (exact, no
+    /// oneDNN), which <c>ScriptStepsAroundExactSumsGiveTheScriptsBits</c> checks against the script where it is exact.
+    /// </summary>
+    public static Tensor ScriptWithExactSums(Tensor x, Int8Linear layer, double threshold)
+        => AtenInt8Kernels.IntMmIsExactOnCpu
+            ? AtenInt8Kernels.ScriptLinear(x, layer.Weight, layer.WeightScale, layer.Bias, threshold)
+            : AtenInt8Kernels.LinearAround(x, layer.Weight, layer.WeightScale, layer.Bias, threshold, ExactSums);
+
+    /// <summary>Σ x·w as int64 (libtorch's own loop, no oneDNN), returned as float32 as the script's rescale converts its int32 sums.</summary>
+    public static Tensor ExactSums(Tensor xq, Tensor weight)
+        => xq.to(ScalarType.Int64).matmul(weight.to(ScalarType.Int64).t()).to(ScalarType.Int32).to(ScalarType.Float32);
 
     public static double RelativeL2(Tensor actual, Tensor expected)
     {
