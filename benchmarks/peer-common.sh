@@ -12,14 +12,14 @@ PY=/usr/bin/python3
 
 # ISA=avx2 measures both sides as on a CPU with AVX2, FMA and F16C but no AVX-512 or VNNI (the CI machine's kind): each
 # runtime is told to stop at AVX2. .NET's intrinsics then report AVX-512 and AVX-VNNI absent, so our kernels take their
-# AVX2/Vector256 paths and LLamaSharp, which asks .NET, loads its avx2 build of llama.cpp; libtorch's kernels and MKL
-# (float prompts) are capped by their own switches. oneDNN is not: capped, its int8 products (_int_mm, int8 prompts) come
-# out wrong on this CPU, so int8 prompts still use VNNI and their prefill figures overstate an AVX2 CPU. Same cores and
-# memory, so it shows the kernels, not another chip.
+# AVX2/Vector256 paths and LLamaSharp, which asks .NET, loads its avx2 build of llama.cpp; libtorch's kernels, MKL
+# (float prompts) and oneDNN (bfloat16 and int8 GEMMs) are capped by their own switches. Capped, oneDNN's int8 GEMM
+# saturates as it does on a real CPU without VNNI, and the library then keeps int8 products off it (docs/quantization.md).
+# Same cores and memory, so it shows the kernels, not another chip.
 case "${ISA:-native}" in
   native) ;;
   avx2) export DOTNET_EnableAVX512=0 DOTNET_EnableAVXVNNI=0 DOTNET_EnableAVX10v1=0 DOTNET_EnableAVX10v2=0 \
-      ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ;;
+      ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
   *) echo "ISA must be native or avx2, not '$ISA'" >&2; exit 2 ;;
 esac
 

@@ -1,3 +1,4 @@
+using Rinna.Net.Kernels;
 using Rinna.Net.Kernels.Cpu;
 using Rinna.Net.Model.Layers;
 using Rinna.Net.Model.Quantization;
@@ -29,6 +30,8 @@ public static class KernelChoices
             ? $"MultiRowGemv {rows} (float16 {(MultiRowGemv.SupportsFloat16 ? $"yes, {Float16Gemv.Widening.ToString().ToLowerInvariant()} widening{ExactWideningBy(rows)}" : "no")}, float32 {(MultiRowGemv.SupportsFloat32 ? "yes" : "no")})"
             : "libtorch");
         yield return "int8 decode: " + (Int8Gemv.IsPreferredForDecode ? $"Int8Gemv {Int8Gemv.DefaultVariant}, 2-32 rows Int8Gemv {Int8Gemv.RowsVariant}" : "oneDNN's _int_mm");
+        yield return "int8 prompts (33+ rows): " + (AtenInt8Kernels.IntMmIsExactOnCpu ? "oneDNN's _int_mm"
+            : Int8Gemv.IsSupported ? $"Int8Gemv {Int8Gemv.RowsVariant}, 32 rows a call (oneDNN's _int_mm saturates here)" : "float32 blocks (oneDNN's _int_mm saturates here)");
         yield return "float16 prompts (33+ rows): " + (Float16Linear.PromptsInBFloat16 ? "bfloat16 GEMM" : "float32 GEMM (bfloat16 no faster here)");
         yield return $"4-bit decode: Bnb4BitGemv {Bnb4BitGemv.DefaultVariant} (float32 compute), {Bnb4BitGemv.Int16VariantFor(2816, Bnb4BitQuantization.Nf4Code)?.ToString() ?? "the same"} (bfloat16 and float16 compute, rinna-4b's rows)";
         var nf4 = Bnb4BitQuantization.Nf4Code;
