@@ -30,8 +30,9 @@ internal enum Int8GemvVariant
 /// <summary>
 /// The int8 × int8 → int32 product of LLM.int8() for one row of quantized activations (a decode step) or a few (up to
 /// <see cref="MaxRows"/>: a continuous-batching step), in managed vector code on libtorch's OpenMP threads:
-/// <c>acc[m,n] = Σₖ W[n,k] · x[m,k]</c>, exactly what ATen's <c>_int_mm</c> returns. Each weight row is read from memory
-/// once for all activation rows, four at a time while it sits in L1.
+/// <c>acc[m,n] = Σₖ W[n,k] · x[m,k]</c>, exact integer sums (what ATen's <c>_int_mm</c> returns where oneDNN's are exact).
+/// Each weight row is read from memory once for all activation rows, which pass it four at a time while it sits in L1,
+/// two weight rows together on x64. Prompts take it too where <c>_int_mm</c> is not exact, 32 rows a call.
 /// </summary>
 /// <remarks>
 /// Why: without VNNI, oneDNN's int8 GEMM behind <c>_int_mm</c> is compute-bound for a single row, and int8 decode ran
@@ -206,6 +207,7 @@ internal static unsafe class Int8Gemv
         var job = (Job*)state;
         int columns = job->Columns, inputRows = job->InputRows;
         bool vnni = job->Variant == Int8GemvVariant.AvxVnni;
+        bool paired = vnni || job->Variant is Int8GemvVariant.Avx2 or Int8GemvVariant.Avx512;
         short** inputs = stackalloc short*[RowsPerPass];
         sbyte** byteInputs = stackalloc sbyte*[RowsPerPass];
         int* inputSums = stackalloc int[RowsPerPass];
@@ -216,9 +218,15 @@ internal static unsafe class Int8Gemv
             for (int row = first; row < end; row++)
             {
                 var weight = job->Weight + (long)row * columns;
-                if (vnni)
+                if (inputRows == 1 && !vnni)
                 {
-                    // Two weight rows at a time share each activation load; a last odd row is paired with itself.
+                    job->Output[row] = Dot(job->Variant, weight, job->Input, columns);
+                    continue;
+                }
+                if (paired)
+                {
+                    // Two weight rows at a time share each activation load, which bounded the one-row loop (1.3–1.6× on
+                    // AVX2, benchmarks/RESULTS.md); a last odd row is paired with itself.
                     var next = row + 1 < end ? weight + columns : weight;
                     for (int pass = 0; pass < inputRows; pass += RowsPerPass)
                     {
@@ -227,10 +235,16 @@ internal static unsafe class Int8Gemv
                         for (int i = 0; i < RowsPerPass; i++)
                         {
                             int inputRow = pass + (i < count ? i : 0);
-                            byteInputs[i] = job->Input + (long)inputRow * columns;
-                            inputSums[i] = job->InputSums[inputRow];
+                            if (vnni)
+                            {
+                                byteInputs[i] = job->Input + (long)inputRow * columns;
+                                inputSums[i] = job->InputSums[inputRow];
+                            }
+                            else inputs[i] = job->WideInput + (long)inputRow * columns;
                         }
-                        Dot2x4Vnni(weight, next, byteInputs, inputSums, columns, pairSums);
+                        if (vnni) Dot2x4Vnni(weight, next, byteInputs, inputSums, columns, pairSums);
+                        else if (job->Variant == Int8GemvVariant.Avx512) Dot2x4x512(weight, next, inputs, columns, pairSums);
+                        else Dot2x4x256(weight, next, inputs, columns, pairSums);
                         for (int i = 0; i < count; i++)
                         {
                             job->Output[(long)(pass + i) * job->Rows + row] = pairSums[i];
@@ -240,18 +254,13 @@ internal static unsafe class Int8Gemv
                     if (next != weight) row++;
                     continue;
                 }
-                if (inputRows == 1)
-                {
-                    job->Output[row] = Dot(job->Variant, weight, job->Input, columns);
-                    continue;
-                }
                 for (int pass = 0; pass < inputRows; pass += RowsPerPass)
                 {
                     int count = Math.Min(RowsPerPass, inputRows - pass);
                     // As above, a short last pass repeats its first row.
                     for (int i = 0; i < RowsPerPass; i++)
                         inputs[i] = job->WideInput + (long)(pass + (i < count ? i : 0)) * columns;
-                    Dot4(job->Variant, weight, inputs, columns, sums);
+                    Dot4x128(weight, inputs, columns, sums);
                     for (int i = 0; i < count; i++) job->Output[(long)(pass + i) * job->Rows + row] = sums[i];
                 }
             }
@@ -305,63 +314,90 @@ internal static unsafe class Int8Gemv
         sums[7] = Vector256.Sum(b3) - 128 * inputSums[3] + Tail(weight1, x3, c, columns);
     }
 
-    private static void Dot4(Int8GemvVariant variant, sbyte* weight, short** inputs, int columns, int* sums)
-    {
-        if (variant == Int8GemvVariant.Avx512) Dot4x512(weight, inputs, columns, sums);
-        else if (variant == Int8GemvVariant.Avx2) Dot4x256(weight, inputs, columns, sums);
-        else Dot4x128(weight, inputs, columns, sums);
-    }
-
-    /// <summary>One weight row with four sign-extended activation rows: 32 products per row and step.</summary>
+    /// <summary>
+    /// Two weight rows with four sign-extended activation rows: 32 products per row pair and step, each activation
+    /// vector loaded once for both weight rows. Sums go to <paramref name="sums"/>[0..3] for <paramref name="weight"/>
+    /// and [4..7] for <paramref name="weight1"/>.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot4x512(sbyte* weight, short** inputs, int columns, int* sums)
+    private static void Dot2x4x512(sbyte* weight, sbyte* weight1, short** inputs, int columns, int* sums)
     {
         short* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
         Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector512<int> b0 = default, b1 = default, b2 = default, b3 = default;
         int c = 0;
         for (; c + 32 <= columns; c += 32)
         {
             Sse.Prefetch0(weight + c + PrefetchAhead);
+            Sse.Prefetch0(weight1 + c + PrefetchAhead);
             var w = Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(weight + c));
-            a0 += Avx512BW.MultiplyAddAdjacent(w, Avx512F.LoadVector512(x0 + c));
-            a1 += Avx512BW.MultiplyAddAdjacent(w, Avx512F.LoadVector512(x1 + c));
-            a2 += Avx512BW.MultiplyAddAdjacent(w, Avx512F.LoadVector512(x2 + c));
-            a3 += Avx512BW.MultiplyAddAdjacent(w, Avx512F.LoadVector512(x3 + c));
+            var v = Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(weight1 + c));
+            var x = Avx512F.LoadVector512(x0 + c);
+            a0 += Avx512BW.MultiplyAddAdjacent(w, x);
+            b0 += Avx512BW.MultiplyAddAdjacent(v, x);
+            x = Avx512F.LoadVector512(x1 + c);
+            a1 += Avx512BW.MultiplyAddAdjacent(w, x);
+            b1 += Avx512BW.MultiplyAddAdjacent(v, x);
+            x = Avx512F.LoadVector512(x2 + c);
+            a2 += Avx512BW.MultiplyAddAdjacent(w, x);
+            b2 += Avx512BW.MultiplyAddAdjacent(v, x);
+            x = Avx512F.LoadVector512(x3 + c);
+            a3 += Avx512BW.MultiplyAddAdjacent(w, x);
+            b3 += Avx512BW.MultiplyAddAdjacent(v, x);
         }
-        sums[0] = Vector512.Sum(a0) + Tail(weight, x0, c, columns);
-        sums[1] = Vector512.Sum(a1) + Tail(weight, x1, c, columns);
-        sums[2] = Vector512.Sum(a2) + Tail(weight, x2, c, columns);
-        sums[3] = Vector512.Sum(a3) + Tail(weight, x3, c, columns);
+        StorePair(Vector512.Sum(a0), Vector512.Sum(a1), Vector512.Sum(a2), Vector512.Sum(a3),
+            Vector512.Sum(b0), Vector512.Sum(b1), Vector512.Sum(b2), Vector512.Sum(b3), weight, weight1, inputs, c, columns, sums);
     }
 
-    /// <summary>The AVX2 form of <see cref="Dot4x512"/>: 16 products per row and step.</summary>
+    /// <summary>The AVX2 form of <see cref="Dot2x4x512"/>: 16 products per row pair and step.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot4x256(sbyte* weight, short** inputs, int columns, int* sums)
+    private static void Dot2x4x256(sbyte* weight, sbyte* weight1, short** inputs, int columns, int* sums)
     {
         short* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
         Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
+        Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
         int c = 0;
-        for (; c + 32 <= columns; c += 32)
+        for (; c + 16 <= columns; c += 16)
         {
             Sse.Prefetch0(weight + c + PrefetchAhead);
+            Sse.Prefetch0(weight1 + c + PrefetchAhead);
             var w = Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight + c));
-            a0 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x0 + c));
-            a1 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x1 + c));
-            a2 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x2 + c));
-            a3 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x3 + c));
-            w = Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight + c + 16));
-            a0 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x0 + c + 16));
-            a1 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x1 + c + 16));
-            a2 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x2 + c + 16));
-            a3 += Avx2.MultiplyAddAdjacent(w, Avx.LoadVector256(x3 + c + 16));
+            var v = Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight1 + c));
+            var x = Avx.LoadVector256(x0 + c);
+            a0 += Avx2.MultiplyAddAdjacent(w, x);
+            b0 += Avx2.MultiplyAddAdjacent(v, x);
+            x = Avx.LoadVector256(x1 + c);
+            a1 += Avx2.MultiplyAddAdjacent(w, x);
+            b1 += Avx2.MultiplyAddAdjacent(v, x);
+            x = Avx.LoadVector256(x2 + c);
+            a2 += Avx2.MultiplyAddAdjacent(w, x);
+            b2 += Avx2.MultiplyAddAdjacent(v, x);
+            x = Avx.LoadVector256(x3 + c);
+            a3 += Avx2.MultiplyAddAdjacent(w, x);
+            b3 += Avx2.MultiplyAddAdjacent(v, x);
         }
-        sums[0] = Vector256.Sum(a0) + Tail(weight, x0, c, columns);
-        sums[1] = Vector256.Sum(a1) + Tail(weight, x1, c, columns);
-        sums[2] = Vector256.Sum(a2) + Tail(weight, x2, c, columns);
-        sums[3] = Vector256.Sum(a3) + Tail(weight, x3, c, columns);
+        StorePair(Vector256.Sum(a0), Vector256.Sum(a1), Vector256.Sum(a2), Vector256.Sum(a3),
+            Vector256.Sum(b0), Vector256.Sum(b1), Vector256.Sum(b2), Vector256.Sum(b3), weight, weight1, inputs, c, columns, sums);
     }
 
-    /// <summary>The portable form of <see cref="Dot4x512"/>: int16 products (exact, |w·x| ≤ 127²) widened into int32 sums.</summary>
+    /// <summary>A pair's eight vector sums with the columns past the last whole step added, into <paramref name="sums"/>.</summary>
+    private static void StorePair(int a0, int a1, int a2, int a3, int b0, int b1, int b2, int b3, sbyte* weight, sbyte* weight1,
+        short** inputs, int from, int columns, int* sums)
+    {
+        sums[0] = a0 + Tail(weight, inputs[0], from, columns);
+        sums[1] = a1 + Tail(weight, inputs[1], from, columns);
+        sums[2] = a2 + Tail(weight, inputs[2], from, columns);
+        sums[3] = a3 + Tail(weight, inputs[3], from, columns);
+        sums[4] = b0 + Tail(weight1, inputs[0], from, columns);
+        sums[5] = b1 + Tail(weight1, inputs[1], from, columns);
+        sums[6] = b2 + Tail(weight1, inputs[2], from, columns);
+        sums[7] = b3 + Tail(weight1, inputs[3], from, columns);
+    }
+
+    /// <summary>
+    /// One weight row with four sign-extended activation rows, portably: int16 products (exact, |w·x| ≤ 127²) widened into
+    /// int32 sums. Unpaired, as the x64 loops were before pairing measured faster; Arm64 is unmeasured.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Dot4x128(sbyte* weight, short** inputs, int columns, int* sums)
     {
