@@ -243,8 +243,8 @@ internal static unsafe class Int8Gemv
                             else inputs[i] = job->WideInput + (long)inputRow * columns;
                         }
                         if (vnni) Dot2x4Vnni(weight, next, byteInputs, inputSums, columns, pairSums);
-                        else if (job->Variant == Int8GemvVariant.Avx512) Dot2x4x512(weight, next, inputs, columns, pairSums);
-                        else Dot2x4x256(weight, next, inputs, columns, pairSums);
+                        else if (job->Variant == Int8GemvVariant.Avx512) Dot2x4<Words512, Vector512<short>, Vector512<int>>(weight, next, inputs, columns, pairSums);
+                        else Dot2x4<Words256, Vector256<short>, Vector256<int>>(weight, next, inputs, columns, pairSums);
                         for (int i = 0; i < count; i++)
                         {
                             job->Output[(long)(pass + i) * job->Rows + row] = pairSums[i];
@@ -315,69 +315,73 @@ internal static unsafe class Int8Gemv
     }
 
     /// <summary>
-    /// Two weight rows with four sign-extended activation rows: 32 products per row pair and step, each activation
-    /// vector loaded once for both weight rows. Sums go to <paramref name="sums"/>[0..3] for <paramref name="weight"/>
-    /// and [4..7] for <paramref name="weight1"/>.
+    /// Two weight rows with four sign-extended activation rows, <typeparamref name="TLanes"/>'s products per row pair
+    /// and step (32 on AVX-512, 16 on AVX2), each activation vector loaded once for both weight rows. Sums go to
+    /// <paramref name="sums"/>[0..3] for <paramref name="weight"/> and [4..7] for <paramref name="weight1"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot2x4x512(sbyte* weight, sbyte* weight1, short** inputs, int columns, int* sums)
+    private static void Dot2x4<TLanes, TWords, TSums>(sbyte* weight, sbyte* weight1, short** inputs, int columns, int* sums)
+        where TLanes : struct, IWordLanes<TWords, TSums> where TWords : unmanaged where TSums : unmanaged
     {
         short* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
-        Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector512<int> b0 = default, b1 = default, b2 = default, b3 = default;
+        TSums a0 = default, a1 = default, a2 = default, a3 = default;
+        TSums b0 = default, b1 = default, b2 = default, b3 = default;
         int c = 0;
-        for (; c + 32 <= columns; c += 32)
+        for (; c + TLanes.Count <= columns; c += TLanes.Count)
         {
             Sse.Prefetch0(weight + c + PrefetchAhead);
             Sse.Prefetch0(weight1 + c + PrefetchAhead);
-            var w = Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(weight + c));
-            var v = Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(weight1 + c));
-            var x = Avx512F.LoadVector512(x0 + c);
-            a0 += Avx512BW.MultiplyAddAdjacent(w, x);
-            b0 += Avx512BW.MultiplyAddAdjacent(v, x);
-            x = Avx512F.LoadVector512(x1 + c);
-            a1 += Avx512BW.MultiplyAddAdjacent(w, x);
-            b1 += Avx512BW.MultiplyAddAdjacent(v, x);
-            x = Avx512F.LoadVector512(x2 + c);
-            a2 += Avx512BW.MultiplyAddAdjacent(w, x);
-            b2 += Avx512BW.MultiplyAddAdjacent(v, x);
-            x = Avx512F.LoadVector512(x3 + c);
-            a3 += Avx512BW.MultiplyAddAdjacent(w, x);
-            b3 += Avx512BW.MultiplyAddAdjacent(v, x);
+            TWords w = TLanes.Widen(weight + c), v = TLanes.Widen(weight1 + c);
+            var x = TLanes.Load(x0 + c);
+            a0 = TLanes.MultiplyAddAdjacent(w, x, a0);
+            b0 = TLanes.MultiplyAddAdjacent(v, x, b0);
+            x = TLanes.Load(x1 + c);
+            a1 = TLanes.MultiplyAddAdjacent(w, x, a1);
+            b1 = TLanes.MultiplyAddAdjacent(v, x, b1);
+            x = TLanes.Load(x2 + c);
+            a2 = TLanes.MultiplyAddAdjacent(w, x, a2);
+            b2 = TLanes.MultiplyAddAdjacent(v, x, b2);
+            x = TLanes.Load(x3 + c);
+            a3 = TLanes.MultiplyAddAdjacent(w, x, a3);
+            b3 = TLanes.MultiplyAddAdjacent(v, x, b3);
         }
-        StorePair(Vector512.Sum(a0), Vector512.Sum(a1), Vector512.Sum(a2), Vector512.Sum(a3),
-            Vector512.Sum(b0), Vector512.Sum(b1), Vector512.Sum(b2), Vector512.Sum(b3), weight, weight1, inputs, c, columns, sums);
+        StorePair(TLanes.Sum(a0), TLanes.Sum(a1), TLanes.Sum(a2), TLanes.Sum(a3),
+            TLanes.Sum(b0), TLanes.Sum(b1), TLanes.Sum(b2), TLanes.Sum(b3), weight, weight1, inputs, c, columns, sums);
     }
 
-    /// <summary>The AVX2 form of <see cref="Dot2x4x512"/>: 16 products per row pair and step.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot2x4x256(sbyte* weight, sbyte* weight1, short** inputs, int columns, int* sums)
+    /// <summary>What <see cref="Dot2x4{TLanes, TWords, TSums}"/> needs of a vector width: int16 words and their int32 pair sums.</summary>
+    private interface IWordLanes<TWords, TSums> where TWords : unmanaged where TSums : unmanaged
     {
-        short* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
-        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
-        int c = 0;
-        for (; c + 16 <= columns; c += 16)
-        {
-            Sse.Prefetch0(weight + c + PrefetchAhead);
-            Sse.Prefetch0(weight1 + c + PrefetchAhead);
-            var w = Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight + c));
-            var v = Avx2.ConvertToVector256Int16(Sse2.LoadVector128(weight1 + c));
-            var x = Avx.LoadVector256(x0 + c);
-            a0 += Avx2.MultiplyAddAdjacent(w, x);
-            b0 += Avx2.MultiplyAddAdjacent(v, x);
-            x = Avx.LoadVector256(x1 + c);
-            a1 += Avx2.MultiplyAddAdjacent(w, x);
-            b1 += Avx2.MultiplyAddAdjacent(v, x);
-            x = Avx.LoadVector256(x2 + c);
-            a2 += Avx2.MultiplyAddAdjacent(w, x);
-            b2 += Avx2.MultiplyAddAdjacent(v, x);
-            x = Avx.LoadVector256(x3 + c);
-            a3 += Avx2.MultiplyAddAdjacent(w, x);
-            b3 += Avx2.MultiplyAddAdjacent(v, x);
-        }
-        StorePair(Vector256.Sum(a0), Vector256.Sum(a1), Vector256.Sum(a2), Vector256.Sum(a3),
-            Vector256.Sum(b0), Vector256.Sum(b1), Vector256.Sum(b2), Vector256.Sum(b3), weight, weight1, inputs, c, columns, sums);
+        /// <summary>Words per vector: the columns one step takes.</summary>
+        static abstract int Count { get; }
+
+        /// <summary><see cref="Count"/> bytes sign-extended to words.</summary>
+        static abstract TWords Widen(sbyte* bytes);
+
+        static abstract TWords Load(short* words);
+
+        /// <summary><paramref name="sum"/> plus the products of <paramref name="a"/> and <paramref name="b"/> added in adjacent pairs (<c>vpmaddwd</c>).</summary>
+        static abstract TSums MultiplyAddAdjacent(TWords a, TWords b, TSums sum);
+
+        static abstract int Sum(TSums sums);
+    }
+
+    private readonly struct Words512 : IWordLanes<Vector512<short>, Vector512<int>>
+    {
+        public static int Count => 32;
+        public static Vector512<short> Widen(sbyte* bytes) => Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(bytes));
+        public static Vector512<short> Load(short* words) => Avx512F.LoadVector512(words);
+        public static Vector512<int> MultiplyAddAdjacent(Vector512<short> a, Vector512<short> b, Vector512<int> sum) => sum + Avx512BW.MultiplyAddAdjacent(a, b);
+        public static int Sum(Vector512<int> sums) => Vector512.Sum(sums);
+    }
+
+    private readonly struct Words256 : IWordLanes<Vector256<short>, Vector256<int>>
+    {
+        public static int Count => 16;
+        public static Vector256<short> Widen(sbyte* bytes) => Avx2.ConvertToVector256Int16(Sse2.LoadVector128(bytes));
+        public static Vector256<short> Load(short* words) => Avx.LoadVector256(words);
+        public static Vector256<int> MultiplyAddAdjacent(Vector256<short> a, Vector256<short> b, Vector256<int> sum) => sum + Avx2.MultiplyAddAdjacent(a, b);
+        public static int Sum(Vector256<int> sums) => Vector256.Sum(sums);
     }
 
     /// <summary>A pair's eight vector sums with the columns past the last whole step added, into <paramref name="sums"/>.</summary>
