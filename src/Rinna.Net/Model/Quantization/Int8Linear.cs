@@ -18,8 +18,9 @@ namespace Rinna.Net.Model.Quantization;
 /// </summary>
 /// <remarks>
 /// The float weight is quantized block by block when the layer is built and is not kept: the layer holds about one
-/// byte per weight element (plus 4 bytes per output row for the scale and the bias). The product runs on ATen's int8
-/// GEMM (<see cref="AtenInt8Kernels"/>), which streams half the bytes of a bfloat16 <c>linear</c>.
+/// byte per weight element (plus 4 bytes per output row for the scale and the bias). <see cref="AtenInt8Kernels"/> runs
+/// the product with exact integer sums: a managed int8 GEMV for decode steps, ATen's int8 GEMM for prompts where its
+/// sums are exact on the CPU (the managed kernel elsewhere); either streams half the bytes of a bfloat16 <c>linear</c>.
 /// Converting the module with <c>to(ScalarType)</c> changes nothing, because its storage dtypes are fixed; moving it to
 /// another device moves every buffer.
 /// </remarks>
