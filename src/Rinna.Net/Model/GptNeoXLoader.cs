@@ -1,6 +1,7 @@
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Rinna.Net.Checkpoint;
+using Rinna.Net.Kernels;
 using Rinna.Net.Model.Adapters;
 using Rinna.Net.Model.DeviceMap;
 using Rinna.Net.Model.Layers;
@@ -58,6 +59,8 @@ internal static class GptNeoXLoader
             config.NumHiddenLayers, string.Join(", ", checkpoint.Files), checkpoint.Format, stored, dtype,
             matrixDType != dtype ? $" with {matrixDType} matrices" : "",
             quantization.LoadIn8Bit ? " and int8 linear layers" : quantization.LoadIn4Bit ? $" and 4-bit {quantization.Bnb4BitQuantType} linear layers" : "", spec);
+        if (quantization.LoadIn8Bit && plan.Values.Contains("cpu") && !AtenInt8Kernels.IntMmIsExactOnCpu)
+            logger.LogInformation("int8 on CPU: ATen's _int_mm does not return exact sums on this CPU (oneDNN's int8 GEMM saturates without VNNI), so int8 prompts run in the managed int8 GEMV");
 
         int loaded = 0;
         // Weights about to be quantized are read as stored, so they are rounded once (to int8), not twice.

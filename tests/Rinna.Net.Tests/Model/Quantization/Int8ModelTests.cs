@@ -23,6 +23,20 @@ public class Int8ModelTests
         return AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model(fixture), new ModelLoadOptions { QuantizationConfig = quantization });
     }
 
+    /// <summary>
+    /// A CPU load in int8 says in the log when int8 prompts leave <c>_int_mm</c> because its sums are not exact here, and
+    /// only then (on a VNNI CPU the check passes and nothing is said).
+    /// </summary>
+    [Fact]
+    public async Task LoadLogsWhenInt8PromptsLeaveIntMm()
+    {
+        var logs = new Rinna.Net.Tests.Tokenization.CollectingLoggerFactory();
+        using var model = await AutoModelForCausalLM.FromPretrainedAsync(Fixtures.Model("tiny-neox-rinna"),
+            new ModelLoadOptions { LoadIn8Bit = true, LoggerFactory = logs });
+        bool said = logs.Messages.Any(m => m.Text.Contains("_int_mm does not return exact sums", StringComparison.Ordinal));
+        Assert.Equal(!Rinna.Net.Kernels.AtenInt8Kernels.IntMmIsExactOnCpu, said);
+    }
+
     [Theory]
     [MemberData(nameof(ReferenceModel.All), MemberType = typeof(ReferenceModel))]
     public async Task Int8LogitsStayCloseToTheFloat32Reference(string fixture)
