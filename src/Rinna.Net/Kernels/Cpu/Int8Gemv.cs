@@ -225,8 +225,8 @@ internal static unsafe class Int8Gemv
                 }
                 if (paired)
                 {
-                    // Two weight rows at a time share each activation load, which bounded the one-row loop (1.3–1.6× on
-                    // AVX2, benchmarks/RESULTS.md); a last odd row is paired with itself.
+                    // Two weight rows at a time share each activation load, which bounded the one-row loop
+                    // (benchmarks/RESULTS.md); a last odd row is paired with itself.
                     var next = row + 1 < end ? weight + columns : weight;
                     for (int pass = 0; pass < inputRows; pass += RowsPerPass)
                     {
