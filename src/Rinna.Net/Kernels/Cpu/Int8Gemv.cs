@@ -56,7 +56,7 @@ internal static unsafe class Int8Gemv
     /// <summary>The longest row whose offset sums cannot overflow int32 in the VNNI variant: 255 · 128 · K &lt; 2³¹.</summary>
     private const int MaxOffsetColumns = 65_000;
 
-    /// <summary>Columns per step of <see cref="Dot2x4Vnni"/>; the columns past the last whole step are summed as integers.</summary>
+    /// <summary>Columns per step of <see cref="OffsetBytes256"/>; the columns past the last whole step are summed as integers.</summary>
     private const int VnniStep = 32;
 
     /// <summary>The longest row whose sums cannot overflow int32: 127² · K &lt; 2³¹.</summary>
@@ -213,6 +213,9 @@ internal static unsafe class Int8Gemv
         int* inputSums = stackalloc int[RowsPerPass];
         int* sums = stackalloc int[RowsPerPass];
         int* pairSums = stackalloc int[2 * RowsPerPass];
+        // VNNI's weight offset reaches the loop as an argument, which the JIT keeps in a register; a constant inside the
+        // loop it rebuilt every step.
+        var signBit = Vector256.Create((byte)0x80);
         while (job->Claims.TryClaim(out int first, out int end))
         {
             for (int row = first; row < end; row++)
@@ -242,9 +245,24 @@ internal static unsafe class Int8Gemv
                             }
                             else inputs[i] = job->WideInput + (long)inputRow * columns;
                         }
-                        if (vnni) Dot2x4Vnni(weight, next, byteInputs, inputSums, columns, pairSums);
-                        else if (job->Variant == Int8GemvVariant.Avx512) Dot2x4<Words512, Vector512<short>, Vector512<int>>(weight, next, inputs, columns, pairSums);
-                        else Dot2x4<Words256, Vector256<short>, Vector256<int>>(weight, next, inputs, columns, pairSums);
+                        int done = vnni
+                            ? Dot2x4<OffsetBytes256, sbyte, Vector256<byte>, Vector256<int>>(weight, next, byteInputs, columns, signBit, pairSums)
+                            : job->Variant == Int8GemvVariant.Avx512
+                                ? Dot2x4<Words512, short, Vector512<short>, Vector512<int>>(weight, next, inputs, columns, default, pairSums)
+                                : Dot2x4<Words256, short, Vector256<short>, Vector256<int>>(weight, next, inputs, columns, default, pairSums);
+                        if (vnni)
+                            for (int i = 0; i < RowsPerPass; i++)
+                            {
+                                // The offset's share over the whole steps, summed once per call.
+                                pairSums[i] -= 128 * inputSums[i];
+                                pairSums[RowsPerPass + i] -= 128 * inputSums[i];
+                            }
+                        if (done < columns)
+                            for (int i = 0; i < RowsPerPass; i++)
+                            {
+                                pairSums[i] += vnni ? Tail(weight, byteInputs[i], done, columns) : Tail(weight, inputs[i], done, columns);
+                                pairSums[RowsPerPass + i] += vnni ? Tail(next, byteInputs[i], done, columns) : Tail(next, inputs[i], done, columns);
+                            }
                         for (int i = 0; i < count; i++)
                         {
                             job->Output[(long)(pass + i) * job->Rows + row] = pairSums[i];
@@ -268,62 +286,17 @@ internal static unsafe class Int8Gemv
     }
 
     /// <summary>
-    /// Two weight rows with four activation rows: Σ (w+128)·x by <c>vpdpbusd</c> (four u8 × s8 products summed into each
-    /// int32 lane), less 128 · Σx, which the caller summed once per activation row (<paramref name="inputSums"/>, over
-    /// the whole <see cref="VnniStep"/>s). Offsetting the weight rather than the activations keeps Σw, which differs per
-    /// weight row, out of the loop (a sign-bit flip per 32 weights instead of a fifth <c>vpdpbusd</c>), and two weight
-    /// rows per pass load each activation vector once for two products: loads, not multiplies, bounded one row per pass.
-    /// Sums go to <paramref name="sums"/>[0..3] for <paramref name="weight"/> and [4..7] for <paramref name="weight1"/>.
-    /// Exact: the lanes wrap modulo 2³² and the result fits in int32.
+    /// Two weight rows with four activation rows, <typeparamref name="TLanes"/>'s columns per step, each activation vector
+    /// loaded once for both weight rows: loads, not multiplies, bounded one weight row per pass. Writes the whole steps'
+    /// sums to <paramref name="sums"/>[0..3] for <paramref name="weight"/> and [4..7] for <paramref name="weight1"/> and
+    /// returns the first column past them, which the caller sums as integers.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot2x4Vnni(sbyte* weight, sbyte* weight1, sbyte** inputs, int* inputSums, int columns, int* sums)
+    private static int Dot2x4<TLanes, TInput, TWords, TSums>(sbyte* weight, sbyte* weight1, TInput** inputs, int columns, TWords offset, int* sums)
+        where TLanes : struct, IPairLanes<TInput, TWords, TSums> where TInput : unmanaged where TWords : unmanaged where TSums : unmanaged
     {
-        sbyte* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
-        // Eight independent accumulators keep vpdpbusd's latency hidden; the loop holds 12 of the 16 ymm registers.
-        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector256<int> b0 = default, b1 = default, b2 = default, b3 = default;
-        var signBit = Vector256.Create((byte)0x80);
-        int c = 0;
-        for (; c + VnniStep <= columns; c += VnniStep)
-        {
-            Sse.Prefetch0(weight + c + PrefetchAhead);
-            Sse.Prefetch0(weight1 + c + PrefetchAhead);
-            var w = Avx.LoadVector256((byte*)weight + c) ^ signBit;
-            var v = Avx.LoadVector256((byte*)weight1 + c) ^ signBit;
-            var x = Avx.LoadVector256(x0 + c);
-            a0 = AvxVnni.MultiplyWideningAndAdd(a0, w, x);
-            b0 = AvxVnni.MultiplyWideningAndAdd(b0, v, x);
-            x = Avx.LoadVector256(x1 + c);
-            a1 = AvxVnni.MultiplyWideningAndAdd(a1, w, x);
-            b1 = AvxVnni.MultiplyWideningAndAdd(b1, v, x);
-            x = Avx.LoadVector256(x2 + c);
-            a2 = AvxVnni.MultiplyWideningAndAdd(a2, w, x);
-            b2 = AvxVnni.MultiplyWideningAndAdd(b2, v, x);
-            x = Avx.LoadVector256(x3 + c);
-            a3 = AvxVnni.MultiplyWideningAndAdd(a3, w, x);
-            b3 = AvxVnni.MultiplyWideningAndAdd(b3, v, x);
-        }
-        sums[0] = Vector256.Sum(a0) - 128 * inputSums[0] + Tail(weight, x0, c, columns);
-        sums[1] = Vector256.Sum(a1) - 128 * inputSums[1] + Tail(weight, x1, c, columns);
-        sums[2] = Vector256.Sum(a2) - 128 * inputSums[2] + Tail(weight, x2, c, columns);
-        sums[3] = Vector256.Sum(a3) - 128 * inputSums[3] + Tail(weight, x3, c, columns);
-        sums[4] = Vector256.Sum(b0) - 128 * inputSums[0] + Tail(weight1, x0, c, columns);
-        sums[5] = Vector256.Sum(b1) - 128 * inputSums[1] + Tail(weight1, x1, c, columns);
-        sums[6] = Vector256.Sum(b2) - 128 * inputSums[2] + Tail(weight1, x2, c, columns);
-        sums[7] = Vector256.Sum(b3) - 128 * inputSums[3] + Tail(weight1, x3, c, columns);
-    }
-
-    /// <summary>
-    /// Two weight rows with four sign-extended activation rows, <typeparamref name="TLanes"/>'s products per row pair
-    /// and step (32 on AVX-512, 16 on AVX2), each activation vector loaded once for both weight rows. Sums go to
-    /// <paramref name="sums"/>[0..3] for <paramref name="weight"/> and [4..7] for <paramref name="weight1"/>.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Dot2x4<TLanes, TWords, TSums>(sbyte* weight, sbyte* weight1, short** inputs, int columns, int* sums)
-        where TLanes : struct, IWordLanes<TWords, TSums> where TWords : unmanaged where TSums : unmanaged
-    {
-        short* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        TInput* x0 = inputs[0], x1 = inputs[1], x2 = inputs[2], x3 = inputs[3];
+        // Eight independent accumulators hide the multiply-add latency; with VNNI the loop holds 12 of the 16 ymm registers.
         TSums a0 = default, a1 = default, a2 = default, a3 = default;
         TSums b0 = default, b1 = default, b2 = default, b3 = default;
         int c = 0;
@@ -331,71 +304,85 @@ internal static unsafe class Int8Gemv
         {
             Sse.Prefetch0(weight + c + PrefetchAhead);
             Sse.Prefetch0(weight1 + c + PrefetchAhead);
-            TWords w = TLanes.Widen(weight + c), v = TLanes.Widen(weight1 + c);
+            TWords w = TLanes.LoadWeights(weight + c, offset), v = TLanes.LoadWeights(weight1 + c, offset);
             var x = TLanes.Load(x0 + c);
-            a0 = TLanes.MultiplyAddAdjacent(w, x, a0);
-            b0 = TLanes.MultiplyAddAdjacent(v, x, b0);
+            a0 = TLanes.MultiplyAdd(w, x, a0);
+            b0 = TLanes.MultiplyAdd(v, x, b0);
             x = TLanes.Load(x1 + c);
-            a1 = TLanes.MultiplyAddAdjacent(w, x, a1);
-            b1 = TLanes.MultiplyAddAdjacent(v, x, b1);
+            a1 = TLanes.MultiplyAdd(w, x, a1);
+            b1 = TLanes.MultiplyAdd(v, x, b1);
             x = TLanes.Load(x2 + c);
-            a2 = TLanes.MultiplyAddAdjacent(w, x, a2);
-            b2 = TLanes.MultiplyAddAdjacent(v, x, b2);
+            a2 = TLanes.MultiplyAdd(w, x, a2);
+            b2 = TLanes.MultiplyAdd(v, x, b2);
             x = TLanes.Load(x3 + c);
-            a3 = TLanes.MultiplyAddAdjacent(w, x, a3);
-            b3 = TLanes.MultiplyAddAdjacent(v, x, b3);
+            a3 = TLanes.MultiplyAdd(w, x, a3);
+            b3 = TLanes.MultiplyAdd(v, x, b3);
         }
-        StorePair(TLanes.Sum(a0), TLanes.Sum(a1), TLanes.Sum(a2), TLanes.Sum(a3),
-            TLanes.Sum(b0), TLanes.Sum(b1), TLanes.Sum(b2), TLanes.Sum(b3), weight, weight1, inputs, c, columns, sums);
+        sums[0] = TLanes.Sum(a0);
+        sums[1] = TLanes.Sum(a1);
+        sums[2] = TLanes.Sum(a2);
+        sums[3] = TLanes.Sum(a3);
+        sums[4] = TLanes.Sum(b0);
+        sums[5] = TLanes.Sum(b1);
+        sums[6] = TLanes.Sum(b2);
+        sums[7] = TLanes.Sum(b3);
+        return c;
     }
 
-    /// <summary>What <see cref="Dot2x4{TLanes, TWords, TSums}"/> needs of a vector width: int16 words and their int32 pair sums.</summary>
-    private interface IWordLanes<TWords, TSums> where TWords : unmanaged where TSums : unmanaged
+    /// <summary>
+    /// What <see cref="Dot2x4{TLanes, TInput, TWords, TSums}"/> needs of a vector width and an instruction: weight and
+    /// activation vectors of one type, and exact int32 sums of their products.
+    /// </summary>
+    private interface IPairLanes<TInput, TWords, TSums> where TInput : unmanaged where TWords : unmanaged where TSums : unmanaged
     {
-        /// <summary>Words per vector: the columns one step takes.</summary>
+        /// <summary>Columns one step takes.</summary>
         static abstract int Count { get; }
 
-        /// <summary><see cref="Count"/> bytes sign-extended to words.</summary>
-        static abstract TWords Widen(sbyte* bytes);
+        /// <summary><see cref="Count"/> weight bytes as the products take them, given the variant's <paramref name="offset"/>.</summary>
+        static abstract TWords LoadWeights(sbyte* bytes, TWords offset);
 
-        static abstract TWords Load(short* words);
+        /// <summary><see cref="Count"/> activations.</summary>
+        static abstract TWords Load(TInput* at);
 
-        /// <summary><paramref name="sum"/> plus the products of <paramref name="a"/> and <paramref name="b"/> added in adjacent pairs (<c>vpmaddwd</c>).</summary>
-        static abstract TSums MultiplyAddAdjacent(TWords a, TWords b, TSums sum);
+        /// <summary><paramref name="sum"/> plus the products of <paramref name="weights"/> and <paramref name="activations"/>, summed into int32 lanes.</summary>
+        static abstract TSums MultiplyAdd(TWords weights, TWords activations, TSums sum);
 
         static abstract int Sum(TSums sums);
     }
 
-    private readonly struct Words512 : IWordLanes<Vector512<short>, Vector512<int>>
+    /// <summary>AVX-512 BW: sign-extended words, <c>vpmaddwd</c>, 32 columns a step.</summary>
+    private readonly struct Words512 : IPairLanes<short, Vector512<short>, Vector512<int>>
     {
         public static int Count => 32;
-        public static Vector512<short> Widen(sbyte* bytes) => Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(bytes));
-        public static Vector512<short> Load(short* words) => Avx512F.LoadVector512(words);
-        public static Vector512<int> MultiplyAddAdjacent(Vector512<short> a, Vector512<short> b, Vector512<int> sum) => sum + Avx512BW.MultiplyAddAdjacent(a, b);
+        public static Vector512<short> LoadWeights(sbyte* bytes, Vector512<short> offset) => Avx512BW.ConvertToVector512Int16(Avx.LoadVector256(bytes));
+        public static Vector512<short> Load(short* at) => Avx512F.LoadVector512(at);
+        public static Vector512<int> MultiplyAdd(Vector512<short> weights, Vector512<short> activations, Vector512<int> sum) => sum + Avx512BW.MultiplyAddAdjacent(weights, activations);
         public static int Sum(Vector512<int> sums) => Vector512.Sum(sums);
     }
 
-    private readonly struct Words256 : IWordLanes<Vector256<short>, Vector256<int>>
+    /// <summary>AVX2: sign-extended words, <c>vpmaddwd</c>, 16 columns a step.</summary>
+    private readonly struct Words256 : IPairLanes<short, Vector256<short>, Vector256<int>>
     {
         public static int Count => 16;
-        public static Vector256<short> Widen(sbyte* bytes) => Avx2.ConvertToVector256Int16(Sse2.LoadVector128(bytes));
-        public static Vector256<short> Load(short* words) => Avx.LoadVector256(words);
-        public static Vector256<int> MultiplyAddAdjacent(Vector256<short> a, Vector256<short> b, Vector256<int> sum) => sum + Avx2.MultiplyAddAdjacent(a, b);
+        public static Vector256<short> LoadWeights(sbyte* bytes, Vector256<short> offset) => Avx2.ConvertToVector256Int16(Sse2.LoadVector128(bytes));
+        public static Vector256<short> Load(short* at) => Avx.LoadVector256(at);
+        public static Vector256<int> MultiplyAdd(Vector256<short> weights, Vector256<short> activations, Vector256<int> sum) => sum + Avx2.MultiplyAddAdjacent(weights, activations);
         public static int Sum(Vector256<int> sums) => Vector256.Sum(sums);
     }
 
-    /// <summary>A pair's eight vector sums with the columns past the last whole step added, into <paramref name="sums"/>.</summary>
-    private static void StorePair(int a0, int a1, int a2, int a3, int b0, int b1, int b2, int b3, sbyte* weight, sbyte* weight1,
-        short** inputs, int from, int columns, int* sums)
+    /// <summary>
+    /// AVX-VNNI: Σ (w+128)·x by <c>vpdpbusd</c> (four u8 × s8 products into each int32 lane), 32 columns a step, the
+    /// weight offset by a sign-bit flip (the offset argument, 0x80); the caller subtracts 128 · Σx, summed once per
+    /// activation row. Offsetting the weight rather than the activations keeps Σw, which differs per weight row, out of
+    /// the loop. Exact: the lanes wrap modulo 2³² and the result fits in int32.
+    /// </summary>
+    private readonly struct OffsetBytes256 : IPairLanes<sbyte, Vector256<byte>, Vector256<int>>
     {
-        sums[0] = a0 + Tail(weight, inputs[0], from, columns);
-        sums[1] = a1 + Tail(weight, inputs[1], from, columns);
-        sums[2] = a2 + Tail(weight, inputs[2], from, columns);
-        sums[3] = a3 + Tail(weight, inputs[3], from, columns);
-        sums[4] = b0 + Tail(weight1, inputs[0], from, columns);
-        sums[5] = b1 + Tail(weight1, inputs[1], from, columns);
-        sums[6] = b2 + Tail(weight1, inputs[2], from, columns);
-        sums[7] = b3 + Tail(weight1, inputs[3], from, columns);
+        public static int Count => VnniStep;
+        public static Vector256<byte> LoadWeights(sbyte* bytes, Vector256<byte> offset) => Avx.LoadVector256((byte*)bytes) ^ offset;
+        public static Vector256<byte> Load(sbyte* at) => Avx.LoadVector256((byte*)at);
+        public static Vector256<int> MultiplyAdd(Vector256<byte> weights, Vector256<byte> activations, Vector256<int> sum) => AvxVnni.MultiplyWideningAndAdd(sum, weights, activations.AsSByte());
+        public static int Sum(Vector256<int> sums) => Vector256.Sum(sums);
     }
 
     /// <summary>
