@@ -407,7 +407,7 @@ public class Int8LinearTests
         var scales = new float[Int8Gemv.MaxRows];
         Assert.True(RowwiseInt8.TryQuantize(rows, 0.0, out var quantized, scales, width));
         using (quantized)
-        using (var accumulator = quantized.to(ScalarType.Int64).matmul(layer.Weight.to(ScalarType.Int64).t()).to(ScalarType.Int32))
+        using (var accumulator = Int8Reference.ExactIntSums(quantized, layer.Weight))
         {
             var script = Int8Reference.ScriptWithExactSums(rows, layer, 0.0);
             var rescaled = RowwiseInt8.Rescale(accumulator, scales.AsSpan(0, 3), layer.WeightScale, layer.Bias, dtype, width: width);

@@ -77,9 +77,12 @@ internal static class Int8Reference
             ? AtenInt8Kernels.ScriptLinear(x, layer.Weight, layer.WeightScale, layer.Bias, threshold)
             : AtenInt8Kernels.LinearAround(x, layer.Weight, layer.WeightScale, layer.Bias, threshold, ExactSums);
 
-    /// <summary>Σ x·w as int64 (libtorch's own loop, no oneDNN), returned as float32 as the script's rescale converts its int32 sums.</summary>
-    public static Tensor ExactSums(Tensor xq, Tensor weight)
-        => xq.to(ScalarType.Int64).matmul(weight.to(ScalarType.Int64).t()).to(ScalarType.Int32).to(ScalarType.Float32);
+    /// <summary>Σ x·w as int64 (libtorch's own loop, no oneDNN), returned as the int32 sums <c>_int_mm</c> gives where it is exact.</summary>
+    public static Tensor ExactIntSums(Tensor xq, Tensor weight)
+        => xq.to(ScalarType.Int64).matmul(weight.to(ScalarType.Int64).t()).to(ScalarType.Int32);
+
+    /// <summary><see cref="ExactIntSums"/> as float32, as the script's rescale converts its int32 sums.</summary>
+    public static Tensor ExactSums(Tensor xq, Tensor weight) => ExactIntSums(xq, weight).to(ScalarType.Float32);
 
     public static double RelativeL2(Tensor actual, Tensor expected)
     {
