@@ -50,8 +50,16 @@ peer_checkpoint() { # peer_checkpoint SHAPE: prints the directory of the random 
   echo "$dir"
 }
 
-peer_gguf() { # peer_gguf SHAPE TYPE: prints the GGUF of SHAPE's checkpoint in TYPE (f16, bf16, q8_0, q4_0), converting once
-  local gguf="$WORK/$1-$2.gguf" converter="$PEERS/hf_to_gguf_neox.py" checkpoint
+peer_gguf() { # peer_gguf SHAPE TYPE: prints the GGUF of SHAPE's checkpoint in TYPE (f16, bf16, q8_0, q4_0, q4_0-default), converting once
+  local gguf="$WORK/$1-$2.gguf" converter="$PEERS/hf_to_gguf_neox.py" checkpoint source
+  if [ ! -f "$gguf" ] && [ "$2" = q4_0-default ]; then
+    # llama-quantize's own mix from the F16 file: Q4_0 with the head in Q6_K, what llama.cpp users run as "Q4_0".
+    source="$(peer_gguf "$1" f16)"
+    dotnet build -c Release "$ROOT/benchmarks/peers/llamaquantize/llamaquantize.csproj" -o "$WORK/llamaquantize" >/dev/null
+    echo "# quantizing $source to Q4_0 with llama.cpp's quantizer" >&2
+    dotnet "$WORK/llamaquantize/llamaquantize.dll" "$source" "$gguf.tmp" q4_0 --threads "$(nproc)" >&2
+    mv "$gguf.tmp" "$gguf"
+  fi
   if [ ! -f "$gguf" ]; then
     checkpoint="$(peer_checkpoint "$1")"
     [ "$2" = q4_0 ] && converter="$ROOT/benchmarks/peers/gguf_q4_0.py" # the shared converter has no Q4_0

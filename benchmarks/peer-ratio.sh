@@ -13,7 +13,8 @@
 # PAIRS lists ours:theirs, a benchmark dtype (BenchmarkCheckpoints.Options) against a GGUF type of the same checkpoint
 # (default: Float16:f16 Int8:q8_0; Int8All:q8_0 quantizes the head as Q8_0 does; Nf4:q4_0 is the 4-bit pair, its GGUF
 # written by peers/gguf_q4_0.py, Q4_0 head included, as `llama-quantize --pure`; Nf4All:q4_0 quantizes our head too, and
-# Nf4AllDq:q4_0 adds double quantization, 4.13 bits a weight against Q4_0's 4.5).
+# Nf4AllDq:q4_0 adds double quantization, 4.13 bits a weight against Q4_0's 4.5; Nf4:q4_0-default is against the file
+# `llama-quantize` writes by default, its head in Q6_K, made from the f16 GGUF by peers/llamaquantize).
 # SHAPE is one of the benchmark shapes (default rinna-4b, the full 36-layer model: its checkpoint takes 7.6 GB of /tmp and
 # each GGUF as much again; one decode round of two pairs takes about 6 minutes).
 # FINE=N (decode only) loads our model once (Rinna.Net.Benchmarks --serve-decode, the same DecodeToken code as the
