@@ -9,7 +9,7 @@ namespace Rinna.Net.Kernels.Cpu;
 /// <remarks>Lives inside a kernel's job struct, which the threads reach through a pointer, so claims update it in place.</remarks>
 internal struct RowClaims
 {
-    /// <summary>The longest claim is about this share of a thread's rows: long streams while most rows are left.</summary>
+    /// <summary>The longest claim is one of this many parts of a thread's share of the rows: long streams while most rows are left.</summary>
     private const int ClaimsPerThread = 4;
 
     private readonly int rows;
