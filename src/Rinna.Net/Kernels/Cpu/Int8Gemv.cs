@@ -347,6 +347,7 @@ internal static unsafe class Int8Gemv
         /// <summary><paramref name="sum"/> plus the products of <paramref name="weights"/> and <paramref name="activations"/>, summed into int32 lanes.</summary>
         static abstract TSums MultiplyAdd(TWords weights, TWords activations, TSums sum);
 
+        /// <summary>The total of <paramref name="sums"/>' int32 lanes.</summary>
         static abstract int Sum(TSums sums);
     }
 
